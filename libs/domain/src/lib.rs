@@ -1,0 +1,18 @@
+//! rollcall-domain: the User and Group aggregates as pure functions. `decide` turns a command
+//! and the current state into events (or a domain error); `evolve` folds an event into the
+//! state. No IO, no clock, no randomness, no logging: times and ids arrive from the edge.
+//!
+//! Events are past-tense facts with a stable wire name (`user.deactivated`) that an auditor can
+//! read. Released events are never edited; a changed shape is a new variant, and the old one
+//! stays readable (see [`event::EventKind`]).
+#![warn(missing_docs)]
+
+pub mod attributes;
+pub mod event;
+pub mod group;
+pub mod user;
+
+pub use attributes::{AttributeChange, Attributes};
+pub use event::EventKind;
+pub use group::{Group, GroupCommand, GroupError, GroupEvent, Member};
+pub use user::{User, UserCommand, UserError, UserEvent};

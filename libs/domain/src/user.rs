@@ -1,0 +1,319 @@
+//! The User aggregate: provisioned, changed, deactivated (Entra's deprovisioning), reactivated,
+//! deleted. Deactivation is its own event however it arrived (`active: false`, `"False"`, a PUT
+//! or a path-less PATCH): the edge turns every form into [`UserCommand::Deactivate`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::attributes::{self, AttributeChange, Attributes};
+use crate::event::EventKind;
+
+/// A user's state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum User {
+    /// Never provisioned.
+    #[default]
+    Absent,
+    /// Provisioned and active.
+    Active(Attributes),
+    /// Provisioned and deactivated: readable and findable, but denied access.
+    Inactive(Attributes),
+    /// Deleted; the id is never reused.
+    Deleted,
+}
+
+impl User {
+    /// The attributes, unless absent or deleted.
+    pub fn attributes(&self) -> Option<&Attributes> {
+        match self {
+            User::Active(attributes) | User::Inactive(attributes) => Some(attributes),
+            User::Absent | User::Deleted => None,
+        }
+    }
+
+    /// Whether the user exists and is active.
+    pub fn is_active(&self) -> bool {
+        matches!(self, User::Active(_))
+    }
+
+    /// The userName, if the user exists.
+    pub fn user_name(&self) -> Option<&str> {
+        self.attributes()?.get("userName")?.as_str()
+    }
+}
+
+/// What may be asked of a user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserCommand {
+    /// Create the user with these attributes (without `active`, `password`, `id`, `meta`).
+    Provision {
+        /// The attributes; `userName` is required.
+        attributes: Attributes,
+        /// Whether the user starts active.
+        active: bool,
+    },
+    /// Change attributes (never `active`).
+    ChangeAttributes(Vec<AttributeChange>),
+    /// Deny access from now on (Entra's deprovisioning).
+    Deactivate,
+    /// Allow access again.
+    Reactivate,
+    /// Delete the user for good.
+    Delete,
+}
+
+/// What happened to a user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum UserEvent {
+    /// The user was created.
+    #[serde(rename = "user.provisioned")]
+    Provisioned {
+        /// Its attributes.
+        attributes: Attributes,
+        /// Whether it started active.
+        active: bool,
+    },
+    /// Attributes changed, each with its value before and after.
+    #[serde(rename = "user.attributes_changed")]
+    AttributesChanged {
+        /// The changes.
+        changes: Vec<AttributeChange>,
+    },
+    /// The user was deactivated.
+    #[serde(rename = "user.deactivated")]
+    Deactivated,
+    /// The user was reactivated.
+    #[serde(rename = "user.reactivated")]
+    Reactivated,
+    /// The user was deleted.
+    #[serde(rename = "user.deleted")]
+    Deleted,
+}
+
+impl EventKind for UserEvent {
+    const AGGREGATE: &'static str = "user";
+
+    fn event_type(&self) -> &'static str {
+        match self {
+            UserEvent::Provisioned { .. } => "user.provisioned",
+            UserEvent::AttributesChanged { .. } => "user.attributes_changed",
+            UserEvent::Deactivated => "user.deactivated",
+            UserEvent::Reactivated => "user.reactivated",
+            UserEvent::Deleted => "user.deleted",
+        }
+    }
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    /// The user does not exist.
+    #[error("the user does not exist")]
+    NotFound,
+    /// The user was deleted.
+    #[error("the user was deleted")]
+    Deleted,
+    /// A user with this id exists already.
+    #[error("the user exists already")]
+    AlreadyProvisioned,
+    /// A user needs a non-empty userName.
+    #[error("userName is required")]
+    UserNameRequired,
+}
+
+fn has_user_name(attributes: &Attributes) -> bool {
+    attributes
+        .get("userName")
+        .and_then(Value::as_str)
+        .is_some_and(|name| !name.is_empty())
+}
+
+/// Decides what a command means for a user.
+pub fn decide(user: &User, command: UserCommand) -> Result<Vec<UserEvent>, UserError> {
+    match (user, command) {
+        (User::Absent, UserCommand::Provision { attributes, active }) => {
+            if !has_user_name(&attributes) {
+                return Err(UserError::UserNameRequired);
+            }
+            Ok(vec![UserEvent::Provisioned { attributes, active }])
+        }
+        (User::Absent, _) => Err(UserError::NotFound),
+        (User::Deleted, _) => Err(UserError::Deleted),
+        (_, UserCommand::Provision { .. }) => Err(UserError::AlreadyProvisioned),
+        (
+            User::Active(current) | User::Inactive(current),
+            UserCommand::ChangeAttributes(changes),
+        ) => {
+            if changes.is_empty() {
+                return Ok(vec![]);
+            }
+            let mut next = current.clone();
+            attributes::apply(&mut next, &changes);
+            if !has_user_name(&next) {
+                return Err(UserError::UserNameRequired);
+            }
+            Ok(vec![UserEvent::AttributesChanged { changes }])
+        }
+        (User::Active(_), UserCommand::Deactivate) => Ok(vec![UserEvent::Deactivated]),
+        // Entra repeats `active: false`; a second deactivation records nothing.
+        (User::Inactive(_), UserCommand::Deactivate) => Ok(vec![]),
+        (User::Inactive(_), UserCommand::Reactivate) => Ok(vec![UserEvent::Reactivated]),
+        (User::Active(_), UserCommand::Reactivate) => Ok(vec![]),
+        (_, UserCommand::Delete) => Ok(vec![UserEvent::Deleted]),
+    }
+}
+
+/// Folds one event into a user's state. Total: an event that cannot follow the state leaves it
+/// as it was (unreachable from a valid history; never a panic).
+pub fn evolve(user: User, event: &UserEvent) -> User {
+    match (user, event) {
+        (
+            User::Absent,
+            UserEvent::Provisioned {
+                attributes,
+                active: true,
+            },
+        ) => User::Active(attributes.clone()),
+        (
+            User::Absent,
+            UserEvent::Provisioned {
+                attributes,
+                active: false,
+            },
+        ) => User::Inactive(attributes.clone()),
+        (User::Active(mut attributes), UserEvent::AttributesChanged { changes }) => {
+            attributes::apply(&mut attributes, changes);
+            User::Active(attributes)
+        }
+        (User::Inactive(mut attributes), UserEvent::AttributesChanged { changes }) => {
+            attributes::apply(&mut attributes, changes);
+            User::Inactive(attributes)
+        }
+        (User::Active(attributes), UserEvent::Deactivated) => User::Inactive(attributes),
+        (User::Inactive(attributes), UserEvent::Reactivated) => User::Active(attributes),
+        (_, UserEvent::Deleted) => User::Deleted,
+        (user, _) => user,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn attributes(value: Value) -> Attributes {
+        value.as_object().unwrap().clone()
+    }
+
+    fn provisioned(name: &str) -> UserEvent {
+        UserEvent::Provisioned {
+            attributes: attributes(json!({"userName": name})),
+            active: true,
+        }
+    }
+
+    fn given(events: &[UserEvent]) -> User {
+        events.iter().fold(User::default(), evolve)
+    }
+
+    #[test]
+    fn provisioning_needs_a_user_name() {
+        let command = UserCommand::Provision {
+            attributes: attributes(json!({"displayName": "Ada"})),
+            active: true,
+        };
+        assert_eq!(
+            decide(&User::Absent, command),
+            Err(UserError::UserNameRequired)
+        );
+    }
+
+    #[test]
+    fn deactivating_an_inactive_user_records_nothing() {
+        let user = given(&[provisioned("ada"), UserEvent::Deactivated]);
+        assert_eq!(decide(&user, UserCommand::Deactivate), Ok(vec![]));
+    }
+
+    #[test]
+    fn reactivating_an_inactive_user_records_it() {
+        let user = given(&[provisioned("ada"), UserEvent::Deactivated]);
+        assert_eq!(
+            decide(&user, UserCommand::Reactivate),
+            Ok(vec![UserEvent::Reactivated])
+        );
+        assert!(given(&[
+            provisioned("ada"),
+            UserEvent::Deactivated,
+            UserEvent::Reactivated
+        ])
+        .is_active());
+    }
+
+    #[test]
+    fn a_deleted_user_cannot_be_changed_or_reprovisioned() {
+        let user = given(&[provisioned("ada"), UserEvent::Deleted]);
+        assert_eq!(
+            decide(&user, UserCommand::Reactivate),
+            Err(UserError::Deleted)
+        );
+        let command = UserCommand::Provision {
+            attributes: attributes(json!({"userName": "ada"})),
+            active: true,
+        };
+        assert_eq!(decide(&user, command), Err(UserError::Deleted));
+    }
+
+    #[test]
+    fn provisioning_twice_is_refused_and_changing_nothing_records_nothing() {
+        let user = given(&[provisioned("ada")]);
+        let command = UserCommand::Provision {
+            attributes: attributes(json!({"userName": "ada"})),
+            active: true,
+        };
+        assert_eq!(decide(&user, command), Err(UserError::AlreadyProvisioned));
+        assert_eq!(
+            decide(&user, UserCommand::ChangeAttributes(vec![])),
+            Ok(vec![])
+        );
+    }
+
+    #[test]
+    fn removing_the_user_name_is_refused() {
+        let user = given(&[provisioned("ada")]);
+        let change = AttributeChange {
+            path: "userName".into(),
+            before: Some(json!("ada")),
+            after: None,
+            redacted: false,
+        };
+        assert_eq!(
+            decide(&user, UserCommand::ChangeAttributes(vec![change])),
+            Err(UserError::UserNameRequired)
+        );
+    }
+
+    #[test]
+    fn events_keep_their_wire_names_and_read_back() {
+        let event = UserEvent::Deactivated;
+        assert_eq!(event.to_payload(), json!({"type": "user.deactivated"}));
+        let changed = UserEvent::AttributesChanged {
+            changes: vec![AttributeChange {
+                path: "title".into(),
+                before: None,
+                after: Some(json!("Dr")),
+                redacted: false,
+            }],
+        };
+        let payload = changed.to_payload();
+        assert_eq!(
+            payload,
+            json!({"type": "user.attributes_changed", "changes": [{"path": "title", "after": "Dr"}]})
+        );
+        assert_eq!(
+            UserEvent::from_payload(changed.event_type(), 1, payload),
+            Ok(changed)
+        );
+        assert!(UserEvent::from_payload("user.deactivated", 99, json!({})).is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! Set-wide rules enforced atomically through NATS: a claim on a value (a userName, a group
+//! displayName) is a key-value entry created only if absent, holding the id of the aggregate
+//! that owns the value. Values are compared without case and stored hashed (keys must be
+//! subject tokens, and no personal data belongs in key names).
+
+use async_nats::jetstream::kv::{self, Store};
+use async_nats::jetstream::Context;
+use sha2::{Digest, Sha256};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::log::LoadError;
+use crate::namespace::Namespace;
+
+/// The state of a claim after trying to take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The value was free and is now held by the caller.
+    Acquired,
+    /// The caller held it already.
+    AlreadyHeld,
+    /// Another aggregate holds it (with the entry's revision, to take over a stale claim).
+    HeldBy {
+        /// The holder's id.
+        holder: Uuid,
+        /// The entry's revision.
+        revision: u64,
+    },
+}
+
+/// The claims bucket of a namespace.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    store: Store,
+}
+
+fn nats<E: std::fmt::Display>(error: E) -> LoadError {
+    LoadError::Nats(error.to_string())
+}
+
+/// The key of a claim: tenant, kind and a hash of the value without case.
+pub fn key(tenant: &str, kind: &str, value: &str) -> String {
+    let digest = Sha256::digest(value.to_lowercase().as_bytes());
+    format!("{tenant}.{kind}.{}", hex::encode(digest))
+}
+
+impl Claims {
+    /// Opens the namespace's claims bucket, creating it if missing.
+    pub async fn open(jetstream: &Context, namespace: &Namespace) -> Result<Self, LoadError> {
+        let bucket = namespace.claims_bucket();
+        let store = match jetstream.get_key_value(&bucket).await {
+            Ok(store) => store,
+            Err(_) => jetstream
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    history: 1,
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    description: "Rollcall uniqueness claims (userName, group displayName)".into(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(nats)?,
+        };
+        Ok(Self { store })
+    }
+
+    /// Tries to claim `value` of `kind` in `tenant` for `holder`.
+    #[instrument(skip_all, fields(tenant, kind, holder = %holder), err)]
+    pub async fn claim(
+        &self,
+        tenant: &str,
+        kind: &str,
+        value: &str,
+        holder: Uuid,
+    ) -> Result<Claim, LoadError> {
+        let key = key(tenant, kind, value);
+        match self.store.create(&key, holder.to_string().into()).await {
+            Ok(_) => return Ok(Claim::Acquired),
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(error) => return Err(nats(error)),
+        }
+        match self.store.entry(&key).await.map_err(nats)? {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let current = std::str::from_utf8(&entry.value)
+                    .ok()
+                    .and_then(|v| Uuid::parse_str(v).ok());
+                match current {
+                    Some(current) if current == holder => Ok(Claim::AlreadyHeld),
+                    Some(current) => Ok(Claim::HeldBy {
+                        holder: current,
+                        revision: entry.revision,
+                    }),
+                    None => Ok(Claim::HeldBy {
+                        holder: Uuid::nil(),
+                        revision: entry.revision,
+                    }),
+                }
+            }
+            // Released between our create and our read: try once more.
+            _ => match self.store.create(&key, holder.to_string().into()).await {
+                Ok(_) => Ok(Claim::Acquired),
+                Err(error) => Err(nats(error)),
+            },
+        }
+    }
+
+    /// Takes over a claim whose holder no longer exists, if nobody changed it since `revision`.
+    pub async fn take_over(
+        &self,
+        tenant: &str,
+        kind: &str,
+        value: &str,
+        holder: Uuid,
+        revision: u64,
+    ) -> Result<bool, LoadError> {
+        let key = key(tenant, kind, value);
+        match self
+            .store
+            .update(&key, holder.to_string().into(), revision)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(error) => Err(nats(error)),
+        }
+    }
+
+    /// Releases a claim, if `holder` holds it.
+    #[instrument(skip_all, fields(tenant, kind, holder = %holder), err)]
+    pub async fn release(
+        &self,
+        tenant: &str,
+        kind: &str,
+        value: &str,
+        holder: Uuid,
+    ) -> Result<(), LoadError> {
+        let key = key(tenant, kind, value);
+        if let Some(entry) = self.store.entry(&key).await.map_err(nats)? {
+            let held = entry.operation == kv::Operation::Put
+                && entry.value.as_ref() == holder.to_string().as_bytes();
+            if held {
+                // A concurrent claimer between entry() and this delete makes the revision wrong:
+                // then the claim is theirs, and not ours to release.
+                let _ = self
+                    .store
+                    .delete_expect_revision(&key, Some(entry.revision))
+                    .await;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_ignore_case_and_hide_the_value() {
+        assert_eq!(
+            key("t", "user", "Ada@Example.com"),
+            key("t", "user", "ada@example.com")
+        );
+        assert!(!key("t", "user", "ada@example.com").contains("ada"));
+    }
+}

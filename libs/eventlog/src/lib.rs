@@ -1,0 +1,21 @@
+//! rollcall-eventlog: Rollcall's immutable event log on NATS JetStream (2.9 or later).
+//!
+//! - one stream per installation namespace, file storage, `deny_delete` and `deny_purge`;
+//! - subjects `<namespace>.events.<tenant>.<user|group>.<aggregate id>`;
+//! - append with `Nats-Expected-Last-Subject-Sequence` (optimistic concurrency per aggregate)
+//!   and `Nats-Msg-Id` = event id (the duplicate window absorbs retried publishes);
+//! - set-wide rules (a userName per tenant) as claims in a key-value bucket, created only if
+//!   absent;
+//! - durable consumers whose position is reconciled with the consumer's own checkpoint.
+#![warn(missing_docs)]
+
+pub mod claims;
+pub mod consumer;
+pub mod envelope;
+pub mod log;
+pub mod namespace;
+
+pub use claims::{Claim, Claims};
+pub use envelope::{Actor, Envelope};
+pub use log::{AppendError, EventLog, LoadError, Loaded};
+pub use namespace::Namespace;

@@ -1,0 +1,109 @@
+//! Names derived from an installation's namespace (`rollcall` by default): the stream,
+//! subjects, key-value buckets and notification subjects. Several installations, and every
+//! test, share one NATS server safely by using different namespaces.
+
+/// A validated namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace(String);
+
+/// Why a name cannot be used in subjects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} must be 1 to 63 characters of a-z, 0-9, - and _, starting with a letter or digit")]
+pub struct InvalidName(pub String);
+
+/// Checks a namespace or tenant name: lowercase letters, digits, `-` and `_`, so that it is
+/// one subject token and part of a stream name.
+pub fn check_name(name: &str) -> Result<(), InvalidName> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err(InvalidName(name.to_owned()))
+    }
+}
+
+impl Namespace {
+    /// A namespace, checked.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
+        let name = name.into();
+        check_name(&name)?;
+        Ok(Self(name))
+    }
+
+    /// The namespace itself.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The events stream: `ROLLCALL_EVENTS` for `rollcall`.
+    pub fn stream(&self) -> String {
+        format!("{}_EVENTS", self.0.to_ascii_uppercase().replace('-', "_"))
+    }
+
+    /// Every event subject of the installation.
+    pub fn all_events(&self) -> String {
+        format!("{}.events.>", self.0)
+    }
+
+    /// One aggregate's subject.
+    pub fn aggregate_subject(&self, tenant: &str, aggregate: &str, id: &uuid::Uuid) -> String {
+        format!("{}.events.{tenant}.{aggregate}.{id}", self.0)
+    }
+
+    /// The key-value bucket of uniqueness claims.
+    pub fn claims_bucket(&self) -> String {
+        format!("{}_claims", self.0.replace('-', "_"))
+    }
+
+    /// Where a consumer announces the stream sequence it has applied.
+    pub fn checkpoint_subject(&self, consumer: &str) -> String {
+        format!("{}.checkpoints.{consumer}", self.0)
+    }
+}
+
+impl std::fmt::Display for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_derive_from_the_namespace() {
+        let ns = Namespace::new("rollcall").unwrap();
+        assert_eq!(ns.stream(), "ROLLCALL_EVENTS");
+        let id = uuid::Uuid::nil();
+        assert_eq!(
+            ns.aggregate_subject("default", "user", &id),
+            format!("rollcall.events.default.user.{id}")
+        );
+        assert_eq!(Namespace::new("t-1").unwrap().claims_bucket(), "t_1_claims");
+    }
+
+    #[test]
+    fn names_that_would_break_subjects_are_refused() {
+        for bad in [
+            "",
+            "Rollcall",
+            "a.b",
+            "a b",
+            "a*",
+            ">",
+            "-x",
+            &"x".repeat(64),
+        ] {
+            assert!(Namespace::new(bad).is_err(), "{bad:?}");
+        }
+    }
+}
