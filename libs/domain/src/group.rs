@@ -18,6 +18,9 @@ pub struct Member {
     /// `User` or `Group`, when the client said.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// A display name, when the client sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
 }
 
 impl Member {
@@ -26,6 +29,7 @@ impl Member {
         Self {
             value: value.into(),
             kind: None,
+            display: None,
         }
     }
 

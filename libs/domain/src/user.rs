@@ -45,14 +45,15 @@ impl User {
 /// What may be asked of a user.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserCommand {
-    /// Create the user with these attributes (without `active`, `password`, `id`, `meta`).
+    /// Create the user with these attributes (without `password`, `id`, `meta`).
     Provision {
         /// The attributes; `userName` is required.
         attributes: Attributes,
         /// Whether the user starts active.
         active: bool,
     },
-    /// Change attributes (never `active`).
+    /// Change attributes; `active` only between unassigned and true (going inactive or back is
+    /// [`UserCommand::Deactivate`] / [`UserCommand::Reactivate`]).
     ChangeAttributes(Vec<AttributeChange>),
     /// Deny access from now on (Entra's deprovisioning).
     Deactivate,
@@ -120,6 +121,9 @@ pub enum UserError {
     /// A user needs a non-empty userName.
     #[error("userName is required")]
     UserNameRequired,
+    /// Going inactive or active again is its own command, never an attribute change.
+    #[error("deactivation and reactivation are their own commands")]
+    ActivationIsACommand,
 }
 
 fn has_user_name(attributes: &Attributes) -> bool {
@@ -148,6 +152,13 @@ pub fn decide(user: &User, command: UserCommand) -> Result<Vec<UserEvent>, UserE
             if changes.is_empty() {
                 return Ok(vec![]);
             }
+            let flips = |value: &Option<Value>| value.as_ref() == Some(&Value::Bool(false));
+            if changes
+                .iter()
+                .any(|c| c.path == "active" && (flips(&c.before) || flips(&c.after)))
+            {
+                return Err(UserError::ActivationIsACommand);
+            }
             let mut next = current.clone();
             attributes::apply(&mut next, &changes);
             if !has_user_name(&next) {
@@ -164,34 +175,42 @@ pub fn decide(user: &User, command: UserCommand) -> Result<Vec<UserEvent>, UserE
     }
 }
 
+fn lifecycle(attributes: Attributes) -> User {
+    // `active` unassigned means active (RFC 7643 leaves its meaning to the service provider);
+    // only an explicit false denies access.
+    if attributes.get("active") == Some(&Value::Bool(false)) {
+        User::Inactive(attributes)
+    } else {
+        User::Active(attributes)
+    }
+}
+
 /// Folds one event into a user's state. Total: an event that cannot follow the state leaves it
 /// as it was (unreachable from a valid history; never a panic).
 pub fn evolve(user: User, event: &UserEvent) -> User {
     match (user, event) {
-        (
-            User::Absent,
-            UserEvent::Provisioned {
-                attributes,
-                active: true,
-            },
-        ) => User::Active(attributes.clone()),
-        (
-            User::Absent,
-            UserEvent::Provisioned {
-                attributes,
-                active: false,
-            },
-        ) => User::Inactive(attributes.clone()),
-        (User::Active(mut attributes), UserEvent::AttributesChanged { changes }) => {
-            attributes::apply(&mut attributes, changes);
-            User::Active(attributes)
+        (User::Absent, UserEvent::Provisioned { attributes, active }) => {
+            let mut attributes = attributes.clone();
+            if !active {
+                attributes.insert("active".into(), Value::Bool(false));
+            }
+            lifecycle(attributes)
         }
-        (User::Inactive(mut attributes), UserEvent::AttributesChanged { changes }) => {
+        (
+            User::Active(mut attributes) | User::Inactive(mut attributes),
+            UserEvent::AttributesChanged { changes },
+        ) => {
             attributes::apply(&mut attributes, changes);
+            lifecycle(attributes)
+        }
+        (User::Active(mut attributes), UserEvent::Deactivated) => {
+            attributes.insert("active".into(), Value::Bool(false));
             User::Inactive(attributes)
         }
-        (User::Active(attributes), UserEvent::Deactivated) => User::Inactive(attributes),
-        (User::Inactive(attributes), UserEvent::Reactivated) => User::Active(attributes),
+        (User::Inactive(mut attributes), UserEvent::Reactivated) => {
+            attributes.insert("active".into(), Value::Bool(true));
+            User::Active(attributes)
+        }
         (_, UserEvent::Deleted) => User::Deleted,
         (user, _) => user,
     }
@@ -276,6 +295,49 @@ mod tests {
             decide(&user, UserCommand::ChangeAttributes(vec![])),
             Ok(vec![])
         );
+    }
+
+    #[test]
+    fn active_is_an_attribute_but_flipping_it_is_a_command() {
+        let user = given(&[provisioned("ada")]);
+        let flip = AttributeChange {
+            path: "active".into(),
+            before: None,
+            after: Some(json!(false)),
+            redacted: false,
+        };
+        assert_eq!(
+            decide(&user, UserCommand::ChangeAttributes(vec![flip])),
+            Err(UserError::ActivationIsACommand)
+        );
+        let inactive = given(&[provisioned("ada"), UserEvent::Deactivated]);
+        assert_eq!(
+            inactive.attributes().unwrap().get("active"),
+            Some(&json!(false))
+        );
+        let cleared = AttributeChange {
+            path: "active".into(),
+            before: Some(json!(true)),
+            after: None,
+            redacted: false,
+        };
+        let reactivated_then_cleared = given(&[
+            provisioned("ada"),
+            UserEvent::Deactivated,
+            UserEvent::Reactivated,
+            UserEvent::AttributesChanged {
+                changes: vec![cleared],
+            },
+        ]);
+        assert!(
+            reactivated_then_cleared.is_active(),
+            "unassigned active means active"
+        );
+        assert!(reactivated_then_cleared
+            .attributes()
+            .unwrap()
+            .get("active")
+            .is_none());
     }
 
     #[test]

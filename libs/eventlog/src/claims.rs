@@ -4,6 +4,7 @@
 //! subject tokens, and no personal data belongs in key names).
 
 use async_nats::jetstream::kv::{self, Store};
+
 use async_nats::jetstream::Context;
 use sha2::{Digest, Sha256};
 use tracing::instrument;
@@ -25,6 +26,8 @@ pub enum Claim {
         holder: Uuid,
         /// The entry's revision.
         revision: u64,
+        /// When the holder claimed it.
+        claimed_at: time::OffsetDateTime,
     },
 }
 
@@ -46,21 +49,31 @@ pub fn key(tenant: &str, kind: &str, value: &str) -> String {
 
 impl Claims {
     /// Opens the namespace's claims bucket, creating it if missing.
+    ///
+    /// The bucket's stream is created directly rather than with `create_key_value`, which
+    /// first reads account fields that NATS 2.9 does not send.
     pub async fn open(jetstream: &Context, namespace: &Namespace) -> Result<Self, LoadError> {
+        use async_nats::jetstream::stream;
         let bucket = namespace.claims_bucket();
-        let store = match jetstream.get_key_value(&bucket).await {
-            Ok(store) => store,
-            Err(_) => jetstream
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    history: 1,
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    description: "Rollcall uniqueness claims (userName, group displayName)".into(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(nats)?,
+        if let Ok(store) = jetstream.get_key_value(&bucket).await {
+            return Ok(Self { store });
+        }
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("Rollcall uniqueness claims (userName, group displayName)".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            duplicate_window: std::time::Duration::from_secs(120),
+            num_replicas: 1,
+            ..Default::default()
         };
+        jetstream.get_or_create_stream(config).await.map_err(nats)?;
+        let store = jetstream.get_key_value(&bucket).await.map_err(nats)?;
         Ok(Self { store })
     }
 
@@ -89,10 +102,12 @@ impl Claims {
                     Some(current) => Ok(Claim::HeldBy {
                         holder: current,
                         revision: entry.revision,
+                        claimed_at: entry.created,
                     }),
                     None => Ok(Claim::HeldBy {
                         holder: Uuid::nil(),
                         revision: entry.revision,
+                        claimed_at: entry.created,
                     }),
                 }
             }

@@ -219,6 +219,9 @@ fn apply_operation(
                         )));
                     };
                     for (name, value) in members {
+                        if name.eq_ignore_ascii_case("schemas") {
+                            continue;
+                        }
                         let attribute = AttrPath::parse(name)
                             .map_err(|e| e.into_path_error(name))
                             .map(|path| AttrPath {
@@ -265,6 +268,11 @@ fn apply_path(
     explicit: bool,
 ) -> Result<(), ScimError> {
     let attr = &path.attribute;
+    if let (Some(urn), None, None) = (&attr.urn, &attr.sub_attr, &path.filter) {
+        if let Some(schema) = rt.extension(&format!("{urn}:{}", attr.name)) {
+            return extension(rt, resource, op, schema, value);
+        }
+    }
     let resolved = rt
         .resolve(attr.urn.as_deref(), &attr.name, attr.sub_attr.as_deref())
         .ok_or_else(|| {
@@ -307,6 +315,50 @@ fn apply_path(
         Some(sub) => sub_attribute(container, attribute, sub, op, value, &canonical),
         None => whole(container, attribute, op, value, &canonical),
     }
+}
+
+/// add / replace / remove on a whole extension (`path` is its schema URI): add and replace set
+/// the attributes in the value object, remove unassigns every attribute of the extension.
+fn extension(
+    rt: &ResourceType,
+    resource: &mut Map<String, Value>,
+    op: OpKind,
+    schema: &'static crate::schema::Schema,
+    value: Option<Value>,
+) -> Result<(), ScimError> {
+    if op == OpKind::Remove {
+        resource.remove(schema.id);
+        return Ok(());
+    }
+    let Some(Value::Object(members)) = value else {
+        return Err(ScimError::invalid_value(format!(
+            "{} needs an object of its attributes",
+            schema.id
+        )));
+    };
+    for (name, value) in members {
+        if name.eq_ignore_ascii_case("schemas") {
+            continue;
+        }
+        let attribute = AttrPath::parse(&name)
+            .map_err(|e| e.into_path_error(&name))
+            .map(|path| AttrPath {
+                urn: Some(schema.id.to_owned()),
+                ..path
+            })?;
+        apply_path(
+            rt,
+            resource,
+            op,
+            &PatchPath {
+                attribute,
+                filter: None,
+            },
+            Some(value),
+            false,
+        )?;
+    }
+    Ok(())
 }
 
 /// add / replace / remove on a whole attribute.

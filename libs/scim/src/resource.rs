@@ -74,7 +74,10 @@ pub fn normalize(rt: &ResourceType, input: Value) -> Result<Value, ScimError> {
                     schema.id
                 )));
             };
-            for (name, value) in members {
+            for (name, value) in members
+                .into_iter()
+                .filter(|(name, _)| !name.eq_ignore_ascii_case("schemas"))
+            {
                 let path = AttrPath {
                     urn: Some(schema.id.to_owned()),
                     name,

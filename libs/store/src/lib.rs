@@ -1,1 +1,177 @@
-//! placeholder
+//! rollcall-store: Rollcall's PostgreSQL side. Connects (creating the database if missing),
+//! runs the embedded migrations, and offers the read-model queries SCIM reads use, the writes
+//! the projector makes (one writer per table), projection checkpoints, and tenants and tokens.
+//!
+//! Read models live in a schema of their own (`read_model`), found through `search_path`, so
+//! that a rebuild can fill a fresh schema from the event stream and swap it in atomically.
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod checkpoint;
+pub mod group;
+pub mod rebuild;
+pub mod tenant;
+pub mod user;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tracing::{info, instrument};
+
+/// The schema holding the live read models.
+pub const LIVE_SCHEMA: &str = "read_model";
+
+/// The embedded migrations (`migrations/` at the workspace root).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be read.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// A name or argument was refused.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A connection pool whose `search_path` finds one read-model schema.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+    schema: String,
+    options: PgConnectOptions,
+}
+
+impl Store {
+    /// Connects to the live read models at `url`: creates the database if it is missing and
+    /// runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, LIVE_SCHEMA, 16).await
+    }
+
+    /// Connects with a given read-model schema and pool size.
+    #[instrument(skip_all, fields(schema), err)]
+    pub async fn connect_with(
+        url: &str,
+        schema: &str,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        let base =
+            PgConnectOptions::from_str(url)?.log_statements(tracing::log::LevelFilter::Trace);
+        create_database_if_missing(&base).await?;
+        migrate(&base).await?;
+        let options = base
+            .clone()
+            .options([("search_path", format!("{schema},public"))]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        Ok(Self {
+            pool,
+            schema: schema.to_owned(),
+            options: base,
+        })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The read-model schema this store reads and writes.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The same database with another read-model schema.
+    pub async fn with_schema(
+        &self,
+        schema: &str,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        let options = self
+            .options
+            .clone()
+            .options([("search_path", format!("{schema},public"))]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            pool,
+            schema: schema.to_owned(),
+            options: self.options.clone(),
+        })
+    }
+
+    /// A single connection without a read-model search path (for DDL).
+    pub async fn admin_connection(&self) -> Result<PgConnection, StoreError> {
+        Ok(PgConnection::connect_with(&self.options).await?)
+    }
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), StoreError> {
+    let Some(database) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    match PgConnection::connect_with(options).await {
+        Ok(connection) => {
+            let _ = connection.close().await;
+            Ok(())
+        }
+        // 3D000: invalid_catalog_name, the database does not exist.
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("3D000") => {
+            let mut admin =
+                PgConnection::connect_with(&options.clone().database("postgres")).await?;
+            let statement = format!("CREATE DATABASE \"{}\"", database.replace('"', "\"\""));
+            match sqlx::query(&statement).execute(&mut admin).await {
+                Ok(_) => info!(database = %database, "created database"),
+                // 42P04: duplicate_database (created concurrently).
+                Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P04") => {}
+                Err(error) => return Err(error.into()),
+            }
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn migrate(options: &PgConnectOptions) -> Result<(), StoreError> {
+    // Migrations run with the default search_path, so that their objects and sqlx's own
+    // bookkeeping table land in `public`.
+    let mut connection = PgConnection::connect_with(options).await?;
+    MIGRATOR.run(&mut connection).await?;
+    let _ = connection.close().await;
+    Ok(())
+}
+
+/// Drops a database (for tests and tooling); connections to it are terminated first.
+pub async fn drop_database(url: &str) -> Result<(), StoreError> {
+    let options = PgConnectOptions::from_str(url)?;
+    let Some(database) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+        .bind(&database)
+        .execute(&mut admin)
+        .await?;
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS \"{}\"",
+        database.replace('"', "\"\"")
+    ))
+    .execute(&mut admin)
+    .await?;
+    Ok(())
+}

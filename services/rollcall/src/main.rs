@@ -1,1 +1,331 @@
-fn main() {}
+//! `rollcall`: runs Rollcall (`rollcall serve`) and its operator commands.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use rollcall_eventlog::{EventLog, Namespace};
+use rollcall_store::tenant::Scope;
+use rollcall_store::Store;
+use serde_json::json;
+
+mod serve;
+
+/// Rollcall: identity lifecycle from Entra ID (SCIM 2.0) to immutable events, read models and
+/// immediate access decisions.
+#[derive(Debug, Parser)]
+#[command(name = "rollcall", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where Rollcall's state lives; shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// PostgreSQL URL (the database is created if missing).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/rollcall",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// NATS URL (JetStream must be enabled).
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    pub nats_url: String,
+    /// Prefix of the stream, subjects and key-value buckets; installations sharing a NATS
+    /// server need different namespaces.
+    #[arg(
+        long,
+        env = "ROLLCALL_NAMESPACE",
+        default_value = "rollcall",
+        global = true
+    )]
+    pub namespace: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every Rollcall service in this process.
+    Serve(serve::ServeArgs),
+    /// Manage tenants.
+    Tenants {
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+    /// Manage API tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Show the event stream's head, the projector's checkpoint and its lag.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Projection maintenance.
+    Projector {
+        #[command(subcommand)]
+        command: ProjectorCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantsCommand {
+    /// Create a tenant and its first SCIM token; prints the SCIM URL and the token (once).
+    Create {
+        /// The tenant's name: a-z, 0-9, - and _.
+        name: String,
+        /// The SCIM base URL to print (default: from ROLLCALL_PUBLIC_URL, else the local address).
+        #[arg(long, env = "ROLLCALL_PUBLIC_URL")]
+        scim_url: Option<String>,
+        /// Print JSON: {"tenant", "scim_url", "token"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tenants.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Create a token; prints it once.
+    Create {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// What the token may do.
+        #[arg(long, default_value = "scim", value_parser = ["scim", "audit"])]
+        scope: String,
+        /// A note for whoever lists tokens later.
+        #[arg(long)]
+        description: Option<String>,
+        /// Print JSON: {"tenant", "id", "scope", "token"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a token by id; requests with it fail within seconds.
+    Revoke {
+        /// The token's id (the part after `rc_`).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectorCommand {
+    /// Replay the whole event stream into fresh read-model tables, then switch to them.
+    Rebuild {
+        /// Events applied per transaction.
+        #[arg(long, default_value_t = rollcall_projector::DEFAULT_BATCH)]
+        batch: usize,
+    },
+}
+
+fn default_scim_url() -> String {
+    let addr = std::env::var("ROLLCALL_SCIM_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    format!("http://{addr}/scim/v2")
+}
+
+async fn connect_nats(common: &Common) -> anyhow::Result<(async_nats::Client, EventLog)> {
+    let namespace = Namespace::new(&common.namespace).context("ROLLCALL_NAMESPACE")?;
+    let client = async_nats::connect(&common.nats_url)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to NATS at {} (start it with: nats-server -js)",
+                common.nats_url
+            )
+        })?;
+    let log = EventLog::open(client.clone(), namespace)
+        .await
+        .context("opening the event stream")?;
+    Ok((client, log))
+}
+
+async fn connect_store(common: &Common) -> anyhow::Result<Store> {
+    Store::connect(&common.database_url)
+        .await
+        .context("connecting to PostgreSQL (DATABASE_URL)")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::serve(cli.common, args).await,
+        Command::Tenants { command } => tenants(cli.common, command).await,
+        Command::Tokens { command } => tokens(cli.common, command).await,
+        Command::Status { json } => status(cli.common, json).await,
+        Command::Projector {
+            command: ProjectorCommand::Rebuild { batch },
+        } => rebuild(cli.common, batch).await,
+    }
+}
+
+async fn tenants(common: Common, command: TenantsCommand) -> anyhow::Result<()> {
+    let store = connect_store(&common).await?;
+    match command {
+        TenantsCommand::Create {
+            name,
+            scim_url,
+            json,
+        } => {
+            rollcall_eventlog::namespace::check_name(&name).context("tenant name")?;
+            if !store.create_tenant(&name).await? {
+                anyhow::bail!("tenant {name:?} exists already; create another token with `rollcall tokens create --tenant {name}`");
+            }
+            let token = store
+                .create_token(&name, Scope::Scim, Some("created with the tenant"))
+                .await?;
+            let scim_url = scim_url.unwrap_or_else(default_scim_url);
+            if json {
+                println!(
+                    "{}",
+                    json!({"tenant": name, "scim_url": scim_url, "token": token.token})
+                );
+            } else {
+                println!("Tenant:     {name}\nSCIM URL:   {scim_url}\nToken:      {}\n\nThe token is shown only now. In Entra ID, paste the SCIM URL as Tenant URL and the token as Secret Token.", token.token);
+            }
+        }
+        TenantsCommand::List => {
+            for tenant in store.tenants().await? {
+                println!("{tenant}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn tokens(common: Common, command: TokensCommand) -> anyhow::Result<()> {
+    let store = connect_store(&common).await?;
+    match command {
+        TokensCommand::Create {
+            tenant,
+            scope,
+            description,
+            json,
+        } => {
+            let scope = Scope::parse(&scope).context("scope")?;
+            let token = store
+                .create_token(&tenant, scope, description.as_deref())
+                .await?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"tenant": tenant, "id": token.info.id, "scope": scope.as_str(), "token": token.token})
+                );
+            } else {
+                println!(
+                    "Token {} for tenant {tenant} ({}):\n{}\n\nIt is shown only now.",
+                    token.info.id,
+                    scope.as_str(),
+                    token.token
+                );
+            }
+        }
+        TokensCommand::List { tenant } => {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:<18} {:<16} {:<6} {:<26} {:<8} DESCRIPTION",
+                "ID", "TENANT", "SCOPE", "CREATED", "STATE"
+            )?;
+            for token in store.tokens(tenant.as_deref()).await? {
+                let state = if token.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "live"
+                };
+                writeln!(
+                    out,
+                    "{:<18} {:<16} {:<6} {:<26} {:<8} {}",
+                    token.id,
+                    token.tenant,
+                    token.scope.as_str(),
+                    token
+                        .created_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    state,
+                    token.description.unwrap_or_default()
+                )?;
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            if !store.revoke_token(&id).await? {
+                anyhow::bail!("no live token {id}");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn status(common: Common, json: bool) -> anyhow::Result<()> {
+    let (_, log) = connect_nats(&common).await?;
+    let store = connect_store(&common).await?;
+    let head = log.head().await?;
+    let checkpoint = store.checkpoint(rollcall_projector::DEFAULT_NAME).await?;
+    let lag = head.saturating_sub(checkpoint);
+    if json {
+        println!(
+            "{}",
+            json!({"stream": log.namespace().stream(), "head": head, "projector": {"checkpoint": checkpoint, "lag": lag}})
+        );
+    } else {
+        println!("stream               {}\nstream head          {head}\nprojector checkpoint {checkpoint}\nprojector lag        {lag}", log.namespace().stream());
+    }
+    Ok(())
+}
+
+async fn rebuild(common: Common, batch: usize) -> anyhow::Result<()> {
+    let (client, log) = connect_nats(&common).await?;
+    let store = connect_store(&common).await?;
+    let started = std::time::Instant::now();
+    let mut last_report = std::time::Instant::now();
+    let applied = rollcall_projector::rebuild::rebuild(client, &log, &store, batch, |progress| {
+        if last_report.elapsed().as_secs() >= 1 {
+            eprintln!("rebuild: {} of {} events", progress.applied, progress.head);
+            last_report = std::time::Instant::now();
+        }
+    })
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!("rebuilt the read models from {applied} events in {seconds:.1}s ({:.0} events/s); they are live", applied as f64 / seconds.max(1e-9));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tenants_create_takes_a_name_and_json() {
+        let cli = Cli::try_parse_from(["rollcall", "tenants", "create", "acme", "--json"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Tenants { command: TenantsCommand::Create { ref name, json: true, .. } } if name == "acme")
+        );
+    }
+}

@@ -1,1 +1,310 @@
-//! placeholder
+//! The SCIM 2.0 server (RFC 7644) that Microsoft Entra ID provisions: bearer tokens per
+//! tenant, SCIM requests turned into domain commands, events appended to JetStream, reads
+//! served from the PostgreSQL read models once they hold the write.
+#![warn(missing_docs)]
+
+pub mod aggregate;
+pub mod auth;
+pub mod body;
+mod claims;
+pub mod consistency;
+mod discovery;
+pub mod error;
+mod groups;
+pub mod http;
+mod lists;
+pub mod mapping;
+mod render;
+mod users;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use rollcall_eventlog::{Claims, EventLog};
+use rollcall_store::Store;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+use tracing::{error, field::Empty, info, info_span, Span};
+
+use crate::aggregate::{Repositories, Repository};
+use crate::auth::TokenCache;
+use crate::consistency::Checkpoint;
+use crate::error::ApiError;
+use crate::http::RequestId;
+
+/// Where SCIM lives on the server.
+pub const BASE_PATH: &str = "/scim/v2";
+
+/// Everything the SCIM API reads from the environment (besides the shared connections).
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "scim")]
+pub struct Config {
+    /// Socket address the SCIM HTTP server binds to.
+    #[arg(
+        long = "scim-addr",
+        env = "ROLLCALL_SCIM_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub addr: SocketAddr,
+    /// The SCIM base URL as clients see it (for `meta.location`, `Location` and `$ref`);
+    /// by default taken from each request's Host header, as `http://<host>/scim/v2`.
+    #[arg(long = "public-url", env = "ROLLCALL_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Largest request body accepted, in bytes (larger: `413`).
+    #[arg(
+        long = "scim-max-body",
+        env = "ROLLCALL_SCIM_MAX_BODY",
+        default_value_t = 1_048_576
+    )]
+    pub max_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            max_body_bytes: 1_048_576,
+        }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Read models.
+    pub store: Store,
+    /// Write path.
+    pub repositories: Arc<Repositories>,
+    /// Uniqueness claims.
+    pub claims: Claims,
+    /// The projector's checkpoint (read-your-writes).
+    pub checkpoint: Checkpoint,
+    /// Verified tokens.
+    pub tokens: TokenCache,
+}
+
+impl AppState {
+    /// Builds the state over shared connections.
+    pub async fn new(
+        config: Config,
+        client: async_nats::Client,
+        log: EventLog,
+        store: Store,
+    ) -> Result<Self, ApiError> {
+        let claims = Claims::open(log.jetstream(), log.namespace()).await?;
+        let checkpoint = Checkpoint::follow(
+            client,
+            log.namespace(),
+            store.clone(),
+            rollcall_projector_name(),
+        )
+        .await;
+        let repositories = Repositories {
+            users: Repository::new(log.clone()),
+            groups: Repository::new(log),
+        };
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            repositories: Arc::new(repositories),
+            claims,
+            checkpoint,
+            tokens: TokenCache::default(),
+        })
+    }
+}
+
+/// The projector whose checkpoint writes wait for.
+fn rollcall_projector_name() -> &'static str {
+    "projector"
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    rollcall_scim::ScimError::not_found("no such SCIM endpoint; the base is /scim/v2").into()
+}
+
+/// Gives every request an id (returned as `X-Request-Id`, recorded on its events).
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = uuid::Uuid::now_v7().to_string();
+    Span::current().record("request.id", id.as_str());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn make_span(request: &Request) -> Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let span = info_span!(
+        "http.request",
+        otel.name = %format!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = %route,
+        http.response.status_code = Empty,
+        request.id = Empty,
+        tenant = Empty,
+    );
+    rollcall_telemetry::set_parent_from_http(&span, request.headers());
+    span
+}
+
+fn on_response(response: &Response, latency: Duration, span: &Span) {
+    span.record("http.response.status_code", response.status().as_u16());
+    if let Some(error) = response.extensions().get::<Arc<ApiError>>() {
+        match error.as_ref() {
+            ApiError::Internal(cause) => {
+                error!(cause = %cause, latency_ms = latency.as_millis() as u64, "request failed")
+            }
+            other => info!(status = response.status().as_u16(), detail = %other, "request refused"),
+        }
+    }
+}
+
+/// The SCIM routes under [`BASE_PATH`].
+pub fn router(state: AppState) -> Router {
+    let scim = Router::new()
+        .route(
+            "/Users",
+            get(users::list)
+                .post(users::create)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/Users/.search",
+            post(users::search).fallback(method_not_allowed),
+        )
+        .route(
+            "/Users/{id}",
+            get(users::get)
+                .put(users::replace)
+                .patch(users::modify)
+                .delete(users::delete)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/Groups",
+            get(groups::list)
+                .post(groups::create)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/Groups/.search",
+            post(groups::search).fallback(method_not_allowed),
+        )
+        .route(
+            "/Groups/{id}",
+            get(groups::get)
+                .put(groups::replace)
+                .patch(groups::modify)
+                .delete(groups::delete)
+                .fallback(method_not_allowed),
+        )
+        .route("/.search", post(root_search).fallback(method_not_allowed))
+        .route(
+            "/ServiceProviderConfig",
+            get(discovery::service_provider_config).fallback(method_not_allowed),
+        )
+        .route(
+            "/ResourceTypes",
+            get(discovery::resource_types).fallback(method_not_allowed),
+        )
+        .route(
+            "/ResourceTypes/{name}",
+            get(discovery::resource_type).fallback(method_not_allowed),
+        )
+        .route(
+            "/Schemas",
+            get(discovery::schemas).fallback(method_not_allowed),
+        )
+        .route(
+            "/Schemas/{id}",
+            get(discovery::schema).fallback(method_not_allowed),
+        )
+        .route_layer(axum::middleware::from_fn(request_id))
+        .route_layer(
+            TraceLayer::new_for_http()
+                .make_span_with(make_span)
+                .on_response(on_response),
+        )
+        .with_state(state);
+    Router::new().nest(BASE_PATH, scim).fallback(not_found)
+}
+
+async fn root_search(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    principal: auth::Principal,
+    info: http::RequestInfo,
+    body::ScimJson(body): body::ScimJson,
+) -> Result<Response, ApiError> {
+    let params = rollcall_scim::QueryParams::from_search_body(&body)?;
+    let list = lists::root(&state, &principal, &info, &params).await?;
+    Ok(http::scim(
+        axum::http::StatusCode::OK,
+        &list.to_json(),
+        None,
+        None,
+    ))
+}
+
+/// Serves the SCIM API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state).into_make_service())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds the configured address and serves until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    client: async_nats::Client,
+    log: EventLog,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|e| ApiError::Internal(format!("binding {}: {e}", config.addr)))?;
+    let state = AppState::new(config, client, log, store).await?;
+    serve(listener, state, shutdown)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// A response for a path outside the SCIM base.
+pub fn outside_base() -> Response {
+    not_found_response()
+}
+
+fn not_found_response() -> Response {
+    ApiError::from(rollcall_scim::ScimError::not_found(
+        "no such SCIM endpoint; the base is /scim/v2",
+    ))
+    .into_response()
+}

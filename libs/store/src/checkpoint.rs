@@ -1,0 +1,55 @@
+//! Projection checkpoints: the last stream sequence a projection applied, written in the same
+//! transaction as its effects.
+
+use sqlx::PgConnection;
+
+use crate::{Store, StoreError};
+
+/// The checkpoint of projection `name` (0 if it never ran).
+pub async fn get(connection: &mut PgConnection, name: &str) -> Result<u64, StoreError> {
+    let sequence: Option<i64> =
+        sqlx::query_scalar("SELECT sequence FROM projection_checkpoint WHERE name = $1")
+            .bind(name)
+            .fetch_optional(connection)
+            .await?;
+    Ok(sequence.unwrap_or(0).max(0) as u64)
+}
+
+/// The checkpoint, locked until the transaction ends (one projector instance at a time).
+pub async fn lock(connection: &mut PgConnection, name: &str) -> Result<u64, StoreError> {
+    sqlx::query("INSERT INTO projection_checkpoint (name, sequence) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING")
+        .bind(name)
+        .execute(&mut *connection)
+        .await?;
+    let sequence: i64 =
+        sqlx::query_scalar("SELECT sequence FROM projection_checkpoint WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_one(connection)
+            .await?;
+    Ok(sequence.max(0) as u64)
+}
+
+/// Sets the checkpoint.
+pub async fn set(
+    connection: &mut PgConnection,
+    name: &str,
+    sequence: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO projection_checkpoint (name, sequence, updated_at) VALUES ($1, $2, now())
+         ON CONFLICT (name) DO UPDATE SET sequence = EXCLUDED.sequence, updated_at = now()",
+    )
+    .bind(name)
+    .bind(sequence as i64)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// The checkpoint of projection `name` (0 if it never ran).
+    pub async fn checkpoint(&self, name: &str) -> Result<u64, StoreError> {
+        let mut connection = self.pool().acquire().await?;
+        get(&mut connection, name).await
+    }
+}

@@ -1,0 +1,273 @@
+//! The `scim_group` and `group_member` read models.
+
+use serde_json::{Map, Value};
+use sqlx::types::Json;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+/// One group as the read model holds it (members apart).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct GroupRow {
+    /// The tenant.
+    pub tenant: String,
+    /// The group's id.
+    pub id: Uuid,
+    /// The displayName, as sent.
+    pub display_name: String,
+    /// The externalId, as sent.
+    pub external_id: Option<String>,
+    /// Every other attribute but members, canonical JSON.
+    pub attributes: Json<Map<String, Value>>,
+    /// The aggregate's version.
+    pub version: i64,
+    /// When the group was created.
+    pub created_at: OffsetDateTime,
+    /// When the group last changed.
+    pub updated_at: OffsetDateTime,
+}
+
+/// One membership.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MemberRow {
+    /// The group.
+    pub group_id: Uuid,
+    /// The member's id, as sent.
+    pub member_id: String,
+    /// `User` or `Group`, when the client said.
+    pub member_type: Option<String>,
+    /// A display name, when the client sent one.
+    pub member_display: Option<String>,
+}
+
+/// A condition group lookups compile to; all conditions of a query must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupCondition {
+    /// `id eq`
+    Id(Uuid),
+    /// `displayName eq`, compared without case.
+    DisplayName(String),
+    /// `externalId eq`, compared without case.
+    ExternalId(String),
+    /// `members eq` (Entra's membership check), compared without case.
+    Member(String),
+}
+
+const COLUMNS: &str =
+    "tenant, id, display_name, external_id, attributes, version, created_at, updated_at";
+
+fn where_clause<'a>(
+    builder: &mut QueryBuilder<'a, Postgres>,
+    tenant: &'a str,
+    conditions: &'a [GroupCondition],
+) {
+    builder.push(" WHERE g.tenant = ").push_bind(tenant);
+    for condition in conditions {
+        match condition {
+            GroupCondition::Id(id) => builder.push(" AND g.id = ").push_bind(*id),
+            GroupCondition::DisplayName(name) => builder.push(" AND g.display_name_lower = ").push_bind(name.to_lowercase()),
+            GroupCondition::ExternalId(id) => builder.push(" AND g.external_id_lower = ").push_bind(id.to_lowercase()),
+            GroupCondition::Member(member) => builder
+                .push(" AND EXISTS (SELECT 1 FROM group_member m WHERE m.tenant = g.tenant AND m.group_id = g.id AND m.member_key = ")
+                .push_bind(member.to_lowercase())
+                .push(")"),
+        };
+    }
+}
+
+impl Store {
+    /// One group by id.
+    pub async fn group(&self, tenant: &str, id: Uuid) -> Result<Option<GroupRow>, StoreError> {
+        Ok(sqlx::query_as::<_, GroupRow>(&format!(
+            "SELECT {COLUMNS} FROM scim_group WHERE tenant = $1 AND id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Groups meeting every condition, a page of them in creation order, and how many in all.
+    pub async fn find_groups(
+        &self,
+        tenant: &str,
+        conditions: &[GroupCondition],
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<GroupRow>, usize), StoreError> {
+        let mut count = QueryBuilder::new("SELECT count(*) FROM scim_group g");
+        where_clause(&mut count, tenant, conditions);
+        let total: i64 = count.build_query_scalar().fetch_one(self.pool()).await?;
+        if limit == 0 {
+            return Ok((Vec::new(), total as usize));
+        }
+        let mut query = QueryBuilder::new("SELECT g.tenant, g.id, g.display_name, g.external_id, g.attributes, g.version, g.created_at, g.updated_at FROM scim_group g");
+        where_clause(&mut query, tenant, conditions);
+        query
+            .push(" ORDER BY g.created_at, g.id OFFSET ")
+            .push_bind(offset as i64)
+            .push(" LIMIT ")
+            .push_bind(limit as i64);
+        Ok((
+            query
+                .build_query_as::<GroupRow>()
+                .fetch_all(self.pool())
+                .await?,
+            total as usize,
+        ))
+    }
+
+    /// Up to `limit` groups of a tenant, in creation order.
+    pub async fn scan_groups(
+        &self,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<Vec<GroupRow>, StoreError> {
+        Ok(sqlx::query_as::<_, GroupRow>(&format!(
+            "SELECT {COLUMNS} FROM scim_group WHERE tenant = $1 ORDER BY created_at, id LIMIT $2"
+        ))
+        .bind(tenant)
+        .bind(limit as i64)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The members of these groups, in the order they were added.
+    pub async fn members(
+        &self,
+        tenant: &str,
+        groups: &[Uuid],
+    ) -> Result<Vec<MemberRow>, StoreError> {
+        Ok(sqlx::query_as::<_, MemberRow>(
+            "SELECT group_id, member_id, member_type, member_display FROM group_member
+             WHERE tenant = $1 AND group_id = ANY($2) ORDER BY group_id, added_at, member_key",
+        )
+        .bind(tenant)
+        .bind(groups)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}
+
+/// The group, locked for update within the projector's transaction.
+pub async fn lock(
+    connection: &mut PgConnection,
+    tenant: &str,
+    id: Uuid,
+) -> Result<Option<GroupRow>, StoreError> {
+    Ok(sqlx::query_as::<_, GroupRow>(&format!(
+        "SELECT {COLUMNS} FROM scim_group WHERE tenant = $1 AND id = $2 FOR UPDATE"
+    ))
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(connection)
+    .await?)
+}
+
+/// Inserts or replaces a group (members apart).
+pub async fn upsert(connection: &mut PgConnection, row: &GroupRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO scim_group (tenant, id, display_name, display_name_lower, external_id, external_id_lower,
+                                 attributes, version, created_at, updated_at)
+         VALUES ($1, $2, $3, lower($3), $4, lower($4), $5, $6, $7, $8)
+         ON CONFLICT (tenant, id) DO UPDATE SET
+             display_name = EXCLUDED.display_name, display_name_lower = EXCLUDED.display_name_lower,
+             external_id = EXCLUDED.external_id, external_id_lower = EXCLUDED.external_id_lower,
+             attributes = EXCLUDED.attributes, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(&row.tenant)
+    .bind(row.id)
+    .bind(&row.display_name)
+    .bind(&row.external_id)
+    .bind(&row.attributes)
+    .bind(row.version)
+    .bind(row.created_at)
+    .bind(row.updated_at)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Deletes a group and its memberships.
+pub async fn delete(
+    connection: &mut PgConnection,
+    tenant: &str,
+    id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM group_member WHERE tenant = $1 AND group_id = $2")
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query("DELETE FROM scim_group WHERE tenant = $1 AND id = $2")
+        .bind(tenant)
+        .bind(id)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// A member to add: id, type and display name as the client sent them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMember {
+    /// The member's id.
+    pub id: String,
+    /// `User` or `Group`.
+    pub kind: Option<String>,
+    /// A display name.
+    pub display: Option<String>,
+}
+
+/// Adds members; existing ones are kept as they are.
+pub async fn add_members(
+    connection: &mut PgConnection,
+    tenant: &str,
+    group: Uuid,
+    members: &[NewMember],
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    if members.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = members.iter().map(|m| m.id.to_lowercase()).collect();
+    let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+    let types: Vec<Option<String>> = members.iter().map(|m| m.kind.clone()).collect();
+    let displays: Vec<Option<String>> = members.iter().map(|m| m.display.clone()).collect();
+    sqlx::query(
+        "INSERT INTO group_member (tenant, group_id, member_key, member_id, member_type, member_display, added_at)
+         SELECT $1, $2, key, id, kind, display, $7
+         FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS m(key, id, kind, display)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(group)
+    .bind(&keys)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&displays)
+    .bind(at)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Removes members by id, compared without case.
+pub async fn remove_members(
+    connection: &mut PgConnection,
+    tenant: &str,
+    group: Uuid,
+    members: &[String],
+) -> Result<(), StoreError> {
+    let keys: Vec<String> = members.iter().map(|id| id.to_lowercase()).collect();
+    sqlx::query(
+        "DELETE FROM group_member WHERE tenant = $1 AND group_id = $2 AND member_key = ANY($3)",
+    )
+    .bind(tenant)
+    .bind(group)
+    .bind(&keys)
+    .execute(connection)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! The `scim_user` read model: written by the projector, read by SCIM lookups.
+
+use serde_json::{Map, Value};
+use sqlx::types::Json;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+/// One user as the read model holds it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct UserRow {
+    /// The tenant.
+    pub tenant: String,
+    /// The user's id.
+    pub id: Uuid,
+    /// The userName, as sent.
+    pub user_name: String,
+    /// The externalId, as sent.
+    pub external_id: Option<String>,
+    /// Whether the user is active.
+    pub active: bool,
+    /// Every other attribute, canonical JSON.
+    pub attributes: Json<Map<String, Value>>,
+    /// The aggregate's version.
+    pub version: i64,
+    /// When the user was provisioned.
+    pub created_at: OffsetDateTime,
+    /// When the user last changed.
+    pub updated_at: OffsetDateTime,
+}
+
+/// A condition Entra's lookups compile to; all conditions of a query must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserCondition {
+    /// `id eq`
+    Id(Uuid),
+    /// `userName eq`, compared without case.
+    UserName(String),
+    /// `externalId eq`, compared without case.
+    ExternalId(String),
+}
+
+const COLUMNS: &str =
+    "tenant, id, user_name, external_id, active, attributes, version, created_at, updated_at";
+
+fn where_clause<'a>(
+    builder: &mut QueryBuilder<'a, Postgres>,
+    tenant: &'a str,
+    conditions: &'a [UserCondition],
+) {
+    builder.push(" WHERE tenant = ").push_bind(tenant);
+    for condition in conditions {
+        match condition {
+            UserCondition::Id(id) => builder.push(" AND id = ").push_bind(*id),
+            UserCondition::UserName(name) => builder
+                .push(" AND user_name_lower = ")
+                .push_bind(name.to_lowercase()),
+            UserCondition::ExternalId(id) => builder
+                .push(" AND external_id_lower = ")
+                .push_bind(id.to_lowercase()),
+        };
+    }
+}
+
+impl Store {
+    /// One user by id.
+    pub async fn user(&self, tenant: &str, id: Uuid) -> Result<Option<UserRow>, StoreError> {
+        Ok(sqlx::query_as::<_, UserRow>(&format!(
+            "SELECT {COLUMNS} FROM scim_user WHERE tenant = $1 AND id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Users meeting every condition (from indexed columns), a page of them in creation
+    /// order, and how many meet them in all.
+    pub async fn find_users(
+        &self,
+        tenant: &str,
+        conditions: &[UserCondition],
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<UserRow>, usize), StoreError> {
+        let mut count = QueryBuilder::new("SELECT count(*) FROM scim_user");
+        where_clause(&mut count, tenant, conditions);
+        let total: i64 = count.build_query_scalar().fetch_one(self.pool()).await?;
+        if limit == 0 {
+            return Ok((Vec::new(), total as usize));
+        }
+        let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM scim_user"));
+        where_clause(&mut query, tenant, conditions);
+        query
+            .push(" ORDER BY created_at, id OFFSET ")
+            .push_bind(offset as i64)
+            .push(" LIMIT ")
+            .push_bind(limit as i64);
+        let rows = query
+            .build_query_as::<UserRow>()
+            .fetch_all(self.pool())
+            .await?;
+        Ok((rows, total as usize))
+    }
+
+    /// Up to `limit` users of a tenant, in creation order (for filters no index answers).
+    pub async fn scan_users(&self, tenant: &str, limit: usize) -> Result<Vec<UserRow>, StoreError> {
+        Ok(sqlx::query_as::<_, UserRow>(&format!(
+            "SELECT {COLUMNS} FROM scim_user WHERE tenant = $1 ORDER BY created_at, id LIMIT $2"
+        ))
+        .bind(tenant)
+        .bind(limit as i64)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The groups each of these users is a direct member of: (user id, group id, displayName).
+    pub async fn groups_of_users(
+        &self,
+        tenant: &str,
+        users: &[Uuid],
+    ) -> Result<Vec<(Uuid, Uuid, String)>, StoreError> {
+        let keys: Vec<String> = users.iter().map(|id| id.to_string()).collect();
+        let rows: Vec<(String, Uuid, String)> = sqlx::query_as(
+            "SELECT m.member_key, g.id, g.display_name FROM group_member m
+             JOIN scim_group g ON g.tenant = m.tenant AND g.id = m.group_id
+             WHERE m.tenant = $1 AND m.member_key = ANY($2) ORDER BY g.display_name_lower, g.id",
+        )
+        .bind(tenant)
+        .bind(&keys)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(key, group, name)| Some((Uuid::parse_str(&key).ok()?, group, name)))
+            .collect())
+    }
+}
+
+/// The user, locked for update within the projector's transaction.
+pub async fn lock(
+    connection: &mut PgConnection,
+    tenant: &str,
+    id: Uuid,
+) -> Result<Option<UserRow>, StoreError> {
+    Ok(sqlx::query_as::<_, UserRow>(&format!(
+        "SELECT {COLUMNS} FROM scim_user WHERE tenant = $1 AND id = $2 FOR UPDATE"
+    ))
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(connection)
+    .await?)
+}
+
+/// Inserts or replaces a user.
+pub async fn upsert(connection: &mut PgConnection, row: &UserRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO scim_user (tenant, id, user_name, user_name_lower, external_id, external_id_lower, active,
+                                attributes, version, created_at, updated_at)
+         VALUES ($1, $2, $3, lower($3), $4, lower($4), $5, $6, $7, $8, $9)
+         ON CONFLICT (tenant, id) DO UPDATE SET
+             user_name = EXCLUDED.user_name, user_name_lower = EXCLUDED.user_name_lower,
+             external_id = EXCLUDED.external_id, external_id_lower = EXCLUDED.external_id_lower,
+             active = EXCLUDED.active, attributes = EXCLUDED.attributes, version = EXCLUDED.version,
+             updated_at = EXCLUDED.updated_at",
+    )
+    .bind(&row.tenant)
+    .bind(row.id)
+    .bind(&row.user_name)
+    .bind(&row.external_id)
+    .bind(row.active)
+    .bind(&row.attributes)
+    .bind(row.version)
+    .bind(row.created_at)
+    .bind(row.updated_at)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Deletes a user and its group memberships.
+pub async fn delete(
+    connection: &mut PgConnection,
+    tenant: &str,
+    id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM scim_user WHERE tenant = $1 AND id = $2")
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query("DELETE FROM group_member WHERE tenant = $1 AND member_key = $2")
+        .bind(tenant)
+        .bind(id.to_string())
+        .execute(connection)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! How one event changes the read models.
+
+use rollcall_domain::group::{self, Group, GroupEvent, GroupState};
+use rollcall_domain::user::{self, User, UserEvent};
+use rollcall_domain::{Attributes, EventKind};
+use rollcall_eventlog::consumer::Delivered;
+use rollcall_store::audit::{self, AuditRow};
+use rollcall_store::group::{GroupRow, NewMember};
+use rollcall_store::user::UserRow;
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::PgConnection;
+
+use crate::ProjectorError;
+
+fn text(attributes: &Attributes, name: &str) -> Option<String> {
+    attributes
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// Applies one event to the read models and records it in `audit_event`.
+pub async fn apply(
+    connection: &mut PgConnection,
+    delivered: &Delivered,
+) -> Result<(), ProjectorError> {
+    let envelope = &delivered.envelope;
+    let sequence = delivered.sequence;
+    let fail = |reason: String| ProjectorError::Event { sequence, reason };
+    let tenant = envelope.tenant.as_str();
+    let id = envelope.aggregate_id;
+    let at = envelope.occurred_at;
+    match envelope.aggregate_type.as_str() {
+        UserEvent::AGGREGATE => {
+            let event = UserEvent::from_payload(
+                &envelope.event_type,
+                envelope.schema_version,
+                envelope.payload.clone(),
+            )
+            .map_err(fail)?;
+            let row = rollcall_store::user::lock(connection, tenant, id).await?;
+            let current = match &row {
+                Some(row) if row.active => User::Active(row.attributes.0.clone()),
+                Some(row) => User::Inactive(row.attributes.0.clone()),
+                None => User::Absent,
+            };
+            match user::evolve(current, &event) {
+                next @ (User::Active(_) | User::Inactive(_)) => {
+                    let active = next.is_active();
+                    let attributes = next.attributes().cloned().unwrap_or_default();
+                    let row = UserRow {
+                        tenant: tenant.to_owned(),
+                        id,
+                        user_name: text(&attributes, "userName").unwrap_or_default(),
+                        external_id: text(&attributes, "externalId"),
+                        active,
+                        attributes: Json(attributes),
+                        version: envelope.version as i64,
+                        created_at: row.map_or(at, |row| row.created_at),
+                        updated_at: at,
+                    };
+                    rollcall_store::user::upsert(connection, &row).await?;
+                }
+                User::Deleted => rollcall_store::user::delete(connection, tenant, id).await?,
+                User::Absent => {
+                    return Err(fail(format!(
+                        "{} for a user that does not exist",
+                        envelope.event_type
+                    )))
+                }
+            }
+        }
+        GroupEvent::AGGREGATE => {
+            let event = GroupEvent::from_payload(
+                &envelope.event_type,
+                envelope.schema_version,
+                envelope.payload.clone(),
+            )
+            .map_err(fail)?;
+            let row = rollcall_store::group::lock(connection, tenant, id).await?;
+            let current = match &row {
+                // Members live in their own table; the event says who came and who went.
+                Some(row) => Group::Active(GroupState {
+                    attributes: row.attributes.0.clone(),
+                    members: Default::default(),
+                }),
+                None => Group::Absent,
+            };
+            match group::evolve(current, &event) {
+                Group::Active(state) => {
+                    let row = GroupRow {
+                        tenant: tenant.to_owned(),
+                        id,
+                        display_name: state.display_name().unwrap_or_default().to_owned(),
+                        external_id: text(&state.attributes, "externalId"),
+                        attributes: Json(state.attributes.clone()),
+                        version: envelope.version as i64,
+                        created_at: row.map_or(at, |row| row.created_at),
+                        updated_at: at,
+                    };
+                    rollcall_store::group::upsert(connection, &row).await?;
+                    match &event {
+                        GroupEvent::Created { members, .. }
+                        | GroupEvent::MembersAdded { members } => {
+                            let members: Vec<_> = members
+                                .iter()
+                                .map(|m| NewMember {
+                                    id: m.value.clone(),
+                                    kind: m.kind.clone(),
+                                    display: m.display.clone(),
+                                })
+                                .collect();
+                            rollcall_store::group::add_members(
+                                connection, tenant, id, &members, at,
+                            )
+                            .await?;
+                        }
+                        GroupEvent::MembersRemoved { members } => {
+                            rollcall_store::group::remove_members(connection, tenant, id, members)
+                                .await?;
+                        }
+                        _ => {}
+                    }
+                }
+                Group::Deleted => rollcall_store::group::delete(connection, tenant, id).await?,
+                Group::Absent => {
+                    return Err(fail(format!(
+                        "{} for a group that does not exist",
+                        envelope.event_type
+                    )))
+                }
+            }
+        }
+        other => return Err(fail(format!("unknown aggregate type {other:?}"))),
+    }
+    let record = AuditRow {
+        sequence: sequence as i64,
+        event_id: envelope.event_id,
+        tenant: tenant.to_owned(),
+        aggregate_type: envelope.aggregate_type.clone(),
+        aggregate_id: id,
+        version: envelope.version as i64,
+        event_type: envelope.event_type.clone(),
+        schema_version: envelope.schema_version as i32,
+        actor: Json(serde_json::to_value(&envelope.actor).unwrap_or(Value::Null)),
+        request_id: envelope.request_id.clone(),
+        trace_id: envelope
+            .traceparent
+            .as_deref()
+            .and_then(rollcall_telemetry::trace_id)
+            .map(str::to_owned),
+        occurred_at: at,
+        payload: Json(envelope.payload.clone()),
+    };
+    audit::insert(connection, &record).await?;
+    Ok(())
+}

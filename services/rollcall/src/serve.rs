@@ -1,0 +1,102 @@
+//! `rollcall serve`: every service in one process.
+
+use anyhow::Context;
+use clap::Args;
+use rollcall_store::tenant::Scope;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::{connect_nats, connect_store, Common};
+
+/// Options of `rollcall serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    scim: rollcall_scim_api::Config,
+    #[command(flatten)]
+    projector: rollcall_projector::Config,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+pub async fn serve(common: Common, args: ServeArgs) -> anyhow::Result<()> {
+    let _telemetry = rollcall_telemetry::init("rollcall")?;
+    let (client, log) = connect_nats(&common).await?;
+    let store = connect_store(&common).await?;
+    let scim_url = args
+        .scim
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}/scim/v2", args.scim.addr));
+    if store.tenants().await?.is_empty() {
+        store.create_tenant("default").await?;
+        let token = store
+            .create_token("default", Scope::Scim, Some("created at first start"))
+            .await?;
+        println!("First start: created tenant \"default\".\n  SCIM URL: {scim_url}\n  Token:    {}\nThe token is shown only now; create more with `rollcall tokens create --tenant default`.\n", token.token);
+    }
+    let listener = TcpListener::bind(args.scim.addr)
+        .await
+        .with_context(|| format!("binding the SCIM API to {}", args.scim.addr))?;
+    let state = rollcall_scim_api::AppState::new(
+        args.scim.clone(),
+        client.clone(),
+        log.clone(),
+        store.clone(),
+    )
+    .await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let projector = {
+        let mut stopped = stopped.clone();
+        let (client, log, store, config) = (
+            client.clone(),
+            log.clone(),
+            store.clone(),
+            args.projector.clone(),
+        );
+        tokio::spawn(async move {
+            rollcall_projector::run(config, client, log, store, async move {
+                let _ = stopped.wait_for(|&s| s).await;
+            })
+            .await
+        })
+    };
+    println!(
+        "Rollcall is running (namespace {}, stream {}).",
+        log.namespace(),
+        log.namespace().stream()
+    );
+    println!("  SCIM API  {scim_url}");
+    println!("  projector consuming {}", log.namespace().all_events());
+    info!(scim = %args.scim.addr, "serving");
+    let mut scim_stopped = stopped.clone();
+    let server = rollcall_scim_api::serve(listener, state, async move {
+        let _ = scim_stopped.wait_for(|&s| s).await;
+    });
+    tokio::select! {
+        result = server => result.context("SCIM API")?,
+        _ = shutdown_signal() => info!("shutting down"),
+    }
+    let _ = stop.send(true);
+    let _ = projector.await;
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! The write path: load an aggregate (from a per-process cache, checked by the append's
+//! expected sequence), decide, append, retry on conflict. Writes to one aggregate are
+//! serialized within the process, so concurrent PATCHes to one group (Entra sends them) queue
+//! instead of conflicting; across processes the stream's per-subject sequence check decides.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use rollcall_domain::group::{self, Group, GroupEvent};
+use rollcall_domain::user::{self, User, UserEvent};
+use rollcall_domain::EventKind;
+use rollcall_eventlog::{Actor, AppendError, Envelope, EventLog};
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+use tracing::{instrument, warn};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// How many times a conflicting append is retried before `503`.
+pub const MAX_ATTEMPTS: usize = 5;
+
+/// How many aggregates a cache keeps before it drops idle ones.
+const CACHE_LIMIT: usize = 50_000;
+
+/// An aggregate type: its state and how events fold into it.
+pub trait Aggregate: Send + Sync + 'static {
+    /// The state.
+    type State: Default + Clone + Send + Sync;
+    /// The events.
+    type Event: EventKind + Clone + Send + Sync;
+    /// Folds one event.
+    fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
+}
+
+/// Users.
+#[derive(Debug)]
+pub struct Users;
+impl Aggregate for Users {
+    type State = User;
+    type Event = UserEvent;
+    fn evolve(state: User, event: &UserEvent) -> User {
+        user::evolve(state, event)
+    }
+}
+
+/// Groups.
+#[derive(Debug)]
+pub struct Groups;
+impl Aggregate for Groups {
+    type State = Group;
+    type Event = GroupEvent;
+    fn evolve(state: Group, event: &GroupEvent) -> Group {
+        group::evolve(state, event)
+    }
+}
+
+/// An aggregate's folded state with what a response needs to say about it.
+#[derive(Debug, Clone)]
+pub struct Folded<S> {
+    /// The state.
+    pub state: S,
+    /// How many events it has (its `meta.version`).
+    pub version: u64,
+    /// The stream sequence of its last event (what the next append expects).
+    pub sequence: u64,
+    /// When its first event happened.
+    pub created_at: Option<OffsetDateTime>,
+    /// When its last event happened.
+    pub updated_at: Option<OffsetDateTime>,
+}
+
+impl<S: Default> Default for Folded<S> {
+    fn default() -> Self {
+        Self {
+            state: S::default(),
+            version: 0,
+            sequence: 0,
+            created_at: None,
+            updated_at: None,
+        }
+    }
+}
+
+/// Who writes, and within which request.
+#[derive(Debug, Clone)]
+pub struct WriteContext {
+    /// The tenant.
+    pub tenant: String,
+    /// Who.
+    pub actor: Actor,
+    /// The request.
+    pub request_id: String,
+}
+
+/// The outcome of a write: the new state and the sequence to wait for.
+#[derive(Debug, Clone)]
+pub struct Written<S> {
+    /// The state after the write.
+    pub folded: Folded<S>,
+    /// The events appended (empty if the command changed nothing).
+    pub appended: usize,
+}
+
+type Slot<S> = Arc<Mutex<Option<Folded<S>>>>;
+
+/// The per-process cache and write path of one aggregate type.
+pub struct Repository<A: Aggregate> {
+    log: EventLog,
+    slots: std::sync::Mutex<HashMap<String, Slot<A::State>>>,
+    _aggregate: PhantomData<A>,
+}
+
+impl<A: Aggregate> std::fmt::Debug for Repository<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository").finish_non_exhaustive()
+    }
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// A repository over the event log.
+    pub fn new(log: EventLog) -> Self {
+        Self {
+            log,
+            slots: std::sync::Mutex::new(HashMap::new()),
+            _aggregate: PhantomData,
+        }
+    }
+
+    fn subject(&self, tenant: &str, id: Uuid) -> String {
+        self.log
+            .namespace()
+            .aggregate_subject(tenant, A::Event::AGGREGATE, &id)
+    }
+
+    fn slot(&self, subject: &str) -> Slot<A::State> {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slots.len() > CACHE_LIMIT {
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        slots.entry(subject.to_owned()).or_default().clone()
+    }
+
+    /// Folds the events after the cached state (all of them on a cache miss).
+    async fn refresh(
+        &self,
+        subject: &str,
+        cached: Option<Folded<A::State>>,
+    ) -> Result<Folded<A::State>, ApiError> {
+        let mut folded = cached.unwrap_or_default();
+        let loaded = self.log.load(subject, folded.sequence).await?;
+        for envelope in loaded.events {
+            let event = A::Event::from_payload(
+                &envelope.event_type,
+                envelope.schema_version,
+                envelope.payload,
+            )
+            .map_err(|reason| {
+                ApiError::Internal(format!("unreadable event {}: {reason}", envelope.event_id))
+            })?;
+            folded.state = A::evolve(folded.state, &event);
+            folded.version = envelope.version;
+            folded.created_at.get_or_insert(envelope.occurred_at);
+            folded.updated_at = Some(envelope.occurred_at);
+        }
+        folded.sequence = loaded.last_sequence;
+        Ok(folded)
+    }
+
+    /// The current state (refreshed from the stream).
+    pub async fn load(&self, tenant: &str, id: Uuid) -> Result<Folded<A::State>, ApiError> {
+        let subject = self.subject(tenant, id);
+        let slot = self.slot(&subject);
+        let mut guard = slot.lock().await;
+        let folded = self.refresh(&subject, guard.take()).await?;
+        *guard = Some(folded.clone());
+        Ok(folded)
+    }
+
+    /// Decides and appends: `plan` turns the current state into events; a conflicting
+    /// append reloads and plans again, up to [`MAX_ATTEMPTS`] times.
+    #[instrument(skip_all, fields(aggregate = A::Event::AGGREGATE, aggregate.id = %id), err(level = "debug"))]
+    pub async fn write<F>(
+        &self,
+        context: &WriteContext,
+        id: Uuid,
+        mut plan: F,
+    ) -> Result<Written<A::State>, ApiError>
+    where
+        F: FnMut(&Folded<A::State>) -> Result<Vec<A::Event>, ApiError>,
+    {
+        let subject = self.subject(&context.tenant, id);
+        let slot = self.slot(&subject);
+        let mut guard = slot.lock().await;
+        let mut folded = match guard.take() {
+            Some(cached) => cached,
+            None => self.refresh(&subject, None).await?,
+        };
+        for attempt in 1..=MAX_ATTEMPTS {
+            let events = match plan(&folded) {
+                Ok(events) => events,
+                Err(error) => {
+                    *guard = Some(folded);
+                    return Err(error);
+                }
+            };
+            if events.is_empty() {
+                *guard = Some(folded.clone());
+                return Ok(Written {
+                    folded,
+                    appended: 0,
+                });
+            }
+            // Microseconds: what PostgreSQL keeps, so that writes and reads show the same times.
+            let now = OffsetDateTime::now_utc();
+            let now = now
+                .replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+                .unwrap_or(now);
+            let traceparent = rollcall_telemetry::traceparent();
+            let envelopes: Vec<Envelope> = events
+                .iter()
+                .enumerate()
+                .map(|(index, event)| Envelope {
+                    event_id: Uuid::now_v7(),
+                    tenant: context.tenant.clone(),
+                    aggregate_type: A::Event::AGGREGATE.to_owned(),
+                    aggregate_id: id,
+                    version: folded.version + 1 + index as u64,
+                    event_type: event.event_type().to_owned(),
+                    schema_version: event.schema_version(),
+                    occurred_at: now,
+                    actor: context.actor.clone(),
+                    request_id: Some(context.request_id.clone()),
+                    traceparent: traceparent.clone(),
+                    payload: event.to_payload(),
+                })
+                .collect();
+            match self.log.append(&subject, folded.sequence, &envelopes).await {
+                Ok(sequence) => {
+                    let mut next = folded;
+                    for event in &events {
+                        next.state = A::evolve(next.state, event);
+                    }
+                    next.version += events.len() as u64;
+                    next.sequence = sequence;
+                    next.created_at.get_or_insert(now);
+                    next.updated_at = Some(now);
+                    *guard = Some(next.clone());
+                    return Ok(Written {
+                        folded: next,
+                        appended: events.len(),
+                    });
+                }
+                Err(AppendError::Conflict { .. }) => {
+                    warn!(attempt, "append conflicted; reloading");
+                    folded = self.refresh(&subject, Some(folded)).await?;
+                }
+                Err(error) => {
+                    // Part of a multi-event write may have landed: forget the cache.
+                    return Err(error.into());
+                }
+            }
+        }
+        Err(ApiError::Contended)
+    }
+}
+
+/// The user and group repositories.
+#[derive(Debug)]
+pub struct Repositories {
+    /// Users.
+    pub users: Repository<Users>,
+    /// Groups.
+    pub groups: Repository<Groups>,
+}

@@ -1,0 +1,105 @@
+//! Read-your-writes: a write answers only once the projector's checkpoint has reached the
+//! write's stream sequence, so that Entra's create-then-lookup never misses. The checkpoint
+//! arrives by the projector's NATS announcements, with a PostgreSQL poll as a fallback.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rollcall_eventlog::Namespace;
+use rollcall_store::Store;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// How long a write waits for the read model before answering anyway.
+pub const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The projector's checkpoint as this process last saw it.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    receiver: watch::Receiver<u64>,
+}
+
+impl Checkpoint {
+    /// Follows the projector named `projector`; stops when the client closes.
+    pub async fn follow(
+        client: async_nats::Client,
+        namespace: &Namespace,
+        store: Store,
+        projector: &str,
+    ) -> Self {
+        let initial = store.checkpoint(projector).await.unwrap_or(0);
+        let (sender, receiver) = watch::channel(initial);
+        let subject = namespace.checkpoint_subject(projector);
+        let sender = std::sync::Arc::new(sender);
+        match client.subscribe(subject).await {
+            Ok(mut announcements) => {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    while let Some(message) = announcements.next().await {
+                        if let Some(sequence) = std::str::from_utf8(&message.payload)
+                            .ok()
+                            .and_then(|s| s.parse::<u64>().ok())
+                        {
+                            sender.send_if_modified(|current| {
+                                let newer = sequence > *current;
+                                if newer {
+                                    *current = sequence;
+                                }
+                                newer
+                            });
+                        }
+                    }
+                });
+            }
+            Err(error) => {
+                warn!(error = %error, "cannot follow checkpoint announcements; polling only")
+            }
+        }
+        let projector = projector.to_owned();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                interval.tick().await;
+                if sender.is_closed() {
+                    return;
+                }
+                if let Ok(sequence) = store.checkpoint(&projector).await {
+                    sender.send_if_modified(|current| {
+                        let newer = sequence > *current;
+                        if newer {
+                            *current = sequence;
+                        }
+                        newer
+                    });
+                }
+            }
+        });
+        Self { receiver }
+    }
+
+    /// Waits until the checkpoint reaches `sequence`, or the timeout; returns whether it did.
+    pub async fn wait_for(&self, sequence: u64) -> bool {
+        let mut receiver = self.receiver.clone();
+        let reached = tokio::time::timeout(
+            READ_YOUR_WRITES_TIMEOUT,
+            receiver.wait_for(|&current| current >= sequence),
+        )
+        .await;
+        let reached = matches!(reached, Ok(Ok(_)));
+        if !reached {
+            warn!(
+                sequence,
+                checkpoint = *self.receiver.borrow(),
+                "read model behind the write; answering anyway"
+            );
+        } else {
+            debug!(sequence, "read model holds the write");
+        }
+        reached
+    }
+
+    /// The last checkpoint seen.
+    pub fn current(&self) -> u64 {
+        *self.receiver.borrow()
+    }
+}

@@ -1,0 +1,133 @@
+//! The one error type of the SCIM API, answered as an RFC 7644 §3.12 body.
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rollcall_domain::{GroupError, UserError};
+use rollcall_eventlog::{AppendError, LoadError};
+use rollcall_scim::{ScimError, MEDIA_TYPE};
+use rollcall_store::StoreError;
+
+/// Everything a SCIM request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A protocol error with its own status and keyword.
+    #[error("{0}")]
+    Scim(#[from] ScimError),
+    /// Missing or bad bearer token.
+    #[error("a valid bearer token is required: send Authorization: Bearer <token> with a token from `rollcall tokens create`")]
+    Unauthorized,
+    /// `If-Match` did not match `meta.version`.
+    #[error("If-Match {sent} does not match the current version {current}")]
+    PreconditionFailed {
+        /// What the client sent.
+        sent: String,
+        /// The current ETag.
+        current: String,
+    },
+    /// The body is larger than allowed.
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The method is not allowed on this endpoint.
+    #[error("{method} is not allowed here")]
+    MethodNotAllowed {
+        /// The method.
+        method: String,
+    },
+    /// Concurrent writes to one resource kept conflicting.
+    #[error("the resource is being changed concurrently; retry")]
+    Contended,
+    /// NATS or PostgreSQL failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<UserError> for ApiError {
+    fn from(error: UserError) -> Self {
+        match error {
+            UserError::NotFound | UserError::Deleted => {
+                ScimError::not_found("User not found").into()
+            }
+            UserError::AlreadyProvisioned => {
+                ScimError::uniqueness("the User exists already").into()
+            }
+            UserError::UserNameRequired => ScimError::invalid_value("userName is required").into(),
+            UserError::ActivationIsACommand => {
+                ApiError::Internal("active changed as an attribute".into())
+            }
+        }
+    }
+}
+
+impl From<GroupError> for ApiError {
+    fn from(error: GroupError) -> Self {
+        match error {
+            GroupError::NotFound | GroupError::Deleted => {
+                ScimError::not_found("Group not found").into()
+            }
+            GroupError::AlreadyCreated => ScimError::uniqueness("the Group exists already").into(),
+            GroupError::DisplayNameRequired => {
+                ScimError::invalid_value("displayName is required").into()
+            }
+        }
+    }
+}
+
+impl From<LoadError> for ApiError {
+    fn from(error: LoadError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(error: AppendError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl ApiError {
+    /// The SCIM error a client sees. Server errors say nothing about their cause.
+    pub fn to_scim(&self) -> ScimError {
+        match self {
+            ApiError::Scim(error) => error.clone(),
+            ApiError::Unauthorized => ScimError::new(401, None, self.to_string()),
+            ApiError::PreconditionFailed { .. } => ScimError::new(412, None, self.to_string()),
+            ApiError::PayloadTooLarge { .. } => ScimError::new(413, None, self.to_string()),
+            ApiError::MethodNotAllowed { .. } => ScimError::new(405, None, self.to_string()),
+            ApiError::Contended => ScimError::new(503, None, self.to_string()),
+            ApiError::Internal(_) => ScimError::new(500, None, "internal error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let scim = self.to_scim();
+        let status = StatusCode::from_u16(scim.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(scim.to_json())).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE));
+        match &self {
+            ApiError::Contended => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        // The trace layer logs the cause inside the request span.
+        response.extensions_mut().insert(Arc::new(self));
+        response
+    }
+}

@@ -1,0 +1,335 @@
+//! `/Groups`: create, read, list, replace, patch, delete. Group PATCH answers `204` (Entra
+//! prefers it; ENTRA.md §4.9) unless the request asks for attributes.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use rollcall_domain::group::{self, Group, GroupCommand, GroupEvent};
+use rollcall_scim::{patch, resource, PatchRequest, Projection, Query, ScimError, GROUP_RESOURCE};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::aggregate::Folded;
+use crate::auth::Principal;
+use crate::body::ScimJson;
+use crate::claims::{self, DISPLAY_NAME};
+use crate::error::ApiError;
+use crate::http::{self, RequestInfo};
+use crate::mapping::{self, etag, Meta};
+use crate::users::context;
+use crate::{lists, render, AppState};
+
+fn not_found(id: &str) -> ApiError {
+    ScimError::not_found(format!("Group {id} not found")).into()
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| not_found(id))
+}
+
+fn document(id: Uuid, folded: &Folded<Group>, base: &str) -> Option<Value> {
+    let state = folded.state.state()?;
+    let now = OffsetDateTime::now_utc();
+    let meta = Meta {
+        base,
+        version: folded.version,
+        created: folded.created_at.unwrap_or(now),
+        modified: folded.updated_at.unwrap_or(now),
+    };
+    let members = state
+        .members
+        .values()
+        .map(|m| (m.value.as_str(), m.kind.as_deref(), m.display.as_deref()));
+    Some(mapping::group(id, &state.attributes, members, meta))
+}
+
+fn projection(info: &RequestInfo) -> Result<Projection, ApiError> {
+    Ok(Projection::parse(
+        &GROUP_RESOURCE,
+        info.param("attributes"),
+        info.param("excludedAttributes"),
+    )?)
+}
+
+fn decide_all(state: &Group, commands: Vec<GroupCommand>) -> Result<Vec<GroupEvent>, ApiError> {
+    let mut state = state.clone();
+    let mut events = Vec::new();
+    for command in commands {
+        let decided = group::decide(&state, command)?;
+        for event in &decided {
+            state = group::evolve(state, event);
+        }
+        events.extend(decided);
+    }
+    Ok(events)
+}
+
+/// `POST /Groups`
+#[instrument(skip_all, fields(tenant = %principal.tenant), err(level = "debug"))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    ScimJson(body): ScimJson,
+) -> Result<Response, ApiError> {
+    let projection = projection(&info)?;
+    let resource = resource::create(&GROUP_RESOURCE, body)?;
+    let display_name = mapping::text(&resource, "displayName")
+        .unwrap_or_default()
+        .to_owned();
+    let id = Uuid::now_v7();
+    let context = context(&principal, &info);
+    claims::claim(&state, &principal.tenant, DISPLAY_NAME, &display_name, id).await?;
+    let command = mapping::create_group(&resource);
+    let written = state
+        .repositories
+        .groups
+        .write(&context, id, |folded| {
+            Ok(group::decide(&folded.state, command.clone())?)
+        })
+        .await;
+    let written = match written {
+        Ok(written) => written,
+        Err(error) => {
+            claims::release(&state, &principal.tenant, DISPLAY_NAME, &display_name, id).await;
+            return Err(error);
+        }
+    };
+    state.checkpoint.wait_for(written.folded.sequence).await;
+    let document =
+        document(id, &written.folded, &info.base).ok_or_else(|| not_found(&id.to_string()))?;
+    let location = format!("{}/Groups/{id}", info.base);
+    Ok(http::scim(
+        StatusCode::CREATED,
+        &projection.apply(&GROUP_RESOURCE, &document),
+        Some(&etag(written.folded.version)),
+        Some(&location),
+    ))
+}
+
+/// `GET /Groups/{id}`; `excludedAttributes=members` never loads members.
+#[instrument(skip_all, fields(tenant = %principal.tenant, group.id = %id), err(level = "debug"))]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let projection = projection(&info)?;
+    let uuid = parse_id(&id)?;
+    let row = state
+        .store
+        .group(&principal.tenant, uuid)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let with_members = projection.includes(&GROUP_RESOURCE, "members");
+    let documents = render::groups(
+        &state,
+        &principal.tenant,
+        std::slice::from_ref(&row),
+        with_members,
+        &info.base,
+    )
+    .await?;
+    let document = documents.into_iter().next().ok_or_else(|| not_found(&id))?;
+    let location = format!("{}/Groups/{id}", info.base);
+    Ok(http::scim(
+        StatusCode::OK,
+        &projection.apply(&GROUP_RESOURCE, &document),
+        Some(&etag(row.version as u64)),
+        Some(&location),
+    ))
+}
+
+/// `GET /Groups`
+#[instrument(skip_all, fields(tenant = %principal.tenant), err(level = "debug"))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(&GROUP_RESOURCE, &info.list_params()?)?;
+    let list = lists::groups(&state, &principal, &info, &query).await?;
+    Ok(http::scim(StatusCode::OK, &list.to_json(), None, None))
+}
+
+/// `POST /Groups/.search`
+#[instrument(skip_all, fields(tenant = %principal.tenant), err(level = "debug"))]
+pub async fn search(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    ScimJson(body): ScimJson,
+) -> Result<Response, ApiError> {
+    let params = rollcall_scim::QueryParams::from_search_body(&body)?;
+    let query = Query::parse(&GROUP_RESOURCE, &params)?;
+    let list = lists::groups(&state, &principal, &info, &query).await?;
+    Ok(http::scim(StatusCode::OK, &list.to_json(), None, None))
+}
+
+enum Change {
+    Replace(Value),
+    Patch(PatchRequest),
+}
+
+impl Change {
+    fn apply(&self, current: &Value) -> Result<Value, ApiError> {
+        match self {
+            Change::Replace(body) => Ok(resource::replace(&GROUP_RESOURCE, current, body.clone())?),
+            Change::Patch(request) => Ok(patch::apply(&GROUP_RESOURCE, current, request)?.resource),
+        }
+    }
+}
+
+async fn update(
+    state: AppState,
+    principal: Principal,
+    info: RequestInfo,
+    id: String,
+    body: Value,
+    change: Change,
+) -> Result<(Folded<Group>, Uuid), ApiError> {
+    let uuid = parse_id(&id)?;
+    let context = context(&principal, &info);
+    let tenant = principal.tenant.as_str();
+    let mut claimed = None;
+    if matches!(change, Change::Replace(_))
+        || body
+            .to_string()
+            .to_ascii_lowercase()
+            .contains("displayname")
+    {
+        let folded = state.repositories.groups.load(tenant, uuid).await?;
+        let current = document(uuid, &folded, &info.base).ok_or_else(|| not_found(&id))?;
+        let next = change.apply(&current)?;
+        if let (Some(old), Some(new)) = (
+            mapping::text(&current, "displayName"),
+            mapping::text(&next, "displayName"),
+        ) {
+            if old.to_lowercase() != new.to_lowercase() {
+                claims::claim(&state, tenant, DISPLAY_NAME, new, uuid).await?;
+                claimed = Some((old.to_owned(), new.to_owned()));
+            }
+        }
+    }
+    let mut final_name = None;
+    let written = state
+        .repositories
+        .groups
+        .write(&context, uuid, |folded| {
+            let current = document(uuid, folded, &info.base).ok_or_else(|| not_found(&id))?;
+            info.check_if_match(&etag(folded.version))?;
+            let next = change.apply(&current)?;
+            final_name = mapping::text(&next, "displayName").map(str::to_owned);
+            decide_all(&folded.state, mapping::group_update(&current, &next))
+        })
+        .await;
+    match (&written, &claimed) {
+        (Err(_), Some((_, new))) => claims::release(&state, tenant, DISPLAY_NAME, new, uuid).await,
+        (Ok(_), Some((old, new))) => {
+            let released = if final_name.as_deref() == Some(new.as_str()) {
+                old
+            } else {
+                new
+            };
+            claims::release(&state, tenant, DISPLAY_NAME, released, uuid).await;
+        }
+        _ => {}
+    }
+    let written = written?;
+    if written.appended > 0 {
+        state.checkpoint.wait_for(written.folded.sequence).await;
+    }
+    Ok((written.folded, uuid))
+}
+
+/// `PUT /Groups/{id}`: `200` with the group.
+#[instrument(skip_all, fields(tenant = %principal.tenant, group.id = %id), err(level = "debug"))]
+pub async fn replace(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    Path(id): Path<String>,
+    ScimJson(body): ScimJson,
+) -> Result<Response, ApiError> {
+    let projection = projection(&info)?;
+    resource::normalize(&GROUP_RESOURCE, body.clone())?;
+    let base = info.base.clone();
+    let (folded, uuid) = update(
+        state,
+        principal,
+        info,
+        id.clone(),
+        body.clone(),
+        Change::Replace(body),
+    )
+    .await?;
+    let document = document(uuid, &folded, &base).ok_or_else(|| not_found(&id))?;
+    let location = format!("{base}/Groups/{id}");
+    Ok(http::scim(
+        StatusCode::OK,
+        &projection.apply(&GROUP_RESOURCE, &document),
+        Some(&etag(folded.version)),
+        Some(&location),
+    ))
+}
+
+/// `PATCH /Groups/{id}`: `204`, or `200` with the group when `attributes` or
+/// `excludedAttributes` is given.
+#[instrument(skip_all, fields(tenant = %principal.tenant, group.id = %id), err(level = "debug"))]
+pub async fn modify(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    Path(id): Path<String>,
+    ScimJson(body): ScimJson,
+) -> Result<Response, ApiError> {
+    let projection = projection(&info)?;
+    let wants_body =
+        info.param("attributes").is_some() || info.param("excludedAttributes").is_some();
+    let change = Change::Patch(PatchRequest::from_json(&body)?);
+    let base = info.base.clone();
+    let (folded, uuid) = update(state, principal, info, id.clone(), body, change).await?;
+    if !wants_body {
+        return Ok(http::no_content(Some(&etag(folded.version))));
+    }
+    let document = document(uuid, &folded, &base).ok_or_else(|| not_found(&id))?;
+    Ok(http::scim(
+        StatusCode::OK,
+        &projection.apply(&GROUP_RESOURCE, &document),
+        Some(&etag(folded.version)),
+        None,
+    ))
+}
+
+/// `DELETE /Groups/{id}`: `204`, then `404`.
+#[instrument(skip_all, fields(tenant = %principal.tenant, group.id = %id), err(level = "debug"))]
+pub async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let uuid = parse_id(&id)?;
+    let context = context(&principal, &info);
+    let mut display_name = None;
+    let written = state
+        .repositories
+        .groups
+        .write(&context, uuid, |folded| {
+            let Some(current) = folded.state.state() else {
+                return Err(not_found(&id));
+            };
+            info.check_if_match(&etag(folded.version))?;
+            display_name = current.display_name().map(str::to_owned);
+            Ok(group::decide(&folded.state, GroupCommand::Delete)?)
+        })
+        .await?;
+    if let Some(display_name) = display_name {
+        claims::release(&state, &principal.tenant, DISPLAY_NAME, &display_name, uuid).await;
+    }
+    state.checkpoint.wait_for(written.folded.sequence).await;
+    Ok(http::no_content(None))
+}

@@ -1,0 +1,319 @@
+//! SCIM ↔ domain: resources rendered from aggregate state or read-model rows, and the domain
+//! commands a created, replaced or patched resource means.
+
+use std::collections::HashSet;
+
+use rollcall_domain::group::{GroupCommand, Member};
+use rollcall_domain::user::UserCommand;
+use rollcall_domain::{AttributeChange, Attributes};
+use rollcall_scim::change::{diff, Change};
+use rollcall_scim::resource::tidy;
+use rollcall_scim::{GROUP_RESOURCE, USER_RESOURCE};
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The ETag and `meta.version` of an aggregate version.
+pub fn etag(version: u64) -> String {
+    format!("W/\"{version}\"")
+}
+
+fn timestamp(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+/// What `meta` says of a resource.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta<'a> {
+    /// The SCIM base URL (`https://host/scim/v2`).
+    pub base: &'a str,
+    /// The aggregate version.
+    pub version: u64,
+    /// Created.
+    pub created: OffsetDateTime,
+    /// Last modified.
+    pub modified: OffsetDateTime,
+}
+
+fn meta(resource_type: &str, endpoint: &str, id: Uuid, meta: Meta<'_>) -> Value {
+    json!({
+        "resourceType": resource_type,
+        "created": timestamp(meta.created),
+        "lastModified": timestamp(meta.modified),
+        "location": format!("{}{endpoint}/{id}", meta.base),
+        "version": etag(meta.version),
+    })
+}
+
+/// A user as SCIM returns it (`active` is among its attributes when assigned). `groups` is
+/// given when the caller looked them up.
+pub fn user(
+    id: Uuid,
+    attributes: &Attributes,
+    groups: Option<&[(Uuid, String)]>,
+    at: Meta<'_>,
+) -> Value {
+    let mut document = attributes.clone();
+    document.insert("id".into(), Value::String(id.to_string()));
+    if let Some(groups) = groups.filter(|groups| !groups.is_empty()) {
+        let groups: Vec<Value> = groups
+            .iter()
+            .map(|(group, name)| json!({"value": group.to_string(), "$ref": format!("{}/Groups/{group}", at.base), "display": name, "type": "direct"}))
+            .collect();
+        document.insert("groups".into(), Value::Array(groups));
+    }
+    document.insert("meta".into(), meta("User", "/Users", id, at));
+    let mut document = Value::Object(document);
+    tidy(&USER_RESOURCE, &mut document);
+    document
+}
+
+/// A member as a group returns it: id, type, display name.
+pub type MemberView<'m> = (&'m str, Option<&'m str>, Option<&'m str>);
+
+/// A group as SCIM returns it, with its members.
+pub fn group<'m>(
+    id: Uuid,
+    attributes: &Attributes,
+    members: impl IntoIterator<Item = MemberView<'m>>,
+    at: Meta<'_>,
+) -> Value {
+    let mut document = attributes.clone();
+    document.insert("id".into(), Value::String(id.to_string()));
+    let members: Vec<Value> = members
+        .into_iter()
+        .map(|(value, kind, display)| {
+            let kind = kind.unwrap_or("User");
+            let endpoint = if kind.eq_ignore_ascii_case("Group") { "Groups" } else { "Users" };
+            let mut member = json!({"value": value, "$ref": format!("{}/{endpoint}/{value}", at.base), "type": kind});
+            if let Some(display) = display {
+                member["display"] = Value::String(display.to_owned());
+            }
+            member
+        })
+        .collect();
+    if !members.is_empty() {
+        document.insert("members".into(), Value::Array(members));
+    }
+    document.insert("meta".into(), meta("Group", "/Groups", id, at));
+    let mut document = Value::Object(document);
+    tidy(&GROUP_RESOURCE, &mut document);
+    document
+}
+
+fn without(resource: &Value, keys: &[&str]) -> Attributes {
+    let mut attributes = resource.as_object().cloned().unwrap_or_default();
+    for key in keys {
+        attributes.remove(*key);
+    }
+    attributes
+}
+
+fn to_domain(change: Change) -> AttributeChange {
+    AttributeChange {
+        path: change.path,
+        before: change.before,
+        after: change.after,
+        redacted: change.redacted,
+    }
+}
+
+/// The command a new user resource (checked by `rollcall_scim::resource::create`) means.
+/// The password is never kept: Rollcall does not authenticate with SCIM passwords.
+pub fn provision(resource: &Value) -> UserCommand {
+    let active = resource
+        .get("active")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    UserCommand::Provision {
+        attributes: without(resource, &["schemas", "password", "id", "meta", "groups"]),
+        active,
+    }
+}
+
+/// The commands that take a user from `before` to `after` (both SCIM documents), in order:
+/// attribute changes, then activation. Going inactive or active again is its own command
+/// however it was sent (`"False"`, `false`, PUT, path-less PATCH); an unassigned `active`
+/// means active.
+pub fn user_update(before: &Value, after: &Value) -> Vec<UserCommand> {
+    let mut changes = Vec::new();
+    let mut activation = Vec::new();
+    for change in diff(&USER_RESOURCE, before, after) {
+        if change.path != "active" {
+            changes.push(to_domain(change));
+            continue;
+        }
+        let explicit_false = |value: &Option<Value>| value.as_ref() == Some(&Value::Bool(false));
+        match (
+            explicit_false(&change.before),
+            explicit_false(&change.after),
+        ) {
+            (false, true) => activation.push(UserCommand::Deactivate),
+            (true, false) => {
+                activation.push(UserCommand::Reactivate);
+                if change.after.is_none() {
+                    // Reactivation sets true; the request left it unassigned.
+                    let cleared = AttributeChange {
+                        path: "active".into(),
+                        before: Some(Value::Bool(true)),
+                        after: None,
+                        redacted: false,
+                    };
+                    activation.push(UserCommand::ChangeAttributes(vec![cleared]));
+                }
+            }
+            _ => changes.push(to_domain(change)),
+        }
+    }
+    let mut commands = Vec::new();
+    if !changes.is_empty() {
+        commands.push(UserCommand::ChangeAttributes(changes));
+    }
+    commands.extend(activation);
+    commands
+}
+
+fn members(resource: &Value) -> Vec<Member> {
+    resource
+        .get("members")
+        .and_then(Value::as_array)
+        .map(|members| {
+            members
+                .iter()
+                .filter_map(|m| {
+                    let value = m.get("value")?.as_str()?.to_owned();
+                    let kind = m.get("type").and_then(Value::as_str).map(str::to_owned);
+                    let display = m.get("display").and_then(Value::as_str).map(str::to_owned);
+                    Some(Member {
+                        value,
+                        kind,
+                        display,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The command a new group resource means.
+pub fn create_group(resource: &Value) -> GroupCommand {
+    GroupCommand::Create {
+        attributes: without(resource, &["schemas", "members", "id", "meta"]),
+        members: members(resource),
+    }
+}
+
+/// The commands that take a group from `before` to `after`: attribute changes (a displayName
+/// change is a rename), members added, members removed.
+pub fn group_update(before: &Value, after: &Value) -> Vec<GroupCommand> {
+    let changes: Vec<AttributeChange> = diff(
+        &GROUP_RESOURCE,
+        &strip_members(before),
+        &strip_members(after),
+    )
+    .into_iter()
+    .map(to_domain)
+    .collect();
+    let before_members = members(before);
+    let after_members = members(after);
+    // Sets, not pairwise comparison: groups hold tens of thousands of members.
+    let before_keys: HashSet<String> = before_members.iter().map(Member::key).collect();
+    let after_keys: HashSet<String> = after_members.iter().map(Member::key).collect();
+    let added: Vec<Member> = after_members
+        .into_iter()
+        .filter(|m| !before_keys.contains(&m.key()))
+        .collect();
+    let removed: Vec<String> = before_members
+        .into_iter()
+        .filter(|m| !after_keys.contains(&m.key()))
+        .map(|m| m.value)
+        .collect();
+    let mut commands = Vec::new();
+    if !changes.is_empty() {
+        commands.push(GroupCommand::ChangeAttributes(changes));
+    }
+    if !added.is_empty() {
+        commands.push(GroupCommand::AddMembers(added));
+    }
+    if !removed.is_empty() {
+        commands.push(GroupCommand::RemoveMembers(removed));
+    }
+    commands
+}
+
+fn strip_members(resource: &Value) -> Value {
+    let mut resource = resource.clone();
+    if let Some(map) = resource.as_object_mut() {
+        map.remove("members");
+    }
+    resource
+}
+
+/// The string value of a top-level attribute.
+pub fn text<'a>(resource: &'a Value, name: &str) -> Option<&'a str> {
+    resource.get(name).and_then(Value::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deactivation_is_its_own_command_next_to_attribute_changes() {
+        let before = json!({"userName": "ada", "active": true, "title": "Dr"});
+        let after = json!({"userName": "ada", "active": false, "title": "Prof"});
+        let commands = user_update(&before, &after);
+        assert_eq!(commands.len(), 2);
+        assert!(
+            matches!(&commands[0], UserCommand::ChangeAttributes(changes) if changes[0].path == "title")
+        );
+        assert_eq!(commands[1], UserCommand::Deactivate);
+        assert!(user_update(&before, &before).is_empty());
+    }
+
+    #[test]
+    fn member_changes_are_computed_as_sets() {
+        let before = json!({"displayName": "g", "members": [{"value": "a"}, {"value": "b"}]});
+        let after = json!({"displayName": "h", "members": [{"value": "B"}, {"value": "c"}]});
+        let commands = group_update(&before, &after);
+        assert!(
+            matches!(&commands[0], GroupCommand::ChangeAttributes(c) if c[0].path == "displayName")
+        );
+        assert_eq!(
+            commands[1],
+            GroupCommand::AddMembers(vec![Member::new("c")])
+        );
+        assert_eq!(commands[2], GroupCommand::RemoveMembers(vec!["a".into()]));
+    }
+
+    #[test]
+    fn provisioning_never_keeps_the_password() {
+        let UserCommand::Provision { attributes, active } =
+            provision(&json!({"userName": "ada", "password": "x", "active": false, "schemas": []}))
+        else {
+            panic!()
+        };
+        assert!(!active);
+        assert!(attributes.get("password").is_none() && attributes.get("schemas").is_none());
+    }
+
+    #[test]
+    fn clearing_active_on_an_inactive_user_reactivates_then_clears() {
+        let commands = user_update(
+            &json!({"userName": "a", "active": false}),
+            &json!({"userName": "a"}),
+        );
+        assert_eq!(commands[0], UserCommand::Reactivate);
+        assert!(
+            matches!(&commands[1], UserCommand::ChangeAttributes(c) if c[0].path == "active" && c[0].after.is_none())
+        );
+        let commands = user_update(
+            &json!({"userName": "a", "active": true}),
+            &json!({"userName": "a"}),
+        );
+        assert!(
+            matches!(&commands[..], [UserCommand::ChangeAttributes(c)] if c[0].path == "active")
+        );
+    }
+}

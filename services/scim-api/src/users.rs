@@ -1,0 +1,323 @@
+//! `/Users`: create, read, list, replace, patch, delete.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use rollcall_domain::user::{self, User, UserCommand, UserEvent};
+use rollcall_eventlog::Actor;
+use rollcall_scim::{patch, resource, PatchRequest, Projection, Query, ScimError, USER_RESOURCE};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::aggregate::{Folded, WriteContext};
+use crate::auth::Principal;
+use crate::body::ScimJson;
+use crate::claims::{self, USER_NAME};
+use crate::error::ApiError;
+use crate::http::{self, RequestInfo};
+use crate::mapping::{self, etag, Meta};
+use crate::{lists, render, AppState};
+
+fn not_found(id: &str) -> ApiError {
+    ScimError::not_found(format!("User {id} not found")).into()
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| not_found(id))
+}
+
+pub(crate) fn context(principal: &Principal, info: &RequestInfo) -> WriteContext {
+    WriteContext {
+        tenant: principal.tenant.clone(),
+        actor: Actor::ScimToken {
+            token_id: principal.token_id.clone(),
+        },
+        request_id: info.request_id.clone(),
+    }
+}
+
+/// The SCIM document of a folded user, if it exists.
+fn document(id: Uuid, folded: &Folded<User>, base: &str) -> Option<Value> {
+    let attributes = folded.state.attributes()?;
+    let now = OffsetDateTime::now_utc();
+    let meta = Meta {
+        base,
+        version: folded.version,
+        created: folded.created_at.unwrap_or(now),
+        modified: folded.updated_at.unwrap_or(now),
+    };
+    Some(mapping::user(id, attributes, None, meta))
+}
+
+fn projection(info: &RequestInfo) -> Result<Projection, ApiError> {
+    Ok(Projection::parse(
+        &USER_RESOURCE,
+        info.param("attributes"),
+        info.param("excludedAttributes"),
+    )?)
+}
+
+/// Applies commands in order on an evolving state.
+fn decide_all(state: &User, commands: Vec<UserCommand>) -> Result<Vec<UserEvent>, ApiError> {
+    let mut state = state.clone();
+    let mut events = Vec::new();
+    for command in commands {
+        let decided = user::decide(&state, command)?;
+        for event in &decided {
+            state = user::evolve(state, event);
+        }
+        events.extend(decided);
+    }
+    Ok(events)
+}
+
+/// `POST /Users`
+#[instrument(skip_all, fields(tenant = %principal.tenant), err(level = "debug"))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    ScimJson(body): ScimJson,
+) -> Result<Response, ApiError> {
+    let projection = projection(&info)?;
+    let resource = resource::create(&USER_RESOURCE, body)?;
+    let user_name = mapping::text(&resource, "userName")
+        .unwrap_or_default()
+        .to_owned();
+    let id = Uuid::now_v7();
+    let context = context(&principal, &info);
+    claims::claim(&state, &principal.tenant, USER_NAME, &user_name, id).await?;
+    let command = mapping::provision(&resource);
+    let written = state
+        .repositories
+        .users
+        .write(&context, id, |folded| {
+            Ok(user::decide(&folded.state, command.clone())?)
+        })
+        .await;
+    let written = match written {
+        Ok(written) => written,
+        Err(error) => {
+            claims::release(&state, &principal.tenant, USER_NAME, &user_name, id).await;
+            return Err(error);
+        }
+    };
+    state.checkpoint.wait_for(written.folded.sequence).await;
+    let document =
+        document(id, &written.folded, &info.base).ok_or_else(|| not_found(&id.to_string()))?;
+    let location = format!("{}/Users/{id}", info.base);
+    Ok(http::scim(
+        StatusCode::CREATED,
+        &projection.apply(&USER_RESOURCE, &document),
+        Some(&etag(written.folded.version)),
+        Some(&location),
+    ))
+}
+
+/// `GET /Users/{id}`
+#[instrument(skip_all, fields(tenant = %principal.tenant, user.id = %id), err(level = "debug"))]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let projection = projection(&info)?;
+    let uuid = parse_id(&id)?;
+    let row = state
+        .store
+        .user(&principal.tenant, uuid)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let with_groups = projection.includes(&USER_RESOURCE, "groups");
+    let documents = render::users(
+        &state,
+        &principal.tenant,
+        std::slice::from_ref(&row),
+        with_groups,
+        &info.base,
+    )
+    .await?;
+    let document = documents.into_iter().next().ok_or_else(|| not_found(&id))?;
+    let location = format!("{}/Users/{id}", info.base);
+    Ok(http::scim(
+        StatusCode::OK,
+        &projection.apply(&USER_RESOURCE, &document),
+        Some(&etag(row.version as u64)),
+        Some(&location),
+    ))
+}
+
+/// `GET /Users`
+#[instrument(skip_all, fields(tenant = %principal.tenant), err(level = "debug"))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(&USER_RESOURCE, &info.list_params()?)?;
+    let list = lists::users(&state, &principal, &info, &query).await?;
+    Ok(http::scim(StatusCode::OK, &list.to_json(), None, None))
+}
+
+/// `POST /Users/.search`
+#[instrument(skip_all, fields(tenant = %principal.tenant), err(level = "debug"))]
+pub async fn search(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    ScimJson(body): ScimJson,
+) -> Result<Response, ApiError> {
+    let params = rollcall_scim::QueryParams::from_search_body(&body)?;
+    let query = Query::parse(&USER_RESOURCE, &params)?;
+    let list = lists::users(&state, &principal, &info, &query).await?;
+    Ok(http::scim(StatusCode::OK, &list.to_json(), None, None))
+}
+
+/// The new document a PUT or PATCH makes of the current one.
+enum Change {
+    Replace(Value),
+    Patch(PatchRequest),
+}
+
+impl Change {
+    fn apply(&self, current: &Value) -> Result<Value, ApiError> {
+        match self {
+            Change::Replace(body) => Ok(resource::replace(&USER_RESOURCE, current, body.clone())?),
+            Change::Patch(request) => Ok(patch::apply(&USER_RESOURCE, current, request)?.resource),
+        }
+    }
+
+    /// Whether the change may touch userName (then its claim is checked first).
+    fn may_rename(&self, body: &Value) -> bool {
+        matches!(self, Change::Replace(_))
+            || body.to_string().to_ascii_lowercase().contains("username")
+    }
+}
+
+async fn update(
+    state: AppState,
+    principal: Principal,
+    info: RequestInfo,
+    id: String,
+    body: Value,
+    change: Change,
+) -> Result<Response, ApiError> {
+    let projection = projection(&info)?;
+    let uuid = parse_id(&id)?;
+    let context = context(&principal, &info);
+    let tenant = principal.tenant.as_str();
+    // A new userName is claimed before anything is appended.
+    let mut claimed = None;
+    if change.may_rename(&body) {
+        let folded = state.repositories.users.load(tenant, uuid).await?;
+        let current = document(uuid, &folded, &info.base).ok_or_else(|| not_found(&id))?;
+        let next = change.apply(&current)?;
+        let (old, new) = (
+            mapping::text(&current, "userName"),
+            mapping::text(&next, "userName"),
+        );
+        if let (Some(old), Some(new)) = (old, new) {
+            if old.to_lowercase() != new.to_lowercase() {
+                claims::claim(&state, tenant, USER_NAME, new, uuid).await?;
+                claimed = Some((old.to_owned(), new.to_owned()));
+            }
+        }
+    }
+    let mut final_names = None;
+    let written = state
+        .repositories
+        .users
+        .write(&context, uuid, |folded| {
+            let current = document(uuid, folded, &info.base).ok_or_else(|| not_found(&id))?;
+            info.check_if_match(&etag(folded.version))?;
+            let next = change.apply(&current)?;
+            final_names = Some((
+                mapping::text(&current, "userName").map(str::to_owned),
+                mapping::text(&next, "userName").map(str::to_owned),
+            ));
+            decide_all(&folded.state, mapping::user_update(&current, &next))
+        })
+        .await;
+    match (&written, &claimed) {
+        (Err(_), Some((_, new))) => claims::release(&state, tenant, USER_NAME, new, uuid).await,
+        (Ok(_), Some((old, new))) => {
+            let renamed = matches!(&final_names, Some((_, Some(name))) if name == new);
+            let released = if renamed { old } else { new };
+            claims::release(&state, tenant, USER_NAME, released, uuid).await;
+        }
+        _ => {}
+    }
+    let written = written?;
+    if written.appended > 0 {
+        state.checkpoint.wait_for(written.folded.sequence).await;
+    }
+    let document = document(uuid, &written.folded, &info.base).ok_or_else(|| not_found(&id))?;
+    let location = format!("{}/Users/{id}", info.base);
+    Ok(http::scim(
+        StatusCode::OK,
+        &projection.apply(&USER_RESOURCE, &document),
+        Some(&etag(written.folded.version)),
+        Some(&location),
+    ))
+}
+
+/// `PUT /Users/{id}`
+#[instrument(skip_all, fields(tenant = %principal.tenant, user.id = %id), err(level = "debug"))]
+pub async fn replace(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    Path(id): Path<String>,
+    ScimJson(body): ScimJson,
+) -> Result<Response, ApiError> {
+    // Checked before anything is loaded: a bad body appends nothing.
+    resource::normalize(&USER_RESOURCE, body.clone())?;
+    let change = Change::Replace(body.clone());
+    update(state, principal, info, id, body, change).await
+}
+
+/// `PATCH /Users/{id}`: `200` with the user.
+#[instrument(skip_all, fields(tenant = %principal.tenant, user.id = %id), err(level = "debug"))]
+pub async fn modify(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    Path(id): Path<String>,
+    ScimJson(body): ScimJson,
+) -> Result<Response, ApiError> {
+    let change = Change::Patch(PatchRequest::from_json(&body)?);
+    update(state, principal, info, id, body, change).await
+}
+
+/// `DELETE /Users/{id}`: `204`, then `404`.
+#[instrument(skip_all, fields(tenant = %principal.tenant, user.id = %id), err(level = "debug"))]
+pub async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let uuid = parse_id(&id)?;
+    let context = context(&principal, &info);
+    let mut user_name = None;
+    let written = state
+        .repositories
+        .users
+        .write(&context, uuid, |folded| {
+            if folded.state.attributes().is_none() {
+                return Err(not_found(&id));
+            }
+            info.check_if_match(&etag(folded.version))?;
+            user_name = folded.state.user_name().map(str::to_owned);
+            Ok(user::decide(&folded.state, UserCommand::Delete)?)
+        })
+        .await?;
+    if let Some(user_name) = user_name {
+        claims::release(&state, &principal.tenant, USER_NAME, &user_name, uuid).await;
+    }
+    state.checkpoint.wait_for(written.folded.sequence).await;
+    Ok(http::no_content(None))
+}
