@@ -1,1 +1,389 @@
-//! harness
+//! The end-to-end test harness: a private PostgreSQL database and NATS namespace per test,
+//! the projector and SCIM API running in-process on 127.0.0.1:0, an HTTP client speaking SCIM
+//! as Entra does, and waiting on conditions with a deadline. Everything a test creates is
+//! removed when its `TestEnv` drops, also when the test fails.
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use rollcall_eventlog::{EventLog, Namespace};
+use rollcall_store::tenant::Scope;
+use rollcall_store::Store;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// PostgreSQL server the tests use (a database per test is created on it).
+pub fn database_server() -> String {
+    std::env::var("ROLLCALL_TEST_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// NATS the tests use.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// An HTTP response: status, headers and JSON body (`Null` if none).
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// Body.
+    pub body: Value,
+}
+
+impl Response {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The resource ids of a ListResponse.
+    pub fn ids(&self) -> Vec<String> {
+        self.body["Resources"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|x| x["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A SCIM client with one tenant's token.
+#[derive(Debug, Clone)]
+pub struct Scim {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Scim {
+    /// Sends a request to `path` (relative to the SCIM base, e.g. `/Users?filter=…`).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Response {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    /// Sends a request with extra headers.
+    pub async fn send_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/scim+json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// GET
+    pub async fn get(&self, path: &str) -> Response {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    /// POST
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// PUT
+    pub async fn put(&self, path: &str, body: &Value) -> Response {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    /// PATCH
+    pub async fn patch(&self, path: &str, body: &Value) -> Response {
+        self.send(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    /// DELETE
+    pub async fn delete(&self, path: &str) -> Response {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Creates a user, asserting `201`; returns its id.
+    pub async fn create_user(&self, body: &Value) -> String {
+        let response = self.post("/Users", body).await;
+        assert_eq!(response.status, 201, "{:?}", response.body);
+        response.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a group, asserting `201`; returns its id.
+    pub async fn create_group(&self, body: &Value) -> String {
+        let response = self.post("/Groups", body).await;
+        assert_eq!(response.status, 201, "{:?}", response.body);
+        response.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The same client with another token (or none).
+    pub fn with_token(&self, token: Option<&str>) -> Scim {
+        Scim {
+            token: token.map(str::to_owned),
+            ..self.clone()
+        }
+    }
+}
+
+/// Percent-encodes a query value (as Entra does: spaces as %20, quotes as %22).
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A private Rollcall for one test.
+#[allow(missing_debug_implementations)]
+pub struct TestEnv {
+    /// The namespace of its stream, subjects and buckets.
+    pub namespace: Namespace,
+    /// Its NATS connection.
+    pub client: async_nats::Client,
+    /// Its event log.
+    pub log: EventLog,
+    /// Its read models.
+    pub store: Store,
+    /// Its database URL.
+    pub database_url: String,
+    /// The SCIM base URL.
+    pub base: String,
+    /// The tenant created for the test.
+    pub tenant: String,
+    /// A SCIM token of that tenant.
+    pub token: String,
+    shutdown: watch::Sender<bool>,
+    server: Option<JoinHandle<()>>,
+    projector: Option<JoinHandle<()>>,
+}
+
+impl TestEnv {
+    /// Starts a private Rollcall with tenant `test`.
+    pub async fn start() -> Self {
+        rollcall_telemetry::init_for_tests();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let namespace = Namespace::new(format!("t{}", &id[..16])).unwrap();
+        let database_url = format!("{}/rollcall_it_{id}", database_server());
+        let client = async_nats::connect(nats_url())
+            .await
+            .expect("NATS must be running (scripts/services.sh)");
+        let log = EventLog::open(client.clone(), namespace.clone())
+            .await
+            .unwrap();
+        let store = Store::connect_with(&database_url, rollcall_store::LIVE_SCHEMA, 8)
+            .await
+            .expect("PostgreSQL must be running");
+        store.create_tenant("test").await.unwrap();
+        let token = store
+            .create_token("test", Scope::Scim, Some("test"))
+            .await
+            .unwrap()
+            .token;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/scim/v2", listener.local_addr().unwrap());
+        let state = rollcall_scim_api::AppState::new(
+            rollcall_scim_api::Config::default(),
+            client.clone(),
+            log.clone(),
+            store.clone(),
+        )
+        .await
+        .unwrap();
+        let (shutdown, stopped) = watch::channel(false);
+        let mut server_stop = stopped.clone();
+        let server = tokio::spawn(async move {
+            let _ = rollcall_scim_api::serve(listener, state, async move {
+                let _ = server_stop.wait_for(|&s| s).await;
+            })
+            .await;
+        });
+        let mut env = Self {
+            namespace,
+            client,
+            log,
+            store,
+            database_url,
+            base,
+            tenant: "test".into(),
+            token,
+            shutdown,
+            server: Some(server),
+            projector: None,
+        };
+        env.start_projector();
+        env
+    }
+
+    /// Starts the projector (if it is not running).
+    pub fn start_projector(&mut self) {
+        if self.projector.is_some() {
+            return;
+        }
+        let (client, log, store) = (self.client.clone(), self.log.clone(), self.store.clone());
+        let mut stopped = self.shutdown.subscribe();
+        self.projector = Some(tokio::spawn(async move {
+            rollcall_projector::run(
+                rollcall_projector::Config::default(),
+                client,
+                log,
+                store,
+                async move {
+                    let _ = stopped.wait_for(|&s| s).await;
+                },
+            )
+            .await;
+        }));
+    }
+
+    /// Kills the projector wherever it is (as a crash would).
+    pub async fn kill_projector(&mut self) {
+        if let Some(projector) = self.projector.take() {
+            projector.abort();
+            let _ = projector.await;
+        }
+    }
+
+    /// A SCIM client of the test's tenant.
+    pub fn scim(&self) -> Scim {
+        Scim {
+            http: reqwest::Client::new(),
+            base: self.base.clone(),
+            token: Some(self.token.clone()),
+        }
+    }
+
+    /// Creates another tenant; returns a SCIM client for it.
+    pub async fn tenant(&self, name: &str) -> Scim {
+        self.store.create_tenant(name).await.unwrap();
+        let token = self
+            .store
+            .create_token(name, Scope::Scim, None)
+            .await
+            .unwrap()
+            .token;
+        self.scim().with_token(Some(&token))
+    }
+
+    /// The stream's head.
+    pub async fn head(&self) -> u64 {
+        self.log.head().await.unwrap()
+    }
+
+    /// Event types recorded for an aggregate, in order (from the audit table).
+    pub async fn event_types(&self, tenant: &str, id: &str) -> Vec<String> {
+        let id = uuid::Uuid::parse_str(id).unwrap();
+        self.store
+            .audit_events(tenant, id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect()
+    }
+
+    /// Payloads recorded for an aggregate, in order.
+    pub async fn event_payloads(&self, tenant: &str, id: &str) -> Vec<Value> {
+        let id = uuid::Uuid::parse_str(id).unwrap();
+        self.store
+            .audit_events(tenant, id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.payload.0)
+            .collect()
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds; panics after `deadline` naming `what`.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        if let Some(projector) = self.projector.take() {
+            projector.abort();
+        }
+        let namespace = self.namespace.clone();
+        let database_url = self.database_url.clone();
+        // Cleanup needs async IO; run it on a runtime of its own so that it also happens
+        // when the test panicked.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(client) = async_nats::connect(nats_url()).await {
+                    let jetstream = async_nats::jetstream::new(client);
+                    let _ = jetstream.delete_stream(namespace.stream()).await;
+                    let _ = jetstream
+                        .delete_stream(format!("KV_{}", namespace.claims_bucket()))
+                        .await;
+                }
+                let _ = rollcall_store::drop_database(&database_url).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}

@@ -1,1 +1,9 @@
-//! it
+//! End-to-end tests of Rollcall against the real NATS and PostgreSQL on this machine, over
+//! real HTTP. One module per behaviour.
+#![allow(clippy::unwrap_used)]
+
+mod concurrency;
+mod entra_groups;
+mod entra_users;
+mod projector;
+mod security;
