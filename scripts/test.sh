@@ -19,5 +19,28 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "the domain crate stays pure"
+impure=$(cargo tree -p rollcall-domain -e normal --prefix none --locked | grep -E '^(tokio|sqlx|async-nats|axum|tracing) ' || true)
+if [ -n "$impure" ]; then
+  echo "rollcall-domain must not depend on IO crates, but has: $impure" >&2
+  exit 1
+fi
+
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+
 step "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked 2>&1 | tee "$results"
+cargo_passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^passed;?$/) sum += $(i - 1) } END { print sum + 0 }' "$results")
+cargo_failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^failed;?$/) sum += $(i - 1) } END { print sum + 0 }' "$results")
+
+step "SCIM conformance (scim2-cli)"
+cargo build --locked -p rollcall
+scripts/conformance.sh 2>&1 | tee "$results"
+checks_passed=$(grep -c '^SUCCESS' "$results" || true)
+checks_failed=$(grep -cE '^(ERROR|CRITICAL|WARNING|SKIPPED)' "$results" || true)
+
+step "summary"
+echo "cargo tests: $cargo_passed passed, $cargo_failed failed"
+echo "scim2 conformance checks: $checks_passed passed, $checks_failed failed"
+echo "total: $((cargo_passed + checks_passed)) passed, $((cargo_failed + checks_failed)) failed"

@@ -14,7 +14,7 @@ mod serve;
 /// Rollcall: identity lifecycle from Entra ID (SCIM 2.0) to immutable events, read models and
 /// immediate access decisions.
 #[derive(Debug, Parser)]
-#[command(name = "rollcall", version, about, long_about = None)]
+#[command(name = "rollcall", version)]
 struct Cli {
     #[command(flatten)]
     common: Common,

@@ -1,0 +1,18 @@
+# Rollcall in a container: `docker compose up` (see docker-compose.yml) runs it with NATS and
+# PostgreSQL. Migrations are embedded in the binary.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p rollcall
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home rollcall
+COPY --from=build /src/target/release/rollcall /usr/local/bin/rollcall
+USER rollcall
+ENV ROLLCALL_SCIM_ADDR=0.0.0.0:8080
+EXPOSE 8080
+ENTRYPOINT ["rollcall"]
+CMD ["serve"]

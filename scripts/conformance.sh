@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# SCIM 2.0 conformance: runs scim2-cli's compliance checks (scim2-tester) against a freshly
+# started `rollcall serve` with an empty tenant, then removes everything it created.
+# Usage: scripts/conformance.sh            (needs a built target/debug/rollcall, PostgreSQL, NATS)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target="${CARGO_TARGET_DIR:-$HOME/.cache/rollcall/target}"
+rollcall="$target/debug/rollcall"
+venv="${ROLLCALL_VENV:-$HOME/.cache/rollcall/venv}"
+pg_server="${ROLLCALL_TEST_DATABASE_SERVER:-postgres://postgres@127.0.0.1:5432}"
+
+if [ ! -x "$venv/bin/scim2" ]; then
+  echo "conformance: installing scim2-cli into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check scim2-cli
+fi
+
+run="$(date +%s)$$"
+namespace="conformance-$run"
+database="rollcall_conformance_$run"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+log=$(mktemp)
+export DATABASE_URL="$pg_server/$database" ROLLCALL_NAMESPACE="$namespace" ROLLCALL_SCIM_ADDR="127.0.0.1:$port" RUST_LOG="${RUST_LOG:-warn}"
+
+cleanup() {
+  [ -n "${server:-}" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
+  psql "$pg_server/postgres" -qc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 || true
+  stream=$(echo "$namespace" | tr 'a-z-' 'A-Z_')
+  scripts/nats-delete-streams.py "${stream}_EVENTS" "KV_$(echo "$namespace" | tr '-' '_')_claims" >/dev/null || true
+  rm -f "$log"
+}
+trap cleanup EXIT
+
+"$rollcall" serve >"$log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  kill -0 "$server" 2>/dev/null || { cat "$log"; echo "conformance: rollcall serve exited" >&2; exit 1; }
+  sleep 0.1
+done
+token=$("$rollcall" tenants create conformance --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
+echo "conformance: scim2 test against http://127.0.0.1:$port/scim/v2 (empty tenant)"
+status=0
+SCIM_CLI_HEADERS="Authorization: Bearer $token" "$venv/bin/scim2" --url "http://127.0.0.1:$port/scim/v2" test || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "conformance: FAILED (scim2 exit $status); server log:" >&2
+  tail -50 "$log" >&2
+fi
+exit "$status"
