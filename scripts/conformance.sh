@@ -43,6 +43,10 @@ token=$("$rollcall" tenants create conformance --json | python3 -c 'import json,
 echo "conformance: scim2 test against http://127.0.0.1:$port/scim/v2 (empty tenant)"
 status=0
 SCIM_CLI_HEADERS="Authorization: Bearer $token" "$venv/bin/scim2" --url "http://127.0.0.1:$port/scim/v2" test || status=$?
+# The operator commands against the same installation.
+"$rollcall" tokens list --tenant conformance | grep -q "conformance" || { echo "conformance: tokens list lacks the tenant's token" >&2; status=1; }
+"$rollcall" status --json | python3 -c 'import json, sys; s = json.load(sys.stdin); assert s["head"] > 0 and s["projector"]["lag"] == 0, s' \
+  || { echo "conformance: rollcall status did not show a caught-up projector" >&2; status=1; }
 if [ "$status" -ne 0 ]; then
   echo "conformance: FAILED (scim2 exit $status); server log:" >&2
   tail -50 "$log" >&2

@@ -194,6 +194,7 @@ pub struct TestEnv {
     pub token: String,
     shutdown: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
+    replicas: Vec<JoinHandle<()>>,
     projector: Option<JoinHandle<()>>,
 }
 
@@ -248,10 +249,38 @@ impl TestEnv {
             token,
             shutdown,
             server: Some(server),
+            replicas: Vec::new(),
             projector: None,
         };
         env.start_projector();
         env
+    }
+
+    /// Starts another SCIM API instance on the same stream and database (as a second replica
+    /// would run); returns a client of it with the test's token.
+    pub async fn replica(&mut self) -> Scim {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/scim/v2", listener.local_addr().unwrap());
+        let state = rollcall_scim_api::AppState::new(
+            rollcall_scim_api::Config::default(),
+            self.client.clone(),
+            self.log.clone(),
+            self.store.clone(),
+        )
+        .await
+        .unwrap();
+        let mut stopped = self.shutdown.subscribe();
+        self.replicas.push(tokio::spawn(async move {
+            let _ = rollcall_scim_api::serve(listener, state, async move {
+                let _ = stopped.wait_for(|&s| s).await;
+            })
+            .await;
+        }));
+        Scim {
+            http: reqwest::Client::new(),
+            base,
+            token: Some(self.token.clone()),
+        }
     }
 
     /// Starts the projector (if it is not running).
@@ -361,6 +390,9 @@ impl Drop for TestEnv {
         }
         if let Some(projector) = self.projector.take() {
             projector.abort();
+        }
+        for replica in self.replicas.drain(..) {
+            replica.abort();
         }
         let namespace = self.namespace.clone();
         let database_url = self.database_url.clone();

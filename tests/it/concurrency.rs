@@ -54,3 +54,29 @@ async fn fifty_concurrent_member_adds_to_one_group_lose_no_member() {
     assert_eq!(read.body["members"].as_array().unwrap().len(), 50);
     assert_eq!(read.body["meta"]["version"], "W/\"51\"");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_writing_one_group_lose_no_member() {
+    let mut env = TestEnv::start().await;
+    let first = env.scim();
+    let second = env.replica().await;
+    let group = first.create_group(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Shared"})).await;
+    // Each replica caches the group; their appends conflict on the stream's sequence check,
+    // and the loser reloads and retries.
+    let requests = (0..12).map(|n| {
+        let scim = if n % 2 == 0 { first.clone() } else { second.clone() };
+        let path = format!("/Groups/{group}");
+        async move {
+            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                              "Operations": [{"op": "Add", "path": "members", "value": [{"value": format!("user-{n}")}]}]});
+            scim.patch(&path, &body).await.status
+        }
+    });
+    let statuses = join_all(requests).await;
+    assert!(statuses.iter().all(|&s| s == 204), "{statuses:?}");
+    for scim in [&first, &second] {
+        let read = scim.get(&format!("/Groups/{group}")).await;
+        assert_eq!(read.body["members"].as_array().unwrap().len(), 12);
+        assert_eq!(read.body["meta"]["version"], "W/\"13\"");
+    }
+}

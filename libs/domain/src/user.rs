@@ -61,6 +61,13 @@ pub enum UserCommand {
     Reactivate,
     /// Delete the user for good.
     Delete,
+    /// Void sessions (an operator's action): one session, or every session issued so far.
+    RevokeSessions {
+        /// The session, or `None` for all of the user's sessions issued until now.
+        session_id: Option<String>,
+        /// Why, for the record.
+        reason: String,
+    },
 }
 
 /// What happened to a user.
@@ -90,6 +97,15 @@ pub enum UserEvent {
     /// The user was deleted.
     #[serde(rename = "user.deleted")]
     Deleted,
+    /// Sessions were revoked by an operator: one, or all issued before the event.
+    #[serde(rename = "user.sessions_revoked")]
+    SessionsRevoked {
+        /// The session, or absent for every session issued before the event.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<String>,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl EventKind for UserEvent {
@@ -102,6 +118,7 @@ impl EventKind for UserEvent {
             UserEvent::Deactivated => "user.deactivated",
             UserEvent::Reactivated => "user.reactivated",
             UserEvent::Deleted => "user.deleted",
+            UserEvent::SessionsRevoked { .. } => "user.sessions_revoked",
         }
     }
 }
@@ -121,6 +138,9 @@ pub enum UserError {
     /// A user needs a non-empty userName.
     #[error("userName is required")]
     UserNameRequired,
+    /// A revocation needs a reason.
+    #[error("a revocation needs a reason")]
+    ReasonRequired,
     /// Going inactive or active again is its own command, never an attribute change.
     #[error("deactivation and reactivation are their own commands")]
     ActivationIsACommand,
@@ -172,6 +192,12 @@ pub fn decide(user: &User, command: UserCommand) -> Result<Vec<UserEvent>, UserE
         (User::Inactive(_), UserCommand::Reactivate) => Ok(vec![UserEvent::Reactivated]),
         (User::Active(_), UserCommand::Reactivate) => Ok(vec![]),
         (_, UserCommand::Delete) => Ok(vec![UserEvent::Deleted]),
+        (_, UserCommand::RevokeSessions { session_id, reason }) => {
+            if reason.trim().is_empty() {
+                return Err(UserError::ReasonRequired);
+            }
+            Ok(vec![UserEvent::SessionsRevoked { session_id, reason }])
+        }
     }
 }
 
@@ -338,6 +364,39 @@ mod tests {
             .unwrap()
             .get("active")
             .is_none());
+    }
+
+    #[test]
+    fn an_operator_revocation_is_an_event_and_changes_no_attribute() {
+        let user = given(&[provisioned("ada")]);
+        let command = UserCommand::RevokeSessions {
+            session_id: Some("s1".into()),
+            reason: "laptop stolen".into(),
+        };
+        let events = decide(&user, command).unwrap();
+        assert_eq!(
+            events,
+            vec![UserEvent::SessionsRevoked {
+                session_id: Some("s1".into()),
+                reason: "laptop stolen".into()
+            }]
+        );
+        assert_eq!(evolve(user.clone(), &events[0]), user);
+        let blank = UserCommand::RevokeSessions {
+            session_id: None,
+            reason: " ".into(),
+        };
+        assert_eq!(decide(&user, blank), Err(UserError::ReasonRequired));
+        assert_eq!(
+            decide(
+                &User::Absent,
+                UserCommand::RevokeSessions {
+                    session_id: None,
+                    reason: "x".into()
+                }
+            ),
+            Err(UserError::NotFound)
+        );
     }
 
     #[test]

@@ -257,6 +257,10 @@ impl<A: Aggregate> Repository<A> {
                 }
                 Err(AppendError::Conflict { .. }) => {
                     warn!(attempt, "append conflicted; reloading");
+                    // Jittered backoff, so that replicas writing one resource take turns.
+                    let jitter = (Uuid::new_v4().as_u128() % 4_000) as u64;
+                    tokio::time::sleep(std::time::Duration::from_micros(jitter * attempt as u64))
+                        .await;
                     folded = self.refresh(&subject, Some(folded)).await?;
                 }
                 Err(error) => {

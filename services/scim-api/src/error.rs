@@ -59,6 +59,9 @@ impl From<UserError> for ApiError {
             UserError::ActivationIsACommand => {
                 ApiError::Internal("active changed as an attribute".into())
             }
+            UserError::ReasonRequired => {
+                ScimError::invalid_value("a revocation needs a reason").into()
+            }
         }
     }
 }

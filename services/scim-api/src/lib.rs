@@ -178,7 +178,15 @@ fn on_response(response: &Response, latency: Duration, span: &Span) {
             ApiError::Internal(cause) => {
                 error!(cause = %cause, latency_ms = latency.as_millis() as u64, "request failed")
             }
-            other => info!(status = response.status().as_u16(), detail = %other, "request refused"),
+            // The detail can echo client input (a filter's userName): status and keyword only.
+            other => {
+                let scim = other.to_scim();
+                info!(
+                    status = scim.status,
+                    scim_type = scim.scim_type.map(|t| t.as_str()),
+                    "request refused"
+                );
+            }
         }
     }
 }
