@@ -94,6 +94,32 @@ BEGIN
         CREATE INDEX audit_event_aggregate ON %1$I.audit_event (tenant, aggregate_id, sequence);
         CREATE INDEX audit_event_time ON %1$I.audit_event (tenant, occurred_at);
         CREATE INDEX audit_event_type ON %1$I.audit_event (tenant, event_type, sequence);
+
+        -- Session revocations: per user (sessions issued before not_before are void) or per
+        -- session, each with its reason and the event that caused it.
+        CREATE TABLE %1$I.revocation (
+            sequence    bigint PRIMARY KEY,
+            event_id    uuid NOT NULL,
+            tenant      text NOT NULL,
+            user_id     uuid NOT NULL,
+            session_id  text,
+            not_before  timestamptz,
+            reason      text NOT NULL,
+            created_at  timestamptz NOT NULL,
+            CHECK ((session_id IS NULL) <> (not_before IS NULL))
+        );
+        CREATE INDEX revocation_user ON %1$I.revocation (tenant, user_id);
+
+        -- Access state to publish to NATS, written in the projection transaction (an outbox):
+        -- a crash between commit and publish loses nothing.
+        CREATE TABLE %1$I.access_outbox (
+            id          bigserial PRIMARY KEY,
+            sequence    bigint NOT NULL,
+            kind        text NOT NULL CHECK (kind IN ('user', 'group', 'revocation')),
+            tenant      text NOT NULL,
+            subject_id  uuid NOT NULL,
+            payload     jsonb
+        );
     $ddl$, target);
 END
 $fn$;

@@ -19,15 +19,18 @@ fi
 run="$(date +%s)$$"
 namespace="conformance-$run"
 database="rollcall_conformance_$run"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+access_port=$(free_port)
 log=$(mktemp)
-export DATABASE_URL="$pg_server/$database" ROLLCALL_NAMESPACE="$namespace" ROLLCALL_SCIM_ADDR="127.0.0.1:$port" RUST_LOG="${RUST_LOG:-warn}"
+export DATABASE_URL="$pg_server/$database" ROLLCALL_NAMESPACE="$namespace" ROLLCALL_SCIM_ADDR="127.0.0.1:$port" ROLLCALL_ACCESS_ADDR="127.0.0.1:$access_port" RUST_LOG="${RUST_LOG:-warn}"
 
 cleanup() {
   [ -n "${server:-}" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
   psql "$pg_server/postgres" -qc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 || true
   stream=$(echo "$namespace" | tr 'a-z-' 'A-Z_')
-  scripts/nats-delete-streams.py "${stream}_EVENTS" "KV_$(echo "$namespace" | tr '-' '_')_claims" >/dev/null || true
+  bucket_prefix="KV_$(echo "$namespace" | tr '-' '_')"
+  scripts/nats-delete-streams.py "${stream}_EVENTS" "${bucket_prefix}_claims" "${bucket_prefix}_access" >/dev/null || true
   rm -f "$log"
 }
 trap cleanup EXIT
@@ -47,6 +50,10 @@ SCIM_CLI_HEADERS="Authorization: Bearer $token" "$venv/bin/scim2" --url "http://
 "$rollcall" tokens list --tenant conformance | grep -q "conformance" || { echo "conformance: tokens list lacks the tenant's token" >&2; status=1; }
 "$rollcall" status --json | python3 -c 'import json, sys; s = json.load(sys.stdin); assert s["head"] > 0 and s["projector"]["lag"] == 0, s' \
   || { echo "conformance: rollcall status did not show a caught-up projector" >&2; status=1; }
+# What an access component sees on NATS: the state of the users the run left behind.
+watched=$(timeout 3 "$rollcall" revocations watch --with-state 2>/dev/null | head -n 1 || true)
+echo "$watched" | python3 -c 'import json, sys; line = json.loads(sys.stdin.read()); assert "key" in line, line' \
+  || { echo "conformance: rollcall revocations watch printed nothing readable: $watched" >&2; status=1; }
 if [ "$status" -ne 0 ]; then
   echo "conformance: FAILED (scim2 exit $status); server log:" >&2
   tail -50 "$log" >&2

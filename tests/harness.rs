@@ -173,6 +173,38 @@ pub fn encode(value: &str) -> String {
         .collect()
 }
 
+/// The applications every test environment declares: `eng.test` for group `Engineering`,
+/// `wiki.test` for everyone of tenant `test`.
+pub const POLICIES: &str = r#"
+[[application]]
+name = "engineering"
+tenant = "test"
+hosts = ["eng.test"]
+[[application.policy]]
+name = "engineers"
+action = "allow"
+include = [{ group = "Engineering" }]
+
+[[application]]
+name = "wiki"
+tenant = "test"
+hosts = ["wiki.test"]
+[[application.policy]]
+name = "everyone"
+action = "allow"
+include = [{ everyone = true }]
+"#;
+
+fn access_config(policies: &std::path::Path) -> rollcall_access::Config {
+    // Configured keys, as in production: sessions outlive a restart of the access service.
+    let keys = "test=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVm";
+    rollcall_access::Config {
+        policies: Some(policies.to_owned()),
+        session_keys: Some(keys.to_owned().into()),
+        ..Default::default()
+    }
+}
+
 /// A private Rollcall for one test.
 #[allow(missing_debug_implementations)]
 pub struct TestEnv {
@@ -192,6 +224,12 @@ pub struct TestEnv {
     pub tenant: String,
     /// A SCIM token of that tenant.
     pub token: String,
+    /// The access service (for issuing sessions).
+    pub access: rollcall_access::Access,
+    /// The access service's base URL.
+    pub access_base: String,
+    policy_file: std::path::PathBuf,
+    access_task: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
     replicas: Vec<JoinHandle<()>>,
@@ -222,8 +260,15 @@ impl TestEnv {
             .token;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/scim/v2", listener.local_addr().unwrap());
+        let policy_file =
+            std::env::temp_dir().join(format!("rollcall-{}.toml", namespace.as_str()));
+        std::fs::write(&policy_file, POLICIES).unwrap();
+        let scim_config = rollcall_scim_api::Config {
+            wait_for_access: true,
+            ..Default::default()
+        };
         let state = rollcall_scim_api::AppState::new(
-            rollcall_scim_api::Config::default(),
+            scim_config,
             client.clone(),
             log.clone(),
             store.clone(),
@@ -238,7 +283,12 @@ impl TestEnv {
             })
             .await;
         });
+        let access = rollcall_access::Access::new(access_config(&policy_file)).unwrap();
         let mut env = Self {
+            access: access.clone(),
+            access_base: String::new(),
+            policy_file,
+            access_task: None,
             namespace,
             client,
             log,
@@ -253,7 +303,71 @@ impl TestEnv {
             projector: None,
         };
         env.start_projector();
+        env.start_access(access).await;
         env
+    }
+
+    /// Starts an access service (with fresh, empty state) and waits until it is ready.
+    pub async fn start_access(&mut self, access: rollcall_access::Access) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.access_base = format!("http://{}", listener.local_addr().unwrap());
+        self.access = access.clone();
+        let (client, namespace) = (self.client.clone(), self.namespace.clone());
+        let mut stopped = self.shutdown.subscribe();
+        self.access_task = Some(tokio::spawn(async move {
+            let _ = rollcall_access::serve(listener, access, client, namespace, async move {
+                let _ = stopped.wait_for(|&s| s).await;
+            })
+            .await;
+        }));
+        let ready = format!("{}/readyz", self.access_base);
+        eventually(
+            "the access service is ready",
+            Duration::from_secs(10),
+            || {
+                let ready = ready.clone();
+                async move { reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) }
+            },
+        )
+        .await;
+    }
+
+    /// Stops the access service and starts a new one with the same configuration, which must
+    /// rebuild its state from NATS.
+    pub async fn restart_access(&mut self) {
+        if let Some(task) = self.access_task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        let access = rollcall_access::Access::new(access_config(&self.policy_file)).unwrap();
+        self.start_access(access).await;
+    }
+
+    /// A session for a user of the test's tenant.
+    pub fn session(&self, user: &str) -> String {
+        self.access
+            .issue_session(&self.tenant, uuid::Uuid::parse_str(user).unwrap())
+            .unwrap()
+    }
+
+    /// Asks the access service over HTTP, as nginx `auth_request` would (`X-Original-URL`).
+    pub async fn forward_auth(&self, host: &str, session: Option<&str>) -> Response {
+        let http = reqwest::Client::new();
+        let mut request = http
+            .get(format!("{}/auth", self.access_base))
+            .header("X-Original-URL", format!("https://{host}/"));
+        if let Some(session) = session {
+            request = request.header("Cookie", format!("rollcall_session={session}"));
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = Value::String(response.text().await.unwrap());
+        Response {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// Starts another SCIM API instance on the same stream and database (as a second replica
@@ -262,7 +376,10 @@ impl TestEnv {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/scim/v2", listener.local_addr().unwrap());
         let state = rollcall_scim_api::AppState::new(
-            rollcall_scim_api::Config::default(),
+            rollcall_scim_api::Config {
+                wait_for_access: true,
+                ..Default::default()
+            },
             self.client.clone(),
             self.log.clone(),
             self.store.clone(),
@@ -300,7 +417,8 @@ impl TestEnv {
                     let _ = stopped.wait_for(|&s| s).await;
                 },
             )
-            .await;
+            .await
+            .expect("the projector starts");
         }));
     }
 
@@ -394,6 +512,10 @@ impl Drop for TestEnv {
         for replica in self.replicas.drain(..) {
             replica.abort();
         }
+        if let Some(access) = self.access_task.take() {
+            access.abort();
+        }
+        let _ = std::fs::remove_file(&self.policy_file);
         let namespace = self.namespace.clone();
         let database_url = self.database_url.clone();
         // Cleanup needs async IO; run it on a runtime of its own so that it also happens

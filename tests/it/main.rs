@@ -2,6 +2,7 @@
 //! real HTTP. One module per behaviour.
 #![allow(clippy::unwrap_used)]
 
+mod access;
 mod concurrency;
 mod entra_groups;
 mod entra_users;

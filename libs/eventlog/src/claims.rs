@@ -50,30 +50,14 @@ pub fn key(tenant: &str, kind: &str, value: &str) -> String {
 impl Claims {
     /// Opens the namespace's claims bucket, creating it if missing.
     ///
-    /// The bucket's stream is created directly rather than with `create_key_value`, which
-    /// first reads account fields that NATS 2.9 does not send.
     pub async fn open(jetstream: &Context, namespace: &Namespace) -> Result<Self, LoadError> {
-        use async_nats::jetstream::stream;
         let bucket = namespace.claims_bucket();
-        if let Ok(store) = jetstream.get_key_value(&bucket).await {
-            return Ok(Self { store });
-        }
-        let config = stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some("Rollcall uniqueness claims (userName, group displayName)".into()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            storage: stream::StorageType::File,
-            discard: stream::DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            duplicate_window: std::time::Duration::from_secs(120),
-            num_replicas: 1,
-            ..Default::default()
-        };
-        jetstream.get_or_create_stream(config).await.map_err(nats)?;
-        let store = jetstream.get_key_value(&bucket).await.map_err(nats)?;
+        let store = crate::kv::open_bucket(
+            jetstream,
+            &bucket,
+            "Rollcall uniqueness claims (userName, group displayName)",
+        )
+        .await?;
         Ok(Self { store })
     }
 

@@ -9,9 +9,11 @@
 //! - durable consumers whose position is reconciled with the consumer's own checkpoint.
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod claims;
 pub mod consumer;
 pub mod envelope;
+pub mod kv;
 pub mod log;
 pub mod namespace;
 

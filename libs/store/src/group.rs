@@ -190,23 +190,25 @@ pub async fn upsert(connection: &mut PgConnection, row: &GroupRow) -> Result<(),
     Ok(())
 }
 
-/// Deletes a group and its memberships.
+/// Deletes a group and its memberships; returns the member keys it had.
 pub async fn delete(
     connection: &mut PgConnection,
     tenant: &str,
     id: Uuid,
-) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM group_member WHERE tenant = $1 AND group_id = $2")
-        .bind(tenant)
-        .bind(id)
-        .execute(&mut *connection)
-        .await?;
+) -> Result<Vec<String>, StoreError> {
+    let members: Vec<String> = sqlx::query_scalar(
+        "DELETE FROM group_member WHERE tenant = $1 AND group_id = $2 RETURNING member_key",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_all(&mut *connection)
+    .await?;
     sqlx::query("DELETE FROM scim_group WHERE tenant = $1 AND id = $2")
         .bind(tenant)
         .bind(id)
         .execute(connection)
         .await?;
-    Ok(())
+    Ok(members)
 }
 
 /// A member to add: id, type and display name as the client sent them.

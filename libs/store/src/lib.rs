@@ -6,6 +6,7 @@
 //! that a rebuild can fill a fresh schema from the event stream and swap it in atomically.
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod audit;
 pub mod checkpoint;
 pub mod group;

@@ -4,6 +4,7 @@ use rollcall_domain::group::{self, Group, GroupEvent, GroupState};
 use rollcall_domain::user::{self, User, UserEvent};
 use rollcall_domain::{Attributes, EventKind};
 use rollcall_eventlog::consumer::Delivered;
+use rollcall_store::access::{self, OutboxKind, RevocationRow};
 use rollcall_store::audit::{self, AuditRow};
 use rollcall_store::group::{GroupRow, NewMember};
 use rollcall_store::user::UserRow;
@@ -70,6 +71,37 @@ pub async fn apply(
                     )))
                 }
             }
+            let revocation = match &event {
+                UserEvent::Deactivated => Some((None, "deactivated".to_owned())),
+                UserEvent::Deleted => Some((None, "deleted".to_owned())),
+                UserEvent::SessionsRevoked { session_id, reason } => {
+                    Some((session_id.clone(), format!("operator: {reason}")))
+                }
+                _ => None,
+            };
+            if let Some((session_id, reason)) = revocation {
+                let row = RevocationRow {
+                    sequence: sequence as i64,
+                    event_id: envelope.event_id,
+                    tenant: tenant.to_owned(),
+                    user_id: id,
+                    not_before: session_id.is_none().then_some(at),
+                    session_id,
+                    reason,
+                    created_at: at,
+                };
+                access::record(connection, &row).await?;
+                access::enqueue(
+                    connection,
+                    sequence,
+                    OutboxKind::Revocation,
+                    tenant,
+                    id,
+                    Some(revocation_message(&row)),
+                )
+                .await?;
+            }
+            access::enqueue(connection, sequence, OutboxKind::User, tenant, id, None).await?;
         }
         GroupEvent::AGGREGATE => {
             let event = GroupEvent::from_payload(
@@ -123,7 +155,16 @@ pub async fn apply(
                         _ => {}
                     }
                 }
-                Group::Deleted => rollcall_store::group::delete(connection, tenant, id).await?,
+                Group::Deleted => {
+                    let former = rollcall_store::group::delete(connection, tenant, id).await?;
+                    enqueue_members(
+                        connection,
+                        sequence,
+                        tenant,
+                        former.iter().map(String::as_str),
+                    )
+                    .await?;
+                }
                 Group::Absent => {
                     return Err(fail(format!(
                         "{} for a group that does not exist",
@@ -131,6 +172,28 @@ pub async fn apply(
                     )))
                 }
             }
+            match &event {
+                GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {
+                    enqueue_members(
+                        connection,
+                        sequence,
+                        tenant,
+                        members.iter().map(|m| m.value.as_str()),
+                    )
+                    .await?;
+                }
+                GroupEvent::MembersRemoved { members } => {
+                    enqueue_members(
+                        connection,
+                        sequence,
+                        tenant,
+                        members.iter().map(String::as_str),
+                    )
+                    .await?;
+                }
+                _ => {}
+            }
+            access::enqueue(connection, sequence, OutboxKind::Group, tenant, id, None).await?;
         }
         other => return Err(fail(format!("unknown aggregate type {other:?}"))),
     }
@@ -155,4 +218,35 @@ pub async fn apply(
     };
     audit::insert(connection, &record).await?;
     Ok(())
+}
+
+/// Members whose access changed; ids that are not users of ours (a client may add anything)
+/// are skipped.
+async fn enqueue_members<'a>(
+    connection: &mut PgConnection,
+    sequence: u64,
+    tenant: &str,
+    members: impl Iterator<Item = &'a str>,
+) -> Result<(), ProjectorError> {
+    for member in members {
+        if let Ok(user) = uuid::Uuid::parse_str(member) {
+            access::enqueue(connection, sequence, OutboxKind::User, tenant, user, None).await?;
+        }
+    }
+    Ok(())
+}
+
+fn revocation_message(row: &RevocationRow) -> Value {
+    let message = rollcall_eventlog::access::Revocation {
+        schema: rollcall_eventlog::access::REVOCATION_SCHEMA.into(),
+        tenant: row.tenant.clone(),
+        user_id: row.user_id,
+        session_id: row.session_id.clone(),
+        not_before: row.not_before,
+        reason: row.reason.clone(),
+        event_id: row.event_id,
+        sequence: row.sequence as u64,
+        at: row.created_at,
+    };
+    serde_json::to_value(message).unwrap_or(Value::Null)
 }

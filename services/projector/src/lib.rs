@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod apply;
+pub mod publish;
 pub mod rebuild;
 
 use std::future::Future;
@@ -83,6 +84,7 @@ pub struct Projector {
     client: async_nats::Client,
     name: String,
     batch: usize,
+    publisher: Option<publish::Publisher>,
 }
 
 impl Projector {
@@ -100,13 +102,32 @@ impl Projector {
             client,
             name: name.to_owned(),
             batch: batch.max(1),
+            publisher: None,
         }
+    }
+
+    /// Also publishes access state to NATS after every batch (the live projector does; a
+    /// rebuild does not).
+    pub fn with_publisher(mut self, publisher: publish::Publisher) -> Self {
+        self.publisher = Some(publisher);
+        self
     }
 
     /// Runs until `shutdown` resolves, recovering from failures by repositioning at the
     /// checkpoint after a short pause.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // Whatever a crash or a NATS outage left in the outbox is published on a timer too.
+        let republisher = self.publisher.clone().map(|publisher| {
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    interval.tick().await;
+                    publisher.drain_logged().await;
+                }
+            })
+        });
+        let _stop_republisher = AbortOnDrop(republisher);
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -148,6 +169,9 @@ impl Projector {
                 last = Some(message);
             }
             let checkpoint = self.apply_batch(&delivered).await?;
+            if let Some(publisher) = &self.publisher {
+                publisher.drain_logged().await;
+            }
             if let Some(last) = last {
                 // AckPolicy::All: acknowledging the last acknowledges the batch. A lost ack is
                 // harmless: the checkpoint decides what is applied.
@@ -206,15 +230,30 @@ impl Projector {
     }
 }
 
-/// Runs the projector over shared connections until `shutdown` resolves.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Runs the projector, publishing access state, over shared connections until `shutdown`
+/// resolves.
 pub async fn run(
     config: Config,
     client: async_nats::Client,
     log: EventLog,
     store: Store,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), ProjectorError> {
+    let publisher =
+        publish::Publisher::open(client.clone(), log.namespace().clone(), store.clone()).await?;
     Projector::new(client, log, store, DEFAULT_NAME, config.batch)
+        .with_publisher(publisher)
         .run(shutdown)
         .await;
+    Ok(())
 }

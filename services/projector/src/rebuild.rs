@@ -41,6 +41,8 @@ pub async fn rebuild(
         }
         applied += catch_up(&projector, log, checkpoint, head, batch, &mut report).await?;
     }
+    // The live access state is already published; replaying it would only repeat it.
+    projector.store.clear_outbox(i64::MAX).await?;
     store.swap_rebuild_schema().await?;
     info!(applied, "rebuilt read models are live");
     Ok(applied)

@@ -78,6 +78,47 @@ enum Command {
         #[command(subcommand)]
         command: ProjectorCommand,
     },
+    /// Revoke users' sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Follow the revocation and access-state contract on NATS.
+    Revocations {
+        #[command(subcommand)]
+        command: RevocationsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// Revoke one session of a user, or all of the user's sessions issued until now. Recorded as
+    /// an event on the user's stream.
+    Revoke {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The user's id.
+        #[arg(long)]
+        user: uuid::Uuid,
+        /// Only this session (its id); without it, every session issued until now.
+        #[arg(long)]
+        session: Option<String>,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RevocationsCommand {
+    /// Print the access state (users, groups, checkpoint) and every revocation as they change,
+    /// one JSON object a line, as an access component would see them.
+    Watch {
+        /// Start with the complete current access state before following changes.
+        #[arg(long)]
+        with_state: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +216,37 @@ async fn main() -> anyhow::Result<()> {
         Command::Projector {
             command: ProjectorCommand::Rebuild { batch },
         } => rebuild(cli.common, batch).await,
+        Command::Sessions {
+            command:
+                SessionsCommand::Revoke {
+                    tenant,
+                    user,
+                    session,
+                    reason,
+                },
+        } => {
+            let (_, log) = connect_nats(&cli.common).await?;
+            let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+            let sequence = rollcall_scim_api::operator::revoke_sessions(
+                &log,
+                &tenant,
+                user,
+                session.clone(),
+                &reason,
+                &operator,
+            )
+            .await
+            .map_err(|error| anyhow::anyhow!("{}", error.to_scim().detail))?;
+            let what = session.map_or_else(
+                || "every session issued until now".to_owned(),
+                |s| format!("session {s}"),
+            );
+            println!("revoked {what} of user {user} (event at stream sequence {sequence})");
+            Ok(())
+        }
+        Command::Revocations {
+            command: RevocationsCommand::Watch { with_state },
+        } => watch(cli.common, with_state).await,
     }
 }
 
@@ -309,6 +381,42 @@ async fn rebuild(common: Common, batch: usize) -> anyhow::Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     println!("rebuilt the read models from {applied} events in {seconds:.1}s ({:.0} events/s); they are live", applied as f64 / seconds.max(1e-9));
     Ok(())
+}
+
+async fn watch(common: Common, with_state: bool) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let (client, log) = connect_nats(&common).await?;
+    let namespace = log.namespace().clone();
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let bucket = rollcall_eventlog::kv::open_bucket(
+        &jetstream,
+        &namespace.access_bucket(),
+        "Rollcall access state",
+    )
+    .await?;
+    let mut revocations = client.subscribe(namespace.all_revocations()).await?;
+    let mut entries = if with_state {
+        bucket.watch_with_history(">").await?
+    } else {
+        bucket.watch(">").await?
+    };
+    let mut out = std::io::stdout().lock();
+    loop {
+        tokio::select! {
+            Some(message) = revocations.next() => {
+                let data: serde_json::Value = serde_json::from_slice(&message.payload).unwrap_or(serde_json::Value::Null);
+                writeln!(out, "{}", json!({"subject": message.subject.as_str(), "revocation": data}))?;
+            }
+            Some(entry) = entries.next() => {
+                let entry = entry?;
+                let value: serde_json::Value = serde_json::from_slice(&entry.value).unwrap_or(serde_json::Value::Null);
+                let operation = format!("{:?}", entry.operation).to_lowercase();
+                writeln!(out, "{}", json!({"key": entry.key, "operation": operation, "value": value}))?;
+            }
+            else => return Ok(()),
+        }
+        out.flush()?;
+    }
 }
 
 #[cfg(test)]

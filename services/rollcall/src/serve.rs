@@ -15,6 +15,8 @@ pub struct ServeArgs {
     scim: rollcall_scim_api::Config,
     #[command(flatten)]
     projector: rollcall_projector::Config,
+    #[command(flatten)]
+    access: rollcall_access::Config,
 }
 
 async fn shutdown_signal() {
@@ -57,13 +59,17 @@ pub async fn serve(common: Common, args: ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.scim.addr)
         .await
         .with_context(|| format!("binding the SCIM API to {}", args.scim.addr))?;
-    let state = rollcall_scim_api::AppState::new(
-        args.scim.clone(),
-        client.clone(),
-        log.clone(),
-        store.clone(),
-    )
-    .await?;
+    let access_listener = TcpListener::bind(args.access.addr)
+        .await
+        .with_context(|| format!("binding the access service to {}", args.access.addr))?;
+    let access = rollcall_access::Access::new(args.access.clone())
+        .context("access service configuration")?;
+    // The access service runs here: SCIM writes answer once access decisions reflect them.
+    let mut scim_config = args.scim.clone();
+    scim_config.wait_for_access = true;
+    let state =
+        rollcall_scim_api::AppState::new(scim_config, client.clone(), log.clone(), store.clone())
+            .await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let projector = {
         let mut stopped = stopped.clone();
@@ -80,12 +86,26 @@ pub async fn serve(common: Common, args: ServeArgs) -> anyhow::Result<()> {
             .await
         })
     };
+    let access_server = {
+        let mut stopped = stopped.clone();
+        let (client, namespace) = (client.clone(), log.namespace().clone());
+        tokio::spawn(async move {
+            rollcall_access::serve(access_listener, access, client, namespace, async move {
+                let _ = stopped.wait_for(|&s| s).await;
+            })
+            .await
+        })
+    };
     println!(
         "Rollcall is running (namespace {}, stream {}).",
         log.namespace(),
         log.namespace().stream()
     );
     println!("  SCIM API  {scim_url}");
+    println!(
+        "  access    http://{}/auth (forward-auth), /v1/decisions, /readyz, /metrics",
+        args.access.addr
+    );
     println!("  projector consuming {}", log.namespace().all_events());
     info!(scim = %args.scim.addr, "serving");
     let mut scim_stopped = stopped.clone();
@@ -98,5 +118,6 @@ pub async fn serve(common: Common, args: ServeArgs) -> anyhow::Result<()> {
     }
     let _ = stop.send(true);
     let _ = projector.await;
+    let _ = access_server.await;
     Ok(())
 }

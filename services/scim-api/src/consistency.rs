@@ -20,6 +20,39 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// Follows a consumer's announcements only (one with no checkpoint in PostgreSQL, such as
+    /// the access service, which announces its applied sequence every second and on change).
+    pub async fn follow_announcements(
+        client: async_nats::Client,
+        namespace: &Namespace,
+        consumer: &str,
+    ) -> Self {
+        let (sender, receiver) = watch::channel(0);
+        let subject = namespace.checkpoint_subject(consumer);
+        match client.subscribe(subject).await {
+            Ok(mut announcements) => {
+                tokio::spawn(async move {
+                    while let Some(message) = announcements.next().await {
+                        if let Some(sequence) = std::str::from_utf8(&message.payload)
+                            .ok()
+                            .and_then(|s| s.parse::<u64>().ok())
+                        {
+                            sender.send_if_modified(|current| {
+                                let newer = sequence > *current;
+                                if newer {
+                                    *current = sequence;
+                                }
+                                newer
+                            });
+                        }
+                    }
+                });
+            }
+            Err(error) => warn!(error = %error, "cannot follow checkpoint announcements"),
+        }
+        Self { receiver }
+    }
+
     /// Follows the projector named `projector`; stops when the client closes.
     pub async fn follow(
         client: async_nats::Client,
@@ -101,5 +134,28 @@ impl Checkpoint {
     /// The last checkpoint seen.
     pub fn current(&self) -> u64 {
         *self.receiver.borrow()
+    }
+}
+
+/// Every checkpoint a write waits for: the projector's, and the access service's when it is
+/// configured to (so that the next access decision after a SCIM response reflects it).
+#[derive(Debug, Clone)]
+pub struct Consistency {
+    checkpoints: Vec<Checkpoint>,
+}
+
+impl Consistency {
+    /// Waits on these checkpoints.
+    pub fn new(checkpoints: Vec<Checkpoint>) -> Self {
+        Self { checkpoints }
+    }
+
+    /// Waits until every checkpoint reaches `sequence` (each bounded by the timeout).
+    pub async fn wait_for(&self, sequence: u64) -> bool {
+        let mut reached = true;
+        for checkpoint in &self.checkpoints {
+            reached &= checkpoint.wait_for(sequence).await;
+        }
+        reached
     }
 }

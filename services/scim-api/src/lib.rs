@@ -14,6 +14,7 @@ mod groups;
 pub mod http;
 mod lists;
 pub mod mapping;
+pub mod operator;
 mod render;
 mod users;
 
@@ -36,7 +37,7 @@ use tracing::{error, field::Empty, info, info_span, Span};
 
 use crate::aggregate::{Repositories, Repository};
 use crate::auth::TokenCache;
-use crate::consistency::Checkpoint;
+use crate::consistency::{Checkpoint, Consistency};
 use crate::error::ApiError;
 use crate::http::RequestId;
 
@@ -49,6 +50,7 @@ pub const BASE_PATH: &str = "/scim/v2";
 pub struct Config {
     /// Socket address the SCIM HTTP server binds to.
     #[arg(
+        id = "scim_addr",
         long = "scim-addr",
         env = "ROLLCALL_SCIM_ADDR",
         default_value = "127.0.0.1:8080"
@@ -65,6 +67,14 @@ pub struct Config {
         default_value_t = 1_048_576
     )]
     pub max_body_bytes: usize,
+    /// Also wait, before answering a write, until the access service has applied it
+    /// (`rollcall serve` sets this when it runs the access service).
+    #[arg(
+        long = "scim-wait-for-access",
+        env = "ROLLCALL_SCIM_WAIT_FOR_ACCESS",
+        default_value_t = false
+    )]
+    pub wait_for_access: bool,
 }
 
 impl Default for Config {
@@ -73,6 +83,7 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
             max_body_bytes: 1_048_576,
+            wait_for_access: false,
         }
     }
 }
@@ -88,8 +99,8 @@ pub struct AppState {
     pub repositories: Arc<Repositories>,
     /// Uniqueness claims.
     pub claims: Claims,
-    /// The projector's checkpoint (read-your-writes).
-    pub checkpoint: Checkpoint,
+    /// The checkpoints writes wait for (read-your-writes).
+    pub checkpoint: Consistency,
     /// Verified tokens.
     pub tokens: TokenCache,
 }
@@ -103,13 +114,20 @@ impl AppState {
         store: Store,
     ) -> Result<Self, ApiError> {
         let claims = Claims::open(log.jetstream(), log.namespace()).await?;
-        let checkpoint = Checkpoint::follow(
-            client,
-            log.namespace(),
-            store.clone(),
-            rollcall_projector_name(),
-        )
-        .await;
+        let mut checkpoints = vec![
+            Checkpoint::follow(
+                client.clone(),
+                log.namespace(),
+                store.clone(),
+                rollcall_projector_name(),
+            )
+            .await,
+        ];
+        if config.wait_for_access {
+            checkpoints
+                .push(Checkpoint::follow_announcements(client, log.namespace(), "access").await);
+        }
+        let checkpoint = Consistency::new(checkpoints);
         let repositories = Repositories {
             users: Repository::new(log.clone()),
             groups: Repository::new(log),

@@ -1,0 +1,40 @@
+//! Key-value buckets that work on NATS 2.9: the bucket's stream is created directly, because
+//! async-nats' `create_key_value` first reads account fields that 2.9 does not send.
+
+use async_nats::jetstream::kv::Store;
+use async_nats::jetstream::{stream, Context};
+
+use crate::log::LoadError;
+
+/// Opens a key-value bucket keeping the last value of each key, creating it if missing.
+pub async fn open_bucket(
+    jetstream: &Context,
+    bucket: &str,
+    description: &str,
+) -> Result<Store, LoadError> {
+    if let Ok(store) = jetstream.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        duplicate_window: std::time::Duration::from_secs(120),
+        num_replicas: 1,
+        ..Default::default()
+    };
+    jetstream
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| LoadError::Nats(e.to_string()))?;
+    jetstream
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| LoadError::Nats(e.to_string()))
+}

@@ -1,0 +1,198 @@
+//! What access decisions need, kept by the projector: session revocations, and an outbox of
+//! access state to publish to NATS, written in the projection transaction.
+
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::user::UserRow;
+use crate::{Store, StoreError};
+
+/// One revocation.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RevocationRow {
+    /// The event's stream sequence.
+    pub sequence: i64,
+    /// The event.
+    pub event_id: Uuid,
+    /// The tenant.
+    pub tenant: String,
+    /// The user.
+    pub user_id: Uuid,
+    /// One session, or none for every session issued before `not_before`.
+    pub session_id: Option<String>,
+    /// Sessions issued before this are void.
+    pub not_before: Option<OffsetDateTime>,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub created_at: OffsetDateTime,
+}
+
+/// What the outbox holds for publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// A user's access state changed.
+    User,
+    /// A group's name or existence changed.
+    Group,
+    /// A revocation happened (the payload is the message).
+    Revocation,
+}
+
+impl OutboxKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::User => "user",
+            OutboxKind::Group => "group",
+            OutboxKind::Revocation => "revocation",
+        }
+    }
+}
+
+/// One outbox entry.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct OutboxRow {
+    /// Its position.
+    pub id: i64,
+    /// The event sequence that caused it.
+    pub sequence: i64,
+    /// `user`, `group` or `revocation`.
+    pub kind: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The user or group.
+    pub subject_id: Uuid,
+    /// The revocation message.
+    pub payload: Option<Json<Value>>,
+}
+
+/// A user's access facts as the read models hold them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserAccessRow {
+    /// The user.
+    pub user: UserRow,
+    /// The latest instant before which sessions are void.
+    pub not_before: Option<OffsetDateTime>,
+    /// Revoked sessions and when.
+    pub revoked_sessions: Vec<(String, OffsetDateTime)>,
+    /// Groups the user is a direct member of.
+    pub groups: Vec<Uuid>,
+}
+
+/// Records a revocation.
+pub async fn record(connection: &mut PgConnection, row: &RevocationRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO revocation (sequence, event_id, tenant, user_id, session_id, not_before, reason, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(row.sequence)
+    .bind(row.event_id)
+    .bind(&row.tenant)
+    .bind(row.user_id)
+    .bind(&row.session_id)
+    .bind(row.not_before)
+    .bind(&row.reason)
+    .bind(row.created_at)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Adds an entry to the outbox.
+pub async fn enqueue(
+    connection: &mut PgConnection,
+    sequence: u64,
+    kind: OutboxKind,
+    tenant: &str,
+    subject: Uuid,
+    payload: Option<Value>,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO access_outbox (sequence, kind, tenant, subject_id, payload) VALUES ($1, $2, $3, $4, $5)")
+        .bind(sequence as i64)
+        .bind(kind.as_str())
+        .bind(tenant)
+        .bind(subject)
+        .bind(payload.map(Json))
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// The oldest outbox entries.
+    pub async fn outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        Ok(sqlx::query_as::<_, OutboxRow>(
+            "SELECT id, sequence, kind, tenant, subject_id, payload FROM access_outbox ORDER BY id LIMIT $1",
+        )
+        .bind(limit as i64)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Removes published outbox entries.
+    pub async fn clear_outbox(&self, up_to: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM access_outbox WHERE id <= $1")
+            .bind(up_to)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// A user's access facts, if the user exists.
+    pub async fn user_access(
+        &self,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<Option<UserAccessRow>, StoreError> {
+        let Some(user) = self.user(tenant, id).await? else {
+            return Ok(None);
+        };
+        let revocations: Vec<(Option<String>, Option<OffsetDateTime>, OffsetDateTime)> = sqlx::query_as(
+            "SELECT session_id, not_before, created_at FROM revocation WHERE tenant = $1 AND user_id = $2 ORDER BY sequence",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        let not_before = revocations
+            .iter()
+            .filter_map(|(_, not_before, _)| *not_before)
+            .max();
+        let revoked_sessions = revocations
+            .into_iter()
+            .filter_map(|(session, _, at)| Some((session?, at)))
+            .collect();
+        let groups: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT group_id FROM group_member WHERE tenant = $1 AND member_key = $2 ORDER BY group_id",
+        )
+        .bind(tenant)
+        .bind(id.to_string())
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Some(UserAccessRow {
+            user,
+            not_before,
+            revoked_sessions,
+            groups,
+        }))
+    }
+
+    /// Every revocation of a user, in order.
+    pub async fn revocations(
+        &self,
+        tenant: &str,
+        user: Uuid,
+    ) -> Result<Vec<RevocationRow>, StoreError> {
+        Ok(sqlx::query_as::<_, RevocationRow>(
+            "SELECT sequence, event_id, tenant, user_id, session_id, not_before, reason, created_at
+             FROM revocation WHERE tenant = $1 AND user_id = $2 ORDER BY sequence",
+        )
+        .bind(tenant)
+        .bind(user)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}

@@ -1,0 +1,464 @@
+//! One access decision, from memory only: no database query and no network call. A request is
+//! allowed when its session is valid (signature, expiry), its user is known and active, the
+//! session was issued after the user's not-before and is not revoked, and the application's
+//! policies, tried in order, allow the user's groups at this moment.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::directory::Directory;
+use crate::policy::{Action, Policies};
+use crate::session::{SessionError, SessionKeys};
+
+/// What was asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The host the user asked for.
+    pub host: &'a str,
+    /// The path the user asked for.
+    pub path: &'a str,
+    /// The session token, if any.
+    pub session: Option<&'a str>,
+}
+
+/// The answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Let it through (`200`).
+    Allow,
+    /// No valid session: sign in (`401`).
+    Unauthenticated,
+    /// Known, and not allowed (`403`).
+    Deny,
+}
+
+impl Outcome {
+    /// The forward-auth status code.
+    pub fn status(self) -> u16 {
+        match self {
+            Outcome::Allow => 200,
+            Outcome::Unauthenticated => 401,
+            Outcome::Deny => 403,
+        }
+    }
+}
+
+/// Who the decision was about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// The tenant.
+    pub tenant: String,
+    /// The user's id.
+    pub id: Uuid,
+    /// The userName.
+    pub user_name: String,
+    /// The primary email, if any.
+    pub email: Option<String>,
+    /// The displayNames of the user's groups.
+    pub groups: Vec<String>,
+    /// The session id.
+    pub session: String,
+}
+
+/// A decision with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// The answer.
+    pub outcome: Outcome,
+    /// Why, for logs and the decision API.
+    pub reason: String,
+    /// The application, if one matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    /// The policy that decided, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Who, if the session named a known user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+}
+
+/// Whether the state may be too old to trust, and what to do then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Following NATS.
+    Fresh,
+    /// Lost NATS for longer than the bound; deny everything.
+    StaleFailClosed,
+    /// Lost NATS for longer than the bound; decide from what is known.
+    StaleFailOpen,
+}
+
+fn decision(outcome: Outcome, reason: impl Into<String>) -> Decision {
+    Decision {
+        outcome,
+        reason: reason.into(),
+        application: None,
+        policy: None,
+        identity: None,
+    }
+}
+
+/// Decides one request.
+pub fn decide(
+    directory: &Directory,
+    policies: &Policies,
+    keys: &SessionKeys,
+    freshness: Freshness,
+    request: Request<'_>,
+) -> Decision {
+    let Some(application) = policies.application(request.host, request.path) else {
+        return decision(
+            Outcome::Deny,
+            format!("no application serves {}{}", request.host, request.path),
+        );
+    };
+    let with_app = |mut d: Decision| {
+        d.application = Some(application.name.clone());
+        d
+    };
+    if let Some(bypass) = application
+        .policies
+        .iter()
+        .find(|p| p.action == Action::Bypass)
+    {
+        let mut d = with_app(decision(Outcome::Allow, "bypass"));
+        d.policy = Some(bypass.name.clone());
+        return d;
+    }
+    if freshness == Freshness::StaleFailClosed {
+        return with_app(decision(
+            Outcome::Deny,
+            "decision state is stale (NATS unreachable); failing closed",
+        ));
+    }
+    let Some(token) = request.session else {
+        return with_app(decision(Outcome::Unauthenticated, "no session"));
+    };
+    let claims = match keys.verify(token) {
+        Ok(claims) => claims,
+        Err(SessionError::Expired) => {
+            return with_app(decision(Outcome::Unauthenticated, "session expired"))
+        }
+        Err(SessionError::Invalid(why)) => {
+            return with_app(decision(
+                Outcome::Unauthenticated,
+                format!("invalid session: {why}"),
+            ))
+        }
+    };
+    if claims.tid != application.tenant {
+        return with_app(decision(
+            Outcome::Deny,
+            format!(
+                "session of tenant {} for an application of tenant {}",
+                claims.tid, application.tenant
+            ),
+        ));
+    }
+    let Ok(user_id) = Uuid::parse_str(&claims.sub) else {
+        return with_app(decision(
+            Outcome::Unauthenticated,
+            "invalid session: subject is no user id",
+        ));
+    };
+    let Some(user) = directory.user(&claims.tid, &user_id) else {
+        return with_app(decision(
+            Outcome::Deny,
+            format!("user {user_id} is not provisioned (or was deleted)"),
+        ));
+    };
+    let identity = Identity {
+        tenant: user.tenant.clone(),
+        id: user.id,
+        user_name: user.user_name.clone(),
+        email: user.emails.first().cloned(),
+        groups: user
+            .groups
+            .iter()
+            .filter_map(|g| directory.group_of(&user.tenant, g))
+            .collect(),
+        session: claims.sid.clone(),
+    };
+    let with_identity = |d: Decision| Decision {
+        identity: Some(identity.clone()),
+        ..with_app(d)
+    };
+    if !user.active {
+        return with_identity(decision(
+            Outcome::Deny,
+            format!("user {user_id} is deactivated"),
+        ));
+    }
+    if let Some(not_before) = user.not_before {
+        if claims.issued_at() < not_before {
+            let when = not_before
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            return with_identity(decision(
+                Outcome::Unauthenticated,
+                format!("session revoked: sessions issued before {when} are void"),
+            ));
+        }
+    }
+    if user.revoked_sessions.iter().any(|s| s.id == claims.sid) {
+        return with_identity(decision(
+            Outcome::Unauthenticated,
+            format!("session {} was revoked", claims.sid),
+        ));
+    }
+    for policy in application
+        .policies
+        .iter()
+        .filter(|p| p.action != Action::Bypass)
+    {
+        if policy.matches(user, directory) {
+            let outcome = if policy.action == Action::Allow {
+                Outcome::Allow
+            } else {
+                Outcome::Deny
+            };
+            let mut d = with_identity(decision(
+                outcome,
+                format!(
+                    "policy {:?} {}",
+                    policy.name,
+                    if outcome == Outcome::Allow {
+                        "allows"
+                    } else {
+                        "denies"
+                    }
+                ),
+            ));
+            d.policy = Some(policy.name.clone());
+            return d;
+        }
+    }
+    with_identity(decision(Outcome::Deny, "no policy allows this user"))
+}
+
+impl Directory {
+    fn group_of(&self, tenant: &str, id: &Uuid) -> Option<String> {
+        use crate::policy::GroupLookup;
+        self.group(tenant, id).map(|g| g.display_name.clone())
+    }
+}
+
+/// The current time, for issuing sessions.
+pub fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollcall_eventlog::access::{group_key, user_key, GroupAccess, RevokedSession, UserAccess};
+    use std::time::Duration;
+
+    const POLICIES: &str = r#"
+        [[application]]
+        name = "finance"
+        tenant = "acme"
+        hosts = ["finance.example.com"]
+        [[application.policy]]
+        name = "finance admins"
+        action = "allow"
+        include = [{ group = "Finance" }]
+        [[application]]
+        name = "wiki"
+        tenant = "acme"
+        hosts = ["wiki.example.com"]
+        [[application.policy]]
+        name = "everyone"
+        action = "allow"
+        include = [{ everyone = true }]
+    "#;
+
+    struct World {
+        directory: Directory,
+        policies: Policies,
+        keys: SessionKeys,
+        user: UserAccess,
+        group: Uuid,
+    }
+
+    fn world() -> World {
+        let group = Uuid::now_v7();
+        let user = UserAccess {
+            schema: String::new(),
+            tenant: "acme".into(),
+            id: Uuid::now_v7(),
+            user_name: "ada".into(),
+            external_id: None,
+            emails: vec!["ada@example.com".into()],
+            active: true,
+            not_before: None,
+            revoked_sessions: vec![],
+            groups: vec![group],
+            sequence: 1,
+        };
+        let mut directory = Directory::default();
+        let g = GroupAccess {
+            schema: String::new(),
+            tenant: "acme".into(),
+            id: group,
+            display_name: "Finance".into(),
+            external_id: None,
+            sequence: 1,
+        };
+        directory
+            .apply(
+                &group_key("acme", &group),
+                Some(&serde_json::to_vec(&g).unwrap()),
+            )
+            .unwrap();
+        directory
+            .apply(
+                &user_key("acme", &user.id),
+                Some(&serde_json::to_vec(&user).unwrap()),
+            )
+            .unwrap();
+        World {
+            directory,
+            policies: Policies::parse(POLICIES).unwrap(),
+            keys: SessionKeys::ephemeral(Duration::from_secs(3600)),
+            user,
+            group,
+        }
+    }
+
+    impl World {
+        fn set(&mut self, change: impl FnOnce(&mut UserAccess)) {
+            change(&mut self.user);
+            self.directory
+                .apply(
+                    &user_key("acme", &self.user.id),
+                    Some(&serde_json::to_vec(&self.user).unwrap()),
+                )
+                .unwrap();
+        }
+        fn ask(&self, host: &str, token: &str, freshness: Freshness) -> Decision {
+            decide(
+                &self.directory,
+                &self.policies,
+                &self.keys,
+                freshness,
+                Request {
+                    host,
+                    path: "/",
+                    session: Some(token),
+                },
+            )
+        }
+    }
+
+    #[test]
+    fn a_member_is_allowed_with_identity_and_the_deciding_policy() {
+        let w = world();
+        let (token, _) = w.keys.issue("acme", w.user.id, now()).unwrap();
+        let d = w.ask("finance.example.com", &token, Freshness::Fresh);
+        assert_eq!(d.outcome, Outcome::Allow, "{}", d.reason);
+        assert_eq!(d.policy.as_deref(), Some("finance admins"));
+        assert_eq!(d.identity.unwrap().groups, vec!["Finance".to_owned()]);
+    }
+
+    #[test]
+    fn deactivation_revocation_and_removal_from_the_group_deny() {
+        let mut w = world();
+        let (token, claims) = w.keys.issue("acme", w.user.id, now()).unwrap();
+        w.set(|u| u.groups.clear());
+        assert_eq!(
+            w.ask("finance.example.com", &token, Freshness::Fresh)
+                .outcome,
+            Outcome::Deny
+        );
+        assert_eq!(
+            w.ask("wiki.example.com", &token, Freshness::Fresh).outcome,
+            Outcome::Allow
+        );
+        let group = w.group;
+        w.set(|u| u.groups.push(group));
+        w.set(|u| {
+            u.revoked_sessions.push(RevokedSession {
+                id: claims.sid.clone(),
+                at: now(),
+            })
+        });
+        assert_eq!(
+            w.ask("wiki.example.com", &token, Freshness::Fresh).outcome,
+            Outcome::Unauthenticated
+        );
+        let (other, _) = w.keys.issue("acme", w.user.id, now()).unwrap();
+        assert_eq!(
+            w.ask("wiki.example.com", &other, Freshness::Fresh).outcome,
+            Outcome::Allow
+        );
+        w.set(|u| u.active = false);
+        assert_eq!(
+            w.ask("wiki.example.com", &other, Freshness::Fresh).outcome,
+            Outcome::Deny
+        );
+        w.set(|u| {
+            u.active = true;
+            u.not_before = Some(now() + time::Duration::milliseconds(5));
+        });
+        assert_eq!(
+            w.ask("wiki.example.com", &other, Freshness::Fresh).outcome,
+            Outcome::Unauthenticated,
+            "issued before not-before"
+        );
+    }
+
+    #[test]
+    fn stale_state_fails_closed_unless_configured_open() {
+        let w = world();
+        let (token, _) = w.keys.issue("acme", w.user.id, now()).unwrap();
+        assert_eq!(
+            w.ask("wiki.example.com", &token, Freshness::StaleFailClosed)
+                .outcome,
+            Outcome::Deny
+        );
+        assert_eq!(
+            w.ask("wiki.example.com", &token, Freshness::StaleFailOpen)
+                .outcome,
+            Outcome::Allow
+        );
+    }
+
+    #[test]
+    fn unknown_applications_users_and_tenants_are_denied() {
+        let w = world();
+        let (token, _) = w.keys.issue("acme", w.user.id, now()).unwrap();
+        assert_eq!(
+            w.ask("elsewhere.example.com", &token, Freshness::Fresh)
+                .outcome,
+            Outcome::Deny
+        );
+        let (stranger, _) = w.keys.issue("acme", Uuid::now_v7(), now()).unwrap();
+        assert_eq!(
+            w.ask("wiki.example.com", &stranger, Freshness::Fresh)
+                .outcome,
+            Outcome::Deny
+        );
+        let (other_tenant, _) = w.keys.issue("globex", w.user.id, now()).unwrap();
+        assert_eq!(
+            w.ask("wiki.example.com", &other_tenant, Freshness::Fresh)
+                .outcome,
+            Outcome::Deny
+        );
+        let none = decide(
+            &w.directory,
+            &w.policies,
+            &w.keys,
+            Freshness::Fresh,
+            Request {
+                host: "wiki.example.com",
+                path: "/",
+                session: None,
+            },
+        );
+        assert_eq!(none.outcome, Outcome::Unauthenticated);
+    }
+}

@@ -1,0 +1,179 @@
+//! Feeds the directory from NATS: the whole access bucket at start (the service is not ready
+//! until it has caught up), then every change as it arrives. Announces the event sequence it
+//! has applied on `<namespace>.checkpoints.access`, so that SCIM writes can answer only once
+//! access decisions reflect them. Tracks when NATS last answered, for the staleness bound.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::Operation;
+use futures::StreamExt;
+use rollcall_eventlog::{LoadError, Namespace};
+use time::OffsetDateTime;
+use tracing::{error, info, warn};
+
+use crate::directory::Directory;
+
+/// The consumer name the access service announces its checkpoint under.
+pub const CHECKPOINT_NAME: &str = "access";
+
+/// Liveness of the feed.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    last_contact_ms: AtomicI64,
+}
+
+impl Health {
+    /// Whether the initial load finished.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn touch(&self) {
+        let now = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        self.last_contact_ms.store(now, Ordering::Release);
+    }
+
+    /// How long since NATS last answered.
+    pub fn silence(&self) -> Duration {
+        let now = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let last = self.last_contact_ms.load(Ordering::Acquire);
+        Duration::from_millis((now - last).max(0) as u64)
+    }
+}
+
+async fn announce(client: &async_nats::Client, subject: &str, sequence: u64) {
+    if let Err(error) = client
+        .publish(subject.to_owned(), sequence.to_string().into())
+        .await
+    {
+        warn!(error = %error, "announcing the access checkpoint failed");
+    }
+}
+
+/// Follows the access bucket into `directory` until the client closes; restarts the watch
+/// after an error.
+pub async fn follow(
+    client: async_nats::Client,
+    namespace: Namespace,
+    directory: Arc<RwLock<Directory>>,
+    health: Arc<Health>,
+    staleness: Duration,
+    fail_open: bool,
+) {
+    let subject = namespace.checkpoint_subject(CHECKPOINT_NAME);
+    // Liveness: a round trip to NATS every second; announcements double as a heartbeat for
+    // writers that started after the last change.
+    {
+        let (client, health, directory, subject) = (
+            client.clone(),
+            health.clone(),
+            directory.clone(),
+            subject.clone(),
+        );
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(1));
+            let mut stale = false;
+            loop {
+                interval.tick().await;
+                if tokio::time::timeout(Duration::from_secs(1), client.flush())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    health.touch();
+                }
+                let now_stale = health.is_ready() && health.silence() > staleness;
+                if now_stale != stale {
+                    stale = now_stale;
+                    if stale && fail_open {
+                        error!(silence_ms = health.silence().as_millis() as u64, "NATS unreachable past the staleness bound; deciding from stale state (fail-open)");
+                    } else if stale {
+                        error!(silence_ms = health.silence().as_millis() as u64, "NATS unreachable past the staleness bound; denying every request (fail-closed)");
+                    } else {
+                        info!("NATS reachable again; access state is fresh");
+                    }
+                }
+                if health.is_ready() {
+                    let applied = directory.read().map(|d| d.applied()).unwrap_or(0);
+                    announce(&client, &subject, applied).await;
+                }
+            }
+        });
+    }
+    loop {
+        if let Err(error) = watch(&client, &namespace, &directory, &health, &subject).await {
+            warn!(error = %error, "following the access bucket failed; reloading");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn watch(
+    client: &async_nats::Client,
+    namespace: &Namespace,
+    directory: &RwLock<Directory>,
+    health: &Health,
+    subject: &str,
+) -> Result<(), LoadError> {
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let bucket = rollcall_eventlog::kv::open_bucket(
+        &jetstream,
+        &namespace.access_bucket(),
+        "Rollcall access state (contract rollcall.access.*.v1)",
+    )
+    .await?;
+    let mut stream = jetstream
+        .get_stream(format!("KV_{}", namespace.access_bucket()))
+        .await
+        .map_err(|e| LoadError::Nats(e.to_string()))?;
+    let empty = stream
+        .info()
+        .await
+        .map_err(|e| LoadError::Nats(e.to_string()))?
+        .state
+        .messages
+        == 0;
+    let mut entries = bucket
+        .watch_with_history(">")
+        .await
+        .map_err(|e| LoadError::Nats(e.to_string()))?;
+    health.touch();
+    if empty {
+        mark_ready(client, directory, health, subject).await;
+    }
+    while let Some(entry) = entries.next().await {
+        let entry = entry.map_err(|e| LoadError::Nats(e.to_string()))?;
+        health.touch();
+        let value = (entry.operation == Operation::Put).then_some(entry.value.as_ref());
+        let applied = match directory.write() {
+            Ok(mut directory) => directory.apply(&entry.key, value),
+            Err(_) => return Err(LoadError::Nats("directory lock poisoned".into())),
+        };
+        match applied {
+            Ok(Some(sequence)) if health.is_ready() => announce(client, subject, sequence).await,
+            Ok(_) => {}
+            Err(error) => warn!(error = %error, "ignoring an unreadable access entry"),
+        }
+        if entry.delta == 0 && !health.is_ready() {
+            mark_ready(client, directory, health, subject).await;
+        }
+    }
+    Err(LoadError::Nats("the access bucket watch ended".into()))
+}
+
+async fn mark_ready(
+    client: &async_nats::Client,
+    directory: &RwLock<Directory>,
+    health: &Health,
+    subject: &str,
+) {
+    health.ready.store(true, Ordering::Release);
+    let (applied, (users, groups)) = directory
+        .read()
+        .map(|d| (d.applied(), d.size()))
+        .unwrap_or_default();
+    info!(applied, users, groups, "access state loaded; ready");
+    announce(client, subject, applied).await;
+}

@@ -1,0 +1,330 @@
+//! The access service: decision state in memory, fed from NATS, so that disabling, deleting or
+//! removing a user from a group denies that user's next request. No database query and no
+//! network call sits on the decision path.
+#![warn(missing_docs)]
+
+pub mod decision;
+pub mod directory;
+pub mod feed;
+pub mod http;
+pub mod policy;
+pub mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use rollcall_eventlog::Namespace;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use crate::decision::{Decision, Freshness, Outcome, Request};
+use crate::directory::Directory;
+use crate::feed::Health;
+use crate::policy::Policies;
+use crate::session::SessionKeys;
+
+/// Everything the access service reads from the environment.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "access")]
+pub struct Config {
+    /// Socket address the access service (forward-auth, decisions) binds to.
+    #[arg(
+        id = "access_addr",
+        long = "access-addr",
+        env = "ROLLCALL_ACCESS_ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub addr: SocketAddr,
+    /// The application policy file (TOML); reloaded on SIGHUP. Without one, every request is denied.
+    #[arg(long = "access-policies", env = "ROLLCALL_ACCESS_POLICIES")]
+    pub policies: Option<PathBuf>,
+    /// Session signing keys, `kid=base64secret[,kid=base64secret]`; the first signs, all verify.
+    /// Without them a random key is used and sessions end at restart.
+    #[arg(long = "session-keys", env = "ROLLCALL_SESSION_KEYS", hide_env_values = true, value_parser = secret)]
+    pub session_keys: Option<SecretString>,
+    /// How long a session lasts, in seconds.
+    #[arg(long = "session-ttl", env = "ROLLCALL_SESSION_TTL", default_value_t = 8 * 3600)]
+    pub session_ttl_seconds: u64,
+    /// Name of the session cookie.
+    #[arg(
+        long = "session-cookie",
+        env = "ROLLCALL_SESSION_COOKIE",
+        default_value = "rollcall_session"
+    )]
+    pub cookie: String,
+    /// After this many seconds without NATS the state is stale.
+    #[arg(
+        long = "access-staleness",
+        env = "ROLLCALL_ACCESS_STALENESS",
+        default_value_t = 30
+    )]
+    pub staleness_seconds: u64,
+    /// Decide from stale state instead of denying everything.
+    #[arg(
+        long = "access-fail-open",
+        env = "ROLLCALL_ACCESS_FAIL_OPEN",
+        default_value_t = false
+    )]
+    pub fail_open: bool,
+}
+
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value.to_owned()))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            policies: None,
+            session_keys: None,
+            session_ttl_seconds: 8 * 3600,
+            cookie: "rollcall_session".into(),
+            staleness_seconds: 30,
+            fail_open: false,
+        }
+    }
+}
+
+/// Why the access service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+    /// IO.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Decision counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    allowed: AtomicU64,
+    unauthenticated: AtomicU64,
+    denied: AtomicU64,
+}
+
+impl Metrics {
+    fn count(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Allow => &self.allowed,
+            Outcome::Unauthenticated => &self.unauthenticated,
+            Outcome::Deny => &self.denied,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, users: usize, groups: usize, applied: u64, stale: bool) -> String {
+        format!(
+            "# HELP rollcall_access_decisions_total Access decisions by outcome.\n\
+             # TYPE rollcall_access_decisions_total counter\n\
+             rollcall_access_decisions_total{{outcome=\"allow\"}} {}\n\
+             rollcall_access_decisions_total{{outcome=\"unauthenticated\"}} {}\n\
+             rollcall_access_decisions_total{{outcome=\"deny\"}} {}\n\
+             # HELP rollcall_access_users Users held in memory.\n# TYPE rollcall_access_users gauge\nrollcall_access_users {users}\n\
+             # HELP rollcall_access_groups Groups held in memory.\n# TYPE rollcall_access_groups gauge\nrollcall_access_groups {groups}\n\
+             # HELP rollcall_access_applied_sequence Last event sequence applied.\n# TYPE rollcall_access_applied_sequence gauge\nrollcall_access_applied_sequence {applied}\n\
+             # HELP rollcall_access_stale Whether NATS was lost for longer than the staleness bound.\n# TYPE rollcall_access_stale gauge\nrollcall_access_stale {}\n",
+            self.allowed.load(Ordering::Relaxed),
+            self.unauthenticated.load(Ordering::Relaxed),
+            self.denied.load(Ordering::Relaxed),
+            u8::from(stale),
+        )
+    }
+}
+
+/// The access service's shared state.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// Configuration.
+    pub config: Arc<Config>,
+    directory: Arc<RwLock<Directory>>,
+    policies: Arc<RwLock<Arc<Policies>>>,
+    keys: Arc<SessionKeys>,
+    /// Feed liveness.
+    pub health: Arc<Health>,
+    /// Decision counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Reads and checks a policy file.
+pub fn load_policies(path: &std::path::Path) -> Result<Policies, AccessError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AccessError::Config(format!("reading {}: {e}", path.display())))?;
+    Policies::parse(&text).map_err(|e| AccessError::Config(format!("{}: {e}", path.display())))
+}
+
+impl Access {
+    /// Builds the service state from configuration (checks the policy file and keys).
+    pub fn new(config: Config) -> Result<Self, AccessError> {
+        let ttl = Duration::from_secs(config.session_ttl_seconds);
+        let keys = match &config.session_keys {
+            Some(spec) => SessionKeys::parse(spec.expose_secret(), ttl)
+                .map_err(|e| AccessError::Config(e.to_string()))?,
+            None => {
+                warn!("ROLLCALL_SESSION_KEYS is not set: using a random key; sessions end when this process stops");
+                SessionKeys::ephemeral(ttl)
+            }
+        };
+        let policies = match &config.policies {
+            Some(path) => load_policies(path)?,
+            None => {
+                warn!("ROLLCALL_ACCESS_POLICIES is not set: no application is declared, every request is denied");
+                Policies::default()
+            }
+        };
+        Ok(Self {
+            config: Arc::new(config),
+            directory: Arc::default(),
+            policies: Arc::new(RwLock::new(Arc::new(policies))),
+            keys: Arc::new(keys),
+            health: Arc::default(),
+            metrics: Arc::default(),
+        })
+    }
+
+    /// Whether NATS has been silent for longer than the staleness bound.
+    pub fn is_stale(&self) -> bool {
+        self.health.is_ready()
+            && self.health.silence() > Duration::from_secs(self.config.staleness_seconds)
+    }
+
+    /// The last event sequence applied.
+    pub fn applied(&self) -> u64 {
+        self.directory.read().map(|d| d.applied()).unwrap_or(0)
+    }
+
+    /// Users and groups held.
+    pub fn size(&self) -> (usize, usize) {
+        self.directory.read().map(|d| d.size()).unwrap_or_default()
+    }
+
+    /// Decides a request from memory.
+    pub fn decide(&self, request: Request<'_>) -> Decision {
+        let freshness = match (
+            self.health.is_ready(),
+            self.is_stale(),
+            self.config.fail_open,
+        ) {
+            (false, ..) | (true, true, false) => decision::Freshness::StaleFailClosed,
+            (true, true, true) => Freshness::StaleFailOpen,
+            (true, false, _) => Freshness::Fresh,
+        };
+        let policies = self
+            .policies
+            .read()
+            .map(|p| Arc::clone(&p))
+            .unwrap_or_default();
+        match self.directory.read() {
+            Ok(directory) => {
+                decision::decide(&directory, &policies, &self.keys, freshness, request)
+            }
+            Err(_) => Decision {
+                outcome: Outcome::Deny,
+                reason: "internal error".into(),
+                application: None,
+                policy: None,
+                identity: None,
+            },
+        }
+    }
+
+    /// Issues a session for a user (sign-in does this; tests too).
+    pub fn issue_session(&self, tenant: &str, user: Uuid) -> Result<String, session::SessionError> {
+        self.keys
+            .issue(tenant, user, decision::now())
+            .map(|(token, _)| token)
+    }
+
+    /// Reloads the policy file; on error keeps the policies in force and says why.
+    pub fn reload_policies(&self) -> Result<(), AccessError> {
+        let Some(path) = &self.config.policies else {
+            return Ok(());
+        };
+        let policies = load_policies(path)?;
+        let count = policies.applications.len();
+        if let Ok(mut current) = self.policies.write() {
+            *current = Arc::new(policies);
+        }
+        info!(applications = count, "policies reloaded");
+        Ok(())
+    }
+}
+
+/// The routes.
+pub fn router(access: Access) -> Router {
+    Router::new()
+        .route("/auth", get(http::auth))
+        .route("/auth/{*path}", get(http::auth_path))
+        .route("/v1/decisions", post(http::decisions))
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        .with_state(access)
+}
+
+/// Starts following NATS and serves on `listener` until `shutdown` resolves. Reloads the
+/// policy file on SIGHUP.
+pub async fn serve(
+    listener: TcpListener,
+    access: Access,
+    client: async_nats::Client,
+    namespace: Namespace,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AccessError> {
+    let staleness = Duration::from_secs(access.config.staleness_seconds);
+    let feed = tokio::spawn(feed::follow(
+        client,
+        namespace,
+        access.directory.clone(),
+        access.health.clone(),
+        staleness,
+        access.config.fail_open,
+    ));
+    #[cfg(unix)]
+    let reload = {
+        let access = access.clone();
+        tokio::spawn(async move {
+            let Ok(mut hangups) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                if let Err(error) = access.reload_policies() {
+                    error!(error = %error, "policy reload refused; the previous policies stay in force");
+                }
+            }
+        })
+    };
+    let result = axum::serve(listener, router(access).into_make_service())
+        .with_graceful_shutdown(shutdown)
+        .await;
+    feed.abort();
+    #[cfg(unix)]
+    reload.abort();
+    result.map_err(|e| AccessError::Io(e.to_string()))
+}
+
+/// Binds the configured address and serves until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    client: async_nats::Client,
+    namespace: Namespace,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AccessError> {
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|e| AccessError::Io(format!("binding {}: {e}", config.addr)))?;
+    let access = Access::new(config)?;
+    serve(listener, access, client, namespace, shutdown).await
+}

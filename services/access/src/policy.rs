@@ -1,0 +1,448 @@
+//! Applications and their policies, declared in a TOML file (Cloudflare Access style):
+//!
+//! ```toml
+//! [[application]]
+//! name = "finance"
+//! tenant = "default"
+//! hosts = ["finance.example.com"]
+//! paths = ["/"]                          # path prefixes, default "/"
+//!
+//! [[application.policy]]
+//! name = "finance admins"
+//! action = "allow"                       # allow | deny | bypass
+//! include = [{ group = "Finance-Admins" }, { email_domain = "example.com" }]   # any
+//! require = [{ group = "MFA-Enrolled" }]                                        # all
+//! exclude = [{ user_name = "contractor@example.com" }]                          # none
+//! ```
+//!
+//! Rules: `group` (id, externalId or displayName), `user_name`, `email`, `email_domain`,
+//! `everyone = true`. Policies are tried in order; the first whose rules match decides. A
+//! `bypass` policy lets a request through without a session and may only include everyone.
+//! A request no application matches, or no policy allows, is denied.
+
+use std::collections::HashMap;
+
+use rollcall_eventlog::access::{GroupAccess, UserAccess};
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// What a policy does when it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let the user in.
+    Allow,
+    /// Keep the user out.
+    Deny,
+    /// Let anyone in without a session.
+    Bypass,
+}
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// Member of a group, by id, externalId or displayName.
+    Group(String),
+    /// This userName.
+    UserName(String),
+    /// This email address.
+    Email(String),
+    /// An email address in this domain.
+    EmailDomain(String),
+    /// Anyone.
+    Everyone,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    group: Option<String>,
+    user_name: Option<String>,
+    email: Option<String>,
+    email_domain: Option<String>,
+    everyone: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySpec {
+    name: String,
+    action: Action,
+    #[serde(default)]
+    include: Vec<RuleSpec>,
+    #[serde(default)]
+    require: Vec<RuleSpec>,
+    #[serde(default)]
+    exclude: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplicationSpec {
+    name: String,
+    tenant: String,
+    hosts: Vec<String>,
+    #[serde(default)]
+    paths: Vec<String>,
+    #[serde(default, rename = "policy")]
+    policies: Vec<PolicySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    #[serde(default, rename = "application")]
+    applications: Vec<ApplicationSpec>,
+}
+
+/// A policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Its name (reported in decisions).
+    pub name: String,
+    /// What it does.
+    pub action: Action,
+    /// Any of these must match.
+    pub include: Vec<Rule>,
+    /// All of these must match.
+    pub require: Vec<Rule>,
+    /// None of these may match.
+    pub exclude: Vec<Rule>,
+}
+
+/// An application: hosts and path prefixes, and its policies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Application {
+    /// Its name.
+    pub name: String,
+    /// The tenant whose users and groups its policies name.
+    pub tenant: String,
+    /// Hosts, lowercase; `*.example.com` matches any subdomain.
+    pub hosts: Vec<String>,
+    /// Path prefixes.
+    pub paths: Vec<String>,
+    /// Policies, in order.
+    pub policies: Vec<Policy>,
+}
+
+/// Every application.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policies {
+    /// The applications.
+    pub applications: Vec<Application>,
+}
+
+/// Why a policy file was refused, with where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy file: {0}")]
+pub struct PolicyError(pub String);
+
+fn rule(spec: RuleSpec, at: &str) -> Result<Rule, PolicyError> {
+    let rules: Vec<Rule> = [
+        spec.group.map(Rule::Group),
+        spec.user_name.map(Rule::UserName),
+        spec.email.map(Rule::Email),
+        spec.email_domain
+            .map(|d| Rule::EmailDomain(d.trim_start_matches('@').to_owned())),
+        match spec.everyone {
+            Some(true) => Some(Rule::Everyone),
+            Some(false) => {
+                return Err(PolicyError(format!(
+                    "{at}: everyone must be true (or left out)"
+                )))
+            }
+            None => None,
+        },
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match <[Rule; 1]>::try_from(rules) {
+        Ok([rule]) => Ok(rule),
+        Err(rules) if rules.is_empty() => Err(PolicyError(format!("{at}: a rule needs one of group, user_name, email, email_domain, everyone"))),
+        Err(_) => Err(PolicyError(format!("{at}: a rule has exactly one of group, user_name, email, email_domain, everyone; write several rules for several conditions"))),
+    }
+}
+
+impl Policies {
+    /// Parses and checks a policy file.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let spec: FileSpec = toml::from_str(text).map_err(|e| PolicyError(e.to_string()))?;
+        let mut applications = Vec::new();
+        let mut names = HashMap::new();
+        for (index, app) in spec.applications.into_iter().enumerate() {
+            let at = format!("application {:?} (#{})", app.name, index + 1);
+            if names.insert(app.name.clone(), ()).is_some() {
+                return Err(PolicyError(format!("{at}: the name is used twice")));
+            }
+            rollcall_eventlog::namespace::check_name(&app.tenant)
+                .map_err(|e| PolicyError(format!("{at}: tenant {e}")))?;
+            if app.hosts.is_empty() {
+                return Err(PolicyError(format!("{at}: hosts is empty")));
+            }
+            let paths = if app.paths.is_empty() {
+                vec!["/".to_owned()]
+            } else {
+                app.paths
+            };
+            if let Some(bad) = paths.iter().find(|p| !p.starts_with('/')) {
+                return Err(PolicyError(format!("{at}: path {bad:?} must start with /")));
+            }
+            if app.policies.is_empty() {
+                return Err(PolicyError(format!(
+                    "{at}: no policy; add [[application.policy]] (without one, everyone is denied)"
+                )));
+            }
+            let mut policies = Vec::new();
+            for (p, policy) in app.policies.into_iter().enumerate() {
+                let pat = format!("{at}, policy {:?} (#{})", policy.name, p + 1);
+                let convert =
+                    |rules: Vec<RuleSpec>, kind: &str| -> Result<Vec<Rule>, PolicyError> {
+                        rules
+                            .into_iter()
+                            .enumerate()
+                            .map(|(r, spec)| rule(spec, &format!("{pat}, {kind} #{}", r + 1)))
+                            .collect()
+                    };
+                let include = convert(policy.include, "include")?;
+                let require = convert(policy.require, "require")?;
+                let exclude = convert(policy.exclude, "exclude")?;
+                if include.is_empty() {
+                    return Err(PolicyError(format!(
+                        "{pat}: include needs at least one rule"
+                    )));
+                }
+                if policy.action == Action::Bypass
+                    && (include != [Rule::Everyone] || !require.is_empty() || !exclude.is_empty())
+                {
+                    return Err(PolicyError(format!("{pat}: bypass lets requests through without a session, so it can only include everyone")));
+                }
+                policies.push(Policy {
+                    name: policy.name,
+                    action: policy.action,
+                    include,
+                    require,
+                    exclude,
+                });
+            }
+            let hosts = app.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+            applications.push(Application {
+                name: app.name,
+                tenant: app.tenant,
+                hosts,
+                paths,
+                policies,
+            });
+        }
+        Ok(Self { applications })
+    }
+
+    /// The application serving `host` and `path`: the longest matching path prefix wins.
+    pub fn application(&self, host: &str, path: &str) -> Option<&Application> {
+        let host = host
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        self.applications
+            .iter()
+            .filter(|app| app.hosts.iter().any(|pattern| host_matches(pattern, &host)))
+            .filter_map(|app| {
+                let longest = app
+                    .paths
+                    .iter()
+                    .filter(|prefix| path_matches(prefix, path))
+                    .map(|p| p.len())
+                    .max()?;
+                Some((longest, app))
+            })
+            .max_by_key(|(longest, _)| *longest)
+            .map(|(_, app)| app)
+    }
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(domain) => {
+            host.len() > domain.len() + 1
+                && host.ends_with(domain)
+                && host[..host.len() - domain.len()].ends_with('.')
+        }
+        None => pattern == host,
+    }
+}
+
+fn path_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || path == prefix
+        || path.starts_with(&format!("{}/", prefix.trim_end_matches('/')))
+}
+
+/// Looks groups up by id.
+pub trait GroupLookup {
+    /// The group of `tenant` with `id`.
+    fn group(&self, tenant: &str, id: &Uuid) -> Option<&GroupAccess>;
+}
+
+impl Rule {
+    /// Whether the user satisfies the rule.
+    pub fn matches(&self, user: &UserAccess, groups: &impl GroupLookup) -> bool {
+        match self {
+            Rule::Everyone => true,
+            Rule::UserName(name) => user.user_name.eq_ignore_ascii_case(name),
+            Rule::Email(email) => user.emails.iter().any(|e| e.eq_ignore_ascii_case(email)),
+            Rule::EmailDomain(domain) => user.emails.iter().any(|e| {
+                e.rsplit_once('@')
+                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+            }),
+            Rule::Group(reference) => user.groups.iter().any(|id| {
+                id.to_string().eq_ignore_ascii_case(reference)
+                    || groups.group(&user.tenant, id).is_some_and(|g| {
+                        g.display_name.eq_ignore_ascii_case(reference)
+                            || g.external_id
+                                .as_deref()
+                                .is_some_and(|x| x.eq_ignore_ascii_case(reference))
+                    })
+            }),
+        }
+    }
+}
+
+impl Policy {
+    /// Whether the policy applies to the user: any include, every require, no exclude.
+    pub fn matches(&self, user: &UserAccess, groups: &impl GroupLookup) -> bool {
+        self.include.iter().any(|r| r.matches(user, groups))
+            && self.require.iter().all(|r| r.matches(user, groups))
+            && !self.exclude.iter().any(|r| r.matches(user, groups))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+        [[application]]
+        name = "finance"
+        tenant = "default"
+        hosts = ["finance.example.com"]
+        paths = ["/", "/admin"]
+        [[application.policy]]
+        name = "contractors out"
+        action = "deny"
+        include = [{ email_domain = "contractor.example" }]
+        [[application.policy]]
+        name = "finance admins"
+        action = "allow"
+        include = [{ group = "Finance-Admins" }]
+        require = [{ email_domain = "example.com" }]
+
+        [[application]]
+        name = "status"
+        tenant = "default"
+        hosts = ["*.example.com"]
+        paths = ["/health"]
+        [[application.policy]]
+        name = "public"
+        action = "bypass"
+        include = [{ everyone = true }]
+    "#;
+
+    struct Groups(Vec<GroupAccess>);
+    impl GroupLookup for Groups {
+        fn group(&self, tenant: &str, id: &Uuid) -> Option<&GroupAccess> {
+            self.0.iter().find(|g| g.tenant == tenant && &g.id == id)
+        }
+    }
+
+    fn user(emails: &[&str], groups: &[Uuid]) -> UserAccess {
+        UserAccess {
+            schema: String::new(),
+            tenant: "default".into(),
+            id: Uuid::now_v7(),
+            user_name: "ada@example.com".into(),
+            external_id: None,
+            emails: emails.iter().map(|e| e.to_string()).collect(),
+            active: true,
+            not_before: None,
+            revoked_sessions: vec![],
+            groups: groups.to_vec(),
+            sequence: 1,
+        }
+    }
+
+    #[test]
+    fn applications_match_by_host_and_longest_path_prefix() {
+        let policies = Policies::parse(FILE).unwrap();
+        assert_eq!(
+            policies
+                .application("Finance.Example.com:443", "/reports")
+                .unwrap()
+                .name,
+            "finance"
+        );
+        assert_eq!(
+            policies
+                .application("finance.example.com", "/health/live")
+                .unwrap()
+                .name,
+            "status"
+        );
+        assert_eq!(
+            policies
+                .application("api.example.com", "/health")
+                .unwrap()
+                .name,
+            "status"
+        );
+        assert!(policies.application("example.com", "/health").is_none());
+        assert!(policies.application("other.org", "/").is_none());
+        assert!(policies
+            .application("api.example.com", "/healthz")
+            .is_none());
+    }
+
+    #[test]
+    fn groups_match_by_display_name_external_id_or_id_and_require_and_exclude_apply() {
+        let policies = Policies::parse(FILE).unwrap();
+        let finance = &policies.applications[0];
+        let gid = Uuid::now_v7();
+        let groups = Groups(vec![GroupAccess {
+            schema: String::new(),
+            tenant: "default".into(),
+            id: gid,
+            display_name: "finance-admins".into(),
+            external_id: Some("0db508eb".into()),
+            sequence: 1,
+        }]);
+        let admin = user(&["ada@example.com"], &[gid]);
+        assert!(finance.policies[1].matches(&admin, &groups));
+        assert!(
+            !finance.policies[1].matches(&user(&["ada@example.com"], &[]), &groups),
+            "not in the group"
+        );
+        assert!(
+            !finance.policies[1].matches(&user(&["ada@other.org"], &[gid]), &groups),
+            "require fails"
+        );
+        assert!(Rule::Group("0DB508EB".into()).matches(&admin, &groups));
+        assert!(Rule::Group(gid.to_string()).matches(&admin, &groups));
+        assert!(finance.policies[0].matches(&user(&["x@contractor.example"], &[]), &groups));
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_where_and_why() {
+        for (file, expected) in [
+            ("[[application]]\nname = \"a\"\ntenant = \"t\"\nhosts = []\n", "hosts is empty"),
+            ("[[application]]\nname = \"a\"\ntenant = \"t\"\nhosts = [\"h\"]\n", "no policy"),
+            ("[[application]]\nname = \"a\"\ntenant = \"t\"\nhosts = [\"h\"]\n[[application.policy]]\nname = \"p\"\naction = \"allow\"\ninclude = [{ group = \"g\", email = \"e\" }]\n", "exactly one"),
+            ("[[application]]\nname = \"a\"\ntenant = \"t\"\nhosts = [\"h\"]\n[[application.policy]]\nname = \"p\"\naction = \"bypass\"\ninclude = [{ group = \"g\" }]\n", "only include everyone"),
+            ("[[application]]\nname = \"a\"\ntenant = \"t\"\nhosts = [\"h\"]\n[[application.policy]]\nname = \"p\"\naction = \"allow\"\n", "include needs"),
+            ("[[application]]\nname = \"a\"\ntenant = \"t\"\nhosts = [\"h\"]\nport = 3\n", "unknown field"),
+            ("[[application]]\nname = \"a\"\ntenant = \"T!\"\nhosts = [\"h\"]\n", "tenant"),
+        ] {
+            let error = Policies::parse(file).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error} should say {expected}");
+        }
+    }
+}
