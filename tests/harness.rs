@@ -309,6 +309,25 @@ impl TestEnv {
 
     /// Starts an access service (with fresh, empty state) and waits until it is ready.
     pub async fn start_access(&mut self, access: rollcall_access::Access) {
+        self.start_access_unready(access).await;
+        let ready = format!("{}/readyz", self.access_base);
+        eventually(
+            "the access service is ready",
+            Duration::from_secs(10),
+            || {
+                let ready = ready.clone();
+                async move { reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) }
+            },
+        )
+        .await;
+    }
+
+    /// Replaces the access service with `access`, without waiting for it to be ready.
+    pub async fn start_access_unready(&mut self, access: rollcall_access::Access) {
+        if let Some(task) = self.access_task.take() {
+            task.abort();
+            let _ = task.await;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.access_base = format!("http://{}", listener.local_addr().unwrap());
         self.access = access.clone();
@@ -320,16 +339,6 @@ impl TestEnv {
             })
             .await;
         }));
-        let ready = format!("{}/readyz", self.access_base);
-        eventually(
-            "the access service is ready",
-            Duration::from_secs(10),
-            || {
-                let ready = ready.clone();
-                async move { reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) }
-            },
-        )
-        .await;
     }
 
     /// Stops the access service and starts a new one with the same configuration, which must

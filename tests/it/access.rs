@@ -440,3 +440,68 @@ async fn reloading_policies_changes_decisions_and_keeps_state_while_a_bad_file_c
         "the previous policies stay"
     );
 }
+
+#[tokio::test]
+async fn past_the_staleness_bound_it_fails_closed_and_says_so_unless_configured_open() {
+    let mut env = TestEnv::start().await;
+    let (_, _, session) = engineer(&env, "stale@example.com").await;
+    let policies = std::env::temp_dir().join(format!("rollcall-{}.toml", env.namespace.as_str()));
+    let keys = "test=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVm";
+    let config = |fail_open| rollcall_access::Config {
+        policies: Some(policies.clone()),
+        session_keys: Some(keys.to_owned().into()),
+        staleness_seconds: 0,
+        fail_open,
+        ..Default::default()
+    };
+    // A zero bound: any silence at all counts as having lost NATS.
+    env.start_access_unready(rollcall_access::Access::new(config(false)).unwrap())
+        .await;
+    let access = env.access.clone();
+    rollcall_it::eventually(
+        "the state is loaded",
+        std::time::Duration::from_secs(10),
+        || {
+            let access = access.clone();
+            async move { access.health.is_ready() && access.is_stale() }
+        },
+    )
+    .await;
+    let denied = env.forward_auth("wiki.test", Some(&session)).await;
+    assert_eq!(denied.status, 403);
+    assert!(
+        denied.body.as_str().unwrap().contains("stale"),
+        "{:?}",
+        denied.body
+    );
+    let health = reqwest::get(format!("{}/healthz", env.access_base))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(health["stale"], true);
+    assert_eq!(
+        reqwest::get(format!("{}/readyz", env.access_base))
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    env.start_access_unready(rollcall_access::Access::new(config(true)).unwrap())
+        .await;
+    let access = env.access.clone();
+    rollcall_it::eventually(
+        "the state is loaded",
+        std::time::Duration::from_secs(10),
+        || {
+            let access = access.clone();
+            async move { access.health.is_ready() && access.is_stale() }
+        },
+    )
+    .await;
+    assert_eq!(
+        env.forward_auth("wiki.test", Some(&session)).await.status,
+        200,
+        "fail-open decides from what it knows"
+    );
+}

@@ -84,7 +84,7 @@ pub async fn follow(
                 {
                     health.touch();
                 }
-                let now_stale = health.is_ready() && health.silence() > staleness;
+                let now_stale = health.is_ready() && health.silence() >= staleness;
                 if now_stale != stale {
                     stale = now_stale;
                     if stale && fail_open {

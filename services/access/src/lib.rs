@@ -195,7 +195,7 @@ impl Access {
     /// Whether NATS has been silent for longer than the staleness bound.
     pub fn is_stale(&self) -> bool {
         self.health.is_ready()
-            && self.health.silence() > Duration::from_secs(self.config.staleness_seconds)
+            && self.health.silence() >= Duration::from_secs(self.config.staleness_seconds)
     }
 
     /// The last event sequence applied.
