@@ -16,6 +16,26 @@ CREATE TABLE api_token (
 );
 CREATE INDEX api_token_tenant ON api_token (tenant);
 
+-- Every SCIM request, accepted or refused, as the SCIM API saw it (written by the SCIM API
+-- only; bodies only when an operator opts in, and never secrets). Kept for a configurable period.
+CREATE TABLE scim_request (
+    id           bigserial PRIMARY KEY,
+    at           timestamptz NOT NULL,
+    tenant       text,
+    token_id     text,
+    method       text NOT NULL,
+    path         text NOT NULL,
+    filter       text,
+    status       integer NOT NULL,
+    scim_type    text,
+    detail       text,
+    duration_ms  double precision NOT NULL,
+    request_id   text NOT NULL,
+    body         jsonb
+);
+CREATE INDEX scim_request_tenant_at ON scim_request (tenant, at);
+CREATE INDEX scim_request_request_id ON scim_request (request_id);
+
 -- Read models are derived from the event stream. They live in a schema of their own so that
 -- `rollcall projector rebuild` can build a fresh copy from the stream and swap it in atomically.
 -- Every connection resolves them through search_path.
@@ -88,8 +108,19 @@ BEGIN
             actor           jsonb NOT NULL,
             request_id      text,
             trace_id        text,
+            traceparent     text,
             occurred_at     timestamptz NOT NULL,
-            payload         jsonb NOT NULL
+            payload         jsonb NOT NULL,
+            -- Tamper evidence: SHA-256(prev_hash || canonical bytes of the event), per tenant.
+            prev_hash       bytea NOT NULL,
+            hash            bytea NOT NULL
+        );
+
+        -- The head of each tenant's hash chain.
+        CREATE TABLE %1$I.audit_chain (
+            tenant    text PRIMARY KEY,
+            sequence  bigint NOT NULL,
+            hash      bytea NOT NULL
         );
         CREATE INDEX audit_event_aggregate ON %1$I.audit_event (tenant, aggregate_id, sequence);
         CREATE INDEX audit_event_time ON %1$I.audit_event (tenant, occurred_at);

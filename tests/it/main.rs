@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod access;
+mod audit;
 mod concurrency;
 mod entra_groups;
 mod entra_users;

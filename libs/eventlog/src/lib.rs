@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod chain;
 pub mod claims;
 pub mod consumer;
 pub mod envelope;

@@ -3,6 +3,7 @@
 use rollcall_domain::group::{self, Group, GroupEvent, GroupState};
 use rollcall_domain::user::{self, User, UserEvent};
 use rollcall_domain::{Attributes, EventKind};
+use rollcall_eventlog::chain::{link, GENESIS};
 use rollcall_eventlog::consumer::Delivered;
 use rollcall_store::access::{self, OutboxKind, RevocationRow};
 use rollcall_store::audit::{self, AuditRow};
@@ -197,6 +198,11 @@ pub async fn apply(
         }
         other => return Err(fail(format!("unknown aggregate type {other:?}"))),
     }
+    // Tamper evidence: the tenant's chain, extended in stream order.
+    let previous = audit::lock_chain_head(connection, tenant)
+        .await?
+        .map_or_else(|| GENESIS.to_vec(), |(_, hash)| hash);
+    let hash = link(&previous, &envelope.canonical_bytes());
     let record = AuditRow {
         sequence: sequence as i64,
         event_id: envelope.event_id,
@@ -213,10 +219,14 @@ pub async fn apply(
             .as_deref()
             .and_then(rollcall_telemetry::trace_id)
             .map(str::to_owned),
+        traceparent: envelope.traceparent.clone(),
         occurred_at: at,
         payload: Json(envelope.payload.clone()),
+        prev_hash: previous,
+        hash: hash.to_vec(),
     };
     audit::insert(connection, &record).await?;
+    audit::set_chain_head(connection, tenant, sequence as i64, &hash).await?;
     Ok(())
 }
 
