@@ -22,8 +22,9 @@ database="rollcall_conformance_$run"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 access_port=$(free_port)
+audit_port=$(free_port)
 log=$(mktemp)
-export DATABASE_URL="$pg_server/$database" ROLLCALL_NAMESPACE="$namespace" ROLLCALL_SCIM_ADDR="127.0.0.1:$port" ROLLCALL_ACCESS_ADDR="127.0.0.1:$access_port" RUST_LOG="${RUST_LOG:-warn}"
+export DATABASE_URL="$pg_server/$database" ROLLCALL_NAMESPACE="$namespace" ROLLCALL_SCIM_ADDR="127.0.0.1:$port" ROLLCALL_ACCESS_ADDR="127.0.0.1:$access_port" ROLLCALL_AUDIT_ADDR="127.0.0.1:$audit_port" RUST_LOG="${RUST_LOG:-warn}"
 
 cleanup() {
   [ -n "${server:-}" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
@@ -54,6 +55,14 @@ SCIM_CLI_HEADERS="Authorization: Bearer $token" "$venv/bin/scim2" --url "http://
 watched=$(timeout 3 "$rollcall" revocations watch --with-state 2>/dev/null | head -n 1 || true)
 echo "$watched" | python3 -c 'import json, sys; line = json.loads(sys.stdin.read()); assert "key" in line, line' \
   || { echo "conformance: rollcall revocations watch printed nothing readable: $watched" >&2; status=1; }
+# Tamper evidence over what the run wrote: verify, sign a checkpoint, verify against it.
+read -r signing_key public_key < <("$rollcall" audit keygen | awk -F': +' '{print $2}' | paste -sd' ')
+"$rollcall" audit verify --tenant conformance >/dev/null || { echo "conformance: rollcall audit verify failed" >&2; status=1; }
+checkpoint=$(mktemp)
+ROLLCALL_AUDIT_SIGNING_KEY="$signing_key" "$rollcall" audit checkpoint --tenant conformance >"$checkpoint"
+"$rollcall" audit verify --tenant conformance --checkpoint "$checkpoint" --public-key "$public_key" | grep -q "signed checkpoint matches" \
+  || { echo "conformance: the signed checkpoint did not verify" >&2; status=1; }
+rm -f "$checkpoint"
 if [ "$status" -ne 0 ]; then
   echo "conformance: FAILED (scim2 exit $status); server log:" >&2
   tail -50 "$log" >&2

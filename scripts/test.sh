@@ -13,6 +13,19 @@ step() { printf '\n==> %s\n' "$*"; }
 step "services"
 scripts/services.sh
 
+step "browser for the page tests"
+if [ -z "${ROLLCALL_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing Debian's chromium"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is missing; install it (apt-get install chromium) or set ROLLCALL_CHROMIUM" >&2
+    exit 1
+  fi
+fi
+echo "chromium: $(command -v chromium || echo "$ROLLCALL_CHROMIUM")"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

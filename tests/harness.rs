@@ -228,6 +228,10 @@ pub struct TestEnv {
     pub access: rollcall_access::Access,
     /// The access service's base URL.
     pub access_base: String,
+    /// The audit API's base URL.
+    pub audit_base: String,
+    /// An audit token of the test's tenant.
+    pub audit_token: String,
     policy_file: std::path::PathBuf,
     access_task: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
@@ -284,7 +288,28 @@ impl TestEnv {
             .await;
         });
         let access = rollcall_access::Access::new(access_config(&policy_file)).unwrap();
+        let audit_token = store
+            .create_token("test", Scope::Audit, Some("auditor"))
+            .await
+            .unwrap()
+            .token;
+        let audit_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let audit_base = format!("http://{}", audit_listener.local_addr().unwrap());
+        let audit_state = rollcall_audit_api::AuditState::new(
+            &rollcall_audit_api::Config::default(),
+            store.clone(),
+        )
+        .unwrap();
+        let mut audit_stop = stopped.clone();
+        let audit_task = tokio::spawn(async move {
+            let _ = rollcall_audit_api::serve(audit_listener, audit_state, async move {
+                let _ = audit_stop.wait_for(|&s| s).await;
+            })
+            .await;
+        });
         let mut env = Self {
+            audit_base,
+            audit_token,
             access: access.clone(),
             access_base: String::new(),
             policy_file,
@@ -299,7 +324,7 @@ impl TestEnv {
             token,
             shutdown,
             server: Some(server),
-            replicas: Vec::new(),
+            replicas: vec![audit_task],
             projector: None,
         };
         env.start_projector();
@@ -357,6 +382,18 @@ impl TestEnv {
         self.access
             .issue_session(&self.tenant, uuid::Uuid::parse_str(user).unwrap())
             .unwrap()
+    }
+
+    /// GETs the audit API with the test's audit token; returns status and JSON.
+    pub async fn audit(&self, path: &str) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", self.audit_base))
+            .bearer_auth(&self.audit_token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// Asks the access service over HTTP, as nginx `auth_request` would (`X-Original-URL`).

@@ -118,3 +118,558 @@ async fn a_signed_checkpoint_vouches_for_the_history_up_to_it() {
     assert_eq!(found.sequence, sequence as u64);
     assert!(found.reason.contains("signed checkpoint"));
 }
+
+fn user_body(name: &str) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name, "title": "Engineer"})
+}
+
+#[tokio::test]
+async fn history_as_of_and_intervals_answer_the_auditors_questions() {
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    let ada = scim.create_user(&user_body("ada@example.com")).await;
+    let bob = scim.create_user(&user_body("bob@example.com")).await;
+    scim.patch(
+        &format!("/Users/{ada}"),
+        &patch(json!([{"op": "Replace", "path": "title", "value": "Director"}])),
+    )
+    .await;
+    scim.patch(
+        &format!("/Users/{ada}"),
+        &patch(json!([{"op": "Replace", "path": "active", "value": "False"}])),
+    )
+    .await;
+
+    // Who is ada, whatever her name is now.
+    let (status, found) = env
+        .audit("/audit/v1/users?userName=ADA%40example.com")
+        .await;
+    assert_eq!((status, found["users"].clone()), (200, json!([ada])));
+    let (_, history) = env.audit(&format!("/audit/v1/users/{ada}/history")).await;
+    let events = history["events"].as_array().unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "user.provisioned",
+            "user.attributes_changed",
+            "user.deactivated"
+        ]
+    );
+    assert_eq!(
+        events[1]["payload"]["changes"],
+        json!([{"path": "title", "before": "Engineer", "after": "Director"}])
+    );
+    let token_id = env.token.split('_').nth(1).unwrap();
+    assert_eq!(
+        events[2]["actor"],
+        json!({"kind": "scim_token", "token_id": token_id})
+    );
+    assert!(events.iter().all(|e| e["request_id"].is_string()
+        && e["trace_id"].is_string()
+        && e["hash"].as_str().unwrap().len() == 64));
+
+    // What did ada look like when she was provisioned, and now?
+    let provisioned_at = events[0]["occurred_at"].as_str().unwrap();
+    let (_, then) = env
+        .audit(&format!("/audit/v1/users/{ada}?at={provisioned_at}"))
+        .await;
+    assert_eq!(
+        (then["title"].clone(), then.get("active").cloned()),
+        (json!("Engineer"), None)
+    );
+    assert_eq!(then["meta"]["version"], "W/\"1\"");
+    let (_, now) = env.audit(&format!("/audit/v1/users/{ada}")).await;
+    assert_eq!(
+        (now["title"].clone(), now["active"].clone()),
+        (json!("Director"), json!(false))
+    );
+    let (status, before) = env
+        .audit(&format!("/audit/v1/users/{ada}?at=2001-01-01T00:00:00Z"))
+        .await;
+    assert_eq!(status, 404);
+    assert!(before["error"].as_str().unwrap().contains("did not exist"));
+    assert_eq!(
+        env.audit(&format!("/audit/v1/users/{ada}?at=yesterday"))
+            .await
+            .0,
+        400
+    );
+
+    // Who was in Finance-Admins, from when to when, added and removed by which requests?
+    let group = scim.create_group(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Finance-Admins"})).await;
+    let add = scim.patch(&format!("/Groups/{group}"), &patch(json!([{"op": "Add", "path": "members", "value": [{"value": ada}, {"value": bob}]}]))).await;
+    let remove = scim
+        .patch(
+            &format!("/Groups/{group}"),
+            &patch(json!([{"op": "Remove", "path": "members", "value": [{"value": ada}]}])),
+        )
+        .await;
+    let (_, intervals) = env
+        .audit(&format!(
+            "/audit/v1/groups/{group}/intervals?from=2000-01-01T00:00:00Z"
+        ))
+        .await;
+    let members = intervals["members"].as_array().unwrap();
+    let of = |id: &str| {
+        members.iter().find(|m| m["member"] == id).unwrap()["intervals"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let ada_intervals = of(&ada);
+    assert_eq!(ada_intervals.len(), 1);
+    assert_eq!(
+        ada_intervals[0]["added_by"]["request_id"].as_str(),
+        add.header("x-request-id")
+    );
+    assert_eq!(
+        ada_intervals[0]["removed_by"]["request_id"].as_str(),
+        remove.header("x-request-id")
+    );
+    assert!(ada_intervals[0]["to"].is_string());
+    let bob_intervals = of(&bob);
+    assert!(
+        bob_intervals[0]["to"].is_null() && bob_intervals[0]["removed_by"].is_null(),
+        "bob is still a member"
+    );
+    let added_at = ada_intervals[0]["from"].as_str().unwrap();
+    let (_, then) = env
+        .audit(&format!("/audit/v1/groups/{group}/members?at={added_at}"))
+        .await;
+    assert_eq!(then["members"].as_array().unwrap().len(), 2);
+    let (_, now) = env
+        .audit(&format!("/audit/v1/groups/{group}/members"))
+        .await;
+    assert_eq!(now["members"], json!([{"value": bob, "type": "User"}]));
+    let (_, by_name) = env
+        .audit("/audit/v1/groups?displayName=finance-admins")
+        .await;
+    assert_eq!(by_name["groups"], json!([group]));
+
+    // Search, page by page.
+    let (_, deactivations) = env.audit("/audit/v1/events?type=user.deactivated").await;
+    assert_eq!(deactivations["events"].as_array().unwrap().len(), 1);
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (_, page) = env
+            .audit(&format!("/audit/v1/events?limit=2{cursor}"))
+            .await;
+        seen.extend(
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["sequence"].as_i64().unwrap()),
+        );
+        match page["next_cursor"].as_i64() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len() as u64, env.head().await);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    let (_, by_actor) = env
+        .audit(&format!(
+            "/audit/v1/events?actor={token_id}&aggregate={ada}"
+        ))
+        .await;
+    assert_eq!(by_actor["events"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn audit_tokens_are_separate_and_see_only_their_tenant() {
+    let env = TestEnv::start().await;
+    let ada = env.scim().create_user(&user_body("ada@example.com")).await;
+    let http = reqwest::Client::new();
+    let path = format!("{}/audit/v1/users/{ada}/history", env.audit_base);
+    assert_eq!(http.get(&path).send().await.unwrap().status(), 401);
+    assert_eq!(
+        http.get(&path)
+            .bearer_auth(&env.token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "a SCIM token is not an audit token"
+    );
+    env.store.create_tenant("other").await.unwrap();
+    let other = env
+        .store
+        .create_token("other", rollcall_store::tenant::Scope::Audit, None)
+        .await
+        .unwrap()
+        .token;
+    assert_eq!(
+        http.get(&path)
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn the_scim_request_log_shows_what_the_client_sent_and_what_was_refused() {
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    let refused = scim.post("/Users", &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "displayName": "no userName", "password": "hunter2"})).await;
+    assert_eq!(refused.status, 400);
+    let created = scim.post("/Users", &user_body("logged@example.com")).await;
+    scim.get("/Users?filter=userName%20eq%20%22logged%40example.com%22")
+        .await;
+    let env_store = env.store.clone();
+    rollcall_it::eventually(
+        "the log is written",
+        std::time::Duration::from_secs(5),
+        || {
+            let store = env_store.clone();
+            async move {
+                store
+                    .requests(
+                        "test",
+                        &rollcall_store::request_log::RequestQuery {
+                            limit: 10,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap()
+                    .len()
+                    >= 3
+            }
+        },
+    )
+    .await;
+    let (_, bad) = env.audit("/audit/v1/scim-requests?status=400").await;
+    let bad = &bad["requests"][0];
+    assert_eq!(
+        (
+            bad["method"].as_str(),
+            bad["path"].as_str(),
+            bad["scim_type"].as_str()
+        ),
+        (Some("POST"), Some("/scim/v2/Users"), Some("invalidValue"))
+    );
+    assert!(bad["detail"].as_str().unwrap().contains("userName"));
+    assert!(
+        bad["body"].is_null(),
+        "bodies are logged only when an operator opts in"
+    );
+    assert_eq!(bad["request_id"].as_str(), refused.header("x-request-id"));
+    let (_, all) = env.audit("/audit/v1/scim-requests").await;
+    let all = all["requests"].as_array().unwrap();
+    let lookup = all.iter().find(|r| r["method"] == "GET").unwrap();
+    assert_eq!(lookup["filter"], "userName eq \"logged@example.com\"");
+    // The accepted request links to the event it produced.
+    let id = created.body["id"].as_str().unwrap();
+    let (_, history) = env.audit(&format!("/audit/v1/users/{id}/history")).await;
+    let post = all.iter().find(|r| r["status"] == 201).unwrap();
+    assert_eq!(history["events"][0]["request_id"], post["request_id"]);
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+    let env = TestEnv::start().await;
+    let (status, document) = env.audit("/audit/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    let paths = document["paths"].as_object().unwrap();
+    for route in [
+        "/audit/v1/users",
+        "/audit/v1/users/{id}",
+        "/audit/v1/users/{id}/history",
+        "/audit/v1/groups",
+        "/audit/v1/groups/{id}",
+        "/audit/v1/groups/{id}/history",
+        "/audit/v1/groups/{id}/members",
+        "/audit/v1/groups/{id}/intervals",
+        "/audit/v1/events",
+        "/audit/v1/export",
+        "/audit/v1/scim-requests",
+        "/audit/v1/checkpoint",
+        "/audit/v1/openapi.json",
+    ] {
+        assert!(
+            paths.contains_key(route),
+            "{route} is missing from the OpenAPI document"
+        );
+    }
+    // And every documented path is served (an unauthenticated call reaches a handler).
+    let http = reqwest::Client::new();
+    for path in paths.keys() {
+        let url = format!(
+            "{}{}",
+            env.audit_base,
+            path.replace("{id}", &uuid::Uuid::nil().to_string())
+        );
+        let status = http.get(&url).send().await.unwrap().status().as_u16();
+        assert!(status == 401 || status == 200, "{path} answered {status}");
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_of_200000_events_streams_in_flat_memory() {
+    let env = TestEnv::start().await;
+    // 200,000 audit records of about 1 KiB each, written directly: this test is about reading.
+    sqlx::query(
+        "INSERT INTO audit_event (sequence, event_id, tenant, aggregate_type, aggregate_id, version, event_type, schema_version,
+                                  actor, request_id, trace_id, traceparent, occurred_at, payload, prev_hash, hash)
+         SELECT 1000000 + n, gen_random_uuid(), 'test', 'user', gen_random_uuid(), 1, 'user.provisioned', 1,
+                '{\"kind\": \"operator\", \"name\": \"bulk\"}', 'bulk-' || n, NULL, NULL, now(),
+                jsonb_build_object('type', 'user.provisioned', 'active', true,
+                                   'attributes', jsonb_build_object('userName', 'bulk' || n || '@example.com', 'padding', repeat('x', 900))),
+                '\\x00', '\\x00'
+         FROM generate_series(1, 200000) AS n",
+    )
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    let baseline = rss_bytes();
+    let response = reqwest::Client::new()
+        .get(format!("{}/audit/v1/export?format=ndjson", env.audit_base))
+        .bearer_auth(&env.audit_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut response = response;
+    let (mut bytes, mut lines, mut peak) = (0u64, 0u64, baseline);
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        bytes += chunk.len() as u64;
+        lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        peak = peak.max(rss_bytes());
+    }
+    assert_eq!(lines, 200_000);
+    assert!(bytes > 200_000_000, "the export is {bytes} bytes");
+    let growth = peak.saturating_sub(baseline);
+    assert!(
+        growth < 64 * 1024 * 1024,
+        "memory grew by {} MiB while streaming {} MiB",
+        growth >> 20,
+        bytes >> 20
+    );
+    // CSV, with the payload quoted.
+    let csv = reqwest::Client::new()
+        .get(format!(
+            "{}/audit/v1/export?format=csv&from=2000-01-01T00:00:00Z",
+            env.audit_base
+        ))
+        .bearer_auth(&env.audit_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    let mut csv = csv;
+    let first = csv.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).starts_with("sequence,event_id,tenant,"));
+}
+
+fn chromium() -> String {
+    std::env::var("ROLLCALL_CHROMIUM").ok().or_else(|| {
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser"].iter().find(|p| std::path::Path::new(p).exists()).map(|p| p.to_string())
+    })
+    .expect("Chromium is needed for the page test: apt-get install chromium (scripts/test.sh installs it)")
+}
+
+#[tokio::test]
+async fn the_auditors_page_shows_a_users_lifecycle_in_a_real_browser() {
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    let id = scim.create_user(&user_body("timeline@example.com")).await;
+    scim.patch(
+        &format!("/Users/{id}"),
+        &patch(json!([{"op": "Replace", "path": "active", "value": "False"}])),
+    )
+    .await;
+    let enabled = scim
+        .patch(
+            &format!("/Users/{id}"),
+            &patch(json!([{"op": "Replace", "path": "active", "value": "True"}])),
+        )
+        .await;
+    let refused = scim
+        .patch(
+            &format!("/Users/{id}"),
+            &patch(json!([{"op": "Replace", "path": "active", "value": "Perhaps"}])),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    let store = env.store.clone();
+    rollcall_it::eventually(
+        "the request log is written",
+        std::time::Duration::from_secs(5),
+        || {
+            let store = store.clone();
+            async move {
+                store
+                    .requests(
+                        "test",
+                        &rollcall_store::request_log::RequestQuery {
+                            status: Some(400),
+                            limit: 1,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap()
+                    .len()
+                    == 1
+            }
+        },
+    )
+    .await;
+    let profile = tempdir();
+    let url = format!(
+        "{}/audit/#by=userName&query=timeline%40example.com&token={}",
+        env.audit_base, env.audit_token
+    );
+    let output = tokio::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--virtual-time-budget=15000", "--dump-dom"])
+        .arg(&url)
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains("data-loaded=\"true\""),
+        "the page did not load the history: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let provisioned = dom
+        .find("data-type=\"user.provisioned\"")
+        .expect("provisioned entry");
+    let disabled = dom
+        .find("data-type=\"user.deactivated\"")
+        .expect("disabled entry");
+    let reenabled = dom
+        .find("data-type=\"user.reactivated\"")
+        .expect("re-enabled entry");
+    assert!(
+        provisioned < disabled && disabled < reenabled,
+        "the timeline is in order"
+    );
+    assert!(dom.contains("Disabled (deprovisioned)") && dom.contains("Re-enabled"));
+    assert!(
+        dom.contains(enabled.header("x-request-id").unwrap()),
+        "entries expand to their request id"
+    );
+    // The SCIM request log is on the page too, refusals included.
+    assert!(
+        dom.contains("data-status=\"400\""),
+        "the refused request is listed"
+    );
+    assert!(dom.contains(refused.header("x-request-id").unwrap()));
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rollcall-chromium-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_password_never_enters_an_event_and_the_audit_shows_only_that_it_was_set() {
+    let env = TestEnv::start().await;
+    let mut body = user_body("secret@example.com");
+    body["password"] = json!("hunter2-correct-horse");
+    let id = env.scim().create_user(&body).await;
+    env.scim()
+        .patch(
+            &format!("/Users/{id}"),
+            &patch(json!([{"op": "replace", "path": "password", "value": "another-secret"}])),
+        )
+        .await;
+    let (_, history) = env.audit(&format!("/audit/v1/users/{id}/history")).await;
+    let text = history.to_string();
+    assert!(!text.contains("hunter2") && !text.contains("another-secret"));
+    let changes: Vec<Value> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["payload"]["changes"].get(0).cloned())
+        .collect();
+    assert_eq!(
+        changes,
+        vec![json!({"path": "password", "after": "[redacted]", "redacted": true}); 2]
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM scim_user WHERE attributes::text LIKE '%hunter2%' OR attributes ? 'password'")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    assert!(env
+        .scim()
+        .get(&format!("/Users/{id}"))
+        .await
+        .body
+        .get("password")
+        .is_none());
+}
+
+#[tokio::test]
+async fn the_request_log_keeps_requests_for_the_configured_period() {
+    let env = TestEnv::start().await;
+    let row = |days_ago: i64| rollcall_store::request_log::RequestRow {
+        id: 0,
+        at: time::OffsetDateTime::now_utc() - time::Duration::days(days_ago),
+        tenant: Some("test".into()),
+        token_id: None,
+        method: "GET".into(),
+        path: "/scim/v2/Users".into(),
+        filter: None,
+        status: 200,
+        scim_type: None,
+        detail: None,
+        duration_ms: 1.0,
+        request_id: format!("old-{days_ago}"),
+        body: None,
+    };
+    env.store.log_requests(&[row(40), row(2)]).await.unwrap();
+    let pruned = env
+        .store
+        .prune_requests(time::OffsetDateTime::now_utc() - time::Duration::days(30))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    let left = env
+        .store
+        .requests(
+            "test",
+            &rollcall_store::request_log::RequestQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        left.iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>(),
+        ["old-2"]
+    );
+}

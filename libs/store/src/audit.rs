@@ -141,3 +141,95 @@ impl Store {
         Ok(count as u64)
     }
 }
+
+/// A search over audited events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only these event types.
+    pub event_type: Option<String>,
+    /// Only events by this actor (a token id or an operator name).
+    pub actor: Option<String>,
+    /// Only events of this aggregate.
+    pub aggregate: Option<Uuid>,
+    /// Only events at or after this instant.
+    pub from: Option<OffsetDateTime>,
+    /// Only events before this instant.
+    pub to: Option<OffsetDateTime>,
+    /// Only events after this stream sequence (keyset pagination).
+    pub after: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+impl Store {
+    /// Events of a tenant matching a query, in stream order.
+    pub async fn audit_search(
+        &self,
+        tenant: &str,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        Ok(sqlx::query_as::<_, AuditRow>(&format!(
+            "SELECT {COLUMNS} FROM audit_event
+             WHERE tenant = $1
+               AND ($2::text IS NULL OR event_type = $2)
+               AND ($3::text IS NULL OR actor->>'token_id' = $3 OR actor->>'name' = $3)
+               AND ($4::uuid IS NULL OR aggregate_id = $4)
+               AND ($5::timestamptz IS NULL OR occurred_at >= $5)
+               AND ($6::timestamptz IS NULL OR occurred_at < $6)
+               AND ($7::bigint IS NULL OR sequence > $7)
+             ORDER BY sequence LIMIT $8"
+        ))
+        .bind(tenant)
+        .bind(&query.event_type)
+        .bind(&query.actor)
+        .bind(query.aggregate)
+        .bind(query.from)
+        .bind(query.to)
+        .bind(query.after)
+        .bind(query.limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Ids of users that were ever provisioned with, or renamed to, this userName or
+    /// externalId (compared without case), deleted ones included.
+    pub async fn audit_find_users(
+        &self,
+        tenant: &str,
+        user_name: Option<&str>,
+        external_id: Option<&str>,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT aggregate_id FROM audit_event
+             WHERE tenant = $1 AND aggregate_type = 'user' AND (
+                 ($2::text IS NOT NULL AND (lower(payload->'attributes'->>'userName') = lower($2)
+                     OR EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(payload->'changes') = 'array' THEN payload->'changes' ELSE '[]' END) c
+                                WHERE c->>'path' = 'userName' AND lower(c->>'after') = lower($2))))
+              OR ($3::text IS NOT NULL AND (lower(payload->'attributes'->>'externalId') = lower($3)
+                     OR EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(payload->'changes') = 'array' THEN payload->'changes' ELSE '[]' END) c
+                                WHERE c->>'path' = 'externalId' AND lower(c->>'after') = lower($3)))))",
+        )
+        .bind(tenant)
+        .bind(user_name)
+        .bind(external_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Ids of groups that were ever created with, or renamed to, this displayName (without case).
+    pub async fn audit_find_groups(
+        &self,
+        tenant: &str,
+        display_name: &str,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT aggregate_id FROM audit_event
+             WHERE tenant = $1 AND aggregate_type = 'group'
+               AND (lower(payload->'attributes'->>'displayName') = lower($2) OR lower(payload->>'after') = lower($2))",
+        )
+        .bind(tenant)
+        .bind(display_name)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod checkpoint;
 pub mod group;
 pub mod rebuild;
+pub mod request_log;
 pub mod tenant;
 pub mod user;
 

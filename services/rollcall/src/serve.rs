@@ -17,6 +17,8 @@ pub struct ServeArgs {
     projector: rollcall_projector::Config,
     #[command(flatten)]
     access: rollcall_access::Config,
+    #[command(flatten)]
+    audit: rollcall_audit_api::Config,
 }
 
 async fn shutdown_signal() {
@@ -64,6 +66,11 @@ pub async fn serve(common: Common, args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the access service to {}", args.access.addr))?;
     let access = rollcall_access::Access::new(args.access.clone())
         .context("access service configuration")?;
+    let audit_listener = TcpListener::bind(args.audit.addr)
+        .await
+        .with_context(|| format!("binding the audit API to {}", args.audit.addr))?;
+    let audit = rollcall_audit_api::AuditState::new(&args.audit, store.clone())
+        .context("audit API configuration")?;
     // The access service runs here: SCIM writes answer once access decisions reflect them.
     let mut scim_config = args.scim.clone();
     scim_config.wait_for_access = true;
@@ -81,6 +88,15 @@ pub async fn serve(common: Common, args: ServeArgs) -> anyhow::Result<()> {
         );
         tokio::spawn(async move {
             rollcall_projector::run(config, client, log, store, async move {
+                let _ = stopped.wait_for(|&s| s).await;
+            })
+            .await
+        })
+    };
+    let audit_server = {
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            rollcall_audit_api::serve(audit_listener, audit, async move {
                 let _ = stopped.wait_for(|&s| s).await;
             })
             .await
@@ -119,5 +135,6 @@ pub async fn serve(common: Common, args: ServeArgs) -> anyhow::Result<()> {
     let _ = stop.send(true);
     let _ = projector.await;
     let _ = access_server.await;
+    let _ = audit_server.await;
     Ok(())
 }

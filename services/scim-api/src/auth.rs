@@ -87,6 +87,9 @@ impl FromRequestParts<AppState> for Principal {
             .await?
             .ok_or(ApiError::Unauthorized)?;
         tracing::Span::current().record("tenant", principal.tenant.as_str());
+        if let Some(caller) = parts.extensions.get::<crate::request_log::Caller>() {
+            caller.set(&principal);
+        }
         Ok(principal)
     }
 }

@@ -16,6 +16,7 @@ mod lists;
 pub mod mapping;
 pub mod operator;
 mod render;
+pub mod request_log;
 mod users;
 
 use std::future::Future;
@@ -75,6 +76,20 @@ pub struct Config {
         default_value_t = false
     )]
     pub wait_for_access: bool,
+    /// Log request bodies (passwords are always removed) in the SCIM request log.
+    #[arg(
+        long = "scim-log-bodies",
+        env = "ROLLCALL_SCIM_LOG_BODIES",
+        default_value_t = false
+    )]
+    pub log_bodies: bool,
+    /// Days the SCIM request log keeps a request.
+    #[arg(
+        long = "scim-log-retention-days",
+        env = "ROLLCALL_SCIM_LOG_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub log_retention_days: u32,
 }
 
 impl Default for Config {
@@ -84,6 +99,8 @@ impl Default for Config {
             public_url: None,
             max_body_bytes: 1_048_576,
             wait_for_access: false,
+            log_bodies: false,
+            log_retention_days: 30,
         }
     }
 }
@@ -103,6 +120,8 @@ pub struct AppState {
     pub checkpoint: Consistency,
     /// Verified tokens.
     pub tokens: TokenCache,
+    /// The SCIM request log.
+    pub request_log: request_log::RequestLog,
 }
 
 impl AppState {
@@ -114,6 +133,8 @@ impl AppState {
         store: Store,
     ) -> Result<Self, ApiError> {
         let claims = Claims::open(log.jetstream(), log.namespace()).await?;
+        let (store_for_log, retention_days, log_bodies) =
+            (store.clone(), config.log_retention_days, config.log_bodies);
         let mut checkpoints = vec![
             Checkpoint::follow(
                 client.clone(),
@@ -139,6 +160,7 @@ impl AppState {
             claims,
             checkpoint,
             tokens: TokenCache::default(),
+            request_log: request_log::RequestLog::start(store_for_log, retention_days, log_bodies),
         })
     }
 }
@@ -269,6 +291,11 @@ pub fn router(state: AppState) -> Router {
             "/Schemas/{id}",
             get(discovery::schema).fallback(method_not_allowed),
         )
+        // Layers run outermost-last: the request id exists before the log records the request.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_log::record,
+        ))
         .route_layer(axum::middleware::from_fn(request_id))
         .route_layer(
             TraceLayer::new_for_http()

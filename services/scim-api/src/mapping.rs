@@ -132,6 +132,19 @@ pub fn provision(resource: &Value) -> UserCommand {
     }
 }
 
+/// What a POST records about a password: only that one was set (the value never enters an
+/// event or the state).
+pub fn password_set(resource: &Value) -> Option<UserCommand> {
+    resource.get("password").map(|_| {
+        UserCommand::ChangeAttributes(vec![AttributeChange {
+            path: "password".into(),
+            before: None,
+            after: Some(Value::String(rollcall_scim::change::REDACTED.into())),
+            redacted: true,
+        }])
+    })
+}
+
 /// The commands that take a user from `before` to `after` (both SCIM documents), in order:
 /// attribute changes, then activation. Going inactive or active again is its own command
 /// however it was sent (`"False"`, `false`, PUT, path-less PATCH); an unassigned `active`

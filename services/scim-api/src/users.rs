@@ -89,12 +89,13 @@ pub async fn create(
     let id = Uuid::now_v7();
     let context = context(&principal, &info);
     claims::claim(&state, &principal.tenant, USER_NAME, &user_name, id).await?;
-    let command = mapping::provision(&resource);
+    let mut commands = vec![mapping::provision(&resource)];
+    commands.extend(mapping::password_set(&resource));
     let written = state
         .repositories
         .users
         .write(&context, id, |folded| {
-            Ok(user::decide(&folded.state, command.clone())?)
+            decide_all(&folded.state, commands.clone())
         })
         .await;
     let written = match written {
