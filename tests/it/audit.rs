@@ -242,6 +242,33 @@ async fn history_as_of_and_intervals_answer_the_auditors_questions() {
         .audit(&format!("/audit/v1/groups/{group}/members"))
         .await;
     assert_eq!(now["members"], json!([{"value": bob, "type": "User"}]));
+    // Ada's own timeline shows her joining and leaving the group, by name.
+    let (_, ada_history) = env.audit(&format!("/audit/v1/users/{ada}/history")).await;
+    let memberships: Vec<(String, String)> = ada_history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["group"].is_object())
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["group"]["display_name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        memberships,
+        [
+            (
+                "group.members_added".to_owned(),
+                "Finance-Admins".to_owned()
+            ),
+            (
+                "group.members_removed".to_owned(),
+                "Finance-Admins".to_owned()
+            )
+        ]
+    );
     let (_, by_name) = env
         .audit("/audit/v1/groups?displayName=finance-admins")
         .await;
@@ -501,6 +528,14 @@ async fn the_auditors_page_shows_a_users_lifecycle_in_a_real_browser() {
             &patch(json!([{"op": "Replace", "path": "active", "value": "True"}])),
         )
         .await;
+    let group = scim.create_group(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Payroll"})).await;
+    let added = scim
+        .patch(
+            &format!("/Groups/{group}"),
+            &patch(json!([{"op": "Add", "path": "members", "value": [{"value": id}]}])),
+        )
+        .await;
+    assert_eq!(added.status, 204);
     let refused = scim
         .patch(
             &format!("/Users/{id}"),
@@ -573,6 +608,11 @@ async fn the_auditors_page_shows_a_users_lifecycle_in_a_real_browser() {
         "the timeline is in order"
     );
     assert!(dom.contains("Disabled (deprovisioned)") && dom.contains("Re-enabled"));
+    assert!(
+        dom.contains("Added to group Payroll"),
+        "group membership is on the user's timeline: {}",
+        &dom[dom.find("<ol id=\"timeline\"").unwrap_or(0)..]
+    );
     assert!(
         dom.contains(enabled.header("x-request-id").unwrap()),
         "entries expand to their request id"

@@ -233,3 +233,25 @@ impl Store {
         .await?)
     }
 }
+
+impl Store {
+    /// Group events that added or removed this user, in stream order (for a user's timeline).
+    pub async fn audit_memberships(
+        &self,
+        tenant: &str,
+        user: Uuid,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        Ok(sqlx::query_as::<_, AuditRow>(&format!(
+            "SELECT {COLUMNS} FROM audit_event
+             WHERE tenant = $1 AND aggregate_type = 'group' AND (
+                 (event_type IN ('group.created', 'group.members_added')
+                     AND payload->'members' @> jsonb_build_array(jsonb_build_object('value', $2::text)))
+              OR (event_type = 'group.members_removed' AND payload->'members' ? $2::text))
+             ORDER BY sequence"
+        ))
+        .bind(tenant)
+        .bind(user.to_string())
+        .fetch_all(self.pool())
+        .await?)
+    }
+}

@@ -212,20 +212,44 @@ pub async fn find_groups(
     Ok(Json(json!({"groups": ids})))
 }
 
-/// Every event of a user, in order.
-#[utoipa::path(get, path = "/audit/v1/users/{id}/history", params(("id" = Uuid, Path, description = "the user's id")), responses((status = 200, description = "the user's events in order"), (status = 404, description = "no such user")), security(("bearer" = [])))]
+/// Every event of a user, in order, with the group events that added or removed the user.
+#[utoipa::path(get, path = "/audit/v1/users/{id}/history", params(("id" = Uuid, Path, description = "the user's id")), responses((status = 200, description = "the user's events, and the group events that added or removed the user, in order"), (status = 404, description = "no such user")), security(("bearer" = [])))]
 pub async fn user_history(
     State(state): State<AuditState>,
     auditor: Auditor,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, HttpError> {
-    let rows = aggregate_rows(&state, &auditor.tenant, id).await?;
+    let mut rows = aggregate_rows(&state, &auditor.tenant, id).await?;
     if rows.is_empty() || rows[0].aggregate_type != "user" {
         return Err(not_found(format!("no history for user {id}")));
     }
-    Ok(Json(
-        json!({"type": "user", "id": id, "events": events(&rows)}),
-    ))
+    let memberships = state.store.audit_memberships(&auditor.tenant, id).await?;
+    let mut names: HashMap<Uuid, Option<String>> = HashMap::new();
+    for row in &memberships {
+        if let std::collections::hash_map::Entry::Vacant(entry) = names.entry(row.aggregate_id) {
+            entry.insert(
+                state
+                    .store
+                    .group(&auditor.tenant, row.aggregate_id)
+                    .await?
+                    .map(|g| g.display_name),
+            );
+        }
+    }
+    rows.extend(memberships);
+    rows.sort_by_key(|r| r.sequence);
+    let events: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            let mut event = serde_json::to_value(AuditedEvent::from(row)).unwrap_or_default();
+            if row.aggregate_type == "group" {
+                let name = names.get(&row.aggregate_id).cloned().flatten();
+                event["group"] = json!({"id": row.aggregate_id, "display_name": name});
+            }
+            event
+        })
+        .collect();
+    Ok(Json(json!({"type": "user", "id": id, "events": events})))
 }
 
 /// Every event of a group, in order.
