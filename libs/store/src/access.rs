@@ -196,3 +196,39 @@ impl Store {
         .await?)
     }
 }
+
+/// One outbox entry to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// The event sequence that caused it.
+    pub sequence: u64,
+    /// What changed.
+    pub kind: OutboxKind,
+    /// The tenant.
+    pub tenant: String,
+    /// The user or group.
+    pub subject: Uuid,
+    /// The revocation message, for revocations.
+    pub payload: Option<Value>,
+}
+
+/// Adds many entries to the outbox with one statement per 5,000 entries.
+pub async fn enqueue_many(
+    connection: &mut PgConnection,
+    entries: &[OutboxEntry],
+) -> Result<(), StoreError> {
+    for chunk in entries.chunks(5_000) {
+        let mut builder = sqlx::QueryBuilder::new(
+            "INSERT INTO access_outbox (sequence, kind, tenant, subject_id, payload) ",
+        );
+        builder.push_values(chunk, |mut b, entry| {
+            b.push_bind(entry.sequence as i64)
+                .push_bind(entry.kind.as_str())
+                .push_bind(&entry.tenant)
+                .push_bind(entry.subject)
+                .push_bind(entry.payload.clone().map(Json));
+        });
+        builder.build().execute(&mut *connection).await?;
+    }
+    Ok(())
+}

@@ -255,3 +255,33 @@ impl Store {
         .await?)
     }
 }
+
+/// Records many events with one statement per 2,000 rows.
+pub async fn insert_many(
+    connection: &mut PgConnection,
+    rows: &[AuditRow],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(2_000) {
+        let mut builder = sqlx::QueryBuilder::new(format!("INSERT INTO audit_event ({COLUMNS}) "));
+        builder.push_values(chunk, |mut b, row| {
+            b.push_bind(row.sequence)
+                .push_bind(row.event_id)
+                .push_bind(&row.tenant)
+                .push_bind(&row.aggregate_type)
+                .push_bind(row.aggregate_id)
+                .push_bind(row.version)
+                .push_bind(&row.event_type)
+                .push_bind(row.schema_version)
+                .push_bind(&row.actor)
+                .push_bind(&row.request_id)
+                .push_bind(&row.trace_id)
+                .push_bind(&row.traceparent)
+                .push_bind(row.occurred_at)
+                .push_bind(&row.payload)
+                .push_bind(&row.prev_hash)
+                .push_bind(&row.hash);
+        });
+        builder.build().execute(&mut *connection).await?;
+    }
+    Ok(())
+}

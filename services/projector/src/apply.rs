@@ -1,19 +1,76 @@
-//! How one event changes the read models.
+//! How one event changes the read models. Read-model rows are written as each event is applied
+//! (the next event may read them); the audit records, the access outbox and the chain heads are
+//! gathered in [`Pending`] and written once per batch, in the same transaction.
+
+use std::collections::HashMap;
 
 use rollcall_domain::group::{self, Group, GroupEvent, GroupState};
 use rollcall_domain::user::{self, User, UserEvent};
 use rollcall_domain::{Attributes, EventKind};
 use rollcall_eventlog::chain::{link, GENESIS};
 use rollcall_eventlog::consumer::Delivered;
-use rollcall_store::access::{self, OutboxKind, RevocationRow};
+use rollcall_store::access::{self, OutboxEntry, OutboxKind, RevocationRow};
 use rollcall_store::audit::{self, AuditRow};
 use rollcall_store::group::{GroupRow, NewMember};
 use rollcall_store::user::UserRow;
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::ProjectorError;
+
+/// What a batch writes at its end: audit records, outbox entries, and each tenant's chain head.
+#[derive(Debug, Default)]
+pub struct Pending {
+    audit: Vec<AuditRow>,
+    outbox: Vec<OutboxEntry>,
+    heads: HashMap<String, (i64, Vec<u8>)>,
+}
+
+impl Pending {
+    fn enqueue(
+        &mut self,
+        sequence: u64,
+        kind: OutboxKind,
+        tenant: &str,
+        subject: Uuid,
+        payload: Option<Value>,
+    ) {
+        self.outbox.push(OutboxEntry {
+            sequence,
+            kind,
+            tenant: tenant.to_owned(),
+            subject,
+            payload,
+        });
+    }
+
+    /// Members whose access changed; ids that are not users of ours (a client may add
+    /// anything) are skipped.
+    fn enqueue_members<'a>(
+        &mut self,
+        sequence: u64,
+        tenant: &str,
+        members: impl Iterator<Item = &'a str>,
+    ) {
+        for member in members {
+            if let Ok(user) = Uuid::parse_str(member) {
+                self.enqueue(sequence, OutboxKind::User, tenant, user, None);
+            }
+        }
+    }
+
+    /// Writes what the batch gathered.
+    pub async fn flush(self, connection: &mut PgConnection) -> Result<(), ProjectorError> {
+        audit::insert_many(connection, &self.audit).await?;
+        access::enqueue_many(connection, &self.outbox).await?;
+        for (tenant, (sequence, hash)) in &self.heads {
+            audit::set_chain_head(connection, tenant, *sequence, hash).await?;
+        }
+        Ok(())
+    }
+}
 
 fn text(attributes: &Attributes, name: &str) -> Option<String> {
     attributes
@@ -22,9 +79,10 @@ fn text(attributes: &Attributes, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Applies one event to the read models and records it in `audit_event`.
+/// Applies one event to the read models, and gathers its audit record and access effects.
 pub async fn apply(
     connection: &mut PgConnection,
+    pending: &mut Pending,
     delivered: &Delivered,
 ) -> Result<(), ProjectorError> {
     let envelope = &delivered.envelope;
@@ -92,17 +150,15 @@ pub async fn apply(
                     created_at: at,
                 };
                 access::record(connection, &row).await?;
-                access::enqueue(
-                    connection,
+                pending.enqueue(
                     sequence,
                     OutboxKind::Revocation,
                     tenant,
                     id,
                     Some(revocation_message(&row)),
-                )
-                .await?;
+                );
             }
-            access::enqueue(connection, sequence, OutboxKind::User, tenant, id, None).await?;
+            pending.enqueue(sequence, OutboxKind::User, tenant, id, None);
         }
         GroupEvent::AGGREGATE => {
             let event = GroupEvent::from_payload(
@@ -158,13 +214,7 @@ pub async fn apply(
                 }
                 Group::Deleted => {
                     let former = rollcall_store::group::delete(connection, tenant, id).await?;
-                    enqueue_members(
-                        connection,
-                        sequence,
-                        tenant,
-                        former.iter().map(String::as_str),
-                    )
-                    .await?;
+                    pending.enqueue_members(sequence, tenant, former.iter().map(String::as_str));
                 }
                 Group::Absent => {
                     return Err(fail(format!(
@@ -175,35 +225,31 @@ pub async fn apply(
             }
             match &event {
                 GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {
-                    enqueue_members(
-                        connection,
+                    pending.enqueue_members(
                         sequence,
                         tenant,
                         members.iter().map(|m| m.value.as_str()),
-                    )
-                    .await?;
+                    );
                 }
                 GroupEvent::MembersRemoved { members } => {
-                    enqueue_members(
-                        connection,
-                        sequence,
-                        tenant,
-                        members.iter().map(String::as_str),
-                    )
-                    .await?;
+                    pending.enqueue_members(sequence, tenant, members.iter().map(String::as_str));
                 }
                 _ => {}
             }
-            access::enqueue(connection, sequence, OutboxKind::Group, tenant, id, None).await?;
+            pending.enqueue(sequence, OutboxKind::Group, tenant, id, None);
         }
         other => return Err(fail(format!("unknown aggregate type {other:?}"))),
     }
-    // Tamper evidence: the tenant's chain, extended in stream order.
-    let previous = audit::lock_chain_head(connection, tenant)
-        .await?
-        .map_or_else(|| GENESIS.to_vec(), |(_, hash)| hash);
+    // Tamper evidence: the tenant's chain, extended in stream order. The head is read (and
+    // locked) once per tenant per batch, then carried in memory.
+    let previous = match pending.heads.get(tenant) {
+        Some((_, hash)) => hash.clone(),
+        None => audit::lock_chain_head(connection, tenant)
+            .await?
+            .map_or_else(|| GENESIS.to_vec(), |(_, hash)| hash),
+    };
     let hash = link(&previous, &envelope.canonical_bytes());
-    let record = AuditRow {
+    pending.audit.push(AuditRow {
         sequence: sequence as i64,
         event_id: envelope.event_id,
         tenant: tenant.to_owned(),
@@ -224,25 +270,10 @@ pub async fn apply(
         payload: Json(envelope.payload.clone()),
         prev_hash: previous,
         hash: hash.to_vec(),
-    };
-    audit::insert(connection, &record).await?;
-    audit::set_chain_head(connection, tenant, sequence as i64, &hash).await?;
-    Ok(())
-}
-
-/// Members whose access changed; ids that are not users of ours (a client may add anything)
-/// are skipped.
-async fn enqueue_members<'a>(
-    connection: &mut PgConnection,
-    sequence: u64,
-    tenant: &str,
-    members: impl Iterator<Item = &'a str>,
-) -> Result<(), ProjectorError> {
-    for member in members {
-        if let Ok(user) = uuid::Uuid::parse_str(member) {
-            access::enqueue(connection, sequence, OutboxKind::User, tenant, user, None).await?;
-        }
-    }
+    });
+    pending
+        .heads
+        .insert(tenant.to_owned(), (sequence as i64, hash.to_vec()));
     Ok(())
 }
 

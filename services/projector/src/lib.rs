@@ -21,7 +21,7 @@ use rollcall_eventlog::{EventLog, LoadError};
 use rollcall_store::{checkpoint, Store, StoreError};
 use tracing::{error, info, info_span, instrument, warn, Instrument};
 
-pub use apply::apply;
+pub use apply::{apply, Pending};
 
 /// The projector's default name: its durable consumer and checkpoint.
 pub const DEFAULT_NAME: &str = "projector";
@@ -189,6 +189,7 @@ impl Projector {
     pub async fn apply_batch(&self, delivered: &[Delivered]) -> Result<u64, ProjectorError> {
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
         let mut checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
+        let mut pending = apply::Pending::default();
         for event in delivered {
             if event.sequence <= checkpoint {
                 continue;
@@ -210,9 +211,12 @@ impl Projector {
                 event.r#type = %event.envelope.event_type,
             );
             rollcall_telemetry::set_parent(&span, event.envelope.traceparent.as_deref());
-            apply(&mut transaction, event).instrument(span).await?;
+            apply(&mut transaction, &mut pending, event)
+                .instrument(span)
+                .await?;
             checkpoint = event.sequence;
         }
+        pending.flush(&mut transaction).await?;
         checkpoint::set(&mut transaction, &self.name, checkpoint).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(checkpoint)

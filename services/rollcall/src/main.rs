@@ -9,6 +9,7 @@ use rollcall_store::tenant::Scope;
 use rollcall_store::Store;
 use serde_json::json;
 
+mod bench;
 mod serve;
 
 /// Rollcall: identity lifecycle from Entra ID (SCIM 2.0) to immutable events, read models and
@@ -88,6 +89,8 @@ enum Command {
         #[command(subcommand)]
         command: RevocationsCommand,
     },
+    /// Measure Rollcall next to the machine's limits (a private in-process instance).
+    Bench(bench::BenchArgs),
     /// Tamper evidence: verify the audit history, sign checkpoints.
     Audit {
         #[command(subcommand)]
@@ -283,6 +286,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Revocations {
             command: RevocationsCommand::Watch { with_state },
         } => watch(cli.common, with_state).await,
+        Command::Bench(args) => bench::run(cli.common, args).await,
         Command::Audit { command } => audit(cli.common, command).await,
     }
 }

@@ -1,0 +1,367 @@
+//! `rollcall bench`: Rollcall's numbers next to the machine's limits, measured in one run on
+//! one machine. Starts a private in-process Rollcall (its own namespace and database, removed
+//! afterwards), measures baselines and scenarios over real HTTP and NATS, prints a table and
+//! writes JSON. Ratios, not absolute numbers, are what carry from one run to another.
+
+mod baselines;
+mod env;
+mod load;
+mod scenarios;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::Common;
+use env::BenchEnv;
+use load::Measured;
+
+/// Options of `rollcall bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// A short run (under two minutes) for after touching a hot path; the full run is for the README.
+    #[arg(long)]
+    quick: bool,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds each timed scenario runs (default: 5 quick, 20 full).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+struct Sizes {
+    users: usize,
+    group_members: usize,
+    victims: usize,
+    rebuild_events: usize,
+    projection_events: usize,
+    cycle: (usize, usize, usize),
+    memory_users: usize,
+    seconds: u64,
+}
+
+impl Sizes {
+    fn new(args: &BenchArgs) -> Self {
+        if args.quick {
+            Self {
+                users: 3_000,
+                group_members: 1_000,
+                victims: 100,
+                rebuild_events: 20_000,
+                projection_events: 20_000,
+                cycle: (500, 10, 2_000),
+                memory_users: 100_000,
+                seconds: args.seconds.unwrap_or(4),
+            }
+        } else {
+            Self {
+                users: 100_000,
+                group_members: 10_000,
+                victims: 1_000,
+                rebuild_events: 1_000_000,
+                projection_events: 200_000,
+                cycle: (100_000, 1_000, 500_000),
+                memory_users: 1_000_000,
+                seconds: args.seconds.unwrap_or(20),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Scenario {
+    #[serde(flatten)]
+    measured: Measured,
+    ratio: Option<f64>,
+    baseline: Option<String>,
+    target: Option<String>,
+    target_met: Option<bool>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    extra: BTreeMap<String, Value>,
+}
+
+fn scenario(measured: Measured) -> Scenario {
+    Scenario {
+        measured,
+        ratio: None,
+        baseline: None,
+        target: None,
+        target_met: None,
+        extra: BTreeMap::new(),
+    }
+}
+
+fn versus(mut s: Scenario, baseline: &str, limit: &Measured, at_least: Option<f64>) -> Scenario {
+    let ratio = s.measured.throughput_per_s / limit.throughput_per_s.max(1e-9);
+    s.ratio = Some(ratio);
+    s.baseline = Some(baseline.to_owned());
+    if let Some(at_least) = at_least {
+        s.target = Some(format!(">= {at_least} x {baseline}"));
+        s.target_met = Some(ratio >= at_least);
+    }
+    s
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines()
+            .find(|l| l.starts_with("model name"))
+            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+    });
+    let memory = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines().next().map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .unwrap_or("0")
+                .parse::<u64>()
+                .unwrap_or(0)
+                / 1024
+                / 1024
+        })
+    });
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu": cpu,
+        "memory_gib": memory,
+        "os": std::env::consts::OS,
+        "date": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "rollcall": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+fn say(text: &str) {
+    eprintln!("bench: {text}");
+}
+
+/// Runs the benchmark.
+pub async fn run(common: Common, args: BenchArgs) -> anyhow::Result<()> {
+    let sizes = Sizes::new(&args);
+    let duration = Duration::from_secs(sizes.seconds);
+    let c = args.concurrency;
+    say(&format!(
+        "starting a private Rollcall ({} run, concurrency {c}, {}s per timed scenario)",
+        if args.quick { "quick" } else { "full" },
+        sizes.seconds
+    ));
+    let env = BenchEnv::start(&common).await?;
+    let result = measure(&env, &common, &sizes, c, duration).await;
+    env.stop().await;
+    let (baselines, scenarios, memory) = result?;
+    let report = json!({"machine": machine(), "quick": args.quick, "concurrency": c, "baselines": baselines, "scenarios": scenarios, "memory": memory});
+    print_table(&report);
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        say(&format!("wrote {}", path.display()));
+    }
+    Ok(())
+}
+
+type Results = (
+    BTreeMap<String, Measured>,
+    BTreeMap<String, Scenario>,
+    Value,
+);
+
+async fn measure(
+    env: &BenchEnv,
+    common: &Common,
+    sizes: &Sizes,
+    c: usize,
+    duration: Duration,
+) -> anyhow::Result<Results> {
+    let mut baselines = BTreeMap::new();
+    say("baseline: constant HTTP handler");
+    baselines.insert("http".to_owned(), baselines::http(c, duration).await?);
+    say("baseline: raw JetStream appends, one at a time");
+    baselines.insert(
+        "publish_sync".to_owned(),
+        baselines::publish(env, false, duration).await?,
+    );
+    say("baseline: raw JetStream appends, pipelined");
+    baselines.insert(
+        "publish_pipelined".to_owned(),
+        baselines::publish(env, true, duration).await?,
+    );
+    say(&format!(
+        "baseline: durable consumer → PostgreSQL, 500-row batches ({} events)",
+        sizes.projection_events
+    ));
+    baselines.insert(
+        "projection".to_owned(),
+        baselines::projection(env, sizes.projection_events).await?,
+    );
+
+    let mut scenarios = BTreeMap::new();
+    say("scenario create: POST /Users");
+    scenarios.insert(
+        "create".to_owned(),
+        versus(
+            scenario(scenarios::create(env, c, duration).await),
+            "publish_pipelined",
+            &baselines["publish_pipelined"],
+            Some(0.25),
+        ),
+    );
+    say(&format!("preloading {} users", sizes.users));
+    let users = Arc::new(env.preload_users("pre", sizes.users).await?);
+    env.settle().await?;
+    say("scenario lookup: GET /Users?filter=userName eq …");
+    scenarios.insert(
+        "lookup".to_owned(),
+        versus(
+            scenario(scenarios::lookup(env, sizes.users, c, duration).await),
+            "http",
+            &baselines["http"],
+            Some(0.5),
+        ),
+    );
+    let third = users.len() / 3;
+    let patched = Arc::new(users[..third].to_vec());
+    say("scenario patch: PATCH active and attribute replaces");
+    scenarios.insert(
+        "patch".to_owned(),
+        versus(
+            scenario(scenarios::patches(env, patched, c, duration).await),
+            "http",
+            &baselines["http"],
+            None,
+        ),
+    );
+    say(&format!(
+        "scenario members: add/remove members on a group of {}",
+        sizes.group_members
+    ));
+    let group = scenarios::preload_group(env, sizes.group_members).await?;
+    env.settle().await?;
+    scenarios.insert(
+        "members".to_owned(),
+        versus(
+            scenario(scenarios::members(env, group, c.min(8), duration).await),
+            "http",
+            &baselines["http"],
+            None,
+        ),
+    );
+    say(&format!(
+        "scenario deprovision: {} users under background writes",
+        sizes.victims
+    ));
+    let victims: Vec<_> = users[third..third + sizes.victims.min(third)].to_vec();
+    let background = Arc::new(users[..third].to_vec());
+    let (measured, allowed_after) = scenarios::deprovision(env, &victims, background).await;
+    let mut deprovision = scenario(measured);
+    deprovision.target = Some("p99 <= 5 ms; no allow after the SCIM response".into());
+    deprovision.target_met = Some(
+        deprovision.measured.p99_ms <= 5.0
+            && allowed_after == 0
+            && deprovision.measured.errors == 0,
+    );
+    deprovision.extra.insert(
+        "decisions_allowed_after_response".into(),
+        json!(allowed_after),
+    );
+    scenarios.insert("deprovision".to_owned(), deprovision);
+    say("scenario decide: forward-auth decisions for valid sessions");
+    let active: Vec<_> = users[2 * third..].to_vec();
+    scenarios.insert(
+        "decide".to_owned(),
+        versus(
+            scenario(scenarios::decide(env, &active, c, duration).await),
+            "http",
+            &baselines["http"],
+            Some(0.6),
+        ),
+    );
+    say(&format!(
+        "scenario rebuild: {} events",
+        sizes.rebuild_events
+    ));
+    scenarios.insert(
+        "rebuild".to_owned(),
+        versus(
+            scenario(scenarios::rebuild(env, common, sizes.rebuild_events).await?),
+            "projection",
+            &baselines["projection"],
+            Some(0.7),
+        ),
+    );
+    let (cycle_users, cycle_groups, cycle_memberships) = sizes.cycle;
+    say(&format!("scenario initial-cycle: {cycle_users} users, {cycle_groups} groups, {cycle_memberships} memberships"));
+    for (phase, measured) in
+        scenarios::initial_cycle(env, cycle_users, cycle_groups, cycle_memberships, c).await
+    {
+        let mut s = scenario(measured);
+        if phase == "whole cycle" {
+            s.target = Some("zero errors; wall time reported".into());
+            s.target_met = Some(s.measured.errors == 0);
+            scenarios.insert("initial-cycle".to_owned(), s);
+        } else {
+            scenarios.insert(format!("initial-cycle: {phase}"), s);
+        }
+    }
+    say(&format!(
+        "memory: access state for {} users with 5 groups each",
+        sizes.memory_users
+    ));
+    let (bytes_per_user, seconds) = scenarios::memory(sizes.memory_users);
+    let memory = json!({"users": sizes.memory_users, "groups_per_user": 5, "bytes_per_user": bytes_per_user.round(),
+                        "total_mib": (bytes_per_user * sizes.memory_users as f64 / 1_048_576.0).round(), "load_seconds": seconds});
+    Ok((baselines, scenarios, memory))
+}
+
+fn print_table(report: &Value) {
+    println!("\nmachine: {}", report["machine"]);
+    println!(
+        "\n{:<38} {:>10} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7}  target",
+        "baseline / scenario", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "ratio"
+    );
+    let row = |name: &str, m: &Value| {
+        let ratio = m["ratio"]
+            .as_f64()
+            .map_or("".to_owned(), |r| format!("{r:.2}"));
+        let target = match (m["target"].as_str(), m["target_met"].as_bool()) {
+            (Some(t), Some(true)) => format!("met ({t})"),
+            (Some(t), Some(false)) => format!("MISSED ({t})"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<38} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>7} {:>7}  {}",
+            name,
+            m["throughput_per_s"].as_f64().unwrap_or(0.0),
+            m["p50_ms"].as_f64().unwrap_or(0.0),
+            m["p90_ms"].as_f64().unwrap_or(0.0),
+            m["p99_ms"].as_f64().unwrap_or(0.0),
+            m["max_ms"].as_f64().unwrap_or(0.0),
+            m["errors"].as_u64().unwrap_or(0),
+            ratio,
+            target
+        );
+    };
+    for (name, m) in report["baselines"].as_object().into_iter().flatten() {
+        row(&format!("[baseline] {name}"), m);
+    }
+    for (name, m) in report["scenarios"].as_object().into_iter().flatten() {
+        row(name, m);
+    }
+    if let Some(cycle) = report["scenarios"].get("initial-cycle") {
+        println!(
+            "\ninitial-cycle wall time: {:.1} s, errors: {}",
+            cycle["seconds"].as_f64().unwrap_or(0.0),
+            cycle["errors"]
+        );
+    }
+    println!(
+        "access memory: {} bytes per user ({} users, 5 groups each; {} MiB)",
+        report["memory"]["bytes_per_user"],
+        report["memory"]["users"],
+        report["memory"]["total_mib"]
+    );
+}

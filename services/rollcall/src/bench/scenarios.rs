@@ -1,0 +1,491 @@
+//! Rollcall driven over HTTP exactly as a client would: Entra's requests on keep-alive
+//! connections, forward-auth decisions, a rebuild, and Entra's first provisioning cycle.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::env::{envelope, BenchEnv};
+use super::load::{drive, summarize, Measured};
+
+fn patch(operations: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations})
+}
+
+fn client(env: &BenchEnv) -> (reqwest::Client, String, String) {
+    (reqwest::Client::new(), env.scim.clone(), env.token.clone())
+}
+
+/// `create`: POST /Users with unique userNames (read-your-writes included).
+pub async fn create(env: &BenchEnv, concurrency: usize, duration: Duration) -> Measured {
+    let (http, base, token) = client(env);
+    let run = Uuid::new_v4().simple().to_string();
+    drive(concurrency, u64::MAX, duration, move |_, n| {
+        let (http, base, token, run) = (http.clone(), base.clone(), token.clone(), run.clone());
+        async move {
+            let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": format!("create{n}.{run}@bench.test"), "active": "True"});
+            http.post(format!("{base}/Users")).bearer_auth(token).json(&body).send().await.is_ok_and(|r| r.status() == 201)
+        }
+    })
+    .await
+}
+
+/// `lookup`: GET /Users?filter=userName eq "…" over the preloaded tenant.
+pub async fn lookup(
+    env: &BenchEnv,
+    users: usize,
+    concurrency: usize,
+    duration: Duration,
+) -> Measured {
+    let (http, base, token) = client(env);
+    drive(concurrency, u64::MAX, duration, move |_, n| {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        async move {
+            let name = format!("pre{}@bench.test", (n as usize * 7919) % users);
+            let url = format!(
+                "{base}/Users?filter=userName%20eq%20%22{}%22",
+                name.replace('@', "%40")
+            );
+            match http.get(url).bearer_auth(token).send().await {
+                Ok(response) if response.status() == 200 => response
+                    .json::<Value>()
+                    .await
+                    .is_ok_and(|b| b["totalResults"] == 1),
+                _ => false,
+            }
+        }
+    })
+    .await
+}
+
+/// `patch`: PATCH active and attribute replaces in Entra's default dialect.
+pub async fn patches(
+    env: &BenchEnv,
+    users: Arc<Vec<Uuid>>,
+    concurrency: usize,
+    duration: Duration,
+) -> Measured {
+    let (http, base, token) = client(env);
+    drive(concurrency, u64::MAX, duration, move |_, n| {
+        let (http, base, token, users) = (http.clone(), base.clone(), token.clone(), users.clone());
+        async move {
+            let user = users[(n as usize / 3) % users.len()];
+            let body = match n % 3 {
+                0 => patch(json!([{"op": "Replace", "path": "active", "value": "False"}])),
+                1 => patch(json!([{"op": "Replace", "path": "active", "value": "True"}])),
+                _ => patch(json!([
+                    {"op": "Replace", "path": "title", "value": format!("Title {n}")},
+                    {"op": "Replace", "path": "name.familyName", "value": format!("Family {n}")}
+                ])),
+            };
+            http.patch(format!("{base}/Users/{user}"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await
+}
+
+/// Preloads a group of `members` members; returns its id.
+pub async fn preload_group(env: &BenchEnv, members: usize) -> anyhow::Result<Uuid> {
+    let id = Uuid::now_v7();
+    let list: Vec<Value> = (0..members)
+        .map(|n| json!({"value": format!("member-{n}")}))
+        .collect();
+    let payload = json!({"type": "group.created", "attributes": {"displayName": format!("big-{id}")}, "members": list});
+    let event = envelope("group", id, "group.created", payload);
+    env.log
+        .append(
+            &env.namespace.aggregate_subject("bench", "group", &id),
+            0,
+            &[event],
+        )
+        .await?;
+    Ok(id)
+}
+
+/// `members`: PATCH add and remove members on a group of `size` members.
+pub async fn members(
+    env: &BenchEnv,
+    group: Uuid,
+    concurrency: usize,
+    duration: Duration,
+) -> Measured {
+    let (http, base, token) = client(env);
+    drive(concurrency, u64::MAX, duration, move |_, n| {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        async move {
+            let member = format!("new-member-{}", n / 2);
+            let body = if n % 2 == 0 {
+                patch(json!([{"op": "Add", "path": "members", "value": [{"value": member}]}]))
+            } else {
+                patch(json!([{"op": "Remove", "path": "members", "value": [{"value": member}]}]))
+            };
+            http.patch(format!("{base}/Groups/{group}"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 204)
+        }
+    })
+    .await
+}
+
+async fn decision(http: &reqwest::Client, access: &str, session: &str) -> u16 {
+    http.get(format!("{access}/auth"))
+        .header("X-Forwarded-Host", "bench.test")
+        .bearer_auth(session)
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// `deprovision`: from receiving the SCIM response to `PATCH active "False"` to the first denying
+/// decision for that user's live session, sampled per user while a background load of writes
+/// runs. Also counts decisions after the response that still allowed (must be none).
+pub async fn deprovision(
+    env: &BenchEnv,
+    victims: &[Uuid],
+    background: Arc<Vec<Uuid>>,
+) -> (Measured, u64) {
+    let (http, base, token) = client(env);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let (http, base, token, users, stop) = (
+            http.clone(),
+            base.clone(),
+            token.clone(),
+            background.clone(),
+            stop.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let mut n = worker;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let user = users[n % users.len()];
+                let body = patch(
+                    json!([{"op": "Replace", "path": "title", "value": format!("Load {n}")}]),
+                );
+                let _ = http
+                    .patch(format!("{base}/Users/{user}"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await;
+                n += 4;
+            }
+        }));
+    }
+    let started = Instant::now();
+    let (mut latencies, mut allowed_after, mut errors) = (Vec::new(), 0u64, 0u64);
+    for victim in victims {
+        let Ok(session) = env.access.issue_session("bench", *victim) else {
+            errors += 1;
+            continue;
+        };
+        if decision(&http, &env.access_base, &session).await != 200 {
+            errors += 1;
+            continue;
+        }
+        let body = patch(json!([{"op": "Replace", "path": "active", "value": "False"}]));
+        let response = http
+            .patch(format!("{base}/Users/{victim}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await;
+        let received = Instant::now();
+        if !response.is_ok_and(|r| r.status() == 200) {
+            errors += 1;
+            continue;
+        }
+        loop {
+            let status = decision(&http, &env.access_base, &session).await;
+            if status == 403 || status == 401 {
+                latencies.push(received.elapsed().as_secs_f64() * 1_000.0);
+                break;
+            }
+            allowed_after += 1;
+            if received.elapsed() > Duration::from_secs(5) {
+                errors += 1;
+                break;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        let _ = task.await;
+    }
+    (
+        summarize(latencies, errors, started.elapsed().as_secs_f64()),
+        allowed_after,
+    )
+}
+
+/// `decide`: forward-auth decisions for valid sessions.
+pub async fn decide(
+    env: &BenchEnv,
+    users: &[Uuid],
+    concurrency: usize,
+    duration: Duration,
+) -> Measured {
+    let sessions: Arc<Vec<String>> = Arc::new(
+        users
+            .iter()
+            .filter_map(|u| env.access.issue_session("bench", *u).ok())
+            .collect(),
+    );
+    let (http, access) = (reqwest::Client::new(), env.access_base.clone());
+    drive(concurrency, u64::MAX, duration, move |_, n| {
+        let (http, access, sessions) = (http.clone(), access.clone(), sessions.clone());
+        async move { decision(&http, &access, &sessions[n as usize % sessions.len()]).await == 200 }
+    })
+    .await
+}
+
+/// `rebuild`: `rollcall projector rebuild` over `events` events, in a namespace and database of
+/// its own.
+pub async fn rebuild(
+    env: &BenchEnv,
+    common: &crate::Common,
+    events: usize,
+) -> anyhow::Result<Measured> {
+    let namespace = rollcall_eventlog::Namespace::new(format!("{}rb", env.namespace))?;
+    let log = rollcall_eventlog::EventLog::open(env.client.clone(), namespace.clone()).await?;
+    let database =
+        super::env::database_named(&common.database_url, &format!("{}_rebuild", env.namespace));
+    let store =
+        rollcall_store::Store::connect_with(&database, rollcall_store::LIVE_SCHEMA, 8).await?;
+    let jetstream = log.jetstream().clone();
+    let mut pending = Vec::new();
+    for n in 0..events {
+        let id = Uuid::now_v7();
+        let payload = json!({"type": "user.provisioned", "active": true, "attributes": {"userName": format!("rb{n}@bench.test"), "title": "Engineer"}});
+        let event = envelope("user", id, "user.provisioned", payload);
+        pending.push(
+            jetstream
+                .publish_with_headers(
+                    namespace.aggregate_subject("bench", "user", &id),
+                    async_nats::HeaderMap::new(),
+                    event.to_bytes().into(),
+                )
+                .await?,
+        );
+        if pending.len() >= 512 {
+            for ack in pending.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in pending {
+        ack.await?;
+    }
+    let started = Instant::now();
+    let applied = rollcall_projector::rebuild::rebuild(
+        env.client.clone(),
+        &log,
+        &store,
+        rollcall_projector::DEFAULT_BATCH,
+        |_| {},
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = jetstream.delete_stream(namespace.stream()).await;
+    store.pool().close().await;
+    let _ = rollcall_store::drop_database(&database).await;
+    Ok(Measured {
+        throughput_per_s: applied as f64 / seconds,
+        operations: applied,
+        seconds,
+        ..Default::default()
+    })
+}
+
+/// `initial-cycle`: Entra's first cycle: for each user a lookup then a create, then each group,
+/// then one member PATCH per membership. Returns the phases and the whole.
+pub async fn initial_cycle(
+    env: &BenchEnv,
+    users: usize,
+    groups: usize,
+    memberships: usize,
+    concurrency: usize,
+) -> Vec<(String, Measured)> {
+    let (http, base, token) = client(env);
+    let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let user_ids = Arc::new(Mutex::new(vec![String::new(); users]));
+    let group_ids = Arc::new(Mutex::new(vec![String::new(); groups]));
+    let mut phases = Vec::new();
+    let started = Instant::now();
+    let (h, b, t, ids, r) = (
+        http.clone(),
+        base.clone(),
+        token.clone(),
+        user_ids.clone(),
+        run.clone(),
+    );
+    phases.push((
+        "users (lookup + create)".to_owned(),
+        drive(concurrency, users as u64, Duration::from_secs(86_400), move |_, n| {
+            let (http, base, token, ids, run) = (h.clone(), b.clone(), t.clone(), ids.clone(), r.clone());
+            async move {
+                let name = format!("cycle{n}.{run}@bench.test");
+                let lookup = format!("{base}/Users?filter=userName%20eq%20%22{}%22", name.replace('@', "%40"));
+                let Ok(found) = http.get(lookup).bearer_auth(&token).send().await else { return false };
+                if !found.json::<Value>().await.is_ok_and(|b| b["totalResults"] == 0) {
+                    return false;
+                }
+                let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
+                                  "externalId": Uuid::new_v4().to_string(), "userName": name, "active": "True",
+                                  "emails": [{"primary": true, "type": "work", "value": name}], "name": {"givenName": "Given", "familyName": "Family"}});
+                match http.post(format!("{base}/Users")).bearer_auth(&token).json(&body).send().await {
+                    Ok(response) if response.status() == 201 => {
+                        let id = response.json::<Value>().await.ok().and_then(|b| b["id"].as_str().map(str::to_owned)).unwrap_or_default();
+                        if let Ok(mut ids) = ids.lock() {
+                            ids[n as usize] = id;
+                        }
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        })
+        .await,
+    ));
+    let (h, b, t, ids, r) = (
+        http.clone(),
+        base.clone(),
+        token.clone(),
+        group_ids.clone(),
+        run.clone(),
+    );
+    phases.push((
+        "groups (lookup + create)".to_owned(),
+        drive(concurrency, groups as u64, Duration::from_secs(86_400), move |_, n| {
+            let (http, base, token, ids, run) = (h.clone(), b.clone(), t.clone(), ids.clone(), r.clone());
+            async move {
+                let name = format!("cycle-group-{n}-{run}");
+                let lookup = format!("{base}/Groups?excludedAttributes=members&filter=displayName%20eq%20%22{name}%22");
+                let Ok(found) = http.get(lookup).bearer_auth(&token).send().await else { return false };
+                if !found.json::<Value>().await.is_ok_and(|b| b["totalResults"] == 0) {
+                    return false;
+                }
+                let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group", "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"],
+                                  "externalId": Uuid::new_v4().to_string(), "displayName": name});
+                match http.post(format!("{base}/Groups")).bearer_auth(&token).json(&body).send().await {
+                    Ok(response) if response.status() == 201 => {
+                        let id = response.json::<Value>().await.ok().and_then(|b| b["id"].as_str().map(str::to_owned)).unwrap_or_default();
+                        if let Ok(mut ids) = ids.lock() {
+                            ids[n as usize] = id;
+                        }
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        })
+        .await,
+    ));
+    let users_done: Arc<Vec<String>> =
+        Arc::new(user_ids.lock().map(|v| v.clone()).unwrap_or_default());
+    let groups_done: Arc<Vec<String>> =
+        Arc::new(group_ids.lock().map(|v| v.clone()).unwrap_or_default());
+    phases.push((
+        "memberships (one PATCH each)".to_owned(),
+        drive(
+            concurrency,
+            memberships as u64,
+            Duration::from_secs(86_400),
+            move |_, n| {
+                let (http, base, token, users, groups) = (
+                    http.clone(),
+                    base.clone(),
+                    token.clone(),
+                    users_done.clone(),
+                    groups_done.clone(),
+                );
+                async move {
+                    let group = &groups[n as usize % groups.len()];
+                    let user = &users[(n as usize / groups.len()) % users.len()];
+                    if group.is_empty() || user.is_empty() {
+                        return false;
+                    }
+                    let body = patch(
+                        json!([{"op": "Add", "path": "members", "value": [{"value": user}]}]),
+                    );
+                    http.patch(format!("{base}/Groups/{group}"))
+                        .bearer_auth(&token)
+                        .json(&body)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 204)
+                }
+            },
+        )
+        .await,
+    ));
+    let seconds = started.elapsed().as_secs_f64();
+    let operations: u64 = phases.iter().map(|(_, m)| m.operations).sum();
+    let errors: u64 = phases.iter().map(|(_, m)| m.errors).sum();
+    phases.push((
+        "whole cycle".to_owned(),
+        Measured {
+            throughput_per_s: operations as f64 / seconds,
+            operations,
+            errors,
+            seconds,
+            ..Default::default()
+        },
+    ));
+    phases
+}
+
+/// Peak memory of the access service's state: `users` users with five groups each, applied
+/// through the same path the NATS feed uses. Returns bytes per user.
+pub fn memory(users: usize) -> (f64, f64) {
+    let rss = || {
+        std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| {
+                s.split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 4096
+    };
+    let before = rss();
+    let started = Instant::now();
+    let mut directory = rollcall_access::directory::Directory::default();
+    let groups: Vec<Uuid> = (0..1000).map(|_| Uuid::now_v7()).collect();
+    for n in 0..users {
+        let id = Uuid::now_v7();
+        let state = rollcall_eventlog::access::UserAccess {
+            schema: rollcall_eventlog::access::USER_SCHEMA.into(),
+            tenant: "bench".into(),
+            id,
+            user_name: format!("user{n}@bench.example.com"),
+            external_id: Some(Uuid::new_v4().to_string()),
+            emails: vec![format!("user{n}@bench.example.com")],
+            active: true,
+            not_before: None,
+            revoked_sessions: vec![],
+            groups: (0..5).map(|g| groups[(n * 5 + g) % groups.len()]).collect(),
+            sequence: n as u64,
+        };
+        let bytes = serde_json::to_vec(&state).unwrap_or_default();
+        let _ = directory.apply(
+            &rollcall_eventlog::access::user_key("bench", &id),
+            Some(&bytes),
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let grown = rss().saturating_sub(before) as f64;
+    drop(directory);
+    (grown / users.max(1) as f64, seconds)
+}
