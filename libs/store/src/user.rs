@@ -85,24 +85,27 @@ impl Store {
         offset: usize,
         limit: usize,
     ) -> Result<(Vec<UserRow>, usize), StoreError> {
-        let mut count = QueryBuilder::new("SELECT count(*) FROM scim_user");
-        where_clause(&mut count, tenant, conditions);
-        let total: i64 = count.build_query_scalar().fetch_one(self.pool()).await?;
+        let count = |conditions| async move {
+            let mut count = QueryBuilder::new("SELECT count(*) FROM scim_user");
+            where_clause(&mut count, tenant, conditions);
+            let total: i64 = count.build_query_scalar().fetch_one(self.pool()).await?;
+            Ok::<usize, StoreError>(total as usize)
+        };
         if limit == 0 {
-            return Ok((Vec::new(), total as usize));
+            return Ok((Vec::new(), count(conditions).await?));
         }
-        let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM scim_user"));
+        // One round trip: the page and, by a window, the number of all matches.
+        let mut query = QueryBuilder::new(format!("SELECT {COLUMNS}, count(*) OVER () AS total FROM scim_user"));
         where_clause(&mut query, tenant, conditions);
-        query
-            .push(" ORDER BY created_at, id OFFSET ")
-            .push_bind(offset as i64)
-            .push(" LIMIT ")
-            .push_bind(limit as i64);
-        let rows = query
-            .build_query_as::<UserRow>()
-            .fetch_all(self.pool())
-            .await?;
-        Ok((rows, total as usize))
+        query.push(" ORDER BY created_at, id OFFSET ").push_bind(offset as i64).push(" LIMIT ").push_bind(limit as i64);
+        let rows: Vec<Counted> = query.build_query_as::<Counted>().fetch_all(self.pool()).await?;
+        let total = match rows.first() {
+            Some(first) => first.total as usize,
+            // An empty page: either nothing matches, or the page starts past the end.
+            None if offset == 0 => 0,
+            None => count(conditions).await?,
+        };
+        Ok((rows.into_iter().map(|r| r.row).collect(), total))
     }
 
     /// Up to `limit` users of a tenant, in creation order (for filters no index answers).
@@ -197,4 +200,12 @@ pub async fn delete(
         .execute(connection)
         .await?;
     Ok(())
+}
+
+/// A row with the number of all rows matching its query.
+#[derive(sqlx::FromRow)]
+struct Counted {
+    #[sqlx(flatten)]
+    row: UserRow,
+    total: i64,
 }
