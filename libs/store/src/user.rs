@@ -95,10 +95,19 @@ impl Store {
             return Ok((Vec::new(), count(conditions).await?));
         }
         // One round trip: the page and, by a window, the number of all matches.
-        let mut query = QueryBuilder::new(format!("SELECT {COLUMNS}, count(*) OVER () AS total FROM scim_user"));
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {COLUMNS}, count(*) OVER () AS total FROM scim_user"
+        ));
         where_clause(&mut query, tenant, conditions);
-        query.push(" ORDER BY created_at, id OFFSET ").push_bind(offset as i64).push(" LIMIT ").push_bind(limit as i64);
-        let rows: Vec<Counted> = query.build_query_as::<Counted>().fetch_all(self.pool()).await?;
+        query
+            .push(" ORDER BY created_at, id OFFSET ")
+            .push_bind(offset as i64)
+            .push(" LIMIT ")
+            .push_bind(limit as i64);
+        let rows: Vec<Counted> = query
+            .build_query_as::<Counted>()
+            .fetch_all(self.pool())
+            .await?;
         let total = match rows.first() {
             Some(first) => first.total as usize,
             // An empty page: either nothing matches, or the page starts past the end.

@@ -172,12 +172,7 @@ impl BenchEnv {
                 attributes: attributes.as_object().cloned().unwrap_or_default(),
                 active: true,
             };
-            let envelope = envelope(
-                "user",
-                id,
-                event.event_type(),
-                event.to_payload(),
-            );
+            let envelope = envelope("user", id, event.event_type(), event.to_payload());
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", envelope.event_id.to_string().as_str());
             headers.insert("Nats-Expected-Last-Subject-Sequence", "0");

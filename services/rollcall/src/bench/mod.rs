@@ -29,9 +29,13 @@ pub struct BenchArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Seconds each timed scenario runs (default: 5 quick, 20 full).
+    /// Seconds each timed scenario runs, per repetition (default: 2 quick, 20 full).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Repetitions of each timed scenario and baseline; the median repetition (by throughput)
+    /// is reported, with the spread.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Write the results as JSON to this file.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -59,7 +63,7 @@ impl Sizes {
                 projection_events: 20_000,
                 cycle: (500, 10, 2_000),
                 memory_users: 100_000,
-                seconds: args.seconds.unwrap_or(4),
+                seconds: args.seconds.unwrap_or(2),
             }
         } else {
             Self {
@@ -97,6 +101,37 @@ fn scenario(measured: Measured) -> Scenario {
         target_met: None,
         extra: BTreeMap::new(),
     }
+}
+
+/// The median of repeated measurements (by throughput), and every repetition's throughput.
+fn median(mut runs: Vec<Measured>) -> (Measured, Vec<f64>) {
+    runs.sort_by(|a, b| {
+        a.throughput_per_s
+            .partial_cmp(&b.throughput_per_s)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let spread = runs.iter().map(|m| m.throughput_per_s.round()).collect();
+    let middle = runs.len() / 2;
+    (runs.into_iter().nth(middle).unwrap_or_default(), spread)
+}
+
+/// Runs a timed measurement `times` times; the median, with the spread recorded.
+async fn repeated<F, Fut>(times: usize, mut run: F) -> anyhow::Result<(Measured, Vec<f64>)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Measured>>,
+{
+    let mut runs = Vec::new();
+    for _ in 0..times.max(1) {
+        runs.push(run().await?);
+    }
+    Ok(median(runs))
+}
+
+fn with_spread(mut s: Scenario, spread: Vec<f64>) -> Scenario {
+    s.extra
+        .insert("throughput_per_repetition".into(), json!(spread));
+    s
 }
 
 fn versus(mut s: Scenario, baseline: &str, limit: &Measured, at_least: Option<f64>) -> Scenario {
@@ -152,10 +187,10 @@ pub async fn run(common: Common, args: BenchArgs) -> anyhow::Result<()> {
         sizes.seconds
     ));
     let env = BenchEnv::start(&common).await?;
-    let result = measure(&env, &common, &sizes, c, duration).await;
+    let result = measure(&env, &common, &sizes, c, duration, args.repeat).await;
     env.stop().await;
     let (baselines, scenarios, memory) = result?;
-    let report = json!({"machine": machine(), "quick": args.quick, "concurrency": c, "baselines": baselines, "scenarios": scenarios, "memory": memory});
+    let report = json!({"machine": machine(), "quick": args.quick, "concurrency": c, "repeat": args.repeat, "seconds_per_repetition": sizes.seconds, "baselines": baselines, "scenarios": scenarios, "memory": memory});
     print_table(&report);
     if let Some(path) = &args.out {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
@@ -176,19 +211,27 @@ async fn measure(
     sizes: &Sizes,
     c: usize,
     duration: Duration,
+    times: usize,
 ) -> anyhow::Result<Results> {
     let mut baselines = BTreeMap::new();
     say("baseline: constant HTTP handler");
-    baselines.insert("http".to_owned(), baselines::http(c, duration).await?);
+    baselines.insert(
+        "http".to_owned(),
+        repeated(times, || baselines::http(c, duration)).await?.0,
+    );
     say("baseline: raw JetStream appends, one at a time");
     baselines.insert(
         "publish_sync".to_owned(),
-        baselines::publish(env, false, duration).await?,
+        repeated(times, || baselines::publish(env, false, duration))
+            .await?
+            .0,
     );
     say("baseline: raw JetStream appends, pipelined");
     baselines.insert(
         "publish_pipelined".to_owned(),
-        baselines::publish(env, true, duration).await?,
+        repeated(times, || baselines::publish(env, true, duration))
+            .await?
+            .0,
     );
     say(&format!(
         "baseline: durable consumer → PostgreSQL, 500-row batches ({} events)",
@@ -201,38 +244,49 @@ async fn measure(
 
     let mut scenarios = BTreeMap::new();
     say("scenario create: POST /Users");
+    let (m, spread) = repeated(times, || async {
+        Ok(scenarios::create(env, c, duration).await)
+    })
+    .await?;
     scenarios.insert(
         "create".to_owned(),
-        versus(
-            scenario(scenarios::create(env, c, duration).await),
-            "publish_pipelined",
-            &baselines["publish_pipelined"],
-            Some(0.25),
+        with_spread(
+            versus(
+                scenario(m),
+                "publish_pipelined",
+                &baselines["publish_pipelined"],
+                Some(0.25),
+            ),
+            spread,
         ),
     );
     say(&format!("preloading {} users", sizes.users));
     let users = Arc::new(env.preload_users("pre", sizes.users).await?);
     env.settle().await?;
     say("scenario lookup: GET /Users?filter=userName eq …");
+    let (m, spread) = repeated(times, || async {
+        Ok(scenarios::lookup(env, sizes.users, c, duration).await)
+    })
+    .await?;
     scenarios.insert(
         "lookup".to_owned(),
-        versus(
-            scenario(scenarios::lookup(env, sizes.users, c, duration).await),
-            "http",
-            &baselines["http"],
-            Some(0.5),
+        with_spread(
+            versus(scenario(m), "http", &baselines["http"], Some(0.5)),
+            spread,
         ),
     );
     let third = users.len() / 3;
     let patched = Arc::new(users[..third].to_vec());
     say("scenario patch: PATCH active and attribute replaces");
+    let (m, spread) = repeated(times, || async {
+        Ok(scenarios::patches(env, patched.clone(), c, duration).await)
+    })
+    .await?;
     scenarios.insert(
         "patch".to_owned(),
-        versus(
-            scenario(scenarios::patches(env, patched, c, duration).await),
-            "http",
-            &baselines["http"],
-            None,
+        with_spread(
+            versus(scenario(m), "http", &baselines["http"], None),
+            spread,
         ),
     );
     say(&format!(
@@ -241,13 +295,15 @@ async fn measure(
     ));
     let group = scenarios::preload_group(env, sizes.group_members).await?;
     env.settle().await?;
+    let (m, spread) = repeated(times, || async {
+        Ok(scenarios::members(env, group, c.min(8), duration).await)
+    })
+    .await?;
     scenarios.insert(
         "members".to_owned(),
-        versus(
-            scenario(scenarios::members(env, group, c.min(8), duration).await),
-            "http",
-            &baselines["http"],
-            None,
+        with_spread(
+            versus(scenario(m), "http", &baselines["http"], None),
+            spread,
         ),
     );
     say(&format!(
@@ -271,13 +327,15 @@ async fn measure(
     scenarios.insert("deprovision".to_owned(), deprovision);
     say("scenario decide: forward-auth decisions for valid sessions");
     let active: Vec<_> = users[2 * third..].to_vec();
+    let (m, spread) = repeated(times, || async {
+        Ok(scenarios::decide(env, &active, c, duration).await)
+    })
+    .await?;
     scenarios.insert(
         "decide".to_owned(),
-        versus(
-            scenario(scenarios::decide(env, &active, c, duration).await),
-            "http",
-            &baselines["http"],
-            Some(0.6),
+        with_spread(
+            versus(scenario(m), "http", &baselines["http"], Some(0.6)),
+            spread,
         ),
     );
     say(&format!(
@@ -364,4 +422,20 @@ fn print_table(report: &Value) {
         report["memory"]["users"],
         report["memory"]["total_mib"]
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_repetition_is_reported_with_the_spread() {
+        let run = |throughput| Measured {
+            throughput_per_s: throughput,
+            ..Default::default()
+        };
+        let (median, spread) = median(vec![run(30.0), run(10.0), run(20.0)]);
+        assert_eq!(median.throughput_per_s, 20.0);
+        assert_eq!(spread, vec![10.0, 20.0, 30.0]);
+    }
 }
