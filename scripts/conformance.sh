@@ -23,11 +23,17 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 port=$(free_port)
 access_port=$(free_port)
 audit_port=$(free_port)
+otlp_port=$(free_port)
+otlp_log=$(mktemp)
+scripts/otlp-receiver.py "$otlp_port" "$otlp_log" &
+receiver=$!
 log=$(mktemp)
 export DATABASE_URL="$pg_server/$database" ROLLCALL_NAMESPACE="$namespace" ROLLCALL_SCIM_ADDR="127.0.0.1:$port" ROLLCALL_ACCESS_ADDR="127.0.0.1:$access_port" ROLLCALL_AUDIT_ADDR="127.0.0.1:$audit_port" RUST_LOG="${RUST_LOG:-warn}"
 
 cleanup() {
   [ -n "${server:-}" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
+  kill "$receiver" 2>/dev/null || true
+  rm -f "$otlp_log"
   psql "$pg_server/postgres" -qc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 || true
   stream=$(echo "$namespace" | tr 'a-z-' 'A-Z_')
   bucket_prefix="KV_$(echo "$namespace" | tr '-' '_')"
@@ -36,7 +42,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$rollcall" serve >"$log" 2>&1 &
+OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" "$rollcall" serve >"$log" 2>&1 &
 server=$!
 for _ in $(seq 1 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
@@ -63,6 +69,10 @@ ROLLCALL_AUDIT_SIGNING_KEY="$signing_key" "$rollcall" audit checkpoint --tenant 
 "$rollcall" audit verify --tenant conformance --checkpoint "$checkpoint" --public-key "$public_key" | grep -q "signed checkpoint matches" \
   || { echo "conformance: the signed checkpoint did not verify" >&2; status=1; }
 rm -f "$checkpoint"
+# Spans were exported over OTLP: stop the server gracefully (it flushes), then look.
+kill -TERM "$server" && wait "$server" 2>/dev/null || true
+server=""
+grep -q "^/v1/traces [1-9]" "$otlp_log" || { echo "conformance: no spans reached the OTLP endpoint" >&2; status=1; }
 if [ "$status" -ne 0 ]; then
   echo "conformance: FAILED (scim2 exit $status); server log:" >&2
   tail -50 "$log" >&2
