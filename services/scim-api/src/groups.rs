@@ -219,6 +219,23 @@ async fn update(
         .repositories
         .groups
         .write(&context, uuid, |folded| {
+            // Member-only PATCHes (most of Entra's group traffic) never render the group.
+            if let Change::Patch(request) = &change {
+                let listed = || {
+                    folded
+                        .state
+                        .state()
+                        .map(|s| s.members.values().map(|m| m.value.clone()).collect())
+                        .unwrap_or_default()
+                };
+                if let Some(commands) = mapping::member_commands(request, listed) {
+                    if folded.state.state().is_none() {
+                        return Err(not_found(&id));
+                    }
+                    info.check_if_match(&etag(folded.version))?;
+                    return decide_all(&folded.state, commands?);
+                }
+            }
             let current = document(uuid, folded, &info.base).ok_or_else(|| not_found(&id))?;
             info.check_if_match(&etag(folded.version))?;
             let next = change.apply(&current)?;

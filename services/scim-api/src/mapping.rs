@@ -187,7 +187,7 @@ pub fn user_update(before: &Value, after: &Value) -> Vec<UserCommand> {
     commands
 }
 
-fn members(resource: &Value) -> Vec<Member> {
+fn members_of(resource: &Value) -> Vec<Member> {
     resource
         .get("members")
         .and_then(Value::as_array)
@@ -213,7 +213,7 @@ fn members(resource: &Value) -> Vec<Member> {
 pub fn create_group(resource: &Value) -> GroupCommand {
     GroupCommand::Create {
         attributes: without(resource, &["schemas", "members", "id", "meta"]),
-        members: members(resource),
+        members: members_of(resource),
     }
 }
 
@@ -228,8 +228,8 @@ pub fn group_update(before: &Value, after: &Value) -> Vec<GroupCommand> {
     .into_iter()
     .map(to_domain)
     .collect();
-    let before_members = members(before);
-    let after_members = members(after);
+    let before_members = members_of(before);
+    let after_members = members_of(after);
     // Sets, not pairwise comparison: groups hold tens of thousands of members.
     let before_keys: HashSet<String> = before_members.iter().map(Member::key).collect();
     let after_keys: HashSet<String> = after_members.iter().map(Member::key).collect();
@@ -253,6 +253,68 @@ pub fn group_update(before: &Value, after: &Value) -> Vec<GroupCommand> {
         commands.push(GroupCommand::RemoveMembers(removed));
     }
     commands
+}
+
+/// A PATCH whose every operation adds or removes members, as domain commands, without
+/// rendering the group: the cost follows the request, not the group's size (groups hold tens of
+/// thousands of members). `None` when any operation needs the general path; `Some(Err)` when a
+/// value is invalid. `current` lists the members, for `Remove` on `members` without a value.
+pub fn member_commands(
+    request: &rollcall_scim::PatchRequest,
+    current: impl Fn() -> Vec<String>,
+) -> Option<Result<Vec<GroupCommand>, rollcall_scim::ScimError>> {
+    use rollcall_scim::patch::OpKind;
+    use rollcall_scim::{CompValue, CompareOp, Filter};
+    let members = rollcall_scim::schema::GROUP.attribute("members")?;
+    let mut commands = Vec::new();
+    for operation in &request.operations {
+        let path = operation.path.as_ref()?;
+        let attribute = &path.attribute;
+        let core = attribute
+            .urn
+            .as_deref()
+            .is_none_or(|urn| urn.eq_ignore_ascii_case(rollcall_scim::schema::GROUP_SCHEMA));
+        if !core || !attribute.name.eq_ignore_ascii_case("members") || attribute.sub_attr.is_some()
+        {
+            return None;
+        }
+        let listed = |value: &Value| -> Result<Vec<Member>, rollcall_scim::ScimError> {
+            let normalized = rollcall_scim::value::normalize(members, value.clone(), "members")?;
+            Ok(members_of(
+                &json!({"members": normalized.unwrap_or(Value::Null)}),
+            ))
+        };
+        match (operation.op, &path.filter, &operation.value) {
+            (OpKind::Add, None, Some(value)) => match listed(value) {
+                Ok(added) if !added.is_empty() => commands.push(GroupCommand::AddMembers(added)),
+                Ok(_) => {}
+                Err(error) => return Some(Err(error)),
+            },
+            // Entra's default member removal: exactly the listed members (ENTRA.md §4.9).
+            (OpKind::Remove, None, Some(value)) if !rollcall_scim::value::is_unassigned(value) => {
+                match listed(value) {
+                    Ok(removed) => commands.push(GroupCommand::RemoveMembers(
+                        removed.into_iter().map(|m| m.value).collect(),
+                    )),
+                    Err(error) => return Some(Err(error)),
+                }
+            }
+            (OpKind::Remove, None, _) => commands.push(GroupCommand::RemoveMembers(current())),
+            // The flag dialect: members[value eq "<id>"].
+            (
+                OpKind::Remove,
+                Some(Filter::Compare(by, CompareOp::Eq, CompValue::String(id))),
+                _,
+            ) if by.urn.is_none()
+                && by.sub_attr.is_none()
+                && by.name.eq_ignore_ascii_case("value") =>
+            {
+                commands.push(GroupCommand::RemoveMembers(vec![id.clone()]));
+            }
+            _ => return None,
+        }
+    }
+    Some(Ok(commands))
 }
 
 fn strip_members(resource: &Value) -> Value {
@@ -298,6 +360,61 @@ mod tests {
             GroupCommand::AddMembers(vec![Member::new("c")])
         );
         assert_eq!(commands[2], GroupCommand::RemoveMembers(vec!["a".into()]));
+    }
+
+    fn request(operations: Value) -> rollcall_scim::PatchRequest {
+        rollcall_scim::PatchRequest::from_json(&json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations})).unwrap()
+    }
+
+    #[test]
+    fn member_only_patches_become_commands_without_the_group() {
+        let commands = member_commands(
+            &request(json!([
+                {"op": "Add", "path": "members", "value": [{"$ref": null, "value": "a"}, {"value": "b"}]},
+                {"op": "Remove", "path": "members", "value": [{"value": "c"}]},
+                {"op": "remove", "path": "members[value eq \"d\"]"},
+                {"op": "Remove", "path": "members"}
+            ])),
+            || vec!["x".into(), "y".into()],
+        );
+        assert_eq!(
+            commands,
+            Some(Ok(vec![
+                GroupCommand::AddMembers(vec![Member::new("a"), Member::new("b")]),
+                GroupCommand::RemoveMembers(vec!["c".into()]),
+                GroupCommand::RemoveMembers(vec!["d".into()]),
+                GroupCommand::RemoveMembers(vec!["x".into(), "y".into()]),
+            ]))
+        );
+        // Anything else takes the general path.
+        assert_eq!(
+            member_commands(
+                &request(json!([{"op": "replace", "path": "members", "value": []}])),
+                Vec::new
+            ),
+            None
+        );
+        assert_eq!(
+            member_commands(
+                &request(json!([{"op": "Replace", "path": "displayName", "value": "x"}])),
+                Vec::new
+            ),
+            None
+        );
+        assert_eq!(
+            member_commands(
+                &request(json!([{"op": "remove", "path": "members[type eq \"User\"]"}])),
+                Vec::new
+            ),
+            None
+        );
+        assert!(matches!(
+            member_commands(
+                &request(json!([{"op": "Add", "path": "members", "value": [{"value": 5}]}])),
+                Vec::new
+            ),
+            Some(Err(_))
+        ));
     }
 
     #[test]
