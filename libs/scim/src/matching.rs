@@ -24,19 +24,14 @@ enum Scope<'a> {
     Element(&'static Attribute),
 }
 
-/// A path resolved for comparison: the attribute whose values are compared, and how to
-/// reach them.
-struct Target {
-    /// The attribute (or sub-attribute) holding each compared value.
-    compared: &'static Attribute,
-}
-
+/// Resolves a path for comparison: the attribute (or sub-attribute) holding each compared
+/// value, the sub-attribute inside an element scope, and the resource-level resolution.
 fn resolve(
     scope: Scope<'_>,
     path: &AttrPath,
 ) -> Result<
     (
-        Target,
+        &'static Attribute,
         Option<&'static Attribute>,
         Option<crate::schema::Resolved>,
     ),
@@ -55,13 +50,13 @@ fn resolve(
                     .ok_or_else(|| format!("{path} is complex; name one of its sub-attributes"))?,
                 None => resolved.attribute,
             };
-            Ok((Target { compared }, None, Some(resolved)))
+            Ok((compared, None, Some(resolved)))
         }
         Scope::Element(parent) => {
             let sub = parent
                 .sub_attribute(&path.name)
                 .ok_or_else(|| format!("{} has no sub-attribute {}", parent.name, path.name))?;
-            Ok((Target { compared: sub }, Some(sub), None))
+            Ok((sub, Some(sub), None))
         }
     }
 }
@@ -77,8 +72,8 @@ fn check_in(scope: Scope<'_>, filter: &Filter) -> Result<(), String> {
     match filter {
         Filter::Present(path) => resolve(scope, path).map(|_| ()),
         Filter::Compare(path, op, value) => {
-            let (target, ..) = resolve(scope, path)?;
-            check_comparison(path, target.compared, *op, value)
+            let (compared, ..) = resolve(scope, path)?;
+            check_comparison(path, compared, *op, value)
         }
         Filter::ValuePath(path, inner) => {
             let Scope::Resource(_) = scope else {
@@ -221,7 +216,7 @@ fn values<'v>(
     root: &'v Value,
     path: &AttrPath,
 ) -> Option<(&'static Attribute, Vec<&'v Value>)> {
-    let (target, element_sub, resolved) = resolve(scope, path).ok()?;
+    let (compared, element_sub, resolved) = resolve(scope, path).ok()?;
     let mut out = Vec::new();
     match (element_sub, resolved) {
         (Some(sub), _) => out.extend(root.get(sub.name)),
@@ -229,7 +224,7 @@ fn values<'v>(
             let attribute = resolved.attribute;
             let mut pick = |value: &'v Value| {
                 if attribute.kind == AttributeType::Complex {
-                    out.extend(value.get(target.compared.name));
+                    out.extend(value.get(compared.name));
                 } else {
                     out.push(value);
                 }
@@ -244,7 +239,7 @@ fn values<'v>(
         }
         (None, None) => return None,
     }
-    Some((target.compared, out))
+    Some((compared, out))
 }
 
 fn is_empty(value: &Value) -> bool {

@@ -385,7 +385,7 @@ pub async fn search(
     auditor: Auditor,
     Query(search): Query<EventSearch>,
 ) -> Result<Json<Value>, HttpError> {
-    let limit = search.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page_size(search.limit);
     let query = AuditQuery {
         event_type: search.event_type,
         actor: search.actor,
@@ -396,10 +396,20 @@ pub async fn search(
         limit,
     };
     let rows = state.store.audit_search(&auditor.tenant, &query).await?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.sequence))
-        .flatten();
+    let next = next_cursor(&rows, limit, |r| r.sequence);
     Ok(Json(json!({"events": events(&rows), "next_cursor": next})))
+}
+
+/// A page's size: 100 unless asked, at most 1000.
+fn page_size(limit: Option<i64>) -> i64 {
+    limit.unwrap_or(100).clamp(1, 1000)
+}
+
+/// The cursor of the page after `rows`: the last row's key when the page is full.
+fn next_cursor<T>(rows: &[T], limit: i64, key: impl Fn(&T) -> i64) -> Option<i64> {
+    (rows.len() as i64 == limit)
+        .then(|| rows.last().map(key))
+        .flatten()
 }
 
 /// Export parameters.
@@ -536,7 +546,7 @@ pub async fn scim_requests(
     auditor: Auditor,
     Query(search): Query<RequestSearch>,
 ) -> Result<Json<Value>, HttpError> {
-    let limit = search.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page_size(search.limit);
     let query = RequestQuery {
         status: search.status,
         from: instant("from", search.from.as_deref())?,
@@ -545,9 +555,7 @@ pub async fn scim_requests(
         limit,
     };
     let rows = state.store.requests(&auditor.tenant, &query).await?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.id))
-        .flatten();
+    let next = next_cursor(&rows, limit, |r| r.id);
     let requests: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -596,9 +604,4 @@ pub async fn page_redirect() -> Response {
         [(header::LOCATION, "/audit/")],
     )
         .into_response()
-}
-
-/// Checks an instant parameter is given as RFC 3339 (for the page).
-pub fn parse_instant(text: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(text, &Rfc3339).ok()
 }

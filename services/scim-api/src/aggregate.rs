@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use rollcall_domain::group::{self, Group, GroupEvent};
-use rollcall_domain::user::{self, User, UserEvent};
+use rollcall_domain::group::{self, Group, GroupCommand, GroupError, GroupEvent};
+use rollcall_domain::user::{self, User, UserCommand, UserError, UserEvent};
 use rollcall_domain::EventKind;
 use rollcall_eventlog::{Actor, AppendError, Envelope, EventLog};
 use time::OffsetDateTime;
@@ -30,8 +30,32 @@ pub trait Aggregate: Send + Sync + 'static {
     type State: Default + Clone + Send + Sync;
     /// The events.
     type Event: EventKind + Clone + Send + Sync;
+    /// The commands.
+    type Command;
+    /// Why a command is refused.
+    type Error: Into<ApiError>;
+    /// Decides one command against the state.
+    fn decide(state: &Self::State, command: Self::Command)
+        -> Result<Vec<Self::Event>, Self::Error>;
     /// Folds one event.
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
+}
+
+/// Applies commands in order on an evolving state.
+pub fn decide_all<A: Aggregate>(
+    state: &A::State,
+    commands: Vec<A::Command>,
+) -> Result<Vec<A::Event>, ApiError> {
+    let mut state = state.clone();
+    let mut events = Vec::new();
+    for command in commands {
+        let decided = A::decide(&state, command).map_err(Into::into)?;
+        for event in &decided {
+            state = A::evolve(state, event);
+        }
+        events.extend(decided);
+    }
+    Ok(events)
 }
 
 /// Users.
@@ -40,6 +64,11 @@ pub struct Users;
 impl Aggregate for Users {
     type State = User;
     type Event = UserEvent;
+    type Command = UserCommand;
+    type Error = UserError;
+    fn decide(state: &User, command: UserCommand) -> Result<Vec<UserEvent>, UserError> {
+        user::decide(state, command)
+    }
     fn evolve(state: User, event: &UserEvent) -> User {
         user::evolve(state, event)
     }
@@ -51,6 +80,11 @@ pub struct Groups;
 impl Aggregate for Groups {
     type State = Group;
     type Event = GroupEvent;
+    type Command = GroupCommand;
+    type Error = GroupError;
+    fn decide(state: &Group, command: GroupCommand) -> Result<Vec<GroupEvent>, GroupError> {
+        group::decide(state, command)
+    }
     fn evolve(state: Group, event: &GroupEvent) -> Group {
         group::evolve(state, event)
     }

@@ -89,3 +89,23 @@ pub async fn release(state: &AppState, tenant: &str, kind: &str, value: &str, ho
         warn!(kind, error = %error, "releasing a claim failed; it will be taken over once stale");
     }
 }
+
+/// Settles a rename's claims once its write is done: a failed write gives the new value back;
+/// a written one releases whichever of old and new the resource no longer carries.
+pub async fn settle_rename(
+    state: &AppState,
+    tenant: &str,
+    kind: &str,
+    claimed: Option<(String, String)>,
+    written: bool,
+    final_value: Option<&str>,
+    holder: Uuid,
+) {
+    let Some((old, new)) = claimed else { return };
+    let released = if written && final_value == Some(new.as_str()) {
+        old
+    } else {
+        new
+    };
+    release(state, tenant, kind, &released, holder).await;
+}

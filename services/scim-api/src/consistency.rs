@@ -2,6 +2,7 @@
 //! write's stream sequence, so that Entra's create-then-lookup never misses. The checkpoint
 //! arrives by the projector's NATS announcements, with a PostgreSQL poll as a fallback.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -12,6 +13,40 @@ use tracing::{debug, warn};
 
 /// How long a write waits for the read model before answering anyway.
 pub const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Subscribes to `consumer`'s checkpoint announcements, advancing `sender` with each.
+async fn listen(
+    client: &async_nats::Client,
+    namespace: &Namespace,
+    consumer: &str,
+    sender: Arc<watch::Sender<u64>>,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut announcements = client
+        .subscribe(namespace.checkpoint_subject(consumer))
+        .await?;
+    tokio::spawn(async move {
+        while let Some(message) = announcements.next().await {
+            if let Some(sequence) = std::str::from_utf8(&message.payload)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                advance(&sender, sequence);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Moves the checkpoint forward (never back: announcements and polls may arrive out of order).
+fn advance(sender: &watch::Sender<u64>, sequence: u64) {
+    sender.send_if_modified(|current| {
+        let newer = sequence > *current;
+        if newer {
+            *current = sequence;
+        }
+        newer
+    });
+}
 
 /// The projector's checkpoint as this process last saw it.
 #[derive(Debug, Clone)]
@@ -28,27 +63,8 @@ impl Checkpoint {
         consumer: &str,
     ) -> Self {
         let (sender, receiver) = watch::channel(0);
-        let subject = namespace.checkpoint_subject(consumer);
-        match client.subscribe(subject).await {
-            Ok(mut announcements) => {
-                tokio::spawn(async move {
-                    while let Some(message) = announcements.next().await {
-                        if let Some(sequence) = std::str::from_utf8(&message.payload)
-                            .ok()
-                            .and_then(|s| s.parse::<u64>().ok())
-                        {
-                            sender.send_if_modified(|current| {
-                                let newer = sequence > *current;
-                                if newer {
-                                    *current = sequence;
-                                }
-                                newer
-                            });
-                        }
-                    }
-                });
-            }
-            Err(error) => warn!(error = %error, "cannot follow checkpoint announcements"),
+        if let Err(error) = listen(&client, namespace, consumer, Arc::new(sender)).await {
+            warn!(error = %error, "cannot follow checkpoint announcements");
         }
         Self { receiver }
     }
@@ -62,31 +78,9 @@ impl Checkpoint {
     ) -> Self {
         let initial = store.checkpoint(projector).await.unwrap_or(0);
         let (sender, receiver) = watch::channel(initial);
-        let subject = namespace.checkpoint_subject(projector);
-        let sender = std::sync::Arc::new(sender);
-        match client.subscribe(subject).await {
-            Ok(mut announcements) => {
-                let sender = sender.clone();
-                tokio::spawn(async move {
-                    while let Some(message) = announcements.next().await {
-                        if let Some(sequence) = std::str::from_utf8(&message.payload)
-                            .ok()
-                            .and_then(|s| s.parse::<u64>().ok())
-                        {
-                            sender.send_if_modified(|current| {
-                                let newer = sequence > *current;
-                                if newer {
-                                    *current = sequence;
-                                }
-                                newer
-                            });
-                        }
-                    }
-                });
-            }
-            Err(error) => {
-                warn!(error = %error, "cannot follow checkpoint announcements; polling only")
-            }
+        let sender = Arc::new(sender);
+        if let Err(error) = listen(&client, namespace, projector, sender.clone()).await {
+            warn!(error = %error, "cannot follow checkpoint announcements; polling only");
         }
         let projector = projector.to_owned();
         tokio::spawn(async move {
@@ -97,13 +91,7 @@ impl Checkpoint {
                     return;
                 }
                 if let Ok(sequence) = store.checkpoint(&projector).await {
-                    sender.send_if_modified(|current| {
-                        let newer = sequence > *current;
-                        if newer {
-                            *current = sequence;
-                        }
-                        newer
-                    });
+                    advance(&sender, sequence);
                 }
             }
         });

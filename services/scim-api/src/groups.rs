@@ -4,14 +4,14 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use rollcall_domain::group::{self, Group, GroupCommand, GroupEvent};
+use rollcall_domain::group::{self, Group, GroupCommand};
 use rollcall_scim::{patch, resource, PatchRequest, Projection, Query, ScimError, GROUP_RESOURCE};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::instrument;
 use uuid::Uuid;
 
-use crate::aggregate::Folded;
+use crate::aggregate::{self, Folded, Groups};
 use crate::auth::Principal;
 use crate::body::ScimJson;
 use crate::claims::{self, DISPLAY_NAME};
@@ -51,19 +51,6 @@ fn projection(info: &RequestInfo) -> Result<Projection, ApiError> {
         info.param("attributes"),
         info.param("excludedAttributes"),
     )?)
-}
-
-fn decide_all(state: &Group, commands: Vec<GroupCommand>) -> Result<Vec<GroupEvent>, ApiError> {
-    let mut state = state.clone();
-    let mut events = Vec::new();
-    for command in commands {
-        let decided = group::decide(&state, command)?;
-        for event in &decided {
-            state = group::evolve(state, event);
-        }
-        events.extend(decided);
-    }
-    Ok(events)
 }
 
 /// `POST /Groups`
@@ -233,28 +220,18 @@ async fn update(
                         return Err(not_found(&id));
                     }
                     info.check_if_match(&etag(folded.version))?;
-                    return decide_all(&folded.state, commands?);
+                    return aggregate::decide_all::<Groups>(&folded.state, commands?);
                 }
             }
             let current = document(uuid, folded, &info.base).ok_or_else(|| not_found(&id))?;
             info.check_if_match(&etag(folded.version))?;
             let next = change.apply(&current)?;
             final_name = mapping::text(&next, "displayName").map(str::to_owned);
-            decide_all(&folded.state, mapping::group_update(&current, &next))
+            aggregate::decide_all::<Groups>(&folded.state, mapping::group_update(&current, &next))
         })
         .await;
-    match (&written, &claimed) {
-        (Err(_), Some((_, new))) => claims::release(&state, tenant, DISPLAY_NAME, new, uuid).await,
-        (Ok(_), Some((old, new))) => {
-            let released = if final_name.as_deref() == Some(new.as_str()) {
-                old
-            } else {
-                new
-            };
-            claims::release(&state, tenant, DISPLAY_NAME, released, uuid).await;
-        }
-        _ => {}
-    }
+    let (ok, name) = (written.is_ok(), final_name.as_deref());
+    claims::settle_rename(&state, tenant, DISPLAY_NAME, claimed, ok, name, uuid).await;
     let written = written?;
     if written.appended > 0 {
         state.checkpoint.wait_for(written.folded.sequence).await;

@@ -27,7 +27,7 @@ use std::time::Duration;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use rollcall_eventlog::{Claims, EventLog};
@@ -140,7 +140,7 @@ impl AppState {
                 client.clone(),
                 log.namespace(),
                 store.clone(),
-                rollcall_projector_name(),
+                PROJECTOR_NAME,
             )
             .await,
         ];
@@ -165,10 +165,8 @@ impl AppState {
     }
 }
 
-/// The projector whose checkpoint writes wait for.
-fn rollcall_projector_name() -> &'static str {
-    "projector"
-}
+/// The projector whose checkpoint writes wait for (its durable consumer name).
+const PROJECTOR_NAME: &str = "projector";
 
 async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::MethodNotAllowed {
@@ -348,16 +346,4 @@ pub async fn run(
     serve(listener, state, shutdown)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))
-}
-
-/// A response for a path outside the SCIM base.
-pub fn outside_base() -> Response {
-    not_found_response()
-}
-
-fn not_found_response() -> Response {
-    ApiError::from(rollcall_scim::ScimError::not_found(
-        "no such SCIM endpoint; the base is /scim/v2",
-    ))
-    .into_response()
 }

@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use rollcall_domain::user::{self, User, UserCommand, UserEvent};
+use rollcall_domain::user::{self, User, UserCommand};
 use rollcall_eventlog::Actor;
 use rollcall_scim::{patch, resource, PatchRequest, Projection, Query, ScimError, USER_RESOURCE};
 use serde_json::Value;
@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use tracing::instrument;
 use uuid::Uuid;
 
-use crate::aggregate::{Folded, WriteContext};
+use crate::aggregate::{self, Folded, Users, WriteContext};
 use crate::auth::Principal;
 use crate::body::ScimJson;
 use crate::claims::{self, USER_NAME};
@@ -60,19 +60,6 @@ fn projection(info: &RequestInfo) -> Result<Projection, ApiError> {
 }
 
 /// Applies commands in order on an evolving state.
-fn decide_all(state: &User, commands: Vec<UserCommand>) -> Result<Vec<UserEvent>, ApiError> {
-    let mut state = state.clone();
-    let mut events = Vec::new();
-    for command in commands {
-        let decided = user::decide(&state, command)?;
-        for event in &decided {
-            state = user::evolve(state, event);
-        }
-        events.extend(decided);
-    }
-    Ok(events)
-}
-
 /// `POST /Users`
 #[instrument(skip_all, fields(tenant = %principal.tenant), err(level = "debug"))]
 pub async fn create(
@@ -95,7 +82,7 @@ pub async fn create(
         .repositories
         .users
         .write(&context, id, |folded| {
-            decide_all(&folded.state, commands.clone())
+            aggregate::decide_all::<Users>(&folded.state, commands.clone())
         })
         .await;
     let written = match written {
@@ -227,7 +214,7 @@ async fn update(
             }
         }
     }
-    let mut final_names = None;
+    let mut final_name = None;
     let written = state
         .repositories
         .users
@@ -235,22 +222,12 @@ async fn update(
             let current = document(uuid, folded, &info.base).ok_or_else(|| not_found(&id))?;
             info.check_if_match(&etag(folded.version))?;
             let next = change.apply(&current)?;
-            final_names = Some((
-                mapping::text(&current, "userName").map(str::to_owned),
-                mapping::text(&next, "userName").map(str::to_owned),
-            ));
-            decide_all(&folded.state, mapping::user_update(&current, &next))
+            final_name = mapping::text(&next, "userName").map(str::to_owned);
+            aggregate::decide_all::<Users>(&folded.state, mapping::user_update(&current, &next))
         })
         .await;
-    match (&written, &claimed) {
-        (Err(_), Some((_, new))) => claims::release(&state, tenant, USER_NAME, new, uuid).await,
-        (Ok(_), Some((old, new))) => {
-            let renamed = matches!(&final_names, Some((_, Some(name))) if name == new);
-            let released = if renamed { old } else { new };
-            claims::release(&state, tenant, USER_NAME, released, uuid).await;
-        }
-        _ => {}
-    }
+    let (ok, name) = (written.is_ok(), final_name.as_deref());
+    claims::settle_rename(&state, tenant, USER_NAME, claimed, ok, name, uuid).await;
     let written = written?;
     if written.appended > 0 {
         state.checkpoint.wait_for(written.folded.sequence).await;
