@@ -87,12 +87,14 @@ pub async fn create(
     state.checkpoint.wait_for(written.folded.sequence).await;
     let document =
         document(id, &written.folded, &info.base).ok_or_else(|| not_found(&id.to_string()))?;
-    let location = format!("{}/Groups/{id}", info.base);
-    Ok(http::scim(
+    Ok(http::resource(
         StatusCode::CREATED,
-        &projection.apply(&GROUP_RESOURCE, &document),
-        Some(&etag(written.folded.version)),
-        Some(&location),
+        &GROUP_RESOURCE,
+        &projection,
+        &document,
+        written.folded.version,
+        &info.base,
+        &id,
     ))
 }
 
@@ -121,12 +123,14 @@ pub async fn get(
     )
     .await?;
     let document = documents.into_iter().next().ok_or_else(|| not_found(&id))?;
-    let location = format!("{}/Groups/{id}", info.base);
-    Ok(http::scim(
+    Ok(http::resource(
         StatusCode::OK,
-        &projection.apply(&GROUP_RESOURCE, &document),
-        Some(&etag(row.version as u64)),
-        Some(&location),
+        &GROUP_RESOURCE,
+        &projection,
+        &document,
+        row.version as u64,
+        &info.base,
+        &id,
     ))
 }
 
@@ -261,12 +265,14 @@ pub async fn replace(
     )
     .await?;
     let document = document(uuid, &folded, &base).ok_or_else(|| not_found(&id))?;
-    let location = format!("{base}/Groups/{id}");
-    Ok(http::scim(
+    Ok(http::resource(
         StatusCode::OK,
-        &projection.apply(&GROUP_RESOURCE, &document),
-        Some(&etag(folded.version)),
-        Some(&location),
+        &GROUP_RESOURCE,
+        &projection,
+        &document,
+        folded.version,
+        &base,
+        &id,
     ))
 }
 

@@ -5,10 +5,11 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rollcall_scim::{QueryParams, ScimError, MEDIA_TYPE};
+use rollcall_scim::{Projection, QueryParams, ResourceType, ScimError, MEDIA_TYPE};
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::mapping::etag;
 use crate::AppState;
 
 /// The request id, set by the request-id middleware.
@@ -122,6 +123,25 @@ impl FromRequestParts<AppState> for RequestInfo {
             query,
         })
     }
+}
+
+/// One resource's response: its document, projected, with its `ETag` and `Location`.
+pub fn resource(
+    status: StatusCode,
+    resource_type: &ResourceType,
+    projection: &Projection,
+    document: &Value,
+    version: u64,
+    base: &str,
+    id: &impl std::fmt::Display,
+) -> Response {
+    let location = format!("{base}{}/{id}", resource_type.endpoint);
+    scim(
+        status,
+        &projection.apply(resource_type, document),
+        Some(&etag(version)),
+        Some(&location),
+    )
 }
 
 /// A SCIM JSON response.

@@ -95,12 +95,14 @@ pub async fn create(
     state.checkpoint.wait_for(written.folded.sequence).await;
     let document =
         document(id, &written.folded, &info.base).ok_or_else(|| not_found(&id.to_string()))?;
-    let location = format!("{}/Users/{id}", info.base);
-    Ok(http::scim(
+    Ok(http::resource(
         StatusCode::CREATED,
-        &projection.apply(&USER_RESOURCE, &document),
-        Some(&etag(written.folded.version)),
-        Some(&location),
+        &USER_RESOURCE,
+        &projection,
+        &document,
+        written.folded.version,
+        &info.base,
+        &id,
     ))
 }
 
@@ -129,12 +131,14 @@ pub async fn get(
     )
     .await?;
     let document = documents.into_iter().next().ok_or_else(|| not_found(&id))?;
-    let location = format!("{}/Users/{id}", info.base);
-    Ok(http::scim(
+    Ok(http::resource(
         StatusCode::OK,
-        &projection.apply(&USER_RESOURCE, &document),
-        Some(&etag(row.version as u64)),
-        Some(&location),
+        &USER_RESOURCE,
+        &projection,
+        &document,
+        row.version as u64,
+        &info.base,
+        &id,
     ))
 }
 
@@ -233,12 +237,14 @@ async fn update(
         state.checkpoint.wait_for(written.folded.sequence).await;
     }
     let document = document(uuid, &written.folded, &info.base).ok_or_else(|| not_found(&id))?;
-    let location = format!("{}/Users/{id}", info.base);
-    Ok(http::scim(
+    Ok(http::resource(
         StatusCode::OK,
-        &projection.apply(&USER_RESOURCE, &document),
-        Some(&etag(written.folded.version)),
-        Some(&location),
+        &USER_RESOURCE,
+        &projection,
+        &document,
+        written.folded.version,
+        &info.base,
+        &id,
     ))
 }
 
