@@ -147,3 +147,27 @@ impl Consistency {
         reached
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checkpoint_only_moves_forward() {
+        let (sender, mut receiver) = watch::channel(10);
+        advance(&sender, 7);
+        assert!(
+            !receiver.has_changed().unwrap(),
+            "an older sequence is ignored"
+        );
+        assert_eq!(*receiver.borrow(), 10);
+        advance(&sender, 12);
+        assert!(receiver.has_changed().unwrap());
+        assert_eq!(*receiver.borrow_and_update(), 12);
+        advance(&sender, 12);
+        assert!(
+            !receiver.has_changed().unwrap(),
+            "the same sequence wakes no one"
+        );
+    }
+}
