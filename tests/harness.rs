@@ -195,7 +195,10 @@ action = "allow"
 include = [{ everyone = true }]
 "#;
 
-fn access_config(policies: &std::path::Path) -> rollcall_access::Config {
+pub mod signin;
+
+/// The access configuration of every test environment.
+pub fn access_config(policies: &std::path::Path) -> rollcall_access::Config {
     // Configured keys, as in production: sessions outlive a restart of the access service.
     let keys = "test=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVm";
     rollcall_access::Config {
@@ -232,7 +235,8 @@ pub struct TestEnv {
     pub audit_base: String,
     /// An audit token of the test's tenant.
     pub audit_token: String,
-    policy_file: std::path::PathBuf,
+    /// The policy file.
+    pub policy_file: std::path::PathBuf,
     access_task: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
@@ -349,11 +353,21 @@ impl TestEnv {
 
     /// Replaces the access service with `access`, without waiting for it to be ready.
     pub async fn start_access_unready(&mut self, access: rollcall_access::Access) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.serve_access(listener, access).await;
+    }
+
+    /// Replaces the access service with `access` serving on `listener`, without waiting for it
+    /// to be ready.
+    pub async fn serve_access(
+        &mut self,
+        listener: tokio::net::TcpListener,
+        access: rollcall_access::Access,
+    ) {
         if let Some(task) = self.access_task.take() {
             task.abort();
             let _ = task.await;
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.access_base = format!("http://{}", listener.local_addr().unwrap());
         self.access = access.clone();
         let (client, namespace) = (self.client.clone(), self.namespace.clone());

@@ -9,3 +9,4 @@ mod entra_groups;
 mod entra_users;
 mod projector;
 mod security;
+mod signin;

@@ -28,6 +28,18 @@ impl Directory {
         self.users.get(&(tenant.to_owned(), *id))
     }
 
+    /// The first user of `tenant` that `matches` (sign-in; a scan, as sign-ins are rare).
+    pub fn find_user(
+        &self,
+        tenant: &str,
+        matches: impl Fn(&UserAccess) -> bool,
+    ) -> Option<&UserAccess> {
+        self.users
+            .iter()
+            .find(|((t, _), user)| t == tenant && matches(user))
+            .map(|(_, user)| user)
+    }
+
     /// The last event sequence whose effects are applied.
     pub fn applied(&self) -> u64 {
         self.applied

@@ -5,7 +5,8 @@
 //!   `X-Original-URL`; `GET /auth/<path>` (Envoy `ext_authz` with `path_prefix: /auth`): the
 //!   original path after `/auth` and the original `Host`. The session comes from the
 //!   `rollcall_session` cookie or `Authorization: Bearer`. `200` with identity headers, `401`
-//!   without a valid session, `403` when denied.
+//!   without a valid session (or, for a browser behind Traefik or Caddy with sign-in configured,
+//!   `302` to `/oauth2/start?rd=<original URL>`), `403` when denied.
 //! - `POST /v1/decisions`: the same question as JSON, answered with the reason.
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text).
 
@@ -35,15 +36,23 @@ fn session<'a>(headers: &'a HeaderMap, cookie: &str) -> Option<&'a str> {
     }) {
         return Some(bearer.trim());
     }
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == cookie).then_some(value)
-        })
+    crate::signin::cookie(headers, cookie)
+}
+
+/// Where an unauthenticated browser should sign in, when the proxy passes a redirect on: not
+/// nginx `auth_request` (it reports the original URL in `X-Original-URL` and only understands
+/// 2xx, 401 and 403; its `error_page 401` does the redirect), but Traefik `forwardAuth` and Caddy
+/// `forward_auth`, which send `X-Forwarded-Proto`/`-Host`/`-Uri` and return our answer as is.
+fn sign_in_redirect(access: &Access, headers: &HeaderMap) -> Option<String> {
+    if header(headers, "x-original-url").is_some()
+        || !header(headers, "accept").is_some_and(|a| a.contains("text/html"))
+    {
+        return None;
+    }
+    let host = header(headers, "x-forwarded-host")?;
+    let proto = header(headers, "x-forwarded-proto").unwrap_or("https");
+    let uri = header(headers, "x-forwarded-uri").unwrap_or("/");
+    crate::signin::start_location(access, &format!("{proto}://{host}{uri}"))
 }
 
 /// Host and path of the original request, as the proxy reports them.
@@ -92,6 +101,18 @@ fn forward_auth(access: &Access, headers: &HeaderMap, envoy_path: Option<&str>) 
         session: session(headers, &access.config.cookie),
     });
     record(access, &decision);
+    if decision.outcome == Outcome::Unauthenticated && envoy_path.is_none() {
+        if let Some(location) = sign_in_redirect(access, headers) {
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                return (
+                    StatusCode::FOUND,
+                    [(header::LOCATION, location)],
+                    decision.reason,
+                )
+                    .into_response();
+            }
+        }
+    }
     let status = StatusCode::from_u16(decision.outcome.status()).unwrap_or(StatusCode::FORBIDDEN);
     let mut response = (status, decision.reason.clone()).into_response();
     if let (Outcome::Allow, Some(identity)) = (decision.outcome, &decision.identity) {

@@ -5,20 +5,26 @@
 
 pub mod decision;
 pub mod directory;
+pub mod entra;
 pub mod feed;
 pub mod http;
+pub mod oidc;
 pub mod policy;
 pub mod session;
+pub mod signin;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
+use futures::future::BoxFuture;
+use rollcall_eventlog::access::UserAccess;
 use rollcall_eventlog::Namespace;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -60,6 +66,10 @@ pub struct Config {
         default_value = "rollcall_session"
     )]
     pub cookie: String,
+    /// Domain of the session cookie (for example `.example.com`, so that every application
+    /// under it sees the session); without it the cookie belongs to the host that set it.
+    #[arg(long = "cookie-domain", env = "ROLLCALL_COOKIE_DOMAIN")]
+    pub cookie_domain: Option<String>,
     /// After this many seconds without NATS the state is stale.
     #[arg(
         long = "access-staleness",
@@ -74,6 +84,9 @@ pub struct Config {
         default_value_t = false
     )]
     pub fail_open: bool,
+    /// Sign-in with Entra ID or another OpenID provider.
+    #[command(flatten)]
+    pub oidc: oidc::OidcConfig,
 }
 
 fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -88,8 +101,10 @@ impl Default for Config {
             session_keys: None,
             session_ttl_seconds: 8 * 3600,
             cookie: "rollcall_session".into(),
+            cookie_domain: None,
             staleness_seconds: 30,
             fail_open: false,
+            oidc: oidc::OidcConfig::default(),
         }
     }
 }
@@ -142,6 +157,18 @@ impl Metrics {
     }
 }
 
+/// Records the revocation of one session (sign-out) as an event: wired by `rollcall serve` to
+/// the user aggregate, so that the revocation reaches every access service over NATS.
+pub trait SessionRevoker: std::fmt::Debug + Send + Sync {
+    /// Revokes session `session` of `user` in `tenant`.
+    fn revoke<'a>(
+        &'a self,
+        tenant: &'a str,
+        user: Uuid,
+        session: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
 /// The access service's shared state.
 #[derive(Debug, Clone)]
 pub struct Access {
@@ -150,6 +177,11 @@ pub struct Access {
     directory: Arc<RwLock<Directory>>,
     policies: Arc<RwLock<Arc<Policies>>>,
     keys: Arc<SessionKeys>,
+    /// Sign-in, when configured.
+    signin: Option<Arc<oidc::RelyingParty>>,
+    /// Sign-in states already answered, with their expiry (each state answers once).
+    used_states: Arc<Mutex<HashMap<String, i64>>>,
+    revoker: Option<Arc<dyn SessionRevoker>>,
     /// Feed liveness.
     pub health: Arc<Health>,
     /// Decision counters.
@@ -182,11 +214,17 @@ impl Access {
                 Policies::default()
             }
         };
+        let signin = oidc::RelyingParty::from_config(&config.oidc, config.cookie_domain.as_deref())
+            .map_err(AccessError::Config)?
+            .map(Arc::new);
         Ok(Self {
             config: Arc::new(config),
             directory: Arc::default(),
             policies: Arc::new(RwLock::new(Arc::new(policies))),
             keys: Arc::new(keys),
+            signin,
+            used_states: Arc::default(),
+            revoker: None,
             health: Arc::default(),
             metrics: Arc::default(),
         })
@@ -245,6 +283,47 @@ impl Access {
             .map(|(token, _)| token)
     }
 
+    /// Records sign-outs with `revoker`.
+    pub fn with_revoker(mut self, revoker: Arc<dyn SessionRevoker>) -> Self {
+        self.revoker = Some(revoker);
+        self
+    }
+
+    /// The relying party, when sign-in is configured.
+    pub fn relying_party(&self) -> Option<&Arc<oidc::RelyingParty>> {
+        self.signin.as_ref()
+    }
+
+    /// The first user of `tenant` that `matches`: its id and whether it is active.
+    pub fn find_user(
+        &self,
+        tenant: &str,
+        matches: impl Fn(&UserAccess) -> bool,
+    ) -> Option<(Uuid, bool)> {
+        let directory = self.directory.read().ok()?;
+        directory
+            .find_user(tenant, matches)
+            .map(|user| (user.id, user.active))
+    }
+
+    /// Marks a sign-in state as answered; `false` if it already was.
+    fn consume_state(&self, state: &str, expires: i64) -> bool {
+        let Ok(mut used) = self.used_states.lock() else {
+            return false;
+        };
+        let now = decision::now().unix_timestamp();
+        used.retain(|_, expiry| *expiry + 60 >= now);
+        used.insert(state.to_owned(), expires).is_none()
+    }
+
+    /// Records the revocation of a session (sign-out).
+    async fn revoke(&self, tenant: &str, user: Uuid, session: &str) -> Result<(), String> {
+        match &self.revoker {
+            Some(revoker) => revoker.revoke(tenant, user, session).await,
+            None => Err("this access service cannot record revocations".into()),
+        }
+    }
+
     /// Reloads the policy file; on error keeps the policies in force and says why.
     pub fn reload_policies(&self) -> Result<(), AccessError> {
         let Some(path) = &self.config.policies else {
@@ -269,6 +348,12 @@ pub fn router(access: Access) -> Router {
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
+        .route("/oauth2/start", get(signin::start))
+        .route("/oauth2/callback", get(signin::callback))
+        .route(
+            "/oauth2/sign_out",
+            get(signin::sign_out).post(signin::sign_out),
+        )
         .with_state(access)
 }
 
@@ -306,6 +391,22 @@ pub async fn serve(
             }
         })
     };
+    if let Some(rp) = access.signin.clone() {
+        // Discover the provider now, so that a wrong issuer shows at startup, not at the first
+        // sign-in; sign-in tries again by itself.
+        tokio::spawn(async move {
+            match rp.metadata().await {
+                Ok(_) => info!(
+                    issuer = rp.issuer(),
+                    redirect = rp.redirect_url(),
+                    "sign-in ready"
+                ),
+                Err(error) => {
+                    error!(error = %error, "sign-in: the identity provider could not be discovered; `rollcall oidc check` tells more")
+                }
+            }
+        });
+    }
     let result = axum::serve(listener, router(access).into_make_service())
         .with_graceful_shutdown(shutdown)
         .await;

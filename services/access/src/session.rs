@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -149,15 +150,25 @@ impl SessionKeys {
             iat_ms,
             exp: now.unix_timestamp() + self.ttl.as_secs() as i64,
         };
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(self.signing_kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.signing)
-            .map_err(|e| SessionError::Invalid(e.to_string()))?;
+        let token = self.sign(&claims)?;
         Ok((token, claims))
     }
 
-    /// Verifies a session token: key id known, HS256 only, signature, issuer, expiry (5 s leeway).
-    pub fn verify(&self, token: &str) -> Result<SessionClaims, SessionError> {
+    /// Signs any claims with the current key (HS256, with its key id): sign-in state cookies.
+    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, SessionError> {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.signing_kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.signing)
+            .map_err(|e| SessionError::Invalid(e.to_string()))
+    }
+
+    /// Verifies a token signed by [`SessionKeys::sign`]: key id known, HS256 only, signature,
+    /// issuer, expiry (5 s leeway).
+    pub fn verify_as<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        issuer: &str,
+    ) -> Result<T, SessionError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| SessionError::Invalid(e.to_string()))?;
         let kid = header
@@ -170,9 +181,9 @@ impl SessionKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.validate_aud = false;
-        validation.set_issuer(&[ISSUER]);
-        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        match jsonwebtoken::decode::<SessionClaims>(token, key, &validation) {
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "iss"]);
+        match jsonwebtoken::decode::<T>(token, key, &validation) {
             Ok(data) => Ok(data.claims),
             Err(error)
                 if matches!(
@@ -184,6 +195,11 @@ impl SessionKeys {
             }
             Err(error) => Err(SessionError::Invalid(error.to_string())),
         }
+    }
+
+    /// Verifies a session token: key id known, HS256 only, signature, issuer, expiry (5 s leeway).
+    pub fn verify(&self, token: &str) -> Result<SessionClaims, SessionError> {
+        self.verify_as(token, ISSUER)
     }
 }
 

@@ -57,7 +57,7 @@ pub struct Common {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run every Rollcall service in this process.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Manage tenants.
     Tenants {
         #[command(subcommand)]
@@ -95,6 +95,25 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Sign-in with Entra ID (OpenID Connect).
+    Oidc {
+        #[command(subcommand)]
+        command: OidcCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OidcCommand {
+    /// Check the sign-in configuration before anyone signs in: the settings, the provider's
+    /// discovery document and keys, and a client-credentials round trip that proves the client
+    /// id and secret (or private key). Prints the redirect URI to register. Exits 1 on a problem.
+    Check {
+        #[command(flatten)]
+        oidc: rollcall_access::oidc::OidcConfig,
+        /// Domain of the session cookie.
+        #[arg(long = "cookie-domain", env = "ROLLCALL_COOKIE_DOMAIN")]
+        cookie_domain: Option<String>,
     },
 }
 
@@ -248,7 +267,7 @@ async fn connect_store(common: &Common) -> anyhow::Result<Store> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve::serve(cli.common, args).await,
+        Command::Serve(args) => serve::serve(cli.common, *args).await,
         Command::Tenants { command } => tenants(cli.common, command).await,
         Command::Tokens { command } => tokens(cli.common, command).await,
         Command::Status { json } => status(cli.common, json).await,
@@ -288,7 +307,39 @@ async fn main() -> anyhow::Result<()> {
         } => watch(cli.common, with_state).await,
         Command::Bench(args) => bench::run(cli.common, args).await,
         Command::Audit { command } => audit(cli.common, command).await,
+        Command::Oidc {
+            command:
+                OidcCommand::Check {
+                    oidc,
+                    cookie_domain,
+                },
+        } => oidc_check(&oidc, cookie_domain.as_deref()).await,
     }
+}
+
+async fn oidc_check(
+    config: &rollcall_access::oidc::OidcConfig,
+    cookie_domain: Option<&str>,
+) -> anyhow::Result<()> {
+    let rp = match rollcall_access::oidc::RelyingParty::from_config(config, cookie_domain) {
+        Ok(Some(rp)) => rp,
+        Ok(None) => anyhow::bail!("sign-in is not configured: set ROLLCALL_OIDC_ISSUER (Entra ID: https://login.microsoftonline.com/<tenant id>/v2.0)"),
+        Err(problem) => anyhow::bail!("{problem}"),
+    };
+    println!(
+        "Checking sign-in with {} as client {}",
+        rp.issuer(),
+        config.client_id.as_deref().unwrap_or_default()
+    );
+    let lines = rp.check().await;
+    for (ok, line) in &lines {
+        println!("  {} {line}", if *ok { "ok  " } else { "FAIL" });
+    }
+    if lines.iter().any(|(ok, _)| !ok) {
+        anyhow::bail!("the sign-in configuration has problems (above)");
+    }
+    println!("Sign-in is ready.");
+    Ok(())
 }
 
 async fn tenants(common: Common, command: TenantsCommand) -> anyhow::Result<()> {

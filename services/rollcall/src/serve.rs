@@ -21,6 +21,33 @@ pub struct ServeArgs {
     audit: rollcall_audit_api::Config,
 }
 
+/// Records sign-outs as session revocations on the user's stream.
+#[derive(Debug)]
+struct SignOutRevoker(rollcall_eventlog::EventLog);
+
+impl rollcall_access::SessionRevoker for SignOutRevoker {
+    fn revoke<'a>(
+        &'a self,
+        tenant: &'a str,
+        user: uuid::Uuid,
+        session: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            rollcall_scim_api::operator::revoke_sessions(
+                &self.0,
+                tenant,
+                user,
+                Some(session.to_owned()),
+                "signed out",
+                "sign-out",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|error| error.to_scim().detail)
+        })
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -65,7 +92,8 @@ pub async fn serve(common: Common, args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the access service to {}", args.access.addr))?;
     let access = rollcall_access::Access::new(args.access.clone())
-        .context("access service configuration")?;
+        .context("access service configuration")?
+        .with_revoker(std::sync::Arc::new(SignOutRevoker(log.clone())));
     let audit_listener = TcpListener::bind(args.audit.addr)
         .await
         .with_context(|| format!("binding the audit API to {}", args.audit.addr))?;
@@ -122,6 +150,15 @@ pub async fn serve(common: Common, args: ServeArgs) -> anyhow::Result<()> {
         "  access    http://{}/auth (forward-auth), /v1/decisions, /readyz, /metrics",
         args.access.addr
     );
+    match &args.access.oidc.redirect_url {
+        Some(redirect) if args.access.oidc.issuer.is_some() => println!(
+            "  sign-in   {} (callback {redirect})",
+            args.access.oidc.issuer.as_deref().unwrap_or_default()
+        ),
+        _ => {
+            println!("  sign-in   off (set ROLLCALL_OIDC_ISSUER; see `rollcall oidc check --help`)")
+        }
+    }
     println!("  projector consuming {}", log.namespace().all_events());
     info!(scim = %args.scim.addr, "serving");
     let mut scim_stopped = stopped.clone();
