@@ -13,18 +13,30 @@ step() { printf '\n==> %s\n' "$*"; }
 step "services"
 scripts/services.sh
 
-step "browser for the page tests"
-if [ -z "${ROLLCALL_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+step "browser, proxy and OpenID provider for the page and sign-in tests"
+# Debian's chromium and chromium-driver (the page tests and the end-to-end sign-in test),
+# nginx (auth_request in front of Rollcall) and Node.js (the test OpenID provider).
+missing=()
+[ -n "${ROLLCALL_CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+[ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    echo "installing Debian's chromium"
+    echo "installing Debian's ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "chromium is missing; install it (apt-get install chromium) or set ROLLCALL_CHROMIUM" >&2
+    echo "missing: ${missing[*]}; install them (apt-get install ${missing[*]})" >&2
     exit 1
   fi
 fi
-echo "chromium: $(command -v chromium || echo "$ROLLCALL_CHROMIUM")"
+echo "chromium: $(command -v chromium || echo "$ROLLCALL_CHROMIUM"), chromedriver, nginx, node $(node --version)"
+# The test OpenID provider (panva/oidc-provider, pinned by package-lock.json).
+if [ ! -d tests/oidc-provider/node_modules/oidc-provider ]; then
+  (cd tests/oidc-provider && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -360,9 +360,23 @@ impl SignInEnv {
             &TestProvider,
         ) -> rollcall_access::oidc::OidcConfig,
     ) -> Self {
+        Self::start_behind(None, adjust).await
+    }
+
+    /// Like [`SignInEnv::start_with`], with the provider sending browsers back to `callback`
+    /// (a reverse proxy's `/oauth2/callback`) instead of the access service's own.
+    pub async fn start_behind(
+        callback: Option<String>,
+        adjust: impl FnOnce(
+            rollcall_access::oidc::OidcConfig,
+            &TestProvider,
+        ) -> rollcall_access::oidc::OidcConfig,
+    ) -> Self {
         let mut env = TestEnv::start().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let callback = format!("http://{}/oauth2/callback", listener.local_addr().unwrap());
+        let callback = callback.unwrap_or_else(|| {
+            format!("http://{}/oauth2/callback", listener.local_addr().unwrap())
+        });
         let provider = TestProvider::start(&callback).await;
         let oidc = rollcall_access::oidc::OidcConfig {
             issuer: Some(provider.issuer.clone()),

@@ -4,6 +4,7 @@
 
 mod access;
 mod audit;
+mod browser;
 mod concurrency;
 mod entra_groups;
 mod entra_users;
