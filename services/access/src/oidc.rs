@@ -411,6 +411,7 @@ impl RelyingParty {
     }
 
     /// The discovery document, fetched once and again after a day.
+    #[tracing::instrument(name = "oidc.discovery", skip_all, fields(issuer = %self.issuer.as_str()))]
     pub async fn metadata(&self) -> Result<CoreProviderMetadata, SignInError> {
         if let Some(cached) = self.cached.read().await.as_ref() {
             if cached.fetched.elapsed() < METADATA_LIFETIME {
@@ -502,6 +503,7 @@ impl RelyingParty {
 
     /// Finishes a sign-in: exchanges the code (with the PKCE verifier) and verifies the ID token
     /// (signature by a provider key, issuer, audience, expiry with leeway, nonce).
+    #[tracing::instrument(name = "oidc.code_exchange", skip_all, fields(issuer = %self.issuer.as_str()))]
     pub async fn finish(&self, code: &str, flow: &Flow) -> Result<SignedIn, SignInError> {
         let (client, metadata) = self.client().await?;
         let token_url = metadata
@@ -555,6 +557,7 @@ impl RelyingParty {
 
     /// Fetches the JWKS again (a token named a key we do not hold); `false` when that happened
     /// less than [`JWKS_REFETCH_INTERVAL`] ago.
+    #[tracing::instrument(name = "oidc.jwks_refetch", skip_all, fields(issuer = %self.issuer.as_str()))]
     async fn refetch_keys(&self) -> Result<bool, SignInError> {
         let mut last = self.refetched.lock().await;
         if last.is_some_and(|at| at.elapsed() < JWKS_REFETCH_INTERVAL) {
@@ -578,6 +581,7 @@ impl RelyingParty {
 
     /// `rollcall oidc check`: the configuration against the provider's discovery document and a
     /// client-credentials round trip. Each line is `(ok, what)`.
+    #[tracing::instrument(name = "oidc.check", skip_all, fields(issuer = %self.issuer.as_str()))]
     pub async fn check(&self) -> Vec<(bool, String)> {
         let mut lines = vec![(
             true,

@@ -158,6 +158,7 @@ fn not_configured() -> Response {
 }
 
 /// `GET /oauth2/start?rd=<URL>`
+#[tracing::instrument(name = "sign_in.start", skip_all)]
 pub async fn start(State(access): State<Access>, Query(params): Query<Params>) -> Response {
     let Some(rp) = access.signin.clone() else {
         return not_configured();
@@ -206,6 +207,7 @@ fn refuse(status: StatusCode, title: &str, reason: &str, advice: Option<&str>) -
 }
 
 /// `GET /oauth2/callback`
+#[tracing::instrument(name = "sign_in.callback", skip_all)]
 pub async fn callback(
     State(access): State<Access>,
     Query(params): Query<Params>,
@@ -362,6 +364,7 @@ pub async fn callback(
 }
 
 /// `GET|POST /oauth2/sign_out?rd=<URL>`
+#[tracing::instrument(name = "sign_in.sign_out", skip_all)]
 pub async fn sign_out(
     State(access): State<Access>,
     Query(params): Query<Params>,
