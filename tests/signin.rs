@@ -352,13 +352,10 @@ impl SignInEnv {
         Self::start_with(|config, _| config).await
     }
 
-    /// Rollcall with sign-in through a fresh provider; `adjust` changes the OIDC configuration
-    /// (given the provider, for its key file).
+    /// Rollcall with sign-in through a fresh provider; `adjust` changes the access service's
+    /// configuration (given the provider, for its key file).
     pub async fn start_with(
-        adjust: impl FnOnce(
-            rollcall_access::oidc::OidcConfig,
-            &TestProvider,
-        ) -> rollcall_access::oidc::OidcConfig,
+        adjust: impl FnOnce(rollcall_access::Config, &TestProvider) -> rollcall_access::Config,
     ) -> Self {
         Self::start_behind(None, adjust).await
     }
@@ -367,10 +364,7 @@ impl SignInEnv {
     /// (a reverse proxy's `/oauth2/callback`) instead of the access service's own.
     pub async fn start_behind(
         callback: Option<String>,
-        adjust: impl FnOnce(
-            rollcall_access::oidc::OidcConfig,
-            &TestProvider,
-        ) -> rollcall_access::oidc::OidcConfig,
+        adjust: impl FnOnce(rollcall_access::Config, &TestProvider) -> rollcall_access::Config,
     ) -> Self {
         let mut env = TestEnv::start().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -387,10 +381,13 @@ impl SignInEnv {
             allowed_redirects: vec!["wiki.test".into(), "eng.test".into()],
             ..Default::default()
         };
-        let config = rollcall_access::Config {
-            oidc: adjust(oidc, &provider),
-            ..crate::access_config(&env.policy_file)
-        };
+        let config = adjust(
+            rollcall_access::Config {
+                oidc,
+                ..crate::access_config(&env.policy_file)
+            },
+            &provider,
+        );
         let access = rollcall_access::Access::new(config)
             .unwrap()
             .with_revoker(Arc::new(Revoker(env.log.clone())));

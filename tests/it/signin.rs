@@ -1,6 +1,7 @@
 //! Sign-in with an OpenID provider: a real, certified one (panva/oidc-provider on loopback),
 //! Rollcall's access service over HTTP, and the SCIM directory deciding who may sign in.
 
+use rollcall_access::oidc::OidcConfig;
 use rollcall_it::signin::{Browser, SignInEnv, HS_CLIENT_ID, KEY_CLIENT_ID, THUMBPRINT};
 use rollcall_it::{eventually, TestEnv};
 use serde_json::json;
@@ -38,7 +39,11 @@ async fn forward_auth(env: &TestEnv, host: &str, session: &str) -> u16 {
 
 #[tokio::test]
 async fn signing_in_issues_a_session_cookie_and_signing_out_revokes_it() {
-    let signin = SignInEnv::start().await;
+    let signin = SignInEnv::start_with(|config, _| rollcall_access::Config {
+        cookie_domain: Some(".example.test".into()),
+        ..config
+    })
+    .await;
     let env = &signin.env;
     let oid = uuid::Uuid::new_v4().to_string();
     provision(env, "ada@example.com", &oid, true).await;
@@ -52,7 +57,13 @@ async fn signing_in_issues_a_session_cookie_and_signing_out_revokes_it() {
         .iter()
         .find(|c| c.starts_with("rollcall_session="))
         .unwrap();
-    for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
+    for attribute in [
+        "Path=/",
+        "Domain=.example.test",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Lax",
+    ] {
         assert!(session_cookie.contains(attribute), "{session_cookie}");
     }
     assert!(
@@ -85,7 +96,9 @@ async fn signing_in_issues_a_session_cookie_and_signing_out_revokes_it() {
     assert!(out
         .set_cookies()
         .iter()
-        .any(|c| c.starts_with("rollcall_session=;") && c.contains("Max-Age=0")));
+        .any(|c| c.starts_with("rollcall_session=;")
+            && c.contains("Domain=.example.test")
+            && c.contains("Max-Age=0")));
     // Even a copy of the cookie is refused now: the sign-out is a recorded revocation, which
     // reaches the access service over NATS.
     eventually(
@@ -280,12 +293,15 @@ async fn people_not_provisioned_or_inactive_are_refused_with_a_clear_page() {
 
 #[tokio::test]
 async fn private_key_jwt_client_authentication_and_a_user_name_mapping_sign_in() {
-    let signin = SignInEnv::start_with(|config, provider| rollcall_access::oidc::OidcConfig {
-        client_id: Some(KEY_CLIENT_ID.into()),
-        client_secret: None,
-        private_key: Some(provider.client_key.clone()),
-        certificate_thumbprint: Some(THUMBPRINT.into()),
-        claim: "preferred_username=userName".into(),
+    let signin = SignInEnv::start_with(|config, provider| rollcall_access::Config {
+        oidc: OidcConfig {
+            client_id: Some(KEY_CLIENT_ID.into()),
+            client_secret: None,
+            private_key: Some(provider.client_key.clone()),
+            certificate_thumbprint: Some(THUMBPRINT.into()),
+            claim: "preferred_username=userName".into(),
+            ..config.oidc
+        },
         ..config
     })
     .await;
@@ -308,8 +324,11 @@ async fn private_key_jwt_client_authentication_and_a_user_name_mapping_sign_in()
 
 #[tokio::test]
 async fn id_tokens_signed_with_a_shared_secret_are_refused() {
-    let signin = SignInEnv::start_with(|config, _| rollcall_access::oidc::OidcConfig {
-        client_id: Some(HS_CLIENT_ID.into()),
+    let signin = SignInEnv::start_with(|config, _| rollcall_access::Config {
+        oidc: OidcConfig {
+            client_id: Some(HS_CLIENT_ID.into()),
+            ..config.oidc
+        },
         ..config
     })
     .await;
@@ -434,4 +453,21 @@ async fn oidc_check_proves_the_client_credentials_and_explains_a_wrong_secret() 
         failure.1.contains("invalid_client") && failure.1.contains("not its ID"),
         "{failure:?}"
     );
+}
+
+#[tokio::test]
+async fn a_provider_whose_issuer_is_not_the_configured_one_is_refused() {
+    // The same provider, reached under another name: its discovery document and its tokens
+    // name a different issuer.
+    let signin = SignInEnv::start_with(|config, provider| rollcall_access::Config {
+        oidc: OidcConfig {
+            issuer: Some(provider.issuer.replace("127.0.0.1", "localhost")),
+            ..config.oidc
+        },
+        ..config
+    })
+    .await;
+    let refused = Browser::new().get(&signin.start_url(WIKI)).await;
+    assert_eq!(refused.status, 502);
+    assert!(refused.body.contains("issuer"), "{}", refused.body);
 }

@@ -392,6 +392,14 @@ pub async fn serve(
         })
     };
     if let Some(rp) = access.signin.clone() {
+        let redirect = url::Url::parse(rp.redirect_url()).ok();
+        let loopback = redirect
+            .as_ref()
+            .and_then(|u| u.host_str())
+            .is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h == "[::1]");
+        if redirect.is_some_and(|u| u.scheme() != "https") && !loopback {
+            warn!(redirect = rp.redirect_url(), "ROLLCALL_OIDC_REDIRECT_URL is not https: browsers keep the Secure session cookie only over HTTPS (or on localhost), so sign-in will not stick; put Rollcall behind TLS");
+        }
         // Discover the provider now, so that a wrong issuer shows at startup, not at the first
         // sign-in; sign-in tries again by itself.
         tokio::spawn(async move {

@@ -196,7 +196,13 @@ pub async fn start(State(access): State<Access>, Query(params): Query<Params>) -
     let name = flow_cookie(&access.config.cookie, &flow.state);
     redirect(
         url.as_str(),
-        &[set_cookie(&name, &token, "/oauth2/", FLOW_LIFETIME, None)],
+        &[set_cookie(
+            &name,
+            &token,
+            "/oauth2/",
+            FLOW_LIFETIME,
+            access.config.cookie_domain.as_deref(),
+        )],
     )
 }
 
@@ -357,7 +363,7 @@ pub async fn callback(
                 "",
                 "/oauth2/",
                 0,
-                None,
+                domain,
             ),
         ],
     )
