@@ -339,6 +339,11 @@ impl TestEnv {
     /// Starts an access service (with fresh, empty state) and waits until it is ready.
     pub async fn start_access(&mut self, access: rollcall_access::Access) {
         self.start_access_unready(access).await;
+        self.wait_for_access().await;
+    }
+
+    /// Waits until the access service answers `/readyz` with `200`.
+    pub async fn wait_for_access(&self) {
         let ready = format!("{}/readyz", self.access_base);
         eventually(
             "the access service is ready",

@@ -319,33 +319,6 @@ pub struct SignInEnv {
     pub callback: String,
 }
 
-/// Records sign-outs as session revocations (as `rollcall serve` does).
-#[derive(Debug)]
-pub struct Revoker(pub rollcall_eventlog::EventLog);
-
-impl rollcall_access::SessionRevoker for Revoker {
-    fn revoke<'a>(
-        &'a self,
-        tenant: &'a str,
-        user: uuid::Uuid,
-        session: &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            rollcall_scim_api::operator::revoke_sessions(
-                &self.0,
-                tenant,
-                user,
-                Some(session.to_owned()),
-                "signed out",
-                "sign-out",
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_scim().detail)
-        })
-    }
-}
-
 impl SignInEnv {
     /// Rollcall with sign-in through a fresh provider, as client [`CLIENT_ID`] with its secret.
     pub async fn start() -> Self {
@@ -390,18 +363,11 @@ impl SignInEnv {
         );
         let access = rollcall_access::Access::new(config)
             .unwrap()
-            .with_revoker(Arc::new(Revoker(env.log.clone())));
+            .with_revoker(Arc::new(rollcall_scim_api::operator::SignOutRevoker(
+                env.log.clone(),
+            )));
         env.serve_access(listener, access).await;
-        let ready = format!("{}/readyz", env.access_base);
-        crate::eventually(
-            "the access service is ready",
-            Duration::from_secs(10),
-            || {
-                let ready = ready.clone();
-                async move { reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) }
-            },
-        )
-        .await;
+        env.wait_for_access().await;
         Self {
             env,
             provider,

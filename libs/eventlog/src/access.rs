@@ -15,6 +15,19 @@ use uuid::Uuid;
 
 use crate::namespace::Namespace;
 
+/// Records the revocation of one session (a sign-out) as an event on the user's stream, so
+/// that it reaches every access component over this contract. The access service signs people
+/// out through it; the SCIM API implements it (services do not depend on each other).
+pub trait SessionRevoker: std::fmt::Debug + Send + Sync {
+    /// Revokes session `session` of `user` in `tenant`.
+    fn revoke<'a>(
+        &'a self,
+        tenant: &'a str,
+        user: Uuid,
+        session: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>>;
+}
+
 /// Schema name of [`UserAccess`] values.
 pub const USER_SCHEMA: &str = "rollcall.access.user.v1";
 /// Schema name of [`GroupAccess`] values.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
-use futures::future::BoxFuture;
+pub use rollcall_eventlog::access::SessionRevoker;
 use rollcall_eventlog::access::UserAccess;
 use rollcall_eventlog::Namespace;
 use secrecy::{ExposeSecret, SecretString};
@@ -155,18 +155,6 @@ impl Metrics {
             u8::from(stale),
         )
     }
-}
-
-/// Records the revocation of one session (sign-out) as an event: wired by `rollcall serve` to
-/// the user aggregate, so that the revocation reaches every access service over NATS.
-pub trait SessionRevoker: std::fmt::Debug + Send + Sync {
-    /// Revokes session `session` of `user` in `tenant`.
-    fn revoke<'a>(
-        &'a self,
-        tenant: &'a str,
-        user: Uuid,
-        session: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// The access service's shared state.

@@ -21,33 +21,6 @@ pub struct ServeArgs {
     audit: rollcall_audit_api::Config,
 }
 
-/// Records sign-outs as session revocations on the user's stream.
-#[derive(Debug)]
-struct SignOutRevoker(rollcall_eventlog::EventLog);
-
-impl rollcall_access::SessionRevoker for SignOutRevoker {
-    fn revoke<'a>(
-        &'a self,
-        tenant: &'a str,
-        user: uuid::Uuid,
-        session: &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            rollcall_scim_api::operator::revoke_sessions(
-                &self.0,
-                tenant,
-                user,
-                Some(session.to_owned()),
-                "signed out",
-                "sign-out",
-            )
-            .await
-            .map(|_| ())
-            .map_err(|error| error.to_scim().detail)
-        })
-    }
-}
-
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -93,7 +66,9 @@ pub async fn serve(common: Common, args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the access service to {}", args.access.addr))?;
     let access = rollcall_access::Access::new(args.access.clone())
         .context("access service configuration")?
-        .with_revoker(std::sync::Arc::new(SignOutRevoker(log.clone())));
+        .with_revoker(std::sync::Arc::new(
+            rollcall_scim_api::operator::SignOutRevoker(log.clone()),
+        ));
     let audit_listener = TcpListener::bind(args.audit.addr)
         .await
         .with_context(|| format!("binding the audit API to {}", args.audit.addr))?;

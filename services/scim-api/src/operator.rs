@@ -8,6 +8,33 @@ use uuid::Uuid;
 use crate::aggregate::{Repository, Users, WriteContext};
 use crate::error::ApiError;
 
+/// Records sign-outs as session revocations on the user's stream (for the access service).
+#[derive(Debug, Clone)]
+pub struct SignOutRevoker(pub EventLog);
+
+impl rollcall_eventlog::access::SessionRevoker for SignOutRevoker {
+    fn revoke<'a>(
+        &'a self,
+        tenant: &'a str,
+        user: Uuid,
+        session: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            revoke_sessions(
+                &self.0,
+                tenant,
+                user,
+                Some(session.to_owned()),
+                "signed out",
+                "sign-out",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|error| error.to_scim().detail)
+        })
+    }
+}
+
 /// Revokes one session of a user, or every session issued until now; returns the event's
 /// stream sequence.
 pub async fn revoke_sessions(
