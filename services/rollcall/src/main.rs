@@ -605,6 +605,46 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    #[tokio::test]
+    async fn oidc_check_reads_its_settings_and_refuses_a_secret_id() {
+        let cli = Cli::try_parse_from([
+            "rollcall",
+            "oidc",
+            "check",
+            "--oidc-issuer",
+            "https://login.microsoftonline.com/0a1b2c3d-0000-0000-0000-000000000000/v2.0",
+            "--oidc-client-id",
+            "app",
+            "--oidc-client-secret",
+            "7f0e8a52-3c1d-4b6e-9a8f-2d5c4b3a1e0f",
+            "--oidc-redirect-url",
+            "https://auth.example.com/oauth2/callback",
+        ])
+        .unwrap();
+        let Command::Oidc {
+            command:
+                OidcCommand::Check {
+                    oidc,
+                    cookie_domain,
+                },
+        } = cli.command
+        else {
+            panic!("not oidc check");
+        };
+        assert_eq!(oidc.client_id.as_deref(), Some("app"));
+        // A GUID is the secret's ID, not its value: refused before any network call.
+        let error = oidc_check(&oidc, cookie_domain.as_deref())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("Value"), "{error}");
+        let unset = oidc_check(&rollcall_access::oidc::OidcConfig::default(), None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(unset.contains("not configured"), "{unset}");
+    }
+
     #[test]
     fn tenants_create_takes_a_name_and_json() {
         let cli = Cli::try_parse_from(["rollcall", "tenants", "create", "acme", "--json"]).unwrap();
