@@ -277,11 +277,6 @@ impl Access {
         self
     }
 
-    /// The relying party, when sign-in is configured.
-    pub fn relying_party(&self) -> Option<&Arc<oidc::RelyingParty>> {
-        self.signin.as_ref()
-    }
-
     /// The first user of `tenant` that `matches`: its id and whether it is active.
     pub fn find_user(
         &self,
