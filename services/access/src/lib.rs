@@ -18,7 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::routing::{get, post};
@@ -157,23 +157,36 @@ impl Metrics {
     }
 }
 
-/// The access service's shared state.
+/// The access service's shared state, behind one `Arc`: handing it to a request costs one
+/// reference count.
 #[derive(Debug, Clone)]
-pub struct Access {
+pub struct Access(Arc<Shared>);
+
+/// What [`Access`] shares.
+#[derive(Debug)]
+pub struct Shared {
     /// Configuration.
-    pub config: Arc<Config>,
+    pub config: Config,
     directory: Arc<RwLock<Directory>>,
-    policies: Arc<RwLock<Arc<Policies>>>,
-    keys: Arc<SessionKeys>,
+    policies: RwLock<Arc<Policies>>,
+    keys: SessionKeys,
     /// Sign-in, when configured.
     signin: Option<Arc<oidc::RelyingParty>>,
     /// Sign-in states already answered, with their expiry (each state answers once).
-    used_states: Arc<Mutex<HashMap<String, i64>>>,
-    revoker: Option<Arc<dyn SessionRevoker>>,
+    used_states: Mutex<HashMap<String, i64>>,
+    revoker: OnceLock<Arc<dyn SessionRevoker>>,
     /// Feed liveness.
     pub health: Arc<Health>,
     /// Decision counters.
-    pub metrics: Arc<Metrics>,
+    pub metrics: Metrics,
+}
+
+impl std::ops::Deref for Access {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// Reads and checks a policy file.
@@ -205,17 +218,17 @@ impl Access {
         let signin = oidc::RelyingParty::from_config(&config.oidc, config.cookie_domain.as_deref())
             .map_err(AccessError::Config)?
             .map(Arc::new);
-        Ok(Self {
-            config: Arc::new(config),
+        Ok(Self(Arc::new(Shared {
+            config,
             directory: Arc::default(),
-            policies: Arc::new(RwLock::new(Arc::new(policies))),
-            keys: Arc::new(keys),
+            policies: RwLock::new(Arc::new(policies)),
+            keys,
             signin,
-            used_states: Arc::default(),
-            revoker: None,
+            used_states: Mutex::default(),
+            revoker: OnceLock::new(),
             health: Arc::default(),
-            metrics: Arc::default(),
-        })
+            metrics: Metrics::default(),
+        })))
     }
 
     /// Whether NATS has been silent for longer than the staleness bound.
@@ -271,9 +284,9 @@ impl Access {
             .map(|(token, _)| token)
     }
 
-    /// Records sign-outs with `revoker`.
-    pub fn with_revoker(mut self, revoker: Arc<dyn SessionRevoker>) -> Self {
-        self.revoker = Some(revoker);
+    /// Records sign-outs with `revoker` (the first one given stays).
+    pub fn with_revoker(self, revoker: Arc<dyn SessionRevoker>) -> Self {
+        let _ = self.0.revoker.set(revoker);
         self
     }
 
@@ -301,7 +314,7 @@ impl Access {
 
     /// Records the revocation of a session (sign-out).
     async fn revoke(&self, tenant: &str, user: Uuid, session: &str) -> Result<(), String> {
-        match &self.revoker {
+        match self.revoker.get() {
             Some(revoker) => revoker.revoke(tenant, user, session).await,
             None => Err("this access service cannot record revocations".into()),
         }

@@ -424,15 +424,28 @@ impl RelyingParty {
                 return Ok(current.metadata.clone());
             }
         }
-        let metadata = CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)
+        let metadata = match CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)
             .await
-            .map_err(|e| {
-                SignInError::Unreachable(format!(
+        {
+            Ok(metadata) => metadata,
+            Err(error) => {
+                let error = SignInError::Unreachable(format!(
                     "discovery at {}/.well-known/openid-configuration: {}",
                     self.issuer.as_str(),
-                    error_chain(&e)
-                ))
-            })?;
+                    error_chain(&error)
+                ));
+                // A day-old document still serves while the provider cannot be reached;
+                // the next attempt is in five minutes.
+                if let Some(current) = cached.as_mut() {
+                    tracing::warn!(error = %error, "keeping the provider's previous discovery document");
+                    current.fetched = Instant::now()
+                        .checked_sub(METADATA_LIFETIME - Duration::from_secs(300))
+                        .unwrap_or_else(Instant::now);
+                    return Ok(current.metadata.clone());
+                }
+                return Err(error);
+            }
+        };
         *cached = Some(Cached {
             metadata: metadata.clone(),
             fetched: Instant::now(),

@@ -223,9 +223,11 @@ pub async fn callback(
         return not_configured();
     };
     if let Some(error) = params.error {
+        // What the query says is shown back (escaped), so keep it short.
+        let short = |text: String| text.chars().take(500).collect::<String>();
         let error = SignInError::Provider {
-            error,
-            description: params.error_description,
+            error: short(error),
+            description: params.error_description.map(short),
         };
         let advice = error.advice(&rp);
         return refuse(
