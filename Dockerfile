@@ -12,7 +12,10 @@ RUN apt-get update \
  && useradd --system --uid 10001 --no-create-home rollcall
 COPY --from=build /src/target/release/rollcall /usr/local/bin/rollcall
 USER rollcall
-ENV ROLLCALL_SCIM_ADDR=0.0.0.0:8080
-EXPOSE 8080
+ENV ROLLCALL_SCIM_ADDR=0.0.0.0:8080 \
+    ROLLCALL_ACCESS_ADDR=0.0.0.0:8081 \
+    ROLLCALL_AUDIT_ADDR=0.0.0.0:8082
+# SCIM API, access (forward-auth and sign-in), audit API
+EXPOSE 8080 8081 8082
 ENTRYPOINT ["rollcall"]
 CMD ["serve"]
