@@ -202,7 +202,7 @@ impl Page {
 
 /// An HTTP client that keeps cookies per host and port (ignoring `Secure`, as browsers do on
 /// loopback) and follows no redirect by itself.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Browser {
     http: reqwest::Client,
     cookies: HashMap<String, HashMap<String, String>>,
@@ -215,6 +215,12 @@ fn origin(url: &str) -> String {
         url.host_str().unwrap(),
         url.port_or_known_default().unwrap()
     )
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Browser {
