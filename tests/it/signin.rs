@@ -199,15 +199,22 @@ async fn a_wrong_nonce_is_refused() {
 }
 
 #[tokio::test]
-async fn an_expired_id_token_is_refused() {
+async fn an_expired_id_token_is_refused_beyond_a_small_leeway() {
     let signin = SignInEnv::start().await;
     let oid = uuid::Uuid::new_v4().to_string();
     provision(&signin.env, "di@example.com", &oid, true).await;
     account(&signin, "di", &oid, "di@example.com").await;
+    // The provider's one-hour ID tokens, issued by a clock that is behind: 3,630 s behind, the
+    // token expired 30 s ago (inside the 60 s leeway); 3,700 s behind, 100 s ago (outside).
     let mut browser = Browser::new();
     let callback = signin.authorize(&mut browser, WIKI, "di", |u| u).await;
-    // The provider's clock is two hours behind: its one-hour ID token is long expired.
-    signin.provider.shift_clock(-7200).await;
+    signin.provider.shift_clock(-3630).await;
+    let accepted = browser.get(&callback).await;
+    assert_eq!(accepted.status, 302, "{}", accepted.body);
+
+    let mut browser = Browser::new();
+    let callback = signin.authorize(&mut browser, WIKI, "di", |u| u).await;
+    signin.provider.shift_clock(-3700).await;
     let refused = browser.get(&callback).await;
     assert_eq!(refused.status, 401);
     assert!(refused.body.contains("expired"), "{}", refused.body);
