@@ -32,6 +32,16 @@ async fn account(signin: &SignInEnv, sub: &str, oid: &str, user_name: &str) {
         .await;
 }
 
+/// Asserts that one warning logged in this process contains every one of `parts`.
+fn logged(parts: &[&str]) {
+    let lines = rollcall_telemetry::captured_logs();
+    assert!(
+        lines.iter().any(|l| parts.iter().all(|p| l.contains(p))),
+        "no log line with {parts:?} among {} warnings",
+        lines.len()
+    );
+}
+
 /// Asks `/auth` as nginx does, with the session cookie.
 async fn forward_auth(env: &TestEnv, host: &str, session: &str) -> u16 {
     env.forward_auth(host, Some(session)).await.status
@@ -275,24 +285,26 @@ async fn keys_rotated_at_the_provider_are_fetched_and_rd_cannot_leave_the_allowe
 async fn people_not_provisioned_or_inactive_are_refused_with_a_clear_page() {
     let signin = SignInEnv::start().await;
     let env = &signin.env;
-    account(
-        &signin,
-        "gus",
-        &uuid::Uuid::new_v4().to_string(),
-        "gus@example.com",
-    )
-    .await;
+    let stranger = uuid::Uuid::new_v4().to_string();
+    account(&signin, "gus", &stranger, "gus@example.com").await;
     let refused = signin.sign_in(&mut Browser::new(), WIKI, "gus").await;
     assert_eq!(refused.status, 403);
     assert!(refused.body.contains("not provisioned"), "{}", refused.body);
+    logged(&[
+        "sign-in refused",
+        "reason=not provisioned",
+        "claim=oid",
+        &stranger,
+    ]);
 
     let oid = uuid::Uuid::new_v4().to_string();
-    provision(env, "hal@example.com", &oid, false).await;
+    let hal = provision(env, "hal@example.com", &oid, false).await;
     account(&signin, "hal", &oid, "hal@example.com").await;
     let mut browser = Browser::new();
     let refused = signin.sign_in(&mut browser, WIKI, "hal").await;
     assert_eq!(refused.status, 403);
     assert!(refused.body.contains("disabled"), "{}", refused.body);
+    logged(&["sign-in refused", "reason=inactive", &hal]);
     assert!(browser
         .cookie(&env.access_base, "rollcall_session")
         .is_none());
@@ -415,6 +427,8 @@ async fn entra_setup_errors_at_the_callback_are_explained() {
         "{}",
         mismatch.body
     );
+    // The log says the same, for the operator.
+    logged(&["sign-in refused", "AADSTS50011", &signin.callback]);
     let consent = browser
         .get(&callback(
             "consent_required",

@@ -92,10 +92,58 @@ pub fn init_for_tests() {
                     .with_tracer(tracer)
                     .with_filter(LevelFilter::INFO),
             )
+            .with(Capture.with_filter(LevelFilter::WARN))
             .try_init();
         // The provider must outlive every test in the process.
         std::mem::forget(provider);
     });
+}
+
+/// Warnings and errors logged in this test process, as `target: message field=value …`, newest
+/// last (at most [`CAPTURED_LINES`]): tests check what Rollcall logs.
+static CAPTURED: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// How many captured lines are kept.
+pub const CAPTURED_LINES: usize = 10_000;
+
+/// The warnings and errors logged so far in this test process (after [`init_for_tests`]).
+pub fn captured_logs() -> Vec<String> {
+    CAPTURED
+        .lock()
+        .map(|lines| lines.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+struct Capture;
+
+struct Line(String);
+
+impl tracing::field::Visit for Line {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.push_str(&format!(" {value:?}"));
+        } else {
+            self.0.push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.push_str(&format!(" {}={value}", field.name()));
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut line = Line(format!("{}:", event.metadata().target()));
+        event.record(&mut line);
+        if let Ok(mut lines) = CAPTURED.lock() {
+            if lines.len() >= CAPTURED_LINES {
+                lines.pop_front();
+            }
+            lines.push_back(line.0);
+        }
+    }
 }
 
 fn provider(service: &'static str, exporting: bool) -> Result<SdkTracerProvider, TelemetryError> {
