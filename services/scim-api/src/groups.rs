@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use rollcall_domain::group::{self, Group, GroupCommand};
-use rollcall_scim::{patch, resource, PatchRequest, Projection, Query, ScimError, GROUP_RESOURCE};
+use rollcall_scim::{patch, resource, PatchRequest, Projection, GROUP_RESOURCE};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::instrument;
@@ -19,14 +19,14 @@ use crate::error::ApiError;
 use crate::http::{self, RequestInfo};
 use crate::mapping::{self, etag, Meta};
 use crate::users::context;
-use crate::{lists, render, AppState};
+use crate::AppState;
 
 fn not_found(id: &str) -> ApiError {
-    ScimError::not_found(format!("Group {id} not found")).into()
+    http::not_found(&GROUP_RESOURCE, id)
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| not_found(id))
+    http::parse_id(&GROUP_RESOURCE, id)
 }
 
 fn document(id: Uuid, folded: &Folded<Group>, base: &str) -> Option<Value> {
@@ -46,11 +46,7 @@ fn document(id: Uuid, folded: &Folded<Group>, base: &str) -> Option<Value> {
 }
 
 fn projection(info: &RequestInfo) -> Result<Projection, ApiError> {
-    Ok(Projection::parse(
-        &GROUP_RESOURCE,
-        info.param("attributes"),
-        info.param("excludedAttributes"),
-    )?)
+    http::projection(&GROUP_RESOURCE, info)
 }
 
 /// `POST /Groups`
@@ -96,68 +92,6 @@ pub async fn create(
         &info.base,
         &id,
     ))
-}
-
-/// `GET /Groups/{id}`; `excludedAttributes=members` never loads members.
-#[instrument(skip_all, fields(tenant = %principal.tenant, group.id = %id), err(level = "debug"))]
-pub async fn get(
-    State(state): State<AppState>,
-    principal: Principal,
-    info: RequestInfo,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let projection = projection(&info)?;
-    let uuid = parse_id(&id)?;
-    let row = state
-        .store
-        .group(&principal.tenant, uuid)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
-    let with_members = projection.includes(&GROUP_RESOURCE, "members");
-    let documents = render::groups(
-        &state,
-        &principal.tenant,
-        std::slice::from_ref(&row),
-        with_members,
-        &info.base,
-    )
-    .await?;
-    let document = documents.into_iter().next().ok_or_else(|| not_found(&id))?;
-    Ok(http::resource(
-        StatusCode::OK,
-        &GROUP_RESOURCE,
-        &projection,
-        &document,
-        row.version as u64,
-        &info.base,
-        &id,
-    ))
-}
-
-/// `GET /Groups`
-#[instrument(skip_all, fields(tenant = %principal.tenant), err(level = "debug"))]
-pub async fn list(
-    State(state): State<AppState>,
-    principal: Principal,
-    info: RequestInfo,
-) -> Result<Response, ApiError> {
-    let query = Query::parse(&GROUP_RESOURCE, &info.list_params()?)?;
-    let list = lists::groups(&state, &principal, &info, &query).await?;
-    Ok(http::scim(StatusCode::OK, &list.to_json(), None, None))
-}
-
-/// `POST /Groups/.search`
-#[instrument(skip_all, fields(tenant = %principal.tenant), err(level = "debug"))]
-pub async fn search(
-    State(state): State<AppState>,
-    principal: Principal,
-    info: RequestInfo,
-    ScimJson(body): ScimJson,
-) -> Result<Response, ApiError> {
-    let params = rollcall_scim::QueryParams::from_search_body(&body)?;
-    let query = Query::parse(&GROUP_RESOURCE, &params)?;
-    let list = lists::groups(&state, &principal, &info, &query).await?;
-    Ok(http::scim(StatusCode::OK, &list.to_json(), None, None))
 }
 
 enum Change {

@@ -125,6 +125,25 @@ impl FromRequestParts<AppState> for RequestInfo {
     }
 }
 
+/// `404` for a resource of type `rt` with this id.
+pub(crate) fn not_found(rt: &ResourceType, id: &str) -> ApiError {
+    ScimError::not_found(format!("{} {id} not found", rt.name)).into()
+}
+
+/// The id in a resource path; an id that is no UUID names nothing (`404`).
+pub(crate) fn parse_id(rt: &ResourceType, id: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(id).map_err(|_| not_found(rt, id))
+}
+
+/// The request's `attributes`/`excludedAttributes` for resources of type `rt`.
+pub(crate) fn projection(rt: &ResourceType, info: &RequestInfo) -> Result<Projection, ApiError> {
+    Ok(Projection::parse(
+        rt,
+        info.param("attributes"),
+        info.param("excludedAttributes"),
+    )?)
+}
+
 /// One resource's response: its document, projected, with its `ETag` and `Location`.
 pub fn resource(
     status: StatusCode,

@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use tracing::{error, field::Empty, info, info_span, Span};
 
-use crate::aggregate::{Repositories, Repository};
+use crate::aggregate::{Groups, Repositories, Repository, Users};
 use crate::auth::TokenCache;
 use crate::consistency::{Checkpoint, Consistency};
 use crate::error::ApiError;
@@ -234,17 +234,17 @@ pub fn router(state: AppState) -> Router {
     let scim = Router::new()
         .route(
             "/Users",
-            get(users::list)
+            get(lists::list::<Users>)
                 .post(users::create)
                 .fallback(method_not_allowed),
         )
         .route(
             "/Users/.search",
-            post(users::search).fallback(method_not_allowed),
+            post(lists::search::<Users>).fallback(method_not_allowed),
         )
         .route(
             "/Users/{id}",
-            get(users::get)
+            get(lists::get::<Users>)
                 .put(users::replace)
                 .patch(users::modify)
                 .delete(users::delete)
@@ -252,17 +252,17 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/Groups",
-            get(groups::list)
+            get(lists::list::<Groups>)
                 .post(groups::create)
                 .fallback(method_not_allowed),
         )
         .route(
             "/Groups/.search",
-            post(groups::search).fallback(method_not_allowed),
+            post(lists::search::<Groups>).fallback(method_not_allowed),
         )
         .route(
             "/Groups/{id}",
-            get(groups::get)
+            get(lists::get::<Groups>)
                 .put(groups::replace)
                 .patch(groups::modify)
                 .delete(groups::delete)

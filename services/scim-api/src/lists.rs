@@ -1,20 +1,32 @@
+//! Reads: `GET /Users/{id}`, `GET /Groups/{id}`, the lists and `.search`, for both resource
+//! types through [`Listed`].
+//!
 //! Queries: Entra's lookups (`userName eq`, `externalId eq`, `displayName eq`, `id eq`,
 //! `members eq`, joined by `and`) are compiled to indexed SQL and never scan a tenant. Any
 //! other filter, and any `sortBy`, is evaluated in memory over at most [`SCAN_LIMIT`] resources
 //! of the tenant; beyond that the client gets `400 tooMany` with advice.
 
+use std::future::Future;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
 use rollcall_scim::{
     CompValue, Filter, ListResponse, Query, ResourceType, ScimError, ScimType, GROUP_RESOURCE,
     USER_RESOURCE,
 };
-use rollcall_store::group::GroupCondition;
-use rollcall_store::user::UserCondition;
+use rollcall_store::group::{GroupCondition, GroupRow};
+use rollcall_store::user::{UserCondition, UserRow};
+use rollcall_store::{Store, StoreError};
 use serde_json::Value;
+use tracing::instrument;
 use uuid::Uuid;
 
+use crate::aggregate::{Groups, Users};
 use crate::auth::Principal;
+use crate::body::ScimJson;
 use crate::error::ApiError;
-use crate::http::RequestInfo;
+use crate::http::{self, RequestInfo};
 use crate::{render, AppState};
 
 /// The most resources a filter that no index answers may examine.
@@ -22,7 +34,7 @@ pub const SCAN_LIMIT: usize = 10_000;
 
 /// What a filter compiles to.
 #[derive(Debug, PartialEq)]
-enum Compiled<C> {
+pub enum Compiled<C> {
     /// Indexed conditions, all of which must hold.
     Conditions(Vec<C>),
     /// A condition that can hold for no resource (an id that is no UUID of ours).
@@ -103,72 +115,231 @@ fn too_many() -> ApiError {
     .into()
 }
 
-/// `GET /Users` and `POST /Users/.search`.
-pub async fn users(
+/// The read side of a resource type: its SCIM resource type, its read-model rows, the
+/// conditions its indexes answer, and how rows render.
+pub trait Listed: Send + Sync + 'static {
+    /// A read-model row.
+    type Row: Send + Sync;
+    /// An indexed condition.
+    type Condition: Send + Sync;
+    /// The attribute whose rendering takes another query (a user's groups, a group's members);
+    /// loaded only when the projection includes it.
+    const JOINED: &'static str;
+    /// The resource type.
+    fn resource() -> &'static ResourceType;
+    /// Compiles a filter to indexed conditions where it can.
+    fn compile(filter: Option<&Filter>) -> Compiled<Self::Condition>;
+    /// The row's version (`meta.version`, `ETag`).
+    fn version(row: &Self::Row) -> u64;
+    /// One row by id.
+    fn row(
+        store: &Store,
+        tenant: &str,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Option<Self::Row>, StoreError>> + Send;
+    /// A page of the rows that meet every condition, and how many do.
+    fn find(
+        store: &Store,
+        tenant: &str,
+        conditions: &[Self::Condition],
+        offset: usize,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<Self::Row>, usize), StoreError>> + Send;
+    /// The tenant's first `limit` rows.
+    fn scan(
+        store: &Store,
+        tenant: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, StoreError>> + Send;
+    /// The SCIM documents of rows.
+    fn render(
+        state: &AppState,
+        tenant: &str,
+        rows: &[Self::Row],
+        joined: bool,
+        base: &str,
+    ) -> impl Future<Output = Result<Vec<Value>, ApiError>> + Send;
+}
+
+impl Listed for Users {
+    type Row = UserRow;
+    type Condition = UserCondition;
+    const JOINED: &'static str = "groups";
+    fn resource() -> &'static ResourceType {
+        &USER_RESOURCE
+    }
+    fn compile(filter: Option<&Filter>) -> Compiled<UserCondition> {
+        compile_user(filter)
+    }
+    fn version(row: &UserRow) -> u64 {
+        row.version as u64
+    }
+    async fn row(store: &Store, tenant: &str, id: Uuid) -> Result<Option<UserRow>, StoreError> {
+        store.user(tenant, id).await
+    }
+    async fn find(
+        store: &Store,
+        tenant: &str,
+        conditions: &[UserCondition],
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<UserRow>, usize), StoreError> {
+        store.find_users(tenant, conditions, offset, limit).await
+    }
+    async fn scan(store: &Store, tenant: &str, limit: usize) -> Result<Vec<UserRow>, StoreError> {
+        store.scan_users(tenant, limit).await
+    }
+    async fn render(
+        state: &AppState,
+        tenant: &str,
+        rows: &[UserRow],
+        joined: bool,
+        base: &str,
+    ) -> Result<Vec<Value>, ApiError> {
+        render::users(state, tenant, rows, joined, base).await
+    }
+}
+
+impl Listed for Groups {
+    type Row = GroupRow;
+    type Condition = GroupCondition;
+    const JOINED: &'static str = "members";
+    fn resource() -> &'static ResourceType {
+        &GROUP_RESOURCE
+    }
+    fn compile(filter: Option<&Filter>) -> Compiled<GroupCondition> {
+        compile_group(filter)
+    }
+    fn version(row: &GroupRow) -> u64 {
+        row.version as u64
+    }
+    async fn row(store: &Store, tenant: &str, id: Uuid) -> Result<Option<GroupRow>, StoreError> {
+        store.group(tenant, id).await
+    }
+    async fn find(
+        store: &Store,
+        tenant: &str,
+        conditions: &[GroupCondition],
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<GroupRow>, usize), StoreError> {
+        store.find_groups(tenant, conditions, offset, limit).await
+    }
+    async fn scan(store: &Store, tenant: &str, limit: usize) -> Result<Vec<GroupRow>, StoreError> {
+        store.scan_groups(tenant, limit).await
+    }
+    async fn render(
+        state: &AppState,
+        tenant: &str,
+        rows: &[GroupRow],
+        joined: bool,
+        base: &str,
+    ) -> Result<Vec<Value>, ApiError> {
+        render::groups(state, tenant, rows, joined, base).await
+    }
+}
+
+/// One page of a query over users or groups.
+pub async fn query<K: Listed>(
     state: &AppState,
     principal: &Principal,
     info: &RequestInfo,
     query: &Query,
 ) -> Result<ListResponse, ApiError> {
-    let tenant = principal.tenant.as_str();
-    let with_groups = query.projection.includes(&USER_RESOURCE, "groups");
-    match (compile_user(query.filter.as_ref()), &query.sort) {
+    let (rt, tenant) = (K::resource(), principal.tenant.as_str());
+    match (K::compile(query.filter.as_ref()), &query.sort) {
         (Compiled::Nothing, _) => Ok(ListResponse::new(0, query.page.start_index, Vec::new())),
         (Compiled::Conditions(conditions), None) => {
-            let (rows, total) = state
-                .store
-                .find_users(tenant, &conditions, query.page.offset(), query.page.count)
-                .await?;
-            let resources = render::users(state, tenant, &rows, with_groups, &info.base).await?;
+            let (rows, total) = K::find(
+                &state.store,
+                tenant,
+                &conditions,
+                query.page.offset(),
+                query.page.count,
+            )
+            .await?;
+            let joined = query.projection.includes(rt, K::JOINED);
+            let resources = K::render(state, tenant, &rows, joined, &info.base).await?;
             let projected = resources
                 .iter()
-                .map(|r| query.projection.apply(&USER_RESOURCE, r))
+                .map(|r| query.projection.apply(rt, r))
                 .collect();
             Ok(ListResponse::new(total, query.page.start_index, projected))
         }
         _ => {
-            let rows = state.store.scan_users(tenant, SCAN_LIMIT + 1).await?;
+            let rows = K::scan(&state.store, tenant, SCAN_LIMIT + 1).await?;
             if rows.len() > SCAN_LIMIT {
                 return Err(too_many());
             }
-            let resources = render::users(state, tenant, &rows, true, &info.base).await?;
-            Ok(query.run(&USER_RESOURCE, resources))
+            let resources = K::render(state, tenant, &rows, true, &info.base).await?;
+            Ok(query.run(rt, resources))
         }
     }
 }
 
-/// `GET /Groups` and `POST /Groups/.search`.
-pub async fn groups(
-    state: &AppState,
-    principal: &Principal,
-    info: &RequestInfo,
-    query: &Query,
-) -> Result<ListResponse, ApiError> {
-    let tenant = principal.tenant.as_str();
-    let with_members = query.projection.includes(&GROUP_RESOURCE, "members");
-    match (compile_group(query.filter.as_ref()), &query.sort) {
-        (Compiled::Nothing, _) => Ok(ListResponse::new(0, query.page.start_index, Vec::new())),
-        (Compiled::Conditions(conditions), None) => {
-            let (rows, total) = state
-                .store
-                .find_groups(tenant, &conditions, query.page.offset(), query.page.count)
-                .await?;
-            let resources = render::groups(state, tenant, &rows, with_members, &info.base).await?;
-            let projected = resources
-                .iter()
-                .map(|r| query.projection.apply(&GROUP_RESOURCE, r))
-                .collect();
-            Ok(ListResponse::new(total, query.page.start_index, projected))
-        }
-        _ => {
-            let rows = state.store.scan_groups(tenant, SCAN_LIMIT + 1).await?;
-            if rows.len() > SCAN_LIMIT {
-                return Err(too_many());
-            }
-            let resources = render::groups(state, tenant, &rows, true, &info.base).await?;
-            Ok(query.run(&GROUP_RESOURCE, resources))
-        }
-    }
+/// `GET /Users/{id}`, `GET /Groups/{id}`; `excludedAttributes=groups` (or `members`) never
+/// loads them.
+#[instrument(skip_all, fields(tenant = %principal.tenant, resource = K::resource().name, id = %id), err(level = "debug"))]
+pub async fn get<K: Listed>(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rt = K::resource();
+    let projection = http::projection(rt, &info)?;
+    let uuid = http::parse_id(rt, &id)?;
+    let row = K::row(&state.store, &principal.tenant, uuid)
+        .await?
+        .ok_or_else(|| http::not_found(rt, &id))?;
+    let joined = projection.includes(rt, K::JOINED);
+    let documents = K::render(
+        &state,
+        &principal.tenant,
+        std::slice::from_ref(&row),
+        joined,
+        &info.base,
+    )
+    .await?;
+    let document = documents
+        .into_iter()
+        .next()
+        .ok_or_else(|| http::not_found(rt, &id))?;
+    Ok(http::resource(
+        StatusCode::OK,
+        rt,
+        &projection,
+        &document,
+        K::version(&row),
+        &info.base,
+        &id,
+    ))
+}
+
+/// `GET /Users`, `GET /Groups`
+#[instrument(skip_all, fields(tenant = %principal.tenant, resource = K::resource().name), err(level = "debug"))]
+pub async fn list<K: Listed>(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+) -> Result<Response, ApiError> {
+    let parsed = Query::parse(K::resource(), &info.list_params()?)?;
+    let list = query::<K>(&state, &principal, &info, &parsed).await?;
+    Ok(http::scim(StatusCode::OK, &list.to_json(), None, None))
+}
+
+/// `POST /Users/.search`, `POST /Groups/.search`
+#[instrument(skip_all, fields(tenant = %principal.tenant, resource = K::resource().name), err(level = "debug"))]
+pub async fn search<K: Listed>(
+    State(state): State<AppState>,
+    principal: Principal,
+    info: RequestInfo,
+    ScimJson(body): ScimJson,
+) -> Result<Response, ApiError> {
+    let params = rollcall_scim::QueryParams::from_search_body(&body)?;
+    let parsed = Query::parse(K::resource(), &params)?;
+    let list = query::<K>(&state, &principal, &info, &parsed).await?;
+    Ok(http::scim(StatusCode::OK, &list.to_json(), None, None))
 }
 
 /// `POST /.search` at the root: users then groups, one page over both (RFC 7644 §3.4.3).
@@ -195,9 +366,9 @@ pub async fn root(
             count: SCAN_LIMIT,
         };
         let list = if std::ptr::eq(rt, &USER_RESOURCE) {
-            users(state, principal, info, &query).await?
+            self::query::<Users>(state, principal, info, &query).await?
         } else {
-            groups(state, principal, info, &query).await?
+            self::query::<Groups>(state, principal, info, &query).await?
         };
         all.extend(list.resources);
     }

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use rollcall_domain::user::{self, User, UserCommand};
 use rollcall_eventlog::Actor;
-use rollcall_scim::{patch, resource, PatchRequest, Projection, Query, ScimError, USER_RESOURCE};
+use rollcall_scim::{patch, resource, PatchRequest, Projection, USER_RESOURCE};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::instrument;
@@ -18,14 +18,14 @@ use crate::claims::{self, USER_NAME};
 use crate::error::ApiError;
 use crate::http::{self, RequestInfo};
 use crate::mapping::{self, etag, Meta};
-use crate::{lists, render, AppState};
+use crate::AppState;
 
 fn not_found(id: &str) -> ApiError {
-    ScimError::not_found(format!("User {id} not found")).into()
+    http::not_found(&USER_RESOURCE, id)
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| not_found(id))
+    http::parse_id(&USER_RESOURCE, id)
 }
 
 pub(crate) fn context(principal: &Principal, info: &RequestInfo) -> WriteContext {
@@ -52,11 +52,7 @@ fn document(id: Uuid, folded: &Folded<User>, base: &str) -> Option<Value> {
 }
 
 fn projection(info: &RequestInfo) -> Result<Projection, ApiError> {
-    Ok(Projection::parse(
-        &USER_RESOURCE,
-        info.param("attributes"),
-        info.param("excludedAttributes"),
-    )?)
+    http::projection(&USER_RESOURCE, info)
 }
 
 /// Applies commands in order on an evolving state.
@@ -104,68 +100,6 @@ pub async fn create(
         &info.base,
         &id,
     ))
-}
-
-/// `GET /Users/{id}`
-#[instrument(skip_all, fields(tenant = %principal.tenant, user.id = %id), err(level = "debug"))]
-pub async fn get(
-    State(state): State<AppState>,
-    principal: Principal,
-    info: RequestInfo,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let projection = projection(&info)?;
-    let uuid = parse_id(&id)?;
-    let row = state
-        .store
-        .user(&principal.tenant, uuid)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
-    let with_groups = projection.includes(&USER_RESOURCE, "groups");
-    let documents = render::users(
-        &state,
-        &principal.tenant,
-        std::slice::from_ref(&row),
-        with_groups,
-        &info.base,
-    )
-    .await?;
-    let document = documents.into_iter().next().ok_or_else(|| not_found(&id))?;
-    Ok(http::resource(
-        StatusCode::OK,
-        &USER_RESOURCE,
-        &projection,
-        &document,
-        row.version as u64,
-        &info.base,
-        &id,
-    ))
-}
-
-/// `GET /Users`
-#[instrument(skip_all, fields(tenant = %principal.tenant), err(level = "debug"))]
-pub async fn list(
-    State(state): State<AppState>,
-    principal: Principal,
-    info: RequestInfo,
-) -> Result<Response, ApiError> {
-    let query = Query::parse(&USER_RESOURCE, &info.list_params()?)?;
-    let list = lists::users(&state, &principal, &info, &query).await?;
-    Ok(http::scim(StatusCode::OK, &list.to_json(), None, None))
-}
-
-/// `POST /Users/.search`
-#[instrument(skip_all, fields(tenant = %principal.tenant), err(level = "debug"))]
-pub async fn search(
-    State(state): State<AppState>,
-    principal: Principal,
-    info: RequestInfo,
-    ScimJson(body): ScimJson,
-) -> Result<Response, ApiError> {
-    let params = rollcall_scim::QueryParams::from_search_body(&body)?;
-    let query = Query::parse(&USER_RESOURCE, &params)?;
-    let list = lists::users(&state, &principal, &info, &query).await?;
-    Ok(http::scim(StatusCode::OK, &list.to_json(), None, None))
 }
 
 /// The new document a PUT or PATCH makes of the current one.
