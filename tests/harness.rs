@@ -254,9 +254,7 @@ impl TestEnv {
         let client = async_nats::connect(nats_url())
             .await
             .expect("NATS must be running (scripts/services.sh)");
-        let log = EventLog::open(client.clone(), namespace.clone())
-            .await
-            .unwrap();
+        let log = open_log(&client, &namespace).await;
         let store = Store::connect_with(&database_url, rollcall_store::LIVE_SCHEMA, 8)
             .await
             .expect("PostgreSQL must be running");
@@ -543,6 +541,23 @@ impl TestEnv {
             .into_iter()
             .map(|e| e.payload.0)
             .collect()
+    }
+}
+
+/// Opens (creates) the test's stream. JetStream answers stream creation within 5 s; with every
+/// test of the binary creating streams at once on a loaded machine that was once exceeded, so a
+/// failed attempt is tried again (three in all) before the test fails.
+async fn open_log(client: &async_nats::Client, namespace: &Namespace) -> EventLog {
+    let mut attempt = 1;
+    loop {
+        match EventLog::open(client.clone(), namespace.clone()).await {
+            Ok(log) => return log,
+            Err(error) if attempt < 3 => {
+                eprintln!("opening the test stream (attempt {attempt}): {error}");
+                attempt += 1;
+            }
+            Err(error) => panic!("opening the test stream: {error}"),
+        }
     }
 }
 
