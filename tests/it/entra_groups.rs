@@ -185,3 +185,36 @@ async fn a_group_patch_that_asks_for_attributes_gets_the_group() {
     assert_eq!(response.body["displayName"], "Ops2");
     assert!(response.body.get("members").is_none());
 }
+
+#[tokio::test]
+async fn group_pages_count_every_match_also_past_the_end() {
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    let mut ids = Vec::new();
+    for name in ["Alpha", "Beta", "Gamma"] {
+        ids.push(
+            scim.create_group(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": name}))
+                .await,
+        );
+    }
+    let page = scim.get("/Groups?startIndex=2&count=1").await;
+    assert_eq!(page.body["totalResults"], 3);
+    assert_eq!(page.ids(), vec![ids[1].clone()]);
+    for path in ["/Groups?startIndex=9&count=2", "/Groups?count=0"] {
+        let page = scim.get(path).await;
+        assert_eq!(
+            (page.body["totalResults"].clone(), page.ids().len()),
+            (json!(3), 0),
+            "{path}"
+        );
+    }
+    let lookup = format!(
+        "/Groups?filter={}&startIndex=2",
+        encode("displayName eq \"beta\"")
+    );
+    let page = scim.get(&lookup).await;
+    assert_eq!(
+        (page.body["totalResults"].clone(), page.ids().len()),
+        (json!(1), 0)
+    );
+}

@@ -285,6 +285,15 @@ async fn pages_echo_start_index_and_count_over_the_whole_tenant() {
     let mut seen = first.ids();
     seen.extend(second.ids());
     assert_eq!(seen, ids);
+    // Past the end, and with count=0, the total is still the whole tenant's.
+    for path in ["/Users?startIndex=20&count=5", "/Users?count=0"] {
+        let page = scim.get(path).await;
+        assert_eq!(
+            (page.body["totalResults"].clone(), page.ids().len()),
+            (json!(7), 0),
+            "{path}"
+        );
+    }
     let sorted = scim
         .get("/Users?sortBy=userName&sortOrder=descending&count=2")
         .await;

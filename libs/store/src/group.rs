@@ -6,6 +6,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::page::Table;
 use crate::{Store, StoreError};
 
 /// One group as the read model holds it (members apart).
@@ -89,7 +90,8 @@ impl Store {
         .await?)
     }
 
-    /// Groups meeting every condition, a page of them in creation order, and how many in all.
+    /// Groups meeting every condition (from indexed columns), a page of them in creation
+    /// order, and how many meet them in all.
     pub async fn find_groups(
         &self,
         tenant: &str,
@@ -97,26 +99,17 @@ impl Store {
         offset: usize,
         limit: usize,
     ) -> Result<(Vec<GroupRow>, usize), StoreError> {
-        let mut count = QueryBuilder::new("SELECT count(*) FROM scim_group g");
-        where_clause(&mut count, tenant, conditions);
-        let total: i64 = count.build_query_scalar().fetch_one(self.pool()).await?;
-        if limit == 0 {
-            return Ok((Vec::new(), total as usize));
-        }
-        let mut query = QueryBuilder::new("SELECT g.tenant, g.id, g.display_name, g.external_id, g.attributes, g.version, g.created_at, g.updated_at FROM scim_group g");
-        where_clause(&mut query, tenant, conditions);
-        query
-            .push(" ORDER BY g.created_at, g.id OFFSET ")
-            .push_bind(offset as i64)
-            .push(" LIMIT ")
-            .push_bind(limit as i64);
-        Ok((
-            query
-                .build_query_as::<GroupRow>()
-                .fetch_all(self.pool())
-                .await?,
-            total as usize,
-        ))
+        self.find_page(
+            Table {
+                from: "scim_group g",
+                columns: "g.tenant, g.id, g.display_name, g.external_id, g.attributes, g.version, g.created_at, g.updated_at",
+                order: "g.created_at, g.id",
+            },
+            |builder| where_clause(builder, tenant, conditions),
+            offset,
+            limit,
+        )
+        .await
     }
 
     /// Up to `limit` groups of a tenant, in creation order.

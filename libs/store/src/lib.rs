@@ -10,6 +10,7 @@ pub mod access;
 pub mod audit;
 pub mod checkpoint;
 pub mod group;
+mod page;
 pub mod rebuild;
 pub mod request_log;
 pub mod tenant;

@@ -6,6 +6,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::page::Table;
 use crate::{Store, StoreError};
 
 /// One user as the read model holds it.
@@ -85,36 +86,17 @@ impl Store {
         offset: usize,
         limit: usize,
     ) -> Result<(Vec<UserRow>, usize), StoreError> {
-        let count = |conditions| async move {
-            let mut count = QueryBuilder::new("SELECT count(*) FROM scim_user");
-            where_clause(&mut count, tenant, conditions);
-            let total: i64 = count.build_query_scalar().fetch_one(self.pool()).await?;
-            Ok::<usize, StoreError>(total as usize)
-        };
-        if limit == 0 {
-            return Ok((Vec::new(), count(conditions).await?));
-        }
-        // One round trip: the page and, by a window, the number of all matches.
-        let mut query = QueryBuilder::new(format!(
-            "SELECT {COLUMNS}, count(*) OVER () AS total FROM scim_user"
-        ));
-        where_clause(&mut query, tenant, conditions);
-        query
-            .push(" ORDER BY created_at, id OFFSET ")
-            .push_bind(offset as i64)
-            .push(" LIMIT ")
-            .push_bind(limit as i64);
-        let rows: Vec<Counted> = query
-            .build_query_as::<Counted>()
-            .fetch_all(self.pool())
-            .await?;
-        let total = match rows.first() {
-            Some(first) => first.total as usize,
-            // An empty page: either nothing matches, or the page starts past the end.
-            None if offset == 0 => 0,
-            None => count(conditions).await?,
-        };
-        Ok((rows.into_iter().map(|r| r.row).collect(), total))
+        self.find_page(
+            Table {
+                from: "scim_user",
+                columns: COLUMNS,
+                order: "created_at, id",
+            },
+            |builder| where_clause(builder, tenant, conditions),
+            offset,
+            limit,
+        )
+        .await
     }
 
     /// Up to `limit` users of a tenant, in creation order (for filters no index answers).
@@ -209,12 +191,4 @@ pub async fn delete(
         .execute(connection)
         .await?;
     Ok(())
-}
-
-/// A row with the number of all rows matching its query.
-#[derive(sqlx::FromRow)]
-struct Counted {
-    #[sqlx(flatten)]
-    row: UserRow,
-    total: i64,
 }
