@@ -90,6 +90,23 @@ pub async fn release(state: &AppState, tenant: &str, kind: &str, value: &str, ho
     }
 }
 
+/// Claims `value` for `holder`, then runs `write`; gives the claim back when the write fails.
+pub async fn while_claimed<T>(
+    state: &AppState,
+    tenant: &str,
+    kind: &str,
+    value: &str,
+    holder: Uuid,
+    write: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    claim(state, tenant, kind, value, holder).await?;
+    let written = write.await;
+    if written.is_err() {
+        release(state, tenant, kind, value, holder).await;
+    }
+    written
+}
+
 /// Settles a rename's claims once its write is done: a failed write gives the new value back;
 /// a written one releases whichever of old and new the resource no longer carries.
 pub async fn settle_rename(

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use rollcall_domain::group::{self, Group, GroupCommand};
-use rollcall_scim::{patch, resource, PatchRequest, Projection, GROUP_RESOURCE};
+use rollcall_scim::{resource, PatchRequest, Projection, GROUP_RESOURCE};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::instrument;
@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::aggregate::{self, Folded, Groups};
 use crate::auth::Principal;
 use crate::body::ScimJson;
+use crate::change::Change;
 use crate::claims::{self, DISPLAY_NAME};
 use crate::error::ApiError;
 use crate::http::{self, RequestInfo};
@@ -64,22 +65,19 @@ pub async fn create(
         .to_owned();
     let id = Uuid::now_v7();
     let context = context(&principal, &info);
-    claims::claim(&state, &principal.tenant, DISPLAY_NAME, &display_name, id).await?;
     let command = mapping::create_group(&resource);
-    let written = state
-        .repositories
-        .groups
-        .write(&context, id, |folded| {
-            Ok(group::decide(&folded.state, command.clone())?)
-        })
-        .await;
-    let written = match written {
-        Ok(written) => written,
-        Err(error) => {
-            claims::release(&state, &principal.tenant, DISPLAY_NAME, &display_name, id).await;
-            return Err(error);
-        }
-    };
+    let write = state.repositories.groups.write(&context, id, |folded| {
+        Ok(group::decide(&folded.state, command.clone())?)
+    });
+    let written = claims::while_claimed(
+        &state,
+        &principal.tenant,
+        DISPLAY_NAME,
+        &display_name,
+        id,
+        write,
+    )
+    .await?;
     state.checkpoint.wait_for(written.folded.sequence).await;
     let document =
         document(id, &written.folded, &info.base).ok_or_else(|| not_found(&id.to_string()))?;
@@ -92,20 +90,6 @@ pub async fn create(
         &info.base,
         &id,
     ))
-}
-
-enum Change {
-    Replace(Value),
-    Patch(PatchRequest),
-}
-
-impl Change {
-    fn apply(&self, current: &Value) -> Result<Value, ApiError> {
-        match self {
-            Change::Replace(body) => Ok(resource::replace(&GROUP_RESOURCE, current, body.clone())?),
-            Change::Patch(request) => Ok(patch::apply(&GROUP_RESOURCE, current, request)?.resource),
-        }
-    }
 }
 
 async fn update(
@@ -128,7 +112,7 @@ async fn update(
     {
         let folded = state.repositories.groups.load(tenant, uuid).await?;
         let current = document(uuid, &folded, &info.base).ok_or_else(|| not_found(&id))?;
-        let next = change.apply(&current)?;
+        let next = change.apply(&GROUP_RESOURCE, &current)?;
         if let (Some(old), Some(new)) = (
             mapping::text(&current, "displayName"),
             mapping::text(&next, "displayName"),
@@ -163,7 +147,7 @@ async fn update(
             }
             let current = document(uuid, folded, &info.base).ok_or_else(|| not_found(&id))?;
             info.check_if_match(&etag(folded.version))?;
-            let next = change.apply(&current)?;
+            let next = change.apply(&GROUP_RESOURCE, &current)?;
             final_name = mapping::text(&next, "displayName").map(str::to_owned);
             aggregate::decide_all::<Groups>(&folded.state, mapping::group_update(&current, &next))
         })

@@ -6,6 +6,7 @@
 pub mod aggregate;
 pub mod auth;
 pub mod body;
+mod change;
 mod claims;
 pub mod consistency;
 mod discovery;

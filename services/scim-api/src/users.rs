@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use rollcall_domain::user::{self, User, UserCommand};
 use rollcall_eventlog::Actor;
-use rollcall_scim::{patch, resource, PatchRequest, Projection, USER_RESOURCE};
+use rollcall_scim::{resource, PatchRequest, Projection, USER_RESOURCE};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::instrument;
@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::aggregate::{self, Folded, Users, WriteContext};
 use crate::auth::Principal;
 use crate::body::ScimJson;
+use crate::change::Change;
 use crate::claims::{self, USER_NAME};
 use crate::error::ApiError;
 use crate::http::{self, RequestInfo};
@@ -71,23 +72,13 @@ pub async fn create(
         .to_owned();
     let id = Uuid::now_v7();
     let context = context(&principal, &info);
-    claims::claim(&state, &principal.tenant, USER_NAME, &user_name, id).await?;
     let mut commands = vec![mapping::provision(&resource)];
     commands.extend(mapping::password_set(&resource));
-    let written = state
-        .repositories
-        .users
-        .write(&context, id, |folded| {
-            aggregate::decide_all::<Users>(&folded.state, commands.clone())
-        })
-        .await;
-    let written = match written {
-        Ok(written) => written,
-        Err(error) => {
-            claims::release(&state, &principal.tenant, USER_NAME, &user_name, id).await;
-            return Err(error);
-        }
-    };
+    let write = state.repositories.users.write(&context, id, |folded| {
+        aggregate::decide_all::<Users>(&folded.state, commands.clone())
+    });
+    let written =
+        claims::while_claimed(&state, &principal.tenant, USER_NAME, &user_name, id, write).await?;
     state.checkpoint.wait_for(written.folded.sequence).await;
     let document =
         document(id, &written.folded, &info.base).ok_or_else(|| not_found(&id.to_string()))?;
@@ -102,20 +93,7 @@ pub async fn create(
     ))
 }
 
-/// The new document a PUT or PATCH makes of the current one.
-enum Change {
-    Replace(Value),
-    Patch(PatchRequest),
-}
-
 impl Change {
-    fn apply(&self, current: &Value) -> Result<Value, ApiError> {
-        match self {
-            Change::Replace(body) => Ok(resource::replace(&USER_RESOURCE, current, body.clone())?),
-            Change::Patch(request) => Ok(patch::apply(&USER_RESOURCE, current, request)?.resource),
-        }
-    }
-
     /// Whether the change may touch userName (then its claim is checked first).
     fn may_rename(&self, body: &Value) -> bool {
         matches!(self, Change::Replace(_))
@@ -140,7 +118,7 @@ async fn update(
     if change.may_rename(&body) {
         let folded = state.repositories.users.load(tenant, uuid).await?;
         let current = document(uuid, &folded, &info.base).ok_or_else(|| not_found(&id))?;
-        let next = change.apply(&current)?;
+        let next = change.apply(&USER_RESOURCE, &current)?;
         let (old, new) = (
             mapping::text(&current, "userName"),
             mapping::text(&next, "userName"),
@@ -159,7 +137,7 @@ async fn update(
         .write(&context, uuid, |folded| {
             let current = document(uuid, folded, &info.base).ok_or_else(|| not_found(&id))?;
             info.check_if_match(&etag(folded.version))?;
-            let next = change.apply(&current)?;
+            let next = change.apply(&USER_RESOURCE, &current)?;
             final_name = mapping::text(&next, "userName").map(str::to_owned);
             aggregate::decide_all::<Users>(&folded.state, mapping::user_update(&current, &next))
         })

@@ -1,0 +1,24 @@
+//! The new document a PUT or PATCH makes of the current one, for users and groups alike.
+
+use rollcall_scim::{patch, resource, PatchRequest, ResourceType};
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// A PUT body or a PATCH request.
+pub(crate) enum Change {
+    /// PUT: the whole new document.
+    Replace(Value),
+    /// PATCH: operations on the current document.
+    Patch(PatchRequest),
+}
+
+impl Change {
+    /// The document after the change.
+    pub(crate) fn apply(&self, rt: &ResourceType, current: &Value) -> Result<Value, ApiError> {
+        match self {
+            Change::Replace(body) => Ok(resource::replace(rt, current, body.clone())?),
+            Change::Patch(request) => Ok(patch::apply(rt, current, request)?.resource),
+        }
+    }
+}
