@@ -441,21 +441,15 @@ async fn reloading_policies_changes_decisions_and_keeps_state_while_a_bad_file_c
     );
 }
 
-#[tokio::test]
-async fn past_the_staleness_bound_it_fails_closed_and_says_so_unless_configured_open() {
-    let mut env = TestEnv::start().await;
-    let (_, _, session) = engineer(&env, "stale@example.com").await;
-    let policies = std::env::temp_dir().join(format!("rollcall-{}.toml", env.namespace.as_str()));
-    let keys = "test=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVm";
-    let config = |fail_open| rollcall_access::Config {
-        policies: Some(policies.clone()),
-        session_keys: Some(keys.to_owned().into()),
+/// Replaces the access service with one whose staleness bound is zero, and waits until it has
+/// loaded the state and counts as stale.
+async fn stale_access(env: &mut TestEnv, fail_open: bool) {
+    let config = rollcall_access::Config {
         staleness_seconds: 0,
         fail_open,
-        ..Default::default()
+        ..rollcall_it::access_config(&env.policy_file)
     };
-    // A zero bound: any silence at all counts as having lost NATS.
-    env.start_access_unready(rollcall_access::Access::new(config(false)).unwrap())
+    env.start_access_unready(rollcall_access::Access::new(config).unwrap())
         .await;
     let access = env.access.clone();
     rollcall_it::eventually(
@@ -467,6 +461,14 @@ async fn past_the_staleness_bound_it_fails_closed_and_says_so_unless_configured_
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn past_the_staleness_bound_it_fails_closed_and_says_so_unless_configured_open() {
+    let mut env = TestEnv::start().await;
+    let (_, _, session) = engineer(&env, "stale@example.com").await;
+    // A zero bound: any silence at all counts as having lost NATS.
+    stale_access(&mut env, false).await;
     let denied = env.forward_auth("wiki.test", Some(&session)).await;
     assert_eq!(denied.status, 403);
     assert!(
@@ -487,18 +489,7 @@ async fn past_the_staleness_bound_it_fails_closed_and_says_so_unless_configured_
             .status(),
         503
     );
-    env.start_access_unready(rollcall_access::Access::new(config(true)).unwrap())
-        .await;
-    let access = env.access.clone();
-    rollcall_it::eventually(
-        "the state is loaded",
-        std::time::Duration::from_secs(10),
-        || {
-            let access = access.clone();
-            async move { access.health.is_ready() && access.is_stale() }
-        },
-    )
-    .await;
+    stale_access(&mut env, true).await;
     assert_eq!(
         env.forward_auth("wiki.test", Some(&session)).await.status,
         200,
