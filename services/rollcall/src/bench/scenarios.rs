@@ -307,6 +307,57 @@ pub async fn rebuild(
     })
 }
 
+/// Entra's provisioning step: look the resource up (`lookup`, relative to the base URL); when
+/// nothing is found, create it at `endpoint`. The new id, or `None` when a step failed or the
+/// resource existed.
+async fn lookup_then_create(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    lookup: &str,
+    endpoint: &str,
+    body: &Value,
+) -> Option<String> {
+    let found = http
+        .get(format!("{base}/{lookup}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?;
+    if !found
+        .json::<Value>()
+        .await
+        .is_ok_and(|b| b["totalResults"] == 0)
+    {
+        return None;
+    }
+    let created = http
+        .post(format!("{base}/{endpoint}"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .ok()?;
+    if created.status() != 201 {
+        return None;
+    }
+    let created = created.json::<Value>().await.ok();
+    Some(
+        created
+            .and_then(|b| b["id"].as_str().map(str::to_owned))
+            .unwrap_or_default(),
+    )
+}
+
+/// Keeps the `n`th id; whether there was one.
+fn record(ids: &Mutex<Vec<String>>, n: u64, id: Option<String>) -> bool {
+    let Some(id) = id else { return false };
+    if let Ok(mut ids) = ids.lock() {
+        ids[n as usize] = id;
+    }
+    true
+}
+
 /// `initial-cycle`: Entra's first cycle: for each user a lookup then a create, then each group,
 /// then one member PATCH per membership. Returns the phases and the whole.
 pub async fn initial_cycle(
@@ -335,24 +386,11 @@ pub async fn initial_cycle(
             let (http, base, token, ids, run) = (h.clone(), b.clone(), t.clone(), ids.clone(), r.clone());
             async move {
                 let name = format!("cycle{n}.{run}@bench.test");
-                let lookup = format!("{base}/Users?filter=userName%20eq%20%22{}%22", name.replace('@', "%40"));
-                let Ok(found) = http.get(lookup).bearer_auth(&token).send().await else { return false };
-                if !found.json::<Value>().await.is_ok_and(|b| b["totalResults"] == 0) {
-                    return false;
-                }
                 let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
                                   "externalId": Uuid::new_v4().to_string(), "userName": name, "active": "True",
                                   "emails": [{"primary": true, "type": "work", "value": name}], "name": {"givenName": "Given", "familyName": "Family"}});
-                match http.post(format!("{base}/Users")).bearer_auth(&token).json(&body).send().await {
-                    Ok(response) if response.status() == 201 => {
-                        let id = response.json::<Value>().await.ok().and_then(|b| b["id"].as_str().map(str::to_owned)).unwrap_or_default();
-                        if let Ok(mut ids) = ids.lock() {
-                            ids[n as usize] = id;
-                        }
-                        true
-                    }
-                    _ => false,
-                }
+                let lookup = format!("Users?filter=userName%20eq%20%22{}%22", name.replace('@', "%40"));
+                record(&ids, n, lookup_then_create(&http, &base, &token, &lookup, "Users", &body).await)
             }
         })
         .await,
@@ -370,23 +408,10 @@ pub async fn initial_cycle(
             let (http, base, token, ids, run) = (h.clone(), b.clone(), t.clone(), ids.clone(), r.clone());
             async move {
                 let name = format!("cycle-group-{n}-{run}");
-                let lookup = format!("{base}/Groups?excludedAttributes=members&filter=displayName%20eq%20%22{name}%22");
-                let Ok(found) = http.get(lookup).bearer_auth(&token).send().await else { return false };
-                if !found.json::<Value>().await.is_ok_and(|b| b["totalResults"] == 0) {
-                    return false;
-                }
                 let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group", "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"],
                                   "externalId": Uuid::new_v4().to_string(), "displayName": name});
-                match http.post(format!("{base}/Groups")).bearer_auth(&token).json(&body).send().await {
-                    Ok(response) if response.status() == 201 => {
-                        let id = response.json::<Value>().await.ok().and_then(|b| b["id"].as_str().map(str::to_owned)).unwrap_or_default();
-                        if let Ok(mut ids) = ids.lock() {
-                            ids[n as usize] = id;
-                        }
-                        true
-                    }
-                    _ => false,
-                }
+                let lookup = format!("Groups?excludedAttributes=members&filter=displayName%20eq%20%22{name}%22");
+                record(&ids, n, lookup_then_create(&http, &base, &token, &lookup, "Groups", &body).await)
             }
         })
         .await,
