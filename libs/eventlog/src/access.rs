@@ -15,6 +15,19 @@ use uuid::Uuid;
 
 use crate::namespace::Namespace;
 
+/// Opens the access bucket of `namespace`, creating it where it is missing.
+pub async fn open_bucket(
+    jetstream: &async_nats::jetstream::Context,
+    namespace: &Namespace,
+) -> Result<async_nats::jetstream::kv::Store, crate::LoadError> {
+    crate::kv::open_bucket(
+        jetstream,
+        &namespace.access_bucket(),
+        "Rollcall access state (contract rollcall.access.*.v1)",
+    )
+    .await
+}
+
 /// Records the revocation of one session (a sign-out) as an event on the user's stream, so
 /// that it reaches every access component over this contract. The access service signs people
 /// out through it; the SCIM API implements it (services do not depend on each other).

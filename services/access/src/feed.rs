@@ -118,12 +118,7 @@ async fn watch(
     subject: &str,
 ) -> Result<(), LoadError> {
     let jetstream = async_nats::jetstream::new(client.clone());
-    let bucket = rollcall_eventlog::kv::open_bucket(
-        &jetstream,
-        &namespace.access_bucket(),
-        "Rollcall access state (contract rollcall.access.*.v1)",
-    )
-    .await?;
+    let bucket = rollcall_eventlog::access::open_bucket(&jetstream, namespace).await?;
     let mut stream = jetstream
         .get_stream(format!("KV_{}", namespace.access_bucket()))
         .await

@@ -77,12 +77,7 @@ impl Publisher {
         store: Store,
     ) -> Result<Self, ProjectorError> {
         let jetstream = async_nats::jetstream::new(client.clone());
-        let bucket = rollcall_eventlog::kv::open_bucket(
-            &jetstream,
-            &namespace.access_bucket(),
-            "Rollcall access state (contract rollcall.access.*.v1)",
-        )
-        .await?;
+        let bucket = rollcall_eventlog::access::open_bucket(&jetstream, &namespace).await?;
         Ok(Self {
             client,
             bucket,

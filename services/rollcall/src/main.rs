@@ -564,12 +564,7 @@ async fn watch(common: Common, with_state: bool) -> anyhow::Result<()> {
     let (client, log) = connect_nats(&common).await?;
     let namespace = log.namespace().clone();
     let jetstream = async_nats::jetstream::new(client.clone());
-    let bucket = rollcall_eventlog::kv::open_bucket(
-        &jetstream,
-        &namespace.access_bucket(),
-        "Rollcall access state",
-    )
-    .await?;
+    let bucket = rollcall_eventlog::access::open_bucket(&jetstream, &namespace).await?;
     let mut revocations = client.subscribe(namespace.all_revocations()).await?;
     let mut entries = if with_state {
         bucket.watch_with_history(">").await?
