@@ -514,6 +514,43 @@ impl TestEnv {
         self.scim().with_token(Some(&token))
     }
 
+    /// Asserts that tenant `test` is unaffected by whatever another tenant just did: a user
+    /// create answers `201` promptly, and after that user's deactivation (Entra's `PATCH active
+    /// "False"`) answers `200`, `/auth` denies their session within a second.
+    pub async fn assert_other_tenant_unaffected(&self) {
+        let scim = self.scim();
+        let name = format!("bystander-{}@example.com", uuid::Uuid::new_v4().simple());
+        let started = Instant::now();
+        let created = scim
+            .post(
+                "/Users",
+                &serde_json::json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name}),
+            )
+            .await;
+        assert_eq!(created.status, 201, "another tenant's create: {:?}", created.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "another tenant's create took {:?}",
+            started.elapsed()
+        );
+        let user = created.body["id"].as_str().unwrap().to_owned();
+        let session = self.session(&user);
+        assert_eq!(self.forward_auth("wiki.test", Some(&session)).await.status, 200);
+        let disable = serde_json::json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "Replace", "path": "active", "value": "False"}]});
+        let patched = scim.patch(&format!("/Users/{user}"), &disable).await;
+        assert_eq!(patched.status, 200, "another tenant's deactivation: {:?}", patched.body);
+        eventually(
+            "another tenant's deactivated user is denied at /auth",
+            Duration::from_secs(1),
+            || {
+                let session = session.clone();
+                async move { self.forward_auth("wiki.test", Some(&session)).await.status == 403 }
+            },
+        )
+        .await;
+    }
+
     /// The stream's head.
     pub async fn head(&self) -> u64 {
         self.log.head().await.unwrap()
