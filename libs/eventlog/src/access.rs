@@ -94,7 +94,16 @@ pub struct UserAccess {
     pub groups: Vec<Uuid>,
     /// The event sequence this state reflects (at least).
     pub sequence: u64,
+    /// Set when the user's real state is withheld (it cannot be published, or the projector
+    /// quarantined an event that concerns them): the state then denies (`active` false, no
+    /// groups) until the cause is resolved. Says why, without personal data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
 }
+
+/// The longest a session may live. A session revoked longer ago than this has expired anyway,
+/// so its revocation is no longer published (which keeps a user's access state bounded).
+pub const MAX_SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// What access decisions need to know about a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

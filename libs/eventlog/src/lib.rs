@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod kv;
 pub mod log;
 pub mod namespace;
+pub mod quarantine;
 
 pub use claims::{Claim, Claims};
 pub use envelope::{Actor, Envelope};

@@ -141,6 +141,18 @@ impl Store {
         Ok(())
     }
 
+    /// Removes these published outbox entries.
+    pub async fn clear_outbox_entries(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM access_outbox WHERE id = ANY ($1)")
+            .bind(ids)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// A user's access facts, if the user exists.
     pub async fn user_access(
         &self,

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod checkpoint;
 pub mod group;
 mod page;
+pub mod quarantine;
 pub mod rebuild;
 pub mod request_log;
 pub mod tenant;

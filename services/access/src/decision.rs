@@ -10,14 +10,13 @@ use uuid::Uuid;
 use crate::directory::Directory;
 use crate::policy::{Action, Policies};
 use crate::session::{SessionError, SessionKeys};
+use crate::target::Target;
 
 /// What was asked.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
-    /// The host the user asked for.
-    pub host: &'a str,
-    /// The path the user asked for.
-    pub path: &'a str,
+    /// The host and path the user asked for, normalized.
+    pub target: &'a Target,
     /// The session token, if any.
     pub session: Option<&'a str>,
 }
@@ -109,11 +108,9 @@ pub fn decide(
     freshness: Freshness,
     request: Request<'_>,
 ) -> Decision {
-    let Some(application) = policies.application(request.host, request.path) else {
-        return decision(
-            Outcome::Deny,
-            format!("no application serves {}{}", request.host, request.path),
-        );
+    let (host, path) = (request.target.host(), request.target.path());
+    let Some(application) = policies.application(host, path) else {
+        return decision(Outcome::Deny, format!("no application serves {host}{path}"));
     };
     let with_app = |mut d: Decision| {
         d.application = Some(application.name.clone());
@@ -298,6 +295,7 @@ mod tests {
             revoked_sessions: vec![],
             groups: vec![group],
             sequence: 1,
+            withheld: None,
         };
         let mut directory = Directory::default();
         let g = GroupAccess {
@@ -346,8 +344,7 @@ mod tests {
                 &self.keys,
                 freshness,
                 Request {
-                    host,
-                    path: "/",
+                    target: &Target::new(host, "/").unwrap(),
                     session: Some(token),
                 },
             )
@@ -454,8 +451,7 @@ mod tests {
             &w.keys,
             Freshness::Fresh,
             Request {
-                host: "wiki.example.com",
-                path: "/",
+                target: &Target::new("wiki.example.com", "/").unwrap(),
                 session: None,
             },
         );

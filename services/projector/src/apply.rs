@@ -9,6 +9,7 @@ use rollcall_domain::user::{self, User, UserEvent};
 use rollcall_domain::{Attributes, EventKind};
 use rollcall_eventlog::chain::{link, GENESIS};
 use rollcall_eventlog::consumer::Delivered;
+use rollcall_eventlog::Envelope;
 use rollcall_store::access::{self, OutboxEntry, OutboxKind, RevocationRow};
 use rollcall_store::audit::{self, AuditRow};
 use rollcall_store::group::{GroupRow, NewMember};
@@ -61,6 +62,30 @@ impl Pending {
         }
     }
 
+    /// A user whose access state must be published again.
+    pub fn enqueue_user(&mut self, sequence: u64, tenant: &str, user: Uuid) {
+        self.enqueue(sequence, OutboxKind::User, tenant, user, None);
+    }
+
+    /// Writes the gathered audit records now (in a savepoint of the caller's), so that a
+    /// record PostgreSQL refuses can be told apart from the rest; the chain heads stay.
+    pub async fn write_audit(&mut self, connection: &mut PgConnection) -> Result<(), ProjectorError> {
+        let rows = std::mem::take(&mut self.audit);
+        audit::insert_many(connection, &rows).await?;
+        Ok(())
+    }
+
+    /// Takes another attempt's outbox entries, as caused by the event at `sequence`.
+    pub fn take_outbox(&mut self, other: Pending, sequence: u64) {
+        self.outbox
+            .extend(other.outbox.into_iter().map(|entry| OutboxEntry { sequence, ..entry }));
+    }
+
+    /// Forgets the gathered audit records (their chain links stay).
+    pub fn drop_audit(&mut self) {
+        self.audit.clear();
+    }
+
     /// Writes what the batch gathered.
     pub async fn flush(self, connection: &mut PgConnection) -> Result<(), ProjectorError> {
         audit::insert_many(connection, &self.audit).await?;
@@ -85,8 +110,19 @@ pub async fn apply(
     pending: &mut Pending,
     delivered: &Delivered,
 ) -> Result<(), ProjectorError> {
-    let envelope = &delivered.envelope;
-    let sequence = delivered.sequence;
+    apply_effects(connection, pending, &delivered.envelope, delivered.sequence).await?;
+    audit(connection, pending, &delivered.envelope, delivered.sequence).await
+}
+
+/// Applies one event (at stream sequence `sequence`) to the read models and gathers its access
+/// effects, without its audit record (a quarantined event, applied later, was audited when it
+/// arrived).
+pub async fn apply_effects(
+    connection: &mut PgConnection,
+    pending: &mut Pending,
+    envelope: &Envelope,
+    sequence: u64,
+) -> Result<(), ProjectorError> {
     let fail = |reason: String| ProjectorError::Event { sequence, reason };
     let tenant = envelope.tenant.as_str();
     let id = envelope.aggregate_id;
@@ -240,6 +276,21 @@ pub async fn apply(
         }
         other => return Err(fail(format!("unknown aggregate type {other:?}"))),
     }
+    Ok(())
+}
+
+/// Gathers one event's audit record and extends its tenant's chain (in stream order).
+pub async fn audit(
+    connection: &mut PgConnection,
+    pending: &mut Pending,
+    envelope: &Envelope,
+    sequence: u64,
+) -> Result<(), ProjectorError> {
+    let (tenant, id, at) = (
+        envelope.tenant.as_str(),
+        envelope.aggregate_id,
+        envelope.occurred_at,
+    );
     // Tamper evidence: the tenant's chain, extended in stream order. The head is read (and
     // locked) once per tenant per batch, then carried in memory.
     let previous = match pending.heads.get(tenant) {

@@ -10,6 +10,7 @@
 
 mod apply;
 pub mod publish;
+pub mod quarantine;
 pub mod rebuild;
 
 use std::future::Future;
@@ -18,8 +19,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use rollcall_eventlog::consumer::{decode, Delivered};
 use rollcall_eventlog::{EventLog, LoadError};
+use rollcall_store::quarantine::Status;
 use rollcall_store::{checkpoint, Store, StoreError};
+use sqlx::Connection;
 use tracing::{error, info, info_span, instrument, warn, Instrument};
+
+use crate::quarantine::{classify, Changes, Failure, Quarantined};
 
 pub use apply::{apply, Pending};
 
@@ -85,7 +90,16 @@ pub struct Projector {
     name: String,
     batch: usize,
     publisher: Option<publish::Publisher>,
+    quarantined: Quarantined,
+    strikes: std::sync::Arc<std::sync::Mutex<(u64, u32)>>,
 }
+
+/// How often a passing failure (a deadlock, a timeout) at one event is tried before the event
+/// is quarantined.
+const STRIKES: u32 = 5;
+
+/// The longest pause between attempts while PostgreSQL or NATS is out of reach.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Projector {
     /// A projector named `name` (its durable consumer and checkpoint).
@@ -103,6 +117,8 @@ impl Projector {
             name: name.to_owned(),
             batch: batch.max(1),
             publisher: None,
+            quarantined: Quarantined::default(),
+            strikes: Default::default(),
         }
     }
 
@@ -128,6 +144,7 @@ impl Projector {
             })
         });
         let _stop_republisher = AbortOnDrop(republisher);
+        let mut pause = Duration::from_millis(250);
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -137,20 +154,31 @@ impl Projector {
                         warn!(checkpoint, delivered, "gap after the checkpoint; repositioning");
                     }
                     Err(error) => {
-                        error!(error = %error, "projector failed; retrying from its checkpoint");
+                        error!(error = %error, pause_ms = pause.as_millis() as u64, "projector failed; retrying from its checkpoint");
                         tokio::select! {
                             _ = &mut shutdown => return,
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            _ = tokio::time::sleep(pause) => {}
                         }
+                        pause = (pause * 2).min(MAX_BACKOFF);
+                        continue;
                     }
                 },
             }
+            pause = Duration::from_millis(250);
         }
     }
 
     /// Consumes from the checkpoint on; returns only on error (or if the stream ends).
     async fn consume(&self) -> Result<(), ProjectorError> {
         let checkpoint = self.store.checkpoint(&self.name).await?;
+        {
+            let mut connection = self.store.pool().acquire().await.map_err(StoreError::from)?;
+            let open = rollcall_store::quarantine::open_aggregates(&mut connection).await?;
+            if !open.is_empty() {
+                error!(aggregates = open.len(), "aggregates are quarantined; resolve them with `rollcall projector quarantine`");
+            }
+            self.quarantined.replace(open);
+        }
         let consumer = self.log.durable_consumer(&self.name, checkpoint).await?;
         info!(projector = %self.name, checkpoint, "projecting");
         let messages = consumer
@@ -163,12 +191,29 @@ impl Projector {
         while let Some(batch) = batches.next().await {
             let mut delivered = Vec::with_capacity(batch.len());
             let mut last = None;
+            let mut checkpoint = None;
             for message in batch {
                 let message = message.map_err(|error| LoadError::Nats(error.to_string()))?;
-                delivered.push(decode(&message)?);
+                match decode(&message) {
+                    Ok(event) => delivered.push(event),
+                    Err(LoadError::Corrupt { sequence, reason }) => {
+                        // Nothing Rollcall wrote: quarantined on its own, after what came before.
+                        if !delivered.is_empty() {
+                            self.apply_isolating(&delivered).await?;
+                            delivered.clear();
+                        }
+                        checkpoint = Some(
+                            self.quarantine_unreadable(sequence, &message.subject, &message.payload, &reason)
+                                .await?,
+                        );
+                    }
+                    Err(error) => return Err(error.into()),
+                }
                 last = Some(message);
             }
-            let checkpoint = self.apply_batch(&delivered).await?;
+            if !delivered.is_empty() {
+                checkpoint = Some(self.apply_isolating(&delivered).await?);
+            }
             if let Some(publisher) = &self.publisher {
                 publisher.drain_logged().await;
             }
@@ -179,17 +224,69 @@ impl Projector {
                     warn!(error = %error, "ack failed");
                 }
             }
-            self.announce(checkpoint).await;
+            if let Some(checkpoint) = checkpoint {
+                self.announce(checkpoint).await;
+            }
         }
         Ok(())
     }
 
+    /// Applies a batch; when an event in it cannot be applied, applies the batch event by event
+    /// and quarantines the ones that fail, so that one poison event never stops the others.
+    pub(crate) async fn apply_isolating(&self, delivered: &[Delivered]) -> Result<u64, ProjectorError> {
+        let error = match self.apply_batch(delivered).await {
+            Ok(checkpoint) => return Ok(checkpoint),
+            Err(error) => error,
+        };
+        if !self.isolates(&error, delivered) {
+            return Err(error);
+        }
+        warn!(error = %error, events = delivered.len(), "a batch failed; applying its events one by one");
+        let mut checkpoint = 0;
+        for event in delivered {
+            checkpoint = match self.apply_batch(std::slice::from_ref(event)).await {
+                Ok(checkpoint) => checkpoint,
+                Err(error) if self.isolates(&error, std::slice::from_ref(event)) => {
+                    self.quarantine_event(event, &error).await?
+                }
+                Err(error) => return Err(error),
+            };
+        }
+        Ok(checkpoint)
+    }
+
+    /// Whether a failure of these events is the events' own (quarantine the one that fails)
+    /// rather than the servers' (try again later): poison at once; a passing failure once it
+    /// has struck the same first event [`STRIKES`] times.
+    fn isolates(&self, error: &ProjectorError, delivered: &[Delivered]) -> bool {
+        let first = delivered.first().map_or(0, |event| event.sequence);
+        match classify(error) {
+            Failure::Poison => true,
+            Failure::Unreachable => false,
+            Failure::Passing => {
+                let mut strikes = self
+                    .strikes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if strikes.0 == first {
+                    strikes.1 += 1;
+                } else {
+                    *strikes = (first, 1);
+                }
+                strikes.1 >= STRIKES
+            }
+        }
+    }
+
     /// Applies delivered events in one transaction with the checkpoint; returns the checkpoint.
+    /// Events of a quarantined aggregate are held in the quarantine instead, and operators'
+    /// resolutions are applied.
     #[instrument(skip_all, fields(projector = %self.name, events = delivered.len()), err)]
     pub async fn apply_batch(&self, delivered: &[Delivered]) -> Result<u64, ProjectorError> {
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
         let mut checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
         let mut pending = apply::Pending::default();
+        let mut changes = Changes::default();
         for event in delivered {
             if event.sequence <= checkpoint {
                 continue;
@@ -211,7 +308,7 @@ impl Projector {
                 event.r#type = %event.envelope.event_type,
             );
             rollcall_telemetry::set_parent(&span, event.envelope.traceparent.as_deref());
-            apply(&mut transaction, &mut pending, event)
+            self.apply_one(&mut transaction, &mut pending, &mut changes, event)
                 .instrument(span)
                 .await?;
             checkpoint = event.sequence;
@@ -219,7 +316,168 @@ impl Projector {
         pending.flush(&mut transaction).await?;
         checkpoint::set(&mut transaction, &self.name, checkpoint).await?;
         transaction.commit().await.map_err(StoreError::from)?;
+        self.quarantined.commit(&changes);
         Ok(checkpoint)
+    }
+
+    /// Applies one event: a resolution of the quarantine, an event held behind a quarantined
+    /// one of its aggregate, or an ordinary event.
+    async fn apply_one(
+        &self,
+        connection: &mut sqlx::PgConnection,
+        pending: &mut apply::Pending,
+        changes: &mut Changes,
+        event: &Delivered,
+    ) -> Result<(), ProjectorError> {
+        let envelope = &event.envelope;
+        if envelope.aggregate_type == rollcall_eventlog::quarantine::AGGREGATE {
+            quarantine::resolve(connection, pending, changes, event).await?;
+            return apply::audit(connection, pending, envelope, event.sequence).await;
+        }
+        let key = (envelope.tenant.clone(), envelope.aggregate_id);
+        if self.quarantined.contains(&key.0, key.1) || changes.quarantines(&key) {
+            quarantine::record(
+                connection,
+                pending,
+                event,
+                Status::Held,
+                "held behind an earlier quarantined event of the same resource",
+                true,
+                0,
+            )
+            .await?;
+            changes.quarantine(key);
+            warn!(sequence = event.sequence, "event held behind its quarantined resource");
+            return apply::audit(connection, pending, envelope, event.sequence).await;
+        }
+        apply(connection, pending, event).await
+    }
+
+    /// Quarantines one event that cannot be applied, in a transaction of its own with the
+    /// checkpoint: its audit record is written if PostgreSQL takes it, and chained either way.
+    async fn quarantine_event(
+        &self,
+        event: &Delivered,
+        failure: &ProjectorError,
+    ) -> Result<u64, ProjectorError> {
+        let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
+        let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
+        if event.sequence <= checkpoint {
+            return Ok(checkpoint);
+        }
+        if event.sequence != checkpoint + 1 {
+            return Err(ProjectorError::Gap {
+                checkpoint,
+                delivered: event.sequence,
+            });
+        }
+        let envelope = &event.envelope;
+        let key = (envelope.tenant.clone(), envelope.aggregate_id);
+        let mut pending = apply::Pending::default();
+        apply::audit(&mut transaction, &mut pending, envelope, event.sequence).await?;
+        let audited = {
+            let mut savepoint = transaction.begin().await.map_err(StoreError::from)?;
+            match pending.write_audit(&mut savepoint).await {
+                Ok(()) => {
+                    savepoint.commit().await.map_err(StoreError::from)?;
+                    true
+                }
+                Err(_) => {
+                    savepoint.rollback().await.map_err(StoreError::from)?;
+                    pending.drop_audit();
+                    false
+                }
+            }
+        };
+        let status = if self.quarantined.contains(&key.0, key.1) {
+            Status::Held
+        } else {
+            Status::Failed
+        };
+        let reason = failure.to_string();
+        quarantine::record(&mut transaction, &mut pending, event, status, &reason, audited, 1)
+            .await?;
+        pending.flush(&mut transaction).await?;
+        checkpoint::set(&mut transaction, &self.name, event.sequence).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        let mut changes = Changes::default();
+        changes.quarantine(key);
+        self.quarantined.commit(&changes);
+        error!(
+            sequence = event.sequence,
+            tenant = %envelope.tenant,
+            aggregate.r#type = %envelope.aggregate_type,
+            aggregate.id = %envelope.aggregate_id,
+            event.r#type = %envelope.event_type,
+            audited,
+            error = %reason,
+            "event quarantined: its resource is frozen until an operator resolves it (`rollcall projector quarantine list`)"
+        );
+        Ok(event.sequence)
+    }
+
+    /// Quarantines a message that is not a Rollcall event at all (nothing to hold behind it).
+    async fn quarantine_unreadable(
+        &self,
+        sequence: u64,
+        subject: &str,
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<u64, ProjectorError> {
+        let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
+        let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
+        if sequence <= checkpoint {
+            return Ok(checkpoint);
+        }
+        if sequence != checkpoint + 1 {
+            return Err(ProjectorError::Gap {
+                checkpoint,
+                delivered: sequence,
+            });
+        }
+        // `<namespace>.events.<tenant>.<aggregate>.<id>`
+        let tokens: Vec<&str> = subject.split('.').collect();
+        let tenant = tokens.get(2).copied().unwrap_or_default();
+        let aggregate = tokens.get(3).copied().unwrap_or_default();
+        let id = tokens
+            .get(4)
+            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+            .unwrap_or_default();
+        rollcall_store::quarantine::record(
+            &mut transaction,
+            &rollcall_store::quarantine::NewQuarantine {
+                sequence,
+                event_id: uuid::Uuid::nil(),
+                tenant,
+                aggregate_type: aggregate,
+                aggregate_id: id,
+                event_type: "unreadable",
+                status: Status::Skipped,
+                error: reason,
+                envelope: payload,
+                affected_users: &[],
+                audited: false,
+                attempts: 1,
+            },
+        )
+        .await?;
+        rollcall_store::quarantine::resolve(
+            &mut transaction,
+            sequence as i64,
+            Status::Skipped,
+            sequence,
+            "not a Rollcall event",
+        )
+        .await?;
+        checkpoint::set(&mut transaction, &self.name, sequence).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        error!(sequence, "a message on the stream is not a Rollcall event; passed over and kept in the quarantine");
+        Ok(sequence)
+    }
+
+    /// How many aggregates are quarantined, as this projector last committed.
+    pub fn quarantined(&self) -> usize {
+        self.quarantined.len()
     }
 
     async fn announce(&self, checkpoint: u64) {

@@ -3,15 +3,17 @@
 //! whole current states, so publishing an entry twice is harmless; entries are removed only
 //! once published.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use async_nats::jetstream::kv::Store as Bucket;
 use bytes::Bytes;
 use rollcall_eventlog::access::{self, AccessCheckpoint, GroupAccess, RevokedSession, UserAccess};
 use rollcall_eventlog::{LoadError, Namespace};
+use rollcall_store::access::OutboxRow;
 use rollcall_store::Store;
 use serde_json::Value;
-use tracing::{instrument, warn};
+use time::OffsetDateTime;
+use tracing::{error, instrument, warn};
 use uuid::Uuid;
 
 use crate::ProjectorError;
@@ -26,13 +28,21 @@ pub struct Publisher {
     bucket: Bucket,
     namespace: Namespace,
     store: Store,
+    max_payload: usize,
 }
 
 fn nats<E: std::fmt::Display>(error: E) -> ProjectorError {
     ProjectorError::Log(LoadError::Nats(error.to_string()))
 }
 
-fn user_state(row: rollcall_store::access::UserAccessRow, sequence: u64) -> UserAccess {
+/// The user's access state as published: revocations that can no longer matter left out (a
+/// session revoked at or before `not_before` is void by it; one revoked longer ago than the
+/// longest session lifetime has expired), so that the state stays bounded.
+fn user_state(
+    row: rollcall_store::access::UserAccessRow,
+    sequence: u64,
+    now: OffsetDateTime,
+) -> UserAccess {
     let attributes = &row.user.attributes.0;
     let mut emails: Vec<(bool, String)> = attributes
         .get("emails")
@@ -50,6 +60,8 @@ fn user_state(row: rollcall_store::access::UserAccessRow, sequence: u64) -> User
         })
         .unwrap_or_default();
     emails.sort_by_key(|(primary, _)| !primary);
+    let expired_before = now - access::MAX_SESSION_LIFETIME;
+    let not_before = row.not_before;
     UserAccess {
         schema: access::USER_SCHEMA.into(),
         tenant: row.user.tenant.clone(),
@@ -58,16 +70,33 @@ fn user_state(row: rollcall_store::access::UserAccessRow, sequence: u64) -> User
         external_id: row.user.external_id.clone(),
         emails: emails.into_iter().map(|(_, email)| email).collect(),
         active: row.user.active,
-        not_before: row.not_before,
+        not_before,
         revoked_sessions: row
             .revoked_sessions
             .into_iter()
+            .filter(|(_, at)| *at > expired_before && not_before.is_none_or(|nb| *at > nb))
             .map(|(id, at)| RevokedSession { id, at })
             .collect(),
         groups: row.groups,
         sequence,
+        withheld: None,
     }
 }
+
+/// The state published in place of one that is withheld: it denies, and says why.
+fn withheld(state: UserAccess, reason: &str) -> UserAccess {
+    UserAccess {
+        emails: Vec::new(),
+        active: false,
+        revoked_sessions: Vec::new(),
+        groups: Vec::new(),
+        withheld: Some(reason.to_owned()),
+        ..state
+    }
+}
+
+/// Room kept for headers and the subject when checking a state against `max_payload`.
+const HEADER_ROOM: usize = 4_096;
 
 impl Publisher {
     /// Opens the namespace's access bucket, creating it if missing.
@@ -78,80 +107,120 @@ impl Publisher {
     ) -> Result<Self, ProjectorError> {
         let jetstream = async_nats::jetstream::new(client.clone());
         let bucket = rollcall_eventlog::access::open_bucket(&jetstream, &namespace).await?;
+        let max_payload = client.server_info().max_payload;
         Ok(Self {
             client,
             bucket,
             namespace,
             store,
+            max_payload,
         })
     }
 
-    /// Publishes everything in the outbox; returns the last event sequence published, if any.
+    /// Publishes everything in the outbox, key by key: a key that fails does not hold back the
+    /// others; its entries stay for the next round, and the access checkpoint stops below its
+    /// sequence (so that writes waiting for the access service wait for it). Returns the last
+    /// event sequence published, if any.
     #[instrument(skip_all, err(level = "warn"))]
     pub async fn drain(&self) -> Result<Option<u64>, ProjectorError> {
         let mut published = None;
         loop {
             let rows = self.store.outbox(ROUND).await?;
-            let Some(last) = rows.last() else {
+            if rows.is_empty() {
                 return Ok(published);
-            };
-            let (last_id, sequence) = (last.id, last.sequence as u64);
-            let mut users = BTreeSet::new();
-            let mut groups = BTreeSet::new();
+            }
+            let mut keys: BTreeMap<(&str, &str, Uuid), Vec<&OutboxRow>> = BTreeMap::new();
             for row in &rows {
-                match row.kind.as_str() {
-                    "user" => {
-                        users.insert((row.tenant.clone(), row.subject_id));
-                    }
-                    "group" => {
-                        groups.insert((row.tenant.clone(), row.subject_id));
-                    }
-                    _ => {
-                        let payload = row
-                            .payload
-                            .as_ref()
-                            .map(|p| p.0.to_string())
-                            .unwrap_or_default();
-                        let subject = self
-                            .namespace
-                            .revocation_subject(&row.tenant, &row.subject_id);
-                        self.client
-                            .publish(subject, Bytes::from(payload))
-                            .await
-                            .map_err(nats)?;
+                keys.entry((row.kind.as_str(), row.tenant.as_str(), row.subject_id))
+                    .or_default()
+                    .push(row);
+            }
+            let mut done = Vec::with_capacity(rows.len());
+            let mut failed: Option<(u64, ProjectorError)> = None;
+            for ((kind, tenant, id), entries) in &keys {
+                let result = match *kind {
+                    "user" => self.publish_user(tenant, *id, entries).await,
+                    "group" => self.publish_group(tenant, *id, entries).await,
+                    _ => self.publish_revocations(tenant, *id, entries).await,
+                };
+                match result {
+                    Ok(()) => done.extend(entries.iter().map(|row| row.id)),
+                    Err(error) => {
+                        let first = entries.iter().map(|row| row.sequence as u64).min().unwrap_or(0);
+                        warn!(kind, tenant, id = %id, error = %error, "publishing access state failed for this key; the others go on");
+                        if failed.as_ref().is_none_or(|(sequence, _)| first < *sequence) {
+                            failed = Some((first, error));
+                        }
                     }
                 }
             }
-            for (tenant, id) in users {
-                self.publish_user(&tenant, id, sequence).await?;
+            let highest = rows.iter().map(|row| row.sequence as u64).max().unwrap_or(0);
+            let reached = match &failed {
+                Some((sequence, _)) => sequence.saturating_sub(1),
+                None => highest,
+            };
+            if reached > 0 && published.is_none_or(|p| reached > p) {
+                let checkpoint =
+                    serde_json::to_vec(&AccessCheckpoint { sequence: reached }).unwrap_or_default();
+                self.bucket
+                    .put(access::CHECKPOINT_KEY, checkpoint.into())
+                    .await
+                    .map_err(nats)?;
+                published = Some(reached);
             }
-            for (tenant, id) in groups {
-                self.publish_group(&tenant, id, sequence).await?;
+            self.store.clear_outbox_entries(&done).await?;
+            if let Some((_, error)) = failed {
+                return Err(error);
             }
-            let checkpoint = serde_json::to_vec(&AccessCheckpoint { sequence }).unwrap_or_default();
-            self.bucket
-                .put(access::CHECKPOINT_KEY, checkpoint.into())
+        }
+    }
+
+    async fn publish_revocations(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        entries: &[&OutboxRow],
+    ) -> Result<(), ProjectorError> {
+        let subject = self.namespace.revocation_subject(tenant, &id);
+        for row in entries {
+            let payload = row
+                .payload
+                .as_ref()
+                .map(|p| p.0.to_string())
+                .unwrap_or_default();
+            self.client
+                .publish(subject.clone(), Bytes::from(payload))
                 .await
                 .map_err(nats)?;
-            self.store.clear_outbox(last_id).await?;
-            published = Some(sequence);
         }
+        Ok(())
     }
 
     async fn publish_user(
         &self,
         tenant: &str,
         id: Uuid,
-        sequence: u64,
+        entries: &[&OutboxRow],
     ) -> Result<(), ProjectorError> {
+        let sequence = entries.iter().map(|row| row.sequence as u64).max().unwrap_or(0);
         let key = access::user_key(tenant, &id);
-        match self.store.user_access(tenant, id).await? {
-            Some(row) => {
-                let state = serde_json::to_vec(&user_state(row, sequence)).unwrap_or_default();
-                self.bucket.put(&key, state.into()).await.map_err(nats)?;
-            }
-            None => self.bucket.delete(&key).await.map_err(nats)?,
+        let Some(row) = self.store.user_access(tenant, id).await? else {
+            self.bucket.delete(&key).await.map_err(nats)?;
+            return Ok(());
+        };
+        let mut state = user_state(row, sequence, OffsetDateTime::now_utc());
+        if self.store.quarantine_concerns_user(tenant, id).await? {
+            error!(tenant, user.id = %id, "access state withheld: a quarantined event concerns this user; denied until resolved");
+            state = withheld(state, "quarantined");
         }
+        let mut bytes = serde_json::to_vec(&state).unwrap_or_default();
+        if bytes.len() + HEADER_ROOM > self.max_payload {
+            // Never a stall: the user is denied, loudly, and every other key goes on.
+            error!(tenant, user.id = %id, bytes = bytes.len(), max_payload = self.max_payload,
+                "access state larger than NATS's max_payload; withheld (the user is denied)");
+            bytes = serde_json::to_vec(&withheld(state, "oversize")).unwrap_or_default();
+        }
+        self.bucket.put(&key, bytes.into()).await.map_err(nats)?;
         Ok(())
     }
 
@@ -159,8 +228,9 @@ impl Publisher {
         &self,
         tenant: &str,
         id: Uuid,
-        sequence: u64,
+        entries: &[&OutboxRow],
     ) -> Result<(), ProjectorError> {
+        let sequence = entries.iter().map(|row| row.sequence as u64).max().unwrap_or(0);
         let key = access::group_key(tenant, &id);
         match self.store.group(tenant, id).await? {
             Some(row) => {

@@ -80,7 +80,7 @@ async fn catch_up(
             let message = message.map_err(|error| LoadError::Nats(error.to_string()))?;
             delivered.push(decode(&message)?);
         }
-        let reached = projector.apply_batch(&delivered).await?;
+        let reached = projector.apply_isolating(&delivered).await?;
         applied += delivered.len() as u64;
         report(Progress { applied, head });
         if reached >= head {

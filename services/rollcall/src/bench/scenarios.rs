@@ -502,6 +502,7 @@ pub fn memory(users: usize) -> (f64, f64) {
             revoked_sessions: vec![],
             groups: (0..5).map(|g| groups[(n * 5 + g) % groups.len()]).collect(),
             sequence: n as u64,
+            withheld: None,
         };
         let bytes = serde_json::to_vec(&state).unwrap_or_default();
         let _ = directory.apply(

@@ -1,0 +1,326 @@
+//! The quarantine: an event the projector cannot apply (a bug, a constraint nobody foresaw)
+//! stops only its own aggregate. It is recorded with its error, its aggregate is marked, later
+//! events of that aggregate are held behind it in order, and every other event goes on. The
+//! users whose access it concerns are denied until an operator resolves it with `rollcall
+//! projector quarantine retry|skip`, which appends a resolution event that this module applies.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rollcall_domain::group::GroupEvent;
+use rollcall_domain::EventKind;
+use rollcall_eventlog::consumer::Delivered;
+use rollcall_eventlog::quarantine::{Resolution, SKIPPED};
+use rollcall_eventlog::{Envelope, LoadError};
+use rollcall_store::quarantine::{self, NewQuarantine, Status};
+use rollcall_store::StoreError;
+use sqlx::{Acquire, PgConnection};
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use crate::apply::{apply_effects, Pending};
+use crate::ProjectorError;
+
+/// An aggregate: `(tenant, id)`.
+pub type Key = (String, Uuid);
+
+/// The aggregates with an unresolved quarantine, as this projector last committed them.
+#[derive(Debug, Clone, Default)]
+pub struct Quarantined(Arc<Mutex<HashSet<Key>>>);
+
+impl Quarantined {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<Key>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether an aggregate is quarantined.
+    pub fn contains(&self, tenant: &str, id: Uuid) -> bool {
+        self.set().contains(&(tenant.to_owned(), id))
+    }
+
+    /// Replaces the whole set (as loaded at the start of a consumption).
+    pub fn replace(&self, keys: impl IntoIterator<Item = Key>) {
+        let mut set = self.set();
+        set.clear();
+        set.extend(keys);
+    }
+
+    /// Applies what a committed transaction changed.
+    pub fn commit(&self, changes: &Changes) {
+        let mut set = self.set();
+        for key in &changes.quarantined {
+            set.insert(key.clone());
+        }
+        for key in &changes.released {
+            set.remove(key);
+        }
+    }
+
+    /// How many aggregates are quarantined.
+    pub fn len(&self) -> usize {
+        self.set().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.set().is_empty()
+    }
+}
+
+/// What one transaction changes in the set, applied once it commits.
+#[derive(Debug, Default)]
+pub struct Changes {
+    quarantined: Vec<Key>,
+    released: Vec<Key>,
+}
+
+impl Changes {
+    /// Whether the transaction quarantined this aggregate.
+    pub fn quarantines(&self, key: &Key) -> bool {
+        self.quarantined.contains(key) && !self.released.contains(key)
+    }
+
+    /// Marks an aggregate quarantined.
+    pub fn quarantine(&mut self, key: Key) {
+        self.released.retain(|k| k != &key);
+        self.quarantined.push(key);
+    }
+}
+
+/// How a failure to apply events is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The event itself cannot be applied, however often it is tried: quarantine it.
+    Poison,
+    /// The server answered with a passing condition (a deadlock, a timeout): try again a few
+    /// times, then treat the event as poison.
+    Passing,
+    /// PostgreSQL or NATS is out of reach: wait and try again, without end.
+    Unreachable,
+}
+
+/// SQLSTATE classes that pass: transaction rollback (40), insufficient resources (53),
+/// operator intervention (57), system error (58), connection exception (08).
+const PASSING_CLASSES: [&str; 5] = ["40", "53", "57", "58", "08"];
+
+/// How a failure is handled.
+pub fn classify(error: &ProjectorError) -> Failure {
+    match error {
+        ProjectorError::Event { .. } => Failure::Poison,
+        ProjectorError::Store(StoreError::Database(sqlx::Error::Database(database))) => {
+            let code = database.code();
+            let class = code.as_deref().map_or("", |code| code.get(..2).unwrap_or(""));
+            if PASSING_CLASSES.contains(&class) {
+                Failure::Passing
+            } else {
+                Failure::Poison
+            }
+        }
+        ProjectorError::Store(StoreError::Corrupt(_) | StoreError::Invalid(_)) => Failure::Poison,
+        ProjectorError::Store(StoreError::Database(
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::TypeNotFound { .. },
+        )) => Failure::Poison,
+        ProjectorError::Log(LoadError::Corrupt { .. }) => Failure::Poison,
+        _ => Failure::Unreachable,
+    }
+}
+
+/// The users whose access an event would change, beyond its own aggregate: a group event's
+/// named members and the group's current members (a rename or deletion changes what policies
+/// see for every member).
+pub async fn affected_users(
+    connection: &mut PgConnection,
+    envelope: &Envelope,
+) -> Result<Vec<Uuid>, ProjectorError> {
+    if envelope.aggregate_type != GroupEvent::AGGREGATE {
+        return Ok(Vec::new());
+    }
+    let mut users: Vec<Uuid> =
+        quarantine::member_users(connection, &envelope.tenant, envelope.aggregate_id).await?;
+    if let Ok(event) = GroupEvent::from_payload(
+        &envelope.event_type,
+        envelope.schema_version,
+        envelope.payload.clone(),
+    ) {
+        let named: Vec<&str> = match &event {
+            GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {
+                members.iter().map(|m| m.value.as_str()).collect()
+            }
+            GroupEvent::MembersRemoved { members } => members.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        users.extend(named.iter().filter_map(|id| Uuid::parse_str(id).ok()));
+    }
+    users.sort_unstable();
+    users.dedup();
+    Ok(users)
+}
+
+/// Records `delivered` in the quarantine (`status` failed or held) and asks for the access
+/// state of every user it concerns to be published again (now denied). The caller audits it.
+pub async fn record(
+    connection: &mut PgConnection,
+    pending: &mut Pending,
+    delivered: &Delivered,
+    status: Status,
+    reason: &str,
+    audited: bool,
+    attempts: i32,
+) -> Result<(), ProjectorError> {
+    let envelope = &delivered.envelope;
+    let affected = affected_users(connection, envelope).await?;
+    quarantine::record(
+        connection,
+        &NewQuarantine {
+            sequence: delivered.sequence,
+            event_id: envelope.event_id,
+            tenant: &envelope.tenant,
+            aggregate_type: &envelope.aggregate_type,
+            aggregate_id: envelope.aggregate_id,
+            event_type: &envelope.event_type,
+            status,
+            error: reason,
+            envelope: &envelope.to_bytes(),
+            affected_users: &affected,
+            audited,
+            attempts,
+        },
+    )
+    .await?;
+    for user in affected.iter().chain(
+        (envelope.aggregate_type == rollcall_domain::user::UserEvent::AGGREGATE)
+            .then_some(&envelope.aggregate_id),
+    ) {
+        pending.enqueue_user(delivered.sequence, &envelope.tenant, *user);
+    }
+    Ok(())
+}
+
+/// Applies an operator's resolution: a skip passes over the named event; then the aggregate's
+/// remaining quarantined events are applied in order, each in a savepoint, until one fails
+/// again (it and the rest stay quarantined). The resolution event itself is audited by the
+/// caller.
+pub async fn resolve(
+    connection: &mut PgConnection,
+    pending: &mut Pending,
+    changes: &mut Changes,
+    delivered: &Delivered,
+) -> Result<(), ProjectorError> {
+    let envelope = &delivered.envelope;
+    let key = (envelope.tenant.clone(), envelope.aggregate_id);
+    let resolution: Resolution = match serde_json::from_value(envelope.payload.clone()) {
+        Ok(resolution) => resolution,
+        Err(error) => {
+            warn!(sequence = delivered.sequence, error = %error, "unreadable quarantine resolution; ignored");
+            return Ok(());
+        }
+    };
+    let rows = quarantine::unresolved(connection, &key.0, key.1).await?;
+    let by = delivered.sequence;
+    let mut remaining = rows.len();
+    if envelope.event_type == SKIPPED {
+        if let Some(row) = rows
+            .iter()
+            .find(|row| row.sequence as u64 == resolution.sequence)
+        {
+            quarantine::resolve(connection, row.sequence, Status::Skipped, by, &resolution.reason)
+                .await?;
+            remaining -= 1;
+            info!(sequence = row.sequence, "quarantined event skipped by an operator");
+        }
+    }
+    for row in rows
+        .iter()
+        .filter(|row| !(envelope.event_type == SKIPPED && row.sequence as u64 == resolution.sequence))
+    {
+        let held: Envelope = match Envelope::from_bytes(&row.envelope) {
+            Ok(held) => held,
+            Err(error) => {
+                quarantine::failed_again(connection, row.sequence, &format!("unreadable: {error}"))
+                    .await?;
+                break;
+            }
+        };
+        let mut attempt = Pending::default();
+        let mut savepoint = connection.begin().await.map_err(StoreError::from)?;
+        match apply_effects(&mut savepoint, &mut attempt, &held, row.sequence as u64).await {
+            Ok(()) => {
+                savepoint.commit().await.map_err(StoreError::from)?;
+                pending.take_outbox(attempt, by);
+                quarantine::resolve(connection, row.sequence, Status::Applied, by, &resolution.reason)
+                    .await?;
+                remaining -= 1;
+            }
+            Err(failure) => {
+                savepoint.rollback().await.map_err(StoreError::from)?;
+                error!(sequence = row.sequence, error = %failure, "a quarantined event failed again; it stays quarantined");
+                quarantine::failed_again(connection, row.sequence, &failure.to_string()).await?;
+                break;
+            }
+        }
+    }
+    // Whatever was quarantined concerned these users: publish their state again either way.
+    for row in &rows {
+        for user in &row.affected_users {
+            pending.enqueue_user(by, &key.0, *user);
+        }
+        if row.aggregate_type == rollcall_domain::user::UserEvent::AGGREGATE {
+            pending.enqueue_user(by, &key.0, key.1);
+        }
+    }
+    if remaining == 0 {
+        changes.released.push(key);
+    } else {
+        changes.quarantine(key);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_event_is_poison_and_an_unreachable_server_is_not() {
+        assert_eq!(
+            classify(&ProjectorError::Event {
+                sequence: 1,
+                reason: "x".into()
+            }),
+            Failure::Poison
+        );
+        assert_eq!(
+            classify(&ProjectorError::Store(StoreError::Database(sqlx::Error::PoolTimedOut))),
+            Failure::Unreachable
+        );
+        assert_eq!(
+            classify(&ProjectorError::Log(LoadError::Nats("down".into()))),
+            Failure::Unreachable
+        );
+        assert_eq!(
+            classify(&ProjectorError::Log(LoadError::Corrupt {
+                sequence: 3,
+                reason: "not JSON".into()
+            })),
+            Failure::Poison
+        );
+    }
+
+    #[test]
+    fn a_released_aggregate_leaves_the_set_and_a_new_one_enters() {
+        let set = Quarantined::default();
+        let id = Uuid::nil();
+        let mut changes = Changes::default();
+        changes.quarantine(("a".into(), id));
+        assert!(changes.quarantines(&("a".into(), id)));
+        set.commit(&changes);
+        assert!(set.contains("a", id));
+        assert!(!set.contains("b", id));
+        let changes = Changes {
+            quarantined: vec![],
+            released: vec![("a".into(), id)],
+        };
+        set.commit(&changes);
+        assert!(set.is_empty());
+    }
+}
