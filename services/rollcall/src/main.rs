@@ -10,6 +10,7 @@ use rollcall_store::Store;
 use serde_json::json;
 
 mod bench;
+mod quarantine;
 mod serve;
 
 /// Rollcall: identity lifecycle from Entra ID (SCIM 2.0) to immutable events, read models and
@@ -234,6 +235,11 @@ enum ProjectorCommand {
         #[arg(long, default_value_t = rollcall_projector::DEFAULT_BATCH)]
         batch: usize,
     },
+    /// Events the projector could not apply, and their resolution.
+    Quarantine {
+        #[command(subcommand)]
+        command: quarantine::QuarantineCommand,
+    },
 }
 
 fn default_scim_url() -> String {
@@ -274,6 +280,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Projector {
             command: ProjectorCommand::Rebuild { batch },
         } => rebuild(cli.common, batch).await,
+        Command::Projector {
+            command: ProjectorCommand::Quarantine { command },
+        } => quarantine::run(cli.common, command).await,
         Command::Sessions {
             command:
                 SessionsCommand::Revoke {
@@ -447,13 +456,25 @@ async fn status(common: Common, json: bool) -> anyhow::Result<()> {
     let head = log.head().await?;
     let checkpoint = store.checkpoint(rollcall_projector::DEFAULT_NAME).await?;
     let lag = head.saturating_sub(checkpoint);
+    let quarantined = store.quarantine(false).await?;
+    let failed = quarantined.iter().filter(|row| row.status == "failed").count();
     if json {
         println!(
             "{}",
-            json!({"stream": log.namespace().stream(), "head": head, "projector": {"checkpoint": checkpoint, "lag": lag}})
+            json!({"stream": log.namespace().stream(), "head": head, "projector": {"checkpoint": checkpoint, "lag": lag,
+                   "quarantine": {"failed": failed, "held": quarantined.len() - failed,
+                                  "sequences": quarantined.iter().map(|row| row.sequence).collect::<Vec<_>>()}}})
         );
     } else {
         println!("stream               {}\nstream head          {head}\nprojector checkpoint {checkpoint}\nprojector lag        {lag}", log.namespace().stream());
+        if quarantined.is_empty() {
+            println!("quarantine           empty");
+        } else {
+            println!(
+                "quarantine           {failed} failed, {} held: see `rollcall projector quarantine list`",
+                quarantined.len() - failed
+            );
+        }
     }
     Ok(())
 }

@@ -2,16 +2,21 @@
 //! write's stream sequence, so that Entra's create-then-lookup never misses. The checkpoint
 //! arrives by the projector's NATS announcements, with a PostgreSQL poll as a fallback.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rollcall_eventlog::Namespace;
 use rollcall_store::Store;
 use tokio::sync::watch;
 use tracing::{debug, warn};
+use uuid::Uuid;
 
-/// How long a write waits for the read model before answering anyway.
+use crate::error::ApiError;
+
+/// How long a write waits for the read model (and the access service) before it answers
+/// `503` with `Retry-After`.
 pub const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Subscribes to `consumer`'s checkpoint announcements, advancing `sender` with each.
@@ -111,7 +116,7 @@ impl Checkpoint {
             warn!(
                 sequence,
                 checkpoint = *self.receiver.borrow(),
-                "read model behind the write; answering anyway"
+                "the write is not applied within the bound; answering 503 (the client retries)"
             );
         } else {
             debug!(sequence, "read model holds the write");
@@ -126,16 +131,67 @@ impl Checkpoint {
 }
 
 /// Every checkpoint a write waits for: the projector's, and the access service's when it is
-/// configured to (so that the next access decision after a SCIM response reflects it).
+/// configured to (so that the next access decision after a SCIM response reflects it). A write
+/// answers `2xx` only once every one has reached it and its resource is not quarantined.
 #[derive(Debug, Clone)]
 pub struct Consistency {
     checkpoints: Vec<Checkpoint>,
+    store: Option<Store>,
+    health: Arc<Health>,
+}
+
+/// What writes have seen of the pipeline behind them, for `/healthz` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Writes answered `503` because their effect was not applied within the bound.
+    pub not_applied: AtomicU64,
+    /// Writes answered `503` because their resource is quarantined.
+    pub quarantined: AtomicU64,
+    /// Writes answered `503` because NATS or PostgreSQL was out of reach.
+    pub unavailable: AtomicU64,
+    last_not_applied: std::sync::Mutex<Option<Instant>>,
+}
+
+/// How long after a write was not applied in time the API still reports itself degraded.
+pub const DEGRADED_FOR: Duration = Duration::from_secs(60);
+
+impl Health {
+    /// When a write last was not applied in time, if within [`DEGRADED_FOR`].
+    pub fn degraded_since(&self) -> Option<Duration> {
+        let last = *self
+            .last_not_applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.map(|at| at.elapsed()).filter(|ago| *ago < DEGRADED_FOR)
+    }
+
+    fn record_not_applied(&self) {
+        self.not_applied.fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_not_applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    }
 }
 
 impl Consistency {
-    /// Waits on these checkpoints.
-    pub fn new(checkpoints: Vec<Checkpoint>) -> Self {
-        Self { checkpoints }
+    /// Waits on these checkpoints; checks quarantines in `store` (none without one).
+    pub fn new(checkpoints: Vec<Checkpoint>, store: Option<Store>) -> Self {
+        Self {
+            checkpoints,
+            store,
+            health: Arc::default(),
+        }
+    }
+
+    /// What writes have seen.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The projector's checkpoint as last seen.
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoints.first().map_or(0, Checkpoint::current)
     }
 
     /// Waits until every checkpoint reaches `sequence` (each bounded by the timeout).
@@ -145,6 +201,53 @@ impl Consistency {
             reached &= checkpoint.wait_for(sequence).await;
         }
         reached
+    }
+
+    /// Refuses a write to a quarantined resource before anything is appended.
+    pub async fn writable(&self, resource: &'static str, tenant: &str, id: Uuid) -> Result<(), ApiError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        match store.quarantine_of(tenant, id).await {
+            Ok(None) => Ok(()),
+            Ok(Some((sequence, event_type))) => {
+                self.health.quarantined.fetch_add(1, Ordering::Relaxed);
+                Err(ApiError::Quarantined {
+                    resource,
+                    sequence: sequence as u64,
+                    event_type,
+                })
+            }
+            Err(error) => Err(self.unavailable(error.into())),
+        }
+    }
+
+    /// A write's promise: answers `Ok` only once the write (or, for a write that changed
+    /// nothing, every earlier write to the resource: `sequence` is the resource's last event)
+    /// is applied in the read model and, when configured, the access service, and the resource
+    /// is not quarantined; otherwise the error to answer (`503` with `Retry-After`).
+    pub async fn settle(
+        &self,
+        resource: &'static str,
+        tenant: &str,
+        id: Uuid,
+        sequence: u64,
+    ) -> Result<(), ApiError> {
+        if !self.wait_for(sequence).await {
+            self.health.record_not_applied();
+            return Err(ApiError::NotApplied {
+                timeout: READ_YOUR_WRITES_TIMEOUT,
+            });
+        }
+        self.writable(resource, tenant, id).await
+    }
+
+    /// Counts an unavailable server.
+    pub fn unavailable(&self, error: ApiError) -> ApiError {
+        if matches!(error, ApiError::Unavailable(_)) {
+            self.health.unavailable.fetch_add(1, Ordering::Relaxed);
+        }
+        error
     }
 }
 

@@ -32,6 +32,15 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// The write's event would be larger than the event stream takes (NATS `max_payload`, less
+    /// room for headers); nothing was appended.
+    #[error("this change would be recorded as an event of {size} bytes; the event stream takes at most {limit}: send fewer values or members per request")]
+    EventTooLarge {
+        /// The encoded event's size.
+        size: usize,
+        /// The largest event the stream takes.
+        limit: usize,
+    },
     /// The method is not allowed on this endpoint.
     #[error("{method} is not allowed here")]
     MethodNotAllowed {
@@ -41,10 +50,34 @@ pub enum ApiError {
     /// Concurrent writes to one resource kept conflicting.
     #[error("the resource is being changed concurrently; retry")]
     Contended,
+    /// The write is recorded, but its effect was not applied in the read model and the access
+    /// service within the bound: Entra retries a `503`.
+    #[error("the write is recorded but not yet in effect everywhere (not applied within {timeout:?}); retry")]
+    NotApplied {
+        /// The bound.
+        timeout: std::time::Duration,
+    },
+    /// The projector quarantined an event of this resource: it takes no writes until an
+    /// operator resolves it.
+    #[error("this {resource} is quarantined: the projector could not apply its event at stream sequence {sequence} ({event_type}); an operator must resolve it (`rollcall projector quarantine list`)")]
+    Quarantined {
+        /// `User` or `Group`.
+        resource: &'static str,
+        /// The quarantined event's sequence.
+        sequence: u64,
+        /// Its type.
+        event_type: String,
+    },
+    /// NATS or PostgreSQL is out of reach.
+    #[error("{0}")]
+    Unavailable(String),
     /// NATS or PostgreSQL failed.
     #[error("{0}")]
     Internal(String),
 }
+
+/// `Retry-After` seconds for a server that is out of reach or behind.
+const RETRY_AFTER: &str = "5";
 
 impl From<UserError> for ApiError {
     fn from(error: UserError) -> Self {
@@ -82,19 +115,44 @@ impl From<GroupError> for ApiError {
 
 impl From<LoadError> for ApiError {
     fn from(error: LoadError) -> Self {
-        ApiError::Internal(error.to_string())
+        match error {
+            LoadError::Nats(_) => ApiError::Unavailable(error.to_string()),
+            _ => ApiError::Internal(error.to_string()),
+        }
     }
 }
 
 impl From<AppendError> for ApiError {
     fn from(error: AppendError) -> Self {
-        ApiError::Internal(error.to_string())
+        match error {
+            AppendError::Publish(_) => ApiError::Unavailable(error.to_string()),
+            AppendError::TooLarge { size, limit } => ApiError::EventTooLarge { size, limit },
+            _ => ApiError::Internal(error.to_string()),
+        }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        ApiError::Internal(error.to_string())
+        match &error {
+            // Out of reach, or too busy to answer in time: the client retries.
+            StoreError::Database(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => ApiError::Unavailable(error.to_string()),
+            StoreError::Database(sqlx::Error::Database(database))
+                if database
+                    .code()
+                    .is_some_and(|code| ["08", "53", "57"].iter().any(|class| code.starts_with(class))) =>
+            {
+                ApiError::Unavailable(error.to_string())
+            }
+            _ => ApiError::Internal(error.to_string()),
+        }
     }
 }
 
@@ -105,9 +163,18 @@ impl ApiError {
             ApiError::Scim(error) => error.clone(),
             ApiError::Unauthorized => ScimError::new(401, None, self.to_string()),
             ApiError::PreconditionFailed { .. } => ScimError::new(412, None, self.to_string()),
-            ApiError::PayloadTooLarge { .. } => ScimError::new(413, None, self.to_string()),
+            ApiError::PayloadTooLarge { .. } | ApiError::EventTooLarge { .. } => {
+                ScimError::new(413, None, self.to_string())
+            }
             ApiError::MethodNotAllowed { .. } => ScimError::new(405, None, self.to_string()),
-            ApiError::Contended => ScimError::new(503, None, self.to_string()),
+            ApiError::Contended | ApiError::NotApplied { .. } | ApiError::Quarantined { .. } => {
+                ScimError::new(503, None, self.to_string())
+            }
+            ApiError::Unavailable(_) => ScimError::new(
+                503,
+                None,
+                "the event store or the database is out of reach; retry",
+            ),
             ApiError::Internal(_) => ScimError::new(500, None, "internal error"),
         }
     }
@@ -123,6 +190,11 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Contended => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::NotApplied { .. }
+            | ApiError::Quarantined { .. }
+            | ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
             }
             ApiError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
