@@ -223,6 +223,33 @@ async fn every_kind_of_poison_is_quarantined_while_the_stream_goes_on() {
         .await
         .unwrap();
     assert_eq!(verified.mismatch, None);
+
+    // A retry of an event that still cannot be applied is tried once more, and stays.
+    let last = quarantined(&env).await.pop().unwrap();
+    rollcall_eventlog::quarantine::append(
+        &env.log,
+        "evil",
+        last.aggregate_id,
+        rollcall_eventlog::quarantine::RETRIED,
+        &Resolution {
+            sequence: last.sequence as u64,
+            aggregate_type: "user".into(),
+            reason: "try again".into(),
+        },
+        Actor::Operator {
+            name: "test".into(),
+        },
+    )
+    .await
+    .unwrap();
+    eventually("the retry is recorded", Duration::from_secs(5), || async {
+        quarantined(&env)
+            .await
+            .iter()
+            .any(|row| row.sequence == last.sequence && row.attempts == 2 && row.status == "failed")
+    })
+    .await;
+    assert_eq!(quarantined(&env).await.len(), 3);
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! Membership is what access decisions read, so every change to it is its own event naming
 //! exactly who came and who went.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -95,6 +95,9 @@ pub enum GroupCommand {
     RemoveMembers(Vec<String>),
     /// Delete the group.
     Delete,
+    /// Record that the group was never created: the writer that claimed its displayName
+    /// stopped before creating it (see `UserCommand::Abandon`).
+    Abandon,
 }
 
 /// What happened to a group.
@@ -139,6 +142,10 @@ pub enum GroupEvent {
     /// The group was deleted.
     #[serde(rename = "group.deleted")]
     Deleted,
+    /// The group was never created: its writer stopped after claiming the displayName, and
+    /// the claim was recovered. The id stays unused for good.
+    #[serde(rename = "group.abandoned")]
+    Abandoned,
 }
 
 impl EventKind for GroupEvent {
@@ -152,6 +159,7 @@ impl EventKind for GroupEvent {
             GroupEvent::MembersAdded { .. } => "group.members_added",
             GroupEvent::MembersRemoved { .. } => "group.members_removed",
             GroupEvent::Deleted => "group.deleted",
+            GroupEvent::Abandoned => "group.abandoned",
         }
     }
 }
@@ -180,11 +188,12 @@ fn display_name(attributes: &Attributes) -> Option<&str> {
         .filter(|name| !name.is_empty())
 }
 
+/// The members, each once (the first of those with one [`Member::key`]), in their order.
 fn dedupe(members: Vec<Member>) -> Vec<Member> {
-    let mut seen = BTreeMap::new();
+    let mut seen = BTreeSet::new();
     members
         .into_iter()
-        .filter(|m| seen.insert(m.key(), ()).is_none())
+        .filter(|m| seen.insert(m.key()))
         .collect()
 }
 
@@ -206,9 +215,12 @@ pub fn decide(group: &Group, command: GroupCommand) -> Result<Vec<GroupEvent>, G
                 members: dedupe(members),
             }]);
         }
+        (Group::Absent, GroupCommand::Abandon) => return Ok(vec![GroupEvent::Abandoned]),
         (Group::Absent, _) => return Err(GroupError::NotFound),
         (Group::Deleted, _) => return Err(GroupError::Deleted),
-        (Group::Active(_), GroupCommand::Create { .. }) => return Err(GroupError::AlreadyCreated),
+        (Group::Active(_), GroupCommand::Create { .. } | GroupCommand::Abandon) => {
+            return Err(GroupError::AlreadyCreated)
+        }
         (Group::Active(_), GroupCommand::Delete) => return Ok(vec![GroupEvent::Deleted]),
         (Group::Active(state), command) => (state, command),
     };
@@ -251,10 +263,12 @@ pub fn decide(group: &Group, command: GroupCommand) -> Result<Vec<GroupEvent>, G
             })
         }
         (state, GroupCommand::RemoveMembers(ids)) => {
+            // A set, not a search of the list: a removal names up to tens of thousands of ids.
+            let mut seen = BTreeSet::new();
             let mut removed: Vec<String> = Vec::new();
             for id in ids {
                 if let Some(member) = state.members.get(&id.to_lowercase()) {
-                    if !removed.contains(&member.value) {
+                    if seen.insert(member.value.as_str()) {
                         removed.push(member.value.clone());
                     }
                 }
@@ -265,7 +279,9 @@ pub fn decide(group: &Group, command: GroupCommand) -> Result<Vec<GroupEvent>, G
                 vec![GroupEvent::MembersRemoved { members: removed }]
             })
         }
-        (_, GroupCommand::Create { .. } | GroupCommand::Delete) => Ok(vec![]),
+        (_, GroupCommand::Create { .. } | GroupCommand::Delete | GroupCommand::Abandon) => {
+            Ok(vec![])
+        }
     }
 }
 
@@ -305,6 +321,7 @@ pub fn evolve(group: Group, event: &GroupEvent) -> Group {
             Group::Active(state)
         }
         (_, GroupEvent::Deleted) => Group::Deleted,
+        (Group::Absent, GroupEvent::Abandoned) => Group::Deleted,
         (group, _) => group,
     }
 }
@@ -364,6 +381,43 @@ mod tests {
             },
         ]);
         assert_eq!(group.state().unwrap().members.len(), 1);
+    }
+
+    #[test]
+    fn creating_keeps_the_first_of_each_member_in_the_order_sent() {
+        let command = GroupCommand::Create {
+            attributes: json!({"displayName": "g"}).as_object().unwrap().clone(),
+            members: ["b", "A", "B", "c", "a"].into_iter().map(Member::new).collect(),
+        };
+        let Ok(events) = decide(&Group::Absent, command) else {
+            panic!("refused")
+        };
+        let [GroupEvent::Created { members, .. }] = &events[..] else {
+            panic!("{events:?}")
+        };
+        let ids: Vec<&str> = members.iter().map(|m| m.value.as_str()).collect();
+        assert_eq!(ids, ["b", "A", "c"]);
+    }
+
+    #[test]
+    fn a_removal_naming_a_member_many_times_removes_them_once_in_the_order_named() {
+        let ids: Vec<String> = (0..20_000).map(|i| format!("m{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let group = given(&[created("g", &refs)]);
+        let named: Vec<String> = ids
+            .iter()
+            .rev()
+            .chain(ids.iter())
+            .map(|id| id.to_uppercase())
+            .collect();
+        let Ok(events) = decide(&group, GroupCommand::RemoveMembers(named)) else {
+            panic!("refused")
+        };
+        let [GroupEvent::MembersRemoved { members }] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(members.len(), 20_000);
+        assert_eq!((members[0].as_str(), members[19_999].as_str()), ("m19999", "m0"));
     }
 
     #[test]
