@@ -375,3 +375,78 @@ async fn an_access_state_past_max_payload_denies_that_user_and_stalls_no_one() {
     // ...and every other user's changes still reach the access service.
     env.assert_other_tenant_unaffected().await;
 }
+
+#[tokio::test]
+async fn a_claim_whose_writer_died_before_appending_is_recovered_once_no_live_writer_could_append() {
+    let env = TestEnv::start().await;
+    // What a `kill -9` between the claim and the append leaves: a claim for an id that has no
+    // event.
+    let claims = rollcall_eventlog::Claims::open(env.log.jetstream(), &env.namespace)
+        .await
+        .unwrap();
+    let orphan = Uuid::now_v7();
+    assert_eq!(
+        claims
+            .claim("test", "userName", "orphaned@example.com", orphan)
+            .await
+            .unwrap(),
+        rollcall_eventlog::Claim::Acquired
+    );
+    // While a live writer could still append, the name is taken.
+    assert_eq!(
+        env.scim().post("/Users", &user("orphaned@example.com")).await.status,
+        409
+    );
+    // Once no live writer could, the claim is recovered (its holder fenced).
+    let started = std::time::Instant::now();
+    eventually("the orphaned claim is recovered", Duration::from_secs(20), || async {
+        env.scim().post("/Users", &user("orphaned@example.com")).await.status == 201
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(15), "recovered only after {:?}", started.elapsed());
+    // Entra's lookup finds the one user.
+    let found = env
+        .scim()
+        .get(&format!(
+            "/Users?filter={}",
+            rollcall_it::encode("userName eq \"orphaned@example.com\"")
+        ))
+        .await;
+    assert_eq!(found.body["totalResults"], 1);
+    // The dead writer, should it wake up, can no longer create its user.
+    let subject = env
+        .namespace
+        .aggregate_subject("test", UserEvent::AGGREGATE, &orphan);
+    let late = Envelope {
+        event_id: Uuid::now_v7(),
+        tenant: "test".into(),
+        aggregate_type: UserEvent::AGGREGATE.into(),
+        aggregate_id: orphan,
+        version: 1,
+        event_type: "user.provisioned".into(),
+        schema_version: 1,
+        occurred_at: time::OffsetDateTime::now_utc(),
+        actor: Actor::Operator {
+            name: "test".into(),
+        },
+        request_id: None,
+        traceparent: None,
+        payload: UserEvent::Provisioned {
+            attributes: serde_json::from_value(json!({"userName": "orphaned@example.com"}))
+                .unwrap(),
+            active: true,
+        }
+        .to_payload(),
+    };
+    assert!(matches!(
+        env.log.append(&subject, 0, &[late]).await,
+        Err(rollcall_eventlog::AppendError::Conflict { .. })
+    ));
+    assert_eq!(env.event_types("test", &orphan.to_string()).await, ["user.abandoned"]);
+    // A claim whose holder exists and uses the name is never taken.
+    assert_eq!(
+        env.scim().post("/Users", &user("orphaned@example.com")).await.status,
+        409
+    );
+    env.assert_other_tenant_unaffected().await;
+}

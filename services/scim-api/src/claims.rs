@@ -1,14 +1,19 @@
 //! Uniqueness through NATS claims: a userName (or group displayName) is claimed, without case,
-//! before the event that uses it is appended, and released when it is no longer used.
+//! before the event that uses it is appended, and released when it is no longer used. "Without
+//! case" is [`rollcall_scim::case`]'s folding, the one every lookup uses.
 
 use std::time::Duration;
 
-use rollcall_eventlog::Claim;
-use rollcall_scim::ScimError;
+use rollcall_domain::group::{self, Group, GroupCommand};
+use rollcall_domain::user::{self, User, UserCommand};
+use rollcall_eventlog::{Actor, Claim, Claims};
+use rollcall_scim::{case, ScimError};
+use rollcall_store::Store;
 use time::OffsetDateTime;
 use tracing::warn;
 use uuid::Uuid;
 
+use crate::aggregate::WriteContext;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -17,8 +22,13 @@ pub const USER_NAME: &str = "userName";
 /// The claim kind of group displayNames.
 pub const DISPLAY_NAME: &str = "displayName";
 
-/// A claim older than this whose holder never came to exist (or no longer uses the value) is
-/// stale: its writer crashed between claiming and appending, or between renaming and releasing.
+/// A claim older than this whose holder has no event is recovered (after fencing the holder):
+/// longer than a live writer takes from its claim to its append (a JetStream publish times out
+/// after 5 s).
+const RECOVER_AFTER: Duration = Duration::from_secs(10);
+
+/// A claim older than this whose holder exists but no longer uses the value is stale: its
+/// writer crashed between renaming and releasing.
 const STALE_AFTER: Duration = Duration::from_secs(30);
 
 async fn holder_uses(
@@ -45,7 +55,99 @@ async fn holder_uses(
             .and_then(|s| s.display_name())
             .map(str::to_owned)
     };
-    Ok(current.is_some_and(|current| current.to_lowercase() == value.to_lowercase()))
+    Ok(current.is_some_and(|current| case::equal(&current, value)))
+}
+
+/// Claims the folded keys of existing users and groups whose claims were taken under their
+/// legacy key (`str::to_lowercase`, before claims were case-folded) and whose two keys differ
+/// (`straße`, `İlker`, `ΟΔΟΣ`): otherwise a name folding alike (`STRASSE`) would find its key
+/// free. Runs when the API starts; claiming what is held already changes nothing. Resources
+/// appended but not yet in the read model are not seen. Returns how many keys it claimed.
+pub async fn adopt_folded_keys(claims: &Claims, store: &Store) -> Result<usize, ApiError> {
+    let users = store.user_names_beyond_ascii().await?;
+    let groups = store.group_names_beyond_ascii().await?;
+    let named = users
+        .into_iter()
+        .map(|row| (USER_NAME, row))
+        .chain(groups.into_iter().map(|row| (DISPLAY_NAME, row)));
+    let mut adopted = 0;
+    for (kind, (tenant, id, name)) in named {
+        if name.to_lowercase() == case::fold(&name) {
+            continue;
+        }
+        match claims.claim(&tenant, kind, &name, id).await? {
+            Claim::Acquired => adopted += 1,
+            Claim::AlreadyHeld => {}
+            Claim::HeldBy { holder, .. } => warn!(
+                kind,
+                tenant,
+                resource.id = %id,
+                holder.id = %holder,
+                "two resources' names are one under case folding; the other holds the claim"
+            ),
+        }
+    }
+    Ok(adopted)
+}
+
+/// Whether a claim's holder provably never comes to use its claim: it has no event, and an
+/// `abandoned` event appended where its first event would go (expecting none) now fences its
+/// writer out for good; or it was deleted (for good). A holder that exists answers `false`.
+async fn fence_absent(
+    state: &AppState,
+    tenant: &str,
+    kind: &str,
+    holder: Uuid,
+) -> Result<bool, ApiError> {
+    if holder.is_nil() {
+        return Ok(false);
+    }
+    let context = WriteContext {
+        tenant: tenant.to_owned(),
+        actor: Actor::Operator {
+            name: "rollcall: claim recovery".into(),
+        },
+        request_id: format!("claim-recovery-{holder}"),
+    };
+    let fenced = if kind == USER_NAME {
+        let folded = state.repositories.users.load(tenant, holder).await?;
+        match folded.state {
+            User::Deleted => return Ok(true),
+            User::Absent => {
+                state
+                    .repositories
+                    .users
+                    .write(&context, holder, |folded| {
+                        Ok(user::decide(&folded.state, UserCommand::Abandon)?)
+                    })
+                    .await
+            }
+            _ => return Ok(false),
+        }
+        .map(|written| written.appended > 0)
+    } else {
+        let folded = state.repositories.groups.load(tenant, holder).await?;
+        match folded.state {
+            Group::Deleted => return Ok(true),
+            Group::Absent => {
+                state
+                    .repositories
+                    .groups
+                    .write(&context, holder, |folded| {
+                        Ok(group::decide(&folded.state, GroupCommand::Abandon)?)
+                    })
+                    .await
+            }
+            _ => return Ok(false),
+        }
+        .map(|written| written.appended > 0)
+    };
+    match fenced {
+        Ok(fenced) => Ok(fenced),
+        // It came to exist after all (its writer appended first).
+        Err(ApiError::Scim(_)) => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 /// Claims `value` for `holder`, or answers `409 uniqueness`.
@@ -63,7 +165,22 @@ pub async fn claim(
             revision,
             claimed_at,
         } => {
-            let old = OffsetDateTime::now_utc() - claimed_at > STALE_AFTER;
+            // A holder that never came to exist once a live writer would have appended: its
+            // writer stopped between claiming and appending (a crash, a `kill -9`). Fenced, it
+            // provably never will. (Fencing a younger claim would fence live writers: twenty
+            // concurrent creates of one name would fence each other in turn.)
+            let age = OffsetDateTime::now_utc() - claimed_at;
+            if age > RECOVER_AFTER
+                && fence_absent(state, tenant, kind, other).await?
+                && state
+                    .claims
+                    .take_over(tenant, kind, value, holder, revision)
+                    .await?
+            {
+                warn!(kind, holder.id = %other, "recovered a claim whose writer never created its resource");
+                return Ok(());
+            }
+            let old = age > STALE_AFTER;
             if old
                 && !holder_uses(state, tenant, kind, value, other).await?
                 && state
