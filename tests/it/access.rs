@@ -248,7 +248,7 @@ async fn a_restarted_access_service_comes_back_with_the_same_decisions() {
             ] {
                 let status = reqwest::Client::new()
                     .get(format!("{env_access}/auth"))
-                    .header("X-Forwarded-Host", host)
+                    .header("X-Original-URL", format!("https://{host}/"))
                     .bearer_auth(session)
                     .send()
                     .await
@@ -339,36 +339,21 @@ async fn other_components_load_the_state_from_nats_and_follow_revocations_live()
     );
 }
 
+/// Replaces the access service with one trusting `proxy`'s headers.
+async fn behind(env: &mut TestEnv, proxy: rollcall_access::proxy::TrustedProxy) {
+    let config = rollcall_access::Config {
+        trusted_proxy: Some(proxy),
+        ..rollcall_it::access_config(&env.policy_file)
+    };
+    env.start_access(rollcall_access::Access::new(config).unwrap())
+        .await;
+}
+
 #[tokio::test]
 async fn traefik_envoy_bearer_and_the_decision_api_ask_the_same_question() {
-    let env = TestEnv::start().await;
+    let mut env = TestEnv::start().await;
     let (_, _, session) = engineer(&env, "proxy@example.com").await;
     let http = reqwest::Client::new();
-    let traefik = http
-        .get(format!("{}/auth", env.access_base))
-        .header("X-Forwarded-Host", "eng.test")
-        .header("X-Forwarded-Uri", "/dashboards?x=1")
-        .header("X-Forwarded-Method", "GET")
-        .header("Cookie", format!("other=1; rollcall_session={session}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(traefik.status(), 200);
-    let envoy = http
-        .get(format!("{}/auth/reports/q3", env.access_base))
-        .header("Host", "eng.test")
-        .bearer_auth(&session)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(envoy.status(), 200);
-    let anonymous = http
-        .get(format!("{}/auth", env.access_base))
-        .header("X-Forwarded-Host", "eng.test")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(anonymous.status(), 401);
     let unknown_app = env.forward_auth("nowhere.test", Some(&session)).await;
     assert_eq!(unknown_app.status, 403);
     let decision: Value = http
@@ -388,6 +373,44 @@ async fn traefik_envoy_bearer_and_the_decision_api_ask_the_same_question() {
         .as_str()
         .unwrap()
         .contains("invalid session"));
+
+    behind(&mut env, rollcall_access::proxy::TrustedProxy::Traefik).await;
+    let traefik = http
+        .get(format!("{}/auth", env.access_base))
+        .header("X-Forwarded-Host", "eng.test")
+        .header("X-Forwarded-Uri", "/dashboards?x=1")
+        .header("X-Forwarded-Method", "GET")
+        .header("Cookie", format!("other=1; rollcall_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traefik.status(), 200);
+    let anonymous = http
+        .get(format!("{}/auth", env.access_base))
+        .header("X-Forwarded-Host", "eng.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    behind(&mut env, rollcall_access::proxy::TrustedProxy::Envoy).await;
+    let envoy = http
+        .get(format!("{}/auth/reports/q3", env.access_base))
+        .header("Host", "eng.test")
+        .bearer_auth(&session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(envoy.status(), 200);
+    // Envoy asks with the original request's method.
+    let envoy_post = http
+        .post(format!("{}/auth/reports/q3", env.access_base))
+        .header("Host", "eng.test")
+        .bearer_auth(&session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(envoy_post.status(), 200);
     let metrics = http
         .get(format!("{}/metrics", env.access_base))
         .send()

@@ -94,12 +94,16 @@ async fn signing_in_issues_a_session_cookie_and_signing_out_revokes_it() {
     // The token says Engineering; SCIM says no groups: groups come from SCIM only.
     assert_eq!(forward_auth(env, "eng.test", &session).await, 403);
 
+    // The person's own sign-out: a POST (what the confirmation page's form sends).
     let out = browser
-        .get(&format!(
-            "{}/oauth2/sign_out?rd={}",
-            env.access_base,
-            rollcall_it::encode("https://wiki.test/")
-        ))
+        .post(
+            &format!(
+                "{}/oauth2/sign_out?rd={}",
+                env.access_base,
+                rollcall_it::encode("https://wiki.test/")
+            ),
+            &[],
+        )
         .await;
     assert_eq!(out.status, 302);
     assert_eq!(out.location().as_deref(), Some("https://wiki.test/"));
@@ -365,7 +369,11 @@ async fn id_tokens_signed_with_a_shared_secret_are_refused() {
 
 #[tokio::test]
 async fn auth_sends_traefik_browsers_to_sign_in_and_gives_nginx_a_401() {
-    let signin = SignInEnv::start().await;
+    let mut signin = SignInEnv::start_with(|config, _| rollcall_access::Config {
+        trusted_proxy: Some(rollcall_access::proxy::TrustedProxy::Traefik),
+        ..config
+    })
+    .await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -389,14 +397,6 @@ async fn auth_sends_traefik_browsers_to_sign_in_and_gives_nginx_a_401() {
             signin.env.access_base
         )
     );
-    let nginx = http
-        .get(&auth)
-        .header("accept", "text/html")
-        .header("x-original-url", "https://wiki.test/page")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(nginx.status(), 401);
     let api = http
         .get(&auth)
         .header("accept", "application/json")
@@ -405,6 +405,23 @@ async fn auth_sends_traefik_browsers_to_sign_in_and_gives_nginx_a_401() {
         .await
         .unwrap();
     assert_eq!(api.status(), 401);
+    // The same sign-in behind nginx.
+    let nginx_config = rollcall_access::Config {
+        trusted_proxy: Some(rollcall_access::proxy::TrustedProxy::Nginx),
+        ..signin.env.access.config.clone()
+    };
+    signin
+        .env
+        .start_access(rollcall_access::Access::new(nginx_config).unwrap())
+        .await;
+    let nginx = http
+        .get(format!("{}/auth", signin.env.access_base))
+        .header("accept", "text/html")
+        .header("x-original-url", "https://wiki.test/page")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nginx.status(), 401);
 }
 
 #[tokio::test]

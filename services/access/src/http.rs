@@ -1,16 +1,19 @@
 //! Forward-auth for reverse proxies and the decision API.
 //!
-//! - `GET /auth` (nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth`): the
-//!   original request from `X-Forwarded-Host`/`X-Forwarded-Uri`/`X-Forwarded-Method` or
-//!   `X-Original-URL`; `GET /auth/<path>` (Envoy `ext_authz` with `path_prefix: /auth`): the
-//!   original path after `/auth` and the original `Host`. The session comes from the
-//!   `rollcall_session` cookie or `Authorization: Bearer`. `200` with identity headers, `401`
-//!   without a valid session (or, for a browser behind Traefik or Caddy with sign-in configured,
-//!   `302` to `/oauth2/start?rd=<original URL>`), `403` when denied.
+//! - `GET /auth` (nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth`) and
+//!   `/auth/<path>` (Envoy `ext_authz` with `path_prefix: /auth`; any method): the original
+//!   request from the headers of the proxy named by `ROLLCALL_TRUSTED_PROXY` only
+//!   ([`crate::proxy`]), host and path normalized ([`crate::target`]). The session comes from
+//!   the `rollcall_session` cookie or `Authorization: Bearer`. `200` with identity headers
+//!   ([`crate::identity`]), `401` without a valid session (or, for a browser behind Traefik or
+//!   Caddy with sign-in configured, `302` to `/oauth2/start?rd=<original URL>`), `403` when
+//!   denied, `400` when the proxy's headers are refused, `500` when no proxy is configured.
+//!   Every answer's body is JSON (`{"status": …, "error": <reason>}` on `401`/`403`); proxies
+//!   read only the status and headers.
 //! - `POST /v1/decisions`: the same question as JSON, answered with the reason.
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text).
 
-use axum::extract::{Path, State};
+use axum::extract::{OriginalUri, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,6 +22,9 @@ use serde_json::json;
 use tracing::info;
 
 use crate::decision::{Decision, Outcome, Request};
+use crate::error::{json_error, ApiError};
+use crate::proxy;
+use crate::target::{self, Target};
 use crate::Access;
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -39,46 +45,6 @@ fn session<'a>(headers: &'a HeaderMap, cookie: &str) -> Option<&'a str> {
     crate::signin::cookie(headers, cookie)
 }
 
-/// Where an unauthenticated browser should sign in, when the proxy passes a redirect on: not
-/// nginx `auth_request` (it reports the original URL in `X-Original-URL` and only understands
-/// 2xx, 401 and 403; its `error_page 401` does the redirect), but Traefik `forwardAuth` and Caddy
-/// `forward_auth`, which send `X-Forwarded-Proto`/`-Host`/`-Uri` and return our answer as is.
-fn sign_in_redirect(access: &Access, headers: &HeaderMap) -> Option<String> {
-    if header(headers, "x-original-url").is_some()
-        || !header(headers, "accept").is_some_and(|a| a.contains("text/html"))
-    {
-        return None;
-    }
-    let host = header(headers, "x-forwarded-host")?;
-    let proto = header(headers, "x-forwarded-proto").unwrap_or("https");
-    let uri = header(headers, "x-forwarded-uri").unwrap_or("/");
-    crate::signin::start_location(access, &format!("{proto}://{host}{uri}"))
-}
-
-/// Host and path of the original request, as the proxy reports them.
-fn original(headers: &HeaderMap, envoy_path: Option<&str>) -> (String, String) {
-    if let Some(url) = header(headers, "x-original-url") {
-        // nginx: X-Original-URL: https://host/path?query
-        let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-        let (host, path) = rest
-            .split_once('/')
-            .map_or((rest, String::from("/")), |(h, p)| (h, format!("/{p}")));
-        return (
-            host.to_owned(),
-            path.split('?').next().unwrap_or("/").to_owned(),
-        );
-    }
-    let host = header(headers, "x-forwarded-host")
-        .or_else(|| header(headers, "host"))
-        .unwrap_or_default()
-        .to_owned();
-    let path = match envoy_path {
-        Some(path) => format!("/{path}"),
-        None => header(headers, "x-forwarded-uri").unwrap_or("/").to_owned(),
-    };
-    (host, path.split('?').next().unwrap_or("/").to_owned())
-}
-
 fn record(access: &Access, decision: &Decision) {
     access.metrics.count(decision.outcome);
     if decision.outcome != Outcome::Allow {
@@ -93,61 +59,63 @@ fn record(access: &Access, decision: &Decision) {
     }
 }
 
-fn forward_auth(access: &Access, headers: &HeaderMap, envoy_path: Option<&str>) -> Response {
-    let (host, path) = original(headers, envoy_path);
+fn forward_auth(
+    access: &Access,
+    headers: &HeaderMap,
+    envoy_path: Option<&str>,
+) -> Result<Response, ApiError> {
+    let trusted = access.config.trusted_proxy;
+    let original = proxy::original(trusted, headers, envoy_path)?;
     let decision = access.decide(Request {
-        host: &host,
-        path: &path,
+        target: &original.target,
         session: session(headers, &access.config.cookie),
     });
     record(access, &decision);
-    if decision.outcome == Outcome::Unauthenticated && envoy_path.is_none() {
-        if let Some(location) = sign_in_redirect(access, headers) {
-            if let Ok(location) = HeaderValue::from_str(&location) {
-                return (
-                    StatusCode::FOUND,
-                    [(header::LOCATION, location)],
-                    decision.reason,
-                )
-                    .into_response();
-            }
+    // Where an unauthenticated browser should sign in, when the proxy passes a redirect on.
+    let browser = header(headers, "accept").is_some_and(|a| a.contains("text/html"));
+    if decision.outcome == Outcome::Unauthenticated
+        && browser
+        && trusted.is_some_and(proxy::TrustedProxy::passes_redirects)
+    {
+        if let Some(location) = crate::signin::start_location(access, &original.url())
+            .and_then(|l| HeaderValue::from_str(&l).ok())
+        {
+            let mut response = json_error(StatusCode::FOUND, &decision.reason);
+            response.headers_mut().insert(header::LOCATION, location);
+            return Ok(response);
         }
     }
     let status = StatusCode::from_u16(decision.outcome.status()).unwrap_or(StatusCode::FORBIDDEN);
-    let mut response = (status, decision.reason.clone()).into_response();
-    if let (Outcome::Allow, Some(identity)) = (decision.outcome, &decision.identity) {
-        let groups = identity.groups.join(",");
-        let email = identity.email.clone().unwrap_or_default();
-        for (name, value) in [
-            ("x-auth-request-user", identity.user_name.as_str()),
-            ("x-auth-request-email", email.as_str()),
-            ("x-auth-request-groups", groups.as_str()),
-            ("remote-user", identity.user_name.as_str()),
-            ("remote-groups", groups.as_str()),
-            ("remote-email", email.as_str()),
-        ] {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                response
-                    .headers_mut()
-                    .insert(HeaderName::from_static(name), value);
-            }
+    let (Outcome::Allow, Some(identity)) = (decision.outcome, &decision.identity) else {
+        return Ok(json_error(status, &decision.reason));
+    };
+    let mut response = Json(json!({"status": 200, "reason": decision.reason})).into_response();
+    for (name, value) in crate::identity::headers(identity) {
+        // Encoded values are visible ASCII: always a valid header value.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
         }
     }
-    response
+    Ok(response)
 }
 
 /// `GET /auth`
-pub async fn auth(State(access): State<Access>, headers: HeaderMap) -> Response {
+pub async fn auth(State(access): State<Access>, headers: HeaderMap) -> Result<Response, ApiError> {
     forward_auth(&access, &headers, None)
 }
 
-/// `GET /auth/{*path}` (Envoy)
+/// `/auth/{*path}` (Envoy, any method): the path is taken raw from the request line, never
+/// percent-decoded by the router first.
 pub async fn auth_path(
     State(access): State<Access>,
-    Path(path): Path<String>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-) -> Response {
-    forward_auth(&access, &headers, Some(&path))
+) -> Result<Response, ApiError> {
+    let path = uri.path().strip_prefix("/auth").unwrap_or("/");
+    let path = if path.is_empty() { "/" } else { path };
+    forward_auth(&access, &headers, Some(path))
 }
 
 /// The decision API's question.
@@ -158,7 +126,7 @@ pub struct Question {
     pub session: Option<String>,
     /// The host.
     pub host: String,
-    /// The path (default `/`).
+    /// The path (default `/`; a query is ignored), normalized as forward-auth's is.
     #[serde(default)]
     pub path: Option<String>,
 }
@@ -167,30 +135,21 @@ pub struct Question {
 pub async fn decisions(
     State(access): State<Access>,
     body: Result<Json<Question>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(question) = match body {
-        Ok(body) => body,
-        Err(error) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": error.body_text()})),
-            )
-                .into_response()
-        }
-    };
+) -> Result<Response, ApiError> {
+    let Json(question) = body.map_err(|error| ApiError::Body(error.body_text()))?;
     let path = question.path.as_deref().unwrap_or("/");
+    let target = Target::new(&question.host, target::without_query(path))?;
     let decision = access.decide(Request {
-        host: &question.host,
-        path,
+        target: &target,
         session: question.session.as_deref(),
     });
     record(&access, &decision);
     let allowed = decision.outcome == Outcome::Allow;
-    (
+    Ok((
         StatusCode::OK,
         Json(json!({"allow": allowed, "status": decision.outcome.status(), "decision": decision})),
     )
-        .into_response()
+        .into_response())
 }
 
 /// `GET /healthz`: alive, with the state's freshness.
@@ -213,10 +172,12 @@ pub async fn healthz(State(access): State<Access>) -> Response {
 
 /// `GET /readyz`: `200` once the whole state is loaded and fresh.
 pub async fn readyz(State(access): State<Access>) -> Response {
-    if access.health.is_ready() && (access.config.fail_open || !access.is_stale()) {
-        (StatusCode::OK, "ready").into_response()
+    let ready = access.health.is_ready() && (access.config.fail_open || !access.is_stale());
+    let body = Json(json!({"ready": ready, "stale": access.is_stale()}));
+    if ready {
+        (StatusCode::OK, body).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "loading or stale").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }
 

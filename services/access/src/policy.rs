@@ -19,6 +19,12 @@
 //! `everyone = true`. Policies are tried in order; the first whose rules match decides. A
 //! `bypass` policy lets a request through without a session and may only include everyone.
 //! A request no application matches, or no policy allows, is denied.
+//!
+//! Matching: the request's host and path arrive normalized ([`crate::target`]). Hosts compare
+//! without case (`*.example.com` matches any subdomain, not `example.com` itself); path
+//! prefixes compare without ASCII case, a prefix matches itself with or without a trailing
+//! slash and every path below it, and the longest matching prefix over all applications of
+//! the host wins. A prefix in the file must be in normal form (`/admin`, not `/x/../admin`).
 
 use std::collections::HashMap;
 
@@ -119,7 +125,7 @@ pub struct Application {
     pub tenant: String,
     /// Hosts, lowercase; `*.example.com` matches any subdomain.
     pub hosts: Vec<String>,
-    /// Path prefixes.
+    /// Path prefixes, in normal form and lower case.
     pub paths: Vec<String>,
     /// Policies, in order.
     pub policies: Vec<Policy>,
@@ -188,6 +194,19 @@ impl Policies {
             if let Some(bad) = paths.iter().find(|p| !p.starts_with('/')) {
                 return Err(PolicyError(format!("{at}: path {bad:?} must start with /")));
             }
+            for path in &paths {
+                match crate::target::normalize_path(path) {
+                    Ok(normal) if normal == *path => {}
+                    Ok(normal) => {
+                        return Err(PolicyError(format!(
+                            "{at}: path {path:?} is not in normal form; write {normal:?}"
+                        )))
+                    }
+                    Err(error) => return Err(PolicyError(format!("{at}: path {path:?}: {error}"))),
+                }
+            }
+            // Prefixes are compared without ASCII case: see `Policies::application`.
+            let paths = paths.iter().map(|p| p.to_ascii_lowercase()).collect();
             if app.policies.is_empty() {
                 return Err(PolicyError(format!(
                     "{at}: no policy; add [[application.policy]] (without one, everyone is denied)"
@@ -237,13 +256,18 @@ impl Policies {
         Ok(Self { applications })
     }
 
-    /// The application serving `host` and `path`: the longest matching path prefix wins.
+    /// The application serving `host` and `path` (a normalized path, see [`crate::target`]):
+    /// the longest matching path prefix wins. Hosts and path prefixes are compared without
+    /// ASCII case; a prefix matches itself with or without a trailing slash and every path
+    /// below it (`/admin` and `/admin/` both match `/admin`, `/admin/`, `/Admin/x`, never
+    /// `/administrator`).
     pub fn application(&self, host: &str, path: &str) -> Option<&Application> {
         let host = host
             .split(':')
             .next()
             .unwrap_or_default()
             .to_ascii_lowercase();
+        let path = path.to_ascii_lowercase();
         self.applications
             .iter()
             .filter(|app| app.hosts.iter().any(|pattern| host_matches(pattern, &host)))
@@ -251,8 +275,9 @@ impl Policies {
                 let longest = app
                     .paths
                     .iter()
-                    .filter(|prefix| path_matches(prefix, path))
-                    .map(|p| p.len())
+                    .map(|prefix| prefix.trim_end_matches('/'))
+                    .filter(|prefix| path_matches(prefix, &path))
+                    .map(str::len)
                     .max()?;
                 Some((longest, app))
             })
@@ -272,10 +297,12 @@ fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
+/// Whether `path` is `prefix` (given without its trailing slash; `""` is the root) or below it.
 fn path_matches(prefix: &str, path: &str) -> bool {
-    prefix == "/"
-        || path == prefix
-        || path.starts_with(&format!("{}/", prefix.trim_end_matches('/')))
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
 }
 
 /// Looks groups up by id.
@@ -368,6 +395,7 @@ mod tests {
             revoked_sessions: vec![],
             groups: groups.to_vec(),
             sequence: 1,
+            withheld: None,
         }
     }
 
@@ -428,6 +456,66 @@ mod tests {
         assert!(Rule::Group("0DB508EB".into()).matches(&admin, &groups));
         assert!(Rule::Group(gid.to_string()).matches(&admin, &groups));
         assert!(finance.policies[0].matches(&user(&["x@contractor.example"], &[]), &groups));
+    }
+
+    const PROTECTED_ADMIN: &str = r#"
+        [[application]]
+        name = "site"
+        tenant = "default"
+        hosts = ["site.example.com"]
+        [[application.policy]]
+        name = "everyone"
+        action = "allow"
+        include = [{ everyone = true }]
+
+        [[application]]
+        name = "admin"
+        tenant = "default"
+        hosts = ["site.example.com"]
+        paths = ["/Admin/"]
+        [[application.policy]]
+        name = "admins"
+        action = "allow"
+        include = [{ group = "Admins" }]
+    "#;
+
+    #[test]
+    fn no_spelling_of_a_protected_prefix_falls_through_to_a_broader_rule() {
+        let policies = Policies::parse(PROTECTED_ADMIN).unwrap();
+        for variant in [
+            "/admin",
+            "/admin/",
+            "/ADMIN",
+            "/aDmIn/users",
+            "/%61dmin",
+            "/%41DMIN/x",
+            "/public/../admin",
+            "/public/%2e%2e/admin",
+            "//admin",
+            "/./admin//settings",
+        ] {
+            let path = crate::target::normalize_path(variant).unwrap();
+            let app = policies.application("site.example.com", &path).unwrap();
+            assert_eq!(app.name, "admin", "{variant} ({path})");
+        }
+        for elsewhere in ["/", "/administrator", "/public/admin", "/admins"] {
+            let app = policies.application("site.example.com", elsewhere).unwrap();
+            assert_eq!(app.name, "site", "{elsewhere}");
+        }
+    }
+
+    #[test]
+    fn prefixes_not_in_normal_form_are_refused_with_the_normal_form() {
+        let file = |path: &str| {
+            format!("[[application]]\nname = \"a\"\ntenant = \"t\"\nhosts = [\"h\"]\npaths = [{path:?}]\n[[application.policy]]\nname = \"p\"\naction = \"allow\"\ninclude = [{{ everyone = true }}]\n")
+        };
+        assert!(Policies::parse(&file("/admin/")).is_ok());
+        let error = Policies::parse(&file("/x/../admin"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("write \"/admin\""), "{error}");
+        let error = Policies::parse(&file("/a%2Fb")).unwrap_err().to_string();
+        assert!(error.contains("encoded slash"), "{error}");
     }
 
     #[test]

@@ -84,6 +84,8 @@ impl BenchEnv {
         std::fs::write(&policy_file, POLICIES)?;
         let access = rollcall_access::Access::new(rollcall_access::Config {
             policies: Some(policy_file.clone()),
+            // The scenarios ask /auth as Traefik does (X-Forwarded-Host).
+            trusted_proxy: Some(rollcall_access::proxy::TrustedProxy::Traefik),
             ..Default::default()
         })?;
         let access_listener = TcpListener::bind("127.0.0.1:0").await?;

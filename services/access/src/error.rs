@@ -1,0 +1,140 @@
+//! The one error type of the access service's HTTP API, answered as JSON
+//! (`{"status": 400, "error": "…"}`, never plain text) and logged once, by [`log_refusals`],
+//! inside the request's span. Sign-in pages (`/oauth2/*`) answer browsers with HTML instead:
+//! see [`crate::signin`].
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::proxy::ProxyError;
+use crate::target::TargetError;
+
+/// Everything an access API request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The proxy's description of the original request is refused (or the trusted proxy is not
+    /// configured).
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    /// The host or path asked about is refused.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// The body is not the JSON the endpoint takes.
+    #[error("{0}")]
+    Body(String),
+    /// No such route.
+    #[error("no such endpoint")]
+    NotFound,
+    /// The route does not take this method.
+    #[error("this endpoint does not take this method")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    /// The status the client sees.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Proxy(error) if error.is_configuration() => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Proxy(_) | ApiError::Target(_) | ApiError::Body(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+}
+
+/// A JSON answer `{"status": …, "error": …}` (also used for forward-auth's `401` and `403`).
+pub fn json_error(status: StatusCode, error: &str) -> Response {
+    let mut response = (
+        status,
+        Json(json!({"status": status.as_u16(), "error": error})),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // The messages name the header or rule at fault, never the value sent: safe to answer
+        // and to log.
+        let mut response = json_error(self.status(), &self.to_string());
+        response.extensions_mut().insert(Arc::new(self));
+        response
+    }
+}
+
+/// Logs each refused request once, with its cause, inside the request's span.
+pub async fn log_refusals(request: Request, next: Next) -> Response {
+    let route = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if let Some(error) = response.extensions().get::<Arc<ApiError>>() {
+        let status = response.status().as_u16();
+        let route = route_name(&route);
+        // A body's parse error may quote what was sent (a session token): not logged.
+        let cause = match error.as_ref() {
+            ApiError::Body(_) => "the body is not the JSON this endpoint takes".to_owned(),
+            error => error.to_string(),
+        };
+        if response.status().is_server_error() {
+            warn!(status, route, error = %cause, "request refused");
+        } else {
+            info!(status, route, error = %cause, "request refused");
+        }
+    }
+    response
+}
+
+/// The route, without what a client put in it (Envoy's `/auth/<path>`, unknown paths).
+fn route_name(path: &str) -> &'static str {
+    match path {
+        "/auth" => "/auth",
+        "/v1/decisions" => "/v1/decisions",
+        path if path.starts_with("/auth/") => "/auth/{*path}",
+        _ => "other",
+    }
+}
+
+/// Unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// Known routes, other methods.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_is_json_with_its_status() {
+        for (error, status) in [
+            (ApiError::Proxy(ProxyError::NotConfigured), 500),
+            (
+                ApiError::Proxy(ProxyError::Conflicting {
+                    header: "X-Forwarded-Host",
+                }),
+                400,
+            ),
+            (ApiError::Target(TargetError::EncodedSlash), 400),
+            (ApiError::Body("missing field `host`".into()), 400),
+            (ApiError::NotFound, 404),
+            (ApiError::MethodNotAllowed, 405),
+        ] {
+            let response = error.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        }
+    }
+}
