@@ -1,7 +1,12 @@
 //! Set-wide rules enforced atomically through NATS: a claim on a value (a userName, a group
 //! displayName) is a key-value entry created only if absent, holding the id of the aggregate
-//! that owns the value. Values are compared without case and stored hashed (keys must be
+//! that owns the value. Values are compared without case (Unicode full case folding,
+//! [`rollcall_scim::case::fold`], the same as every lookup) and stored hashed (keys must be
 //! subject tokens, and no personal data belongs in key names).
+//!
+//! Claims taken before the folding existed are keyed by `str::to_lowercase` ([`legacy_key`]);
+//! for most names the two keys are one. The SCIM API claims the folded key of every existing
+//! resource whose keys differ when it starts, and [`Claims::release`] gives back both.
 
 use async_nats::jetstream::kv::{self, Store};
 
@@ -41,9 +46,18 @@ fn nats<E: std::fmt::Display>(error: E) -> LoadError {
     LoadError::Nats(error.to_string())
 }
 
-/// The key of a claim: tenant, kind and a hash of the value without case.
+/// The key of a claim: tenant, kind and a hash of the case-folded value.
 pub fn key(tenant: &str, kind: &str, value: &str) -> String {
-    let digest = Sha256::digest(value.to_lowercase().as_bytes());
+    hashed(tenant, kind, &rollcall_scim::case::fold(value))
+}
+
+/// The key a claim of `value` had before claims were case-folded (`str::to_lowercase`).
+pub fn legacy_key(tenant: &str, kind: &str, value: &str) -> String {
+    hashed(tenant, kind, &value.to_lowercase())
+}
+
+fn hashed(tenant: &str, kind: &str, key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
     format!("{tenant}.{kind}.{}", hex::encode(digest))
 }
 
@@ -124,7 +138,7 @@ impl Claims {
         }
     }
 
-    /// Releases a claim, if `holder` holds it.
+    /// Releases a claim, if `holder` holds it (under its key and under its legacy key).
     #[instrument(skip_all, fields(tenant, kind, holder = %holder), err)]
     pub async fn release(
         &self,
@@ -133,8 +147,16 @@ impl Claims {
         value: &str,
         holder: Uuid,
     ) -> Result<(), LoadError> {
-        let key = key(tenant, kind, value);
-        if let Some(entry) = self.store.entry(&key).await.map_err(nats)? {
+        let (current, legacy) = (key(tenant, kind, value), legacy_key(tenant, kind, value));
+        self.release_key(&current, holder).await?;
+        if legacy != current {
+            self.release_key(&legacy, holder).await?;
+        }
+        Ok(())
+    }
+
+    async fn release_key(&self, key: &str, holder: Uuid) -> Result<(), LoadError> {
+        if let Some(entry) = self.store.entry(key).await.map_err(nats)? {
             let held = entry.operation == kv::Operation::Put
                 && entry.value.as_ref() == holder.to_string().as_bytes();
             if held {
@@ -142,7 +164,7 @@ impl Claims {
                 // then the claim is theirs, and not ours to release.
                 let _ = self
                     .store
-                    .delete_expect_revision(&key, Some(entry.revision))
+                    .delete_expect_revision(key, Some(entry.revision))
                     .await;
             }
         }
@@ -153,6 +175,31 @@ impl Claims {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_fold_case_fully_as_lookups_do() {
+        assert_eq!(
+            key("t", "userName", "straße@x.test"),
+            key("t", "userName", "STRASSE@x.test")
+        );
+        assert_eq!(
+            key("t", "userName", "İlker@x.test"),
+            key("t", "userName", "İLKER@X.TEST")
+        );
+        assert_eq!(
+            key("t", "displayName", "ΟΔΟΣ"),
+            key("t", "displayName", "οδοσ")
+        );
+        // The keys of before told these apart; for plain names both keys are one.
+        assert_ne!(
+            legacy_key("t", "userName", "straße@x.test"),
+            legacy_key("t", "userName", "STRASSE@x.test")
+        );
+        assert_eq!(
+            legacy_key("t", "userName", "Ada@x.test"),
+            key("t", "userName", "Ada@x.test")
+        );
+    }
 
     #[test]
     fn keys_ignore_case_and_hide_the_value() {

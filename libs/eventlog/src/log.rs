@@ -26,6 +26,14 @@ pub enum AppendError {
     /// NATS did not take the event.
     #[error("publishing to the event stream: {0}")]
     Publish(String),
+    /// An event is larger than the stream takes; nothing was appended.
+    #[error("an event of {size} bytes is larger than the {limit} bytes the event stream takes")]
+    TooLarge {
+        /// The encoded event's size.
+        size: usize,
+        /// The largest event the stream takes ([`EventLog::max_event_bytes`]).
+        limit: usize,
+    },
 }
 
 /// Why a load failed.
@@ -59,6 +67,8 @@ pub struct EventLog {
     jetstream: Context,
     namespace: Namespace,
     stream: stream::Stream,
+    max_payload: usize,
+    max_event_bytes: usize,
 }
 
 fn nats<E: std::fmt::Display>(error: E) -> LoadError {
@@ -66,9 +76,11 @@ fn nats<E: std::fmt::Display>(error: E) -> LoadError {
 }
 
 impl EventLog {
-    /// Opens the namespace's stream, creating it if missing.
+    /// Opens the namespace's stream, creating it if missing. Reads the server's
+    /// `max_payload`: events larger than it allows (less room for headers) are refused.
     #[instrument(skip_all, fields(namespace = %namespace), err)]
     pub async fn open(client: async_nats::Client, namespace: Namespace) -> Result<Self, LoadError> {
+        let max_payload = client.server_info().max_payload;
         let jetstream = jetstream::new(client);
         let config = stream::Config {
             name: namespace.stream(),
@@ -87,7 +99,27 @@ impl EventLog {
             jetstream,
             namespace,
             stream,
+            max_payload,
+            max_event_bytes: rollcall_scim::limits::max_event_bytes(max_payload),
         })
+    }
+
+    /// The largest message the NATS server takes (its `max_payload`, read at open).
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// The largest encoded event this log appends: the server's `max_payload` less
+    /// [`rollcall_scim::limits::EVENT_HEADER_ROOM_BYTES`], or less when lowered.
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_event_bytes
+    }
+
+    /// The same log appending events of at most `limit` bytes (never more than the server
+    /// takes): for an operator who wants smaller events, and for tests.
+    pub fn with_max_event_bytes(mut self, limit: usize) -> Self {
+        self.max_event_bytes = limit.min(rollcall_scim::limits::max_event_bytes(self.max_payload));
+        self
     }
 
     /// The namespace.
@@ -113,6 +145,9 @@ impl EventLog {
 
     /// Appends events to one aggregate's subject, the first expecting the subject's last
     /// sequence to be `expected` (0: no event yet). Returns the sequence of the last one.
+    ///
+    /// Every event is encoded and measured first: if one is larger than
+    /// [`EventLog::max_event_bytes`], none is appended ([`AppendError::TooLarge`]).
     #[instrument(skip_all, fields(subject = %subject, expected, events = envelopes.len()), err)]
     pub async fn append(
         &self,
@@ -120,8 +155,19 @@ impl EventLog {
         expected: u64,
         envelopes: &[Envelope],
     ) -> Result<u64, AppendError> {
+        let encoded: Vec<Vec<u8>> = envelopes.iter().map(Envelope::to_bytes).collect();
+        if let Some(size) = encoded
+            .iter()
+            .map(Vec::len)
+            .find(|size| *size > self.max_event_bytes)
+        {
+            return Err(AppendError::TooLarge {
+                size,
+                limit: self.max_event_bytes,
+            });
+        }
         let mut expected = expected;
-        for envelope in envelopes {
+        for (envelope, bytes) in envelopes.iter().zip(encoded) {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", envelope.event_id.to_string().as_str());
             headers.insert(
@@ -134,7 +180,7 @@ impl EventLog {
             }
             let ack = self
                 .jetstream
-                .publish_with_headers(subject.to_owned(), headers, envelope.to_bytes().into())
+                .publish_with_headers(subject.to_owned(), headers, bytes.into())
                 .await
                 .map_err(|error| AppendError::Publish(error.to_string()))?
                 .await

@@ -7,6 +7,8 @@ use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use rollcall_scim::case::fold;
+
 use crate::{Store, StoreError};
 
 /// One audited event.
@@ -192,45 +194,82 @@ impl Store {
     }
 
     /// Ids of users that were ever provisioned with, or renamed to, this userName or
-    /// externalId (compared without case), deleted ones included.
+    /// externalId (compared without case, by [`rollcall_scim::case::fold`]), deleted ones
+    /// included.
     pub async fn audit_find_users(
         &self,
         tenant: &str,
         user_name: Option<&str>,
         external_id: Option<&str>,
     ) -> Result<Vec<Uuid>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT aggregate_id FROM audit_event
-             WHERE tenant = $1 AND aggregate_type = 'user' AND (
-                 ($2::text IS NOT NULL AND (lower(payload->'attributes'->>'userName') = lower($2)
-                     OR EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(payload->'changes') = 'array' THEN payload->'changes' ELSE '[]' END) c
-                                WHERE c->>'path' = 'userName' AND lower(c->>'after') = lower($2))))
-              OR ($3::text IS NOT NULL AND (lower(payload->'attributes'->>'externalId') = lower($3)
-                     OR EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(payload->'changes') = 'array' THEN payload->'changes' ELSE '[]' END) c
-                                WHERE c->>'path' = 'externalId' AND lower(c->>'after') = lower($3)))))",
-        )
-        .bind(tenant)
-        .bind(user_name)
-        .bind(external_id)
-        .fetch_all(self.pool())
-        .await?)
+        let mut ids = Vec::new();
+        for (path, value) in [("userName", user_name), ("externalId", external_id)] {
+            if let Some(value) = value {
+                ids.extend(self.audit_find(tenant, "user", path, value).await?);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
-    /// Ids of groups that were ever created with, or renamed to, this displayName (without case).
+    /// Ids of groups that were ever created with, or renamed to, this displayName (without
+    /// case, by [`rollcall_scim::case::fold`]).
     pub async fn audit_find_groups(
         &self,
         tenant: &str,
         display_name: &str,
     ) -> Result<Vec<Uuid>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT aggregate_id FROM audit_event
-             WHERE tenant = $1 AND aggregate_type = 'group'
-               AND (lower(payload->'attributes'->>'displayName') = lower($2) OR lower(payload->>'after') = lower($2))",
+        self.audit_find(tenant, "group", "displayName", display_name)
+            .await
+    }
+
+    /// Aggregates of a type that ever had `value` at the top-level attribute `path`: created
+    /// with it, or changed or renamed to it.
+    ///
+    /// PostgreSQL cannot fold case as Rollcall does, so it only narrows the events down: to
+    /// values equal to the folded one in ASCII case (`lower()` under the `C` collation changes
+    /// ASCII letters only) and to every value beyond ASCII; the folds are compared here.
+    async fn audit_find(
+        &self,
+        tenant: &str,
+        aggregate_type: &str,
+        path: &str,
+        value: &str,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let folded = fold(value);
+        let candidates: Vec<(Uuid, String)> = sqlx::query_as(
+            "WITH named AS (
+                 SELECT aggregate_id, payload->'attributes'->>$3 AS value FROM audit_event
+                 WHERE tenant = $1 AND aggregate_type = $2
+               UNION ALL
+                 SELECT aggregate_id, c->>'after' FROM audit_event,
+                     jsonb_array_elements(CASE WHEN jsonb_typeof(payload->'changes') = 'array'
+                                               THEN payload->'changes' ELSE '[]' END) c
+                 WHERE tenant = $1 AND aggregate_type = $2 AND c->>'path' = $3
+               UNION ALL
+                 SELECT aggregate_id, payload->>'after' FROM audit_event
+                 WHERE tenant = $1 AND aggregate_type = $2 AND event_type = 'group.renamed'
+                   AND $3 = 'displayName'
+             )
+             SELECT DISTINCT aggregate_id, value FROM named
+             WHERE value IS NOT NULL
+               AND (lower(value COLLATE \"C\") = $4 OR octet_length(value) <> char_length(value))",
         )
         .bind(tenant)
-        .bind(display_name)
+        .bind(aggregate_type)
+        .bind(path)
+        .bind(folded.as_ref())
         .fetch_all(self.pool())
-        .await?)
+        .await?;
+        let mut ids: Vec<Uuid> = candidates
+            .into_iter()
+            .filter(|(_, candidate)| fold(candidate) == folded)
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 }
 

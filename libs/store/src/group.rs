@@ -1,10 +1,15 @@
 //! The `scim_group` and `group_member` read models.
+//!
+//! `display_name_lower` and `external_id_lower` are lookup keys, case-folded in Rust
+//! ([`rollcall_scim::case::fold`]) as the uniqueness claims and every filter are.
 
 use serde_json::{Map, Value};
 use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use rollcall_scim::case::fold;
 
 use crate::page::Table;
 use crate::{Store, StoreError};
@@ -68,8 +73,8 @@ fn where_clause<'a>(
     for condition in conditions {
         match condition {
             GroupCondition::Id(id) => builder.push(" AND g.id = ").push_bind(*id),
-            GroupCondition::DisplayName(name) => builder.push(" AND g.display_name_lower = ").push_bind(name.to_lowercase()),
-            GroupCondition::ExternalId(id) => builder.push(" AND g.external_id_lower = ").push_bind(id.to_lowercase()),
+            GroupCondition::DisplayName(name) => builder.push(" AND g.display_name_lower = ").push_bind(fold(name).into_owned()),
+            GroupCondition::ExternalId(id) => builder.push(" AND g.external_id_lower = ").push_bind(fold(id).into_owned()),
             GroupCondition::Member(member) => builder
                 .push(" AND EXISTS (SELECT 1 FROM group_member m WHERE m.tenant = g.tenant AND m.group_id = g.id AND m.member_key = ")
                 .push_bind(member.to_lowercase())
@@ -127,6 +132,19 @@ impl Store {
         .await?)
     }
 
+    /// Every group whose displayName holds a character beyond ASCII: (tenant, id,
+    /// displayName). For the others, every case folding Rollcall ever used agrees.
+    pub async fn group_names_beyond_ascii(
+        &self,
+    ) -> Result<Vec<(String, Uuid, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT tenant, id, display_name FROM scim_group
+             WHERE octet_length(display_name) <> char_length(display_name) ORDER BY tenant, id",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// The members of these groups, in the order they were added.
     pub async fn members(
         &self,
@@ -159,12 +177,12 @@ pub async fn lock(
     .await?)
 }
 
-/// Inserts or replaces a group (members apart).
+/// Inserts or replaces a group (members apart), with its lookup keys.
 pub async fn upsert(connection: &mut PgConnection, row: &GroupRow) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO scim_group (tenant, id, display_name, display_name_lower, external_id, external_id_lower,
                                  attributes, version, created_at, updated_at)
-         VALUES ($1, $2, $3, lower($3), $4, lower($4), $5, $6, $7, $8)
+         VALUES ($1, $2, $3, $9, $4, $10, $5, $6, $7, $8)
          ON CONFLICT (tenant, id) DO UPDATE SET
              display_name = EXCLUDED.display_name, display_name_lower = EXCLUDED.display_name_lower,
              external_id = EXCLUDED.external_id, external_id_lower = EXCLUDED.external_id_lower,
@@ -178,6 +196,8 @@ pub async fn upsert(connection: &mut PgConnection, row: &GroupRow) -> Result<(),
     .bind(row.version)
     .bind(row.created_at)
     .bind(row.updated_at)
+    .bind(fold(&row.display_name).as_ref())
+    .bind(row.external_id.as_deref().map(fold).as_deref())
     .execute(connection)
     .await?;
     Ok(())

@@ -254,7 +254,11 @@ impl Store {
     }
 
     /// Whether an unresolved quarantine concerns a user's access.
-    pub async fn quarantine_concerns_user(&self, tenant: &str, user: Uuid) -> Result<bool, StoreError> {
+    pub async fn quarantine_concerns_user(
+        &self,
+        tenant: &str,
+        user: Uuid,
+    ) -> Result<bool, StoreError> {
         let mut connection = self.pool().acquire().await?;
         concerns_user(&mut connection, tenant, user).await
     }
@@ -275,12 +279,13 @@ pub async fn member_users(
     tenant: &str,
     group: Uuid,
 ) -> Result<Vec<Uuid>, StoreError> {
-    let keys: Vec<String> =
-        sqlx::query_scalar("SELECT member_key FROM group_member WHERE tenant = $1 AND group_id = $2")
-            .bind(tenant)
-            .bind(group)
-            .fetch_all(connection)
-            .await?;
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT member_key FROM group_member WHERE tenant = $1 AND group_id = $2",
+    )
+    .bind(tenant)
+    .bind(group)
+    .fetch_all(connection)
+    .await?;
     Ok(keys
         .iter()
         .filter_map(|key| Uuid::parse_str(key).ok())

@@ -1,10 +1,16 @@
 //! The `scim_user` read model: written by the projector, read by SCIM lookups.
+//!
+//! `user_name_lower` and `external_id_lower` are lookup keys: the values case-folded in Rust
+//! ([`rollcall_scim::case::fold`], the folding of the uniqueness claims and of every filter),
+//! bound by every write and every lookup; PostgreSQL's `lower()` is not used.
 
 use serde_json::{Map, Value};
 use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use rollcall_scim::case::fold;
 
 use crate::page::Table;
 use crate::{Store, StoreError};
@@ -57,10 +63,10 @@ fn where_clause<'a>(
             UserCondition::Id(id) => builder.push(" AND id = ").push_bind(*id),
             UserCondition::UserName(name) => builder
                 .push(" AND user_name_lower = ")
-                .push_bind(name.to_lowercase()),
+                .push_bind(fold(name).into_owned()),
             UserCondition::ExternalId(id) => builder
                 .push(" AND external_id_lower = ")
-                .push_bind(id.to_lowercase()),
+                .push_bind(fold(id).into_owned()),
         };
     }
 }
@@ -110,6 +116,17 @@ impl Store {
         .await?)
     }
 
+    /// Every user whose userName holds a character beyond ASCII: (tenant, id, userName). For
+    /// the others, every case folding Rollcall ever used agrees.
+    pub async fn user_names_beyond_ascii(&self) -> Result<Vec<(String, Uuid, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT tenant, id, user_name FROM scim_user
+             WHERE octet_length(user_name) <> char_length(user_name) ORDER BY tenant, id",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// The groups each of these users is a direct member of: (user id, group id, displayName).
     pub async fn groups_of_users(
         &self,
@@ -148,12 +165,12 @@ pub async fn lock(
     .await?)
 }
 
-/// Inserts or replaces a user.
+/// Inserts or replaces a user, with its lookup keys.
 pub async fn upsert(connection: &mut PgConnection, row: &UserRow) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO scim_user (tenant, id, user_name, user_name_lower, external_id, external_id_lower, active,
                                 attributes, version, created_at, updated_at)
-         VALUES ($1, $2, $3, lower($3), $4, lower($4), $5, $6, $7, $8, $9)
+         VALUES ($1, $2, $3, $10, $4, $11, $5, $6, $7, $8, $9)
          ON CONFLICT (tenant, id) DO UPDATE SET
              user_name = EXCLUDED.user_name, user_name_lower = EXCLUDED.user_name_lower,
              external_id = EXCLUDED.external_id, external_id_lower = EXCLUDED.external_id_lower,
@@ -169,6 +186,8 @@ pub async fn upsert(connection: &mut PgConnection, row: &UserRow) -> Result<(), 
     .bind(row.version)
     .bind(row.created_at)
     .bind(row.updated_at)
+    .bind(fold(&row.user_name).as_ref())
+    .bind(row.external_id.as_deref().map(fold).as_deref())
     .execute(connection)
     .await?;
     Ok(())

@@ -297,6 +297,11 @@ impl<A: Aggregate> Repository<A> {
                         .await;
                     folded = self.refresh(&subject, Some(folded)).await?;
                 }
+                Err(error @ AppendError::TooLarge { .. }) => {
+                    // Refused before anything was appended: the cached state still holds.
+                    *guard = Some(folded);
+                    return Err(error.into());
+                }
                 Err(error) => {
                     // Part of a multi-event write may have landed: forget the cache.
                     return Err(error.into());

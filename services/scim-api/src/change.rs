@@ -1,6 +1,6 @@
 //! The new document a PUT or PATCH makes of the current one, for users and groups alike.
 
-use rollcall_scim::{patch, resource, PatchRequest, ResourceType};
+use rollcall_scim::{limits, patch, resource, PatchRequest, ResourceType};
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -18,7 +18,12 @@ impl Change {
     pub(crate) fn apply(&self, rt: &ResourceType, current: &Value) -> Result<Value, ApiError> {
         match self {
             Change::Replace(body) => Ok(resource::replace(rt, current, body.clone())?),
-            Change::Patch(request) => Ok(patch::apply(rt, current, request)?.resource),
+            Change::Patch(request) => {
+                let next = patch::apply(rt, current, request)?.resource;
+                // PATCH values are held to the limits as POST and PUT bodies are.
+                limits::check_resource(rt, &next, Some(current))?;
+                Ok(next)
+            }
         }
     }
 }

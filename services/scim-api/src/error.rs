@@ -145,9 +145,11 @@ impl From<StoreError> for ApiError {
                 | sqlx::Error::WorkerCrashed,
             ) => ApiError::Unavailable(error.to_string()),
             StoreError::Database(sqlx::Error::Database(database))
-                if database
-                    .code()
-                    .is_some_and(|code| ["08", "53", "57"].iter().any(|class| code.starts_with(class))) =>
+                if database.code().is_some_and(|code| {
+                    ["08", "53", "57"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                }) =>
             {
                 ApiError::Unavailable(error.to_string())
             }

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use rollcall_domain::group::{self, Group, GroupCommand};
-use rollcall_scim::{resource, PatchRequest, Projection, GROUP_RESOURCE};
+use rollcall_scim::{case, limits, resource, PatchRequest, Projection, GROUP_RESOURCE};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::instrument;
@@ -59,6 +59,7 @@ pub async fn create(
     ScimJson(body): ScimJson,
 ) -> Result<Response, ApiError> {
     let projection = projection(&info)?;
+    limits::check_listed_members(limits::members_in_body(&body))?;
     let resource = resource::create(&GROUP_RESOURCE, body)?;
     let display_name = mapping::text(&resource, "displayName")
         .unwrap_or_default()
@@ -78,7 +79,10 @@ pub async fn create(
         write,
     )
     .await?;
-    state.checkpoint.wait_for(written.folded.sequence).await;
+    state
+        .checkpoint
+        .settle("Group", &principal.tenant, id, written.folded.sequence)
+        .await?;
     let document =
         document(id, &written.folded, &info.base).ok_or_else(|| not_found(&id.to_string()))?;
     Ok(http::resource(
@@ -101,6 +105,10 @@ async fn update(
     change: Change,
 ) -> Result<(Folded<Group>, Uuid), ApiError> {
     let uuid = parse_id(&id)?;
+    state
+        .checkpoint
+        .writable("Group", &principal.tenant, uuid)
+        .await?;
     let context = context(&principal, &info);
     let tenant = principal.tenant.as_str();
     let mut claimed = None;
@@ -117,7 +125,7 @@ async fn update(
             mapping::text(&current, "displayName"),
             mapping::text(&next, "displayName"),
         ) {
-            if old.to_lowercase() != new.to_lowercase() {
+            if !case::equal(old, new) {
                 claims::claim(&state, tenant, DISPLAY_NAME, new, uuid).await?;
                 claimed = Some((old.to_owned(), new.to_owned()));
             }
@@ -155,9 +163,12 @@ async fn update(
     let (ok, name) = (written.is_ok(), final_name.as_deref());
     claims::settle_rename(&state, tenant, DISPLAY_NAME, claimed, ok, name, uuid).await;
     let written = written?;
-    if written.appended > 0 {
-        state.checkpoint.wait_for(written.folded.sequence).await;
-    }
+    // Also for a write that changed nothing (Entra re-sends a deactivation that may still be
+    // in flight): the resource's last event must be in effect before the answer.
+    state
+        .checkpoint
+        .settle("Group", tenant, uuid, written.folded.sequence)
+        .await?;
     Ok((written.folded, uuid))
 }
 
@@ -171,6 +182,7 @@ pub async fn replace(
     ScimJson(body): ScimJson,
 ) -> Result<Response, ApiError> {
     let projection = projection(&info)?;
+    limits::check_listed_members(limits::members_in_body(&body))?;
     resource::normalize(&GROUP_RESOURCE, body.clone())?;
     let base = info.base.clone();
     let (folded, uuid) = update(
@@ -207,7 +219,9 @@ pub async fn modify(
     let projection = projection(&info)?;
     let wants_body =
         info.param("attributes").is_some() || info.param("excludedAttributes").is_some();
-    let change = Change::Patch(PatchRequest::from_json(&body)?);
+    let request = PatchRequest::from_json(&body)?;
+    limits::check_listed_members(limits::members_in_patch(&request))?;
+    let change = Change::Patch(request);
     let base = info.base.clone();
     let (folded, uuid) = update(state, principal, info, id.clone(), body, change).await?;
     if !wants_body {
@@ -231,6 +245,10 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let uuid = parse_id(&id)?;
+    state
+        .checkpoint
+        .writable("Group", &principal.tenant, uuid)
+        .await?;
     let context = context(&principal, &info);
     let mut display_name = None;
     let written = state
@@ -248,6 +266,9 @@ pub async fn delete(
     if let Some(display_name) = display_name {
         claims::release(&state, &principal.tenant, DISPLAY_NAME, &display_name, uuid).await;
     }
-    state.checkpoint.wait_for(written.folded.sequence).await;
+    state
+        .checkpoint
+        .settle("Group", &principal.tenant, uuid, written.folded.sequence)
+        .await?;
     Ok(http::no_content(None))
 }

@@ -280,6 +280,9 @@ pub fn member_commands(
         }
         let listed = |value: &Value| -> Result<Vec<Member>, rollcall_scim::ScimError> {
             let normalized = rollcall_scim::value::normalize(members, value.clone(), "members")?;
+            if let Some(normalized) = &normalized {
+                rollcall_scim::limits::check_value("members", normalized)?;
+            }
             Ok(members_of(
                 &json!({"members": normalized.unwrap_or(Value::Null)}),
             ))
@@ -309,6 +312,9 @@ pub fn member_commands(
                 && by.sub_attr.is_none()
                 && by.name.eq_ignore_ascii_case("value") =>
             {
+                if let Err(error) = rollcall_scim::limits::check_text("members.value", id) {
+                    return Some(Err(error));
+                }
                 commands.push(GroupCommand::RemoveMembers(vec![id.clone()]));
             }
             _ => return None,
@@ -415,6 +421,165 @@ mod tests {
             ),
             Some(Err(_))
         ));
+    }
+
+    /// The largest user document the limits let through, filled with `filler` (a four-byte
+    /// character: the most bytes one character takes in JSON): every attribute at its longest,
+    /// values added one by one while the document stays within the limits.
+    fn largest_user(filler: char) -> Value {
+        use rollcall_scim::limits::{check_resource, max_chars, max_values};
+        use rollcall_scim::schema::{AttributeType, Mutability, Resolved};
+        let text = |path: &str, salt: usize| {
+            let mut text = format!("{salt}");
+            text.extend(std::iter::repeat_n(filler, max_chars(path) - text.len()));
+            Value::String(text)
+        };
+        let mut doc = json!({"userName": text("userName", 0)});
+        for (schema, in_extension) in USER_RESOURCE
+            .schemas()
+            .map(|s| (s, !std::ptr::eq(s, USER_RESOURCE.schema)))
+        {
+            let common = if in_extension {
+                &[][..]
+            } else {
+                rollcall_scim::schema::COMMON_ATTRIBUTES
+            };
+            for attribute in common.iter().chain(schema.attributes) {
+                if attribute.mutability == Mutability::ReadOnly || attribute.name == "userName" {
+                    continue;
+                }
+                let path = Resolved {
+                    schema: Some(schema),
+                    in_extension,
+                    attribute,
+                    sub_attribute: None,
+                }
+                .canonical_path();
+                let element = |salt: usize| match attribute.kind {
+                    AttributeType::Complex => Value::Object(
+                        attribute
+                            .sub_attributes
+                            .iter()
+                            .filter(|sub| {
+                                matches!(sub.kind, AttributeType::String | AttributeType::Reference)
+                                    && sub.mutability != Mutability::ReadOnly
+                            })
+                            .map(|sub| {
+                                (
+                                    sub.name.to_owned(),
+                                    text(&format!("{path}.{}", sub.name), salt),
+                                )
+                            })
+                            .collect(),
+                    ),
+                    AttributeType::String | AttributeType::Reference => text(&path, salt),
+                    AttributeType::Binary => {
+                        Value::String("QUJD".repeat(max_chars(&format!("{path}.value")) / 4))
+                    }
+                    _ => Value::Bool(true),
+                };
+                let key = if in_extension {
+                    format!("{}:{}", schema.id, attribute.name)
+                } else {
+                    attribute.name.to_owned()
+                };
+                let slot = |doc: &mut Value, value: Value| {
+                    if in_extension {
+                        doc[schema.id][attribute.name] = value;
+                    } else {
+                        doc[attribute.name] = value;
+                    }
+                };
+                if attribute.multi_valued {
+                    let mut values = Vec::new();
+                    for salt in 0..max_values(&key).unwrap_or(0) {
+                        values.push(if attribute.name == "x509Certificates" {
+                            json!({"value": "QUJD".repeat(max_chars("x509Certificates.value") / 4 - salt)})
+                        } else {
+                            element(salt)
+                        });
+                        let mut next = doc.clone();
+                        slot(&mut next, Value::Array(values.clone()));
+                        if check_resource(&USER_RESOURCE, &next, None).is_err() {
+                            break;
+                        }
+                        doc = next;
+                    }
+                } else {
+                    let mut next = doc.clone();
+                    slot(&mut next, element(0));
+                    if check_resource(&USER_RESOURCE, &next, None).is_ok() {
+                        doc = next;
+                    }
+                }
+            }
+        }
+        doc
+    }
+
+    #[test]
+    fn the_largest_user_documents_the_limits_allow_make_events_within_the_default_max_payload() {
+        use rollcall_domain::user::{decide, evolve, User};
+        use rollcall_domain::EventKind;
+        use rollcall_scim::limits::{
+            document_bytes, max_event_bytes, MAX_DOCUMENT_BYTES, NATS_DEFAULT_MAX_PAYLOAD,
+        };
+        let (before, after) = (largest_user('😀'), largest_user('😁'));
+        assert!(
+            document_bytes(&before) > MAX_DOCUMENT_BYTES * 9 / 10,
+            "{}",
+            document_bytes(&before)
+        );
+        assert!(document_bytes(&after) <= MAX_DOCUMENT_BYTES);
+        let envelope = |payload: Value| rollcall_eventlog::Envelope {
+            event_id: Uuid::now_v7(),
+            tenant: "t".repeat(63),
+            aggregate_type: "user".into(),
+            aggregate_id: Uuid::now_v7(),
+            version: u64::MAX,
+            event_type: "user.attributes_changed".into(),
+            schema_version: 1,
+            occurred_at: OffsetDateTime::now_utc(),
+            actor: rollcall_eventlog::Actor::ScimToken {
+                token_id: "x".repeat(64),
+            },
+            request_id: Some(Uuid::now_v7().to_string()),
+            traceparent: Some(format!("00-{}-{}-01", "0".repeat(32), "0".repeat(16))),
+            payload,
+        };
+        let provisioned = decide(&User::default(), provision(&before)).unwrap();
+        let user = provisioned.iter().fold(User::default(), evolve);
+        let mut events = provisioned;
+        for command in user_update(&before, &after) {
+            events.extend(decide(&user, command).unwrap());
+        }
+        assert!(events
+            .iter()
+            .any(|e| e.event_type() == "user.attributes_changed"));
+        for event in events {
+            let size = envelope(event.to_payload()).to_bytes().len();
+            assert!(
+                size < max_event_bytes(NATS_DEFAULT_MAX_PAYLOAD),
+                "{} is {size} bytes",
+                event.event_type()
+            );
+        }
+    }
+
+    #[test]
+    fn member_only_patches_hold_member_values_to_the_limits() {
+        for operations in [
+            json!([{"op": "Add", "path": "members", "value": [{"value": "a\u{0}"}]}]),
+            json!([{"op": "Remove", "path": "members", "value": [{"value": "x".repeat(257)}]}]),
+            json!([{"op": "Add", "path": "members", "value": [{"value": "a", "display": "A\nB"}]}]),
+            json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", "x".repeat(257))}]),
+        ] {
+            let error = member_commands(&request(operations.clone()), Vec::new);
+            assert!(
+                matches!(&error, Some(Err(e)) if e.scim_type == Some(rollcall_scim::ScimType::InvalidValue)),
+                "{operations}: {error:?}"
+            );
+        }
     }
 
     #[test]

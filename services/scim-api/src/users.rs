@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use rollcall_domain::user::{self, User, UserCommand};
 use rollcall_eventlog::Actor;
-use rollcall_scim::{resource, PatchRequest, Projection, USER_RESOURCE};
+use rollcall_scim::{case, resource, PatchRequest, Projection, USER_RESOURCE};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::instrument;
@@ -79,7 +79,10 @@ pub async fn create(
     });
     let written =
         claims::while_claimed(&state, &principal.tenant, USER_NAME, &user_name, id, write).await?;
-    state.checkpoint.wait_for(written.folded.sequence).await;
+    state
+        .checkpoint
+        .settle("User", &principal.tenant, id, written.folded.sequence)
+        .await?;
     let document =
         document(id, &written.folded, &info.base).ok_or_else(|| not_found(&id.to_string()))?;
     Ok(http::resource(
@@ -111,6 +114,10 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let projection = projection(&info)?;
     let uuid = parse_id(&id)?;
+    state
+        .checkpoint
+        .writable("User", &principal.tenant, uuid)
+        .await?;
     let context = context(&principal, &info);
     let tenant = principal.tenant.as_str();
     // A new userName is claimed before anything is appended.
@@ -124,7 +131,7 @@ async fn update(
             mapping::text(&next, "userName"),
         );
         if let (Some(old), Some(new)) = (old, new) {
-            if old.to_lowercase() != new.to_lowercase() {
+            if !case::equal(old, new) {
                 claims::claim(&state, tenant, USER_NAME, new, uuid).await?;
                 claimed = Some((old.to_owned(), new.to_owned()));
             }
@@ -145,9 +152,12 @@ async fn update(
     let (ok, name) = (written.is_ok(), final_name.as_deref());
     claims::settle_rename(&state, tenant, USER_NAME, claimed, ok, name, uuid).await;
     let written = written?;
-    if written.appended > 0 {
-        state.checkpoint.wait_for(written.folded.sequence).await;
-    }
+    // Also for a write that changed nothing (Entra re-sends a deactivation that may still be
+    // in flight): the resource's last event must be in effect before the answer.
+    state
+        .checkpoint
+        .settle("User", tenant, uuid, written.folded.sequence)
+        .await?;
     let document = document(uuid, &written.folded, &info.base).ok_or_else(|| not_found(&id))?;
     Ok(http::resource(
         StatusCode::OK,
@@ -197,6 +207,10 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let uuid = parse_id(&id)?;
+    state
+        .checkpoint
+        .writable("User", &principal.tenant, uuid)
+        .await?;
     let context = context(&principal, &info);
     let mut user_name = None;
     let written = state
@@ -214,6 +228,9 @@ pub async fn delete(
     if let Some(user_name) = user_name {
         claims::release(&state, &principal.tenant, USER_NAME, &user_name, uuid).await;
     }
-    state.checkpoint.wait_for(written.folded.sequence).await;
+    state
+        .checkpoint
+        .settle("User", &principal.tenant, uuid, written.folded.sequence)
+        .await?;
     Ok(http::no_content(None))
 }
