@@ -65,7 +65,8 @@ impl NatsServer {
     /// Starts a server with JetStream and waits until it accepts connections.
     pub async fn start(settings: Settings) -> Self {
         let port = free_port();
-        let directory = std::env::temp_dir().join(format!("rollcall-nats-{}", uuid::Uuid::new_v4()));
+        let directory =
+            std::env::temp_dir().join(format!("rollcall-nats-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&directory).unwrap();
         let config = directory.join("nats.conf");
         let mut text = format!(
@@ -100,9 +101,15 @@ impl NatsServer {
             .spawn()
             .expect("nats-server must be installed (scripts/test.sh installs it)");
         self.child = Some(child);
-        crate::eventually("the test's NATS server accepts connections", Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok()
-        })
+        crate::eventually(
+            "the test's NATS server accepts connections",
+            Duration::from_secs(10),
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .await
+                    .is_ok()
+            },
+        )
         .await;
     }
 

@@ -89,27 +89,48 @@ async fn a_poison_event_is_quarantined_and_stops_only_its_own_resource() {
     let victim = scim.create_user(&user("poisoned@example.com")).await;
     let id = Uuid::parse_str(&victim).unwrap();
     let session = env.session(&victim);
-    assert_eq!(env.forward_auth("wiki.test", Some(&session)).await.status, 200);
+    assert_eq!(
+        env.forward_auth("wiki.test", Some(&session)).await.status,
+        200
+    );
 
     // A value PostgreSQL cannot store (NUL), appended past the edge.
-    let poison = append(&env, "test", id, &changed("title", json!("chief\u{0}officer"))).await;
-    eventually("the poison event is quarantined", Duration::from_secs(10), || async {
-        quarantined(&env).await.iter().any(|row| row.sequence as u64 == poison)
-    })
+    let poison = append(
+        &env,
+        "test",
+        id,
+        &changed("title", json!("chief\u{0}officer")),
+    )
+    .await;
+    eventually(
+        "the poison event is quarantined",
+        Duration::from_secs(10),
+        || async {
+            quarantined(&env)
+                .await
+                .iter()
+                .any(|row| row.sequence as u64 == poison)
+        },
+    )
     .await;
     let row = &quarantined(&env).await[0];
     assert_eq!(row.status, "failed");
     assert_eq!(row.tenant, "test");
     assert_eq!(row.aggregate_id, id);
-    assert!(!row.audited, "jsonb cannot hold NUL: the audit record is refused too");
+    assert!(
+        !row.audited,
+        "jsonb cannot hold NUL: the audit record is refused too"
+    );
 
     // The projector goes on: everyone else is unaffected.
     env.assert_other_tenant_unaffected().await;
 
     // The user whose state is uncertain is denied, not left as they were.
-    eventually("the quarantined user is denied", Duration::from_secs(5), || async {
-        env.forward_auth("wiki.test", Some(&session)).await.status == 403
-    })
+    eventually(
+        "the quarantined user is denied",
+        Duration::from_secs(5),
+        || async { env.forward_auth("wiki.test", Some(&session)).await.status == 403 },
+    )
     .await;
 
     // Writes to the quarantined resource answer 503 naming the cause, and append nothing.
@@ -130,12 +151,16 @@ async fn a_poison_event_is_quarantined_and_stops_only_its_own_resource() {
 
     // A later event of the same resource is held behind it, in order.
     let held = append(&env, "test", id, &UserEvent::Deactivated).await;
-    eventually("the later event is held", Duration::from_secs(5), || async {
-        quarantined(&env)
-            .await
-            .iter()
-            .any(|row| row.sequence as u64 == held && row.status == "held")
-    })
+    eventually(
+        "the later event is held",
+        Duration::from_secs(5),
+        || async {
+            quarantined(&env)
+                .await
+                .iter()
+                .any(|row| row.sequence as u64 == held && row.status == "held")
+        },
+    )
     .await;
 
     // The audit chain still verifies; the unaudited event is named.
@@ -162,13 +187,17 @@ async fn a_poison_event_is_quarantined_and_stops_only_its_own_resource() {
     )
     .await
     .unwrap();
-    eventually("the quarantine is resolved", Duration::from_secs(5), || async {
-        quarantined(&env).await.is_empty()
-    })
+    eventually(
+        "the quarantine is resolved",
+        Duration::from_secs(5),
+        || async { quarantined(&env).await.is_empty() },
+    )
     .await;
     let all = env.store.quarantine(true).await.unwrap();
     assert_eq!(
-        all.iter().map(|row| row.status.as_str()).collect::<Vec<_>>(),
+        all.iter()
+            .map(|row| row.status.as_str())
+            .collect::<Vec<_>>(),
         ["skipped", "applied"]
     );
     assert_eq!(
@@ -205,7 +234,10 @@ async fn every_kind_of_poison_is_quarantined_while_the_stream_goes_on() {
                 active: true,
             },
         ),
-        ("an event for a user that does not exist", UserEvent::Deactivated),
+        (
+            "an event for a user that does not exist",
+            UserEvent::Deactivated,
+        ),
     ];
     for (what, event) in cases {
         let id = Uuid::now_v7();
@@ -258,7 +290,10 @@ async fn a_resent_deactivation_answers_only_once_the_first_is_in_effect() {
     let scim = env.scim();
     let id = scim.create_user(&user("resent@example.com")).await;
     let session = env.session(&id);
-    assert_eq!(env.forward_auth("wiki.test", Some(&session)).await.status, 200);
+    assert_eq!(
+        env.forward_auth("wiki.test", Some(&session)).await.status,
+        200
+    );
     env.kill_projector().await;
     let head = env.head().await;
     let first = tokio::spawn({
@@ -266,9 +301,11 @@ async fn a_resent_deactivation_answers_only_once_the_first_is_in_effect() {
         let path = format!("/Users/{id}");
         async move { scim.patch(&path, &deactivate()).await }
     });
-    eventually("the first deactivation is appended", Duration::from_secs(5), || async {
-        env.head().await > head
-    })
+    eventually(
+        "the first deactivation is appended",
+        Duration::from_secs(5),
+        || async { env.head().await > head },
+    )
     .await;
     // Entra re-sends it: the user is inactive already, nothing is appended...
     let mut second = tokio::spawn({
@@ -287,7 +324,10 @@ async fn a_resent_deactivation_answers_only_once_the_first_is_in_effect() {
     let second = second.await.unwrap();
     assert_eq!(second.status, 200, "{:?}", second.body);
     // The very next decision after a 2xx denies.
-    assert_eq!(env.forward_auth("wiki.test", Some(&session)).await.status, 403);
+    assert_eq!(
+        env.forward_auth("wiki.test", Some(&session)).await.status,
+        403
+    );
     assert_eq!(first.await.unwrap().status, 200);
     env.assert_other_tenant_unaffected().await;
 }
@@ -313,7 +353,10 @@ async fn a_write_not_in_effect_within_the_bound_answers_503_with_retry_after() {
     env.start_projector();
     let retried = scim.patch(&format!("/Users/{id}"), &deactivate()).await;
     assert_eq!(retried.status, 200, "{:?}", retried.body);
-    assert_eq!(env.forward_auth("wiki.test", Some(&session)).await.status, 403);
+    assert_eq!(
+        env.forward_auth("wiki.test", Some(&session)).await.status,
+        403
+    );
     env.assert_other_tenant_unaffected().await;
 }
 
@@ -344,9 +387,11 @@ async fn nats_down_then_back(binary: String) {
     let refused = scim.patch(&format!("/Users/{id}"), &deactivate()).await;
     assert_eq!(refused.status, 503, "{:?}", refused.body);
     nats.restart().await;
-    eventually("writes are taken again once NATS is back", Duration::from_secs(20), || async {
-        scim.post("/Users", &user("after@example.com")).await.status == 201
-    })
+    eventually(
+        "writes are taken again once NATS is back",
+        Duration::from_secs(20),
+        || async { scim.post("/Users", &user("after@example.com")).await.status == 201 },
+    )
     .await;
     let deactivated = scim.patch(&format!("/Users/{id}"), &deactivate()).await;
     assert_eq!(deactivated.status, 200, "{:?}", deactivated.body);
@@ -362,22 +407,31 @@ async fn an_access_state_past_max_payload_denies_that_user_and_stalls_no_one() {
     .await;
     let env = TestEnv::start_on(nats.url.clone()).await;
     let scim = env.scim();
-    let id = scim.create_user(&user("member-of-everything@example.com")).await;
+    let id = scim
+        .create_user(&user("member-of-everything@example.com"))
+        .await;
     let session = env.session(&id);
-    assert_eq!(env.forward_auth("wiki.test", Some(&session)).await.status, 200);
+    assert_eq!(
+        env.forward_auth("wiki.test", Some(&session)).await.status,
+        200
+    );
     for n in 0..120 {
         let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
                            "displayName": format!("group {n}"), "members": [{"value": id}]});
         assert_eq!(scim.post("/Groups", &group).await.status, 201);
     }
     // Its state no longer fits: the user is denied (never left as they were)...
-    assert_eq!(env.forward_auth("wiki.test", Some(&session)).await.status, 403);
+    assert_eq!(
+        env.forward_auth("wiki.test", Some(&session)).await.status,
+        403
+    );
     // ...and every other user's changes still reach the access service.
     env.assert_other_tenant_unaffected().await;
 }
 
 #[tokio::test]
-async fn a_claim_whose_writer_died_before_appending_is_recovered_once_no_live_writer_could_append() {
+async fn a_claim_whose_writer_died_before_appending_is_recovered_once_no_live_writer_could_append()
+{
     let env = TestEnv::start().await;
     // What a `kill -9` between the claim and the append leaves: a claim for an id that has no
     // event.
@@ -394,16 +448,31 @@ async fn a_claim_whose_writer_died_before_appending_is_recovered_once_no_live_wr
     );
     // While a live writer could still append, the name is taken.
     assert_eq!(
-        env.scim().post("/Users", &user("orphaned@example.com")).await.status,
+        env.scim()
+            .post("/Users", &user("orphaned@example.com"))
+            .await
+            .status,
         409
     );
     // Once no live writer could, the claim is recovered (its holder fenced).
     let started = std::time::Instant::now();
-    eventually("the orphaned claim is recovered", Duration::from_secs(20), || async {
-        env.scim().post("/Users", &user("orphaned@example.com")).await.status == 201
-    })
+    eventually(
+        "the orphaned claim is recovered",
+        Duration::from_secs(20),
+        || async {
+            env.scim()
+                .post("/Users", &user("orphaned@example.com"))
+                .await
+                .status
+                == 201
+        },
+    )
     .await;
-    assert!(started.elapsed() < Duration::from_secs(15), "recovered only after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "recovered only after {:?}",
+        started.elapsed()
+    );
     // Entra's lookup finds the one user.
     let found = env
         .scim()
@@ -442,10 +511,16 @@ async fn a_claim_whose_writer_died_before_appending_is_recovered_once_no_live_wr
         env.log.append(&subject, 0, &[late]).await,
         Err(rollcall_eventlog::AppendError::Conflict { .. })
     ));
-    assert_eq!(env.event_types("test", &orphan.to_string()).await, ["user.abandoned"]);
+    assert_eq!(
+        env.event_types("test", &orphan.to_string()).await,
+        ["user.abandoned"]
+    );
     // A claim whose holder exists and uses the name is never taken.
     assert_eq!(
-        env.scim().post("/Users", &user("orphaned@example.com")).await.status,
+        env.scim()
+            .post("/Users", &user("orphaned@example.com"))
+            .await
+            .status,
         409
     );
     env.assert_other_tenant_unaffected().await;

@@ -387,7 +387,10 @@ mod tests {
     fn creating_keeps_the_first_of_each_member_in_the_order_sent() {
         let command = GroupCommand::Create {
             attributes: json!({"displayName": "g"}).as_object().unwrap().clone(),
-            members: ["b", "A", "B", "c", "a"].into_iter().map(Member::new).collect(),
+            members: ["b", "A", "B", "c", "a"]
+                .into_iter()
+                .map(Member::new)
+                .collect(),
         };
         let Ok(events) = decide(&Group::Absent, command) else {
             panic!("refused")
@@ -417,7 +420,10 @@ mod tests {
             panic!("{events:?}")
         };
         assert_eq!(members.len(), 20_000);
-        assert_eq!((members[0].as_str(), members[19_999].as_str()), ("m19999", "m0"));
+        assert_eq!(
+            (members[0].as_str(), members[19_999].as_str()),
+            ("m19999", "m0")
+        );
     }
 
     #[test]

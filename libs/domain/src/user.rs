@@ -262,9 +262,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_user_can_never_be_created_and_only_an_absent_one_is_abandoned() {
-        let abandoned = [UserEvent::Abandoned]
-            .iter()
-            .fold(User::default(), evolve);
+        let abandoned = [UserEvent::Abandoned].iter().fold(User::default(), evolve);
         assert_eq!(abandoned, User::Deleted);
         assert_eq!(
             decide(

@@ -136,9 +136,7 @@ pub async fn verify(
                     }
                     continue;
                 }
-                Err(e) => {
-                    return Err(AuditError::Corrupt(format!("stream event {sequence}: {e}")))
-                }
+                Err(e) => return Err(AuditError::Corrupt(format!("stream event {sequence}: {e}"))),
             };
             if tenant.is_some_and(|t| t != envelope.tenant) {
                 continue;

@@ -69,7 +69,10 @@ impl Pending {
 
     /// Writes the gathered audit records now (in a savepoint of the caller's), so that a
     /// record PostgreSQL refuses can be told apart from the rest; the chain heads stay.
-    pub async fn write_audit(&mut self, connection: &mut PgConnection) -> Result<(), ProjectorError> {
+    pub async fn write_audit(
+        &mut self,
+        connection: &mut PgConnection,
+    ) -> Result<(), ProjectorError> {
         let rows = std::mem::take(&mut self.audit);
         audit::insert_many(connection, &rows).await?;
         Ok(())
@@ -77,8 +80,12 @@ impl Pending {
 
     /// Takes another attempt's outbox entries, as caused by the event at `sequence`.
     pub fn take_outbox(&mut self, other: Pending, sequence: u64) {
-        self.outbox
-            .extend(other.outbox.into_iter().map(|entry| OutboxEntry { sequence, ..entry }));
+        self.outbox.extend(
+            other
+                .outbox
+                .into_iter()
+                .map(|entry| OutboxEntry { sequence, ..entry }),
+        );
     }
 
     /// Forgets the gathered audit records (their chain links stay).

@@ -172,10 +172,18 @@ impl Projector {
     async fn consume(&self) -> Result<(), ProjectorError> {
         let checkpoint = self.store.checkpoint(&self.name).await?;
         {
-            let mut connection = self.store.pool().acquire().await.map_err(StoreError::from)?;
+            let mut connection = self
+                .store
+                .pool()
+                .acquire()
+                .await
+                .map_err(StoreError::from)?;
             let open = rollcall_store::quarantine::open_aggregates(&mut connection).await?;
             if !open.is_empty() {
-                error!(aggregates = open.len(), "aggregates are quarantined; resolve them with `rollcall projector quarantine`");
+                error!(
+                    aggregates = open.len(),
+                    "aggregates are quarantined; resolve them with `rollcall projector quarantine`"
+                );
             }
             self.quarantined.replace(open);
         }
@@ -203,8 +211,13 @@ impl Projector {
                             delivered.clear();
                         }
                         checkpoint = Some(
-                            self.quarantine_unreadable(sequence, &message.subject, &message.payload, &reason)
-                                .await?,
+                            self.quarantine_unreadable(
+                                sequence,
+                                &message.subject,
+                                &message.payload,
+                                &reason,
+                            )
+                            .await?,
                         );
                     }
                     Err(error) => return Err(error.into()),
@@ -233,7 +246,10 @@ impl Projector {
 
     /// Applies a batch; when an event in it cannot be applied, applies the batch event by event
     /// and quarantines the ones that fail, so that one poison event never stops the others.
-    pub(crate) async fn apply_isolating(&self, delivered: &[Delivered]) -> Result<u64, ProjectorError> {
+    pub(crate) async fn apply_isolating(
+        &self,
+        delivered: &[Delivered],
+    ) -> Result<u64, ProjectorError> {
         let error = match self.apply_batch(delivered).await {
             Ok(checkpoint) => return Ok(checkpoint),
             Err(error) => error,
@@ -347,7 +363,10 @@ impl Projector {
             )
             .await?;
             changes.quarantine(key);
-            warn!(sequence = event.sequence, "event held behind its quarantined resource");
+            warn!(
+                sequence = event.sequence,
+                "event held behind its quarantined resource"
+            );
             return apply::audit(connection, pending, envelope, event.sequence).await;
         }
         apply(connection, pending, event).await
@@ -395,8 +414,16 @@ impl Projector {
             Status::Failed
         };
         let reason = failure.to_string();
-        quarantine::record(&mut transaction, &mut pending, event, status, &reason, audited, 1)
-            .await?;
+        quarantine::record(
+            &mut transaction,
+            &mut pending,
+            event,
+            status,
+            &reason,
+            audited,
+            1,
+        )
+        .await?;
         pending.flush(&mut transaction).await?;
         checkpoint::set(&mut transaction, &self.name, event.sequence).await?;
         transaction.commit().await.map_err(StoreError::from)?;

@@ -146,15 +146,26 @@ impl Publisher {
                 match result {
                     Ok(()) => done.extend(entries.iter().map(|row| row.id)),
                     Err(error) => {
-                        let first = entries.iter().map(|row| row.sequence as u64).min().unwrap_or(0);
+                        let first = entries
+                            .iter()
+                            .map(|row| row.sequence as u64)
+                            .min()
+                            .unwrap_or(0);
                         warn!(kind, tenant, id = %id, error = %error, "publishing access state failed for this key; the others go on");
-                        if failed.as_ref().is_none_or(|(sequence, _)| first < *sequence) {
+                        if failed
+                            .as_ref()
+                            .is_none_or(|(sequence, _)| first < *sequence)
+                        {
                             failed = Some((first, error));
                         }
                     }
                 }
             }
-            let highest = rows.iter().map(|row| row.sequence as u64).max().unwrap_or(0);
+            let highest = rows
+                .iter()
+                .map(|row| row.sequence as u64)
+                .max()
+                .unwrap_or(0);
             let reached = match &failed {
                 Some((sequence, _)) => sequence.saturating_sub(1),
                 None => highest,
@@ -202,7 +213,11 @@ impl Publisher {
         id: Uuid,
         entries: &[&OutboxRow],
     ) -> Result<(), ProjectorError> {
-        let sequence = entries.iter().map(|row| row.sequence as u64).max().unwrap_or(0);
+        let sequence = entries
+            .iter()
+            .map(|row| row.sequence as u64)
+            .max()
+            .unwrap_or(0);
         let key = access::user_key(tenant, &id);
         let Some(row) = self.store.user_access(tenant, id).await? else {
             self.bucket.delete(&key).await.map_err(nats)?;
@@ -230,7 +245,11 @@ impl Publisher {
         id: Uuid,
         entries: &[&OutboxRow],
     ) -> Result<(), ProjectorError> {
-        let sequence = entries.iter().map(|row| row.sequence as u64).max().unwrap_or(0);
+        let sequence = entries
+            .iter()
+            .map(|row| row.sequence as u64)
+            .max()
+            .unwrap_or(0);
         let key = access::group_key(tenant, &id);
         match self.store.group(tenant, id).await? {
             Some(row) => {
@@ -257,5 +276,72 @@ impl Publisher {
         if let Err(error) = self.drain().await {
             warn!(error = %error, "publishing access state failed; will retry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollcall_store::access::UserAccessRow;
+    use rollcall_store::user::UserRow;
+    use sqlx::types::Json;
+    use time::Duration;
+
+    fn row(
+        not_before: Option<OffsetDateTime>,
+        revoked: Vec<(String, OffsetDateTime)>,
+    ) -> UserAccessRow {
+        let now = OffsetDateTime::now_utc();
+        UserAccessRow {
+            user: UserRow {
+                tenant: "t".into(),
+                id: Uuid::nil(),
+                user_name: "ada".into(),
+                external_id: None,
+                active: true,
+                attributes: Json(serde_json::Map::new()),
+                version: 1,
+                created_at: now,
+                updated_at: now,
+            },
+            not_before,
+            revoked_sessions: revoked,
+            groups: vec![Uuid::nil()],
+        }
+    }
+
+    #[test]
+    fn revocations_that_can_no_longer_matter_are_not_published() {
+        let now = OffsetDateTime::now_utc();
+        let not_before = now - Duration::hours(1);
+        let state = user_state(
+            row(
+                Some(not_before),
+                vec![
+                    ("expired".into(), now - Duration::days(8)),
+                    ("covered".into(), not_before - Duration::minutes(1)),
+                    ("live".into(), now - Duration::minutes(5)),
+                ],
+            ),
+            7,
+            now,
+        );
+        let kept: Vec<&str> = state
+            .revoked_sessions
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect();
+        assert_eq!(kept, ["live"]);
+        assert_eq!(state.not_before, Some(not_before));
+    }
+
+    #[test]
+    fn a_withheld_state_denies_and_says_why() {
+        let now = OffsetDateTime::now_utc();
+        let state = withheld(user_state(row(None, vec![]), 7, now), "oversize");
+        assert!(!state.active);
+        assert!(state.groups.is_empty());
+        assert_eq!(state.withheld.as_deref(), Some("oversize"));
+        assert_eq!(state.sequence, 7);
     }
 }

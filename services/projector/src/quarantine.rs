@@ -109,7 +109,9 @@ pub fn classify(error: &ProjectorError) -> Failure {
         ProjectorError::Event { .. } => Failure::Poison,
         ProjectorError::Store(StoreError::Database(sqlx::Error::Database(database))) => {
             let code = database.code();
-            let class = code.as_deref().map_or("", |code| code.get(..2).unwrap_or(""));
+            let class = code
+                .as_deref()
+                .map_or("", |code| code.get(..2).unwrap_or(""));
             if PASSING_CLASSES.contains(&class) {
                 Failure::Passing
             } else {
@@ -118,7 +120,9 @@ pub fn classify(error: &ProjectorError) -> Failure {
         }
         ProjectorError::Store(StoreError::Corrupt(_) | StoreError::Invalid(_)) => Failure::Poison,
         ProjectorError::Store(StoreError::Database(
-            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::TypeNotFound { .. },
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::TypeNotFound { .. },
         )) => Failure::Poison,
         ProjectorError::Log(LoadError::Corrupt { .. }) => Failure::Poison,
         _ => Failure::Unreachable,
@@ -223,16 +227,24 @@ pub async fn resolve(
             .iter()
             .find(|row| row.sequence as u64 == resolution.sequence)
         {
-            quarantine::resolve(connection, row.sequence, Status::Skipped, by, &resolution.reason)
-                .await?;
+            quarantine::resolve(
+                connection,
+                row.sequence,
+                Status::Skipped,
+                by,
+                &resolution.reason,
+            )
+            .await?;
             remaining -= 1;
-            info!(sequence = row.sequence, "quarantined event skipped by an operator");
+            info!(
+                sequence = row.sequence,
+                "quarantined event skipped by an operator"
+            );
         }
     }
-    for row in rows
-        .iter()
-        .filter(|row| !(envelope.event_type == SKIPPED && row.sequence as u64 == resolution.sequence))
-    {
+    for row in rows.iter().filter(|row| {
+        !(envelope.event_type == SKIPPED && row.sequence as u64 == resolution.sequence)
+    }) {
         let held: Envelope = match Envelope::from_bytes(&row.envelope) {
             Ok(held) => held,
             Err(error) => {
@@ -247,8 +259,14 @@ pub async fn resolve(
             Ok(()) => {
                 savepoint.commit().await.map_err(StoreError::from)?;
                 pending.take_outbox(attempt, by);
-                quarantine::resolve(connection, row.sequence, Status::Applied, by, &resolution.reason)
-                    .await?;
+                quarantine::resolve(
+                    connection,
+                    row.sequence,
+                    Status::Applied,
+                    by,
+                    &resolution.reason,
+                )
+                .await?;
                 remaining -= 1;
             }
             Err(failure) => {
@@ -290,7 +308,9 @@ mod tests {
             Failure::Poison
         );
         assert_eq!(
-            classify(&ProjectorError::Store(StoreError::Database(sqlx::Error::PoolTimedOut))),
+            classify(&ProjectorError::Store(StoreError::Database(
+                sqlx::Error::PoolTimedOut
+            ))),
             Failure::Unreachable
         );
         assert_eq!(

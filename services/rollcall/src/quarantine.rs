@@ -145,7 +145,9 @@ async fn resolve(
             let left: Vec<_> = rows
                 .iter()
                 .filter(|r| {
-                    r.tenant == row.tenant && r.aggregate_id == row.aggregate_id && r.resolved_at.is_none()
+                    r.tenant == row.tenant
+                        && r.aggregate_id == row.aggregate_id
+                        && r.resolved_at.is_none()
                 })
                 .collect();
             if left.is_empty() {

@@ -162,7 +162,8 @@ impl Health {
             .last_not_applied
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        last.map(|at| at.elapsed()).filter(|ago| *ago < DEGRADED_FOR)
+        last.map(|at| at.elapsed())
+            .filter(|ago| *ago < DEGRADED_FOR)
     }
 
     fn record_not_applied(&self) {
@@ -204,7 +205,12 @@ impl Consistency {
     }
 
     /// Refuses a write to a quarantined resource before anything is appended.
-    pub async fn writable(&self, resource: &'static str, tenant: &str, id: Uuid) -> Result<(), ApiError> {
+    pub async fn writable(
+        &self,
+        resource: &'static str,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<(), ApiError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
