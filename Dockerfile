@@ -7,7 +7,7 @@ RUN cargo build --release --locked -p rollcall
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates wget \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home rollcall
 COPY --from=build /src/target/release/rollcall /usr/local/bin/rollcall
