@@ -14,5 +14,6 @@ mod hostile_filters;
 mod hostile_pipeline;
 mod hostile_scim_input;
 mod projector;
+mod replicas;
 mod security;
 mod signin;

@@ -92,6 +92,7 @@ pub struct Projector {
     publisher: Option<publish::Publisher>,
     quarantined: Quarantined,
     strikes: std::sync::Arc<std::sync::Mutex<(u64, u32)>>,
+    active: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How often a passing failure (a deadlock, a timeout) at one event is tried before the event
@@ -119,6 +120,7 @@ impl Projector {
             publisher: None,
             quarantined: Quarantined::default(),
             strikes: Default::default(),
+            active: Default::default(),
         }
     }
 
@@ -129,10 +131,60 @@ impl Projector {
         self
     }
 
-    /// Runs until `shutdown` resolves, recovering from failures by repositioning at the
-    /// checkpoint after a short pause.
+    /// Runs until `shutdown` resolves: stands by until this process holds the projector's
+    /// lease, then projects (recovering from failures by repositioning at the checkpoint after
+    /// a pause), and stands by again should the lease be lost.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        loop {
+            let mut lease = tokio::select! {
+                _ = &mut shutdown => return,
+                lease = self.lead() => lease,
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = lease.lost() => {
+                    error!(projector = %self.name, "lost the projector lease (PostgreSQL connection); standing by");
+                    self.active.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                () = self.project() => return,
+            }
+        }
+    }
+
+    /// Whether this process is the active projector (holds the lease).
+    pub fn is_active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until this process holds the lease: a PostgreSQL advisory lock on the projector's
+    /// schema and name, held by a connection of its own for as long as it projects. A process
+    /// that dies (`kill -9` included) loses its connection, and so the lock, at once; a standby
+    /// asks every second.
+    async fn lead(&self) -> Lease {
+        let key = format!("rollcall projector {}.{}", self.store.schema(), self.name);
+        let mut said = false;
+        loop {
+            match Lease::try_take(&self.store, &key).await {
+                Ok(Some(lease)) => {
+                    info!(projector = %self.name, "holding the projector lease; projecting");
+                    self.active
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return lease;
+                }
+                Ok(None) if !said => {
+                    info!(projector = %self.name, "another process projects; standing by");
+                    said = true;
+                }
+                Ok(None) => {}
+                Err(error) => warn!(error = %error, "cannot ask for the projector lease; retrying"),
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        }
+    }
+
+    /// Projects until the stream ends (it does not), recovering from failures.
+    async fn project(&self) {
         // Whatever a crash or a NATS outage left in the outbox is published on a timer too.
         let republisher = self.publisher.clone().map(|publisher| {
             tokio::spawn(async move {
@@ -146,25 +198,24 @@ impl Projector {
         let _stop_republisher = AbortOnDrop(republisher);
         let mut pause = Duration::from_millis(250);
         loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                result = self.consume() => match result {
-                    Ok(()) => return,
-                    Err(ProjectorError::Gap { checkpoint, delivered }) => {
-                        warn!(checkpoint, delivered, "gap after the checkpoint; repositioning");
-                    }
-                    Err(error) => {
-                        error!(error = %error, pause_ms = pause.as_millis() as u64, "projector failed; retrying from its checkpoint");
-                        tokio::select! {
-                            _ = &mut shutdown => return,
-                            _ = tokio::time::sleep(pause) => {}
-                        }
-                        pause = (pause * 2).min(MAX_BACKOFF);
-                        continue;
-                    }
-                },
+            match self.consume().await {
+                Ok(()) => return,
+                Err(ProjectorError::Gap {
+                    checkpoint,
+                    delivered,
+                }) => {
+                    warn!(
+                        checkpoint,
+                        delivered, "gap after the checkpoint; repositioning"
+                    );
+                    pause = Duration::from_millis(250);
+                }
+                Err(error) => {
+                    error!(error = %error, pause_ms = pause.as_millis() as u64, "projector failed; retrying from its checkpoint");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_BACKOFF);
+                }
             }
-            pause = Duration::from_millis(250);
         }
     }
 
@@ -515,6 +566,34 @@ impl Projector {
             .await
         {
             warn!(error = %error, "announcing the checkpoint failed");
+        }
+    }
+}
+
+/// How often a standby asks for the projector's lease.
+const LEASE_POLL: Duration = Duration::from_secs(1);
+
+/// The projector's lease: a session-level advisory lock held by a connection of its own.
+struct Lease(sqlx::PgConnection);
+
+impl Lease {
+    async fn try_take(store: &Store, key: &str) -> Result<Option<Self>, StoreError> {
+        let mut connection = store.admin_connection().await?;
+        let taken: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .fetch_one(&mut connection)
+                .await?;
+        Ok(taken.then_some(Self(connection)))
+    }
+
+    /// Resolves when the lease's connection fails (the lock is then gone).
+    async fn lost(&mut self) {
+        loop {
+            tokio::time::sleep(LEASE_POLL).await;
+            if sqlx::query("SELECT 1").execute(&mut self.0).await.is_err() {
+                return;
+            }
         }
     }
 }
