@@ -539,7 +539,11 @@ impl TestEnv {
                 &serde_json::json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name}),
             )
             .await;
-        assert_eq!(created.status, 201, "another tenant's create: {:?}", created.body);
+        assert_eq!(
+            created.status, 201,
+            "another tenant's create: {:?}",
+            created.body
+        );
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "another tenant's create took {:?}",
@@ -547,11 +551,18 @@ impl TestEnv {
         );
         let user = created.body["id"].as_str().unwrap().to_owned();
         let session = self.session(&user);
-        assert_eq!(self.forward_auth("wiki.test", Some(&session)).await.status, 200);
+        assert_eq!(
+            self.forward_auth("wiki.test", Some(&session)).await.status,
+            200
+        );
         let disable = serde_json::json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
             "Operations": [{"op": "Replace", "path": "active", "value": "False"}]});
         let patched = scim.patch(&format!("/Users/{user}"), &disable).await;
-        assert_eq!(patched.status, 200, "another tenant's deactivation: {:?}", patched.body);
+        assert_eq!(
+            patched.status, 200,
+            "another tenant's deactivation: {:?}",
+            patched.body
+        );
         eventually(
             "another tenant's deactivated user is denied at /auth",
             Duration::from_secs(1),

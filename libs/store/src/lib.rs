@@ -10,6 +10,7 @@ pub mod access;
 pub mod audit;
 pub mod checkpoint;
 pub mod group;
+pub mod lookup_key;
 mod page;
 pub mod quarantine;
 pub mod rebuild;
@@ -119,10 +120,46 @@ impl Store {
         })
     }
 
+    /// The same database and read-model schema over a pool of its own, for long-running reads
+    /// (the audit API): at most `bounds.max_connections`, each cancelling any statement that
+    /// runs longer than `bounds.statement_timeout`, and waiting at most `bounds.acquire_timeout`
+    /// for a free connection. What runs there can never take a connection from this store's
+    /// pool (SCIM, the projector). Connects lazily.
+    pub fn bounded(&self, bounds: PoolBounds) -> Self {
+        let options = self.options.clone().options([
+            ("search_path", format!("{},public", self.schema)),
+            (
+                "statement_timeout",
+                bounds.statement_timeout.as_millis().max(1).to_string(),
+            ),
+        ]);
+        let pool = PgPoolOptions::new()
+            .max_connections(bounds.max_connections.max(1))
+            .acquire_timeout(bounds.acquire_timeout)
+            .connect_lazy_with(options);
+        Self {
+            pool,
+            schema: self.schema.clone(),
+            options: self.options.clone(),
+        }
+    }
+
     /// A single connection without a read-model search path (for DDL).
     pub async fn admin_connection(&self) -> Result<PgConnection, StoreError> {
         Ok(PgConnection::connect_with(&self.options).await?)
     }
+}
+
+/// The bounds of a pool kept apart for long-running reads ([`Store::bounded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolBounds {
+    /// Connections at most.
+    pub max_connections: u32,
+    /// How long a query waits for a free connection before failing with
+    /// `sqlx::Error::PoolTimedOut`.
+    pub acquire_timeout: Duration,
+    /// PostgreSQL cancels a statement running longer (SQLSTATE `57014`).
+    pub statement_timeout: Duration,
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), StoreError> {

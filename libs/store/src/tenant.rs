@@ -1,6 +1,14 @@
 //! Tenants and their API tokens. A token is `rc_<id>_<secret>`: the id finds the row, the
 //! secret is compared with the stored SHA-256 in constant time. Secrets are 256 random bits, so
 //! a fast hash is enough; the secret itself is never stored or logged.
+//!
+//! [`TokenVerifier`] is the one way a service checks the bearer token of a request: verified
+//! tokens are remembered for a few seconds in a cache bounded in entries and time, refused ones
+//! never, so that no stream of wrong tokens can grow it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -221,6 +229,101 @@ impl Store {
     }
 }
 
+/// How long a verified token is trusted without asking PostgreSQL again: a revocation takes
+/// effect within this time.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// How many verified tokens a [`TokenVerifier`] remembers at most.
+pub const TOKEN_CACHE_ENTRIES: usize = 10_000;
+
+/// Verifies bearer tokens of one scope, remembering verified ones for [`TOKEN_CACHE_TTL`] in a
+/// cache of at most [`TOKEN_CACHE_ENTRIES`]. Refusals are not remembered: a wrong token costs one
+/// primary-key lookup (none if it is not shaped like a token) and no memory. Clones share the
+/// cache.
+#[derive(Debug, Clone)]
+pub struct TokenVerifier {
+    scope: Scope,
+    cache: Arc<Mutex<VerifiedTokens>>,
+}
+
+impl TokenVerifier {
+    /// A verifier of `scope` tokens with the default bounds.
+    pub fn new(scope: Scope) -> Self {
+        Self::with_bounds(scope, TOKEN_CACHE_ENTRIES, TOKEN_CACHE_TTL)
+    }
+
+    /// A verifier remembering at most `entries` tokens, each for `ttl`.
+    pub fn with_bounds(scope: Scope, entries: usize, ttl: Duration) -> Self {
+        Self {
+            scope,
+            cache: Arc::new(Mutex::new(VerifiedTokens::new(entries, ttl))),
+        }
+    }
+
+    /// The live token of this verifier's scope that a client presented, or `None`.
+    pub async fn verify(
+        &self,
+        store: &Store,
+        presented: &str,
+    ) -> Result<Option<TokenInfo>, StoreError> {
+        // Keyed by the presented token's SHA-256: the cache never holds a secret.
+        let key: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let now = Instant::now();
+        if let Some(info) = self.cache.lock().ok().and_then(|c| c.get(&key, now)) {
+            return Ok(Some(info));
+        }
+        let verified = store.verify_token(presented, self.scope).await?;
+        if let (Some(info), Ok(mut cache)) = (&verified, self.cache.lock()) {
+            cache.insert(key, info.clone(), Instant::now());
+        }
+        Ok(verified)
+    }
+
+    /// How many verified tokens are remembered now.
+    pub fn cached(&self) -> usize {
+        self.cache.lock().map(|c| c.entries.len()).unwrap_or(0)
+    }
+}
+
+/// Verified tokens by the SHA-256 of the presented token, with when each was verified.
+#[derive(Debug)]
+struct VerifiedTokens {
+    entries: HashMap<[u8; 32], (TokenInfo, Instant)>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl VerifiedTokens {
+    fn new(capacity: usize, ttl: Duration) -> Self {
+        Self {
+            entries: HashMap::new(),
+            capacity,
+            ttl,
+        }
+    }
+
+    fn get(&self, key: &[u8; 32], now: Instant) -> Option<TokenInfo> {
+        self.entries
+            .get(key)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < self.ttl)
+            .map(|(info, _)| info.clone())
+    }
+
+    /// Remembers a verified token. When full, expired entries go first; if none has expired,
+    /// the token is not remembered (it is verified against PostgreSQL again next time).
+    fn insert(&mut self, key: [u8; 32], info: TokenInfo, now: Instant) {
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            let ttl = self.ttl;
+            self.entries
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < ttl);
+            if self.entries.len() >= self.capacity {
+                return;
+            }
+        }
+        self.entries.insert(key, (info, now));
+    }
+}
+
 /// A stored token with its secret's hash.
 #[derive(sqlx::FromRow)]
 struct StoredToken {
@@ -236,6 +339,70 @@ struct StoredToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info(id: &str) -> TokenInfo {
+        TokenInfo {
+            id: id.into(),
+            tenant: "t".into(),
+            scope: Scope::Scim,
+            description: None,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            revoked_at: None,
+        }
+    }
+
+    fn key(n: usize) -> [u8; 32] {
+        Sha256::digest(n.to_le_bytes()).into()
+    }
+
+    #[test]
+    fn the_token_cache_never_holds_more_than_its_capacity() {
+        let mut cache = VerifiedTokens::new(3, Duration::from_secs(5));
+        let now = Instant::now();
+        for n in 0..100 {
+            cache.insert(key(n), info(&n.to_string()), now);
+        }
+        assert_eq!(cache.entries.len(), 3);
+        // Full of live entries: a newcomer is verified again next time, not remembered.
+        assert_eq!(cache.get(&key(99), now), None);
+        assert_eq!(cache.get(&key(0), now).map(|i| i.id), Some("0".into()));
+    }
+
+    #[test]
+    fn expired_tokens_are_forgotten_and_make_room() {
+        let mut cache = VerifiedTokens::new(2, Duration::from_secs(5));
+        let then = Instant::now();
+        cache.insert(key(1), info("1"), then);
+        cache.insert(key(2), info("2"), then);
+        let later = then + Duration::from_secs(6);
+        assert_eq!(
+            cache.get(&key(1), later),
+            None,
+            "a revocation shows after the TTL"
+        );
+        cache.insert(key(3), info("3"), later);
+        assert_eq!(cache.entries.len(), 1);
+        assert_eq!(cache.get(&key(3), later).map(|i| i.id), Some("3".into()));
+    }
+
+    #[tokio::test]
+    async fn wrong_tokens_are_refused_without_growing_the_cache() {
+        // Nothing listens there: tokens not shaped like ours never reach the database.
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(1);
+        let store = Store {
+            pool: sqlx::postgres::PgPoolOptions::new().connect_lazy_with(options.clone()),
+            schema: crate::LIVE_SCHEMA.into(),
+            options,
+        };
+        let verifier = TokenVerifier::new(Scope::Scim);
+        for n in 0..1_000 {
+            let presented = format!("not-a-token-{n}");
+            assert_eq!(verifier.verify(&store, &presented).await.ok(), Some(None));
+        }
+        assert_eq!(verifier.cached(), 0);
+    }
 
     #[test]
     fn tokens_split_into_id_and_secret_and_nothing_else_parses() {

@@ -1,10 +1,13 @@
 //! rollcall-telemetry: tracing for every Rollcall process (JSON logs filtered by `RUST_LOG`),
 //! OpenTelemetry export over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C trace
-//! context carried over HTTP and NATS headers.
+//! context carried over HTTP and NATS headers; [`http::layer`] is the request span and error log
+//! every HTTP service shares.
 //!
 //! Spans always get trace ids (the OpenTelemetry layer is installed even without an exporter),
 //! so that logs, event envelopes and audit records name the trace of the request that caused them.
 #![warn(missing_docs)]
+
+pub mod http;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -203,7 +206,7 @@ pub fn set_parent_from_nats(span: &Span, headers: Option<&async_nats::HeaderMap>
 }
 
 /// Makes `span` a child of the trace context in HTTP request headers.
-pub fn set_parent_from_http(span: &Span, headers: &http::HeaderMap) {
+pub fn set_parent_from_http(span: &Span, headers: &::http::HeaderMap) {
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     set_parent(span, traceparent);
 }

@@ -6,12 +6,16 @@
 pub mod decision;
 pub mod directory;
 pub mod entra;
+pub mod error;
 pub mod feed;
 pub mod http;
+pub mod identity;
 pub mod oidc;
 pub mod policy;
+pub mod proxy;
 pub mod session;
 pub mod signin;
+pub mod target;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 pub use rollcall_eventlog::access::SessionRevoker;
 use rollcall_eventlog::access::UserAccess;
@@ -56,7 +60,7 @@ pub struct Config {
     /// Without them a random key is used and sessions end at restart.
     #[arg(long = "session-keys", env = "ROLLCALL_SESSION_KEYS", hide_env_values = true, value_parser = secret)]
     pub session_keys: Option<SecretString>,
-    /// How long a session lasts, in seconds.
+    /// How long a session lasts, in seconds (at most 7 days).
     #[arg(long = "session-ttl", env = "ROLLCALL_SESSION_TTL", default_value_t = 8 * 3600)]
     pub session_ttl_seconds: u64,
     /// Name of the session cookie.
@@ -84,6 +88,12 @@ pub struct Config {
         default_value_t = false
     )]
     pub fail_open: bool,
+    /// The reverse proxy in front of /auth: `nginx` (reads only X-Original-URL),
+    /// `traefik` or `caddy` (only X-Forwarded-Proto/-Host/-Uri) or `envoy` (/auth/<path> and
+    /// Host). Headers of any other style are ignored. Unset, /auth refuses every request:
+    /// which headers a client can forge depends on the proxy.
+    #[arg(long = "trusted-proxy", env = "ROLLCALL_TRUSTED_PROXY", value_enum)]
+    pub trusted_proxy: Option<proxy::TrustedProxy>,
     /// Sign-in with Entra ID or another OpenID provider.
     #[command(flatten)]
     pub oidc: oidc::OidcConfig,
@@ -104,6 +114,7 @@ impl Default for Config {
             cookie_domain: None,
             staleness_seconds: 30,
             fail_open: false,
+            trusted_proxy: None,
             oidc: oidc::OidcConfig::default(),
         }
     }
@@ -200,6 +211,16 @@ impl Access {
     /// Builds the service state from configuration (checks the policy file and keys).
     pub fn new(config: Config) -> Result<Self, AccessError> {
         let ttl = Duration::from_secs(config.session_ttl_seconds);
+        // The projector stops publishing revocations older than this (they would be void by
+        // expiry): a longer session could outlive its own revocation.
+        let longest = rollcall_eventlog::access::MAX_SESSION_LIFETIME;
+        if ttl > longest || ttl.is_zero() {
+            return Err(AccessError::Config(format!(
+                "ROLLCALL_SESSION_TTL must be between 1 and {} seconds (7 days), not {}",
+                longest.as_secs(),
+                config.session_ttl_seconds
+            )));
+        }
         let keys = match &config.session_keys {
             Some(spec) => SessionKeys::parse(spec.expose_secret(), ttl)
                 .map_err(|e| AccessError::Config(e.to_string()))?,
@@ -216,8 +237,11 @@ impl Access {
             }
         };
         let signin = oidc::RelyingParty::from_config(&config.oidc, config.cookie_domain.as_deref())
-            .map_err(AccessError::Config)?
+            .map_err(|e| AccessError::Config(e.to_string()))?
             .map(Arc::new);
+        if config.trusted_proxy.is_none() {
+            error!("ROLLCALL_TRUSTED_PROXY is not set: /auth refuses every request until it names the reverse proxy in front of it (nginx, traefik, caddy or envoy)");
+        }
         Ok(Self(Arc::new(Shared {
             config,
             directory: Arc::default(),
@@ -337,26 +361,33 @@ impl Access {
 
 /// The routes.
 pub fn router(access: Access) -> Router {
+    let refuse = error::method_not_allowed;
     Router::new()
-        .route("/auth", get(http::auth))
-        .route("/auth/{*path}", get(http::auth_path))
-        .route("/v1/decisions", post(http::decisions))
-        .route("/healthz", get(http::healthz))
-        .route("/readyz", get(http::readyz))
-        .route("/metrics", get(http::metrics))
-        .route("/oauth2/start", get(signin::start))
-        .route("/oauth2/callback", get(signin::callback))
+        .route("/auth", get(http::auth).fallback(refuse))
+        // Envoy asks with the original request's method.
+        .route("/auth/", any(http::auth_path))
+        .route("/auth/{*path}", any(http::auth_path))
+        .route("/v1/decisions", post(http::decisions).fallback(refuse))
+        .route("/healthz", get(http::healthz).fallback(refuse))
+        .route("/readyz", get(http::readyz).fallback(refuse))
+        .route("/metrics", get(http::metrics).fallback(refuse))
+        .route("/oauth2/start", get(signin::start).fallback(refuse))
+        .route("/oauth2/callback", get(signin::callback).fallback(refuse))
         .route(
             "/oauth2/sign_out",
-            get(signin::sign_out).post(signin::sign_out),
+            get(signin::sign_out)
+                .post(signin::sign_out_confirmed)
+                .fallback(refuse),
         )
+        .fallback(error::not_found)
+        .layer(axum::middleware::from_fn(error::log_refusals))
         .with_state(access)
 }
 
 /// Starts following NATS and serves on `listener` until `shutdown` resolves. Reloads the
 /// policy file on SIGHUP.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<rollcall_http::Listener>,
     access: Access,
     client: async_nats::Client,
     namespace: Namespace,
@@ -411,9 +442,7 @@ pub async fn serve(
             }
         });
     }
-    let result = axum::serve(listener, router(access).into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = rollcall_http::serve(listener.into(), "access", router(access), shutdown).await;
     feed.abort();
     #[cfg(unix)]
     reload.abort();
@@ -432,4 +461,21 @@ pub async fn run(
         .map_err(|e| AccessError::Io(format!("binding {}: {e}", config.addr)))?;
     let access = Access::new(config)?;
     serve(listener, access, client, namespace, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_that_could_outlive_its_published_revocation_is_refused() {
+        let config = Config {
+            session_ttl_seconds: 8 * 24 * 3600,
+            ..Default::default()
+        };
+        assert!(
+            matches!(Access::new(config), Err(AccessError::Config(message)) if message.contains("ROLLCALL_SESSION_TTL"))
+        );
+        assert!(Access::new(Config::default()).is_ok());
+    }
 }

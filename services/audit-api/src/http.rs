@@ -1,127 +1,57 @@
 //! The audit API's routes under `/audit/v1`, authenticated with auditor tokens
-//! (`rollcall tokens create --tenant T --scope audit`): read-only, one tenant each.
+//! (`rollcall tokens create --scope audit`): read-only, one tenant each. Exports are in
+//! [`crate::export`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
-use futures::StreamExt;
-use rollcall_store::audit::{AuditQuery, AuditRow, COLUMNS};
+use rollcall_store::audit::{AuditQuery, AuditRow};
 use rollcall_store::request_log::RequestQuery;
-use rollcall_store::tenant::Scope;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tokio::sync::RwLock;
 use uuid::Uuid;
 
+use crate::auth::Auditor;
+use crate::error::{ApiError, Params, PathValue};
 use crate::history::{self, AsOf, AuditedEvent};
 use crate::{AuditError, AuditState};
 
-/// A refusal, as JSON.
-#[derive(Debug)]
-pub struct HttpError(StatusCode, String);
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        (
-            self.0,
-            Json(json!({"status": self.0.as_u16(), "error": self.1})),
-        )
-            .into_response()
-    }
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(message.into())
 }
 
-impl From<AuditError> for HttpError {
-    fn from(error: AuditError) -> Self {
-        tracing::error!(error = %error, "audit request failed");
-        HttpError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
-    }
+fn not_found(message: impl Into<String>) -> ApiError {
+    ApiError::NotFound(message.into())
 }
 
-impl From<rollcall_store::StoreError> for HttpError {
-    fn from(error: rollcall_store::StoreError) -> Self {
-        AuditError::from(error).into()
-    }
+/// A reconstruction that failed on stored data: a server fault, never the client's.
+fn corrupt(message: String) -> ApiError {
+    ApiError::Internal(AuditError::Corrupt(message))
 }
 
-fn bad(message: impl Into<String>) -> HttpError {
-    HttpError(StatusCode::BAD_REQUEST, message.into())
+/// Which aggregates a route is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    User,
+    Group,
 }
 
-fn not_found(message: impl Into<String>) -> HttpError {
-    HttpError(StatusCode::NOT_FOUND, message.into())
-}
-
-/// An auditor: a tenant, through one of its audit tokens.
-#[derive(Debug, Clone)]
-pub struct Auditor {
-    /// The tenant.
-    pub tenant: String,
-}
-
-/// Verified audit tokens, for a few seconds.
-#[derive(Debug, Clone, Default)]
-pub struct AuditorCache(Arc<RwLock<HashMap<String, Verified>>>);
-
-/// A verification outcome (the tenant, or `None` if refused) and when it was made.
-type Verified = (Option<String>, Instant);
-
-impl FromRequestParts<AuditState> for Auditor {
-    type Rejection = HttpError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AuditState,
-    ) -> Result<Self, Self::Rejection> {
-        let unauthorized = || {
-            HttpError(StatusCode::UNAUTHORIZED, "an audit token is required: Authorization: Bearer <token from `rollcall tokens create --scope audit`>".into())
-        };
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(unauthorized)?;
-        use sha2::Digest;
-        let key = hex::encode(sha2::Sha256::digest(token.as_bytes()));
-        if let Some((tenant, at)) = state.auditors.0.read().await.get(&key) {
-            if at.elapsed() < Duration::from_secs(5) {
-                return tenant
-                    .clone()
-                    .map(|tenant| Auditor { tenant })
-                    .ok_or_else(unauthorized);
-            }
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::User => "user",
+            Kind::Group => "group",
         }
-        let tenant = state
-            .store
-            .verify_token(token, Scope::Audit)
-            .await?
-            .map(|info| info.tenant);
-        state
-            .auditors
-            .0
-            .write()
-            .await
-            .insert(key, (tenant.clone(), Instant::now()));
-        tenant
-            .map(|tenant| Auditor { tenant })
-            .ok_or_else(unauthorized)
     }
 }
 
-fn instant(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>, HttpError> {
+/// An RFC 3339 parameter, if given.
+pub(crate) fn instant(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
     value
         .filter(|v| !v.is_empty())
         .map(|v| {
@@ -138,17 +68,22 @@ fn events(rows: &[AuditRow]) -> Vec<AuditedEvent> {
     rows.iter().map(AuditedEvent::from).collect()
 }
 
+/// The events of `id` if it is an aggregate of `kind` (none for a group's id on a user route:
+/// ids are unique across kinds, so it is simply not a user).
 async fn aggregate_rows(
     state: &AuditState,
     tenant: &str,
+    kind: Kind,
     id: Uuid,
-) -> Result<Vec<AuditRow>, HttpError> {
+) -> Result<Vec<AuditRow>, ApiError> {
     let query = AuditQuery {
         aggregate: Some(id),
         limit: i64::MAX,
         ..Default::default()
     };
-    Ok(state.store.audit_search(tenant, &query).await?)
+    let mut rows = state.store.audit_search(tenant, &query).await?;
+    rows.retain(|row| row.aggregate_type == kind.as_str());
+    Ok(rows)
 }
 
 /// `?at=`
@@ -181,8 +116,8 @@ pub struct GroupLookup {
 pub async fn find_users(
     State(state): State<AuditState>,
     auditor: Auditor,
-    Query(lookup): Query<UserLookup>,
-) -> Result<Json<Value>, HttpError> {
+    Params(lookup): Params<UserLookup>,
+) -> Result<Json<Value>, ApiError> {
     if lookup.user_name.is_none() && lookup.external_id.is_none() {
         return Err(bad("give userName or externalId"));
     }
@@ -202,8 +137,8 @@ pub async fn find_users(
 pub async fn find_groups(
     State(state): State<AuditState>,
     auditor: Auditor,
-    Query(lookup): Query<GroupLookup>,
-) -> Result<Json<Value>, HttpError> {
+    Params(lookup): Params<GroupLookup>,
+) -> Result<Json<Value>, ApiError> {
     let name = lookup.display_name.ok_or_else(|| bad("give displayName"))?;
     let ids = state
         .store
@@ -217,10 +152,10 @@ pub async fn find_groups(
 pub async fn user_history(
     State(state): State<AuditState>,
     auditor: Auditor,
-    Path(id): Path<Uuid>,
-) -> Result<Json<Value>, HttpError> {
-    let mut rows = aggregate_rows(&state, &auditor.tenant, id).await?;
-    if rows.is_empty() || rows[0].aggregate_type != "user" {
+    PathValue(id): PathValue<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let mut rows = aggregate_rows(&state, &auditor.tenant, Kind::User, id).await?;
+    if rows.is_empty() {
         return Err(not_found(format!("no history for user {id}")));
     }
     let memberships = state.store.audit_memberships(&auditor.tenant, id).await?;
@@ -257,10 +192,10 @@ pub async fn user_history(
 pub async fn group_history(
     State(state): State<AuditState>,
     auditor: Auditor,
-    Path(id): Path<Uuid>,
-) -> Result<Json<Value>, HttpError> {
-    let rows = aggregate_rows(&state, &auditor.tenant, id).await?;
-    if rows.is_empty() || rows[0].aggregate_type != "group" {
+    PathValue(id): PathValue<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = aggregate_rows(&state, &auditor.tenant, Kind::Group, id).await?;
+    if rows.is_empty() {
         return Err(not_found(format!("no history for group {id}")));
     }
     Ok(Json(
@@ -273,8 +208,8 @@ fn as_of_response(
     id: Uuid,
     at: OffsetDateTime,
     result: Result<AsOf, String>,
-) -> Result<Json<Value>, HttpError> {
-    match result.map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, e))? {
+) -> Result<Json<Value>, ApiError> {
+    match result.map_err(corrupt)? {
         AsOf::Resource(resource) => Ok(Json(resource)),
         AsOf::NotYet => Err(not_found(format!(
             "{kind} {id} did not exist at {}",
@@ -292,11 +227,11 @@ fn as_of_response(
 pub async fn user_as_of(
     State(state): State<AuditState>,
     auditor: Auditor,
-    Path(id): Path<Uuid>,
-    Query(at): Query<At>,
-) -> Result<Json<Value>, HttpError> {
+    PathValue(id): PathValue<Uuid>,
+    Params(at): Params<At>,
+) -> Result<Json<Value>, ApiError> {
     let at = instant("at", at.at.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
-    let rows = aggregate_rows(&state, &auditor.tenant, id).await?;
+    let rows = aggregate_rows(&state, &auditor.tenant, Kind::User, id).await?;
     as_of_response("user", id, at, history::user_as_of(id, &rows, at))
 }
 
@@ -305,11 +240,11 @@ pub async fn user_as_of(
 pub async fn group_as_of(
     State(state): State<AuditState>,
     auditor: Auditor,
-    Path(id): Path<Uuid>,
-    Query(at): Query<At>,
-) -> Result<Json<Value>, HttpError> {
+    PathValue(id): PathValue<Uuid>,
+    Params(at): Params<At>,
+) -> Result<Json<Value>, ApiError> {
     let at = instant("at", at.at.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
-    let rows = aggregate_rows(&state, &auditor.tenant, id).await?;
+    let rows = aggregate_rows(&state, &auditor.tenant, Kind::Group, id).await?;
     as_of_response("group", id, at, history::group_as_of(id, &rows, at))
 }
 
@@ -318,10 +253,10 @@ pub async fn group_as_of(
 pub async fn members_as_of(
     State(state): State<AuditState>,
     auditor: Auditor,
-    Path(id): Path<Uuid>,
-    Query(at): Query<At>,
-) -> Result<Json<Value>, HttpError> {
-    let Json(group) = group_as_of(State(state), auditor, Path(id), Query(at)).await?;
+    PathValue(id): PathValue<Uuid>,
+    Params(at): Params<At>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(group) = group_as_of(State(state), auditor, PathValue(id), Params(at)).await?;
     Ok(Json(
         json!({"group": id, "members": group.get("members").cloned().unwrap_or(json!([]))}),
     ))
@@ -342,17 +277,16 @@ pub struct Range {
 pub async fn intervals(
     State(state): State<AuditState>,
     auditor: Auditor,
-    Path(id): Path<Uuid>,
-    Query(range): Query<Range>,
-) -> Result<Json<Value>, HttpError> {
+    PathValue(id): PathValue<Uuid>,
+    Params(range): Params<Range>,
+) -> Result<Json<Value>, ApiError> {
     let from = instant("from", range.from.as_deref())?.unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let to = instant("to", range.to.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
-    let rows = aggregate_rows(&state, &auditor.tenant, id).await?;
+    let rows = aggregate_rows(&state, &auditor.tenant, Kind::Group, id).await?;
     if rows.is_empty() {
         return Err(not_found(format!("no history for group {id}")));
     }
-    let members = history::intervals(&rows, from, to)
-        .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let members = history::intervals(&rows, from, to).map_err(corrupt)?;
     Ok(Json(
         json!({"group": id, "from": history::timestamp(from), "to": history::timestamp(to), "members": members}),
     ))
@@ -383,8 +317,8 @@ pub struct EventSearch {
 pub async fn search(
     State(state): State<AuditState>,
     auditor: Auditor,
-    Query(search): Query<EventSearch>,
-) -> Result<Json<Value>, HttpError> {
+    Params(search): Params<EventSearch>,
+) -> Result<Json<Value>, ApiError> {
     let limit = page_size(search.limit);
     let query = AuditQuery {
         event_type: search.event_type,
@@ -412,118 +346,6 @@ fn next_cursor<T>(rows: &[T], limit: i64, key: impl Fn(&T) -> i64) -> Option<i64
         .flatten()
 }
 
-/// Export parameters.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct Export {
-    /// `ndjson` (default) or `csv`.
-    pub format: Option<String>,
-    /// From this instant.
-    pub from: Option<String>,
-    /// Until this instant.
-    pub to: Option<String>,
-}
-
-fn csv_cell(text: &str) -> String {
-    // RFC 4180: quote every cell, double the quotes inside.
-    format!("\"{}\"", text.replace('"', "\"\""))
-}
-
-fn csv_line(row: &AuditRow) -> String {
-    let cells = [
-        row.sequence.to_string(),
-        row.event_id.to_string(),
-        row.tenant.clone(),
-        row.aggregate_type.clone(),
-        row.aggregate_id.to_string(),
-        row.version.to_string(),
-        row.event_type.clone(),
-        history::timestamp(row.occurred_at),
-        row.actor.0.to_string(),
-        row.request_id.clone().unwrap_or_default(),
-        row.trace_id.clone().unwrap_or_default(),
-        row.payload.0.to_string(),
-        hex::encode(&row.hash),
-    ];
-    let mut line = cells
-        .iter()
-        .map(|c| csv_cell(c))
-        .collect::<Vec<_>>()
-        .join(",");
-    line.push_str("\r\n");
-    line
-}
-
-/// Streams every event of a range as NDJSON or CSV, in constant memory.
-#[utoipa::path(get, path = "/audit/v1/export", params(Export), responses((status = 200, description = "the events, streamed")), security(("bearer" = [])))]
-pub async fn export(
-    State(state): State<AuditState>,
-    auditor: Auditor,
-    Query(export): Query<Export>,
-) -> Result<Response, HttpError> {
-    let csv = match export.format.as_deref().unwrap_or("ndjson") {
-        "ndjson" => false,
-        "csv" => true,
-        other => return Err(bad(format!("format must be ndjson or csv, not {other:?}"))),
-    };
-    let from = instant("from", export.from.as_deref())?;
-    let to = instant("to", export.to.as_deref())?;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
-    let pool = state.store.pool().clone();
-    let tenant = auditor.tenant;
-    tokio::spawn(async move {
-        if csv {
-            let header = "sequence,event_id,tenant,aggregate_type,aggregate_id,version,event_type,occurred_at,actor,request_id,trace_id,payload,hash\r\n";
-            if sender.send(Ok(bytes::Bytes::from(header))).await.is_err() {
-                return;
-            }
-        }
-        let sql = format!(
-            "SELECT {COLUMNS} FROM audit_event WHERE tenant = $1 AND ($2::timestamptz IS NULL OR occurred_at >= $2)
-             AND ($3::timestamptz IS NULL OR occurred_at < $3) ORDER BY sequence"
-        );
-        let mut rows = sqlx::query_as::<_, AuditRow>(&sql)
-            .bind(&tenant)
-            .bind(from)
-            .bind(to)
-            .fetch(&pool);
-        while let Some(row) = rows.next().await {
-            let chunk = match row {
-                Ok(row) if csv => Ok(bytes::Bytes::from(csv_line(&row))),
-                Ok(row) => {
-                    let mut line =
-                        serde_json::to_vec(&AuditedEvent::from(&row)).unwrap_or_default();
-                    line.push(b'\n');
-                    Ok(bytes::Bytes::from(line))
-                }
-                Err(error) => Err(std::io::Error::other(error.to_string())),
-            };
-            if sender.send(chunk).await.is_err() {
-                return;
-            }
-        }
-    });
-    let body = Body::from_stream(futures::stream::unfold(
-        receiver,
-        |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
-    ));
-    let (content_type, extension) = if csv {
-        ("text/csv; charset=utf-8", "csv")
-    } else {
-        ("application/x-ndjson", "ndjson")
-    };
-    Ok((
-        [
-            (header::CONTENT_TYPE, content_type.to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"rollcall-audit.{extension}\""),
-            ),
-        ],
-        body,
-    )
-        .into_response())
-}
-
 /// SCIM request log parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct RequestSearch {
@@ -544,8 +366,8 @@ pub struct RequestSearch {
 pub async fn scim_requests(
     State(state): State<AuditState>,
     auditor: Auditor,
-    Query(search): Query<RequestSearch>,
-) -> Result<Json<Value>, HttpError> {
+    Params(search): Params<RequestSearch>,
+) -> Result<Json<Value>, ApiError> {
     let limit = page_size(search.limit);
     let query = RequestQuery {
         status: search.status,
@@ -572,7 +394,7 @@ pub async fn scim_requests(
 pub async fn checkpoint(
     State(state): State<AuditState>,
     auditor: Auditor,
-) -> Result<Json<Value>, HttpError> {
+) -> Result<Json<Value>, ApiError> {
     let key = state
         .signing_key
         .as_ref()

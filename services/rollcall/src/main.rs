@@ -457,7 +457,10 @@ async fn status(common: Common, json: bool) -> anyhow::Result<()> {
     let checkpoint = store.checkpoint(rollcall_projector::DEFAULT_NAME).await?;
     let lag = head.saturating_sub(checkpoint);
     let quarantined = store.quarantine(false).await?;
-    let failed = quarantined.iter().filter(|row| row.status == "failed").count();
+    let failed = quarantined
+        .iter()
+        .filter(|row| row.status == "failed")
+        .count();
     if json {
         println!(
             "{}",

@@ -19,6 +19,9 @@ pub struct ServeArgs {
     access: rollcall_access::Config,
     #[command(flatten)]
     audit: rollcall_audit_api::Config,
+    /// Header, body and idle timeouts of every listener.
+    #[command(flatten)]
+    http: rollcall_http::HttpConfig,
 }
 
 async fn shutdown_signal() {
@@ -58,11 +61,14 @@ pub async fn serve(common: Common, args: ServeArgs) -> anyhow::Result<()> {
             .await?;
         println!("First start: created tenant \"default\".\n  SCIM URL: {scim_url}\n  Token:    {}\nThe token is shown only now; create more with `rollcall tokens create --tenant default`.\n", token.token);
     }
+    let listen = |tcp| rollcall_http::Listener::new(tcp, args.http.clone());
     let listener = TcpListener::bind(args.scim.addr)
         .await
+        .map(listen)
         .with_context(|| format!("binding the SCIM API to {}", args.scim.addr))?;
     let access_listener = TcpListener::bind(args.access.addr)
         .await
+        .map(listen)
         .with_context(|| format!("binding the access service to {}", args.access.addr))?;
     let access = rollcall_access::Access::new(args.access.clone())
         .context("access service configuration")?
@@ -71,6 +77,7 @@ pub async fn serve(common: Common, args: ServeArgs) -> anyhow::Result<()> {
         ));
     let audit_listener = TcpListener::bind(args.audit.addr)
         .await
+        .map(listen)
         .with_context(|| format!("binding the audit API to {}", args.audit.addr))?;
     let audit = rollcall_audit_api::AuditState::new(&args.audit, store.clone())
         .context("audit API configuration")?;

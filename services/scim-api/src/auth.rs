@@ -1,24 +1,14 @@
-//! Bearer-token authentication: each request's token names its tenant. Verified tokens are
-//! cached for a few seconds (so a revocation takes effect within that time) to keep
-//! PostgreSQL off the hot path.
-
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+//! Bearer-token authentication: each request's token names its tenant. Tokens are checked by
+//! the shared [`TokenVerifier`] (verified ones cached for a few seconds, so a revocation takes
+//! effect within that time, refused ones never cached).
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use rollcall_store::tenant::Scope;
-use rollcall_store::Store;
-use sha2::{Digest, Sha256};
-use tokio::sync::RwLock;
+pub use rollcall_store::tenant::TokenVerifier;
 
 use crate::error::ApiError;
 use crate::AppState;
-
-/// How long a verified token is trusted without asking PostgreSQL again.
-pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// Who is calling: a tenant, through one of its tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,39 +17,6 @@ pub struct Principal {
     pub tenant: String,
     /// The token's public id (recorded as the actor of every event).
     pub token_id: String,
-}
-
-/// A verification outcome (`None`: refused) and when it was made.
-type Verified = (Option<Principal>, Instant);
-
-/// Verified tokens by the SHA-256 of the presented token.
-#[derive(Debug, Clone, Default)]
-pub struct TokenCache {
-    entries: Arc<RwLock<HashMap<[u8; 32], Verified>>>,
-}
-
-impl TokenCache {
-    async fn verify(&self, store: &Store, presented: &str) -> Result<Option<Principal>, ApiError> {
-        let key: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if let Some((principal, at)) = self.entries.read().await.get(&key) {
-            if at.elapsed() < TOKEN_CACHE_TTL {
-                return Ok(principal.clone());
-            }
-        }
-        let principal = store
-            .verify_token(presented, Scope::Scim)
-            .await?
-            .map(|info| Principal {
-                tenant: info.tenant,
-                token_id: info.id,
-            });
-        let mut entries = self.entries.write().await;
-        if entries.len() > 10_000 {
-            entries.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
-        }
-        entries.insert(key, (principal.clone(), Instant::now()));
-        Ok(principal)
-    }
 }
 
 impl FromRequestParts<AppState> for Principal {
@@ -81,11 +38,15 @@ impl FromRequestParts<AppState> for Principal {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(ApiError::Unauthorized);
         }
-        let principal = state
+        let info = state
             .tokens
             .verify(&state.store, token.trim())
             .await?
             .ok_or(ApiError::Unauthorized)?;
+        let principal = Principal {
+            tenant: info.tenant,
+            token_id: info.id,
+        };
         tracing::Span::current().record("tenant", principal.tenant.as_str());
         if let Some(caller) = parts.extensions.get::<crate::request_log::Caller>() {
             caller.set(&principal);

@@ -12,6 +12,7 @@ pub mod consistency;
 mod discovery;
 pub mod error;
 mod groups;
+mod health;
 pub mod http;
 mod lists;
 pub mod mapping;
@@ -23,22 +24,22 @@ mod users;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use rollcall_eventlog::{Claims, EventLog};
+use rollcall_store::tenant::Scope;
 use rollcall_store::Store;
+use rollcall_telemetry::http::ResponseError;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
-use tracing::{error, field::Empty, info, info_span, Span};
+use tracing::{info, warn, Span};
 
 use crate::aggregate::{Groups, Repositories, Repository, Users};
-use crate::auth::TokenCache;
+use crate::auth::TokenVerifier;
 use crate::consistency::{Checkpoint, Consistency};
 use crate::error::ApiError;
 use crate::http::RequestId;
@@ -120,7 +121,7 @@ pub struct AppState {
     /// The checkpoints writes wait for (read-your-writes).
     pub checkpoint: Consistency,
     /// Verified tokens.
-    pub tokens: TokenCache,
+    pub tokens: TokenVerifier,
     /// The SCIM request log.
     pub request_log: request_log::RequestLog,
 }
@@ -134,6 +135,14 @@ impl AppState {
         store: Store,
     ) -> Result<Self, ApiError> {
         let claims = Claims::open(log.jetstream(), log.namespace()).await?;
+        match claims::adopt_folded_keys(&claims, &store).await {
+            Ok(0) => {}
+            Ok(adopted) => info!(adopted, "claimed the case-folded keys of existing names"),
+            // Only names that fold differently from their lowercase are exposed meanwhile.
+            Err(error) => {
+                warn!(error = %error, "claiming the case-folded keys of existing names failed")
+            }
+        }
         let (store_for_log, retention_days, log_bodies) =
             (store.clone(), config.log_retention_days, config.log_bodies);
         let mut checkpoints = vec![
@@ -149,7 +158,7 @@ impl AppState {
             checkpoints
                 .push(Checkpoint::follow_announcements(client, log.namespace(), "access").await);
         }
-        let checkpoint = Consistency::new(checkpoints);
+        let checkpoint = Consistency::new(checkpoints, Some(store.clone()));
         let repositories = Repositories {
             users: Repository::new(log.clone()),
             groups: Repository::new(log),
@@ -160,7 +169,7 @@ impl AppState {
             repositories: Arc::new(repositories),
             claims,
             checkpoint,
-            tokens: TokenCache::default(),
+            tokens: TokenVerifier::new(Scope::Scim),
             request_log: request_log::RequestLog::start(store_for_log, retention_days, log_bodies),
         })
     }
@@ -191,43 +200,33 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
-fn make_span(request: &Request) -> Span {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
-    let span = info_span!(
-        "http.request",
-        otel.name = %format!("{} {route}", request.method()),
-        otel.kind = "server",
-        http.request.method = %request.method(),
-        http.route = %route,
-        http.response.status_code = Empty,
-        request.id = Empty,
-        tenant = Empty,
-    );
-    rollcall_telemetry::set_parent_from_http(&span, request.headers());
-    span
+/// What the shared error log ([`rollcall_telemetry::http::layer`]) says of a SCIM error.
+fn log_record(error: &ApiError) -> ResponseError {
+    match error {
+        ApiError::Internal(cause) => ResponseError::failure(cause),
+        ApiError::Unavailable(cause) => ResponseError::degraded(cause),
+        // A write not in effect needs a human; the message holds ids and sequences only.
+        ApiError::NotApplied { .. } | ApiError::Quarantined { .. } => ResponseError::failure(error),
+        // The detail can echo client input (a filter's userName): the keyword only.
+        other => ResponseError::refusal(
+            other
+                .to_scim()
+                .scim_type
+                .map_or("none", |scim_type| scim_type.as_str()),
+        ),
+    }
 }
 
-fn on_response(response: &Response, latency: Duration, span: &Span) {
-    span.record("http.response.status_code", response.status().as_u16());
-    if let Some(error) = response.extensions().get::<Arc<ApiError>>() {
-        match error.as_ref() {
-            ApiError::Internal(cause) => {
-                error!(cause = %cause, latency_ms = latency.as_millis() as u64, "request failed")
-            }
-            // The detail can echo client input (a filter's userName): status and keyword only.
-            other => {
-                let scim = other.to_scim();
-                info!(
-                    status = scim.status,
-                    scim_type = scim.scim_type.map(|t| t.as_str()),
-                    "request refused"
-                );
-            }
-        }
+/// Hands a SCIM error on the response to the shared error log.
+async fn attach_log_record(mut response: Response) -> Response {
+    if let Some(record) = response
+        .extensions()
+        .get::<Arc<ApiError>>()
+        .map(|error| log_record(error))
+    {
+        record.attach(&mut response);
     }
+    response
 }
 
 /// The SCIM routes under [`BASE_PATH`].
@@ -296,13 +295,14 @@ pub fn router(state: AppState) -> Router {
             request_log::record,
         ))
         .route_layer(axum::middleware::from_fn(request_id))
-        .route_layer(
-            TraceLayer::new_for_http()
-                .make_span_with(make_span)
-                .on_response(on_response),
-        )
-        .with_state(state);
-    Router::new().nest(BASE_PATH, scim).fallback(not_found)
+        .with_state(state.clone());
+    Router::new()
+        .nest(BASE_PATH, scim)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .with_state(state)
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(attach_log_record))
 }
 
 async fn root_search(
@@ -321,15 +321,14 @@ async fn root_search(
     ))
 }
 
-/// Serves the SCIM API on `listener` until `shutdown` resolves.
+/// Serves the SCIM API on `listener` (a `TcpListener` gets the default HTTP timeouts) until
+/// `shutdown` resolves.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<rollcall_http::Listener>,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state).into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await
+    rollcall_http::serve(listener.into(), "scim", router(state), shutdown).await
 }
 
 /// Binds the configured address and serves until `shutdown` resolves.

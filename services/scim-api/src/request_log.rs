@@ -2,6 +2,12 @@
 //! method, path, filter, status, `scimType`, detail, duration and request id; bodies only when
 //! an operator opts in (`ROLLCALL_SCIM_LOG_BODIES`), and never secrets. Rows are written by a
 //! background task in batches, off the request path; old rows are pruned hourly.
+//!
+//! Before authentication nothing is buffered and little is kept: a body is copied only as the
+//! handler reads it (which it does after the token is verified), and a request whose token was
+//! not verified is logged without its filter and body. Every field is cut to its bound and
+//! made safe for PostgreSQL by the store (`RequestRow::storable`); should a batch still be
+//! refused, its rows are written one by one, so one bad row never loses its neighbours.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,8 +16,9 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use futures::StreamExt;
 use rollcall_store::request_log::RequestRow;
-use rollcall_store::Store;
+use rollcall_store::{Store, StoreError};
 use serde_json::Value;
 use sqlx::types::Json;
 use time::OffsetDateTime;
@@ -55,9 +62,7 @@ impl RequestLog {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(500);
             while receiver.recv_many(&mut batch, 500).await > 0 {
-                if let Err(error) = writer.log_requests(&batch).await {
-                    warn!(error = %error, rows = batch.len(), "writing the SCIM request log failed");
-                }
+                write(&writer, &batch).await;
                 batch.clear();
             }
         });
@@ -74,6 +79,32 @@ impl RequestLog {
         });
         Self { sender, log_bodies }
     }
+}
+
+/// Writes a batch; if PostgreSQL refuses it (a row it cannot take), writes its rows one by one
+/// so that only the refused row is lost. When PostgreSQL is out of reach the batch is lost
+/// whole, with one warning.
+async fn write(store: &Store, batch: &[RequestRow]) {
+    let error = match store.log_requests(batch).await {
+        Ok(()) => return,
+        Err(error) => error,
+    };
+    let refused_by_postgres = matches!(&error, StoreError::Database(sqlx::Error::Database(_)));
+    if !refused_by_postgres || batch.len() == 1 {
+        warn!(error = %error, rows = batch.len(), "writing the SCIM request log failed");
+        return;
+    }
+    let mut lost = 0;
+    for row in batch {
+        if let Err(error) = store.log_requests(std::slice::from_ref(row)).await {
+            lost += 1;
+            warn!(error = %error, request.id = %row.request_id, "a SCIM request could not be logged");
+        }
+    }
+    warn!(
+        rows = batch.len(),
+        lost, "a SCIM request log batch was refused; its rows were written one by one"
+    );
 }
 
 /// Replaces every secret in a body with `[redacted]`: `password` values anywhere, and the
@@ -100,6 +131,15 @@ pub fn redact(value: &mut Value) {
     }
 }
 
+/// The `filter` parameter of a request.
+fn filter(uri: &axum::http::Uri) -> Option<String> {
+    uri.query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k.eq_ignore_ascii_case("filter"))
+            .map(|(_, v)| v.into_owned())
+    })
+}
+
 /// Records the request.
 pub async fn record(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -113,11 +153,7 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
             || request.uri().path().to_owned(),
             |uri| uri.path().to_owned(),
         );
-    let filter = request.uri().query().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k.eq_ignore_ascii_case("filter"))
-            .map(|(_, v)| v.into_owned())
-    });
+    let uri = request.uri().clone();
     let request_id = request
         .extensions()
         .get::<RequestId>()
@@ -125,17 +161,21 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
         .unwrap_or_default();
     let caller = Caller::default();
     request.extensions_mut().insert(caller.clone());
-    let mut body = None;
+    // The body is copied as the handler reads it, up to the body limit: never buffered ahead
+    // of authentication.
+    let copied = Arc::new(Mutex::new(Vec::new()));
     if state.request_log.log_bodies {
-        let (parts, raw) = request.into_parts();
-        let bytes = axum::body::to_bytes(raw, state.config.max_body_bytes)
-            .await
-            .unwrap_or_default();
-        if let Ok(mut json) = serde_json::from_slice::<Value>(&bytes) {
-            redact(&mut json);
-            body = Some(Json(json));
-        }
-        request = Request::from_parts(parts, Body::from(bytes));
+        let (sink, limit) = (Arc::clone(&copied), state.config.max_body_bytes);
+        request = request.map(|body| {
+            Body::from_stream(body.into_data_stream().map(move |chunk| {
+                if let (Ok(bytes), Ok(mut copy)) = (&chunk, sink.lock()) {
+                    if copy.len() + bytes.len() <= limit {
+                        copy.extend_from_slice(bytes);
+                    }
+                }
+                chunk
+            }))
+        });
     }
     let response = next.run(request).await;
     let (scim_type, detail) = match response.extensions().get::<Arc<ApiError>>() {
@@ -149,6 +189,20 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
         None => (None, None),
     };
     let principal = caller.get();
+    let authenticated = principal.is_some();
+    let body = authenticated
+        .then(|| {
+            copied
+                .lock()
+                .ok()
+                .map(|mut copy| std::mem::take(&mut *copy))
+        })
+        .flatten()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .map(|mut json| {
+            redact(&mut json);
+            Json(json)
+        });
     let row = RequestRow {
         id: 0,
         at,
@@ -156,7 +210,8 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
         token_id: principal.map(|p| p.token_id),
         method,
         path,
-        filter,
+        // Before authentication a filter is anyone's text: not kept.
+        filter: authenticated.then(|| filter(&uri)).flatten(),
         status: i32::from(response.status().as_u16()),
         scim_type,
         detail,
