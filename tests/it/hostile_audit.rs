@@ -306,7 +306,7 @@ async fn a_body_sent_slower_than_the_body_timeout_is_refused_and_creates_nothing
     let answered = started.elapsed();
     writing.abort();
     let answer = String::from_utf8_lossy(&answer).into_owned();
-    assert!(answer.starts_with("HTTP/1.1 4"), "answered {answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "answered {answer:?}");
     assert!(
         answered >= http.body_timeout - Duration::from_millis(300),
         "after {answered:?}"

@@ -23,7 +23,16 @@ impl FromRequest<AppState> for ScimJson {
         let limit = state.config.max_body_bytes;
         let bytes = axum::body::to_bytes(request.into_body(), limit)
             .await
-            .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+            .map_err(|error| {
+                let error = error.into_inner();
+                if rollcall_http::is_body_timeout(error.as_ref()) {
+                    ApiError::RequestTimeout
+                } else if is_length_limit(error.as_ref()) {
+                    ApiError::PayloadTooLarge { limit }
+                } else {
+                    ScimError::invalid_syntax("the request body could not be read").into()
+                }
+            })?;
         if bytes.is_empty() {
             return Err(
                 ScimError::invalid_syntax("the request body is empty; send a JSON object").into(),
@@ -36,4 +45,16 @@ impl FromRequest<AppState> for ScimJson {
                     .into()
             })
     }
+}
+
+/// Whether reading the body stopped at the size limit.
+fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }

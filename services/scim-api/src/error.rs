@@ -41,6 +41,9 @@ pub enum ApiError {
         /// The largest event the stream takes.
         limit: usize,
     },
+    /// The client sent the body too slowly.
+    #[error("the request body was not received in time")]
+    RequestTimeout,
     /// The method is not allowed on this endpoint.
     #[error("{method} is not allowed here")]
     MethodNotAllowed {
@@ -165,6 +168,7 @@ impl ApiError {
             ApiError::Scim(error) => error.clone(),
             ApiError::Unauthorized => ScimError::new(401, None, self.to_string()),
             ApiError::PreconditionFailed { .. } => ScimError::new(412, None, self.to_string()),
+            ApiError::RequestTimeout => ScimError::new(408, None, self.to_string()),
             ApiError::PayloadTooLarge { .. } | ApiError::EventTooLarge { .. } => {
                 ScimError::new(413, None, self.to_string())
             }
