@@ -1,17 +1,13 @@
 //! The one error type of the access service's HTTP API, answered as JSON
-//! (`{"status": 400, "error": "…"}`, never plain text) and logged once, by [`log_refusals`],
-//! inside the request's span. Sign-in pages (`/oauth2/*`) answer browsers with HTML instead:
+//! (`{"status": 400, "error": "…"}`, never plain text) and logged once, by the shared layer
+//! of `rollcall_telemetry::http`, inside the request's span. Sign-in pages (`/oauth2/*`) answer browsers with HTML instead:
 //! see [`crate::signin`].
 
-use std::sync::Arc;
-
-use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use rollcall_telemetry::http::ResponseError;
 use serde_json::json;
-use tracing::{info, warn};
 
 use crate::proxy::ProxyError;
 use crate::target::TargetError;
@@ -62,44 +58,29 @@ pub fn json_error(status: StatusCode, error: &str) -> Response {
     response
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        // The messages name the header or rule at fault, never the value sent: safe to answer
-        // and to log.
-        let mut response = json_error(self.status(), &self.to_string());
-        response.extensions_mut().insert(Arc::new(self));
-        response
-    }
-}
-
-/// Logs each refused request once, with its cause, inside the request's span.
-pub async fn log_refusals(request: Request, next: Next) -> Response {
-    let route = request.uri().path().to_owned();
-    let response = next.run(request).await;
-    if let Some(error) = response.extensions().get::<Arc<ApiError>>() {
-        let status = response.status().as_u16();
-        let route = route_name(&route);
-        // A body's parse error may quote what was sent (a session token): not logged.
-        let cause = match error.as_ref() {
-            ApiError::Body(_) => "the body is not the JSON this endpoint takes".to_owned(),
-            error => error.to_string(),
-        };
-        if response.status().is_server_error() {
-            warn!(status, route, error = %cause, "request refused");
-        } else {
-            info!(status, route, error = %cause, "request refused");
+impl ApiError {
+    /// What the shared error log records: a misconfiguration as a failure with its cause; a
+    /// refusal by a fixed keyword only (the message names a header or rule, but a body's parse
+    /// error may quote what was sent, a session token).
+    fn log_record(&self) -> ResponseError {
+        match self {
+            ApiError::Proxy(error) if error.is_configuration() => ResponseError::failure(error),
+            ApiError::Proxy(_) => ResponseError::refusal("proxyHeaders"),
+            ApiError::Target(_) => ResponseError::refusal("invalidTarget"),
+            ApiError::Body(_) => ResponseError::refusal("invalidBody"),
+            ApiError::NotFound => ResponseError::refusal("notFound"),
+            ApiError::MethodNotAllowed => ResponseError::refusal("methodNotAllowed"),
         }
     }
-    response
 }
 
-/// The route, without what a client put in it (Envoy's `/auth/<path>`, unknown paths).
-fn route_name(path: &str) -> &'static str {
-    match path {
-        "/auth" => "/auth",
-        "/v1/decisions" => "/v1/decisions",
-        path if path.starts_with("/auth/") => "/auth/{*path}",
-        _ => "other",
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // The messages name the header or rule at fault, never the value sent: safe to answer.
+        let mut response = json_error(self.status(), &self.to_string());
+        // Logged once, inside the request span, by rollcall_telemetry::http::layer.
+        self.log_record().attach(&mut response);
+        response
     }
 }
 

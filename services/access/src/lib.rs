@@ -380,7 +380,6 @@ pub fn router(access: Access) -> Router {
                 .fallback(refuse),
         )
         .fallback(error::not_found)
-        .layer(axum::middleware::from_fn(error::log_refusals))
         .with_state(access)
 }
 
