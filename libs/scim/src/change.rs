@@ -9,7 +9,7 @@ use crate::resource::attribute_value;
 use crate::schema::{
     Attribute, AttributeType, Mutability, Resolved, ResourceType, Returned, COMMON_ATTRIBUTES,
 };
-use crate::value::same_element;
+use crate::value::ElementSet;
 
 /// What stands in for the value of a write-only attribute in a [`Change`].
 pub const REDACTED: &str = "[redacted]";
@@ -102,7 +102,8 @@ fn push(
 }
 
 /// The elements `after` has that `before` lacks, and those `before` had that `after` lacks,
-/// for a multi-valued attribute (group members: who was added, who removed).
+/// for a multi-valued attribute (group members: who was added, who removed). Linear in the
+/// number of elements: each side is looked up in a set of the other.
 pub fn element_delta(
     attribute: &Attribute,
     before: Option<&Value>,
@@ -112,13 +113,10 @@ pub fn element_delta(
         |value: Option<&Value>| value.and_then(Value::as_array).cloned().unwrap_or_default();
     let (before, after) = (items(before), items(after));
     let missing_from = |haystack: &[Value], needles: &[Value]| {
+        let haystack = ElementSet::of(attribute, haystack);
         needles
             .iter()
-            .filter(|needle| {
-                !haystack
-                    .iter()
-                    .any(|item| same_element(attribute, item, needle))
-            })
+            .filter(|needle| !haystack.contains(needle))
             .cloned()
             .collect::<Vec<_>>()
     };

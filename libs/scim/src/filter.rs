@@ -11,15 +11,19 @@
 //! - `emails[type eq "work"].value eq "x"`, the form Entra uses when a filtered path is the
 //!   matching attribute (ENTRA.md §6), which means the same as
 //!   `emails[type eq "work" and value eq "x"]` and is parsed into that.
+//!
+//! Hostile input: a filter longer than [`MAX_FILTER_LENGTH`], holding more than
+//! [`MAX_FILTER_TERMS`] attribute expressions or nesting deeper than [`MAX_FILTER_DEPTH`] is
+//! refused. A chain of `and`s or `or`s is one n-ary node, so every walk over the AST (matching,
+//! printing, compiling to SQL, dropping it) recurses only as deep as the parentheses, `not (…)`
+//! and `[…]` nest, never as long as the chain is.
 
 use std::fmt;
 
 use serde_json::Number;
 
 use crate::error::ScimError;
-
-/// How deeply parentheses and value filters may nest before the parser refuses the input.
-pub const MAX_DEPTH: usize = 32;
+use crate::limits::{MAX_FILTER_DEPTH, MAX_FILTER_LENGTH, MAX_FILTER_TERMS};
 
 /// An attribute path: `[urn ":"] name ["." subAttribute]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -50,7 +54,7 @@ impl AttrPath {
 
     /// Parses a lone attribute path (as in `attributes=`, `sortBy=`).
     pub fn parse(input: &str) -> Result<Self, ParseError> {
-        let mut parser = Parser::new(input);
+        let mut parser = Parser::new(input, "attribute path")?;
         parser.skip_ws();
         let path = parser.attr_path()?;
         parser.skip_ws();
@@ -166,16 +170,17 @@ pub enum Filter {
     ValuePath(AttrPath, Box<Filter>),
     /// `not (filter)`
     Not(Box<Filter>),
-    /// `filter and filter`
-    And(Box<Filter>, Box<Filter>),
-    /// `filter or filter`
-    Or(Box<Filter>, Box<Filter>),
+    /// `filter and filter [and filter …]`: a whole chain, two operands or more (the parser
+    /// never builds fewer; an operand that is itself an `and` was written in parentheses).
+    And(Vec<Filter>),
+    /// `filter or filter [or filter …]`: a whole chain, two operands or more.
+    Or(Vec<Filter>),
 }
 
 impl Filter {
-    /// Parses a filter.
+    /// Parses a filter, within the limits of [`crate::limits`].
     pub fn parse(input: &str) -> Result<Self, ParseError> {
-        let mut parser = Parser::new(input);
+        let mut parser = Parser::new(input, "filter")?;
         parser.skip_ws();
         if parser.at_end() {
             return Err(parser.error("the filter is empty"));
@@ -194,26 +199,40 @@ impl Filter {
         }
     }
 
-    fn fmt_operand(&self, f: &mut fmt::Formatter<'_>, min: u8) -> fmt::Result {
-        if self.precedence() < min {
-            write!(f, "({self})")
-        } else {
-            write!(f, "{self}")
+    /// Writes a chain: operands that bind no tighter than the chain itself are parenthesized,
+    /// so that the printed text parses back to the same AST.
+    fn fmt_chain(
+        f: &mut fmt::Formatter<'_>,
+        operands: &[Filter],
+        joiner: &str,
+        own: u8,
+    ) -> fmt::Result {
+        for (index, operand) in operands.iter().enumerate() {
+            if index > 0 {
+                f.write_str(joiner)?;
+            }
+            if operand.precedence() <= own {
+                write!(f, "({operand})")?;
+            } else {
+                write!(f, "{operand}")?;
+            }
         }
+        Ok(())
     }
 
     /// The conjunction of `attr eq value` comparisons this filter is, if it is one
-    /// (`type eq "work"`, `type eq "work" and primary eq true`).
+    /// (`type eq "work"`, `type eq "work" and primary eq true`), in the order written.
     pub fn equalities(&self) -> Option<Vec<(&AttrPath, &CompValue)>> {
-        match self {
-            Filter::Compare(path, CompareOp::Eq, value) => Some(vec![(path, value)]),
-            Filter::And(left, right) => {
-                let mut all = left.equalities()?;
-                all.extend(right.equalities()?);
-                Some(all)
+        let mut all = Vec::new();
+        let mut pending = vec![self];
+        while let Some(filter) = pending.pop() {
+            match filter {
+                Filter::Compare(path, CompareOp::Eq, value) => all.push((path, value)),
+                Filter::And(operands) => pending.extend(operands.iter().rev()),
+                _ => return None,
             }
-            _ => None,
         }
+        Some(all)
     }
 }
 
@@ -224,16 +243,8 @@ impl fmt::Display for Filter {
             Filter::Compare(path, op, value) => write!(f, "{path} {} {value}", op.as_str()),
             Filter::ValuePath(path, inner) => write!(f, "{path}[{inner}]"),
             Filter::Not(inner) => write!(f, "not ({inner})"),
-            Filter::And(left, right) => {
-                left.fmt_operand(f, 2)?;
-                f.write_str(" and ")?;
-                right.fmt_operand(f, 3)
-            }
-            Filter::Or(left, right) => {
-                left.fmt_operand(f, 1)?;
-                f.write_str(" or ")?;
-                right.fmt_operand(f, 2)
-            }
+            Filter::And(operands) => Filter::fmt_chain(f, operands, " and ", 2),
+            Filter::Or(operands) => Filter::fmt_chain(f, operands, " or ", 1),
         }
     }
 }
@@ -255,9 +266,9 @@ pub struct PatchPath {
 }
 
 impl PatchPath {
-    /// Parses a PATCH path.
+    /// Parses a PATCH path, within the limits of [`crate::limits`].
     pub fn parse(input: &str) -> Result<Self, ParseError> {
-        let mut parser = Parser::new(input);
+        let mut parser = Parser::new(input, "path")?;
         parser.skip_ws();
         let mut attribute = parser.attr_path()?;
         let mut filter = None;
@@ -308,14 +319,27 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    /// As a `400 invalidFilter` for a `filter` parameter.
+    /// As a `400 invalidFilter` for a `filter` parameter. The detail quotes the start of the
+    /// input only.
     pub fn into_filter_error(self, input: &str) -> ScimError {
-        ScimError::invalid_filter(format!("invalid filter {input:?}: {self}"))
+        ScimError::invalid_filter(format!("invalid filter {}: {self}", excerpt(input)))
     }
 
-    /// As a `400 invalidPath` for a PATCH `path`.
+    /// As a `400 invalidPath` for a PATCH `path`. The detail quotes the start of the input only.
     pub fn into_path_error(self, input: &str) -> ScimError {
-        ScimError::invalid_path(format!("invalid path {input:?}: {self}"))
+        ScimError::invalid_path(format!("invalid path {}: {self}", excerpt(input)))
+    }
+}
+
+/// How many characters of a refused filter or path an error quotes.
+const EXCERPT_CHARS: usize = 100;
+
+/// The input quoted, cut after [`EXCERPT_CHARS`] characters: an error about a 500 KB filter
+/// must not carry it back (or into the logs).
+fn excerpt(input: &str) -> String {
+    match input.char_indices().nth(EXCERPT_CHARS) {
+        None => format!("{input:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &input[..end], input.len()),
     }
 }
 
@@ -323,6 +347,9 @@ struct Parser<'a> {
     input: &'a str,
     pos: usize,
     depth: usize,
+    /// The deepest nesting reached so far.
+    deepest: usize,
+    terms: usize,
 }
 
 fn is_path_char(c: char) -> bool {
@@ -334,12 +361,24 @@ fn is_keyword_end(c: Option<char>) -> bool {
 }
 
 impl<'a> Parser<'a> {
-    fn new(input: &'a str) -> Self {
-        Self {
+    /// A parser of `input`, unless it is longer than [`MAX_FILTER_LENGTH`] (`what` names it).
+    fn new(input: &'a str, what: &str) -> Result<Self, ParseError> {
+        if input.len() > MAX_FILTER_LENGTH {
+            return Err(ParseError {
+                position: MAX_FILTER_LENGTH,
+                message: format!(
+                    "the {what} is {} bytes long; at most {MAX_FILTER_LENGTH} are accepted",
+                    input.len()
+                ),
+            });
+        }
+        Ok(Self {
             input,
             pos: 0,
             depth: 0,
-        }
+            deepest: 0,
+            terms: 0,
+        })
     }
 
     fn rest(&self) -> &'a str {
@@ -406,38 +445,52 @@ impl<'a> Parser<'a> {
 
     fn enter(&mut self) -> Result<(), ParseError> {
         self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return Err(self.error(format!("nested deeper than {MAX_DEPTH} levels")));
+        self.deepest = self.deepest.max(self.depth);
+        if self.depth > MAX_FILTER_DEPTH {
+            return Err(self.error(format!(
+                "nested deeper than {MAX_FILTER_DEPTH} levels of parentheses and brackets"
+            )));
         }
         Ok(())
     }
 
+    /// Counts one attribute expression against [`MAX_FILTER_TERMS`].
+    fn term(&mut self) -> Result<(), ParseError> {
+        self.terms += 1;
+        if self.terms > MAX_FILTER_TERMS {
+            return Err(self.error(format!(
+                "more than {MAX_FILTER_TERMS} attribute expressions"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `and_expr *("or" and_expr)`, as one n-ary node (a loop, not a recursion).
     fn or_expr(&mut self, inner: bool) -> Result<Filter, ParseError> {
-        let mut left = self.and_expr(inner)?;
+        let mut operands = vec![self.and_expr(inner)?];
         loop {
             let save = self.pos;
             self.skip_ws();
             if self.keyword("or") {
-                let right = self.and_expr(inner)?;
-                left = Filter::Or(Box::new(left), Box::new(right));
+                operands.push(self.and_expr(inner)?);
             } else {
                 self.pos = save;
-                return Ok(left);
+                return Ok(chain(operands, Filter::Or));
             }
         }
     }
 
+    /// `unary *("and" unary)`, as one n-ary node (a loop, not a recursion).
     fn and_expr(&mut self, inner: bool) -> Result<Filter, ParseError> {
-        let mut left = self.unary(inner)?;
+        let mut operands = vec![self.unary(inner)?];
         loop {
             let save = self.pos;
             self.skip_ws();
             if self.keyword("and") {
-                let right = self.unary(inner)?;
-                left = Filter::And(Box::new(left), Box::new(right));
+                operands.push(self.unary(inner)?);
             } else {
                 self.pos = save;
-                return Ok(left);
+                return Ok(chain(operands, Filter::And));
             }
         }
     }
@@ -481,6 +534,7 @@ impl<'a> Parser<'a> {
 
     fn attr_expr(&mut self, inner: bool) -> Result<Filter, ParseError> {
         let start = self.pos;
+        self.term()?;
         let path = self.attr_path()?;
         if inner && (path.urn.is_some() || path.sub_attr.is_some()) {
             return Err(ParseError {
@@ -497,18 +551,32 @@ impl<'a> Parser<'a> {
                     self.error("a value filter must follow an attribute, not a sub-attribute")
                 );
             }
+            let outer_deepest = std::mem::replace(&mut self.deepest, self.depth);
             let filter = self.bracketed()?;
+            let deepest = self.deepest;
+            self.deepest = outer_deepest.max(deepest);
             if self.peek() != Some('.') {
                 return Ok(Filter::ValuePath(path, Box::new(filter)));
             }
             // `emails[type eq "work"].value eq "x"` (ENTRA.md §6).
             self.bump();
+            self.term()?;
             let sub = AttrPath::new(self.attr_name()?);
             let comparison = self.operation(sub)?;
-            return Ok(Filter::ValuePath(
-                path,
-                Box::new(Filter::And(Box::new(filter), Box::new(comparison))),
-            ));
+            let operands = match filter {
+                Filter::And(mut operands) => {
+                    operands.push(comparison);
+                    operands
+                }
+                // Printed, an `or` gets parentheses inside the brackets: it must fit in them.
+                Filter::Or(_) if deepest >= MAX_FILTER_DEPTH => {
+                    return Err(self.error(format!(
+                        "nested deeper than {MAX_FILTER_DEPTH} levels of parentheses and brackets"
+                    )))
+                }
+                filter => vec![filter, comparison],
+            };
+            return Ok(Filter::ValuePath(path, Box::new(Filter::And(operands))));
         }
         self.operation(path)
     }
@@ -551,8 +619,11 @@ impl<'a> Parser<'a> {
     }
 
     fn value(&mut self) -> Result<CompValue, ParseError> {
+        let start = self.pos;
         if self.peek() == Some('"') {
-            return self.string().map(CompValue::String);
+            let text = self.string()?;
+            check_characters(&text, start)?;
+            return Ok(CompValue::String(text));
         }
         let token: String = self
             .rest()
@@ -562,6 +633,7 @@ impl<'a> Parser<'a> {
         if token.is_empty() {
             return Err(self.error("expected a value"));
         }
+        check_characters(&token, start)?;
         self.pos += token.len();
         Ok(match token.to_ascii_lowercase().as_str() {
             "true" => CompValue::Bool(true),
@@ -666,6 +738,34 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// Refuses a comparison value holding a control character other than TAB, LF and CR: no
+/// stored value holds one (`limits::check_text`), and PostgreSQL refuses NUL in the SQL a
+/// filter compiles to.
+fn check_characters(text: &str, start: usize) -> Result<(), ParseError> {
+    match text
+        .chars()
+        .find(|&c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        None => Ok(()),
+        Some(c) => Err(ParseError {
+            position: start,
+            message: format!(
+                "a value holds the control character U+{:04X}; control characters other than TAB, LF and CR are not allowed",
+                u32::from(c)
+            ),
+        }),
+    }
+}
+
+/// One operand stands for itself; two or more make a chain.
+fn chain(mut operands: Vec<Filter>, make: fn(Vec<Filter>) -> Filter) -> Filter {
+    if operands.len() == 1 {
+        operands.remove(0)
+    } else {
+        make(operands)
+    }
+}
+
 fn starts_like_number(token: &str) -> bool {
     token.starts_with(|c: char| c.is_ascii_digit() || c == '-')
 }
@@ -686,6 +786,18 @@ fn check_name(name: &str) -> Result<(), String> {
         return Err(format!("attribute name {name:?} may not contain {bad:?}"));
     }
     Ok(())
+}
+
+/// Runs `f` on a thread with a 256 KiB stack, so that a test of it fails if some walk recursed
+/// as deep as its input is long.
+#[cfg(test)]
+pub(crate) fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(f)
+        .expect("spawning a test thread")
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 #[cfg(test)]
@@ -709,10 +821,10 @@ mod tests {
         let filter = parse(r#"a eq "1" or b eq "2" and c eq "3""#);
         assert_eq!(
             filter,
-            Filter::Or(
-                Box::new(eq("a", "1")),
-                Box::new(Filter::And(Box::new(eq("b", "2")), Box::new(eq("c", "3"))))
-            )
+            Filter::Or(vec![
+                eq("a", "1"),
+                Filter::And(vec![eq("b", "2"), eq("c", "3")])
+            ])
         );
     }
 
@@ -787,12 +899,157 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_in_values_are_refused_quoted_or_bare() {
+        for input in [
+            "userName eq \"a\\u0000b\"",
+            "userName eq a\u{0}b",
+            "userName eq \"\\u001b[31m\"",
+            "userName eq x\u{7f}",
+            "userName eq \"\\u0085\"",
+        ] {
+            let error = Filter::parse(input).unwrap_err();
+            assert!(
+                error.message.contains("control character"),
+                "{input:?}: {error}"
+            );
+            assert_eq!(error.position, 12, "{input:?}");
+        }
+        assert!(Filter::parse("addresses.formatted co \"a\\nb\\tc\\r\"").is_ok());
+    }
+
+    #[test]
     fn deep_nesting_is_refused_not_overflowed() {
-        let input = format!("{}a pr{}", "(".repeat(10_000), ")".repeat(10_000));
+        let input = format!("{}a pr{}", "(".repeat(1_000), ")".repeat(1_000));
         assert!(Filter::parse(&input)
             .unwrap_err()
             .message
             .contains("nested deeper"));
+    }
+
+    fn nested(depth: usize) -> String {
+        // `not (a pr and not (a pr and … ))`: every level is a paren, a `not` and an `and`.
+        let mut text = "a pr".to_owned();
+        for _ in 0..depth {
+            text = format!("not (a pr and {text})");
+        }
+        text
+    }
+
+    #[test]
+    fn nesting_is_allowed_to_the_limit_and_refused_one_level_beyond() {
+        on_small_stack(|| {
+            let deepest = parse(&nested(MAX_FILTER_DEPTH));
+            assert_eq!(parse(&deepest.to_string()), deepest);
+            let error = Filter::parse(&nested(MAX_FILTER_DEPTH + 1)).unwrap_err();
+            assert!(error.message.contains("nested deeper"), "{error}");
+            let in_brackets = format!("emails[{}]", nested(MAX_FILTER_DEPTH - 1));
+            assert!(Filter::parse(&in_brackets).is_ok());
+            let in_brackets = format!("emails[{}]", nested(MAX_FILTER_DEPTH));
+            assert!(Filter::parse(&in_brackets).is_err());
+        });
+    }
+
+    #[test]
+    fn a_filtered_path_compared_is_refused_if_its_printed_form_would_nest_too_deeply() {
+        let inner = nested(MAX_FILTER_DEPTH - 1);
+        // Printed, `[x or y].value eq 1` becomes `[(x or y) and value eq 1]`: one level more.
+        let input = format!("emails[a pr or {inner}].value eq 1");
+        assert!(Filter::parse(&input)
+            .unwrap_err()
+            .message
+            .contains("nested deeper"));
+        let fits = format!(
+            "emails[a pr or {}].value eq 1",
+            nested(MAX_FILTER_DEPTH - 2)
+        );
+        let filter = parse(&fits);
+        assert_eq!(parse(&filter.to_string()), filter);
+    }
+
+    /// `count` terms joined by `joiner`, each naming its own value.
+    fn chain_of(count: usize, joiner: &str) -> String {
+        (0..count)
+            .map(|i| format!("userName eq \"u{i}\""))
+            .collect::<Vec<_>>()
+            .join(joiner)
+    }
+
+    #[test]
+    fn a_chain_at_the_term_limit_is_one_flat_node() {
+        on_small_stack(|| {
+            let input = chain_of(MAX_FILTER_TERMS, " and ");
+            assert!(input.len() <= MAX_FILTER_LENGTH);
+            let Filter::And(operands) = parse(&input) else {
+                panic!("not an and chain")
+            };
+            assert_eq!(operands.len(), MAX_FILTER_TERMS);
+            let filter = Filter::And(operands);
+            assert_eq!(
+                filter.equalities().map(|all| all.len()),
+                Some(MAX_FILTER_TERMS)
+            );
+            assert_eq!(parse(&filter.to_string()), filter);
+        });
+    }
+
+    #[test]
+    fn one_term_more_than_the_limit_is_refused_naming_the_limit() {
+        for joiner in [" and ", " or "] {
+            let input = chain_of(MAX_FILTER_TERMS + 1, joiner);
+            let error = Filter::parse(&input).unwrap_err();
+            assert!(
+                error.message.contains(&format!(
+                    "more than {MAX_FILTER_TERMS} attribute expressions"
+                )),
+                "{error}"
+            );
+        }
+        // A value filter counts itself and each expression inside it.
+        let inner = chain_of(MAX_FILTER_TERMS, " or ").replace("userName", "value");
+        assert!(Filter::parse(&format!("emails[{inner}]")).is_err());
+    }
+
+    #[test]
+    fn a_30000_term_chain_is_refused_before_parsing_and_the_error_does_not_echo_it() {
+        on_small_stack(|| {
+            // The filter of issue 11 that overflowed the stack: 480 KB.
+            let input = chain_of(30_000, " and ");
+            assert!(input.len() > 400_000);
+            let error = Filter::parse(&input).unwrap_err();
+            assert!(
+                error
+                    .message
+                    .contains(&format!("at most {MAX_FILTER_LENGTH}")),
+                "{error}"
+            );
+            let scim = error.into_filter_error(&input);
+            assert_eq!(scim.status, 400);
+            assert_eq!(scim.scim_type, Some(crate::error::ScimType::InvalidFilter));
+            assert!(scim.detail.len() < 400, "{}", scim.detail);
+            // The shortest terms fit the length limit many times over the term limit.
+            let short = vec!["a pr"; 1_800].join(" and ");
+            assert!(short.len() <= MAX_FILTER_LENGTH);
+            let error = Filter::parse(&short).unwrap_err();
+            assert!(error.message.contains("attribute expressions"), "{error}");
+            assert!(PatchPath::parse(&format!("emails[{short}]")).is_err());
+        });
+    }
+
+    #[test]
+    fn walks_over_a_30000_operand_chain_do_not_recurse_along_it() {
+        on_small_stack(|| {
+            let filter = Filter::And(
+                (0..30_000)
+                    .map(|i| eq("userName", &i.to_string()))
+                    .collect(),
+            );
+            assert_eq!(filter.equalities().map(|all| all.len()), Some(30_000));
+            let printed = filter.to_string();
+            assert!(printed.starts_with("userName eq \"0\" and userName eq \"1\""));
+            let copy = filter.clone();
+            assert_eq!(copy, filter);
+            drop(copy);
+        });
     }
 
     #[test]

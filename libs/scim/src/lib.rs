@@ -7,13 +7,17 @@
 //! - [`patch`]: PATCH in both of Entra's dialects, atomic, with the list of [`change`]s;
 //! - [`projection`] and [`list`]: `attributes`/`excludedAttributes`, `ListResponse`, paging, sorting;
 //! - [`discovery`]: `/ServiceProviderConfig`, `/ResourceTypes`, `/Schemas`;
-//! - [`error`]: the one SCIM error type.
+//! - [`case`]: the one case folding every comparison without case uses;
+//! - [`error`]: the one SCIM error type;
+//! - [`limits`]: every limit on SCIM input.
 #![warn(missing_docs)]
 
+pub mod case;
 pub mod change;
 pub mod discovery;
 pub mod error;
 pub mod filter;
+pub mod limits;
 pub mod list;
 pub mod matching;
 pub mod patch;

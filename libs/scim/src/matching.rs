@@ -7,6 +7,9 @@
 //!   (`emails co "x"`, `members eq "<id>"`, `manager eq "<id>"`);
 //! - a multi-valued attribute matches when any value matches; `ne` matches when none is equal;
 //! - an absent attribute matches `ne` and `eq null`, nothing else.
+//!
+//! Both walk an `and`/`or` chain in a loop: they recurse only where the filter nests
+//! (parentheses, `not`, `[…]`), which the parser bounds (`limits::MAX_FILTER_DEPTH`).
 
 use serde_json::Value;
 
@@ -91,10 +94,9 @@ fn check_in(scope: Scope<'_>, filter: &Filter) -> Result<(), String> {
             check_in(Scope::Element(attribute), inner)
         }
         Filter::Not(inner) => check_in(scope, inner),
-        Filter::And(left, right) | Filter::Or(left, right) => {
-            check_in(scope, left)?;
-            check_in(scope, right)
-        }
+        Filter::And(operands) | Filter::Or(operands) => operands
+            .iter()
+            .try_for_each(|operand| check_in(scope, operand)),
     }
 }
 
@@ -205,8 +207,12 @@ fn matches_in(scope: Scope<'_>, root: &Value, filter: &Filter) -> bool {
             }
         }
         Filter::Not(inner) => !matches_in(scope, root, inner),
-        Filter::And(left, right) => matches_in(scope, root, left) && matches_in(scope, root, right),
-        Filter::Or(left, right) => matches_in(scope, root, left) || matches_in(scope, root, right),
+        Filter::And(operands) => operands
+            .iter()
+            .all(|operand| matches_in(scope, root, operand)),
+        Filter::Or(operands) => operands
+            .iter()
+            .any(|operand| matches_in(scope, root, operand)),
     }
 }
 
@@ -310,7 +316,8 @@ fn compare(attribute: &Attribute, actual: &Value, op: CompareOp, expected: &Comp
             let (actual, expected) = if attribute.case_exact {
                 (actual.to_owned(), expected)
             } else {
-                (actual.to_lowercase(), expected.to_lowercase())
+                let folded = crate::case::fold(&expected).into_owned();
+                (crate::case::fold(actual).into_owned(), folded)
             };
             match op {
                 CompareOp::Co => actual.contains(&expected),
@@ -401,6 +408,50 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_chain_at_the_term_limit_is_checked_and_matched_on_a_small_stack() {
+        crate::filter::on_small_stack(|| {
+            let limit = crate::limits::MAX_FILTER_TERMS;
+            let ors: Vec<String> = (1..limit)
+                .map(|i| format!("userName eq \"nobody{i}\""))
+                .chain([r#"userName eq "bjensen@example.com""#.to_owned()])
+                .collect();
+            let filter = Filter::parse(&ors.join(" or ")).unwrap();
+            check(&USER_RESOURCE, &filter).unwrap();
+            assert!(matches(&USER_RESOURCE, &user(), &filter));
+            let ands = ors.join(" and ");
+            assert!(!matches(
+                &USER_RESOURCE,
+                &user(),
+                &Filter::parse(&ands).unwrap()
+            ));
+            let emails: Vec<String> = (0..limit - 1)
+                .map(|i| format!("type eq \"t{i}\""))
+                .collect();
+            let filter = Filter::parse(&format!(
+                r#"emails[{} or type eq "home"]"#,
+                emails[1..].join(" or ")
+            ))
+            .unwrap();
+            check(&USER_RESOURCE, &filter).unwrap();
+            assert!(matches(&USER_RESOURCE, &user(), &filter));
+        });
+    }
+
+    #[test]
+    fn a_30000_operand_chain_built_in_code_is_checked_and_matched_without_recursing_along_it() {
+        crate::filter::on_small_stack(|| {
+            let operands: Vec<Filter> = (0..30_000)
+                .map(|i| Filter::parse(&format!("userName ne \"x{i}\"")).unwrap())
+                .collect();
+            let filter = Filter::And(operands);
+            check(&USER_RESOURCE, &filter).unwrap();
+            assert!(matches(&USER_RESOURCE, &user(), &filter));
+            let negated = Filter::Not(Box::new(filter));
+            assert!(!matches(&USER_RESOURCE, &user(), &negated));
+        });
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - `replace` on `members` replaces the whole list, as RFC 7644 says (ENTRA.md §10 row 10 is
 //!   unconfirmed; the caller sees the removals in the changes and can log them).
 
+use std::collections::HashSet;
+
 use serde_json::{Map, Value};
 
 use crate::change::{diff, Change};
@@ -22,7 +24,7 @@ use crate::filter::{AttrPath, CompValue, Filter, PatchPath};
 use crate::matching::{check_element, matches_element};
 use crate::resource::{check_required, container_mut, tidy};
 use crate::schema::{Attribute, AttributeType, Mutability, ResourceType};
-use crate::value::{self, is_unassigned, same_element};
+use crate::value::{self, equality_key, is_unassigned, ElementSet};
 
 /// The schema URI of a PATCH request body.
 pub const PATCH_OP_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
@@ -370,9 +372,9 @@ fn whole(
     path: &str,
 ) -> Result<(), ScimError> {
     let name = attribute.name;
-    let existing = container.get(name).cloned();
+    let existing = container.get(name);
     let next = match op {
-        OpKind::Remove => match (value, &existing) {
+        OpKind::Remove => match (value, existing) {
             // Entra's default member removal: remove exactly the listed values (ENTRA.md §4.9).
             (Some(listed), Some(Value::Array(items)))
                 if attribute.multi_valued && !is_unassigned(&listed) =>
@@ -383,9 +385,10 @@ fn whole(
                     .and_then(Value::as_array)
                     .map(Vec::as_slice)
                     .unwrap_or_default();
+                let selection = Selection::new(attribute, listed);
                 let kept: Vec<Value> = items
                     .iter()
-                    .filter(|item| !listed.iter().any(|gone| selects(attribute, gone, item)))
+                    .filter(|item| !selection.selects(item))
                     .cloned()
                     .collect();
                 Some(Value::Array(kept))
@@ -400,15 +403,13 @@ fn whole(
                 }
                 return Ok(());
             };
-            match (&existing, new) {
+            match (existing, new) {
                 (Some(Value::Array(items)), Value::Array(added)) if op == OpKind::Add => {
+                    let mut held = ElementSet::of(attribute, items);
                     let mut items = items.clone();
                     let mut written = Vec::new();
                     for item in added {
-                        if !items
-                            .iter()
-                            .any(|existing| same_element(attribute, existing, &item))
-                        {
+                        if held.insert_new(&item) {
                             written.push(items.len());
                             items.push(item);
                         }
@@ -426,7 +427,10 @@ fn whole(
             }
         }
     };
-    if attribute.mutability == Mutability::Immutable && existing.is_some() && next != existing {
+    if attribute.mutability == Mutability::Immutable
+        && existing.is_some()
+        && next.as_ref() != existing
+    {
         return Err(ScimError::mutability(format!(
             "{path} is immutable and already set"
         )));
@@ -435,13 +439,40 @@ fn whole(
     Ok(())
 }
 
-/// Whether an element named in a `Remove` value (`{"value": "<id>"}`) selects `item`.
-fn selects(attribute: &Attribute, listed: &Value, item: &Value) -> bool {
-    match (listed.get("value"), attribute.sub_attribute("value")) {
-        (Some(wanted), Some(value_def)) => item
-            .get("value")
-            .is_some_and(|v| value::simple_equal(value_def, v, wanted)),
-        _ => same_element(attribute, listed, item),
+/// The elements a `Remove` value names: those with a listed `value` (`{"value": "<id>"}`,
+/// whatever their other sub-attributes), and those the same as a listed element without one.
+/// Built once, so removing n members from m is linear, not n × m.
+struct Selection<'a> {
+    value_def: Option<&'static Attribute>,
+    values: HashSet<value::EqualityKey>,
+    elements: ElementSet<'a>,
+}
+
+impl<'a> Selection<'a> {
+    fn new(attribute: &'a Attribute, listed: &[Value]) -> Self {
+        let value_def = attribute.sub_attribute("value");
+        let mut selection = Self {
+            value_def,
+            values: HashSet::new(),
+            elements: ElementSet::new(attribute),
+        };
+        for gone in listed {
+            match (gone.get("value"), value_def) {
+                (Some(wanted), Some(value_def)) => {
+                    selection.values.insert(equality_key(value_def, wanted));
+                }
+                _ => selection.elements.insert(gone),
+            }
+        }
+        selection
+    }
+
+    fn selects(&self, item: &Value) -> bool {
+        let by_value = match (self.value_def, item.get("value")) {
+            (Some(value_def), Some(value)) => self.values.contains(&equality_key(value_def, value)),
+            _ => false,
+        };
+        by_value || self.elements.contains(item)
     }
 }
 
@@ -476,9 +507,18 @@ fn sub_attribute(
                 items.push(Value::Object(Map::from_iter([(sub.name.to_owned(), new)])));
             }
         } else {
+            // RFC 7643 §2.4: `primary` is true for one value at most, so it cannot be set on all.
+            if sub.name == "primary" && new == Some(Value::Bool(true)) && items.len() > 1 {
+                return Err(ScimError::invalid_value(format!(
+                    "{path}: at most one value may have primary set to true; name one with a filter, as in {}[type eq \"work\"].primary",
+                    attribute.name
+                )));
+            }
             for item in &mut items {
                 set_sub(item, sub, new.clone(), path)?;
             }
+            // Elements that became the same are one element, as in a POST.
+            dedupe(attribute, &mut items);
         }
         store(container, name, Some(Value::Array(items)));
     } else {
@@ -557,15 +597,20 @@ fn filtered(
         items.push(Value::Object(element));
         let written = [items.len() - 1];
         keep_one_primary(&mut items, &written);
+        dedupe(attribute, &mut items);
         store(container, name, Some(Value::Array(items)));
         return Ok(());
     }
     match (op, sub) {
         (OpKind::Remove, None) => {
+            let mut removed = vec![false; items.len()];
+            for &i in &matched {
+                removed[i] = true;
+            }
             let mut index = 0;
             items.retain(|_| {
                 index += 1;
-                !matched.contains(&(index - 1))
+                !removed[index - 1]
             });
         }
         (_, Some(sub)) => {
@@ -591,8 +636,16 @@ fn filtered(
         }
     }
     keep_one_primary(&mut items, &matched);
+    // Elements that became the same are one element, as in a POST.
+    dedupe(attribute, &mut items);
     store(container, name, Some(Value::Array(items)));
     Ok(())
+}
+
+/// Keeps the first of elements that are the same ([`value::same_element`]), in order.
+fn dedupe(attribute: &Attribute, items: &mut Vec<Value>) {
+    let mut kept = ElementSet::new(attribute);
+    items.retain(|item| kept.insert_new(item));
 }
 
 /// The element a filter of `attr eq value` comparisons describes (`type eq "work"` gives
@@ -630,19 +683,18 @@ fn keep_one_primary(items: &mut [Value], written: &[usize]) {
     }
 }
 
-/// Stores an attribute's new value, dropping empty elements and unassigned values.
+/// Stores an attribute's new value, dropping empty elements and unassigned values (as a POST
+/// does: [`value::normalize`]).
 fn store(container: &mut Map<String, Value>, name: &str, value: Option<Value>) {
+    let empty = |value: &Value| is_unassigned(value) || value::is_blank_element(value);
     let value = value.map(|value| match value {
-        Value::Array(items) => Value::Array(
-            items
-                .into_iter()
-                .filter(|item| !is_unassigned(item))
-                .collect(),
-        ),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().filter(|item| !empty(item)).collect())
+        }
         other => other,
     });
     match value {
-        Some(value) if !is_unassigned(&value) => {
+        Some(value) if !empty(&value) => {
             container.insert(name.to_owned(), value);
         }
         _ => {
@@ -727,6 +779,95 @@ mod tests {
         let patched = patch(&USER_RESOURCE, user, json!([{"op": "add", "path": "emails", "value": [{"value": "b@x", "type": "home", "primary": true}]}])).unwrap();
         assert_eq!(patched.resource["emails"][0]["primary"], false);
         assert_eq!(patched.resource["emails"][1]["primary"], true);
+    }
+
+    #[test]
+    fn setting_primary_on_every_value_at_once_is_refused() {
+        let user = json!({"userName": "ada", "emails": [{"value": "a@x", "primary": true}, {"value": "b@x"}]});
+        let error = patch(
+            &USER_RESOURCE,
+            user.clone(),
+            json!([{"op": "replace", "path": "emails.primary", "value": true}]),
+        )
+        .unwrap_err();
+        assert_eq!(error.scim_type, Some(crate::error::ScimType::InvalidValue));
+        assert!(error.detail.contains("at most one"), "{}", error.detail);
+        let patched = patch(
+            &USER_RESOURCE,
+            user,
+            json!([{"op": "replace", "path": "emails[value eq \"b@x\"].primary", "value": true}]),
+        )
+        .unwrap();
+        assert_eq!(
+            patched.resource["emails"],
+            json!([{"value": "a@x", "primary": false}, {"value": "b@x", "primary": true}])
+        );
+    }
+
+    #[test]
+    fn values_a_patch_makes_the_same_are_kept_once_the_first_winning() {
+        let user = json!({"userName": "ada", "emails": [{"value": "a@x"}, {"value": "b@x"}, {"value": "c@x", "type": "home"}]});
+        let patched = patch(
+            &USER_RESOURCE,
+            user,
+            json!([{"op": "replace", "path": "emails.value", "value": "same@x"}]),
+        )
+        .unwrap();
+        assert_eq!(patched.resource["emails"], json!([{"value": "same@x"}]));
+        let user = json!({"userName": "ada", "emails": [{"value": "a@x", "type": "work"}, {"value": "b@x", "type": "work"}]});
+        let patched = patch(
+            &USER_RESOURCE,
+            user,
+            json!([{"op": "replace", "path": "emails[type eq \"work\"]", "value": {"value": "c@x", "type": "work"}}]),
+        )
+        .unwrap();
+        assert_eq!(
+            patched.resource["emails"],
+            json!([{"value": "c@x", "type": "work"}])
+        );
+    }
+
+    #[test]
+    fn an_element_left_with_only_an_empty_value_is_no_element() {
+        let user = json!({"userName": "ada"});
+        let patched = patch(
+            &USER_RESOURCE,
+            user.clone(),
+            json!([
+                {"op": "add", "path": "ims.value", "value": ""},
+                {"op": "add", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value", "value": ""}
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            patched.resource,
+            json!({"userName": "ada", "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"]})
+        );
+        assert!(patched.changes.is_empty());
+    }
+
+    #[test]
+    fn removing_listed_members_removes_each_named_value_whatever_its_case() {
+        let members: Vec<Value> = (0..3000)
+            .map(|i| json!({"value": format!("m{i}")}))
+            .collect();
+        let group = json!({"displayName": "g", "members": members});
+        let listed: Vec<Value> = (0..3000)
+            .filter(|i| i % 3 != 0)
+            .map(|i| json!({"value": format!("M{i}")}))
+            .collect();
+        let patched = patch(
+            &GROUP_RESOURCE,
+            group,
+            json!([{"op": "Remove", "path": "members", "value": listed}]),
+        )
+        .unwrap();
+        let kept = patched.resource["members"].as_array().unwrap();
+        assert_eq!(kept.len(), 1000);
+        assert_eq!(
+            (&kept[0], &kept[999]),
+            (&json!({"value": "m0"}), &json!({"value": "m2997"}))
+        );
     }
 
     #[test]

@@ -172,6 +172,10 @@ fn set_input(
                 if let Value::Object(parent) = slot {
                     parent.insert(sub.name.to_owned(), value);
                 }
+                // `"manager.value": ""` leaves no manager, as `"manager": ""` does.
+                if value::is_blank_element(slot) {
+                    container.remove(resolved.attribute.name);
+                }
             }
         }
     }
@@ -218,16 +222,19 @@ pub fn check_required(rt: &ResourceType, resource: &Value) -> Result<(), ScimErr
     Ok(())
 }
 
-/// A new resource from a `POST` body: checked, canonical, with every required attribute.
+/// A new resource from a `POST` body: checked, canonical, with every required attribute,
+/// within every limit of [`crate::limits`].
 pub fn create(rt: &ResourceType, input: Value) -> Result<Value, ScimError> {
     let resource = normalize(rt, input)?;
     check_required(rt, &resource)?;
+    crate::limits::check_resource(rt, &resource, None)?;
     Ok(resource)
 }
 
 /// The resource a `PUT` body makes of `current` (RFC 7644 §3.5.1): the body's values
 /// replace all others; read-only values (`id`, `meta`, `groups`) stay; an immutable value
-/// that is already set may not change (`400 mutability`).
+/// that is already set may not change (`400 mutability`). The new values are checked against
+/// every limit of [`crate::limits`].
 pub fn replace(rt: &ResourceType, current: &Value, input: Value) -> Result<Value, ScimError> {
     let mut next = normalize(rt, input)?;
     for (schema, in_extension) in rt
@@ -269,6 +276,7 @@ pub fn replace(rt: &ResourceType, current: &Value, input: Value) -> Result<Value
     }
     tidy(rt, &mut next);
     check_required(rt, &next)?;
+    crate::limits::check_resource(rt, &next, Some(current))?;
     Ok(next)
 }
 

@@ -13,7 +13,8 @@
 //!   two hex digits (`%2541`: double encoding), `;` (raw or `%3B`: path parameters, which some
 //!   servers strip), characters outside ASCII (the proxy sends them percent-encoded), a `..`
 //!   that would remove an empty segment (`/a//../b`: `/a/b` to some servers, `/b` to others),
-//!   and paths longer than [`MAX_PATH`] bytes.
+//!   and paths longer than [`MAX_PATH`] bytes, as sent or once normalized (encoding can triple
+//!   a path's length, and a normal form must itself be a path this module accepts).
 //! - The case of the path is kept here; policies compare path prefixes without ASCII case
 //!   (servers on case-insensitive file systems serve `/ADMIN` as `/admin`).
 //!
@@ -222,6 +223,9 @@ pub fn normalize_path(raw: &str) -> Result<String, TargetError> {
     if collapse_slashes(&remove_dot_segments(&strict)) != normal {
         return Err(TargetError::AmbiguousDotSegment);
     }
+    if normal.len() > MAX_PATH {
+        return Err(TargetError::PathTooLong);
+    }
     Ok(normal)
 }
 
@@ -369,6 +373,12 @@ mod tests {
         }
         assert_eq!(
             normalize_path(&format!("/{}", "a".repeat(MAX_PATH))),
+            Err(TargetError::PathTooLong)
+        );
+        // Found by the policy_path fuzz target: short enough as sent, too long once `>` is
+        // encoded as `%3E`, so its normal form would be refused.
+        assert_eq!(
+            normalize_path(&format!("/{}", ">".repeat(MAX_PATH / 2))),
             Err(TargetError::PathTooLong)
         );
     }

@@ -350,6 +350,16 @@ pub async fn root(
     params: &rollcall_scim::QueryParams,
 ) -> Result<ListResponse, ApiError> {
     let page = rollcall_scim::Page::new(params.start_index, params.count);
+    // A filter that does not parse (or exceeds a limit) is refused, not taken as matching
+    // nothing of either type.
+    if let Some(text) = params
+        .filter
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        Filter::parse(text).map_err(|error| error.into_filter_error(text))?;
+    }
     let mut all: Vec<Value> = Vec::new();
     for rt in [&USER_RESOURCE, &GROUP_RESOURCE] {
         // A filter naming attributes of one type only matches nothing of the other.
@@ -413,6 +423,26 @@ mod tests {
             )),
             Compiled::Nothing
         );
+    }
+
+    #[test]
+    fn an_and_chain_at_the_term_limit_compiles_to_one_condition_per_term_on_a_small_stack() {
+        let compiled = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let terms = rollcall_scim::limits::MAX_FILTER_TERMS;
+                let chain: Vec<String> = (0..terms)
+                    .map(|i| format!("externalId eq \"e{i}\""))
+                    .collect();
+                match user(&chain.join(" and ")) {
+                    Compiled::Conditions(conditions) => conditions.len(),
+                    other => panic!("{other:?}"),
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(compiled, rollcall_scim::limits::MAX_FILTER_TERMS);
     }
 
     #[test]
