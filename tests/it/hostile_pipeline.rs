@@ -78,6 +78,16 @@ async fn readyz(env: &TestEnv) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+async fn metrics(env: &TestEnv) -> String {
+    let root = env.base.trim_end_matches("/scim/v2");
+    reqwest::get(format!("{root}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn quarantined(env: &TestEnv) -> Vec<rollcall_store::quarantine::QuarantineRow> {
     env.store.quarantine(false).await.unwrap()
 }
@@ -148,6 +158,15 @@ async fn a_poison_event_is_quarantined_and_stops_only_its_own_resource() {
     let (status, health) = readyz(&env).await;
     assert_eq!(status, 503, "{health}");
     assert_eq!(health["quarantined"], 1);
+    let text = metrics(&env).await;
+    assert!(
+        text.contains("\nrollcall_projector_quarantined_events 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nrollcall_scim_writes_refused_quarantined_total 1\n"),
+        "{text}"
+    );
 
     // A later event of the same resource is held behind it, in order.
     let held = append(&env, "test", id, &UserEvent::Deactivated).await;
@@ -349,6 +368,11 @@ async fn a_write_not_in_effect_within_the_bound_answers_503_with_retry_after() {
     let (status, health) = readyz(&env).await;
     assert_eq!(status, 503);
     assert_eq!(health["writes_not_applied_in_time"], 1);
+    let text = metrics(&env).await;
+    assert!(
+        text.contains("\nrollcall_scim_writes_not_applied_total 1\n"),
+        "{text}"
+    );
     // Entra retries: once the pipeline catches up, the retry answers 200 and is in effect.
     env.start_projector();
     let retried = scim.patch(&format!("/Users/{id}"), &deactivate()).await;

@@ -147,8 +147,6 @@ pub struct Health {
     pub not_applied: AtomicU64,
     /// Writes answered `503` because their resource is quarantined.
     pub quarantined: AtomicU64,
-    /// Writes answered `503` because NATS or PostgreSQL was out of reach.
-    pub unavailable: AtomicU64,
     last_not_applied: std::sync::Mutex<Option<Instant>>,
 }
 
@@ -224,7 +222,7 @@ impl Consistency {
                     event_type,
                 })
             }
-            Err(error) => Err(self.unavailable(error.into())),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -246,14 +244,6 @@ impl Consistency {
             });
         }
         self.writable(resource, tenant, id).await
-    }
-
-    /// Counts an unavailable server.
-    pub fn unavailable(&self, error: ApiError) -> ApiError {
-        if matches!(error, ApiError::Unavailable(_)) {
-            self.health.unavailable.fetch_add(1, Ordering::Relaxed);
-        }
-        error
     }
 }
 

@@ -79,6 +79,10 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Requests this process answered `503` because NATS or PostgreSQL was out of reach (for
+/// `/metrics`).
+pub static UNAVAILABLE_ANSWERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// `Retry-After` seconds for a server that is out of reach or behind.
 const RETRY_AFTER: &str = "5";
 
@@ -197,9 +201,11 @@ impl IntoResponse for ApiError {
             ApiError::Contended => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ApiError::NotApplied { .. }
-            | ApiError::Quarantined { .. }
-            | ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) => {
+                UNAVAILABLE_ANSWERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
+            }
+            ApiError::NotApplied { .. } | ApiError::Quarantined { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
             }
             ApiError::Unauthorized => {

@@ -300,6 +300,7 @@ pub fn router(state: AppState) -> Router {
         .nest(BASE_PATH, scim)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .with_state(state)
         .fallback(not_found)
         .layer(axum::middleware::map_response(attach_log_record))
