@@ -678,6 +678,9 @@ impl Drop for TestEnv {
                     let _ = jetstream
                         .delete_stream(format!("KV_{}", namespace.access_bucket()))
                         .await;
+                    let _ = jetstream
+                        .delete_stream(format!("KV_{}", namespace.writers_bucket()))
+                        .await;
                 }
                 let _ = rollcall_store::drop_database(&database_url).await;
             });

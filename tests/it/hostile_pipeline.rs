@@ -454,8 +454,7 @@ async fn an_access_state_past_max_payload_denies_that_user_and_stalls_no_one() {
 }
 
 #[tokio::test]
-async fn a_claim_whose_writer_died_before_appending_is_recovered_once_no_live_writer_could_append()
-{
+async fn a_claim_whose_writer_died_before_appending_is_recovered_as_soon_as_its_process_is_gone() {
     let env = TestEnv::start().await;
     // What a `kill -9` between the claim and the append leaves: a claim for an id that has no
     // event.
@@ -470,7 +469,7 @@ async fn a_claim_whose_writer_died_before_appending_is_recovered_once_no_live_wr
             .unwrap(),
         rollcall_eventlog::Claim::Acquired
     );
-    // While a live writer could still append, the name is taken.
+    // While the process that claimed it lives (it may still append), the name is taken.
     assert_eq!(
         env.scim()
             .post("/Users", &user("orphaned@example.com"))
@@ -478,11 +477,13 @@ async fn a_claim_whose_writer_died_before_appending_is_recovered_once_no_live_wr
             .status,
         409
     );
-    // Once no live writer could, the claim is recovered (its holder fenced).
+    // The process dies (its liveness entry is no longer renewed): the claim is recovered, its
+    // holder fenced, as soon as the process's lease has run out.
+    drop(claims);
     let started = std::time::Instant::now();
     eventually(
         "the orphaned claim is recovered",
-        Duration::from_secs(20),
+        Duration::from_secs(10),
         || async {
             env.scim()
                 .post("/Users", &user("orphaned@example.com"))
@@ -493,7 +494,7 @@ async fn a_claim_whose_writer_died_before_appending_is_recovered_once_no_live_wr
     )
     .await;
     assert!(
-        started.elapsed() < Duration::from_secs(15),
+        started.elapsed() <= rollcall_eventlog::claims::WRITER_LEASE + Duration::from_secs(2),
         "recovered only after {:?}",
         started.elapsed()
     );

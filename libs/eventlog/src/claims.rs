@@ -33,13 +33,62 @@ pub enum Claim {
         revision: u64,
         /// When the holder claimed it.
         claimed_at: time::OffsetDateTime,
+        /// The process that claimed it (claims taken before processes were named have none).
+        writer: Option<Uuid>,
     },
 }
 
-/// The claims bucket of a namespace.
+/// How long a process that stopped saying it is alive counts as alive.
+pub const WRITER_LEASE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The claims bucket of a namespace, and this process's name in it: each claim records the
+/// process that took it, and each process says it is alive every second in the writers
+/// bucket (its entry expires [`WRITER_LEASE`] after the last), so that a claim whose process
+/// died is known at once.
 #[derive(Debug, Clone)]
 pub struct Claims {
     store: Store,
+    writers: Store,
+    writer: Uuid,
+    writing: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Uuid, usize>>>,
+    _heartbeat: std::sync::Arc<HeartbeatTask>,
+}
+
+/// A write of this process in flight for a holder (see [`Claims::writing`]); ends when dropped.
+#[derive(Debug)]
+pub struct Writing {
+    claims: Claims,
+    holder: Uuid,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        let mut writing = self.claims.writing_set();
+        if let Some(count) = writing.get_mut(&self.holder) {
+            *count -= 1;
+            if *count == 0 {
+                writing.remove(&self.holder);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct HeartbeatTask(tokio::task::JoinHandle<()>);
+
+impl Drop for HeartbeatTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A claim's value: `<holder>` (before processes were named) or `<holder> <writer>`.
+fn parse_value(value: &[u8]) -> (Option<Uuid>, Option<Uuid>) {
+    let text = std::str::from_utf8(value).unwrap_or_default();
+    let mut parts = text.split(' ');
+    let holder = parts.next().and_then(|v| Uuid::parse_str(v).ok());
+    let writer = parts.next().and_then(|v| Uuid::parse_str(v).ok());
+    (holder, writer)
 }
 
 fn nats<E: std::fmt::Display>(error: E) -> LoadError {
@@ -72,7 +121,78 @@ impl Claims {
             "Rollcall uniqueness claims (userName, group displayName)",
         )
         .await?;
-        Ok(Self { store })
+        let writers = crate::kv::open_expiring_bucket(
+            jetstream,
+            &namespace.writers_bucket(),
+            "Rollcall processes that write claims, alive while their entry is",
+            WRITER_LEASE,
+        )
+        .await?;
+        let writer = Uuid::new_v4();
+        writers
+            .put(writer.to_string(), Default::default())
+            .await
+            .map_err(nats)?;
+        let beating = writers.clone();
+        let heartbeat = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                interval.tick().await;
+                if let Err(error) = beating.put(writer.to_string(), Default::default()).await {
+                    tracing::warn!(error = %error, "saying this claim writer is alive failed");
+                }
+            }
+        });
+        Ok(Self {
+            store,
+            writers,
+            writer,
+            writing: Default::default(),
+            _heartbeat: std::sync::Arc::new(HeartbeatTask(heartbeat)),
+        })
+    }
+
+    fn writing_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, usize>> {
+        self.writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks a write of this process for `holder` as in flight, from before it claims until
+    /// the returned guard is dropped (after its append, or its failure).
+    pub fn writing(&self, holder: Uuid) -> Writing {
+        *self.writing_set().entry(holder).or_default() += 1;
+        Writing {
+            claims: self.clone(),
+            holder,
+        }
+    }
+
+    /// Whether a write of this process for `holder` is in flight.
+    pub fn is_writing(&self, holder: Uuid) -> bool {
+        self.writing_set().contains_key(&holder)
+    }
+
+    /// This process's name in claims.
+    pub fn writer(&self) -> Uuid {
+        self.writer
+    }
+
+    /// Whether the process named `writer` said it is alive within [`WRITER_LEASE`].
+    pub async fn writer_alive(&self, writer: Uuid) -> Result<bool, LoadError> {
+        Ok(self
+            .writers
+            .entry(writer.to_string())
+            .await
+            .map_err(nats)?
+            .is_some_and(|entry| {
+                entry.operation == kv::Operation::Put
+                    && time::OffsetDateTime::now_utc() - entry.created < WRITER_LEASE
+            }))
+    }
+
+    fn value(&self, holder: Uuid) -> bytes::Bytes {
+        format!("{holder} {}", self.writer).into()
     }
 
     /// Tries to claim `value` of `kind` in `tenant` for `holder`.
@@ -85,32 +205,26 @@ impl Claims {
         holder: Uuid,
     ) -> Result<Claim, LoadError> {
         let key = key(tenant, kind, value);
-        match self.store.create(&key, holder.to_string().into()).await {
+        match self.store.create(&key, self.value(holder)).await {
             Ok(_) => return Ok(Claim::Acquired),
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(error) => return Err(nats(error)),
         }
         match self.store.entry(&key).await.map_err(nats)? {
             Some(entry) if entry.operation == kv::Operation::Put => {
-                let current = std::str::from_utf8(&entry.value)
-                    .ok()
-                    .and_then(|v| Uuid::parse_str(v).ok());
+                let (current, writer) = parse_value(&entry.value);
                 match current {
                     Some(current) if current == holder => Ok(Claim::AlreadyHeld),
-                    Some(current) => Ok(Claim::HeldBy {
-                        holder: current,
+                    current => Ok(Claim::HeldBy {
+                        holder: current.unwrap_or_default(),
                         revision: entry.revision,
                         claimed_at: entry.created,
-                    }),
-                    None => Ok(Claim::HeldBy {
-                        holder: Uuid::nil(),
-                        revision: entry.revision,
-                        claimed_at: entry.created,
+                        writer,
                     }),
                 }
             }
             // Released between our create and our read: try once more.
-            _ => match self.store.create(&key, holder.to_string().into()).await {
+            _ => match self.store.create(&key, self.value(holder)).await {
                 Ok(_) => Ok(Claim::Acquired),
                 Err(error) => Err(nats(error)),
             },
@@ -127,11 +241,7 @@ impl Claims {
         revision: u64,
     ) -> Result<bool, LoadError> {
         let key = key(tenant, kind, value);
-        match self
-            .store
-            .update(&key, holder.to_string().into(), revision)
-            .await
-        {
+        match self.store.update(&key, self.value(holder), revision).await {
             Ok(_) => Ok(true),
             Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
             Err(error) => Err(nats(error)),
@@ -158,7 +268,7 @@ impl Claims {
     async fn release_key(&self, key: &str, holder: Uuid) -> Result<(), LoadError> {
         if let Some(entry) = self.store.entry(key).await.map_err(nats)? {
             let held = entry.operation == kv::Operation::Put
-                && entry.value.as_ref() == holder.to_string().as_bytes();
+                && parse_value(&entry.value).0 == Some(holder);
             if held {
                 // A concurrent claimer between entry() and this delete makes the revision wrong:
                 // then the claim is theirs, and not ours to release.
@@ -175,6 +285,20 @@ impl Claims {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_names_its_holder_and_its_process_and_older_claims_only_their_holder() {
+        let (holder, writer) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(
+            parse_value(format!("{holder} {writer}").as_bytes()),
+            (Some(holder), Some(writer))
+        );
+        assert_eq!(
+            parse_value(holder.to_string().as_bytes()),
+            (Some(holder), None)
+        );
+        assert_eq!(parse_value(b"not an id"), (None, None));
+    }
 
     #[test]
     fn keys_fold_case_fully_as_lookups_do() {

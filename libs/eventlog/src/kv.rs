@@ -38,3 +38,38 @@ pub async fn open_bucket(
         .await
         .map_err(|e| LoadError::Nats(e.to_string()))
 }
+
+/// Opens (creating it if missing) a bucket whose entries expire `max_age` after their last
+/// put, kept in memory: for liveness (a process that stops putting its key is gone).
+pub async fn open_expiring_bucket(
+    jetstream: &Context,
+    bucket: &str,
+    description: &str,
+    max_age: std::time::Duration,
+) -> Result<Store, LoadError> {
+    if let Ok(store) = jetstream.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: stream::StorageType::Memory,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    jetstream
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| LoadError::Nats(e.to_string()))?;
+    jetstream
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| LoadError::Nats(e.to_string()))
+}

@@ -63,6 +63,11 @@ impl Namespace {
         format!("{}_claims", self.0.replace('-', "_"))
     }
 
+    /// The bucket in which each process that writes claims says it is alive.
+    pub fn writers_bucket(&self) -> String {
+        format!("{}_writers", self.0.replace('-', "_"))
+    }
+
     /// Where a consumer announces the stream sequence it has applied.
     pub fn checkpoint_subject(&self, consumer: &str) -> String {
         format!("{}.checkpoints.{consumer}", self.0)

@@ -22,9 +22,9 @@ pub const USER_NAME: &str = "userName";
 /// The claim kind of group displayNames.
 pub const DISPLAY_NAME: &str = "displayName";
 
-/// A claim older than this whose holder has no event is recovered (after fencing the holder):
-/// longer than a live writer takes from its claim to its append (a JetStream publish times out
-/// after 5 s).
+/// A claim taken before claims named their process, whose holder has no event, is recovered
+/// (after fencing the holder) once older than this: longer than a live writer takes from its
+/// claim to its append (a JetStream publish times out after 5 s).
 const RECOVER_AFTER: Duration = Duration::from_secs(10);
 
 /// A claim older than this whose holder exists but no longer uses the value is stale: its
@@ -164,13 +164,21 @@ pub async fn claim(
             holder: other,
             revision,
             claimed_at,
+            writer,
         } => {
-            // A holder that never came to exist once a live writer would have appended: its
-            // writer stopped between claiming and appending (a crash, a `kill -9`). Fenced, it
-            // provably never will. (Fencing a younger claim would fence live writers: twenty
-            // concurrent creates of one name would fence each other in turn.)
+            // A holder whose writer is gone: it stopped between claiming and appending (a
+            // crash, a `kill -9`). Fenced, the holder provably never comes to exist: recover.
+            // A live writer is never fenced (twenty concurrent creates of one name would fence
+            // each other in turn): this process knows its own writes in flight, and every
+            // process says it is alive in the writers bucket.
             let age = OffsetDateTime::now_utc() - claimed_at;
-            if age > RECOVER_AFTER
+            let writer_gone = match writer {
+                Some(writer) if writer == state.claims.writer() => !state.claims.is_writing(other),
+                Some(writer) => !state.claims.writer_alive(writer).await?,
+                // Claimed before processes were named: gone once no live writer could append.
+                None => age > RECOVER_AFTER,
+            };
+            if writer_gone
                 && fence_absent(state, tenant, kind, other).await?
                 && state
                     .claims
@@ -216,6 +224,7 @@ pub async fn while_claimed<T>(
     holder: Uuid,
     write: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
+    let _writing = state.claims.writing(holder);
     claim(state, tenant, kind, value, holder).await?;
     let written = write.await;
     if written.is_err() {
