@@ -14,7 +14,7 @@
 # Exits 1 if any target found an input; the inputs are then in the fixture directories above
 # (fix the cause, keep the file: `cargo test` replays it from then on).
 #
-# Environment: ROLLCALL_FUZZ_SANITIZER (address, the default where it links; none otherwise),
+# Environment: ROLLCALL_FUZZ_SANITIZER (address where the toolchain ships its runtime, else none),
 # ROLLCALL_FUZZ_TARGET_DIR (default ~/.cache/rollcall/fuzz-target: its own, because the
 # instrumented build's flags would otherwise rebuild the workspace's shared cache),
 # ROLLCALL_FUZZ_JOBS (parallel libFuzzer workers per target, default 1).
@@ -52,18 +52,20 @@ if ! rustc -V | grep -q nightly; then
   export RUSTC_BOOTSTRAP=1
 fi
 
-# Fuzz the versions the workspace tests.
-cp Cargo.lock fuzz/Cargo.lock
+# Fuzz the versions the workspace tests (cargo then adds libFuzzer's few crates).
+if [ ! -f fuzz/Cargo.lock ] || [ Cargo.lock -nt fuzz/Cargo.lock ]; then
+  cp Cargo.lock fuzz/Cargo.lock
+fi
 
-build() {
-  cargo fuzz build --sanitizer "$1" --target-dir "$target_dir" "${targets[@]:0:1}" >&2
-}
+# AddressSanitizer where the toolchain ships its runtime (rustup's x86_64 Linux toolchains,
+# stable included, do), none otherwise. Decided without building: a build that fails for
+# another reason must fail, not switch sanitizers (and rebuild everything with other flags).
 sanitizer="${ROLLCALL_FUZZ_SANITIZER:-}"
 if [ -z "$sanitizer" ]; then
-  if build address; then
+  if compgen -G "$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/lib/*_rt.asan.a" >/dev/null; then
     sanitizer=address
   else
-    echo "fuzz: the address sanitizer does not build here; fuzzing without it" >&2
+    echo "fuzz: this toolchain has no AddressSanitizer runtime; fuzzing without a sanitizer" >&2
     sanitizer=none
   fi
 fi
@@ -133,16 +135,17 @@ for target in "${targets[@]}"; do
     -print_final_stats=1 "${options[@]}"
   status=$?
   set -e
-  for artifact in $(ls "$artifacts" | grep -vxFf "$before" || true); do
+  new_artifacts=$(ls "$artifacts" | grep -vxFf "$before" || true)
+  if [ "$status" -ne 0 ] && [ -z "$new_artifacts" ]; then
+    echo "fuzz: $target failed to build or run (exit $status) without a finding; see above" >&2
+    exit "$status"
+  fi
+  for artifact in $new_artifacts; do
     destination="$(regressions "$target")/$artifact"
     cp "$artifacts/$artifact" "$destination"
     found+=("$destination")
   done
   rm -f "$before"
-  if [ "$status" -ne 0 ] && [ "${#found[@]}" -eq 0 ]; then
-    echo "fuzz: $target exited $status without an artifact" >&2
-    exit "$status"
-  fi
 done
 
 if [ "${#found[@]}" -gt 0 ]; then
