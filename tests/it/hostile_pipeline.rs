@@ -31,12 +31,21 @@ async fn append(env: &TestEnv, tenant: &str, id: Uuid, event: &UserEvent) -> u64
         .namespace
         .aggregate_subject(tenant, UserEvent::AGGREGATE, &id);
     let earlier = env.log.load(&subject, 0).await.unwrap();
-    let envelope = Envelope {
+    let envelope = envelope(tenant, id, earlier.events.len() as u64 + 1, event);
+    env.log
+        .append(&subject, earlier.last_sequence, &[envelope])
+        .await
+        .unwrap()
+}
+
+/// A user event's envelope, as an operator named `test` would write it.
+fn envelope(tenant: &str, id: Uuid, version: u64, event: &UserEvent) -> Envelope {
+    Envelope {
         event_id: Uuid::now_v7(),
         tenant: tenant.to_owned(),
         aggregate_type: UserEvent::AGGREGATE.to_owned(),
         aggregate_id: id,
-        version: earlier.events.len() as u64 + 1,
+        version,
         event_type: event.event_type().to_owned(),
         schema_version: 1,
         occurred_at: time::OffsetDateTime::now_utc(),
@@ -46,11 +55,7 @@ async fn append(env: &TestEnv, tenant: &str, id: Uuid, event: &UserEvent) -> u64
         request_id: None,
         traceparent: None,
         payload: event.to_payload(),
-    };
-    env.log
-        .append(&subject, earlier.last_sequence, &[envelope])
-        .await
-        .unwrap()
+    }
 }
 
 fn changed(path: &str, after: Value) -> UserEvent {
@@ -511,27 +516,16 @@ async fn a_claim_whose_writer_died_before_appending_is_recovered_as_soon_as_its_
     let subject = env
         .namespace
         .aggregate_subject("test", UserEvent::AGGREGATE, &orphan);
-    let late = Envelope {
-        event_id: Uuid::now_v7(),
-        tenant: "test".into(),
-        aggregate_type: UserEvent::AGGREGATE.into(),
-        aggregate_id: orphan,
-        version: 1,
-        event_type: "user.provisioned".into(),
-        schema_version: 1,
-        occurred_at: time::OffsetDateTime::now_utc(),
-        actor: Actor::Operator {
-            name: "test".into(),
-        },
-        request_id: None,
-        traceparent: None,
-        payload: UserEvent::Provisioned {
+    let late = envelope(
+        "test",
+        orphan,
+        1,
+        &UserEvent::Provisioned {
             attributes: serde_json::from_value(json!({"userName": "orphaned@example.com"}))
                 .unwrap(),
             active: true,
-        }
-        .to_payload(),
-    };
+        },
+    );
     assert!(matches!(
         env.log.append(&subject, 0, &[late]).await,
         Err(rollcall_eventlog::AppendError::Conflict { .. })

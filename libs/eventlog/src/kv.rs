@@ -12,31 +12,15 @@ pub async fn open_bucket(
     bucket: &str,
     description: &str,
 ) -> Result<Store, LoadError> {
-    if let Ok(store) = jetstream.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    let config = stream::Config {
-        name: format!("KV_{bucket}"),
-        description: Some(description.to_owned()),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        storage: stream::StorageType::File,
-        discard: stream::DiscardPolicy::New,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        duplicate_window: std::time::Duration::from_secs(120),
-        num_replicas: 1,
-        ..Default::default()
-    };
-    jetstream
-        .get_or_create_stream(config)
-        .await
-        .map_err(|e| LoadError::Nats(e.to_string()))?;
-    jetstream
-        .get_key_value(bucket)
-        .await
-        .map_err(|e| LoadError::Nats(e.to_string()))
+    open(
+        jetstream,
+        stream::Config {
+            storage: stream::StorageType::File,
+            duplicate_window: std::time::Duration::from_secs(120),
+            ..config(bucket, description)
+        },
+    )
+    .await
 }
 
 /// Opens (creating it if missing) a bucket whose entries expire `max_age` after their last
@@ -47,29 +31,44 @@ pub async fn open_expiring_bucket(
     description: &str,
     max_age: std::time::Duration,
 ) -> Result<Store, LoadError> {
-    if let Ok(store) = jetstream.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    let config = stream::Config {
+    open(
+        jetstream,
+        stream::Config {
+            storage: stream::StorageType::Memory,
+            max_age,
+            ..config(bucket, description)
+        },
+    )
+    .await
+}
+
+/// The stream of a bucket as the key-value API expects it.
+fn config(bucket: &str, description: &str) -> stream::Config {
+    stream::Config {
         name: format!("KV_{bucket}"),
         description: Some(description.to_owned()),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
-        max_age,
-        storage: stream::StorageType::Memory,
         discard: stream::DiscardPolicy::New,
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,
         num_replicas: 1,
         ..Default::default()
-    };
+    }
+}
+
+async fn open(jetstream: &Context, config: stream::Config) -> Result<Store, LoadError> {
+    let bucket = config.name.trim_start_matches("KV_").to_owned();
+    if let Ok(store) = jetstream.get_key_value(&bucket).await {
+        return Ok(store);
+    }
     jetstream
         .get_or_create_stream(config)
         .await
         .map_err(|e| LoadError::Nats(e.to_string()))?;
     jetstream
-        .get_key_value(bucket)
+        .get_key_value(&bucket)
         .await
         .map_err(|e| LoadError::Nats(e.to_string()))
 }

@@ -136,6 +136,19 @@ impl From<TcpListener> for Listener {
     }
 }
 
+/// The bearer token of a request (RFC 6750 §2.1: `Authorization: Bearer <token>`, the scheme
+/// in any case), if it sends one.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 /// Whether a request body failed because it did not arrive within the body timeout (for the
 /// handler that read it to answer `408` in its own protocol).
 pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {

@@ -2,7 +2,6 @@
 //! names one tenant. Checked by the shared [`TokenVerifier`], as SCIM tokens are.
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
 pub use rollcall_store::tenant::TokenVerifier;
 
@@ -20,21 +19,10 @@ impl FromRequestParts<AuditState> for Auditor {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AuditState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized)?;
-        let (scheme, token) = header
-            .trim()
-            .split_once(' ')
-            .ok_or(ApiError::Unauthorized)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::Unauthorized);
-        }
+        let token = rollcall_http::bearer_token(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let info = state
             .tokens
-            .verify(&state.store, token.trim())
+            .verify(&state.store, token)
             .await?
             .ok_or(ApiError::Unauthorized)?;
         tracing::Span::current().record("tenant", info.tenant.as_str());

@@ -3,7 +3,6 @@
 //! effect within that time, refused ones never cached).
 
 use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 pub use rollcall_store::tenant::TokenVerifier;
 
@@ -26,21 +25,10 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized)?;
-        let (scheme, token) = header
-            .trim()
-            .split_once(' ')
-            .ok_or(ApiError::Unauthorized)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::Unauthorized);
-        }
+        let token = rollcall_http::bearer_token(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let info = state
             .tokens
-            .verify(&state.store, token.trim())
+            .verify(&state.store, token)
             .await?
             .ok_or(ApiError::Unauthorized)?;
         let principal = Principal {
