@@ -72,13 +72,23 @@ pub struct ScimError {
     pub detail: String,
 }
 
+/// The longest `detail` an error carries, in characters.
+pub const MAX_DETAIL_CHARS: usize = 500;
+
 impl ScimError {
     /// An error with any status and keyword.
+    /// A detail longer than [`MAX_DETAIL_CHARS`] is cut there: details quote what the client
+    /// sent (an unknown attribute name, an op), and a client must not get its megabyte back.
     pub fn new(status: u16, scim_type: Option<ScimType>, detail: impl Into<String>) -> Self {
+        let mut detail = detail.into();
+        if let Some((end, _)) = detail.char_indices().nth(MAX_DETAIL_CHARS) {
+            detail.truncate(end);
+            detail.push('…');
+        }
         Self {
             status,
             scim_type,
-            detail: detail.into(),
+            detail,
         }
     }
 
@@ -151,6 +161,15 @@ impl Serialize for ScimError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detail_quoting_a_huge_client_value_is_cut() {
+        let key = "k".repeat(100_000);
+        let error = ScimError::invalid_syntax(format!("{key:?} is not an attribute"));
+        assert_eq!(error.detail.chars().count(), MAX_DETAIL_CHARS + 1);
+        assert!(error.detail.ends_with('…'));
+        assert_eq!(ScimError::invalid_syntax("short").detail, "short");
+    }
     use serde_json::json;
 
     #[test]

@@ -36,11 +36,8 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// The session from the cookie or a bearer token.
 fn session<'a>(headers: &'a HeaderMap, cookie: &str) -> Option<&'a str> {
-    if let Some(bearer) = header(headers, "authorization").and_then(|v| {
-        v.strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-    }) {
-        return Some(bearer.trim());
+    if let Some(bearer) = rollcall_http::bearer_token(headers) {
+        return Some(bearer);
     }
     crate::signin::cookie(headers, cookie)
 }

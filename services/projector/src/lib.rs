@@ -198,7 +198,13 @@ impl Projector {
         let _stop_republisher = AbortOnDrop(republisher);
         let mut pause = Duration::from_millis(250);
         loop {
-            match self.consume().await {
+            let started = std::time::Instant::now();
+            let result = self.consume().await;
+            // A failure after a while of projecting is a new one: its backoff starts again.
+            if started.elapsed() >= MAX_BACKOFF {
+                pause = Duration::from_millis(250);
+            }
+            match result {
                 Ok(()) => return,
                 Err(ProjectorError::Gap {
                     checkpoint,
@@ -591,7 +597,9 @@ impl Lease {
     async fn lost(&mut self) {
         loop {
             tokio::time::sleep(LEASE_POLL).await;
-            if sqlx::query("SELECT 1").execute(&mut self.0).await.is_err() {
+            // A half-open connection may never answer: no answer within a poll is a loss too.
+            let probe = sqlx::query("SELECT 1").execute(&mut self.0);
+            if !matches!(tokio::time::timeout(LEASE_POLL, probe).await, Ok(Ok(_))) {
                 return;
             }
         }

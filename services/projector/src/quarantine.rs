@@ -99,9 +99,16 @@ pub enum Failure {
     Unreachable,
 }
 
-/// SQLSTATE classes that pass: transaction rollback (40), insufficient resources (53),
-/// operator intervention (57), system error (58), connection exception (08).
-const PASSING_CLASSES: [&str; 5] = ["40", "53", "57", "58", "08"];
+/// SQLSTATE classes that pass: transaction rollback (40: serialization, deadlock), insufficient
+/// resources (53), operator intervention (57: a cancelled statement), system error (58).
+const PASSING_CLASSES: [&str; 4] = ["40", "53", "57", "58"];
+
+/// SQLSTATEs that say the server is out of reach, not that the event is hard to apply: a
+/// connection exception (class 08), too many connections, an administrator's or a crash's
+/// shutdown, a server that cannot take connections yet (a restart, a failover).
+fn unreachable(code: &str) -> bool {
+    code.starts_with("08") || ["53300", "57P01", "57P02", "57P03"].contains(&code)
+}
 
 /// How a failure is handled.
 pub fn classify(error: &ProjectorError) -> Failure {
@@ -112,7 +119,9 @@ pub fn classify(error: &ProjectorError) -> Failure {
             let class = code
                 .as_deref()
                 .map_or("", |code| code.get(..2).unwrap_or(""));
-            if PASSING_CLASSES.contains(&class) {
+            if code.as_deref().is_some_and(unreachable) {
+                Failure::Unreachable
+            } else if PASSING_CLASSES.contains(&class) {
                 Failure::Passing
             } else {
                 Failure::Poison
@@ -324,6 +333,16 @@ mod tests {
             })),
             Failure::Poison
         );
+    }
+
+    #[test]
+    fn a_server_restarting_or_out_of_connections_is_unreachable_and_a_deadlock_passes() {
+        for code in ["08006", "08001", "53300", "57P01", "57P02", "57P03"] {
+            assert!(unreachable(code), "{code}");
+        }
+        for code in ["40001", "40P01", "57014", "23505", "54000"] {
+            assert!(!unreachable(code), "{code}");
+        }
     }
 
     #[test]

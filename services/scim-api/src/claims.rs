@@ -227,8 +227,13 @@ pub async fn while_claimed<T>(
     let _writing = state.claims.writing(holder);
     claim(state, tenant, kind, value, holder).await?;
     let written = write.await;
-    if written.is_err() {
-        release(state, tenant, kind, value, holder).await;
+    if let Err(error) = &written {
+        // A publish whose acknowledgement was lost may have landed: then the claim is the
+        // resource's, and giving it back would let Entra's retry create a second user of the
+        // name. Kept, it is recovered (fenced) if the resource never came to exist.
+        if !error.may_have_appended() {
+            release(state, tenant, kind, value, holder).await;
+        }
     }
     written
 }

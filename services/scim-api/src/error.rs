@@ -166,6 +166,12 @@ impl From<StoreError> for ApiError {
 }
 
 impl ApiError {
+    /// Whether a write that failed so may still have appended its events (NATS or PostgreSQL
+    /// failed on the way): everything else is refused before anything is appended.
+    pub fn may_have_appended(&self) -> bool {
+        matches!(self, ApiError::Unavailable(_) | ApiError::Internal(_))
+    }
+
     /// The SCIM error a client sees. Server errors say nothing about their cause.
     pub fn to_scim(&self) -> ScimError {
         match self {
