@@ -1,5 +1,6 @@
-//! The end-to-end test harness: a private PostgreSQL database and NATS namespace per test,
-//! the projector and SCIM API running in-process on 127.0.0.1:0, an HTTP client speaking SCIM
+//! The end-to-end test harness: a private PostgreSQL database and NATS namespace per test
+//! ([`Installation`]), Rollcall's roles started in-process on 127.0.0.1:0 through
+//! [`rollcall::Instance`] as `rollcall serve` starts them ([`TestEnv`]), an HTTP client speaking SCIM
 //! as Entra does, and waiting on conditions with a deadline. Everything a test creates is
 //! removed when its `TestEnv` drops, also when the test fails.
 #![allow(clippy::unwrap_used)]
@@ -7,11 +8,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use rollcall::{Connections, Instance, InstanceHandle, Role, Roles};
 use rollcall_eventlog::{EventLog, Namespace};
 use rollcall_store::tenant::Scope;
 use rollcall_store::Store;
 use serde_json::Value;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// PostgreSQL server the tests use (a database per test is created on it).
@@ -211,7 +212,167 @@ pub fn access_config(policies: &std::path::Path) -> rollcall_access::Config {
     }
 }
 
-/// A private Rollcall for one test.
+/// A private installation for one test: its own namespace (stream, subjects, buckets) on a
+/// NATS server, its own database with tenant `test`, a SCIM and an audit token and the policy
+/// file; no role running. Everything is removed when it drops, also when the test fails.
+/// [`TestEnv`] starts Rollcall's roles on one; a test can start [`rollcall::Instance`]s of its
+/// own on one (as separate processes would run).
+#[derive(Debug)]
+pub struct Installation {
+    /// The namespace of its stream, subjects and buckets.
+    pub namespace: Namespace,
+    /// A NATS connection.
+    pub client: async_nats::Client,
+    /// Its event log.
+    pub log: EventLog,
+    /// Its read models.
+    pub store: Store,
+    /// Its database URL.
+    pub database_url: String,
+    /// The tenant created for the test.
+    pub tenant: String,
+    /// A SCIM token of that tenant.
+    pub token: String,
+    /// An audit token of that tenant.
+    pub audit_token: String,
+    /// The policy file ([`POLICIES`]).
+    pub policy_file: std::path::PathBuf,
+    /// The NATS server's URL.
+    pub nats_url: String,
+}
+
+impl Installation {
+    /// Creates an installation on the NATS server at `nats_url`.
+    pub async fn create_on(nats_url: String) -> Self {
+        Self::create_on_cluster(nats_url, 1).await
+    }
+
+    /// Creates an installation on the NATS servers at `nats_urls` (comma-separated, as
+    /// `NATS_URL` takes them) whose streams and buckets are kept by `replicas` servers.
+    pub async fn create_on_cluster(nats_url: String, replicas: usize) -> Self {
+        rollcall_telemetry::init_for_tests();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let namespace = Namespace::new(format!("t{}", &id[..16]))
+            .unwrap()
+            .with_replicas(replicas)
+            .unwrap();
+        let database_url = format!("{}/rollcall_it_{id}", database_server());
+        Self::open(nats_url, namespace, database_url).await
+    }
+
+    /// The installation of `namespace` and `database_url` on the NATS server at `nats_url`,
+    /// created if missing (as another process of the same test sees it), with tenant `test` and
+    /// tokens of its own. It removes them too when it drops.
+    pub async fn open(nats_url: String, namespace: Namespace, database_url: String) -> Self {
+        rollcall_telemetry::init_for_tests();
+        let client = rollcall_eventlog::connect(&nats_url, "rollcall-test")
+            .await
+            .expect("NATS must be running (scripts/services.sh)");
+        let log = open_log(&client, &namespace).await;
+        let store = Store::connect_with(&database_url, rollcall_store::LIVE_SCHEMA, 8)
+            .await
+            .expect("PostgreSQL must be running");
+        store.create_tenant("test").await.unwrap();
+        let token = store
+            .create_token("test", Scope::Scim, Some("test"))
+            .await
+            .unwrap()
+            .token;
+        let audit_token = store
+            .create_token("test", Scope::Audit, Some("auditor"))
+            .await
+            .unwrap()
+            .token;
+        let policy_file =
+            std::env::temp_dir().join(format!("rollcall-{}.toml", namespace.as_str()));
+        std::fs::write(&policy_file, POLICIES).unwrap();
+        Self {
+            namespace,
+            client,
+            log,
+            store,
+            database_url,
+            tenant: "test".into(),
+            token,
+            audit_token,
+            policy_file,
+            nats_url,
+        }
+    }
+
+    /// Its connections, shared (the roles of one process).
+    pub fn connections(&self) -> Connections {
+        Connections {
+            client: self.client.clone(),
+            log: self.log.clone(),
+            store: self.store.clone(),
+        }
+    }
+
+    /// Connections of their own (a NATS connection and a pool, as another process has).
+    pub async fn connect_again(&self) -> Connections {
+        let client = rollcall_eventlog::connect(&self.nats_url, "rollcall-test")
+            .await
+            .unwrap();
+        let log = open_log(&client, &self.namespace).await;
+        let store = Store::connect_with(&self.database_url, rollcall_store::LIVE_SCHEMA, 8)
+            .await
+            .unwrap();
+        Connections { client, log, store }
+    }
+}
+
+impl Drop for Installation {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.policy_file);
+        let namespace = self.namespace.clone();
+        let database_url = self.database_url.clone();
+        let nats_url = self.nats_url.clone();
+        // Cleanup needs async IO; run it on a runtime of its own so that it also happens
+        // when the test panicked.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                // One attempt: a test's own servers may be gone already.
+                let servers = rollcall_eventlog::connect::servers(&nats_url);
+                if let Ok(client) = async_nats::connect(servers.unwrap()).await {
+                    let jetstream = async_nats::jetstream::new(client);
+                    let _ = jetstream.delete_stream(namespace.stream()).await;
+                    let _ = jetstream
+                        .delete_stream(format!("KV_{}", namespace.claims_bucket()))
+                        .await;
+                    let _ = jetstream
+                        .delete_stream(format!("KV_{}", namespace.access_bucket()))
+                        .await;
+                    let _ = jetstream
+                        .delete_stream(format!("KV_{}", namespace.writers_bucket()))
+                        .await;
+                }
+                let _ = rollcall_store::drop_database(&database_url).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Binds a listener on a free loopback port.
+pub async fn loopback() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// The roles `names` (`"scim,audit"`).
+pub fn roles(names: &str) -> Roles {
+    names.parse().unwrap()
+}
+
+/// A private Rollcall for one test: an [`Installation`] with the SCIM API and the audit API
+/// running in one [`rollcall::Instance`], the projector and the access service each in one of
+/// their own (so that a test can kill or replace them), all on 127.0.0.1:0.
 #[allow(missing_debug_implementations)]
 pub struct TestEnv {
     /// The namespace of its stream, subjects and buckets.
@@ -242,11 +403,24 @@ pub struct TestEnv {
     pub policy_file: std::path::PathBuf,
     /// The NATS server's URL.
     pub nats_url: String,
-    access_task: Option<JoinHandle<()>>,
-    shutdown: watch::Sender<bool>,
-    server: Option<JoinHandle<()>>,
-    replicas: Vec<JoinHandle<()>>,
-    projector: Option<JoinHandle<()>>,
+    /// The SCIM API and the audit API.
+    apis: Option<InstanceHandle>,
+    /// SCIM API replicas started by [`TestEnv::replica`].
+    replicas: Vec<InstanceHandle>,
+    /// The projector's instance, as its start task returns it.
+    projector: Option<JoinHandle<InstanceHandle>>,
+    access_instance: Option<InstanceHandle>,
+    /// Dropped last: removes the namespace and the database.
+    installation: Installation,
+}
+
+/// The SCIM configuration of the test environments: the access service runs in an instance of
+/// its own, so writes are told to wait for it (as `rollcall serve` does when it runs both).
+fn scim_config() -> rollcall_scim_api::Config {
+    rollcall_scim_api::Config {
+        wait_for_access: true,
+        ..Default::default()
+    }
 }
 
 impl TestEnv {
@@ -258,88 +432,49 @@ impl TestEnv {
     /// Starts a private Rollcall with tenant `test` on the NATS server at `nats_url` (a test's
     /// own [`nats::NatsServer`], for example).
     pub async fn start_on(nats_url: String) -> Self {
-        rollcall_telemetry::init_for_tests();
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let namespace = Namespace::new(format!("t{}", &id[..16])).unwrap();
-        let database_url = format!("{}/rollcall_it_{id}", database_server());
-        let client = async_nats::connect(&nats_url)
+        Self::start_on_cluster(nats_url, 1).await
+    }
+
+    /// Starts a private Rollcall with tenant `test` on the NATS servers at `nats_urls`
+    /// (comma-separated; a test's own [`nats::NatsCluster`]), its streams and buckets kept by
+    /// `replicas` servers.
+    pub async fn start_on_cluster(nats_urls: String, replicas: usize) -> Self {
+        Self::start_in(Installation::create_on_cluster(nats_urls, replicas).await).await
+    }
+
+    /// Starts Rollcall on an installation (one another process uses too, for example).
+    pub async fn start_in(installation: Installation) -> Self {
+        let apis = Instance::new(roles("scim,audit"))
+            .scim(scim_config())
+            .listener(Role::Scim, loopback().await)
+            .listener(Role::Audit, loopback().await)
+            .start(installation.connections())
             .await
-            .expect("NATS must be running (scripts/services.sh)");
-        let log = open_log(&client, &namespace).await;
-        let store = Store::connect_with(&database_url, rollcall_store::LIVE_SCHEMA, 8)
-            .await
-            .expect("PostgreSQL must be running");
-        store.create_tenant("test").await.unwrap();
-        let token = store
-            .create_token("test", Scope::Scim, Some("test"))
-            .await
-            .unwrap()
-            .token;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/scim/v2", listener.local_addr().unwrap());
-        let policy_file =
-            std::env::temp_dir().join(format!("rollcall-{}.toml", namespace.as_str()));
-        std::fs::write(&policy_file, POLICIES).unwrap();
-        let scim_config = rollcall_scim_api::Config {
-            wait_for_access: true,
-            ..Default::default()
-        };
-        let state = rollcall_scim_api::AppState::new(
-            scim_config,
-            client.clone(),
-            log.clone(),
-            store.clone(),
-        )
-        .await
-        .unwrap();
-        let (shutdown, stopped) = watch::channel(false);
-        let mut server_stop = stopped.clone();
-        let server = tokio::spawn(async move {
-            let _ = rollcall_scim_api::serve(listener, state, async move {
-                let _ = server_stop.wait_for(|&s| s).await;
-            })
-            .await;
-        });
-        let access = rollcall_access::Access::new(access_config(&policy_file)).unwrap();
-        let audit_token = store
-            .create_token("test", Scope::Audit, Some("auditor"))
-            .await
-            .unwrap()
-            .token;
-        let audit_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let audit_base = format!("http://{}", audit_listener.local_addr().unwrap());
-        let audit_state = rollcall_audit_api::AuditState::new(
-            &rollcall_audit_api::Config::default(),
-            store.clone(),
-        )
-        .unwrap();
-        let mut audit_stop = stopped.clone();
-        let audit_task = tokio::spawn(async move {
-            let _ = rollcall_audit_api::serve(audit_listener, audit_state, async move {
-                let _ = audit_stop.wait_for(|&s| s).await;
-            })
-            .await;
-        });
+            .unwrap();
+        let base = format!("http://{}/scim/v2", apis.addr(Role::Scim).unwrap());
+        let audit_base = format!("http://{}", apis.addr(Role::Audit).unwrap());
+        let access =
+            rollcall_access::Access::new(access_config(&installation.policy_file)).unwrap();
         let mut env = Self {
-            audit_base,
-            audit_token,
+            namespace: installation.namespace.clone(),
+            client: installation.client.clone(),
+            log: installation.log.clone(),
+            store: installation.store.clone(),
+            database_url: installation.database_url.clone(),
+            base,
+            tenant: installation.tenant.clone(),
+            token: installation.token.clone(),
             access: access.clone(),
             access_base: String::new(),
-            policy_file,
-            nats_url,
-            access_task: None,
-            namespace,
-            client,
-            log,
-            store,
-            database_url,
-            base,
-            tenant: "test".into(),
-            token,
-            shutdown,
-            server: Some(server),
-            replicas: vec![audit_task],
+            audit_base,
+            audit_token: installation.audit_token.clone(),
+            policy_file: installation.policy_file.clone(),
+            nats_url: installation.nats_url.clone(),
+            apis: Some(apis),
+            replicas: Vec::new(),
             projector: None,
+            access_instance: None,
+            installation,
         };
         env.start_projector();
         env.start_access(access).await;
@@ -379,29 +514,28 @@ impl TestEnv {
         listener: tokio::net::TcpListener,
         access: rollcall_access::Access,
     ) {
-        if let Some(task) = self.access_task.take() {
-            task.abort();
-            let _ = task.await;
-        }
+        self.stop_access().await;
         self.access_base = format!("http://{}", listener.local_addr().unwrap());
         self.access = access.clone();
-        let (client, namespace) = (self.client.clone(), self.namespace.clone());
-        let mut stopped = self.shutdown.subscribe();
-        self.access_task = Some(tokio::spawn(async move {
-            let _ = rollcall_access::serve(listener, access, client, namespace, async move {
-                let _ = stopped.wait_for(|&s| s).await;
-            })
-            .await;
-        }));
+        let instance = Instance::new(roles("access"))
+            .access_service(access)
+            .listener(Role::Access, listener)
+            .start(self.installation.connections())
+            .await
+            .unwrap();
+        self.access_instance = Some(instance);
+    }
+
+    async fn stop_access(&mut self) {
+        if let Some(instance) = self.access_instance.take() {
+            instance.abort().await;
+        }
     }
 
     /// Stops the access service and starts a new one with the same configuration, which must
     /// rebuild its state from NATS.
     pub async fn restart_access(&mut self) {
-        if let Some(task) = self.access_task.take() {
-            task.abort();
-            let _ = task.await;
-        }
+        self.stop_access().await;
         let access = rollcall_access::Access::new(access_config(&self.policy_file)).unwrap();
         self.start_access(access).await;
     }
@@ -448,26 +582,14 @@ impl TestEnv {
     /// Starts another SCIM API instance on the same stream and database (as a second replica
     /// would run); returns a client of it with the test's token.
     pub async fn replica(&mut self) -> Scim {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/scim/v2", listener.local_addr().unwrap());
-        let state = rollcall_scim_api::AppState::new(
-            rollcall_scim_api::Config {
-                wait_for_access: true,
-                ..Default::default()
-            },
-            self.client.clone(),
-            self.log.clone(),
-            self.store.clone(),
-        )
-        .await
-        .unwrap();
-        let mut stopped = self.shutdown.subscribe();
-        self.replicas.push(tokio::spawn(async move {
-            let _ = rollcall_scim_api::serve(listener, state, async move {
-                let _ = stopped.wait_for(|&s| s).await;
-            })
-            .await;
-        }));
+        let instance = Instance::new(roles("scim"))
+            .scim(scim_config())
+            .listener(Role::Scim, loopback().await)
+            .start(self.installation.connections())
+            .await
+            .unwrap();
+        let base = format!("http://{}/scim/v2", instance.addr(Role::Scim).unwrap());
+        self.replicas.push(instance);
         Scim {
             http: reqwest::Client::new(),
             base,
@@ -480,28 +602,21 @@ impl TestEnv {
         if self.projector.is_some() {
             return;
         }
-        let (client, log, store) = (self.client.clone(), self.log.clone(), self.store.clone());
-        let mut stopped = self.shutdown.subscribe();
+        let connections = self.installation.connections();
         self.projector = Some(tokio::spawn(async move {
-            rollcall_projector::run(
-                rollcall_projector::Config::default(),
-                client,
-                log,
-                store,
-                async move {
-                    let _ = stopped.wait_for(|&s| s).await;
-                },
-            )
-            .await
-            .expect("the projector starts");
+            Instance::new(roles("projector"))
+                .start(connections)
+                .await
+                .expect("the projector starts")
         }));
     }
 
     /// Kills the projector wherever it is (as a crash would).
     pub async fn kill_projector(&mut self) {
         if let Some(projector) = self.projector.take() {
-            projector.abort();
-            let _ = projector.await;
+            if let Ok(instance) = projector.await {
+                instance.abort().await;
+            }
         }
     }
 
@@ -642,49 +757,12 @@ where
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
+        // Every role stops (aborted, as at a crash) before the installation is removed.
         if let Some(projector) = self.projector.take() {
             projector.abort();
         }
-        for replica in self.replicas.drain(..) {
-            replica.abort();
-        }
-        if let Some(access) = self.access_task.take() {
-            access.abort();
-        }
-        let _ = std::fs::remove_file(&self.policy_file);
-        let namespace = self.namespace.clone();
-        let database_url = self.database_url.clone();
-        let nats_url = self.nats_url.clone();
-        // Cleanup needs async IO; run it on a runtime of its own so that it also happens
-        // when the test panicked.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(client) = async_nats::connect(&nats_url).await {
-                    let jetstream = async_nats::jetstream::new(client);
-                    let _ = jetstream.delete_stream(namespace.stream()).await;
-                    let _ = jetstream
-                        .delete_stream(format!("KV_{}", namespace.claims_bucket()))
-                        .await;
-                    let _ = jetstream
-                        .delete_stream(format!("KV_{}", namespace.access_bucket()))
-                        .await;
-                    let _ = jetstream
-                        .delete_stream(format!("KV_{}", namespace.writers_bucket()))
-                        .await;
-                }
-                let _ = rollcall_store::drop_database(&database_url).await;
-            });
-        });
-        let _ = cleanup.join();
+        self.apis.take();
+        self.replicas.clear();
+        self.access_instance.take();
     }
 }

@@ -3,8 +3,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod access;
+mod atomic_writes;
 mod audit;
 mod browser;
+mod cluster;
 mod concurrency;
 mod entra_groups;
 mod entra_users;
@@ -13,7 +15,11 @@ mod hostile_audit;
 mod hostile_filters;
 mod hostile_pipeline;
 mod hostile_scim_input;
+mod metrics;
+mod partitions;
 mod projector;
 mod replicas;
+mod roles;
 mod security;
+mod session_keys;
 mod signin;

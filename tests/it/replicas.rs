@@ -13,26 +13,21 @@ fn user(name: &str) -> serde_json::Value {
 #[tokio::test]
 async fn a_standby_projector_takes_over_within_seconds_when_the_active_one_dies() {
     let mut env = TestEnv::start().await;
-    let publisher = rollcall_projector::publish::Publisher::open(
+    let scim = env.scim();
+    // The environment's projector is active once a write is answered.
+    assert_eq!(
+        scim.post("/Users", &user("first@example.com")).await.status,
+        201
+    );
+    // A second projector process (its own leases) on the same installation.
+    let standby = rollcall_projector::start(
+        rollcall_projector::Config::default(),
         env.client.clone(),
-        env.namespace.clone(),
+        env.log.clone(),
         env.store.clone(),
     )
     .await
     .unwrap();
-    let standby = rollcall_projector::Projector::new(
-        env.client.clone(),
-        env.log.clone(),
-        env.store.clone(),
-        rollcall_projector::DEFAULT_NAME,
-        rollcall_projector::DEFAULT_BATCH,
-    )
-    .with_publisher(publisher);
-    let running = tokio::spawn({
-        let standby = standby.clone();
-        async move { standby.run(std::future::pending()).await }
-    });
-    let scim = env.scim();
     for n in 0..20 {
         assert_eq!(
             scim.post("/Users", &user(&format!("u{n}@example.com")))
@@ -41,7 +36,10 @@ async fn a_standby_projector_takes_over_within_seconds_when_the_active_one_dies(
             201
         );
     }
-    assert!(!standby.is_active(), "the second projector must stand by");
+    assert!(
+        standby.active().is_empty(),
+        "the second projector must stand by"
+    );
 
     // The active projector dies (its lease connection with it).
     env.kill_projector().await;
@@ -49,7 +47,7 @@ async fn a_standby_projector_takes_over_within_seconds_when_the_active_one_dies(
     eventually(
         "the standby holds the lease",
         Duration::from_secs(5),
-        || async { standby.is_active() },
+        || async { standby.active() == [0] },
     )
     .await;
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -72,6 +70,6 @@ async fn a_standby_projector_takes_over_within_seconds_when_the_active_one_dies(
     )
     .await;
     assert_eq!(env.store.audit_count().await.unwrap(), head);
-    assert_eq!(scim.get("/Users").await.body["totalResults"], 31);
-    running.abort();
+    assert_eq!(scim.get("/Users").await.body["totalResults"], 32);
+    standby.stop().await;
 }

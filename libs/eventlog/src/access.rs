@@ -5,7 +5,9 @@
 //!   - `<tenant>.user.<user id>` → [`UserAccess`] (deleted users: the key is deleted);
 //!   - `<tenant>.group.<group id>` → [`GroupAccess`] (deleted groups: the key is deleted);
 //!   - `checkpoint` → [`AccessCheckpoint`], written after every batch: a watcher that has seen
-//!     it has seen every change up to that event sequence.
+//!     it has seen every change up to that event sequence. An installation with several
+//!     partitions (`crate::partition`) writes one per partition instead, `checkpoint.p<k>`,
+//!     each covering the changes of that partition's tenants.
 //! - Subject `<namespace>.revocations.<tenant>.<user id>` → [`Revocation`], live, as each
 //!   revocation happens (the same facts are also in the user's key).
 
@@ -15,7 +17,8 @@ use uuid::Uuid;
 
 use crate::namespace::Namespace;
 
-/// Opens the access bucket of `namespace`, creating it where it is missing.
+/// Opens the access bucket of `namespace`, creating it where it is missing, kept by the
+/// namespace's replica count.
 pub async fn open_bucket(
     jetstream: &async_nats::jetstream::Context,
     namespace: &Namespace,
@@ -24,6 +27,7 @@ pub async fn open_bucket(
         jetstream,
         &namespace.access_bucket(),
         "Rollcall access state (contract rollcall.access.*.v1)",
+        namespace.replicas(),
     )
     .await
 }
@@ -194,14 +198,24 @@ pub enum AccessKey {
     User(String, Uuid),
     /// A group's state.
     Group(String, Uuid),
-    /// The checkpoint.
-    Checkpoint,
+    /// A checkpoint: the installation's (`checkpoint`, `None`) or one partition's
+    /// (`checkpoint.p<k>`, `Some(k)`).
+    Checkpoint(Option<u16>),
 }
 
 /// Reads a key of the access bucket.
 pub fn parse_key(key: &str) -> Option<AccessKey> {
     if key == CHECKPOINT_KEY {
-        return Some(AccessKey::Checkpoint);
+        return Some(AccessKey::Checkpoint(None));
+    }
+    if let Some(partition) = key
+        .strip_prefix(CHECKPOINT_KEY)
+        .and_then(|rest| rest.strip_prefix(".p"))
+    {
+        return partition
+            .parse()
+            .ok()
+            .map(|k| AccessKey::Checkpoint(Some(k)));
     }
     let mut parts = key.split('.');
     let (tenant, kind, id) = (parts.next()?, parts.next()?, parts.next()?);
@@ -231,7 +245,12 @@ mod tests {
             parse_key(&group_key("acme", &id)),
             Some(AccessKey::Group("acme".into(), id))
         );
-        assert_eq!(parse_key("checkpoint"), Some(AccessKey::Checkpoint));
+        assert_eq!(parse_key("checkpoint"), Some(AccessKey::Checkpoint(None)));
+        assert_eq!(
+            parse_key("checkpoint.p3"),
+            Some(AccessKey::Checkpoint(Some(3)))
+        );
+        assert_eq!(parse_key("checkpoint.px"), None);
         assert_eq!(parse_key("acme.user.not-a-uuid"), None);
     }
 }

@@ -111,14 +111,15 @@ fn hashed(tenant: &str, kind: &str, key: &str) -> String {
 }
 
 impl Claims {
-    /// Opens the namespace's claims bucket, creating it if missing.
-    ///
+    /// Opens the namespace's claims bucket and writers bucket, creating them if missing, kept
+    /// by the namespace's replica count.
     pub async fn open(jetstream: &Context, namespace: &Namespace) -> Result<Self, LoadError> {
         let bucket = namespace.claims_bucket();
         let store = crate::kv::open_bucket(
             jetstream,
             &bucket,
             "Rollcall uniqueness claims (userName, group displayName)",
+            namespace.replicas(),
         )
         .await?;
         let writers = crate::kv::open_expiring_bucket(
@@ -126,13 +127,20 @@ impl Claims {
             &namespace.writers_bucket(),
             "Rollcall processes that write claims, alive while their entry is",
             WRITER_LEASE,
+            namespace.replicas(),
         )
         .await?;
         let writer = Uuid::new_v4();
-        writers
-            .put(writer.to_string(), Default::default())
-            .await
-            .map_err(nats)?;
+        // On a cluster, a bucket just created or given more replicas may refuse writes for a
+        // moment (no server yet answers for its subjects): try for a few seconds.
+        let started = std::time::Instant::now();
+        while let Err(error) = writers.put(writer.to_string(), Default::default()).await {
+            if started.elapsed() > std::time::Duration::from_secs(5) {
+                return Err(nats(error));
+            }
+            tracing::debug!(error = %error, "the writers bucket does not take writes yet; retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         let beating = writers.clone();
         let heartbeat = tokio::spawn(async move {
             let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));

@@ -1,11 +1,12 @@
 //! Durable consumers for projections: each keeps its checkpoint next to its effects (in
 //! PostgreSQL); the JetStream consumer is positioned from that checkpoint at start, so a crash
-//! or redelivery never applies an event twice or skips one.
+//! or redelivery never applies an event twice or skips one. A message holds one event or the
+//! events of one commit; checkpoints stay stream sequences (of messages).
 
 use async_nats::jetstream::consumer::{self, pull, PullConsumer};
 use tracing::{info, instrument};
 
-use crate::envelope::Envelope;
+use crate::envelope::{decode_commit, Envelope};
 use crate::log::{EventLog, LoadError};
 
 fn nats<E: std::fmt::Display>(error: E) -> LoadError {
@@ -15,8 +16,10 @@ fn nats<E: std::fmt::Display>(error: E) -> LoadError {
 /// One event read from a consumer.
 #[derive(Debug, Clone)]
 pub struct Delivered {
-    /// Its stream sequence.
+    /// The stream sequence of its message (the events of one commit share it).
     pub sequence: u64,
+    /// Its place in its message: 0 for the first (and for a message of one event).
+    pub position: u32,
     /// The envelope.
     pub envelope: Envelope,
 }
@@ -66,12 +69,76 @@ impl EventLog {
     }
 }
 
-/// Reads a consumed message.
-pub fn decode(message: &async_nats::jetstream::Message) -> Result<Delivered, LoadError> {
+/// Reads a consumed message: its events in order (one, or the events of a commit).
+pub fn decode(message: &async_nats::jetstream::Message) -> Result<Vec<Delivered>, LoadError> {
     let sequence = message.info().map_err(nats)?.stream_sequence;
-    let envelope = Envelope::from_bytes(&message.payload).map_err(|error| LoadError::Corrupt {
+    expand(sequence, &message.payload)
+}
+
+/// The events of the message at stream sequence `sequence`, with their positions.
+pub fn expand(sequence: u64, payload: &[u8]) -> Result<Vec<Delivered>, LoadError> {
+    let envelopes = decode_commit(payload).map_err(|error| LoadError::Corrupt {
         sequence,
         reason: error.to_string(),
     })?;
-    Ok(Delivered { sequence, envelope })
+    Ok(envelopes
+        .into_iter()
+        .enumerate()
+        .map(|(position, envelope)| Delivered {
+            sequence,
+            position: position as u32,
+            envelope,
+        })
+        .collect())
+}
+
+/// Delivered events grouped by message (commit), in order: a commit is applied, and
+/// quarantined, as a whole.
+pub fn commits(delivered: &[Delivered]) -> impl Iterator<Item = &[Delivered]> {
+    delivered.chunk_by(|a, b| a.sequence == b.sequence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{encode_commit, Actor};
+
+    fn envelope(version: u64) -> Envelope {
+        Envelope {
+            event_id: uuid::Uuid::from_u128(version as u128),
+            tenant: "t".into(),
+            aggregate_type: "group".into(),
+            aggregate_id: uuid::Uuid::from_u128(3),
+            version,
+            event_type: "group.members_added".into(),
+            schema_version: 1,
+            occurred_at: time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+            actor: Actor::Operator { name: "ops".into() },
+            request_id: None,
+            traceparent: None,
+            payload: serde_json::json!({"members": []}),
+        }
+    }
+
+    #[test]
+    fn a_commit_expands_into_its_events_with_positions_and_groups_back() {
+        let mut delivered = expand(5, &envelope(1).to_bytes()).unwrap();
+        delivered
+            .extend(expand(6, &encode_commit(&[envelope(2), envelope(3), envelope(4)])).unwrap());
+        let keys: Vec<(u64, u32, u64)> = delivered
+            .iter()
+            .map(|d| (d.sequence, d.position, d.envelope.version))
+            .collect();
+        assert_eq!(keys, vec![(5, 0, 1), (6, 0, 2), (6, 1, 3), (6, 2, 4)]);
+        let sizes: Vec<usize> = commits(&delivered).map(<[Delivered]>::len).collect();
+        assert_eq!(sizes, vec![1, 3]);
+    }
+
+    #[test]
+    fn an_unreadable_message_is_corrupt_at_its_sequence() {
+        assert!(matches!(
+            expand(9, b"[]"),
+            Err(LoadError::Corrupt { sequence: 9, .. })
+        ));
+    }
 }

@@ -8,7 +8,8 @@ use async_nats::HeaderMap;
 use futures::StreamExt;
 use tracing::instrument;
 
-use crate::envelope::Envelope;
+use crate::envelope::{decode_commit, encode_commit, Envelope, COMMIT_HEADER};
+use crate::fault;
 use crate::namespace::Namespace;
 
 /// How long the stream remembers message ids to drop duplicate publishes.
@@ -26,10 +27,10 @@ pub enum AppendError {
     /// NATS did not take the event.
     #[error("publishing to the event stream: {0}")]
     Publish(String),
-    /// An event is larger than the stream takes; nothing was appended.
-    #[error("an event of {size} bytes is larger than the {limit} bytes the event stream takes")]
+    /// A write's message is larger than the stream takes; nothing was appended.
+    #[error("a write of {size} bytes is larger than the {limit} bytes the event stream takes")]
     TooLarge {
-        /// The encoded event's size.
+        /// The encoded message's size (all events of the write).
         size: usize,
         /// The largest event the stream takes ([`EventLog::max_event_bytes`]).
         limit: usize,
@@ -55,9 +56,10 @@ pub enum LoadError {
 /// The events of one aggregate after a given sequence.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Loaded {
-    /// The envelopes, in order.
+    /// The envelopes, in order (the events of a commit in the commit's order).
     pub events: Vec<Envelope>,
-    /// The stream sequence of the aggregate's last event (0 if it has none).
+    /// The stream sequence of the aggregate's last message (0 if it has none): what the next
+    /// append expects. The events of one commit share it.
     pub last_sequence: u64,
 }
 
@@ -76,11 +78,16 @@ fn nats<E: std::fmt::Display>(error: E) -> LoadError {
 }
 
 impl EventLog {
-    /// Opens the namespace's stream, creating it if missing. Reads the server's
-    /// `max_payload`: events larger than it allows (less room for headers) are refused.
-    #[instrument(skip_all, fields(namespace = %namespace), err)]
+    /// Opens the namespace's stream, creating it if missing, kept by the namespace's replica
+    /// count (an existing stream with another count is changed to it; more than 1 on a server
+    /// that is not part of a cluster is refused). Reads the server's `max_payload`: events
+    /// larger than it allows (less room for headers) are refused.
+    #[instrument(skip_all, fields(namespace = %namespace, replicas = namespace.replicas()), err)]
     pub async fn open(client: async_nats::Client, namespace: Namespace) -> Result<Self, LoadError> {
-        let max_payload = client.server_info().max_payload;
+        let server = client.server_info();
+        let max_payload = server.max_payload;
+        let replicas = namespace.replicas();
+        crate::replicas::check_server(&server, replicas)?;
         let jetstream = jetstream::new(client);
         let config = stream::Config {
             name: namespace.stream(),
@@ -92,9 +99,17 @@ impl EventLog {
             allow_direct: true,
             duplicate_window: DUPLICATE_WINDOW,
             description: Some("Rollcall identity lifecycle events (immutable)".into()),
+            num_replicas: replicas,
             ..Default::default()
         };
-        let stream = jetstream.get_or_create_stream(config).await.map_err(nats)?;
+        let name = config.name.clone();
+        let mut stream = jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(|error| {
+                crate::replicas::error(&format!("opening stream {name}"), replicas, error)
+            })?;
+        crate::replicas::reconcile(&jetstream, &mut stream, replicas).await?;
         Ok(Self {
             jetstream,
             namespace,
@@ -143,11 +158,13 @@ impl EventLog {
         Ok(stream.info().await.map_err(nats)?.state.last_sequence)
     }
 
-    /// Appends events to one aggregate's subject, the first expecting the subject's last
-    /// sequence to be `expected` (0: no event yet). Returns the sequence of the last one.
+    /// Appends one write to an aggregate's subject as one message, expecting the subject's last
+    /// sequence to be `expected` (0: no event yet): the stream takes every event of the write or
+    /// none. Returns the message's stream sequence, which all of its events share.
     ///
-    /// Every event is encoded and measured first: if one is larger than
-    /// [`EventLog::max_event_bytes`], none is appended ([`AppendError::TooLarge`]).
+    /// One event is one message as it always was; several are one commit
+    /// ([`encode_commit`]). The whole message is measured first: if it is larger than
+    /// [`EventLog::max_event_bytes`], nothing is appended ([`AppendError::TooLarge`]).
     #[instrument(skip_all, fields(subject = %subject, expected, events = envelopes.len()), err)]
     pub async fn append(
         &self,
@@ -155,44 +172,35 @@ impl EventLog {
         expected: u64,
         envelopes: &[Envelope],
     ) -> Result<u64, AppendError> {
-        let encoded: Vec<Vec<u8>> = envelopes.iter().map(Envelope::to_bytes).collect();
-        if let Some(size) = encoded
-            .iter()
-            .map(Vec::len)
-            .find(|size| *size > self.max_event_bytes)
-        {
+        if envelopes.is_empty() {
+            return Ok(expected);
+        }
+        let payload = encode_commit(envelopes);
+        if payload.len() > self.max_event_bytes {
             return Err(AppendError::TooLarge {
-                size,
+                size: payload.len(),
                 limit: self.max_event_bytes,
             });
         }
-        let mut expected = expected;
-        for (envelope, bytes) in envelopes.iter().zip(encoded) {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", envelope.event_id.to_string().as_str());
-            headers.insert(
-                "Nats-Expected-Last-Subject-Sequence",
-                expected.to_string().as_str(),
-            );
-            headers.insert("Rollcall-Event-Type", envelope.event_type.as_str());
-            if let Some(traceparent) = &envelope.traceparent {
-                headers.insert("traceparent", traceparent.as_str());
-            }
-            let ack = self
-                .jetstream
-                .publish_with_headers(subject.to_owned(), headers, bytes.into())
-                .await
-                .map_err(|error| AppendError::Publish(error.to_string()))?
-                .await
-                .map_err(|error| match error.kind() {
-                    jetstream::context::PublishErrorKind::WrongLastSequence => {
-                        AppendError::Conflict { expected }
-                    }
-                    _ => AppendError::Publish(error.to_string()),
-                })?;
-            expected = ack.sequence;
+        let headers = commit_headers(envelopes, expected);
+        fault::point(fault::APPEND_ENCODED);
+        let sent = self
+            .jetstream
+            .publish_with_headers(subject.to_owned(), headers, payload.into())
+            .await
+            .map_err(|error| AppendError::Publish(error.to_string()))?;
+        if fault::armed(fault::APPEND_SENT) {
+            // The message must have left this process before it dies at this point.
+            let _ = self.jetstream.client().flush().await;
+            fault::point(fault::APPEND_SENT);
         }
-        Ok(expected)
+        let ack = sent.await.map_err(|error| match error.kind() {
+            jetstream::context::PublishErrorKind::WrongLastSequence => {
+                AppendError::Conflict { expected }
+            }
+            _ => AppendError::Publish(error.to_string()),
+        })?;
+        Ok(ack.sequence)
     }
 
     /// The stream sequence of a subject's last event (0 if it has none).
@@ -214,28 +222,39 @@ impl EventLog {
                 last_sequence: last_sequence.max(after),
             });
         }
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subject.to_owned(),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(nats)?;
+        // An ephemeral ordered consumer reads a long history fast. NATS 2.9 may place it on a
+        // cluster node that was killed (a node that dies without a word is not known to be
+        // offline), and its creation then never answers: after a short wait the aggregate is
+        // read message by message from the stream leader instead (`STREAM.MSG.GET` with
+        // `next_by_subj`), which needs no consumer.
+        let create = self.stream.create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ..Default::default()
+        });
+        let consumer = match tokio::time::timeout(ORDERED_CONSUMER_WAIT, create).await {
+            Ok(consumer) => consumer.map_err(nats)?,
+            Err(_) => {
+                let events = self.load_by_message(subject, after, last_sequence).await?;
+                return Ok(Loaded {
+                    events,
+                    last_sequence,
+                });
+            }
+        };
         let mut messages = consumer.messages().await.map_err(nats)?;
         let mut events = Vec::new();
         while let Some(message) = messages.next().await {
             let message = message.map_err(nats)?;
             let sequence = message.info().map_err(nats)?.stream_sequence;
-            let envelope =
-                Envelope::from_bytes(&message.payload).map_err(|error| LoadError::Corrupt {
+            let envelopes =
+                decode_commit(&message.payload).map_err(|error| LoadError::Corrupt {
                     sequence,
                     reason: error.to_string(),
                 })?;
-            events.push(envelope);
+            events.extend(envelopes);
             if sequence >= last_sequence {
                 break;
             }
@@ -244,5 +263,120 @@ impl EventLog {
             events,
             last_sequence,
         })
+    }
+
+    /// Reads one aggregate's events in `after + 1..=last_sequence` message by message from the
+    /// stream leader: no consumer, one request per message.
+    async fn load_by_message(
+        &self,
+        subject: &str,
+        after: u64,
+        last_sequence: u64,
+    ) -> Result<Vec<Envelope>, LoadError> {
+        let mut events = Vec::new();
+        let mut next = after + 1;
+        while next <= last_sequence {
+            let message = self
+                .stream
+                .raw_message_builder()
+                .sequence(next)
+                .next_by_subject(subject.to_owned())
+                .send()
+                .await
+                .map_err(nats)?;
+            let sequence = message.sequence;
+            if sequence > last_sequence {
+                break;
+            }
+            let envelopes =
+                decode_commit(&message.payload).map_err(|error| LoadError::Corrupt {
+                    sequence,
+                    reason: error.to_string(),
+                })?;
+            events.extend(envelopes);
+            next = sequence + 1;
+        }
+        Ok(events)
+    }
+}
+
+/// How long [`EventLog::load`] waits for its ordered consumer before it reads message by
+/// message instead.
+const ORDERED_CONSUMER_WAIT: Duration = Duration::from_secs(2);
+
+/// The headers of one write's message. One event has the headers every message had before
+/// commits existed; a commit adds [`COMMIT_HEADER`] and names every event type, in order.
+fn commit_headers(envelopes: &[Envelope], expected: u64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(first) = envelopes.first() {
+        // The first event's id names the write: a retried publish of it is dropped.
+        headers.insert("Nats-Msg-Id", first.event_id.to_string().as_str());
+    }
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        expected.to_string().as_str(),
+    );
+    let types: Vec<&str> = envelopes.iter().map(|e| e.event_type.as_str()).collect();
+    headers.insert("Rollcall-Event-Type", types.join(",").as_str());
+    if envelopes.len() > 1 {
+        headers.insert(COMMIT_HEADER, envelopes.len().to_string().as_str());
+    }
+    if let Some(traceparent) = envelopes.first().and_then(|e| e.traceparent.as_ref()) {
+        headers.insert("traceparent", traceparent.as_str());
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Actor;
+
+    fn envelope(version: u64, event_type: &str) -> Envelope {
+        Envelope {
+            event_id: uuid::Uuid::from_u128(version as u128),
+            tenant: "t".into(),
+            aggregate_type: "user".into(),
+            aggregate_id: uuid::Uuid::from_u128(7),
+            version,
+            event_type: event_type.into(),
+            schema_version: 1,
+            occurred_at: time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+            actor: Actor::Operator { name: "ops".into() },
+            request_id: None,
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            payload: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn a_single_event_has_the_headers_it_always_had() {
+        let one = envelope(4, "user.deactivated");
+        let mut before = HeaderMap::new();
+        before.insert("Nats-Msg-Id", one.event_id.to_string().as_str());
+        before.insert("Nats-Expected-Last-Subject-Sequence", "41");
+        before.insert("Rollcall-Event-Type", "user.deactivated");
+        before.insert("traceparent", one.traceparent.as_deref().unwrap());
+        assert_eq!(commit_headers(std::slice::from_ref(&one), 41), before);
+    }
+
+    #[test]
+    fn a_commit_is_named_by_its_first_event_and_counts_its_events() {
+        let events = [
+            envelope(2, "user.attributes_changed"),
+            envelope(3, "user.deactivated"),
+        ];
+        let headers = commit_headers(&events, 9);
+        let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+        assert_eq!(get("Nats-Msg-Id"), Some(events[0].event_id.to_string()));
+        assert_eq!(
+            get("Nats-Expected-Last-Subject-Sequence").as_deref(),
+            Some("9")
+        );
+        assert_eq!(get(COMMIT_HEADER).as_deref(), Some("2"));
+        assert_eq!(
+            get("Rollcall-Event-Type").as_deref(),
+            Some("user.attributes_changed,user.deactivated")
+        );
     }
 }

@@ -2,9 +2,21 @@
 //! subjects, key-value buckets and notification subjects. Several installations, and every
 //! test, share one NATS server safely by using different namespaces.
 
-/// A validated namespace.
+/// A validated namespace, with the number of replicas (servers of a JetStream cluster) that
+/// keep each stream and key-value bucket Rollcall creates in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Namespace(String);
+pub struct Namespace {
+    name: String,
+    replicas: usize,
+}
+
+/// The most replicas JetStream keeps of a stream.
+pub const MAX_REPLICAS: usize = 5;
+
+/// Why a replica count cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ROLLCALL_REPLICAS is {0}: a stream has 1 to 5 replicas (1 on a single server, 3 on a three-node cluster)")]
+pub struct InvalidReplicas(pub usize);
 
 /// Why a name cannot be used in subjects.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,48 +47,67 @@ impl Namespace {
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
         let name = name.into();
         check_name(&name)?;
-        Ok(Self(name))
+        Ok(Self { name, replicas: 1 })
+    }
+
+    /// The same namespace whose streams and buckets are kept by `replicas` servers (1 to
+    /// [`MAX_REPLICAS`]; more than 1 needs a JetStream cluster). Opening a stream or bucket
+    /// that exists with another count changes it to this one.
+    pub fn with_replicas(self, replicas: usize) -> Result<Self, InvalidReplicas> {
+        if (1..=MAX_REPLICAS).contains(&replicas) {
+            Ok(Self { replicas, ..self })
+        } else {
+            Err(InvalidReplicas(replicas))
+        }
+    }
+
+    /// How many servers keep each stream and bucket (1 unless set).
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// The namespace itself.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
     }
 
     /// The events stream: `ROLLCALL_EVENTS` for `rollcall`.
     pub fn stream(&self) -> String {
-        format!("{}_EVENTS", self.0.to_ascii_uppercase().replace('-', "_"))
+        format!(
+            "{}_EVENTS",
+            self.name.to_ascii_uppercase().replace('-', "_")
+        )
     }
 
     /// Every event subject of the installation.
     pub fn all_events(&self) -> String {
-        format!("{}.events.>", self.0)
+        format!("{}.events.>", self.name)
     }
 
     /// One aggregate's subject.
     pub fn aggregate_subject(&self, tenant: &str, aggregate: &str, id: &uuid::Uuid) -> String {
-        format!("{}.events.{tenant}.{aggregate}.{id}", self.0)
+        format!("{}.events.{tenant}.{aggregate}.{id}", self.name)
     }
 
     /// The key-value bucket of uniqueness claims.
     pub fn claims_bucket(&self) -> String {
-        format!("{}_claims", self.0.replace('-', "_"))
+        format!("{}_claims", self.name.replace('-', "_"))
     }
 
     /// The bucket in which each process that writes claims says it is alive.
     pub fn writers_bucket(&self) -> String {
-        format!("{}_writers", self.0.replace('-', "_"))
+        format!("{}_writers", self.name.replace('-', "_"))
     }
 
     /// Where a consumer announces the stream sequence it has applied.
     pub fn checkpoint_subject(&self, consumer: &str) -> String {
-        format!("{}.checkpoints.{consumer}", self.0)
+        format!("{}.checkpoints.{consumer}", self.name)
     }
 }
 
 impl std::fmt::Display for Namespace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.name)
     }
 }
 
@@ -94,6 +125,17 @@ mod tests {
             format!("rollcall.events.default.user.{id}")
         );
         assert_eq!(Namespace::new("t-1").unwrap().claims_bucket(), "t_1_claims");
+    }
+
+    #[test]
+    fn a_namespace_keeps_one_replica_unless_given_one_to_five() {
+        let ns = Namespace::new("rollcall").unwrap();
+        assert_eq!(ns.replicas(), 1);
+        assert_eq!(ns.clone().with_replicas(3).unwrap().replicas(), 3);
+        assert_eq!(ns.clone().with_replicas(5).unwrap().replicas(), 5);
+        assert_eq!(ns.clone().with_replicas(0), Err(InvalidReplicas(0)));
+        assert_eq!(ns.with_replicas(6), Err(InvalidReplicas(6)));
+        assert!(InvalidReplicas(6).to_string().contains("ROLLCALL_REPLICAS"));
     }
 
     #[test]

@@ -15,6 +15,8 @@ use crate::{Store, StoreError};
 pub struct RevocationRow {
     /// The event's stream sequence.
     pub sequence: i64,
+    /// The event's place in its message (0 unless the message is a commit of several events).
+    pub position: i32,
     /// The event.
     pub event_id: Uuid,
     /// The tenant.
@@ -85,10 +87,11 @@ pub struct UserAccessRow {
 /// Records a revocation.
 pub async fn record(connection: &mut PgConnection, row: &RevocationRow) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO revocation (sequence, event_id, tenant, user_id, session_id, not_before, reason, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO revocation (sequence, position, event_id, tenant, user_id, session_id, not_before, reason, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(row.sequence)
+    .bind(row.position)
     .bind(row.event_id)
     .bind(&row.tenant)
     .bind(row.user_id)
@@ -132,6 +135,28 @@ impl Store {
         .await?)
     }
 
+    /// The oldest outbox entries of partition `index` of `partitions` (every entry when the
+    /// installation has one partition).
+    pub async fn outbox_of(
+        &self,
+        index: u16,
+        partitions: u16,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        if partitions <= 1 {
+            return self.outbox(limit).await;
+        }
+        Ok(sqlx::query_as::<_, OutboxRow>(
+            "SELECT id, sequence, kind, tenant, subject_id, payload FROM access_outbox
+             WHERE rollcall_partition(tenant, $2) = $3 ORDER BY id LIMIT $1",
+        )
+        .bind(limit as i64)
+        .bind(i32::from(partitions))
+        .bind(i32::from(index))
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// Removes published outbox entries.
     pub async fn clear_outbox(&self, up_to: i64) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM access_outbox WHERE id <= $1")
@@ -163,7 +188,7 @@ impl Store {
             return Ok(None);
         };
         let revocations: Vec<(Option<String>, Option<OffsetDateTime>, OffsetDateTime)> = sqlx::query_as(
-            "SELECT session_id, not_before, created_at FROM revocation WHERE tenant = $1 AND user_id = $2 ORDER BY sequence",
+            "SELECT session_id, not_before, created_at FROM revocation WHERE tenant = $1 AND user_id = $2 ORDER BY sequence, position",
         )
         .bind(tenant)
         .bind(id)
@@ -199,8 +224,8 @@ impl Store {
         user: Uuid,
     ) -> Result<Vec<RevocationRow>, StoreError> {
         Ok(sqlx::query_as::<_, RevocationRow>(
-            "SELECT sequence, event_id, tenant, user_id, session_id, not_before, reason, created_at
-             FROM revocation WHERE tenant = $1 AND user_id = $2 ORDER BY sequence",
+            "SELECT sequence, position, event_id, tenant, user_id, session_id, not_before, reason, created_at
+             FROM revocation WHERE tenant = $1 AND user_id = $2 ORDER BY sequence, position",
         )
         .bind(tenant)
         .bind(user)

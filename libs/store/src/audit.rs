@@ -1,5 +1,6 @@
-//! The `audit_event` table: every event with its stream sequence, tenant, aggregate, type,
-//! actor, time, request, trace and payload.
+//! The `audit_event` table: every event with its stream sequence and position (the events of
+//! one write share a sequence), tenant, aggregate, type, actor, time, request, trace and
+//! payload. Stream order is `(sequence, position)`.
 
 use serde_json::Value;
 use sqlx::types::Json;
@@ -16,6 +17,8 @@ use crate::{Store, StoreError};
 pub struct AuditRow {
     /// Its stream sequence.
     pub sequence: i64,
+    /// Its place in its message (0 unless the message is a commit of several events).
+    pub position: i32,
     /// The event's id.
     pub event_id: Uuid,
     /// The tenant.
@@ -49,16 +52,17 @@ pub struct AuditRow {
 }
 
 /// The columns of an audit row, in `AuditRow` order.
-pub const COLUMNS: &str = "sequence, event_id, tenant, aggregate_type, aggregate_id, version, event_type, schema_version, actor, request_id, trace_id, traceparent, occurred_at, payload, prev_hash, hash";
+pub const COLUMNS: &str = "sequence, position, event_id, tenant, aggregate_type, aggregate_id, version, event_type, schema_version, actor, request_id, trace_id, traceparent, occurred_at, payload, prev_hash, hash";
 
 /// Records an event.
 pub async fn insert(connection: &mut PgConnection, row: &AuditRow) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO audit_event (sequence, event_id, tenant, aggregate_type, aggregate_id, version, event_type,
+        "INSERT INTO audit_event (sequence, position, event_id, tenant, aggregate_type, aggregate_id, version, event_type,
                                   schema_version, actor, request_id, trace_id, traceparent, occurred_at, payload, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(row.sequence)
+    .bind(row.position)
     .bind(row.event_id)
     .bind(&row.tenant)
     .bind(&row.aggregate_type)
@@ -118,7 +122,7 @@ impl Store {
         tenant: &str,
         aggregate_id: Uuid,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        Ok(sqlx::query_as::<_, AuditRow>(&format!("SELECT {COLUMNS} FROM audit_event WHERE tenant = $1 AND aggregate_id = $2 ORDER BY sequence"))
+        Ok(sqlx::query_as::<_, AuditRow>(&format!("SELECT {COLUMNS} FROM audit_event WHERE tenant = $1 AND aggregate_id = $2 ORDER BY sequence, position"))
         .bind(tenant)
         .bind(aggregate_id)
         .fetch_all(self.pool())
@@ -157,18 +161,39 @@ pub struct AuditQuery {
     pub from: Option<OffsetDateTime>,
     /// Only events before this instant.
     pub to: Option<OffsetDateTime>,
-    /// Only events after this stream sequence (keyset pagination).
+    /// Only events after this stream sequence (keyset pagination: a page ends with a whole
+    /// message, so that the next one starts after it).
     pub after: Option<i64>,
     /// At most this many.
     pub limit: i64,
 }
 
 impl Store {
-    /// Events of a tenant matching a query, in stream order.
+    /// Events of a tenant matching a query, in stream order: `query.limit` of them, and more
+    /// when the last one's message (a commit) has more that match, so that a page never ends
+    /// within a message and the next page may start after its sequence.
     pub async fn audit_search(
         &self,
         tenant: &str,
         query: &AuditQuery,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut rows = self.audit_search_page(tenant, query, None).await?;
+        if rows.len() as i64 >= query.limit {
+            if let Some(last) = rows.last() {
+                let rest = (last.sequence, last.position);
+                rows.extend(self.audit_search_page(tenant, query, Some(rest)).await?);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// A page of [`Store::audit_search`]; with `rest`, the events of that message after that
+    /// position instead.
+    async fn audit_search_page(
+        &self,
+        tenant: &str,
+        query: &AuditQuery,
+        rest: Option<(i64, i32)>,
     ) -> Result<Vec<AuditRow>, StoreError> {
         Ok(sqlx::query_as::<_, AuditRow>(&format!(
             "SELECT {COLUMNS} FROM audit_event
@@ -179,7 +204,8 @@ impl Store {
                AND ($5::timestamptz IS NULL OR occurred_at >= $5)
                AND ($6::timestamptz IS NULL OR occurred_at < $6)
                AND ($7::bigint IS NULL OR sequence > $7)
-             ORDER BY sequence LIMIT $8"
+               AND ($9::bigint IS NULL OR (sequence = $9 AND position > $10))
+             ORDER BY sequence, position LIMIT $8"
         ))
         .bind(tenant)
         .bind(&query.event_type)
@@ -188,7 +214,10 @@ impl Store {
         .bind(query.from)
         .bind(query.to)
         .bind(query.after)
-        .bind(query.limit)
+        // LIMIT NULL is no limit: the rest of one message.
+        .bind(rest.is_none().then_some(query.limit))
+        .bind(rest.map(|(sequence, _)| sequence))
+        .bind(rest.map_or(0, |(_, position)| position))
         .fetch_all(self.pool())
         .await?)
     }
@@ -286,7 +315,7 @@ impl Store {
                  (event_type IN ('group.created', 'group.members_added')
                      AND payload->'members' @> jsonb_build_array(jsonb_build_object('value', $2::text)))
               OR (event_type = 'group.members_removed' AND payload->'members' ? $2::text))
-             ORDER BY sequence"
+             ORDER BY sequence, position"
         ))
         .bind(tenant)
         .bind(user.to_string())
@@ -304,6 +333,7 @@ pub async fn insert_many(
         let mut builder = sqlx::QueryBuilder::new(format!("INSERT INTO audit_event ({COLUMNS}) "));
         builder.push_values(chunk, |mut b, row| {
             b.push_bind(row.sequence)
+                .push_bind(row.position)
                 .push_bind(row.event_id)
                 .push_bind(&row.tenant)
                 .push_bind(&row.aggregate_type)

@@ -12,9 +12,11 @@ pub mod checkpoint;
 pub mod group;
 pub mod lookup_key;
 mod page;
+pub mod partition;
 pub mod quarantine;
 pub mod rebuild;
 pub mod request_log;
+pub mod secrets;
 pub mod tenant;
 pub mod user;
 
@@ -178,8 +180,10 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
             let statement = format!("CREATE DATABASE \"{}\"", database.replace('"', "\"\""));
             match sqlx::query(&statement).execute(&mut admin).await {
                 Ok(_) => info!(database = %database, "created database"),
-                // 42P04: duplicate_database (created concurrently).
-                Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P04") => {}
+                // 42P04: duplicate_database; 23505: the catalog's unique index caught two
+                // processes creating it at once. Either way it exists now.
+                Err(sqlx::Error::Database(error))
+                    if matches!(error.code().as_deref(), Some("42P04" | "23505")) => {}
                 Err(error) => return Err(error.into()),
             }
             Ok(())

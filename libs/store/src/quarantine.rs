@@ -3,6 +3,11 @@
 //! (in its projection transaction); read by the SCIM API (writes to a quarantined resource
 //! answer `503`), the access publisher (users a quarantine concerns are denied), `rollcall
 //! status` and `rollcall projector quarantine list`.
+//!
+//! An event is identified by its stream sequence and its position in its message. A commit (one
+//! write of several events, one message) is quarantined and resolved as a whole: a row per
+//! event, all with the commit's sequence, and [`resolve`] and [`failed_again`] act on all of
+//! them.
 
 use sqlx::PgConnection;
 use time::OffsetDateTime;
@@ -40,6 +45,8 @@ impl Status {
 pub struct QuarantineRow {
     /// Its stream sequence.
     pub sequence: i64,
+    /// Its place in its message (0 unless the message is a commit of several events).
+    pub position: i32,
     /// Its event id.
     pub event_id: Uuid,
     /// The tenant.
@@ -72,13 +79,15 @@ pub struct QuarantineRow {
     pub resolution: Option<String>,
 }
 
-const COLUMNS: &str = "sequence, event_id, tenant, aggregate_type, aggregate_id, event_type, status, error, envelope, affected_users, audited, attempts, quarantined_at, resolved_at, resolved_by, resolution";
+const COLUMNS: &str = "sequence, position, event_id, tenant, aggregate_type, aggregate_id, event_type, status, error, envelope, affected_users, audited, attempts, quarantined_at, resolved_at, resolved_by, resolution";
 
 /// One event to quarantine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewQuarantine<'a> {
     /// Its stream sequence.
     pub sequence: u64,
+    /// Its place in its message.
+    pub position: u32,
     /// Its event id.
     pub event_id: Uuid,
     /// The tenant.
@@ -114,10 +123,11 @@ pub async fn record(
     entry: &NewQuarantine<'_>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO projection_quarantine (sequence, event_id, tenant, aggregate_type, aggregate_id, event_type, status, error, envelope, affected_users, audited, attempts)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "INSERT INTO projection_quarantine (sequence, position, event_id, tenant, aggregate_type, aggregate_id, event_type, status, error, envelope, affected_users, audited, attempts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(entry.sequence as i64)
+    .bind(entry.position as i32)
     .bind(entry.event_id)
     .bind(storable(entry.tenant))
     .bind(storable(entry.aggregate_type))
@@ -153,7 +163,7 @@ pub async fn unresolved(
 ) -> Result<Vec<QuarantineRow>, StoreError> {
     Ok(sqlx::query_as::<_, QuarantineRow>(&format!(
         "SELECT {COLUMNS} FROM projection_quarantine
-         WHERE tenant = $1 AND aggregate_id = $2 AND resolved_at IS NULL ORDER BY sequence FOR UPDATE"
+         WHERE tenant = $1 AND aggregate_id = $2 AND resolved_at IS NULL ORDER BY sequence, position FOR UPDATE"
     ))
     .bind(tenant)
     .bind(aggregate_id)
@@ -161,7 +171,7 @@ pub async fn unresolved(
     .await?)
 }
 
-/// Resolves one quarantined event.
+/// Resolves the quarantined message at `sequence`: its event, or every event of its commit.
 pub async fn resolve(
     connection: &mut PgConnection,
     sequence: i64,
@@ -182,7 +192,8 @@ pub async fn resolve(
     Ok(())
 }
 
-/// Records another failed attempt at an unresolved event (it becomes the one that failed).
+/// Records another failed attempt at an unresolved message, every event of a commit (it becomes
+/// the one that failed).
 pub async fn failed_again(
     connection: &mut PgConnection,
     sequence: i64,
@@ -219,17 +230,17 @@ impl Store {
     /// The quarantined events (unresolved only, unless `all`), oldest first.
     pub async fn quarantine(&self, all: bool) -> Result<Vec<QuarantineRow>, StoreError> {
         Ok(sqlx::query_as::<_, QuarantineRow>(&format!(
-            "SELECT {COLUMNS} FROM projection_quarantine WHERE $1 OR resolved_at IS NULL ORDER BY sequence"
+            "SELECT {COLUMNS} FROM projection_quarantine WHERE $1 OR resolved_at IS NULL ORDER BY sequence, position"
         ))
         .bind(all)
         .fetch_all(self.pool())
         .await?)
     }
 
-    /// One quarantined event.
+    /// The quarantined message at `sequence`: its event, or the first event of its commit.
     pub async fn quarantined(&self, sequence: u64) -> Result<Option<QuarantineRow>, StoreError> {
         Ok(sqlx::query_as::<_, QuarantineRow>(&format!(
-            "SELECT {COLUMNS} FROM projection_quarantine WHERE sequence = $1"
+            "SELECT {COLUMNS} FROM projection_quarantine WHERE sequence = $1 ORDER BY position LIMIT 1"
         ))
         .bind(sequence as i64)
         .fetch_optional(self.pool())
@@ -245,7 +256,7 @@ impl Store {
     ) -> Result<Option<(i64, String)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT sequence, event_type FROM projection_quarantine
-             WHERE tenant = $1 AND aggregate_id = $2 AND resolved_at IS NULL ORDER BY sequence LIMIT 1",
+             WHERE tenant = $1 AND aggregate_id = $2 AND resolved_at IS NULL ORDER BY sequence, position LIMIT 1",
         )
         .bind(tenant)
         .bind(aggregate_id)

@@ -6,13 +6,24 @@
 //! its cause (never shown to the client); a `503` the client should retry at `warn` with its
 //! cause; a refusal at `info` with its status and a stable keyword only, because its detail may
 //! echo client input (a filter's userName).
+//!
+//! The same layer counts every request and times it ([`crate::metrics::HTTP_REQUESTS`],
+//! [`crate::metrics::HTTP_REQUEST_DURATION`]) by the matched route template, never the path; a
+//! SCIM error adds its `scimType` through a [`ScimType`] on the response. [`metrics`] is the
+//! `GET /metrics` handler every router mounts.
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::extract::MatchedPath;
-use http::{Request, Response};
+use axum::response::IntoResponse;
+use http::{Method, Request, Response};
+use tower::layer::util::Stack;
+use tower::{Layer, Service};
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
 use tracing::field::Empty;
@@ -114,21 +125,143 @@ impl<B> OnResponse<B> for LogErrors {
     }
 }
 
-/// The layer type [`layer`] returns.
+/// The request span and error log half of [`layer`].
 pub type RequestTraceLayer =
     TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), LogErrors, (), (), ()>;
 
-/// The shared request span and error log of the service named `service` (`scim`, `audit`,
-/// `access`). Apply it as the router's outermost layer, where axum's `MatchedPath` is known.
-/// tower-http's own failure log is off: each error is logged once, by [`LogErrors`].
-pub fn layer(service: &'static str) -> RequestTraceLayer {
-    TraceLayer::new_for_http()
+/// The layer type [`layer`] returns: the request span outermost, the request metrics inside it.
+pub type RequestLayer = Stack<RequestMetricsLayer, RequestTraceLayer>;
+
+/// The shared request span, error log and request metrics of the service named `service`
+/// (`scim`, `audit`, `access`). Apply it as the router's outermost layer, where axum's
+/// `MatchedPath` is known. tower-http's own failure log is off: each error is logged once, by
+/// [`LogErrors`].
+pub fn layer(service: &'static str) -> RequestLayer {
+    let trace = TraceLayer::new_for_http()
         .make_span_with(RequestSpan { service })
         .on_request(())
         .on_response(LogErrors)
         .on_body_chunk(())
         .on_eos(())
-        .on_failure(())
+        .on_failure(());
+    Stack::new(RequestMetricsLayer::new(service), trace)
+}
+
+/// The SCIM error keyword (RFC 7644 §3.12 `scimType`) of a response, attached by the SCIM
+/// API's error type: the `scim_type` label of [`crate::metrics::HTTP_REQUESTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScimType(pub &'static str);
+
+impl ScimType {
+    /// Attaches this keyword to `response`.
+    pub fn attach<B>(self, response: &mut Response<B>) {
+        response.extensions_mut().insert(self);
+    }
+}
+
+/// `GET /metrics`: every metric of this process, as Prometheus text.
+pub async fn metrics() -> axum::response::Response {
+    (
+        [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// Counts and times requests by route template, method and status (see [`layer`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestMetricsLayer {
+    service: &'static str,
+}
+
+impl RequestMetricsLayer {
+    /// The request metrics of the service named `service`; installs the recorder.
+    pub fn new(service: &'static str) -> Self {
+        crate::metrics::install();
+        Self { service }
+    }
+}
+
+impl<S> Layer<S> for RequestMetricsLayer {
+    type Service = RequestMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestMetrics {
+            inner,
+            service: self.service,
+        }
+    }
+}
+
+/// The service [`RequestMetricsLayer`] wraps around a route.
+#[derive(Debug, Clone)]
+pub struct RequestMetrics<S> {
+    inner: S,
+    service: &'static str,
+}
+
+/// The method as a label: one of the standard methods, or `other` (a client chooses the
+/// method, and each label value is a time series of its own).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestMetrics<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let started = Instant::now();
+        let service = self.service;
+        let method = method_label(request.method());
+        // The template (`/scim/v2/Users/{id}`), never the path: no ids in label values.
+        let route = request.extensions().get::<MatchedPath>().map_or_else(
+            || Arc::from("unmatched"),
+            |path| Arc::<str>::from(path.as_str()),
+        );
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let status = response.status().as_u16().to_string();
+            let scim_type = response.extensions().get::<ScimType>().map(|t| t.0);
+            let labels = [
+                ("service", service.to_owned()),
+                ("method", method.to_owned()),
+                ("route", route.to_string()),
+                ("status", status),
+            ];
+            match scim_type {
+                Some(scim_type) => {
+                    let mut with_type = labels.to_vec();
+                    with_type.push(("scim_type", scim_type.to_owned()));
+                    ::metrics::counter!(crate::metrics::HTTP_REQUESTS, &with_type).increment(1);
+                }
+                None => ::metrics::counter!(crate::metrics::HTTP_REQUESTS, &labels).increment(1),
+            }
+            ::metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, &labels)
+                .record(started.elapsed().as_secs_f64());
+            Ok(response)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -160,7 +293,12 @@ mod tests {
     }
 
     async fn request(router: Router, path: &str) {
+        request_with(router, Method::GET, path).await;
+    }
+
+    async fn request_with(router: Router, method: Method, path: &str) {
         let request = Request::builder()
+            .method(method)
             .uri(path)
             .body(axum::body::Body::empty())
             .expect("request");
@@ -199,5 +337,78 @@ mod tests {
         // Refusals are `info`: below what the capture keeps, and never the response body.
         assert!(!logs.iter().any(|l| l.contains("marker-keyword-9c1e")));
         assert!(!logs.iter().any(|l| l.contains("secret@example.com")));
+    }
+
+    async fn conflicts() -> Response<axum::body::Body> {
+        let mut response = Response::new(axum::body::Body::from("{}"));
+        *response.status_mut() = http::StatusCode::CONFLICT;
+        ScimType("uniqueness").attach(&mut response);
+        response
+    }
+
+    async fn breaks() -> Response<axum::body::Body> {
+        let mut response = Response::new(axum::body::Body::from("{}"));
+        *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        response
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_by_route_template_method_status_and_scim_type() {
+        let router = Router::new()
+            .route("/things/{id}", get(conflicts).post(breaks))
+            .route("/metrics", get(metrics))
+            .layer(layer("unit-test-http"));
+        request(router.clone(), "/things/7c0a-secret-id").await;
+        request(router.clone(), "/things/another-id").await;
+        request_with(router.clone(), Method::POST, "/things/x").await;
+        request_with(
+            router.clone(),
+            Method::from_bytes(b"BREW").unwrap(),
+            "/nowhere",
+        )
+        .await;
+        let text = crate::metrics::render();
+        let count =
+            |labels: &str| crate::metrics::sample(&text, crate::metrics::HTTP_REQUESTS, labels);
+        assert_eq!(
+            count("service=\"unit-test-http\",method=\"GET\",route=\"/things/{id}\",status=\"409\",scim_type=\"uniqueness\""),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            count(
+                "service=\"unit-test-http\",method=\"POST\",route=\"/things/{id}\",status=\"500\""
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            count("service=\"unit-test-http\",method=\"other\",route=\"unmatched\",status=\"404\""),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(!text.contains("secret-id"), "{text}");
+        assert_eq!(
+            crate::metrics::sample(
+                &text,
+                "rollcall_http_request_duration_seconds_count",
+                "service=\"unit-test-http\",method=\"GET\",route=\"/things/{id}\",status=\"409\""
+            ),
+            Some(2.0),
+            "{text}"
+        );
+        let response = router
+            .oneshot(
+                Request::builder()
+                    .uri("/metrics")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(response.headers()[http::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
     }
 }

@@ -1,13 +1,15 @@
 //! rollcall-telemetry: tracing for every Rollcall process (JSON logs filtered by `RUST_LOG`),
 //! OpenTelemetry export over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C trace
 //! context carried over HTTP and NATS headers; [`http::layer`] is the request span and error log
-//! every HTTP service shares.
+//! every HTTP service shares, with its request metrics; [`metrics`] is the process's Prometheus
+//! recorder that every role's `/metrics` renders.
 //!
 //! Spans always get trace ids (the OpenTelemetry layer is installed even without an exporter),
 //! so that logs, event envelopes and audit records name the trace of the request that caused them.
 #![warn(missing_docs)]
 
 pub mod http;
+pub mod metrics;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -48,8 +50,10 @@ impl Drop for Telemetry {
 }
 
 /// Installs the global subscriber: `RUST_LOG` filter (default `info`), JSON logs on stderr, and
-/// the OpenTelemetry layer (exporting to `OTEL_EXPORTER_OTLP_ENDPOINT` when it is set).
+/// the OpenTelemetry layer (exporting to `OTEL_EXPORTER_OTLP_ENDPOINT` when it is set); and the
+/// metrics recorder ([`metrics::install`]).
 pub fn init(service: &'static str) -> Result<Telemetry, TelemetryError> {
+    metrics::install();
     let exporting = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty());
     let provider = provider(service, exporting)?;
     let tracer = provider.tracer(service);

@@ -68,6 +68,8 @@ pub struct Decision {
     pub outcome: Outcome,
     /// Why, for logs and the decision API.
     pub reason: String,
+    /// Why, as a keyword (the `reason` label of the decision metrics).
+    pub code: ReasonCode,
     /// The application, if one matched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub application: Option<String>,
@@ -90,10 +92,71 @@ pub enum Freshness {
     StaleFailOpen,
 }
 
-fn decision(outcome: Outcome, reason: impl Into<String>) -> Decision {
+/// Why a decision was taken, as a stable keyword: the message in [`Decision::reason`] names
+/// hosts, users and sessions; this names only the rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// No application serves the host.
+    NoApplication,
+    /// The application lets everyone through.
+    Bypass,
+    /// NATS was lost past the staleness bound; failing closed.
+    StaleState,
+    /// No session was presented.
+    NoSession,
+    /// The session expired.
+    SessionExpired,
+    /// The session is not valid (signature, shape, subject).
+    InvalidSession,
+    /// The session is another tenant's.
+    WrongTenant,
+    /// The user is not provisioned (or was deleted).
+    UnknownUser,
+    /// The user is deactivated.
+    UserDeactivated,
+    /// The user's sessions issued before a time are void.
+    SessionsRevoked,
+    /// This session was revoked.
+    SessionRevoked,
+    /// A policy allows the user.
+    PolicyAllows,
+    /// A policy denies the user.
+    PolicyDenies,
+    /// No policy allows the user.
+    NoPolicy,
+    /// The decision state could not be read.
+    Internal,
+}
+
+impl ReasonCode {
+    /// The keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::NoApplication => "no_application",
+            ReasonCode::Bypass => "bypass",
+            ReasonCode::StaleState => "stale_state",
+            ReasonCode::NoSession => "no_session",
+            ReasonCode::SessionExpired => "session_expired",
+            ReasonCode::InvalidSession => "invalid_session",
+            ReasonCode::WrongTenant => "wrong_tenant",
+            ReasonCode::UnknownUser => "unknown_user",
+            ReasonCode::UserDeactivated => "user_deactivated",
+            ReasonCode::SessionsRevoked => "sessions_revoked",
+            ReasonCode::SessionRevoked => "session_revoked",
+            ReasonCode::PolicyAllows => "policy_allows",
+            ReasonCode::PolicyDenies => "policy_denies",
+            ReasonCode::NoPolicy => "no_policy",
+            ReasonCode::Internal => "internal",
+        }
+    }
+}
+
+fn decision(outcome: Outcome, code: ReasonCode, reason: impl Into<String>) -> Decision {
     Decision {
         outcome,
         reason: reason.into(),
+        code,
         application: None,
         policy: None,
         identity: None,
@@ -111,7 +174,11 @@ pub fn decide(
     let (host, path) = (request.target.host(), request.target.path());
     let Some(application) = policies.application(host, path) else {
         // The host only: a path can carry a secret (`/reset/<token>`), and reasons are logged.
-        return decision(Outcome::Deny, format!("no application serves {host}"));
+        return decision(
+            Outcome::Deny,
+            ReasonCode::NoApplication,
+            format!("no application serves {host}"),
+        );
     };
     let with_app = |mut d: Decision| {
         d.application = Some(application.name.clone());
@@ -122,27 +189,37 @@ pub fn decide(
         .iter()
         .find(|p| p.action == Action::Bypass)
     {
-        let mut d = with_app(decision(Outcome::Allow, "bypass"));
+        let mut d = with_app(decision(Outcome::Allow, ReasonCode::Bypass, "bypass"));
         d.policy = Some(bypass.name.clone());
         return d;
     }
     if freshness == Freshness::StaleFailClosed {
         return with_app(decision(
             Outcome::Deny,
+            ReasonCode::StaleState,
             "decision state is stale (NATS unreachable); failing closed",
         ));
     }
     let Some(token) = request.session else {
-        return with_app(decision(Outcome::Unauthenticated, "no session"));
+        return with_app(decision(
+            Outcome::Unauthenticated,
+            ReasonCode::NoSession,
+            "no session",
+        ));
     };
     let claims = match keys.verify(token) {
         Ok(claims) => claims,
         Err(SessionError::Expired) => {
-            return with_app(decision(Outcome::Unauthenticated, "session expired"))
+            return with_app(decision(
+                Outcome::Unauthenticated,
+                ReasonCode::SessionExpired,
+                "session expired",
+            ))
         }
         Err(SessionError::Invalid(why)) => {
             return with_app(decision(
                 Outcome::Unauthenticated,
+                ReasonCode::InvalidSession,
                 format!("invalid session: {why}"),
             ))
         }
@@ -150,6 +227,7 @@ pub fn decide(
     if claims.tid != application.tenant {
         return with_app(decision(
             Outcome::Deny,
+            ReasonCode::WrongTenant,
             format!(
                 "session of tenant {} for an application of tenant {}",
                 claims.tid, application.tenant
@@ -159,12 +237,14 @@ pub fn decide(
     let Ok(user_id) = Uuid::parse_str(&claims.sub) else {
         return with_app(decision(
             Outcome::Unauthenticated,
+            ReasonCode::InvalidSession,
             "invalid session: subject is no user id",
         ));
     };
     let Some(user) = directory.user(&claims.tid, &user_id) else {
         return with_app(decision(
             Outcome::Deny,
+            ReasonCode::UnknownUser,
             format!("user {user_id} is not provisioned (or was deleted)"),
         ));
     };
@@ -187,6 +267,7 @@ pub fn decide(
     if !user.active {
         return with_identity(decision(
             Outcome::Deny,
+            ReasonCode::UserDeactivated,
             format!("user {user_id} is deactivated"),
         ));
     }
@@ -197,6 +278,7 @@ pub fn decide(
                 .unwrap_or_default();
             return with_identity(decision(
                 Outcome::Unauthenticated,
+                ReasonCode::SessionsRevoked,
                 format!("session revoked: sessions issued before {when} are void"),
             ));
         }
@@ -204,6 +286,7 @@ pub fn decide(
     if user.revoked_sessions.iter().any(|s| s.id == claims.sid) {
         return with_identity(decision(
             Outcome::Unauthenticated,
+            ReasonCode::SessionRevoked,
             format!("session {} was revoked", claims.sid),
         ));
     }
@@ -218,8 +301,14 @@ pub fn decide(
             } else {
                 Outcome::Deny
             };
+            let code = if outcome == Outcome::Allow {
+                ReasonCode::PolicyAllows
+            } else {
+                ReasonCode::PolicyDenies
+            };
             let mut d = with_identity(decision(
                 outcome,
+                code,
                 format!(
                     "policy {:?} {}",
                     policy.name,
@@ -234,7 +323,11 @@ pub fn decide(
             return d;
         }
     }
-    with_identity(decision(Outcome::Deny, "no policy allows this user"))
+    with_identity(decision(
+        Outcome::Deny,
+        ReasonCode::NoPolicy,
+        "no policy allows this user",
+    ))
 }
 
 impl Directory {
@@ -457,5 +550,47 @@ mod tests {
             },
         );
         assert_eq!(none.outcome, Outcome::Unauthenticated);
+    }
+
+    #[test]
+    fn each_decision_names_its_rule_as_a_keyword_without_hosts_or_ids() {
+        let mut w = world();
+        let (token, _) = w.keys.issue("acme", w.user.id, now()).unwrap();
+        let code =
+            |w: &World, host: &str, token: &str, freshness| w.ask(host, token, freshness).code;
+        assert_eq!(
+            code(&w, "finance.example.com", &token, Freshness::Fresh),
+            ReasonCode::PolicyAllows
+        );
+        assert_eq!(
+            code(&w, "elsewhere.example.com", &token, Freshness::Fresh),
+            ReasonCode::NoApplication
+        );
+        assert_eq!(
+            code(&w, "wiki.example.com", &token, Freshness::StaleFailClosed),
+            ReasonCode::StaleState
+        );
+        assert_eq!(
+            code(&w, "wiki.example.com", "garbage", Freshness::Fresh),
+            ReasonCode::InvalidSession
+        );
+        let (stranger, _) = w.keys.issue("acme", Uuid::now_v7(), now()).unwrap();
+        assert_eq!(
+            code(&w, "wiki.example.com", &stranger, Freshness::Fresh),
+            ReasonCode::UnknownUser
+        );
+        let (other_tenant, _) = w.keys.issue("globex", w.user.id, now()).unwrap();
+        assert_eq!(
+            code(&w, "wiki.example.com", &other_tenant, Freshness::Fresh),
+            ReasonCode::WrongTenant
+        );
+        w.set(|u| u.active = false);
+        let deactivated = w.ask("wiki.example.com", &token, Freshness::Fresh);
+        assert_eq!(deactivated.code, ReasonCode::UserDeactivated);
+        assert_eq!(deactivated.code.as_str(), "user_deactivated");
+        assert!(
+            deactivated.reason.contains(&w.user.id.to_string()),
+            "the message names the user; the keyword never does"
+        );
     }
 }

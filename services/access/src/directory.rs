@@ -1,7 +1,7 @@
 //! The access service's decision state: every user's and group's access facts, exactly as the
 //! access bucket on NATS holds them, applied in the bucket's order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rollcall_eventlog::access::{parse_key, AccessCheckpoint, AccessKey, GroupAccess, UserAccess};
 use uuid::Uuid;
@@ -13,7 +13,8 @@ use crate::policy::GroupLookup;
 pub struct Directory {
     users: HashMap<(String, Uuid), UserAccess>,
     groups: HashMap<(String, Uuid), GroupAccess>,
-    applied: u64,
+    /// Per checkpoint key (`None`: the installation's, `Some(k)`: partition k's).
+    applied: BTreeMap<Option<u16>, u64>,
 }
 
 impl GroupLookup for Directory {
@@ -40,9 +41,14 @@ impl Directory {
             .map(|(_, user)| user)
     }
 
-    /// The last event sequence whose effects are applied.
+    /// The highest event sequence whose effects are applied (of any partition).
     pub fn applied(&self) -> u64 {
-        self.applied
+        self.applied.values().copied().max().unwrap_or(0)
+    }
+
+    /// The last event sequence applied, per partition (`None`: an unpartitioned installation).
+    pub fn applied_by_partition(&self) -> Vec<(Option<u16>, u64)> {
+        self.applied.iter().map(|(p, s)| (*p, *s)).collect()
     }
 
     /// How many users and groups are held.
@@ -50,15 +56,21 @@ impl Directory {
         (self.users.len(), self.groups.len())
     }
 
-    /// Applies one bucket entry (`None`: the key was deleted). Returns the new checkpoint when
-    /// the entry was one. Unreadable entries are ignored (and reported by the caller).
-    pub fn apply(&mut self, key: &str, value: Option<&[u8]>) -> Result<Option<u64>, String> {
+    /// Applies one bucket entry (`None`: the key was deleted). Returns the partition and its
+    /// new checkpoint when the entry was one. Unreadable entries are ignored (and reported by
+    /// the caller).
+    pub fn apply(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<Option<(Option<u16>, u64)>, String> {
         match (parse_key(key), value) {
-            (Some(AccessKey::Checkpoint), Some(bytes)) => {
+            (Some(AccessKey::Checkpoint(partition)), Some(bytes)) => {
                 let checkpoint: AccessCheckpoint =
                     serde_json::from_slice(bytes).map_err(|e| format!("{key}: {e}"))?;
-                self.applied = self.applied.max(checkpoint.sequence);
-                Ok(Some(self.applied))
+                let applied = self.applied.entry(partition).or_default();
+                *applied = (*applied).max(checkpoint.sequence);
+                Ok(Some((partition, *applied)))
             }
             (Some(AccessKey::User(tenant, id)), Some(bytes)) => {
                 let user: UserAccess =
@@ -80,7 +92,7 @@ impl Directory {
                 self.groups.remove(&(tenant, id));
                 Ok(None)
             }
-            (Some(AccessKey::Checkpoint), None) => Ok(None),
+            (Some(AccessKey::Checkpoint(_)), None) => Ok(None),
             (None, _) => Err(format!("unknown key {key:?}")),
         }
     }

@@ -44,12 +44,38 @@ impl Health {
     }
 }
 
-async fn announce(client: &async_nats::Client, subject: &str, sequence: u64) {
-    if let Err(error) = client
-        .publish(subject.to_owned(), sequence.to_string().into())
-        .await
-    {
+/// The name the access service announces partition `partition`'s checkpoint under
+/// (`access` in an unpartitioned installation, `access-p<k>` otherwise).
+pub fn checkpoint_name(partition: Option<u16>) -> String {
+    match partition {
+        None => CHECKPOINT_NAME.to_owned(),
+        Some(k) => format!("{CHECKPOINT_NAME}-p{k}"),
+    }
+}
+
+async fn announce(
+    client: &async_nats::Client,
+    namespace: &Namespace,
+    partition: Option<u16>,
+    sequence: u64,
+) {
+    let subject = namespace.checkpoint_subject(&checkpoint_name(partition));
+    if let Err(error) = client.publish(subject, sequence.to_string().into()).await {
         warn!(error = %error, "announcing the access checkpoint failed");
+    }
+}
+
+async fn announce_all(
+    client: &async_nats::Client,
+    namespace: &Namespace,
+    directory: &RwLock<Directory>,
+) {
+    let applied = directory
+        .read()
+        .map(|d| d.applied_by_partition())
+        .unwrap_or_default();
+    for (partition, sequence) in applied {
+        announce(client, namespace, partition, sequence).await;
     }
 }
 
@@ -63,15 +89,14 @@ pub async fn follow(
     staleness: Duration,
     fail_open: bool,
 ) {
-    let subject = namespace.checkpoint_subject(CHECKPOINT_NAME);
     // Liveness: a round trip to NATS every second; announcements double as a heartbeat for
     // writers that started after the last change.
     {
-        let (client, health, directory, subject) = (
+        let (client, health, directory, namespace) = (
             client.clone(),
             health.clone(),
             directory.clone(),
-            subject.clone(),
+            namespace.clone(),
         );
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(Duration::from_secs(1));
@@ -96,14 +121,13 @@ pub async fn follow(
                     }
                 }
                 if health.is_ready() {
-                    let applied = directory.read().map(|d| d.applied()).unwrap_or(0);
-                    announce(&client, &subject, applied).await;
+                    announce_all(&client, &namespace, &directory).await;
                 }
             }
         });
     }
     loop {
-        if let Err(error) = watch(&client, &namespace, &directory, &health, &subject).await {
+        if let Err(error) = watch(&client, &namespace, &directory, &health).await {
             warn!(error = %error, "following the access bucket failed; reloading");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -115,7 +139,6 @@ async fn watch(
     namespace: &Namespace,
     directory: &RwLock<Directory>,
     health: &Health,
-    subject: &str,
 ) -> Result<(), LoadError> {
     let jetstream = async_nats::jetstream::new(client.clone());
     let bucket = rollcall_eventlog::access::open_bucket(&jetstream, namespace).await?;
@@ -136,7 +159,7 @@ async fn watch(
         .map_err(|e| LoadError::Nats(e.to_string()))?;
     health.touch();
     if empty {
-        mark_ready(client, directory, health, subject).await;
+        mark_ready(client, namespace, directory, health).await;
     }
     while let Some(entry) = entries.next().await {
         let entry = entry.map_err(|e| LoadError::Nats(e.to_string()))?;
@@ -147,12 +170,14 @@ async fn watch(
             Err(_) => return Err(LoadError::Nats("directory lock poisoned".into())),
         };
         match applied {
-            Ok(Some(sequence)) if health.is_ready() => announce(client, subject, sequence).await,
+            Ok(Some((partition, sequence))) if health.is_ready() => {
+                announce(client, namespace, partition, sequence).await
+            }
             Ok(_) => {}
             Err(error) => warn!(error = %error, "ignoring an unreadable access entry"),
         }
         if entry.delta == 0 && !health.is_ready() {
-            mark_ready(client, directory, health, subject).await;
+            mark_ready(client, namespace, directory, health).await;
         }
     }
     Err(LoadError::Nats("the access bucket watch ended".into()))
@@ -160,9 +185,9 @@ async fn watch(
 
 async fn mark_ready(
     client: &async_nats::Client,
+    namespace: &Namespace,
     directory: &RwLock<Directory>,
     health: &Health,
-    subject: &str,
 ) {
     health.ready.store(true, Ordering::Release);
     let (applied, (users, groups)) = directory
@@ -170,5 +195,5 @@ async fn mark_ready(
         .map(|d| (d.applied(), d.size()))
         .unwrap_or_default();
     info!(applied, users, groups, "access state loaded; ready");
-    announce(client, subject, applied).await;
+    announce_all(client, namespace, directory).await;
 }

@@ -11,12 +11,14 @@
 //!   Every answer's body is JSON (`{"status": …, "error": <reason>}` on `401`/`403`); proxies
 //!   read only the status and headers.
 //! - `POST /v1/decisions`: the same question as JSON, answered with the reason.
-//! - `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text).
+//! - `GET /healthz`, `GET /readyz`, `GET /metrics` (the process's Prometheus text; decisions by
+//!   outcome and reason, and the state's age and freshness, kept current by [`report_state`]).
 
 use axum::extract::{OriginalUri, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use rollcall_telemetry::metrics;
 use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
@@ -42,8 +44,18 @@ fn session<'a>(headers: &'a HeaderMap, cookie: &str) -> Option<&'a str> {
     crate::signin::cookie(headers, cookie)
 }
 
-fn record(access: &Access, decision: &Decision) {
-    access.metrics.count(decision.outcome);
+fn record(decision: &Decision) {
+    let outcome = match decision.outcome {
+        Outcome::Allow => "allow",
+        Outcome::Unauthenticated => "unauthenticated",
+        Outcome::Deny => "deny",
+    };
+    metrics::counter!(
+        metrics::ACCESS_DECISIONS,
+        "outcome" => outcome,
+        "reason" => decision.code.as_str()
+    )
+    .increment(1);
     if decision.outcome != Outcome::Allow {
         // Ids only: never userNames, emails or tokens.
         info!(
@@ -67,7 +79,7 @@ fn forward_auth(
         target: &original.target,
         session: session(headers, &access.config.cookie),
     });
-    record(access, &decision);
+    record(&decision);
     // Where an unauthenticated browser should sign in, when the proxy passes a redirect on.
     let browser = header(headers, "accept").is_some_and(|a| a.contains("text/html"));
     if decision.outcome == Outcome::Unauthenticated
@@ -140,7 +152,7 @@ pub async fn decisions(
         target: &target,
         session: question.session.as_deref(),
     });
-    record(&access, &decision);
+    record(&decision);
     let allowed = decision.outcome == Outcome::Allow;
     Ok((
         StatusCode::OK,
@@ -178,11 +190,37 @@ pub async fn readyz(State(access): State<Access>) -> Response {
     }
 }
 
-/// `GET /metrics`
+/// `GET /metrics`: every metric of this process, the state's gauges brought up to date first.
 pub async fn metrics(State(access): State<Access>) -> Response {
+    state_gauges(&access);
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(),
+    )
+        .into_response()
+}
+
+/// Sets the gauges of the decision state: loaded, stale, its age (time since NATS last
+/// answered), the staleness bound, what it holds.
+fn state_gauges(access: &Access) {
     let (users, groups) = access.size();
-    let text = access
-        .metrics
-        .render(users, groups, access.applied(), access.is_stale());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    let flag = |set: bool| if set { 1.0 } else { 0.0 };
+    metrics::gauge!(metrics::ACCESS_READY).set(flag(access.health.is_ready()));
+    metrics::gauge!(metrics::ACCESS_STALE).set(flag(access.is_stale()));
+    metrics::gauge!(metrics::ACCESS_STATE_AGE).set(access.health.silence().as_secs_f64());
+    metrics::gauge!(metrics::ACCESS_STALENESS_BOUND).set(access.config.staleness_seconds as f64);
+    metrics::gauge!(metrics::ACCESS_USERS).set(users as f64);
+    metrics::gauge!(metrics::ACCESS_GROUPS).set(groups as f64);
+    metrics::gauge!(metrics::ACCESS_APPLIED_SEQUENCE).set(access.applied() as f64);
+}
+
+/// Keeps the state's gauges current every second while the service runs, so that a scrape of
+/// another role's `/metrics` in the same process sees them too.
+pub async fn report_state(access: Access) {
+    metrics::install();
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        state_gauges(&access);
+    }
 }

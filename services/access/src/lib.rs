@@ -10,6 +10,7 @@ pub mod error;
 pub mod feed;
 pub mod http;
 pub mod identity;
+pub mod keys;
 pub mod oidc;
 pub mod policy;
 pub mod proxy;
@@ -21,7 +22,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ use uuid::Uuid;
 use crate::decision::{Decision, Freshness, Outcome, Request};
 use crate::directory::Directory;
 use crate::feed::Health;
+use crate::keys::{InstallationKeys, Kek, KekConfig, Keyring};
 use crate::policy::Policies;
 use crate::session::SessionKeys;
 
@@ -57,9 +58,13 @@ pub struct Config {
     #[arg(long = "access-policies", env = "ROLLCALL_ACCESS_POLICIES")]
     pub policies: Option<PathBuf>,
     /// Session signing keys, `kid=base64secret[,kid=base64secret]`; the first signs, all verify.
-    /// Without them a random key is used and sessions end at restart.
+    /// Without them the installation's key set is used: generated once, kept sealed in NATS
+    /// under the KEK, shared by every replica, rotated with `rollcall sessions keys rotate`.
     #[arg(long = "session-keys", env = "ROLLCALL_SESSION_KEYS", hide_env_values = true, value_parser = secret)]
     pub session_keys: Option<SecretString>,
+    /// The key-encryption key of the installation's session keys.
+    #[command(flatten)]
+    pub kek: KekConfig,
     /// How long a session lasts, in seconds (at most 7 days).
     #[arg(long = "session-ttl", env = "ROLLCALL_SESSION_TTL", default_value_t = 8 * 3600)]
     pub session_ttl_seconds: u64,
@@ -109,6 +114,7 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             policies: None,
             session_keys: None,
+            kek: KekConfig::default(),
             session_ttl_seconds: 8 * 3600,
             cookie: "rollcall_session".into(),
             cookie_domain: None,
@@ -131,43 +137,6 @@ pub enum AccessError {
     Io(String),
 }
 
-/// Decision counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    allowed: AtomicU64,
-    unauthenticated: AtomicU64,
-    denied: AtomicU64,
-}
-
-impl Metrics {
-    fn count(&self, outcome: Outcome) {
-        let counter = match outcome {
-            Outcome::Allow => &self.allowed,
-            Outcome::Unauthenticated => &self.unauthenticated,
-            Outcome::Deny => &self.denied,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn render(&self, users: usize, groups: usize, applied: u64, stale: bool) -> String {
-        format!(
-            "# HELP rollcall_access_decisions_total Access decisions by outcome.\n\
-             # TYPE rollcall_access_decisions_total counter\n\
-             rollcall_access_decisions_total{{outcome=\"allow\"}} {}\n\
-             rollcall_access_decisions_total{{outcome=\"unauthenticated\"}} {}\n\
-             rollcall_access_decisions_total{{outcome=\"deny\"}} {}\n\
-             # HELP rollcall_access_users Users held in memory.\n# TYPE rollcall_access_users gauge\nrollcall_access_users {users}\n\
-             # HELP rollcall_access_groups Groups held in memory.\n# TYPE rollcall_access_groups gauge\nrollcall_access_groups {groups}\n\
-             # HELP rollcall_access_applied_sequence Last event sequence applied.\n# TYPE rollcall_access_applied_sequence gauge\nrollcall_access_applied_sequence {applied}\n\
-             # HELP rollcall_access_stale Whether NATS was lost for longer than the staleness bound.\n# TYPE rollcall_access_stale gauge\nrollcall_access_stale {}\n",
-            self.allowed.load(Ordering::Relaxed),
-            self.unauthenticated.load(Ordering::Relaxed),
-            self.denied.load(Ordering::Relaxed),
-            u8::from(stale),
-        )
-    }
-}
-
 /// The access service's shared state, behind one `Arc`: handing it to a request costs one
 /// reference count.
 #[derive(Debug, Clone)]
@@ -180,7 +149,9 @@ pub struct Shared {
     pub config: Config,
     directory: Arc<RwLock<Directory>>,
     policies: RwLock<Arc<Policies>>,
-    keys: SessionKeys,
+    keys: Keyring,
+    /// Where the keys come from when they follow the installation's key set.
+    installation: Option<InstallationKeys>,
     /// Sign-in, when configured.
     signin: Option<Arc<oidc::RelyingParty>>,
     /// Sign-in states already answered, with their expiry (each state answers once).
@@ -188,8 +159,6 @@ pub struct Shared {
     revoker: OnceLock<Arc<dyn SessionRevoker>>,
     /// Feed liveness.
     pub health: Arc<Health>,
-    /// Decision counters.
-    pub metrics: Metrics,
 }
 
 impl std::ops::Deref for Access {
@@ -207,10 +176,15 @@ pub fn load_policies(path: &std::path::Path) -> Result<Policies, AccessError> {
     Policies::parse(&text).map_err(|e| AccessError::Config(format!("{}: {e}", path.display())))
 }
 
-impl Access {
-    /// Builds the service state from configuration (checks the policy file and keys).
-    pub fn new(config: Config) -> Result<Self, AccessError> {
-        let ttl = Duration::from_secs(config.session_ttl_seconds);
+impl Config {
+    /// Whether the access service needs PostgreSQL to start: only to keep the installation's
+    /// KEK, when neither session keys nor a KEK are configured.
+    pub fn needs_database(&self) -> bool {
+        self.session_keys.is_none() && !self.kek.is_configured()
+    }
+
+    fn session_ttl(&self) -> Result<Duration, AccessError> {
+        let ttl = Duration::from_secs(self.session_ttl_seconds);
         // The projector stops publishing revocations older than this (they would be void by
         // expiry): a longer session could outlive its own revocation.
         let longest = rollcall_eventlog::access::MAX_SESSION_LIFETIME;
@@ -218,17 +192,70 @@ impl Access {
             return Err(AccessError::Config(format!(
                 "ROLLCALL_SESSION_TTL must be between 1 and {} seconds (7 days), not {}",
                 longest.as_secs(),
-                config.session_ttl_seconds
+                self.session_ttl_seconds
             )));
         }
-        let keys = match &config.session_keys {
-            Some(spec) => SessionKeys::parse(spec.expose_secret(), ttl)
-                .map_err(|e| AccessError::Config(e.to_string()))?,
+        Ok(ttl)
+    }
+
+    fn configured_keys(&self, ttl: Duration) -> Result<Option<SessionKeys>, AccessError> {
+        self.session_keys
+            .as_ref()
+            .map(|spec| {
+                SessionKeys::parse(spec.expose_secret(), ttl)
+                    .map_err(|e| AccessError::Config(e.to_string()))
+            })
+            .transpose()
+    }
+}
+
+impl Access {
+    /// Builds the service state from configuration (checks the policy file and keys), with
+    /// the configured session keys or, without them, a random key of this process only (tests;
+    /// services use [`Access::from_installation`]).
+    pub fn new(config: Config) -> Result<Self, AccessError> {
+        let ttl = config.session_ttl()?;
+        let keys = match config.configured_keys(ttl)? {
+            Some(keys) => keys,
             None => {
-                warn!("ROLLCALL_SESSION_KEYS is not set: using a random key; sessions end when this process stops");
+                warn!("ROLLCALL_SESSION_KEYS is not set and the installation's keys were not loaded: using a random key; sessions end when this process stops");
                 SessionKeys::ephemeral(ttl)
             }
         };
+        Self::build(config, Keyring::new(keys), None)
+    }
+
+    /// Builds the service state with the installation's session keys: the configured ones
+    /// (`ROLLCALL_SESSION_KEYS`) if any, else the installation's key set in NATS, generated if
+    /// there is none yet and followed while serving, so that every replica of `namespace`
+    /// signs and accepts the same sessions. The KEK is configured or kept in `store` (needed
+    /// only then, see [`Config::needs_database`]). A key set that does not open under the KEK
+    /// is an error; nothing is overwritten.
+    pub async fn from_installation(
+        config: Config,
+        client: &async_nats::Client,
+        namespace: &Namespace,
+        store: Option<&rollcall_store::Store>,
+    ) -> Result<Self, AccessError> {
+        let ttl = config.session_ttl()?;
+        if let Some(keys) = config.configured_keys(ttl)? {
+            info!("session keys from ROLLCALL_SESSION_KEYS");
+            return Self::build(config, Keyring::new(keys), None);
+        }
+        let keys_error = |e: keys::KeysError| AccessError::Config(format!("session keys: {e}"));
+        let kek = Kek::resolve(&config.kek, store).await.map_err(keys_error)?;
+        let installation = InstallationKeys::open(client, namespace, kek)
+            .await
+            .map_err(keys_error)?;
+        let keyring = installation.keyring(ttl).await.map_err(keys_error)?;
+        Self::build(config, keyring, Some(installation))
+    }
+
+    fn build(
+        config: Config,
+        keys: Keyring,
+        installation: Option<InstallationKeys>,
+    ) -> Result<Self, AccessError> {
         let policies = match &config.policies {
             Some(path) => load_policies(path)?,
             None => {
@@ -247,11 +274,11 @@ impl Access {
             directory: Arc::default(),
             policies: RwLock::new(Arc::new(policies)),
             keys,
+            installation,
             signin,
             used_states: Mutex::default(),
             revoker: OnceLock::new(),
             health: Arc::default(),
-            metrics: Metrics::default(),
         })))
     }
 
@@ -288,17 +315,27 @@ impl Access {
             .map(|p| Arc::clone(&p))
             .unwrap_or_default();
         match self.directory.read() {
-            Ok(directory) => {
-                decision::decide(&directory, &policies, &self.keys, freshness, request)
-            }
+            Ok(directory) => decision::decide(
+                &directory,
+                &policies,
+                &self.keys.current(),
+                freshness,
+                request,
+            ),
             Err(_) => Decision {
                 outcome: Outcome::Deny,
                 reason: "internal error".into(),
+                code: decision::ReasonCode::Internal,
                 application: None,
                 policy: None,
                 identity: None,
             },
         }
+    }
+
+    /// The session keys in force (they change when the installation's set is rotated).
+    pub fn session_keys(&self) -> Arc<SessionKeys> {
+        self.keys.current()
     }
 
     /// Issues a session for a user (sign-in does this; tests too).
@@ -401,6 +438,11 @@ pub async fn serve(
         staleness,
         access.config.fail_open,
     ));
+    // Rotations of the installation's session keys are in force here without a restart.
+    let keys = access
+        .installation
+        .clone()
+        .map(|installation| tokio::spawn(installation.follow(access.keys.clone())));
     #[cfg(unix)]
     let reload = {
         let access = access.clone();
@@ -441,24 +483,31 @@ pub async fn serve(
             }
         });
     }
+    let state_metrics = tokio::spawn(http::report_state(access.clone()));
     let result = rollcall_http::serve(listener.into(), "access", router(access), shutdown).await;
+    state_metrics.abort();
     feed.abort();
+    if let Some(keys) = keys {
+        keys.abort();
+    }
     #[cfg(unix)]
     reload.abort();
     result.map_err(|e| AccessError::Io(e.to_string()))
 }
 
-/// Binds the configured address and serves until `shutdown` resolves.
+/// Binds the configured address and serves until `shutdown` resolves, with the
+/// installation's session keys ([`Access::from_installation`]).
 pub async fn run(
     config: Config,
     client: async_nats::Client,
     namespace: Namespace,
+    store: Option<&rollcall_store::Store>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AccessError> {
     let listener = TcpListener::bind(config.addr)
         .await
         .map_err(|e| AccessError::Io(format!("binding {}: {e}", config.addr)))?;
-    let access = Access::new(config)?;
+    let access = Access::from_installation(config, &client, &namespace, store).await?;
     serve(listener, access, client, namespace, shutdown).await
 }
 

@@ -1,6 +1,7 @@
 //! Rollcall sessions: compact JWS (HS256, via `jsonwebtoken`) with session id, tenant, user id,
-//! issue time and expiry. Keys come from configuration with ids: the first signs, every listed
-//! key verifies, so keys rotate by adding a new one first and retiring the old one later.
+//! issue time and expiry. Every key verifies; one signs: with configured keys the first listed,
+//! with the installation's key set ([`crate::keys`]) the newest key whose signing time has come,
+//! so that a rotation reaches every replica before any replica signs with the new key.
 //! Tampered, expired, wrongly signed and `alg: none` tokens are rejected.
 
 use std::collections::HashMap;
@@ -58,10 +59,38 @@ pub enum SessionError {
 #[error("ROLLCALL_SESSION_KEYS: {0}")]
 pub struct KeyError(String);
 
+/// A key that signs from a given instant on.
+struct Signer {
+    kid: String,
+    key: EncodingKey,
+    /// Unix nanoseconds from which this key signs.
+    from: i128,
+}
+
+/// One key as [`SessionKeys::from_keys`] takes it.
+#[derive(Clone)]
+pub struct KeyMaterial<'a> {
+    /// The key id (the JWS `kid`).
+    pub kid: &'a str,
+    /// The HMAC secret (at least 32 bytes).
+    pub secret: &'a [u8],
+    /// From when the key signs; `None`: it only verifies.
+    pub signs_from: Option<OffsetDateTime>,
+}
+
+impl std::fmt::Debug for KeyMaterial<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyMaterial")
+            .field("kid", &self.kid)
+            .field("signs_from", &self.signs_from)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The session keys.
 pub struct SessionKeys {
-    signing_kid: String,
-    signing: EncodingKey,
+    /// Newest signing instant first.
+    signers: Vec<Signer>,
     verifying: HashMap<String, DecodingKey>,
     ttl: Duration,
 }
@@ -69,7 +98,10 @@ pub struct SessionKeys {
 impl std::fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionKeys")
-            .field("signing_kid", &self.signing_kid)
+            .field(
+                "signing_kids",
+                &self.signers.iter().map(|s| &s.kid).collect::<Vec<_>>(),
+            )
             .field("kids", &self.verifying.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -107,8 +139,54 @@ impl SessionKeys {
             verifying.insert(kid, decoding);
         }
         Ok(Self {
-            signing_kid,
-            signing,
+            signers: vec![Signer {
+                kid: signing_kid,
+                key: signing,
+                from: i128::MIN,
+            }],
+            verifying,
+            ttl,
+        })
+    }
+
+    /// Keys with their signing instants: at any instant the key with the latest `signs_from`
+    /// not after it signs (of equal instants the one given last; before every key's instant,
+    /// the earliest one); every key verifies.
+    pub fn from_keys<'a>(
+        keys: impl IntoIterator<Item = KeyMaterial<'a>>,
+        ttl: Duration,
+    ) -> Result<Self, KeyError> {
+        let mut signers = Vec::new();
+        let mut verifying = HashMap::new();
+        for key in keys {
+            if key.kid.is_empty() || key.secret.len() < 32 {
+                return Err(KeyError(format!(
+                    "key {:?} needs an id and a secret of at least 32 bytes",
+                    key.kid
+                )));
+            }
+            if verifying
+                .insert(key.kid.to_owned(), DecodingKey::from_secret(key.secret))
+                .is_some()
+            {
+                return Err(KeyError(format!("key id {:?} appears twice", key.kid)));
+            }
+            if let Some(from) = key.signs_from {
+                signers.push(Signer {
+                    kid: key.kid.to_owned(),
+                    key: EncodingKey::from_secret(key.secret),
+                    from: from.unix_timestamp_nanos(),
+                });
+            }
+        }
+        if signers.is_empty() {
+            return Err(KeyError("no key signs".into()));
+        }
+        // Newest instant first; of equal instants, the one given last.
+        signers.reverse();
+        signers.sort_by_key(|signer| std::cmp::Reverse(signer.from));
+        Ok(Self {
+            signers,
             verifying,
             ttl,
         })
@@ -121,11 +199,33 @@ impl SessionKeys {
         secret.extend_from_slice(Uuid::new_v4().as_bytes());
         let kid = format!("ephemeral-{}", Uuid::new_v4().simple());
         Self {
-            signing: EncodingKey::from_secret(&secret),
-            verifying: HashMap::from([(kid.clone(), DecodingKey::from_secret(&secret))]),
-            signing_kid: kid,
+            signers: vec![Signer {
+                kid: kid.clone(),
+                key: EncodingKey::from_secret(&secret),
+                from: i128::MIN,
+            }],
+            verifying: HashMap::from([(kid, DecodingKey::from_secret(&secret))]),
             ttl,
         }
+    }
+
+    /// The key that signs at `now`.
+    fn signer(&self, now: OffsetDateTime) -> Option<&Signer> {
+        let now = now.unix_timestamp_nanos();
+        self.signers
+            .iter()
+            .find(|signer| signer.from <= now)
+            .or_else(|| self.signers.last())
+    }
+
+    /// The id of the key that signs at `now`.
+    pub fn signing_kid(&self, now: OffsetDateTime) -> Option<&str> {
+        self.signer(now).map(|signer| signer.kid.as_str())
+    }
+
+    /// Whether a key with this id verifies.
+    pub fn verifies_with(&self, kid: &str) -> bool {
+        self.verifying.contains_key(kid)
     }
 
     /// How long sessions last.
@@ -150,15 +250,26 @@ impl SessionKeys {
             iat_ms,
             exp: now.unix_timestamp() + self.ttl.as_secs() as i64,
         };
-        let token = self.sign(&claims)?;
+        let token = self.sign_at(&claims, now)?;
         Ok((token, claims))
     }
 
     /// Signs any claims with the current key (HS256, with its key id): sign-in state cookies.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, SessionError> {
+        self.sign_at(claims, OffsetDateTime::now_utc())
+    }
+
+    fn sign_at<T: Serialize>(
+        &self,
+        claims: &T,
+        now: OffsetDateTime,
+    ) -> Result<String, SessionError> {
+        let signer = self
+            .signer(now)
+            .ok_or_else(|| SessionError::Invalid("no signing key".into()))?;
         let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(self.signing_kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.signing)
+        header.kid = Some(signer.kid.clone());
+        jsonwebtoken::encode(&header, claims, &signer.key)
             .map_err(|e| SessionError::Invalid(e.to_string()))
     }
 
@@ -296,6 +407,63 @@ mod tests {
             keys.verify("garbage"),
             Err(SessionError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn the_newest_key_whose_instant_has_come_signs_and_every_key_verifies() {
+        let now = OffsetDateTime::now_utc();
+        let (old, new) = ([1u8; 32], [2u8; 32]);
+        let keys = SessionKeys::from_keys(
+            [
+                KeyMaterial {
+                    kid: "old",
+                    secret: &old,
+                    signs_from: Some(now - time::Duration::days(1)),
+                },
+                KeyMaterial {
+                    kid: "new",
+                    secret: &new,
+                    signs_from: Some(now + time::Duration::minutes(1)),
+                },
+            ],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert_eq!(keys.signing_kid(now), Some("old"));
+        assert_eq!(
+            keys.signing_kid(now + time::Duration::minutes(2)),
+            Some("new")
+        );
+        let (early, _) = keys.issue("t", Uuid::now_v7(), now).unwrap();
+        let (late, _) = keys
+            .issue("t", Uuid::now_v7(), now + time::Duration::minutes(2))
+            .unwrap();
+        assert_eq!(
+            jsonwebtoken::decode_header(&late).unwrap().kid,
+            Some("new".into())
+        );
+        assert!(keys.verify(&early).is_ok() && keys.verify(&late).is_ok());
+    }
+
+    #[test]
+    fn key_sets_without_a_signer_or_with_short_or_repeated_keys_are_refused() {
+        let secret = [1u8; 32];
+        let key = |kid, secret, signs_from| KeyMaterial {
+            kid,
+            secret,
+            signs_from,
+        };
+        let ttl = Duration::from_secs(1);
+        assert!(SessionKeys::from_keys([key("a", &secret, None)], ttl).is_err());
+        assert!(SessionKeys::from_keys(
+            [key("a", &secret[..16], Some(OffsetDateTime::UNIX_EPOCH))],
+            ttl
+        )
+        .is_err());
+        let now = Some(OffsetDateTime::now_utc());
+        assert!(
+            SessionKeys::from_keys([key("a", &secret, now), key("a", &secret, now)], ttl).is_err()
+        );
     }
 
     #[test]

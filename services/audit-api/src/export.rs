@@ -110,21 +110,21 @@ fn csv_line(row: &AuditRow) -> String {
 
 const CSV_HEADER: &str = "sequence,event_id,tenant,aggregate_type,aggregate_id,version,event_type,occurred_at,actor,request_id,trace_id,payload,hash\r\n";
 
-/// The page of `tenant`'s events after stream sequence `after`, within the range, read along
-/// the primary key. Sorting is switched off for the query: with statistics that lag behind a
+/// The page of `tenant`'s events after `after` (stream sequence and position: the events of a
+/// commit share a sequence), within the range, read along the primary key. Sorting is switched off for the query: with statistics that lag behind a
 /// bulk of new events the planner would otherwise sort everything after `after` for each page,
 /// which makes an export quadratic.
 async fn page(
     store: &Store,
     tenant: &str,
-    after: i64,
+    after: (i64, i32),
     from: Option<OffsetDateTime>,
     to: Option<OffsetDateTime>,
 ) -> Result<Vec<AuditRow>, StoreError> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM audit_event WHERE tenant = $1 AND sequence > $2
+        "SELECT {COLUMNS} FROM audit_event WHERE tenant = $1 AND (sequence, position) > ($2, $6)
            AND ($3::timestamptz IS NULL OR occurred_at >= $3) AND ($4::timestamptz IS NULL OR occurred_at < $4)
-         ORDER BY sequence LIMIT $5"
+         ORDER BY sequence, position LIMIT $5"
     );
     let mut transaction = store.pool().begin().await?;
     sqlx::query("SET LOCAL enable_sort = off")
@@ -132,10 +132,11 @@ async fn page(
         .await?;
     let rows = sqlx::query_as::<_, AuditRow>(&sql)
         .bind(tenant)
-        .bind(after)
+        .bind(after.0)
         .bind(from)
         .bind(to)
         .bind(PAGE)
+        .bind(after.1)
         .fetch_all(&mut *transaction)
         .await?;
     transaction.commit().await?;
@@ -185,7 +186,7 @@ pub async fn export(
             if csv && sender.send(Ok(Bytes::from(CSV_HEADER))).await.is_err() {
                 return;
             }
-            let mut after = i64::MIN;
+            let mut after = (i64::MIN, 0);
             loop {
                 let rows = match page(&store, &tenant, after, from, to).await {
                     Ok(rows) => rows,
@@ -201,7 +202,7 @@ pub async fn export(
                 let Some(last) = rows.last() else {
                     return;
                 };
-                after = last.sequence;
+                after = (last.sequence, last.position);
                 if sender.send(Ok(chunk(&rows, csv))).await.is_err() {
                     return;
                 }

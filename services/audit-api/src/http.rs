@@ -339,9 +339,10 @@ fn page_size(limit: Option<i64>) -> i64 {
     limit.unwrap_or(100).clamp(1, 1000)
 }
 
-/// The cursor of the page after `rows`: the last row's key when the page is full.
+/// The cursor of the page after `rows`: the last row's key when the page is full (an events
+/// page may hold more than `limit`: it ends with a whole message).
 fn next_cursor<T>(rows: &[T], limit: i64, key: impl Fn(&T) -> i64) -> Option<i64> {
-    (rows.len() as i64 == limit)
+    (rows.len() as i64 >= limit)
         .then(|| rows.last().map(key))
         .flatten()
 }

@@ -192,6 +192,7 @@ pub fn router(state: AuditState) -> Router {
         .route("/audit/v1/openapi.json", get(http::openapi))
         .route("/audit/", get(http::page))
         .route("/audit", get(http::page_redirect))
+        .route("/metrics", get(rollcall_telemetry::http::metrics))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)

@@ -2,11 +2,16 @@
 //! from the audit table, in lockstep, and reports the first sequence where they part: a record
 //! whose content no longer matches its hash (altered), a broken link, a record that differs from
 //! the stream, or one missing on either side. Optionally checks a signed checkpoint too.
+//!
+//! A message on the stream holds one event or the events of one commit (a write); the chain
+//! links every event, in stream order: by sequence, then by position within a commit. A
+//! mismatch names the event by its sequence and, within a commit, its position.
 
 use std::collections::{BTreeMap, HashMap};
 
 use futures::StreamExt;
 use rollcall_eventlog::chain::{link, GENESIS};
+use rollcall_eventlog::envelope::decode_commit;
 use rollcall_eventlog::{Envelope, EventLog, LoadError};
 use rollcall_store::audit::{AuditRow, COLUMNS};
 use rollcall_store::Store;
@@ -20,6 +25,9 @@ use crate::AuditError;
 pub struct Mismatch {
     /// The stream sequence.
     pub sequence: u64,
+    /// The event's place in its message, when the message is a commit of several events.
+    #[serde(skip_serializing_if = "is_first")]
+    pub position: u32,
     /// The tenant, when known.
     pub tenant: String,
     /// What is wrong.
@@ -41,6 +49,10 @@ pub struct Verified {
     /// them (`rollcall projector quarantine list`). They are chained from the stream's bytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unaudited: Vec<u64>,
+}
+
+fn is_first(position: &u32) -> bool {
+    *position == 0
 }
 
 fn envelope_of(row: &AuditRow) -> Result<Envelope, String> {
@@ -90,7 +102,7 @@ pub async fn verify(
         .map(|row| row.sequence as u64)
         .collect();
     let mut checkpoint_seen = false;
-    let sql = format!("SELECT {COLUMNS} FROM audit_event WHERE ($1::text IS NULL OR tenant = $1) AND sequence <= $2 ORDER BY sequence");
+    let sql = format!("SELECT {COLUMNS} FROM audit_event WHERE ($1::text IS NULL OR tenant = $1) AND sequence <= $2 ORDER BY sequence, position");
     let mut rows = sqlx::query_as::<_, AuditRow>(&sql)
         .bind(tenant)
         .bind(up_to as i64)
@@ -101,13 +113,15 @@ pub async fn verify(
         .transpose()
         .map_err(rollcall_store::StoreError::from)?;
     let mut chains: HashMap<String, ([u8; 32], u64)> = HashMap::new();
-    let fail = |sequence: u64, tenant: &str, reason: String| {
+    let fail = |(sequence, position): (u64, u32), tenant: &str, reason: String| {
         Some(Mismatch {
             sequence,
+            position,
             tenant: tenant.to_owned(),
             reason,
         })
     };
+    let key = |row: &AuditRow| (row.sequence as u64, row.position as u32);
     if up_to > 0 {
         use async_nats::jetstream::consumer::{pull, DeliverPolicy};
         let consumer = log
@@ -126,8 +140,8 @@ pub async fn verify(
             if sequence > up_to {
                 break;
             }
-            let envelope = match Envelope::from_bytes(&message.payload) {
-                Ok(envelope) => envelope,
+            let events = match decode_commit(&message.payload) {
+                Ok(events) => events,
                 // Not a Rollcall event at all: the projector passed over it (quarantine).
                 Err(_) if unaudited.contains(&sequence) => {
                     verified.unaudited.push(sequence);
@@ -138,89 +152,97 @@ pub async fn verify(
                 }
                 Err(e) => return Err(AuditError::Corrupt(format!("stream event {sequence}: {e}"))),
             };
-            if tenant.is_some_and(|t| t != envelope.tenant) {
-                continue;
-            }
-            let previous = chains
-                .get(&envelope.tenant)
-                .map_or(GENESIS, |(hash, _)| *hash);
-            let expected = link(&previous, &envelope.canonical_bytes());
-            chains.insert(envelope.tenant.clone(), (expected, sequence));
-            verified.events += 1;
-            if verified.events % 10_000 == 0 {
-                progress(verified.events, up_to);
-            }
-            let recorded_here = next_row
-                .as_ref()
-                .is_some_and(|row| row.sequence as u64 == sequence);
-            if !recorded_here && unaudited.contains(&sequence) {
-                verified.unaudited.push(sequence);
-                if sequence >= up_to {
-                    break;
+            for (position, envelope) in events.iter().enumerate() {
+                let here = (sequence, position as u32);
+                if tenant.is_some_and(|t| t != envelope.tenant) {
+                    continue;
                 }
-                continue;
-            }
-            let mismatch = match &next_row {
-                None => fail(
-                    sequence,
-                    &envelope.tenant,
-                    "missing from the audit table".into(),
-                ),
-                Some(row) if (row.sequence as u64) > sequence => fail(
-                    sequence,
-                    &envelope.tenant,
-                    "missing from the audit table".into(),
-                ),
-                Some(row) if (row.sequence as u64) < sequence => fail(
-                    row.sequence as u64,
-                    &row.tenant,
-                    "in the audit table but not on the stream".into(),
-                ),
-                Some(row) => match envelope_of(row) {
-                    Err(reason) => fail(sequence, &row.tenant, reason),
-                    Ok(recorded) => {
-                        if row.prev_hash != previous {
-                            fail(
-                                sequence,
-                                &row.tenant,
-                                "chain broken: the previous hash differs".into(),
-                            )
-                        } else if link(&row.prev_hash, &recorded.canonical_bytes()).as_slice()
-                            != row.hash
-                        {
-                            fail(
-                                sequence,
-                                &row.tenant,
-                                "the record does not match its hash: it was altered".into(),
-                            )
-                        } else if row.hash != expected {
-                            fail(
-                                sequence,
-                                &row.tenant,
-                                "the record differs from the event on the stream".into(),
-                            )
-                        } else {
-                            None
-                        }
+                let previous = chains
+                    .get(&envelope.tenant)
+                    .map_or(GENESIS, |(hash, _)| *hash);
+                let expected = link(&previous, &envelope.canonical_bytes());
+                chains.insert(envelope.tenant.clone(), (expected, sequence));
+                verified.events += 1;
+                if verified.events % 10_000 == 0 {
+                    progress(verified.events, up_to);
+                }
+                let recorded_here = next_row.as_ref().is_some_and(|row| key(row) == here);
+                if !recorded_here && unaudited.contains(&sequence) {
+                    if verified.unaudited.last() != Some(&sequence) {
+                        verified.unaudited.push(sequence);
                     }
-                },
-            };
-            if mismatch.is_some() {
-                verified.mismatch = mismatch;
-                return Ok(verified);
+                    continue;
+                }
+                let mismatch = match &next_row {
+                    None => fail(
+                        here,
+                        &envelope.tenant,
+                        "missing from the audit table".into(),
+                    ),
+                    Some(row) if key(row) > here => fail(
+                        here,
+                        &envelope.tenant,
+                        "missing from the audit table".into(),
+                    ),
+                    Some(row) if key(row) < here => fail(
+                        key(row),
+                        &row.tenant,
+                        "in the audit table but not on the stream".into(),
+                    ),
+                    Some(row) => match envelope_of(row) {
+                        Err(reason) => fail(here, &row.tenant, reason),
+                        Ok(recorded) => {
+                            if row.prev_hash != previous {
+                                fail(
+                                    here,
+                                    &row.tenant,
+                                    "chain broken: the previous hash differs".into(),
+                                )
+                            } else if link(&row.prev_hash, &recorded.canonical_bytes()).as_slice()
+                                != row.hash
+                            {
+                                fail(
+                                    here,
+                                    &row.tenant,
+                                    "the record does not match its hash: it was altered".into(),
+                                )
+                            } else if row.hash != expected {
+                                fail(
+                                    here,
+                                    &row.tenant,
+                                    "the record differs from the event on the stream".into(),
+                                )
+                            } else {
+                                None
+                            }
+                        }
+                    },
+                };
+                if mismatch.is_some() {
+                    verified.mismatch = mismatch;
+                    return Ok(verified);
+                }
+                next_row = rows
+                    .next()
+                    .await
+                    .transpose()
+                    .map_err(rollcall_store::StoreError::from)?;
             }
-            next_row = rows
-                .next()
-                .await
-                .transpose()
-                .map_err(rollcall_store::StoreError::from)?;
+            // A signed head names a message: its hash is the chain's after the message's last
+            // event of the tenant.
             if let Some(checkpoint) = checkpoint {
-                if checkpoint.tenant == envelope.tenant && checkpoint.sequence == sequence {
+                let signed_here = checkpoint.sequence == sequence
+                    && events.iter().any(|e| e.tenant == checkpoint.tenant)
+                    && tenant.is_none_or(|t| t == checkpoint.tenant);
+                if signed_here {
                     checkpoint_seen = true;
-                    if hex::encode(expected) != checkpoint.hash {
+                    let head = chains
+                        .get(&checkpoint.tenant)
+                        .map(|(hash, _)| hex::encode(hash));
+                    if head.as_deref() != Some(checkpoint.hash.as_str()) {
                         verified.mismatch = fail(
-                            sequence,
-                            &envelope.tenant,
+                            (sequence, 0),
+                            &checkpoint.tenant,
                             "the history differs from the signed checkpoint".into(),
                         );
                         return Ok(verified);
@@ -234,7 +256,7 @@ pub async fn verify(
     }
     if let Some(row) = next_row {
         verified.mismatch = fail(
-            row.sequence as u64,
+            key(&row),
             &row.tenant,
             "in the audit table but not on the stream".into(),
         );
@@ -242,7 +264,7 @@ pub async fn verify(
     }
     if let Some(checkpoint) = checkpoint.filter(|_| !checkpoint_seen) {
         verified.mismatch = fail(
-            checkpoint.sequence,
+            (checkpoint.sequence, 0),
             &checkpoint.tenant,
             "the signed checkpoint names an event this history does not have".into(),
         );

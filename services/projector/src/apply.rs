@@ -117,18 +117,20 @@ pub async fn apply(
     pending: &mut Pending,
     delivered: &Delivered,
 ) -> Result<(), ProjectorError> {
-    apply_effects(connection, pending, &delivered.envelope, delivered.sequence).await?;
-    audit(connection, pending, &delivered.envelope, delivered.sequence).await
+    let (sequence, position) = (delivered.sequence, delivered.position);
+    apply_effects(connection, pending, &delivered.envelope, sequence, position).await?;
+    audit(connection, pending, &delivered.envelope, sequence, position).await
 }
 
-/// Applies one event (at stream sequence `sequence`) to the read models and gathers its access
-/// effects, without its audit record (a quarantined event, applied later, was audited when it
-/// arrived).
+/// Applies one event (at stream sequence `sequence`, `position` in its message) to the read
+/// models and gathers its access effects, without its audit record (a quarantined event,
+/// applied later, was audited when it arrived).
 pub async fn apply_effects(
     connection: &mut PgConnection,
     pending: &mut Pending,
     envelope: &Envelope,
     sequence: u64,
+    position: u32,
 ) -> Result<(), ProjectorError> {
     let fail = |reason: String| ProjectorError::Event { sequence, reason };
     let tenant = envelope.tenant.as_str();
@@ -184,6 +186,7 @@ pub async fn apply_effects(
             if let Some((session_id, reason)) = revocation {
                 let row = RevocationRow {
                     sequence: sequence as i64,
+                    position: position as i32,
                     event_id: envelope.event_id,
                     tenant: tenant.to_owned(),
                     user_id: id,
@@ -286,12 +289,14 @@ pub async fn apply_effects(
     Ok(())
 }
 
-/// Gathers one event's audit record and extends its tenant's chain (in stream order).
+/// Gathers one event's audit record and extends its tenant's chain (in stream order: by
+/// sequence, then by position within a commit).
 pub async fn audit(
     connection: &mut PgConnection,
     pending: &mut Pending,
     envelope: &Envelope,
     sequence: u64,
+    position: u32,
 ) -> Result<(), ProjectorError> {
     let (tenant, id, at) = (
         envelope.tenant.as_str(),
@@ -309,6 +314,7 @@ pub async fn audit(
     let hash = link(&previous, &envelope.canonical_bytes());
     pending.audit.push(AuditRow {
         sequence: sequence as i64,
+        position: position as i32,
         event_id: envelope.event_id,
         tenant: tenant.to_owned(),
         aggregate_type: envelope.aggregate_type.clone(),

@@ -9,6 +9,8 @@
 #![warn(missing_docs)]
 
 mod apply;
+pub mod lease;
+mod metrics;
 pub mod publish;
 pub mod quarantine;
 pub mod rebuild;
@@ -17,13 +19,15 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
-use rollcall_eventlog::consumer::{decode, Delivered};
+use rollcall_eventlog::consumer::{commits, decode, Delivered};
+use rollcall_eventlog::partition::{subject_tenant, Partition, Partitioning};
 use rollcall_eventlog::{EventLog, LoadError};
 use rollcall_store::quarantine::Status;
 use rollcall_store::{checkpoint, Store, StoreError};
 use sqlx::Connection;
 use tracing::{error, info, info_span, instrument, warn, Instrument};
 
+use crate::lease::{Lease, Share, LEASE_POLL};
 use crate::quarantine::{classify, Changes, Failure, Quarantined};
 
 pub use apply::{apply, Pending};
@@ -41,12 +45,18 @@ pub struct Config {
     /// Events applied per PostgreSQL transaction at most.
     #[arg(long = "projector-batch", env = "ROLLCALL_PROJECTOR_BATCH", default_value_t = DEFAULT_BATCH)]
     pub batch: usize,
+    /// Partitions of the installation's tenants (1 to 64), each projected by one process at a
+    /// time: chosen once (unset: what the installation has, 1 at first). Going from 1 to more
+    /// happens in place; any other change needs a rebuild.
+    #[arg(long = "partitions", env = "ROLLCALL_PARTITIONS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub partitions: Option<u16>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             batch: DEFAULT_BATCH,
+            partitions: None,
         }
     }
 }
@@ -79,6 +89,14 @@ pub enum ProjectorError {
     /// Bad configuration.
     #[error("{0}")]
     Config(String),
+    /// The installation's partitioning changed since this process started.
+    #[error("the installation now has {current} partition(s), this process was started with {started}: restart it")]
+    Repartitioned {
+        /// What the installation has now.
+        current: u16,
+        /// What this process started with.
+        started: u16,
+    },
 }
 
 /// A projector over one stream into one read-model schema.
@@ -88,6 +106,8 @@ pub struct Projector {
     store: Store,
     client: async_nats::Client,
     name: String,
+    partition: Partition,
+    share: Option<Share>,
     batch: usize,
     publisher: Option<publish::Publisher>,
     quarantined: Quarantined,
@@ -116,12 +136,33 @@ impl Projector {
             store,
             client,
             name: name.to_owned(),
+            partition: Partition::ONLY,
+            share: None,
             batch: batch.max(1),
             publisher: None,
             quarantined: Quarantined::default(),
             strikes: Default::default(),
             active: Default::default(),
         }
+    }
+
+    /// Projects only partition `partition`'s tenants, as `name` with the partition's suffix,
+    /// taking the partition only within this process's fair `share` of them.
+    pub fn in_partition(mut self, partition: Partition, share: Share) -> Self {
+        self.name = partition.name(&self.name);
+        self.partition = partition;
+        self.share = Some(share);
+        self
+    }
+
+    /// The partition it projects.
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
+    /// Its name: its durable consumer and checkpoint.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Also publishes access state to NATS after every batch (the live projector does; a
@@ -135,19 +176,51 @@ impl Projector {
     /// lease, then projects (recovering from failures by repositioning at the checkpoint after
     /// a pause), and stands by again should the lease be lost.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        let _metrics = self.report_metrics();
         tokio::pin!(shutdown);
         loop {
             let mut lease = tokio::select! {
                 _ = &mut shutdown => return,
                 lease = self.lead() => lease,
             };
-            tokio::select! {
-                _ = &mut shutdown => return,
+            let outcome = tokio::select! {
+                _ = &mut shutdown => None,
                 _ = lease.lost() => {
                     error!(projector = %self.name, "lost the projector lease (PostgreSQL connection); standing by");
-                    self.active.store(false, std::sync::atomic::Ordering::Relaxed);
+                    Some(false)
                 }
-                () = self.project() => return,
+                _ = self.beyond_share() => {
+                    info!(projector = %self.name, "giving this partition to a process with fewer; standing by");
+                    Some(true)
+                }
+                () = self.project() => None,
+            };
+            self.active
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            if let Some(share) = &self.share {
+                share.drop_partition(self.partition.index());
+            }
+            match outcome {
+                None => {
+                    lease.release().await;
+                    return;
+                }
+                Some(true) => lease.release().await,
+                Some(false) => {}
+            }
+        }
+    }
+
+    /// Resolves when this process holds more partitions than its fair share and this is one
+    /// it should give back; never without partitions to share.
+    async fn beyond_share(&self) {
+        let Some(share) = &self.share else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(LEASE_POLL).await;
+            if share.should_give_back(self.partition.index()).await {
+                return;
             }
         }
     }
@@ -162,12 +235,24 @@ impl Projector {
     /// that dies (`kill -9` included) loses its connection, and so the lock, at once; a standby
     /// asks every second.
     async fn lead(&self) -> Lease {
-        let key = format!("rollcall projector {}.{}", self.store.schema(), self.name);
+        let key = lease::lease_key(self.store.schema(), &self.name);
         let mut said = false;
         loop {
-            match Lease::try_take(&self.store, &key).await {
+            let may = match &self.share {
+                Some(share) => share.may_take().await,
+                None => true,
+            };
+            let taken = if may {
+                Lease::try_take(&self.store, &key).await
+            } else {
+                Ok(None)
+            };
+            match taken {
                 Ok(Some(lease)) => {
                     info!(projector = %self.name, "holding the projector lease; projecting");
+                    if let Some(share) = &self.share {
+                        share.hold(self.partition.index());
+                    }
                     self.active
                         .store(true, std::sync::atomic::Ordering::Relaxed);
                     return lease;
@@ -254,19 +339,40 @@ impl Projector {
             .map_err(|error| LoadError::Nats(error.to_string()))?;
         let mut batches = messages.ready_chunks(self.batch);
         while let Some(batch) = batches.next().await {
+            let measured = metrics::Batch::start(&batch);
             let mut delivered = Vec::with_capacity(batch.len());
             let mut last = None;
             let mut checkpoint = None;
+            // The batch's messages from `from` to `through` (other partitions' included, which
+            // are passed over: the checkpoint moves past them all the same).
+            let mut from: Option<u64> = None;
+            let mut through = 0;
             for message in batch {
                 let message = message.map_err(|error| LoadError::Nats(error.to_string()))?;
+                let sequence = message
+                    .info()
+                    .map_err(|error| LoadError::Nats(error.to_string()))?
+                    .stream_sequence;
+                let start = *from.get_or_insert(sequence);
+                let ours = self
+                    .partition
+                    .holds(subject_tenant(&message.subject).unwrap_or_default());
+                if !ours {
+                    through = sequence;
+                    last = Some(message);
+                    continue;
+                }
                 match decode(&message) {
-                    Ok(event) => delivered.push(event),
+                    // One event, or the events of one commit (a write): applied together.
+                    Ok(events) => delivered.extend(events),
                     Err(LoadError::Corrupt { sequence, reason }) => {
                         // Nothing Rollcall wrote: quarantined on its own, after what came before.
-                        if !delivered.is_empty() {
-                            self.apply_isolating(&delivered).await?;
+                        if sequence > start {
+                            self.apply_isolating(&delivered, start, sequence - 1)
+                                .await?;
                             delivered.clear();
                         }
+                        from = Some(sequence + 1);
                         checkpoint = Some(
                             self.quarantine_unreadable(
                                 sequence,
@@ -279,14 +385,16 @@ impl Projector {
                     }
                     Err(error) => return Err(error.into()),
                 }
+                through = sequence;
                 last = Some(message);
             }
-            if !delivered.is_empty() {
-                checkpoint = Some(self.apply_isolating(&delivered).await?);
+            if let Some(from) = from.filter(|&from| through >= from) {
+                checkpoint = Some(self.apply_isolating(&delivered, from, through).await?);
             }
             if let Some(publisher) = &self.publisher {
                 publisher.drain_logged().await;
             }
+            measured.finish(self.partition, delivered.len(), checkpoint, last.as_ref());
             if let Some(last) = last {
                 // AckPolicy::All: acknowledging the last acknowledges the batch. A lost ack is
                 // harmless: the checkpoint decides what is applied.
@@ -303,11 +411,16 @@ impl Projector {
 
     /// Applies a batch; when an event in it cannot be applied, applies the batch event by event
     /// and quarantines the ones that fail, so that one poison event never stops the others.
+    ///
+    /// `delivered` are this partition's events among the stream's messages `from..=through`;
+    /// the checkpoint moves to `through`.
     pub(crate) async fn apply_isolating(
         &self,
         delivered: &[Delivered],
+        from: u64,
+        through: u64,
     ) -> Result<u64, ProjectorError> {
-        let error = match self.apply_batch(delivered).await {
+        let error = match self.apply_batch(delivered, from, through).await {
             Ok(checkpoint) => return Ok(checkpoint),
             Err(error) => error,
         };
@@ -316,14 +429,23 @@ impl Projector {
         }
         warn!(error = %error, events = delivered.len(), "a batch failed; applying its events one by one");
         let mut checkpoint = 0;
-        for event in delivered {
-            checkpoint = match self.apply_batch(std::slice::from_ref(event)).await {
+        let mut start = from;
+        // One message at a time: the events of a commit are applied, or quarantined, together.
+        for commit in commits(delivered) {
+            let Some(sequence) = commit.first().map(|event| event.sequence) else {
+                continue;
+            };
+            checkpoint = match self.apply_batch(commit, start, sequence).await {
                 Ok(checkpoint) => checkpoint,
-                Err(error) if self.isolates(&error, std::slice::from_ref(event)) => {
-                    self.quarantine_event(event, &error).await?
+                Err(error) if self.isolates(&error, commit) => {
+                    self.quarantine_event(commit, start, &error).await?
                 }
                 Err(error) => return Err(error),
             };
+            start = sequence + 1;
+        }
+        if through >= start {
+            checkpoint = self.apply_batch(&[], start, through).await?;
         }
         Ok(checkpoint)
     }
@@ -354,21 +476,44 @@ impl Projector {
     /// Applies delivered events in one transaction with the checkpoint; returns the checkpoint.
     /// Events of a quarantined aggregate are held in the quarantine instead, and operators'
     /// resolutions are applied.
-    #[instrument(skip_all, fields(projector = %self.name, events = delivered.len()), err)]
-    pub async fn apply_batch(&self, delivered: &[Delivered]) -> Result<u64, ProjectorError> {
+    ///
+    /// `delivered` are this projector's events among the stream's messages `from..=through`
+    /// (the others belong to other partitions); the checkpoint moves to `through`. Messages at
+    /// or below the checkpoint were applied already and are passed over; a checkpoint below
+    /// `from - 1` is a gap.
+    #[instrument(skip_all, fields(projector = %self.name, events = delivered.len(), from, through), err)]
+    pub async fn apply_batch(
+        &self,
+        delivered: &[Delivered],
+        from: u64,
+        through: u64,
+    ) -> Result<u64, ProjectorError> {
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
-        let mut checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
+        let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
+        if self.share.is_some() {
+            // Live projectors only (a rebuild projects every tenant into a fresh schema).
+            let partitions = rollcall_store::partition::hold(&mut transaction).await?;
+            if partitions != self.partition.count() {
+                return Err(ProjectorError::Repartitioned {
+                    current: partitions,
+                    started: self.partition.count(),
+                });
+            }
+        }
+        if checkpoint >= through {
+            return Ok(checkpoint);
+        }
+        if checkpoint + 1 < from {
+            return Err(ProjectorError::Gap {
+                checkpoint,
+                delivered: from,
+            });
+        }
         let mut pending = apply::Pending::default();
         let mut changes = Changes::default();
         for event in delivered {
             if event.sequence <= checkpoint {
                 continue;
-            }
-            if event.sequence != checkpoint + 1 {
-                return Err(ProjectorError::Gap {
-                    checkpoint,
-                    delivered: event.sequence,
-                });
             }
             let span = info_span!(
                 "message.process",
@@ -378,19 +523,19 @@ impl Projector {
                 messaging.destination.name = %self.log.namespace().stream(),
                 messaging.message.id = %event.envelope.event_id,
                 event.sequence = event.sequence,
+                event.position = event.position,
                 event.r#type = %event.envelope.event_type,
             );
             rollcall_telemetry::set_parent(&span, event.envelope.traceparent.as_deref());
             self.apply_one(&mut transaction, &mut pending, &mut changes, event)
                 .instrument(span)
                 .await?;
-            checkpoint = event.sequence;
         }
         pending.flush(&mut transaction).await?;
-        checkpoint::set(&mut transaction, &self.name, checkpoint).await?;
+        checkpoint::set(&mut transaction, &self.name, through).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         self.quarantined.commit(&changes);
-        Ok(checkpoint)
+        Ok(through)
     }
 
     /// Applies one event: a resolution of the quarantine, an event held behind a quarantined
@@ -405,7 +550,14 @@ impl Projector {
         let envelope = &event.envelope;
         if envelope.aggregate_type == rollcall_eventlog::quarantine::AGGREGATE {
             quarantine::resolve(connection, pending, changes, event).await?;
-            return apply::audit(connection, pending, envelope, event.sequence).await;
+            return apply::audit(
+                connection,
+                pending,
+                envelope,
+                event.sequence,
+                event.position,
+            )
+            .await;
         }
         let key = (envelope.tenant.clone(), envelope.aggregate_id);
         if self.quarantined.contains(&key.0, key.1) || changes.quarantines(&key) {
@@ -424,24 +576,36 @@ impl Projector {
                 sequence = event.sequence,
                 "event held behind its quarantined resource"
             );
-            return apply::audit(connection, pending, envelope, event.sequence).await;
+            return apply::audit(
+                connection,
+                pending,
+                envelope,
+                event.sequence,
+                event.position,
+            )
+            .await;
         }
         apply(connection, pending, event).await
     }
 
-    /// Quarantines one event that cannot be applied, in a transaction of its own with the
-    /// checkpoint: its audit record is written if PostgreSQL takes it, and chained either way.
+    /// Quarantines one message that cannot be applied (its event, or every event of its commit:
+    /// a write is applied whole or not at all), in a transaction of its own with the checkpoint:
+    /// its audit records are written if PostgreSQL takes them, and chained either way.
     async fn quarantine_event(
         &self,
-        event: &Delivered,
+        commit: &[Delivered],
+        from: u64,
         failure: &ProjectorError,
     ) -> Result<u64, ProjectorError> {
+        let Some(event) = commit.first() else {
+            return Ok(from.saturating_sub(1));
+        };
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
         let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
         if event.sequence <= checkpoint {
             return Ok(checkpoint);
         }
-        if event.sequence != checkpoint + 1 {
+        if checkpoint + 1 < from {
             return Err(ProjectorError::Gap {
                 checkpoint,
                 delivered: event.sequence,
@@ -450,7 +614,17 @@ impl Projector {
         let envelope = &event.envelope;
         let key = (envelope.tenant.clone(), envelope.aggregate_id);
         let mut pending = apply::Pending::default();
-        apply::audit(&mut transaction, &mut pending, envelope, event.sequence).await?;
+        for each in commit {
+            let (sequence, position) = (each.sequence, each.position);
+            apply::audit(
+                &mut transaction,
+                &mut pending,
+                &each.envelope,
+                sequence,
+                position,
+            )
+            .await?;
+        }
         let audited = {
             let mut savepoint = transaction.begin().await.map_err(StoreError::from)?;
             match pending.write_audit(&mut savepoint).await {
@@ -471,16 +645,18 @@ impl Projector {
             Status::Failed
         };
         let reason = failure.to_string();
-        quarantine::record(
-            &mut transaction,
-            &mut pending,
-            event,
-            status,
-            &reason,
-            audited,
-            1,
-        )
-        .await?;
+        for each in commit {
+            quarantine::record(
+                &mut transaction,
+                &mut pending,
+                each,
+                status,
+                &reason,
+                audited,
+                1,
+            )
+            .await?;
+        }
         pending.flush(&mut transaction).await?;
         checkpoint::set(&mut transaction, &self.name, event.sequence).await?;
         transaction.commit().await.map_err(StoreError::from)?;
@@ -489,6 +665,7 @@ impl Projector {
         self.quarantined.commit(&changes);
         error!(
             sequence = event.sequence,
+            events = commit.len(),
             tenant = %envelope.tenant,
             aggregate.r#type = %envelope.aggregate_type,
             aggregate.id = %envelope.aggregate_id,
@@ -531,6 +708,7 @@ impl Projector {
             &mut transaction,
             &rollcall_store::quarantine::NewQuarantine {
                 sequence,
+                position: 0,
                 event_id: uuid::Uuid::nil(),
                 tenant,
                 aggregate_type: aggregate,
@@ -576,36 +754,6 @@ impl Projector {
     }
 }
 
-/// How often a standby asks for the projector's lease.
-const LEASE_POLL: Duration = Duration::from_secs(1);
-
-/// The projector's lease: a session-level advisory lock held by a connection of its own.
-struct Lease(sqlx::PgConnection);
-
-impl Lease {
-    async fn try_take(store: &Store, key: &str) -> Result<Option<Self>, StoreError> {
-        let mut connection = store.admin_connection().await?;
-        let taken: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                .bind(key)
-                .fetch_one(&mut connection)
-                .await?;
-        Ok(taken.then_some(Self(connection)))
-    }
-
-    /// Resolves when the lease's connection fails (the lock is then gone).
-    async fn lost(&mut self) {
-        loop {
-            tokio::time::sleep(LEASE_POLL).await;
-            // A half-open connection may never answer: no answer within a poll is a loss too.
-            let probe = sqlx::query("SELECT 1").execute(&mut self.0);
-            if !matches!(tokio::time::timeout(LEASE_POLL, probe).await, Ok(Ok(_))) {
-                return;
-            }
-        }
-    }
-}
-
 struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {
@@ -616,8 +764,161 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Runs the projector, publishing access state, over shared connections until `shutdown`
-/// resolves.
+/// Settles the installation's partitioning before anything projects: `requested` partitions
+/// (`None`: what the installation has, 1 if it never chose). Moving an installation with one
+/// partition to more happens in place, once the single projector's lease is held (no process
+/// projects the old way meanwhile); other changes are refused with what to do.
+pub async fn choose_partitions(
+    store: &Store,
+    requested: Option<u16>,
+) -> Result<Partitioning, ProjectorError> {
+    let requested = requested
+        .map(|count| Partitioning::new(count.into()))
+        .transpose()
+        .map_err(|error| ProjectorError::Config(error.to_string()))?;
+    let current = store.partitions().await?;
+    let Some(requested) = requested.filter(|p| p.count() != current) else {
+        let count = match store.choose_partitions(None, DEFAULT_NAME, &[]).await? {
+            rollcall_store::partition::Choice::Partitions(count) => count,
+            rollcall_store::partition::Choice::Refused { current, .. } => current,
+        };
+        return Partitioning::new(count.into()).map_err(|e| ProjectorError::Config(e.to_string()));
+    };
+    if current != 1 {
+        return Err(ProjectorError::Config(format!(
+            "the installation has {current} partitions; changing to {} is not done in place (rebuild the read models into a new installation with the new count)",
+            requested.count()
+        )));
+    }
+    // No process may project with one partition while the checkpoints are shared out.
+    let key = lease::lease_key(store.schema(), DEFAULT_NAME);
+    let single = loop {
+        if let Some(lease) = Lease::try_take(store, &key).await? {
+            break lease;
+        }
+        warn!("waiting for the single projector to stop before partitioning (stop the processes still running with one partition)");
+        tokio::time::sleep(LEASE_POLL).await;
+    };
+    let names: Vec<String> = requested
+        .all()
+        .map(|partition| partition.name(DEFAULT_NAME))
+        .collect();
+    let choice = store
+        .choose_partitions(Some(requested.count()), DEFAULT_NAME, &names)
+        .await;
+    single.release().await;
+    match choice? {
+        rollcall_store::partition::Choice::Partitions(count) => {
+            info!(partitions = count, "the installation is partitioned");
+            Partitioning::new(count.into()).map_err(|e| ProjectorError::Config(e.to_string()))
+        }
+        rollcall_store::partition::Choice::Refused { current, requested } => {
+            Err(ProjectorError::Config(format!(
+                "the installation has {current} partitions; changing to {requested} is not done in place"
+            )))
+        }
+    }
+}
+
+/// The projectors of every partition, running in this process (each active only while this
+/// process holds its partition's lease).
+#[derive(Debug)]
+pub struct Running {
+    partitioning: Partitioning,
+    projectors: Vec<Projector>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The installation's partitioning.
+    pub fn partitioning(&self) -> Partitioning {
+        self.partitioning
+    }
+
+    /// The partitions this process projects now.
+    pub fn active(&self) -> Vec<u16> {
+        self.projectors
+            .iter()
+            .filter(|projector| projector.is_active())
+            .map(|projector| projector.partition().index())
+            .collect()
+    }
+
+    /// Every partition's projector (active or standing by).
+    pub fn projectors(&self) -> &[Projector] {
+        &self.projectors
+    }
+
+    /// Stops every partition's projector (their leases are given back at once).
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    /// Dropped without [`Running::stop`]: the projectors end where they are, as in a crash
+    /// (an open transaction rolls back; the leases go with their connections).
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the projector of every partition (each active here only while this process holds
+/// its lease and it is within this process's fair share), publishing access state, over
+/// shared connections.
+pub async fn start(
+    config: Config,
+    client: async_nats::Client,
+    log: EventLog,
+    store: Store,
+) -> Result<Running, ProjectorError> {
+    // Rows keyed before lookup keys were case-folded by Rollcall (migration 0003) are keyed
+    // again before any event is applied: the projector is the read models' one writer.
+    store.rekey_lookup_keys().await?;
+    let partitioning = choose_partitions(&store, config.partitions).await?;
+    let share = Share::new(store.clone(), partitioning.count());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut projectors = Vec::new();
+    let mut tasks = Vec::new();
+    for partition in partitioning.all() {
+        let publisher =
+            publish::Publisher::open(client.clone(), log.namespace().clone(), store.clone())
+                .await?
+                .for_partition(partition);
+        let projector = Projector::new(
+            client.clone(),
+            log.clone(),
+            store.clone(),
+            DEFAULT_NAME,
+            config.batch,
+        )
+        .in_partition(partition, share.clone())
+        .with_publisher(publisher);
+        let mut stopped = stopped.clone();
+        projectors.push(projector.clone());
+        tasks.push(tokio::spawn(async move {
+            projector
+                .run(async move {
+                    let _ = stopped.wait_for(|&s| s).await;
+                })
+                .await
+        }));
+    }
+    Ok(Running {
+        partitioning,
+        projectors,
+        stop,
+        tasks,
+    })
+}
+
+/// Runs the projector of every partition ([`start`]) until `shutdown` resolves.
 pub async fn run(
     config: Config,
     client: async_nats::Client,
@@ -625,14 +926,8 @@ pub async fn run(
     store: Store,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectorError> {
-    // Rows keyed before lookup keys were case-folded by Rollcall (migration 0003) are keyed
-    // again before any event is applied: the projector is the read models' one writer.
-    store.rekey_lookup_keys().await?;
-    let publisher =
-        publish::Publisher::open(client.clone(), log.namespace().clone(), store.clone()).await?;
-    Projector::new(client, log, store, DEFAULT_NAME, config.batch)
-        .with_publisher(publisher)
-        .run(shutdown)
-        .await;
+    let running = start(config, client, log, store).await?;
+    shutdown.await;
+    running.stop().await;
     Ok(())
 }

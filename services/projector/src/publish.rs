@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::kv::Store as Bucket;
 use bytes::Bytes;
 use rollcall_eventlog::access::{self, AccessCheckpoint, GroupAccess, RevokedSession, UserAccess};
+use rollcall_eventlog::partition::Partition;
 use rollcall_eventlog::{LoadError, Namespace};
 use rollcall_store::access::OutboxRow;
 use rollcall_store::Store;
@@ -29,6 +30,7 @@ pub struct Publisher {
     namespace: Namespace,
     store: Store,
     max_payload: usize,
+    partition: Partition,
 }
 
 fn nats<E: std::fmt::Display>(error: E) -> ProjectorError {
@@ -114,7 +116,14 @@ impl Publisher {
             namespace,
             store,
             max_payload,
+            partition: Partition::ONLY,
         })
+    }
+
+    /// Publishes only partition `partition`'s outbox, with its own checkpoint key.
+    pub fn for_partition(mut self, partition: Partition) -> Self {
+        self.partition = partition;
+        self
     }
 
     /// Publishes everything in the outbox, key by key: a key that fails does not hold back the
@@ -125,7 +134,10 @@ impl Publisher {
     pub async fn drain(&self) -> Result<Option<u64>, ProjectorError> {
         let mut published = None;
         loop {
-            let rows = self.store.outbox(ROUND).await?;
+            let rows = self
+                .store
+                .outbox_of(self.partition.index(), self.partition.count(), ROUND)
+                .await?;
             if rows.is_empty() {
                 return Ok(published);
             }
@@ -176,7 +188,7 @@ impl Publisher {
                 let checkpoint =
                     serde_json::to_vec(&AccessCheckpoint { sequence: reached }).unwrap_or_default();
                 self.bucket
-                    .put(access::CHECKPOINT_KEY, checkpoint.into())
+                    .put(self.partition.checkpoint_key(), checkpoint.into())
                     .await
                     .map_err(nats)?;
                 published = Some(reached);

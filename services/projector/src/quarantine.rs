@@ -3,6 +3,9 @@
 //! events of that aggregate are held behind it in order, and every other event goes on. The
 //! users whose access it concerns are denied until an operator resolves it with `rollcall
 //! projector quarantine retry|skip`, which appends a resolution event that this module applies.
+//!
+//! A commit (one write of several events, one message) is quarantined, skipped and applied
+//! again as a whole, so that the read models never hold half a write.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,7 +15,7 @@ use rollcall_domain::EventKind;
 use rollcall_eventlog::consumer::Delivered;
 use rollcall_eventlog::quarantine::{Resolution, SKIPPED};
 use rollcall_eventlog::{Envelope, LoadError};
-use rollcall_store::quarantine::{self, NewQuarantine, Status};
+use rollcall_store::quarantine::{self, NewQuarantine, QuarantineRow, Status};
 use rollcall_store::StoreError;
 use sqlx::{Acquire, PgConnection};
 use tracing::{error, info, warn};
@@ -186,6 +189,7 @@ pub async fn record(
         connection,
         &NewQuarantine {
             sequence: delivered.sequence,
+            position: delivered.position,
             event_id: envelope.event_id,
             tenant: &envelope.tenant,
             aggregate_type: &envelope.aggregate_type,
@@ -209,10 +213,10 @@ pub async fn record(
     Ok(())
 }
 
-/// Applies an operator's resolution: a skip passes over the named event; then the aggregate's
-/// remaining quarantined events are applied in order, each in a savepoint, until one fails
-/// again (it and the rest stay quarantined). The resolution event itself is audited by the
-/// caller.
+/// Applies an operator's resolution: a skip passes over the named message (its event, or every
+/// event of its commit); then the aggregate's remaining quarantined messages are applied in
+/// order, each in a savepoint (a commit whole or not at all), until one fails again (it and the
+/// rest stay quarantined). The resolution event itself is audited by the caller.
 pub async fn resolve(
     connection: &mut PgConnection,
     pending: &mut Pending,
@@ -230,58 +234,78 @@ pub async fn resolve(
     };
     let rows = quarantine::unresolved(connection, &key.0, key.1).await?;
     let by = delivered.sequence;
+    let skips = |row: &QuarantineRow| {
+        envelope.event_type == SKIPPED && row.sequence as u64 == resolution.sequence
+    };
     let mut remaining = rows.len();
-    if envelope.event_type == SKIPPED {
-        if let Some(row) = rows
-            .iter()
-            .find(|row| row.sequence as u64 == resolution.sequence)
-        {
-            quarantine::resolve(
-                connection,
-                row.sequence,
-                Status::Skipped,
-                by,
-                &resolution.reason,
-            )
-            .await?;
-            remaining -= 1;
-            info!(
-                sequence = row.sequence,
-                "quarantined event skipped by an operator"
-            );
-        }
+    let skipped = rows.iter().filter(|row| skips(row)).count();
+    if skipped > 0 {
+        quarantine::resolve(
+            connection,
+            resolution.sequence as i64,
+            Status::Skipped,
+            by,
+            &resolution.reason,
+        )
+        .await?;
+        remaining -= skipped;
+        info!(
+            sequence = resolution.sequence,
+            events = skipped,
+            "quarantined event skipped by an operator"
+        );
     }
-    for row in rows.iter().filter(|row| {
-        !(envelope.event_type == SKIPPED && row.sequence as u64 == resolution.sequence)
-    }) {
-        let held: Envelope = match Envelope::from_bytes(&row.envelope) {
+    let retried: Vec<&QuarantineRow> = rows.iter().filter(|row| !skips(row)).collect();
+    for commit in retried.chunk_by(|a, b| a.sequence == b.sequence) {
+        let Some(sequence) = commit.first().map(|row| row.sequence) else {
+            continue;
+        };
+        let held: Result<Vec<Envelope>, _> = commit
+            .iter()
+            .map(|row| Envelope::from_bytes(&row.envelope))
+            .collect();
+        let held = match held {
             Ok(held) => held,
             Err(error) => {
-                quarantine::failed_again(connection, row.sequence, &format!("unreadable: {error}"))
+                quarantine::failed_again(connection, sequence, &format!("unreadable: {error}"))
                     .await?;
                 break;
             }
         };
         let mut attempt = Pending::default();
         let mut savepoint = connection.begin().await.map_err(StoreError::from)?;
-        match apply_effects(&mut savepoint, &mut attempt, &held, row.sequence as u64).await {
+        let mut outcome = Ok(());
+        for (row, held) in commit.iter().zip(&held) {
+            outcome = apply_effects(
+                &mut savepoint,
+                &mut attempt,
+                held,
+                row.sequence as u64,
+                row.position as u32,
+            )
+            .await;
+            if outcome.is_err() {
+                break;
+            }
+        }
+        match outcome {
             Ok(()) => {
                 savepoint.commit().await.map_err(StoreError::from)?;
                 pending.take_outbox(attempt, by);
                 quarantine::resolve(
                     connection,
-                    row.sequence,
+                    sequence,
                     Status::Applied,
                     by,
                     &resolution.reason,
                 )
                 .await?;
-                remaining -= 1;
+                remaining -= commit.len();
             }
             Err(failure) => {
                 savepoint.rollback().await.map_err(StoreError::from)?;
-                error!(sequence = row.sequence, error = %failure, "a quarantined event failed again; it stays quarantined");
-                quarantine::failed_again(connection, row.sequence, &failure.to_string()).await?;
+                error!(sequence, error = %failure, "a quarantined event failed again; it stays quarantined");
+                quarantine::failed_again(connection, sequence, &failure.to_string()).await?;
                 break;
             }
         }

@@ -41,6 +41,24 @@ pub async fn rebuild(
         }
         applied += catch_up(&projector, log, checkpoint, head, batch, &mut report).await?;
     }
+    // In a partitioned installation every partition's projector goes on from where the
+    // rebuild stopped.
+    let partitions = store.partitions().await?;
+    if partitions > 1 {
+        let at = projector.store.checkpoint(DEFAULT_NAME).await?;
+        let mut connection = projector
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(rollcall_store::StoreError::from)?;
+        let partitioning = rollcall_eventlog::partition::Partitioning::new(partitions.into())
+            .map_err(|error| ProjectorError::Config(error.to_string()))?;
+        for partition in partitioning.all() {
+            rollcall_store::checkpoint::set(&mut connection, &partition.name(DEFAULT_NAME), at)
+                .await?;
+        }
+    }
     // The live access state is already published; replaying it would only repeat it.
     projector.store.clear_outbox(i64::MAX).await?;
     store.swap_rebuild_schema().await?;
@@ -76,11 +94,19 @@ async fn catch_up(
     let mut applied = 0;
     while let Some(chunk) = chunks.next().await {
         let mut delivered = Vec::with_capacity(chunk.len());
+        let (mut from, mut through) = (None, 0);
         for message in chunk {
             let message = message.map_err(|error| LoadError::Nats(error.to_string()))?;
-            delivered.push(decode(&message)?);
+            // A message holds one event or the events of one commit (a write).
+            let events = decode(&message)?;
+            through = events.first().map_or(through, |event| event.sequence);
+            from.get_or_insert(through);
+            delivered.extend(events);
         }
-        let reached = projector.apply_isolating(&delivered).await?;
+        let Some(from) = from else {
+            continue;
+        };
+        let reached = projector.apply_isolating(&delivered, from, through).await?;
         applied += delivered.len() as u64;
         report(Progress { applied, head });
         if reached >= head {

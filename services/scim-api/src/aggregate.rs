@@ -1,5 +1,7 @@
 //! The write path: load an aggregate (from a per-process cache, checked by the append's
-//! expected sequence), decide, append, retry on conflict. Writes to one aggregate are
+//! expected sequence), decide, append, retry on conflict. A write's events are appended as one
+//! message (a commit), so a write lands whole or not at all; they share its stream sequence,
+//! which is what the next append expects. Writes to one aggregate are
 //! serialized within the process, so concurrent PATCHes to one group (Entra sends them) queue
 //! instead of conflicting; across processes the stream's per-subject sequence check decides.
 
@@ -275,6 +277,7 @@ impl<A: Aggregate> Repository<A> {
                 .collect();
             match self.log.append(&subject, folded.sequence, &envelopes).await {
                 Ok(sequence) => {
+                    rollcall_eventlog::fault::point(rollcall_eventlog::fault::WRITE_APPENDED);
                     let mut next = folded;
                     for event in &events {
                         next.state = A::evolve(next.state, event);
@@ -303,7 +306,7 @@ impl<A: Aggregate> Repository<A> {
                     return Err(error.into());
                 }
                 Err(error) => {
-                    // Part of a multi-event write may have landed: forget the cache.
+                    // The write may have landed (whole) unacknowledged: forget the cache.
                     return Err(error.into());
                 }
             }

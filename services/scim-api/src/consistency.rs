@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use rollcall_eventlog::partition::Partitioning;
 use rollcall_eventlog::Namespace;
 use rollcall_store::Store;
 use tokio::sync::watch;
@@ -133,9 +134,14 @@ impl Checkpoint {
 /// Every checkpoint a write waits for: the projector's, and the access service's when it is
 /// configured to (so that the next access decision after a SCIM response reflects it). A write
 /// answers `2xx` only once every one has reached it and its resource is not quarantined.
+///
+/// In an installation with several partitions, a write waits on the checkpoints of its
+/// tenant's partition only.
 #[derive(Debug, Clone)]
 pub struct Consistency {
-    checkpoints: Vec<Checkpoint>,
+    partitioning: Partitioning,
+    /// Per partition, in partition order.
+    checkpoints: Vec<Vec<Checkpoint>>,
     store: Option<Store>,
     health: Arc<Health>,
 }
@@ -166,6 +172,8 @@ impl Health {
 
     fn record_not_applied(&self) {
         self.not_applied.fetch_add(1, Ordering::Relaxed);
+        rollcall_telemetry::metrics::counter!(rollcall_telemetry::metrics::SCIM_WRITES_NOT_APPLIED)
+            .increment(1);
         *self
             .last_not_applied
             .lock()
@@ -174,9 +182,20 @@ impl Health {
 }
 
 impl Consistency {
-    /// Waits on these checkpoints; checks quarantines in `store` (none without one).
+    /// Waits on these checkpoints (an unpartitioned installation); checks quarantines in
+    /// `store` (none without one).
     pub fn new(checkpoints: Vec<Checkpoint>, store: Option<Store>) -> Self {
+        Self::partitioned(Partitioning::default(), vec![checkpoints], store)
+    }
+
+    /// Waits on the checkpoints of each write's partition (`checkpoints[k]`: partition k's).
+    pub fn partitioned(
+        partitioning: Partitioning,
+        checkpoints: Vec<Vec<Checkpoint>>,
+        store: Option<Store>,
+    ) -> Self {
         Self {
+            partitioning,
             checkpoints,
             store,
             health: Arc::default(),
@@ -188,15 +207,29 @@ impl Consistency {
         &self.health
     }
 
-    /// The projector's checkpoint as last seen.
+    /// The projector's checkpoint as last seen (the lowest of the partitions').
     pub fn checkpoint(&self) -> u64 {
-        self.checkpoints.first().map_or(0, Checkpoint::current)
+        self.checkpoints
+            .iter()
+            .map(|partition| partition.first().map_or(0, Checkpoint::current))
+            .min()
+            .unwrap_or(0)
     }
 
-    /// Waits until every checkpoint reaches `sequence` (each bounded by the timeout).
-    pub async fn wait_for(&self, sequence: u64) -> bool {
+    /// Each partition's projector checkpoint as last seen.
+    pub fn checkpoints(&self) -> Vec<u64> {
+        self.checkpoints
+            .iter()
+            .map(|partition| partition.first().map_or(0, Checkpoint::current))
+            .collect()
+    }
+
+    /// Waits until every checkpoint of `tenant`'s partition reaches `sequence` (each bounded by
+    /// the timeout).
+    pub async fn wait_for(&self, tenant: &str, sequence: u64) -> bool {
+        let index = usize::from(self.partitioning.of(tenant).index());
         let mut reached = true;
-        for checkpoint in &self.checkpoints {
+        for checkpoint in self.checkpoints.get(index).into_iter().flatten() {
             reached &= checkpoint.wait_for(sequence).await;
         }
         reached
@@ -216,6 +249,10 @@ impl Consistency {
             Ok(None) => Ok(()),
             Ok(Some((sequence, event_type))) => {
                 self.health.quarantined.fetch_add(1, Ordering::Relaxed);
+                rollcall_telemetry::metrics::counter!(
+                    rollcall_telemetry::metrics::SCIM_WRITES_REFUSED_QUARANTINED
+                )
+                .increment(1);
                 Err(ApiError::Quarantined {
                     resource,
                     sequence: sequence as u64,
@@ -237,7 +274,7 @@ impl Consistency {
         id: Uuid,
         sequence: u64,
     ) -> Result<(), ApiError> {
-        if !self.wait_for(sequence).await {
+        if !self.wait_for(tenant, sequence).await {
             self.health.record_not_applied();
             return Err(ApiError::NotApplied {
                 timeout: READ_YOUR_WRITES_TIMEOUT,

@@ -8,6 +8,8 @@ use rollcall_domain::{GroupError, UserError};
 use rollcall_eventlog::{AppendError, LoadError};
 use rollcall_scim::{ScimError, MEDIA_TYPE};
 use rollcall_store::StoreError;
+use rollcall_telemetry::http::ScimType;
+use rollcall_telemetry::metrics;
 
 /// Everything a SCIM request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -78,10 +80,6 @@ pub enum ApiError {
     #[error("{0}")]
     Internal(String),
 }
-
-/// Requests this process answered `503` because NATS or PostgreSQL was out of reach (for
-/// `/metrics`).
-pub static UNAVAILABLE_ANSWERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// `Retry-After` seconds for a server that is out of reach or behind.
 const RETRY_AFTER: &str = "5";
@@ -208,7 +206,7 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Unavailable(_) => {
-                UNAVAILABLE_ANSWERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!(metrics::SCIM_UNAVAILABLE).increment(1);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
             }
             ApiError::NotApplied { .. } | ApiError::Quarantined { .. } => {
@@ -218,6 +216,9 @@ impl IntoResponse for ApiError {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
+        }
+        if let Some(scim_type) = scim.scim_type {
+            ScimType(scim_type.as_str()).attach(&mut response);
         }
         // The trace layer logs the cause inside the request span.
         response.extensions_mut().insert(Arc::new(self));

@@ -1,8 +1,7 @@
 //! `GET /healthz`, `GET /readyz` and `GET /metrics` of the SCIM API: whether the pipeline
 //! behind a write keeps its promise. Degraded when a write was not applied within the bound in
 //! the last minute, or when the projector holds quarantined events; `/readyz` then answers
-//! `503`. (`/metrics` is Prometheus text, rendered here until the services share a metrics
-//! registry.)
+//! `503`. `/metrics` is the process's Prometheus text, as every role serves it.
 
 use std::sync::atomic::Ordering;
 
@@ -10,6 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use rollcall_telemetry::metrics;
 use serde_json::json;
 
 use crate::AppState;
@@ -62,37 +62,14 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// `GET /metrics`: the promise's counters and the quarantine, in Prometheus text format.
+/// `GET /metrics`: every metric of this process ([`rollcall_telemetry::metrics::render`]), the
+/// installation's quarantine read from PostgreSQL first.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let health = state.checkpoint.health();
     let quarantined = state.store.quarantine_open().await.unwrap_or(-1);
-    let text = format!(
-        "# HELP rollcall_scim_writes_not_applied_total Writes answered 503 because their effect was not applied everywhere within the bound.\n\
-         # TYPE rollcall_scim_writes_not_applied_total counter\n\
-         rollcall_scim_writes_not_applied_total {}\n\
-         # HELP rollcall_scim_writes_refused_quarantined_total Writes answered 503 because their resource is quarantined.\n\
-         # TYPE rollcall_scim_writes_refused_quarantined_total counter\n\
-         rollcall_scim_writes_refused_quarantined_total {}\n\
-         # HELP rollcall_scim_unavailable_total Requests answered 503 because NATS or PostgreSQL was out of reach.\n\
-         # TYPE rollcall_scim_unavailable_total counter\n\
-         rollcall_scim_unavailable_total {}\n\
-         # HELP rollcall_projector_quarantined_events Events the projector holds in its quarantine, unresolved (-1: PostgreSQL out of reach).\n\
-         # TYPE rollcall_projector_quarantined_events gauge\n\
-         rollcall_projector_quarantined_events {quarantined}\n\
-         # HELP rollcall_projector_checkpoint The projector's checkpoint as this process last saw it.\n\
-         # TYPE rollcall_projector_checkpoint gauge\n\
-         rollcall_projector_checkpoint {}\n",
-        health.not_applied.load(Ordering::Relaxed),
-        health.quarantined.load(Ordering::Relaxed),
-        crate::error::UNAVAILABLE_ANSWERS.load(Ordering::Relaxed),
-        state.checkpoint.checkpoint(),
-    );
+    metrics::gauge!(metrics::PROJECTOR_QUARANTINED_EVENTS).set(quarantined as f64);
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        text,
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(),
     )
         .into_response()
 }

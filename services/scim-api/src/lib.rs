@@ -31,6 +31,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use rollcall_eventlog::partition::Partitioning;
 use rollcall_eventlog::{Claims, EventLog};
 use rollcall_store::tenant::Scope;
 use rollcall_store::Store;
@@ -145,20 +146,35 @@ impl AppState {
         }
         let (store_for_log, retention_days, log_bodies) =
             (store.clone(), config.log_retention_days, config.log_bodies);
-        let mut checkpoints = vec![
-            Checkpoint::follow(
-                client.clone(),
-                log.namespace(),
-                store.clone(),
-                PROJECTOR_NAME,
-            )
-            .await,
-        ];
-        if config.wait_for_access {
-            checkpoints
-                .push(Checkpoint::follow_announcements(client, log.namespace(), "access").await);
+        // The installation's partitioning, as the projector chose it (it is chosen before any
+        // role starts; a change of it needs a restart of the SCIM API).
+        // (The table's CHECK keeps it within 1..=64.)
+        let partitioning = Partitioning::new(store.partitions().await?.into()).unwrap_or_default();
+        let mut checkpoints = Vec::with_capacity(usize::from(partitioning.count()));
+        for partition in partitioning.all() {
+            let mut partition_checkpoints = vec![
+                Checkpoint::follow(
+                    client.clone(),
+                    log.namespace(),
+                    store.clone(),
+                    &partition.name(PROJECTOR_NAME),
+                )
+                .await,
+            ];
+            if config.wait_for_access {
+                let access = if partitioning.count() == 1 {
+                    "access".to_owned()
+                } else {
+                    partition.name("access")
+                };
+                partition_checkpoints.push(
+                    Checkpoint::follow_announcements(client.clone(), log.namespace(), &access)
+                        .await,
+                );
+            }
+            checkpoints.push(partition_checkpoints);
         }
-        let checkpoint = Consistency::new(checkpoints, Some(store.clone()));
+        let checkpoint = Consistency::partitioned(partitioning, checkpoints, Some(store.clone()));
         let repositories = Repositories {
             users: Repository::new(log.clone()),
             groups: Repository::new(log),

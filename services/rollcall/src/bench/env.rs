@@ -1,5 +1,5 @@
-//! A private, in-process Rollcall for one benchmark run: its own namespace, database, SCIM API,
-//! projector and access service on 127.0.0.1, removed afterwards.
+//! A private, in-process Rollcall for one benchmark run: its own namespace and database, and an
+//! [`Instance`] with the SCIM API, projector and access service on 127.0.0.1, removed afterwards.
 
 use std::time::{Duration, Instant};
 
@@ -12,11 +12,12 @@ use rollcall_eventlog::{Actor, Envelope, EventLog, Namespace};
 use rollcall_store::tenant::Scope;
 use rollcall_store::Store;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::Common;
+use crate::cli::Common;
+use crate::connection::Connections;
+use crate::instance::{Instance, InstanceHandle};
+use crate::role::{Role, Roles};
 
 /// The applications the benchmark asks about.
 const POLICIES: &str = r#"
@@ -41,8 +42,7 @@ pub struct BenchEnv {
     pub access_base: String,
     pub token: String,
     pub access: rollcall_access::Access,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    instance: Option<InstanceHandle>,
     policy_file: std::path::PathBuf,
 }
 
@@ -61,14 +61,13 @@ pub fn database_named(url: &str, name: &str) -> String {
 impl BenchEnv {
     pub async fn start(common: &Common) -> anyhow::Result<Self> {
         let id = Uuid::new_v4().simple().to_string();
-        let namespace = Namespace::new(format!("bench{}", &id[..12]))?;
+        let namespace =
+            Namespace::new(format!("bench{}", &id[..12]))?.with_replicas(common.replicas)?;
         let database_url = database_named(
             &common.database_url,
             &format!("rollcall_bench_{}", &id[..12]),
         );
-        let client = async_nats::connect(&common.nats_url)
-            .await
-            .context("connecting to NATS")?;
+        let client = rollcall_eventlog::connect(&common.nats_url, "rollcall-bench").await?;
         let log = EventLog::open(client.clone(), namespace.clone()).await?;
         let store = Store::connect_with(&database_url, rollcall_store::LIVE_SCHEMA, 32).await?;
         store.create_tenant("bench").await?;
@@ -76,10 +75,6 @@ impl BenchEnv {
             .create_token("bench", Scope::Scim, Some("bench"))
             .await?
             .token;
-        let (shutdown, stopped) = watch::channel(false);
-        let stop = |mut stopped: watch::Receiver<bool>| async move {
-            let _ = stopped.wait_for(|&s| s).await;
-        };
         let policy_file = std::env::temp_dir().join(format!("rollcall-{namespace}.toml"));
         std::fs::write(&policy_file, POLICIES)?;
         let access = rollcall_access::Access::new(rollcall_access::Config {
@@ -88,52 +83,26 @@ impl BenchEnv {
             trusted_proxy: Some(rollcall_access::proxy::TrustedProxy::Traefik),
             ..Default::default()
         })?;
-        let access_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let access_base = format!("http://{}", access_listener.local_addr()?);
-        let scim_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let scim = format!("http://{}/scim/v2", scim_listener.local_addr()?);
-        let scim_config = rollcall_scim_api::Config {
-            wait_for_access: true,
-            ..Default::default()
+        let roles: Roles = [Role::Scim, Role::Projector, Role::Access]
+            .into_iter()
+            .collect();
+        let instance = Instance::new(roles)
+            .access_service(access.clone())
+            .listener(Role::Scim, TcpListener::bind("127.0.0.1:0").await?)
+            .listener(Role::Access, TcpListener::bind("127.0.0.1:0").await?)
+            .start(Connections {
+                client: client.clone(),
+                log: log.clone(),
+                store: store.clone(),
+            })
+            .await?;
+        let address = |role| {
+            instance
+                .addr(role)
+                .with_context(|| format!("the {role} role has no address"))
         };
-        let state = rollcall_scim_api::AppState::new(
-            scim_config,
-            client.clone(),
-            log.clone(),
-            store.clone(),
-        )
-        .await?;
-        let mut tasks = Vec::new();
-        {
-            let (client, log, store, stopped) =
-                (client.clone(), log.clone(), store.clone(), stopped.clone());
-            tasks.push(tokio::spawn(async move {
-                let _ =
-                    rollcall_projector::run(Default::default(), client, log, store, stop(stopped))
-                        .await;
-            }));
-        }
-        {
-            let (access, client, namespace, stopped) = (
-                access.clone(),
-                client.clone(),
-                namespace.clone(),
-                stopped.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                let _ = rollcall_access::serve(
-                    access_listener,
-                    access,
-                    client,
-                    namespace,
-                    stop(stopped),
-                )
-                .await;
-            }));
-        }
-        tasks.push(tokio::spawn(async move {
-            let _ = rollcall_scim_api::serve(scim_listener, state, stop(stopped)).await;
-        }));
+        let scim = format!("http://{}/scim/v2", address(Role::Scim)?);
+        let access_base = format!("http://{}", address(Role::Access)?);
         let env = Self {
             namespace,
             client,
@@ -144,8 +113,7 @@ impl BenchEnv {
             access_base,
             token,
             access,
-            shutdown,
-            tasks,
+            instance: Some(instance),
             policy_file,
         };
         let ready = format!("{}/readyz", env.access_base);
@@ -213,15 +181,15 @@ impl BenchEnv {
     }
 
     pub async fn stop(mut self) {
-        let _ = self.shutdown.send(true);
-        for task in self.tasks.drain(..) {
-            task.abort();
+        if let Some(instance) = self.instance.take() {
+            instance.abort().await;
         }
         let jetstream = async_nats::jetstream::new(self.client.clone());
         for stream in [
             self.namespace.stream(),
             format!("KV_{}", self.namespace.claims_bucket()),
             format!("KV_{}", self.namespace.access_bucket()),
+            format!("KV_{}", self.namespace.writers_bucket()),
         ] {
             let _ = jetstream.delete_stream(stream).await;
         }

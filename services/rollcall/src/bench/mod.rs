@@ -16,7 +16,7 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::Common;
+use crate::cli::Common;
 use env::BenchEnv;
 use load::Measured;
 

@@ -253,7 +253,7 @@ pub async fn decide(
 /// its own.
 pub async fn rebuild(
     env: &BenchEnv,
-    common: &crate::Common,
+    common: &crate::cli::Common,
     events: usize,
 ) -> anyhow::Result<Measured> {
     let namespace = rollcall_eventlog::Namespace::new(format!("{}rb", env.namespace))?;

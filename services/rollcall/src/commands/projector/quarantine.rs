@@ -10,7 +10,8 @@ use rollcall_eventlog::Actor;
 use rollcall_store::quarantine::QuarantineRow;
 use serde_json::json;
 
-use crate::{connect_nats, connect_store, Common};
+use crate::cli::Common;
+use crate::connection::{connect_nats, connect_store};
 
 /// The quarantine's commands.
 #[derive(Debug, Subcommand)]

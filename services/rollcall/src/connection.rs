@@ -1,0 +1,54 @@
+//! The connections every command shares: NATS (with the namespace's event stream) and
+//! PostgreSQL, opened from [`Common`].
+
+use anyhow::Context;
+use rollcall_eventlog::{EventLog, Namespace};
+use rollcall_store::Store;
+
+use crate::cli::Common;
+
+/// A process's shared connections: what every role of an [`crate::instance::Instance`] uses.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    /// The NATS connection.
+    pub client: async_nats::Client,
+    /// The namespace's event stream.
+    pub log: EventLog,
+    /// The read models.
+    pub store: Store,
+}
+
+impl Connections {
+    /// Connects to NATS and PostgreSQL as `common` says.
+    pub async fn open(common: &Common) -> anyhow::Result<Self> {
+        let (client, log) = connect_nats(common).await?;
+        let store = connect_store(common).await?;
+        Ok(Self { client, log, store })
+    }
+}
+
+/// The namespace `common` names, with its replicas.
+pub fn namespace(common: &Common) -> anyhow::Result<Namespace> {
+    Namespace::new(&common.namespace)
+        .context("ROLLCALL_NAMESPACE")?
+        .with_replicas(common.replicas)
+        .context("ROLLCALL_REPLICAS")
+}
+
+/// Connects to NATS (one server or a cluster's list) and opens the event stream.
+pub async fn connect_nats(common: &Common) -> anyhow::Result<(async_nats::Client, EventLog)> {
+    let namespace = namespace(common)?;
+    // Its errors name NATS_URL and the servers tried.
+    let client = rollcall_eventlog::connect(&common.nats_url, "rollcall").await?;
+    let log = EventLog::open(client.clone(), namespace)
+        .await
+        .context("opening the event stream")?;
+    Ok((client, log))
+}
+
+/// Connects to PostgreSQL (creating the database and migrating it when needed).
+pub async fn connect_store(common: &Common) -> anyhow::Result<Store> {
+    Store::connect(&common.database_url)
+        .await
+        .context("connecting to PostgreSQL (DATABASE_URL)")
+}
