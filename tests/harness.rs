@@ -65,6 +65,15 @@ pub struct Scim {
 }
 
 impl Scim {
+    /// A client of the SCIM API at `base` with a bearer `token`.
+    pub fn new(base: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.into(),
+            token: Some(token.into()),
+        }
+    }
+
     /// Sends a request to `path` (relative to the SCIM base, e.g. `/Users?filter=…`).
     pub async fn send(
         &self,

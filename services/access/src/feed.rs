@@ -53,14 +53,24 @@ pub fn checkpoint_name(partition: Option<u16>) -> String {
     }
 }
 
+/// The header naming the access service (one per process and service) that announces: a
+/// write that waits for the access services waits for every one that announces.
+pub const REPLICA_HEADER: &str = "Rollcall-Access-Replica";
+
 async fn announce(
     client: &async_nats::Client,
     namespace: &Namespace,
+    replica: &str,
     partition: Option<u16>,
     sequence: u64,
 ) {
     let subject = namespace.checkpoint_subject(&checkpoint_name(partition));
-    if let Err(error) = client.publish(subject, sequence.to_string().into()).await {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(REPLICA_HEADER, replica);
+    if let Err(error) = client
+        .publish_with_headers(subject, headers, sequence.to_string().into())
+        .await
+    {
         warn!(error = %error, "announcing the access checkpoint failed");
     }
 }
@@ -68,6 +78,7 @@ async fn announce(
 async fn announce_all(
     client: &async_nats::Client,
     namespace: &Namespace,
+    replica: &str,
     directory: &RwLock<Directory>,
 ) {
     let applied = directory
@@ -75,7 +86,7 @@ async fn announce_all(
         .map(|d| d.applied_by_partition())
         .unwrap_or_default();
     for (partition, sequence) in applied {
-        announce(client, namespace, partition, sequence).await;
+        announce(client, namespace, replica, partition, sequence).await;
     }
 }
 
@@ -89,14 +100,16 @@ pub async fn follow(
     staleness: Duration,
     fail_open: bool,
 ) {
+    let replica = uuid::Uuid::new_v4().to_string();
     // Liveness: a round trip to NATS every second; announcements double as a heartbeat for
     // writers that started after the last change.
     {
-        let (client, health, directory, namespace) = (
+        let (client, health, directory, namespace, replica) = (
             client.clone(),
             health.clone(),
             directory.clone(),
             namespace.clone(),
+            replica.clone(),
         );
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(Duration::from_secs(1));
@@ -121,13 +134,13 @@ pub async fn follow(
                     }
                 }
                 if health.is_ready() {
-                    announce_all(&client, &namespace, &directory).await;
+                    announce_all(&client, &namespace, &replica, &directory).await;
                 }
             }
         });
     }
     loop {
-        if let Err(error) = watch(&client, &namespace, &directory, &health).await {
+        if let Err(error) = watch(&client, &namespace, &replica, &directory, &health).await {
             warn!(error = %error, "following the access bucket failed; reloading");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -137,6 +150,7 @@ pub async fn follow(
 async fn watch(
     client: &async_nats::Client,
     namespace: &Namespace,
+    replica: &str,
     directory: &RwLock<Directory>,
     health: &Health,
 ) -> Result<(), LoadError> {
@@ -159,7 +173,7 @@ async fn watch(
         .map_err(|e| LoadError::Nats(e.to_string()))?;
     health.touch();
     if empty {
-        mark_ready(client, namespace, directory, health).await;
+        mark_ready(client, namespace, replica, directory, health).await;
     }
     while let Some(entry) = entries.next().await {
         let entry = entry.map_err(|e| LoadError::Nats(e.to_string()))?;
@@ -171,13 +185,13 @@ async fn watch(
         };
         match applied {
             Ok(Some((partition, sequence))) if health.is_ready() => {
-                announce(client, namespace, partition, sequence).await
+                announce(client, namespace, replica, partition, sequence).await
             }
             Ok(_) => {}
             Err(error) => warn!(error = %error, "ignoring an unreadable access entry"),
         }
         if entry.delta == 0 && !health.is_ready() {
-            mark_ready(client, namespace, directory, health).await;
+            mark_ready(client, namespace, replica, directory, health).await;
         }
     }
     Err(LoadError::Nats("the access bucket watch ended".into()))
@@ -186,6 +200,7 @@ async fn watch(
 async fn mark_ready(
     client: &async_nats::Client,
     namespace: &Namespace,
+    replica: &str,
     directory: &RwLock<Directory>,
     health: &Health,
 ) {
@@ -195,5 +210,5 @@ async fn mark_ready(
         .map(|d| (d.applied(), d.size()))
         .unwrap_or_default();
     info!(applied, users, groups, "access state loaded; ready");
-    announce_all(client, namespace, directory).await;
+    announce_all(client, namespace, replica, directory).await;
 }

@@ -2,6 +2,7 @@
 //! write's stream sequence, so that Entra's create-then-lookup never misses. The checkpoint
 //! arrives by the projector's NATS announcements, with a PostgreSQL poll as a fallback.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +44,37 @@ async fn listen(
     Ok(())
 }
 
+/// The header naming the access service that announces (as the access service sets it).
+const ACCESS_REPLICA_HEADER: &str = "Rollcall-Access-Replica";
+
+/// How long an access service may be silent before writes stop waiting for it.
+pub const REPLICA_SILENCE: Duration = Duration::from_secs(3);
+
+/// Records an announcement (if any) and sets the checkpoint to the lowest of the access
+/// services heard from within [`REPLICA_SILENCE`] (unchanged while none is).
+fn heard(
+    sender: &watch::Sender<u64>,
+    replicas: &std::sync::Mutex<HashMap<String, (u64, Instant)>>,
+    announcement: Option<(String, u64)>,
+) {
+    let mut replicas = replicas
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = Instant::now();
+    if let Some((replica, sequence)) = announcement {
+        let entry = replicas.entry(replica).or_insert((0, now));
+        *entry = (entry.0.max(sequence), now);
+    }
+    replicas.retain(|_, (_, at)| now.duration_since(*at) < REPLICA_SILENCE);
+    if let Some(lowest) = replicas.values().map(|(sequence, _)| *sequence).min() {
+        sender.send_if_modified(|current| {
+            let changed = *current != lowest;
+            *current = lowest;
+            changed
+        });
+    }
+}
+
 /// Moves the checkpoint forward (never back: announcements and polls may arrive out of order).
 fn advance(sender: &watch::Sender<u64>, sequence: u64) {
     sender.send_if_modified(|current| {
@@ -61,6 +93,59 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// Follows the access services' announcements: each names itself (header
+    /// `Rollcall-Access-Replica`) and announces its applied sequence every second and on
+    /// change. The checkpoint is the lowest of those heard from within
+    /// [`REPLICA_SILENCE`], so that a write waits until every live access service applied it;
+    /// one that stops announcing (it stopped, or lost NATS) drops out after that time.
+    pub async fn follow_access_services(
+        client: async_nats::Client,
+        namespace: &Namespace,
+        consumer: &str,
+    ) -> Self {
+        let (sender, receiver) = watch::channel(0);
+        let sender = Arc::new(sender);
+        let replicas: Arc<std::sync::Mutex<HashMap<String, (u64, Instant)>>> = Arc::default();
+        match client
+            .subscribe(namespace.checkpoint_subject(consumer))
+            .await
+        {
+            Ok(mut announcements) => {
+                let (sender, replicas) = (sender.clone(), replicas.clone());
+                tokio::spawn(async move {
+                    while let Some(message) = announcements.next().await {
+                        let Some(sequence) = std::str::from_utf8(&message.payload)
+                            .ok()
+                            .and_then(|s| s.parse::<u64>().ok())
+                        else {
+                            continue;
+                        };
+                        let replica = message
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get(ACCESS_REPLICA_HEADER))
+                            .map(|v| v.as_str().to_owned())
+                            .unwrap_or_default();
+                        heard(&sender, &replicas, Some((replica, sequence)));
+                    }
+                });
+            }
+            Err(error) => warn!(error = %error, "cannot follow the access services' announcements"),
+        }
+        // Replicas that fell silent drop out even when no one else announces.
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                interval.tick().await;
+                if sender.is_closed() {
+                    return;
+                }
+                heard(&sender, &replicas, None);
+            }
+        });
+        Self { receiver }
+    }
+
     /// Follows a consumer's announcements only (one with no checkpoint in PostgreSQL, such as
     /// the access service, which announces its applied sequence every second and on change).
     pub async fn follow_announcements(
@@ -287,6 +372,25 @@ impl Consistency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_wait_for_the_slowest_live_access_service() {
+        let (sender, receiver) = watch::channel(0);
+        let replicas = std::sync::Mutex::new(HashMap::new());
+        heard(&sender, &replicas, Some(("a".into(), 10)));
+        assert_eq!(*receiver.borrow(), 10);
+        heard(&sender, &replicas, Some(("b".into(), 7)));
+        assert_eq!(*receiver.borrow(), 7, "b has not applied 8..10 yet");
+        heard(&sender, &replicas, Some(("b".into(), 12)));
+        assert_eq!(*receiver.borrow(), 10, "now a is the slowest");
+        heard(&sender, &replicas, Some(("a".into(), 9)));
+        assert_eq!(*receiver.borrow(), 10, "an older announcement is ignored");
+        // A replica silent for longer than the bound drops out.
+        replicas.lock().unwrap().get_mut("a").unwrap().1 =
+            Instant::now() - REPLICA_SILENCE - Duration::from_millis(1);
+        heard(&sender, &replicas, None);
+        assert_eq!(*receiver.borrow(), 12);
+    }
 
     #[test]
     fn the_checkpoint_only_moves_forward() {

@@ -168,7 +168,7 @@ impl AppState {
                     partition.name("access")
                 };
                 partition_checkpoints.push(
-                    Checkpoint::follow_announcements(client.clone(), log.namespace(), &access)
+                    Checkpoint::follow_access_services(client.clone(), log.namespace(), &access)
                         .await,
                 );
             }

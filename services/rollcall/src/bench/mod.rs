@@ -351,6 +351,20 @@ async fn measure(
             Some(0.7),
         ),
     );
+    say(&format!(
+        "scenario partitions: {} events over 16 tenants, P=1 with one projector process, then P=4 with four",
+        sizes.projection_events
+    ));
+    let one = scenarios::partitions(env, common, sizes.projection_events, 1).await?;
+    let four = scenarios::partitions(env, common, sizes.projection_events, 4).await?;
+    let ratio = four.throughput_per_s / one.throughput_per_s.max(f64::MIN_POSITIVE);
+    let mut partitioned = scenario(four);
+    partitioned.ratio = Some(ratio);
+    partitioned.baseline = Some("partitions: P=1".into());
+    partitioned.target = Some("> 1.0 × P=1 (throughput grows with active projectors)".into());
+    partitioned.target_met = Some(ratio > 1.0);
+    scenarios.insert("partitions: P=1".to_owned(), scenario(one));
+    scenarios.insert("partitions".to_owned(), partitioned);
     let (cycle_users, cycle_groups, cycle_memberships) = sizes.cycle;
     say(&format!("scenario initial-cycle: {cycle_users} users, {cycle_groups} groups, {cycle_memberships} memberships"));
     for (phase, measured) in

@@ -515,3 +515,101 @@ pub fn memory(users: usize) -> (f64, f64) {
     drop(directory);
     (grown / users.max(1) as f64, seconds)
 }
+
+/// Projection across many tenants with `partitions` partitions and as many projector
+/// processes (each with connections of its own, as separate processes have): `events`
+/// provisioned users over 16 tenants are appended first, then the projectors start and the
+/// clock runs until every partition's checkpoint reaches the stream's head.
+pub async fn partitions(
+    env: &BenchEnv,
+    common: &crate::cli::Common,
+    events: usize,
+    partitions: u16,
+) -> anyhow::Result<Measured> {
+    let namespace = rollcall_eventlog::Namespace::new(format!("{}p{partitions}", env.namespace))?
+        .with_replicas(common.replicas)?;
+    let log = rollcall_eventlog::EventLog::open(env.client.clone(), namespace.clone()).await?;
+    let database = super::env::database_named(
+        &common.database_url,
+        &format!("{}_p{partitions}", env.namespace),
+    );
+    let store =
+        rollcall_store::Store::connect_with(&database, rollcall_store::LIVE_SCHEMA, 4).await?;
+    let jetstream = log.jetstream().clone();
+    let mut pending = Vec::new();
+    for n in 0..events {
+        let id = Uuid::now_v7();
+        let tenant = format!("tenant{}", n % 16);
+        let payload = json!({"type": "user.provisioned", "active": true, "attributes": {"userName": format!("p{n}@bench.test"), "title": "Engineer"}});
+        let mut event = envelope("user", id, "user.provisioned", payload);
+        event.tenant = tenant.clone();
+        pending.push(
+            jetstream
+                .publish_with_headers(
+                    namespace.aggregate_subject(&tenant, "user", &id),
+                    async_nats::HeaderMap::new(),
+                    event.to_bytes().into(),
+                )
+                .await?,
+        );
+        if pending.len() >= 512 {
+            for ack in pending.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in pending {
+        ack.await?;
+    }
+    let head = log.head().await?;
+    let partitioning = rollcall_projector::choose_partitions(&store, Some(partitions)).await?;
+    let names: Vec<String> = partitioning
+        .all()
+        .map(|p| p.name(rollcall_projector::DEFAULT_NAME))
+        .collect();
+    let started = Instant::now();
+    let mut running = Vec::new();
+    for _ in 0..partitions {
+        // A process of its own: its own NATS connection and PostgreSQL pool.
+        let client = rollcall_eventlog::connect(&common.nats_url, "rollcall-bench").await?;
+        let log = rollcall_eventlog::EventLog::open(client.clone(), namespace.clone()).await?;
+        let store = store.with_schema(rollcall_store::LIVE_SCHEMA, 4).await?;
+        running.push(
+            rollcall_projector::start(rollcall_projector::Config::default(), client, log, store)
+                .await?,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let mut done = true;
+        for name in &names {
+            done &= store.checkpoint(name).await? >= head;
+        }
+        if done {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "projection did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let active: usize = running.iter().map(|r| r.active().len()).sum();
+    for projectors in running {
+        projectors.stop().await;
+    }
+    let _ = jetstream.delete_stream(namespace.stream()).await;
+    let _ = jetstream
+        .delete_stream(format!("KV_{}", namespace.access_bucket()))
+        .await;
+    store.pool().close().await;
+    let _ = rollcall_store::drop_database(&database).await;
+    anyhow::ensure!(
+        active == usize::from(partitions),
+        "{active} partitions active at the end, not {partitions}"
+    );
+    Ok(Measured {
+        throughput_per_s: events as f64 / seconds,
+        operations: events as u64,
+        seconds,
+        ..Default::default()
+    })
+}
