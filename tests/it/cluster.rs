@@ -454,7 +454,7 @@ async fn an_installation_opened_with_more_replicas_is_changed_to_them() {
         assert_eq!(replicas(name.clone()).await, 1, "{name}");
     }
     // The operator sets ROLLCALL_REPLICAS=3 and restarts.
-    let three = single.with_replicas(3).unwrap();
+    let three = single.clone().with_replicas(3).unwrap();
     let log = rollcall_eventlog::EventLog::open(client.clone(), three.clone())
         .await
         .unwrap();
@@ -463,6 +463,17 @@ async fn an_installation_opened_with_more_replicas_is_changed_to_them() {
         .unwrap();
     for name in &streams {
         assert_eq!(replicas(name.clone()).await, 3, "{name}");
+    }
+    // A process (or an operator's command) run without ROLLCALL_REPLICAS never takes them
+    // down to one copy.
+    let log = rollcall_eventlog::EventLog::open(client.clone(), single.clone())
+        .await
+        .unwrap();
+    rollcall_eventlog::Claims::open(log.jetstream(), &single)
+        .await
+        .unwrap();
+    for name in &streams {
+        assert_eq!(replicas(name.clone()).await, 3, "{name} lowered");
     }
 }
 

@@ -387,3 +387,57 @@ async fn scim_writes_on_a_partitioned_installation_read_their_writes() {
     }
     env.assert_other_tenant_unaffected().await;
 }
+
+/// An installation from before partitions (its history under the single projector, no
+/// partitioning recorded) started with `--partitions 4`: every partition goes on from the
+/// single projector's checkpoint, nothing is applied again.
+#[tokio::test]
+async fn an_installation_from_before_partitions_moves_to_four_without_applying_anything_twice() {
+    let mut env = TestEnv::start().await;
+    let tenants = tenants();
+    for (n, tenant) in tenants.iter().cycle().take(40).enumerate() {
+        provision(&env.log, tenant, n).await;
+    }
+    let head = env.head().await;
+    eventually(
+        "the single projector applies the history",
+        Duration::from_secs(20),
+        || async {
+            env.store
+                .checkpoint(rollcall_projector::DEFAULT_NAME)
+                .await
+                .unwrap()
+                == head
+        },
+    )
+    .await;
+    env.kill_projector().await;
+    // As an installation migrated to 0006 looks before any process recorded a choice.
+    sqlx::query("DELETE FROM rollcall_partitioning")
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let running = rollcall_projector::start(
+        config(Some(PARTITIONS)),
+        env.client.clone(),
+        env.log.clone(),
+        env.store.clone(),
+    )
+    .await
+    .unwrap();
+    for partition in running.partitioning().all() {
+        assert_eq!(
+            env.store
+                .checkpoint(&partition.name(rollcall_projector::DEFAULT_NAME))
+                .await
+                .unwrap(),
+            head,
+            "partition {partition} starts from the single projector's checkpoint"
+        );
+    }
+    for (n, tenant) in tenants.iter().cycle().take(20).enumerate() {
+        provision(&env.log, tenant, 100 + n).await;
+    }
+    assert_everything_applied_once(&env, 60).await;
+    running.stop().await;
+}

@@ -70,9 +70,24 @@ impl EventLog {
 }
 
 /// Reads a consumed message: its events in order (one, or the events of a commit).
+///
+/// An event whose tenant is not the one its subject names is not a Rollcall event (Rollcall
+/// always appends to its tenant's subject): it is refused as unreadable, so that it can never
+/// reach another tenant's rows, or a partition that does not hold that tenant.
 pub fn decode(message: &async_nats::jetstream::Message) -> Result<Vec<Delivered>, LoadError> {
     let sequence = message.info().map_err(nats)?.stream_sequence;
-    expand(sequence, &message.payload)
+    let events = expand(sequence, &message.payload)?;
+    let tenant = crate::partition::subject_tenant(&message.subject).unwrap_or_default();
+    if let Some(stray) = events.iter().find(|event| event.envelope.tenant != tenant) {
+        return Err(LoadError::Corrupt {
+            sequence,
+            reason: format!(
+                "the event names tenant {:?}, its subject tenant {tenant:?}",
+                stray.envelope.tenant
+            ),
+        });
+    }
+    Ok(events)
 }
 
 /// The events of the message at stream sequence `sequence`, with their positions.

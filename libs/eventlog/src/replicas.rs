@@ -1,7 +1,7 @@
 //! The replica count of the streams Rollcall opens (the events stream and the streams of its
-//! key-value buckets): an existing stream kept by another number of servers is changed to the
-//! configured one (JetStream moves or adds the copies), and a count a server cannot place
-//! fails with an error that names the setting.
+//! key-value buckets): an existing stream kept by fewer servers than configured is changed to
+//! the configured count (JetStream adds the copies; a stream is never lowered automatically),
+//! and a count a server cannot place fails with an error that names the setting.
 
 use async_nats::jetstream::{stream, Context};
 use tracing::{info, warn};
@@ -59,6 +59,18 @@ pub(crate) async fn reconcile(
 ) -> Result<(), LoadError> {
     let current = stream.cached_info().config.clone();
     if current.num_replicas == replicas {
+        return Ok(());
+    }
+    // Never fewer copies by accident: a process (or an operator's command) run without
+    // ROLLCALL_REPLICAS must not take a replicated stream down to one server. Lowering is an
+    // operator's deliberate act (`nats stream edit --replicas`).
+    if current.num_replicas > replicas {
+        warn!(
+            stream = %current.name,
+            replicas = current.num_replicas,
+            configured = replicas,
+            "the stream keeps more replicas than ROLLCALL_REPLICAS says; leaving it as it is"
+        );
         return Ok(());
     }
     info!(

@@ -49,10 +49,11 @@ impl Store {
         names: &[String],
     ) -> Result<Choice, StoreError> {
         let mut transaction = self.pool().begin().await?;
+        // An installation that never chose has today's layout, one partition (it may have a
+        // history under the single projector's checkpoint): a request for more moves it below.
         sqlx::query(
-            "INSERT INTO rollcall_partitioning (partitions) VALUES ($1) ON CONFLICT DO NOTHING",
+            "INSERT INTO rollcall_partitioning (partitions) VALUES (1) ON CONFLICT DO NOTHING",
         )
-        .bind(i32::from(requested.unwrap_or(1)))
         .execute(&mut *transaction)
         .await?;
         let current: i32 =

@@ -75,7 +75,15 @@ impl Directory {
             (Some(AccessKey::User(tenant, id)), Some(bytes)) => {
                 let user: UserAccess =
                     serde_json::from_slice(bytes).map_err(|e| format!("{key}: {e}"))?;
-                self.users.insert((tenant, id), user);
+                // A state older than the one held (a late put) never replaces it.
+                let key = (tenant, id);
+                if self
+                    .users
+                    .get(&key)
+                    .is_none_or(|held| held.sequence <= user.sequence)
+                {
+                    self.users.insert(key, user);
+                }
                 Ok(None)
             }
             (Some(AccessKey::User(tenant, id)), None) => {
@@ -85,7 +93,14 @@ impl Directory {
             (Some(AccessKey::Group(tenant, id)), Some(bytes)) => {
                 let group: GroupAccess =
                     serde_json::from_slice(bytes).map_err(|e| format!("{key}: {e}"))?;
-                self.groups.insert((tenant, id), group);
+                let key = (tenant, id);
+                if self
+                    .groups
+                    .get(&key)
+                    .is_none_or(|held| held.sequence <= group.sequence)
+                {
+                    self.groups.insert(key, group);
+                }
                 Ok(None)
             }
             (Some(AccessKey::Group(tenant, id)), None) => {
@@ -95,5 +110,55 @@ impl Directory {
             (Some(AccessKey::Checkpoint(_)), None) => Ok(None),
             (None, _) => Err(format!("unknown key {key:?}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(active: bool, sequence: u64) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schema": rollcall_eventlog::access::USER_SCHEMA, "tenant": "t",
+            "id": Uuid::nil(), "user_name": "u", "active": active, "sequence": sequence,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_late_older_state_never_replaces_a_newer_one() {
+        let mut directory = Directory::default();
+        let key = rollcall_eventlog::access::user_key("t", &Uuid::nil());
+        directory.apply(&key, Some(&user(false, 9))).unwrap();
+        // Published late by a slower drain: the user was deactivated at 9.
+        directory.apply(&key, Some(&user(true, 7))).unwrap();
+        assert!(!directory.user("t", &Uuid::nil()).unwrap().active);
+        // The same sequence again (a quarantine resolved) and newer ones do replace it.
+        directory.apply(&key, Some(&user(true, 9))).unwrap();
+        assert!(directory.user("t", &Uuid::nil()).unwrap().active);
+    }
+
+    #[test]
+    fn checkpoints_are_kept_per_partition() {
+        let mut directory = Directory::default();
+        let at = |s: u64| serde_json::to_vec(&serde_json::json!({"sequence": s})).unwrap();
+        assert_eq!(
+            directory.apply("checkpoint.p1", Some(&at(5))).unwrap(),
+            Some((Some(1), 5))
+        );
+        assert_eq!(
+            directory.apply("checkpoint.p0", Some(&at(3))).unwrap(),
+            Some((Some(0), 3))
+        );
+        assert_eq!(
+            directory.apply("checkpoint.p1", Some(&at(4))).unwrap(),
+            Some((Some(1), 5)),
+            "a checkpoint never goes back"
+        );
+        assert_eq!(directory.applied(), 5);
+        assert_eq!(
+            directory.applied_by_partition(),
+            vec![(Some(0), 3), (Some(1), 5)]
+        );
     }
 }

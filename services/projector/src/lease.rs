@@ -27,9 +27,10 @@ pub fn lease_key(schema: &str, name: &str) -> String {
     format!("rollcall projector {schema}.{name}")
 }
 
-/// The advisory-lock key every projector process of `schema` holds shared.
-pub fn membership_key(schema: &str) -> String {
-    format!("rollcall projectors {schema}")
+/// The advisory-lock key every projector process of `schema` with `partitions` partitions
+/// holds shared (a process started before the partitioning changed counts for no one).
+pub fn membership_key(schema: &str, partitions: u16) -> String {
+    format!("rollcall projectors {schema} of {partitions}")
 }
 
 /// What this process says it is, on every lock connection.
@@ -68,6 +69,15 @@ pub struct Lease(PgConnection);
 impl Lease {
     /// Takes the lease `key` if no one holds it.
     pub async fn try_take(store: &Store, key: &str) -> Result<Option<Self>, StoreError> {
+        match tokio::time::timeout(LEASE_POLL * 3, Self::take(store, key)).await {
+            Ok(taken) => taken,
+            Err(_) => Err(StoreError::Invalid(
+                "PostgreSQL did not answer in time".into(),
+            )),
+        }
+    }
+
+    async fn take(store: &Store, key: &str) -> Result<Option<Self>, StoreError> {
         let mut connection = lock_connection(store).await?;
         let taken: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
@@ -115,7 +125,7 @@ struct ShareInner {
 impl Share {
     /// This process's share of `partitions` partitions over `store`'s schema.
     pub fn new(store: Store, partitions: u16) -> Self {
-        let key = membership_key(store.schema());
+        let key = membership_key(store.schema(), partitions.max(1));
         Self {
             inner: Arc::new(ShareInner {
                 store,
@@ -145,8 +155,22 @@ impl Share {
     }
 
     /// How many projector processes run on this schema (this one included), keeping this
-    /// process's membership lock (taking it again after a lost connection).
+    /// process's membership lock (taking it again after a lost connection). Bounded in time:
+    /// a PostgreSQL that does not answer is an error, not a wait.
     pub async fn processes(&self) -> Result<u16, StoreError> {
+        match tokio::time::timeout(LEASE_POLL * 3, self.count_processes()).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The connection may be stuck: take the membership again next time.
+                *self.inner.membership.lock().await = None;
+                Err(StoreError::Invalid(
+                    "PostgreSQL did not answer in time".into(),
+                ))
+            }
+        }
+    }
+
+    async fn count_processes(&self) -> Result<u16, StoreError> {
         let mut membership = self.inner.membership.lock().await;
         let alive = match membership.as_mut() {
             Some(connection) => {
@@ -244,8 +268,10 @@ pub struct Holders {
     pub processes: Vec<String>,
 }
 
-/// Reads who holds what, for projector names `names` over `store`'s schema.
+/// Reads who holds what, for projector names `names` (the installation's partitions) over
+/// `store`'s schema.
 pub async fn holders(store: &Store, names: &[String]) -> Result<Holders, StoreError> {
+    let partitions = u16::try_from(names.len()).unwrap_or(u16::MAX);
     let mut connection = store.pool().acquire().await?;
     let mut active = Vec::with_capacity(names.len());
     for name in names {
@@ -256,7 +282,7 @@ pub async fn holders(store: &Store, names: &[String]) -> Result<Holders, StoreEr
         active.push((name.clone(), holder));
     }
     let processes: Vec<String> = sqlx::query_scalar(MEMBERS)
-        .bind(membership_key(store.schema()))
+        .bind(membership_key(store.schema(), partitions))
         .fetch_all(&mut *connection)
         .await?;
     Ok(Holders { active, processes })

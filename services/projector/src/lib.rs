@@ -175,25 +175,28 @@ impl Projector {
     /// Runs until `shutdown` resolves: stands by until this process holds the projector's
     /// lease, then projects (recovering from failures by repositioning at the checkpoint after
     /// a pause), and stands by again should the lease be lost.
-    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+    ///
+    /// Returns an error only when this process must not project any more (the installation's
+    /// partitioning changed since it started: it must be restarted).
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), ProjectorError> {
         let _metrics = self.report_metrics();
         tokio::pin!(shutdown);
         loop {
             let mut lease = tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => return Ok(()),
                 lease = self.lead() => lease,
             };
             let outcome = tokio::select! {
-                _ = &mut shutdown => None,
+                _ = &mut shutdown => Outcome::Stop,
                 _ = lease.lost() => {
                     error!(projector = %self.name, "lost the projector lease (PostgreSQL connection); standing by");
-                    Some(false)
+                    Outcome::Lost
                 }
                 _ = self.beyond_share() => {
                     info!(projector = %self.name, "giving this partition to a process with fewer; standing by");
-                    Some(true)
+                    Outcome::GiveBack
                 }
-                () = self.project() => None,
+                error = self.project() => Outcome::Fatal(error),
             };
             self.active
                 .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -201,12 +204,17 @@ impl Projector {
                 share.drop_partition(self.partition.index());
             }
             match outcome {
-                None => {
+                Outcome::Stop => {
                     lease.release().await;
-                    return;
+                    return Ok(());
                 }
-                Some(true) => lease.release().await,
-                Some(false) => {}
+                Outcome::Fatal(error) => {
+                    lease.release().await;
+                    error!(projector = %self.name, error = %error, "this process stops projecting");
+                    return Err(error);
+                }
+                Outcome::GiveBack => lease.release().await,
+                Outcome::Lost => {}
             }
         }
     }
@@ -269,7 +277,7 @@ impl Projector {
     }
 
     /// Projects until the stream ends (it does not), recovering from failures.
-    async fn project(&self) {
+    async fn project(&self) -> ProjectorError {
         // Whatever a crash or a NATS outage left in the outbox is published on a timer too.
         let republisher = self.publisher.clone().map(|publisher| {
             tokio::spawn(async move {
@@ -290,7 +298,11 @@ impl Projector {
                 pause = Duration::from_millis(250);
             }
             match result {
-                Ok(()) => return,
+                Ok(()) => {
+                    warn!(projector = %self.name, "the consumer's messages ended; opening it again");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(error @ ProjectorError::Repartitioned { .. }) => return error,
                 Err(ProjectorError::Gap {
                     checkpoint,
                     delivered,
@@ -754,6 +766,18 @@ impl Projector {
     }
 }
 
+/// How a partition's projecting ended.
+enum Outcome {
+    /// The process stops.
+    Stop,
+    /// The lease's connection failed.
+    Lost,
+    /// The partition goes to a process with fewer.
+    GiveBack,
+    /// This process must not project any more.
+    Fatal(ProjectorError),
+}
+
 struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {
@@ -828,6 +852,7 @@ pub struct Running {
     projectors: Vec<Projector>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    fatal: tokio::sync::mpsc::Receiver<ProjectorError>,
 }
 
 impl Running {
@@ -848,6 +873,15 @@ impl Running {
     /// Every partition's projector (active or standing by).
     pub fn projectors(&self) -> &[Projector] {
         &self.projectors
+    }
+
+    /// Resolves when a partition's projector stopped for good (this process must be
+    /// restarted); never while all go on.
+    pub async fn failed(&mut self) -> ProjectorError {
+        match self.fatal.recv().await {
+            Some(error) => error,
+            None => std::future::pending().await,
+        }
     }
 
     /// Stops every partition's projector (their leases are given back at once).
@@ -883,6 +917,7 @@ pub async fn start(
     store.rekey_lookup_keys().await?;
     let partitioning = choose_partitions(&store, config.partitions).await?;
     let share = Share::new(store.clone(), partitioning.count());
+    let (fatal_sender, fatal) = tokio::sync::mpsc::channel(usize::from(partitioning.count()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut projectors = Vec::new();
     let mut tasks = Vec::new();
@@ -902,12 +937,16 @@ pub async fn start(
         .with_publisher(publisher);
         let mut stopped = stopped.clone();
         projectors.push(projector.clone());
+        let fatal = fatal_sender.clone();
         tasks.push(tokio::spawn(async move {
-            projector
+            let ran = projector
                 .run(async move {
                     let _ = stopped.wait_for(|&s| s).await;
                 })
-                .await
+                .await;
+            if let Err(error) = ran {
+                let _ = fatal.try_send(error);
+            }
         }));
     }
     Ok(Running {
@@ -915,6 +954,7 @@ pub async fn start(
         projectors,
         stop,
         tasks,
+        fatal,
     })
 }
 
@@ -926,8 +966,11 @@ pub async fn run(
     store: Store,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectorError> {
-    let running = start(config, client, log, store).await?;
-    shutdown.await;
+    let mut running = start(config, client, log, store).await?;
+    let failed = tokio::select! {
+        () = shutdown => None,
+        error = running.failed() => Some(error),
+    };
     running.stop().await;
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }

@@ -31,6 +31,9 @@ pub struct Publisher {
     store: Store,
     max_payload: usize,
     partition: Partition,
+    /// One drain at a time (the batch loop and the timer both drain): two drains reading the
+    /// same user's state at different moments could otherwise put the older one last.
+    draining: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 fn nats<E: std::fmt::Display>(error: E) -> ProjectorError {
@@ -117,6 +120,7 @@ impl Publisher {
             store,
             max_payload,
             partition: Partition::ONLY,
+            draining: Default::default(),
         })
     }
 
@@ -132,6 +136,7 @@ impl Publisher {
     /// event sequence published, if any.
     #[instrument(skip_all, err(level = "warn"))]
     pub async fn drain(&self) -> Result<Option<u64>, ProjectorError> {
+        let _draining = self.draining.lock().await;
         let mut published = None;
         loop {
             let rows = self

@@ -164,8 +164,11 @@ impl Instance {
     ///   access service runs in the namespace, or every write answers `503` after 5 s. Forcing
     ///   it on would make a SCIM-only installation without access services unusable.
     ///
-    /// Announcements name no replica: with several access services, a write waits for the
-    /// first that applied it, not for every one.
+    /// Each access service announces under a name of its own: a write waits for every access
+    /// service heard from in the last 3 seconds.
+    ///
+    /// The installation's partitioning is settled first when this instance projects
+    /// (`--partitions`), so that the SCIM API waits on the partitions' checkpoints.
     pub async fn start(mut self, connections: Connections) -> anyhow::Result<InstanceHandle> {
         let roles = self.roles;
         let Connections { client, log, store } = connections.clone();
@@ -196,6 +199,11 @@ impl Instance {
             .map(Listener::local_addr)
             .transpose()?;
 
+        if roles.contains(Role::Projector) {
+            rollcall_projector::choose_partitions(&store, self.projector.partitions)
+                .await
+                .context("settling the installation's partitions")?;
+        }
         let scim = if roles.contains(Role::Scim) {
             let mut config = self.scim.clone();
             config.wait_for_access |= roles.contains(Role::Access);

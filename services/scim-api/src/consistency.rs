@@ -227,6 +227,8 @@ pub struct Consistency {
     partitioning: Partitioning,
     /// Per partition, in partition order.
     checkpoints: Vec<Vec<Checkpoint>>,
+    /// Set once the installation's partitioning is no longer the one these checkpoints follow.
+    repartitioned: Arc<std::sync::atomic::AtomicBool>,
     store: Option<Store>,
     health: Arc<Health>,
 }
@@ -284,7 +286,32 @@ impl Consistency {
             checkpoints,
             store,
             health: Arc::default(),
+            repartitioned: Arc::default(),
         }
+    }
+
+    /// Checks every few seconds that the installation's partitioning is still the one these
+    /// checkpoints follow; once it is not, writes answer `503` (this process must be
+    /// restarted) instead of waiting on checkpoints that no longer move.
+    pub fn watch_partitioning(&self, store: Store) {
+        let (repartitioned, expected) = (self.repartitioned.clone(), self.partitioning.count());
+        let weak = Arc::downgrade(&self.health);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                interval.tick().await;
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                let changed = store
+                    .partitions()
+                    .await
+                    .is_ok_and(|current| current != expected);
+                if changed && !repartitioned.swap(true, Ordering::Relaxed) {
+                    tracing::error!(expected, "the installation's partitioning changed since this SCIM API started: writes answer 503 until it is restarted");
+                }
+            }
+        });
     }
 
     /// What writes have seen.
@@ -359,7 +386,7 @@ impl Consistency {
         id: Uuid,
         sequence: u64,
     ) -> Result<(), ApiError> {
-        if !self.wait_for(tenant, sequence).await {
+        if self.repartitioned.load(Ordering::Relaxed) || !self.wait_for(tenant, sequence).await {
             self.health.record_not_applied();
             return Err(ApiError::NotApplied {
                 timeout: READ_YOUR_WRITES_TIMEOUT,

@@ -146,8 +146,9 @@ impl AppState {
         }
         let (store_for_log, retention_days, log_bodies) =
             (store.clone(), config.log_retention_days, config.log_bodies);
-        // The installation's partitioning, as the projector chose it (it is chosen before any
-        // role starts; a change of it needs a restart of the SCIM API).
+        // The installation's partitioning, as the projector chose it (an instance that also
+        // projects settles it before the SCIM API starts; after a change of it, this process
+        // answers writes 503 until it is restarted).
         // (The table's CHECK keeps it within 1..=64.)
         let partitioning = Partitioning::new(store.partitions().await?.into()).unwrap_or_default();
         let mut checkpoints = Vec::with_capacity(usize::from(partitioning.count()));
@@ -175,6 +176,7 @@ impl AppState {
             checkpoints.push(partition_checkpoints);
         }
         let checkpoint = Consistency::partitioned(partitioning, checkpoints, Some(store.clone()));
+        checkpoint.watch_partitioning(store.clone());
         let repositories = Repositories {
             users: Repository::new(log.clone()),
             groups: Repository::new(log),
