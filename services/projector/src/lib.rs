@@ -47,7 +47,7 @@ pub struct Config {
     pub batch: usize,
     /// Partitions of the installation's tenants (1 to 64), each projected by one process at a
     /// time: chosen once (unset: what the installation has, 1 at first). Going from 1 to more
-    /// happens in place; any other change needs a rebuild.
+    /// happens in place; any other change is refused (it needs a fresh installation).
     #[arg(long = "partitions", env = "ROLLCALL_PARTITIONS", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub partitions: Option<u16>,
 }

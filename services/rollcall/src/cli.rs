@@ -48,7 +48,8 @@ pub struct Common {
     )]
     pub namespace: String,
     /// Servers of a JetStream cluster that keep each stream, key-value bucket and consumer:
-    /// 1 on a single server, 3 on a three-node cluster.
+    /// 1 on a single server, 3 on a three-node cluster. Existing streams kept by fewer are
+    /// raised to it at start; none is ever lowered automatically.
     #[arg(long, env = "ROLLCALL_REPLICAS", default_value_t = 1, global = true)]
     pub replicas: usize,
 }
