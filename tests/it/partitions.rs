@@ -172,6 +172,12 @@ async fn two_processes_share_the_partitions_and_one_takes_all_when_the_other_sto
         "{status}"
     );
     assert_eq!(status["events"]["replicas"], 1, "{status}");
+    // The installation as a whole keeps the shape scripts read (`projector.lag`).
+    assert!(status["projector"]["lag"].is_u64(), "{status}");
+    assert!(
+        status["projector"]["quarantine"]["failed"].is_u64(),
+        "{status}"
+    );
 
     let tenants = tenants();
     let mut users = 0;

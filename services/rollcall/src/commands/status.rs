@@ -97,9 +97,17 @@ pub async fn report(common: &Common) -> anyhow::Result<Value> {
     let quarantine = json!({"failed": failed, "held": quarantined.len() - failed,
         "sequences": quarantined.iter().map(|row| row.sequence).collect::<Vec<_>>()});
 
+    // The installation as a whole, in the shape it had before partitions: the lowest
+    // checkpoint and the largest lag of its partitions.
+    let lowest = rows
+        .iter()
+        .filter_map(|row| row["checkpoint"].as_u64())
+        .min()
+        .unwrap_or(0);
     Ok(json!({
         "stream": log.namespace().stream(),
         "head": head,
+        "projector": {"checkpoint": lowest, "lag": head.saturating_sub(lowest), "quarantine": quarantine},
         "events": events,
         "buckets": buckets,
         "partitions": partitions,
