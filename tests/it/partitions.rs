@@ -22,6 +22,18 @@ fn config(partitions: Option<u16>) -> rollcall_projector::Config {
     }
 }
 
+/// A projector process on the environment's installation (`partitions`: as `--partitions`).
+async fn projector_process(env: &TestEnv, partitions: Option<u16>) -> rollcall_projector::Running {
+    rollcall_projector::start(
+        config(partitions),
+        env.client.clone(),
+        env.log.clone(),
+        env.store.clone(),
+    )
+    .await
+    .unwrap()
+}
+
 /// Appends one provisioned user of `tenant` straight to the stream (as the SCIM API would).
 async fn provision(log: &EventLog, tenant: &str, n: usize) {
     let id = Uuid::now_v7();
@@ -110,24 +122,10 @@ async fn two_processes_share_the_partitions_and_one_takes_all_when_the_other_sto
     // The harness's single projector makes way: this test's projectors partition the
     // installation (moving it from one partition to four in place).
     env.kill_projector().await;
-    let first = rollcall_projector::start(
-        config(Some(PARTITIONS)),
-        env.client.clone(),
-        env.log.clone(),
-        env.store.clone(),
-    )
-    .await
-    .unwrap();
+    let first = projector_process(&env, Some(PARTITIONS)).await;
     assert_eq!(first.partitioning().count(), PARTITIONS);
     assert_eq!(env.store.partitions().await.unwrap(), PARTITIONS);
-    let second = rollcall_projector::start(
-        config(None),
-        env.client.clone(),
-        env.log.clone(),
-        env.store.clone(),
-    )
-    .await
-    .unwrap();
+    let second = projector_process(&env, None).await;
     assert_eq!(
         second.partitioning().count(),
         PARTITIONS,
@@ -262,14 +260,7 @@ async fn child_projector_process() {
 async fn killing_the_active_projector_process_hands_its_partitions_over() {
     let mut env = TestEnv::start().await;
     env.kill_projector().await;
-    let parent = rollcall_projector::start(
-        config(Some(PARTITIONS)),
-        env.client.clone(),
-        env.log.clone(),
-        env.store.clone(),
-    )
-    .await
-    .unwrap();
+    let parent = projector_process(&env, Some(PARTITIONS)).await;
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -423,14 +414,7 @@ async fn an_installation_from_before_partitions_moves_to_four_without_applying_a
         .execute(env.store.pool())
         .await
         .unwrap();
-    let running = rollcall_projector::start(
-        config(Some(PARTITIONS)),
-        env.client.clone(),
-        env.log.clone(),
-        env.store.clone(),
-    )
-    .await
-    .unwrap();
+    let running = projector_process(&env, Some(PARTITIONS)).await;
     for partition in running.partitioning().all() {
         assert_eq!(
             env.store

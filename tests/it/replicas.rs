@@ -255,13 +255,15 @@ async fn a_write_waits_for_every_live_access_service() {
     let stuck = tokio::spawn({
         let client = env.client.clone();
         async move {
+            // Announces as an access service does: on a heartbeat.
+            let mut heartbeat = tokio::time::interval(Duration::from_millis(300));
             loop {
+                heartbeat.tick().await;
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert(rollcall_access::feed::REPLICA_HEADER, "stuck");
                 let _ = client
                     .publish_with_headers(subject.clone(), headers, "1".into())
                     .await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
     });

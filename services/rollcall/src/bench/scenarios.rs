@@ -263,29 +263,7 @@ pub async fn rebuild(
     let store =
         rollcall_store::Store::connect_with(&database, rollcall_store::LIVE_SCHEMA, 8).await?;
     let jetstream = log.jetstream().clone();
-    let mut pending = Vec::new();
-    for n in 0..events {
-        let id = Uuid::now_v7();
-        let payload = json!({"type": "user.provisioned", "active": true, "attributes": {"userName": format!("rb{n}@bench.test"), "title": "Engineer"}});
-        let event = envelope("user", id, "user.provisioned", payload);
-        pending.push(
-            jetstream
-                .publish_with_headers(
-                    namespace.aggregate_subject("bench", "user", &id),
-                    async_nats::HeaderMap::new(),
-                    event.to_bytes().into(),
-                )
-                .await?,
-        );
-        if pending.len() >= 512 {
-            for ack in pending.drain(..) {
-                ack.await?;
-            }
-        }
-    }
-    for ack in pending {
-        ack.await?;
-    }
+    append_provisioned(&log, events, |_| "bench".to_owned(), "rb").await?;
     let started = Instant::now();
     let applied = rollcall_projector::rebuild::rebuild(
         env.client.clone(),
@@ -536,31 +514,7 @@ pub async fn partitions(
     let store =
         rollcall_store::Store::connect_with(&database, rollcall_store::LIVE_SCHEMA, 4).await?;
     let jetstream = log.jetstream().clone();
-    let mut pending = Vec::new();
-    for n in 0..events {
-        let id = Uuid::now_v7();
-        let tenant = format!("tenant{}", n % 16);
-        let payload = json!({"type": "user.provisioned", "active": true, "attributes": {"userName": format!("p{n}@bench.test"), "title": "Engineer"}});
-        let mut event = envelope("user", id, "user.provisioned", payload);
-        event.tenant = tenant.clone();
-        pending.push(
-            jetstream
-                .publish_with_headers(
-                    namespace.aggregate_subject(&tenant, "user", &id),
-                    async_nats::HeaderMap::new(),
-                    event.to_bytes().into(),
-                )
-                .await?,
-        );
-        if pending.len() >= 512 {
-            for ack in pending.drain(..) {
-                ack.await?;
-            }
-        }
-    }
-    for ack in pending {
-        ack.await?;
-    }
+    append_provisioned(&log, events, |n| format!("tenant{}", n % 16), "p").await?;
     let head = log.head().await?;
     let partitioning = rollcall_projector::choose_partitions(&store, Some(partitions)).await?;
     let names: Vec<String> = partitioning
@@ -612,4 +566,41 @@ pub async fn partitions(
         seconds,
         ..Default::default()
     })
+}
+
+/// Appends `events` provisioned users straight to `log`, pipelined (a preload, not a
+/// measurement): user `n` belongs to `tenant(n)` and is named `<prefix><n>@bench.test`.
+async fn append_provisioned(
+    log: &rollcall_eventlog::EventLog,
+    events: usize,
+    tenant: impl Fn(usize) -> String,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let jetstream = log.jetstream();
+    let mut pending = Vec::new();
+    for n in 0..events {
+        let id = Uuid::now_v7();
+        let tenant = tenant(n);
+        let payload = json!({"type": "user.provisioned", "active": true, "attributes": {"userName": format!("{prefix}{n}@bench.test"), "title": "Engineer"}});
+        let mut event = envelope("user", id, "user.provisioned", payload);
+        event.tenant = tenant.clone();
+        pending.push(
+            jetstream
+                .publish_with_headers(
+                    log.namespace().aggregate_subject(&tenant, "user", &id),
+                    async_nats::HeaderMap::new(),
+                    event.to_bytes().into(),
+                )
+                .await?,
+        );
+        if pending.len() >= 512 {
+            for ack in pending.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in pending {
+        ack.await?;
+    }
+    Ok(())
 }
