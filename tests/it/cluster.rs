@@ -374,7 +374,9 @@ async fn assert_replicated(env: &TestEnv, cluster: &NatsCluster) {
         let mut stream = jetstream.get_stream(name).await.unwrap();
         eventually(
             &format!("stream {name} has a leader and two current followers"),
-            Duration::from_secs(10),
+            // Bounds, not waits: a fresh cluster on a loaded 2-core machine (several clusters
+            // of the suite start at once) can take this long to place and elect.
+            Duration::from_secs(30),
             || {
                 let mut stream = stream.clone();
                 async move {
@@ -398,7 +400,7 @@ async fn assert_replicated(env: &TestEnv, cluster: &NatsCluster) {
     let events = jetstream.get_stream(env.namespace.stream()).await.unwrap();
     eventually(
         "the projector's durable consumer exists",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || {
             let events = events.clone();
             async move {

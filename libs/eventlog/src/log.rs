@@ -204,10 +204,28 @@ impl EventLog {
     }
 
     /// The stream sequence of a subject's last event (0 if it has none).
+    ///
+    /// Asks the stream leader first. A leader that does not answer within [`LEADER_WAIT`] (a
+    /// NATS 2.9 cluster whose leader was killed can leave `STREAM.MSG.GET` unanswered long after
+    /// the election) is passed over for a direct get, which any replica answers. A replica may
+    /// be behind the leader: a write based on its answer carries a stale expected sequence,
+    /// which the leader refuses as a conflict, so nothing is overwritten.
     pub async fn last_sequence(&self, subject: &str) -> Result<u64, LoadError> {
-        match self.stream.get_last_raw_message_by_subject(subject).await {
+        let leader = self.stream.get_last_raw_message_by_subject(subject);
+        match tokio::time::timeout(LEADER_WAIT, leader).await {
+            Ok(Ok(message)) => return Ok(message.sequence),
+            Ok(Err(error)) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(0)
+            }
+            Ok(Err(error)) => return Err(nats(error)),
+            Err(_) => tracing::warn!(
+                wait_ms = LEADER_WAIT.as_millis() as u64,
+                "the event stream's leader did not answer; reading the last sequence from a replica"
+            ),
+        }
+        match self.stream.direct_get_last_for_subject(subject).await {
             Ok(message) => Ok(message.sequence),
-            Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(0),
             Err(error) => Err(nats(error)),
         }
     }
@@ -266,7 +284,8 @@ impl EventLog {
     }
 
     /// Reads one aggregate's events in `after + 1..=last_sequence` message by message from the
-    /// stream leader: no consumer, one request per message.
+    /// stream leader (or, when it does not answer, from any replica): no consumer, one request
+    /// per message.
     async fn load_by_message(
         &self,
         subject: &str,
@@ -275,15 +294,30 @@ impl EventLog {
     ) -> Result<Vec<Envelope>, LoadError> {
         let mut events = Vec::new();
         let mut next = after + 1;
+        // Once the leader has not answered, the rest is read from replicas (see `last_sequence`).
+        let mut leader_answers = true;
         while next <= last_sequence {
-            let message = self
-                .stream
-                .raw_message_builder()
-                .sequence(next)
-                .next_by_subject(subject.to_owned())
-                .send()
-                .await
-                .map_err(nats)?;
+            let mut message = None;
+            if leader_answers {
+                let leader = self
+                    .stream
+                    .raw_message_builder()
+                    .sequence(next)
+                    .next_by_subject(subject.to_owned())
+                    .send();
+                match tokio::time::timeout(LEADER_WAIT, leader).await {
+                    Ok(answer) => message = Some(answer.map_err(nats)?),
+                    Err(_) => leader_answers = false,
+                }
+            }
+            let message = match message {
+                Some(message) => message,
+                None => self
+                    .stream
+                    .direct_get_next_for_subject(subject, Some(next))
+                    .await
+                    .map_err(nats)?,
+            };
             let sequence = message.sequence;
             if sequence > last_sequence {
                 break;
@@ -303,6 +337,9 @@ impl EventLog {
 /// How long [`EventLog::load`] waits for its ordered consumer before it reads message by
 /// message instead.
 const ORDERED_CONSUMER_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a read waits for the stream leader before it asks any replica instead.
+const LEADER_WAIT: Duration = Duration::from_secs(2);
 
 /// The headers of one write's message. One event has the headers every message had before
 /// commits existed; a commit adds [`COMMIT_HEADER`] and names every event type, in order.
