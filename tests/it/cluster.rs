@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rollcall_it::nats::{self, NatsCluster, Settings};
-use rollcall_it::{access_config, eventually, Scim, TestEnv};
+use rollcall_it::{access_config, eventually, Response, Scim, TestEnv};
 use serde_json::json;
 
 /// The access service's staleness bound in this test (seconds): short, so that the test can
@@ -509,4 +509,65 @@ async fn more_than_one_replica_on_a_single_server_is_refused_naming_the_setting(
         .get_stream(format!("KV_{}", namespace.claims_bucket()))
         .await
         .is_err());
+}
+
+/// While the stream leader does not answer, an aggregate is read from a replica, which may be
+/// behind (`Loaded::from_replica`). A write appended expecting the replica's sequence is proven
+/// current by the leader accepting it; but no `404`, no "nothing to change" and no rename (its
+/// old name comes from the state) may rest on such a state: those answer `503` + `Retry-After`
+/// until the leader answers again. On one server the replica is the leader itself, so the state
+/// is current and every answer below is what a stale state would have produced unchecked.
+#[tokio::test]
+async fn a_state_only_a_replica_gave_decides_no_answer_but_an_append() {
+    let mut env = TestEnv::start().await;
+    let id = env.scim().create_user(&user("replica@example.com")).await;
+    // SCIM APIs with nothing cached: every state they need, they read.
+    let (cold, colder) = (env.replica().await, env.replica().await);
+    let unknown = uuid::Uuid::now_v7();
+    let rename = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "Replace", "path": "userName", "value": "renamed@example.com"}]});
+    let retry = |response: &Response, what: &str| {
+        assert_eq!(response.status, 503, "{what}: {}", response.body);
+        assert!(response.header("retry-after").is_some(), "{what}");
+    };
+
+    env.log.silence_leader(true);
+    retry(
+        &cold
+            .patch(&format!("/Users/{unknown}"), &deactivate())
+            .await,
+        "a user a replica does not know may exist: no 404",
+    );
+    retry(
+        &cold.patch(&format!("/Users/{id}"), &rename).await,
+        "a rename's old name from a replica",
+    );
+    // Planned on the replica's state and appended expecting its sequence: the leader accepted.
+    let deactivated = cold.patch(&format!("/Users/{id}"), &deactivate()).await;
+    assert_eq!(deactivated.status, 200, "{}", deactivated.body);
+    // Nothing to change, by a state only a replica gave (it could be the state before a
+    // reactivation): no answer.
+    retry(
+        &colder.patch(&format!("/Users/{id}"), &deactivate()).await,
+        "a no-op decided on a replica's state",
+    );
+
+    env.log.silence_leader(false);
+    assert_eq!(
+        colder
+            .patch(&format!("/Users/{id}"), &deactivate())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        cold.patch(&format!("/Users/{unknown}"), &deactivate())
+            .await
+            .status,
+        404
+    );
+    let renamed = cold.patch(&format!("/Users/{id}"), &rename).await;
+    assert_eq!(renamed.status, 200, "{}", renamed.body);
+    assert_eq!(renamed.body["userName"], "renamed@example.com");
+    assert_eq!(renamed.body["active"], false);
 }

@@ -1,6 +1,8 @@
 //! The stream itself: created if missing, appended to with optimistic concurrency per
 //! aggregate, and read back per aggregate.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream, Context};
@@ -61,6 +63,12 @@ pub struct Loaded {
     /// The stream sequence of the aggregate's last message (0 if it has none): what the next
     /// append expects. The events of one commit share it.
     pub last_sequence: u64,
+    /// Whether `last_sequence` came from a replica because the stream leader did not answer
+    /// (see [`EventLog::last_sequence`]): the events may then end before the aggregate's last
+    /// one. Only an append that expects `last_sequence` and succeeds proves them complete; no
+    /// answer may rest on them otherwise (a "not found", a "nothing to change", a name that
+    /// looks free).
+    pub from_replica: bool,
 }
 
 /// The installation's event stream.
@@ -71,6 +79,8 @@ pub struct EventLog {
     stream: stream::Stream,
     max_payload: usize,
     max_event_bytes: usize,
+    /// Debug builds: reads pass the stream leader over as if it did not answer (tests).
+    leader_silenced: Arc<AtomicBool>,
 }
 
 fn nats<E: std::fmt::Display>(error: E) -> LoadError {
@@ -116,7 +126,19 @@ impl EventLog {
             stream,
             max_payload,
             max_event_bytes: rollcall_scim::limits::max_event_bytes(max_payload),
+            leader_silenced: Arc::default(),
         })
+    }
+
+    /// Fault injection for tests, debug builds only (in a release build it does nothing): while
+    /// `silent`, reads of this log and of its clones treat the stream leader as not answering
+    /// and ask a replica ([`Self::last_sequence`]).
+    pub fn silence_leader(&self, silent: bool) {
+        self.leader_silenced.store(silent, Ordering::Relaxed);
+    }
+
+    fn leader_silenced(&self) -> bool {
+        cfg!(debug_assertions) && self.leader_silenced.load(Ordering::Relaxed)
     }
 
     /// The largest message the NATS server takes (its `max_payload`, read at open).
@@ -209,23 +231,30 @@ impl EventLog {
     /// NATS 2.9 cluster whose leader was killed can leave `STREAM.MSG.GET` unanswered long after
     /// the election) is passed over for a direct get, which any replica answers. A replica may
     /// be behind the leader: a write based on its answer carries a stale expected sequence,
-    /// which the leader refuses as a conflict, so nothing is overwritten.
-    pub async fn last_sequence(&self, subject: &str) -> Result<u64, LoadError> {
+    /// which the leader refuses as a conflict, so nothing is overwritten; other answers must
+    /// not rest on it ([`Loaded::from_replica`]). Returns the sequence and whether a replica
+    /// gave it.
+    pub async fn last_sequence(&self, subject: &str) -> Result<(u64, bool), LoadError> {
         let leader = self.stream.get_last_raw_message_by_subject(subject);
-        match tokio::time::timeout(LEADER_WAIT, leader).await {
-            Ok(Ok(message)) => return Ok(message.sequence),
-            Ok(Err(error)) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(0)
+        let answer = if self.leader_silenced() {
+            None
+        } else {
+            tokio::time::timeout(LEADER_WAIT, leader).await.ok()
+        };
+        match answer {
+            Some(Ok(message)) => return Ok((message.sequence, false)),
+            Some(Err(error)) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok((0, false))
             }
-            Ok(Err(error)) => return Err(nats(error)),
-            Err(_) => tracing::warn!(
+            Some(Err(error)) => return Err(nats(error)),
+            None => tracing::warn!(
                 wait_ms = LEADER_WAIT.as_millis() as u64,
                 "the event stream's leader did not answer; reading the last sequence from a replica"
             ),
         }
         match self.stream.direct_get_last_for_subject(subject).await {
-            Ok(message) => Ok(message.sequence),
-            Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(0),
+            Ok(message) => Ok((message.sequence, true)),
+            Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok((0, true)),
             Err(error) => Err(nats(error)),
         }
     }
@@ -233,11 +262,12 @@ impl EventLog {
     /// Loads one aggregate's events after stream sequence `after` (0: all of them).
     #[instrument(skip_all, fields(subject = %subject, after), err)]
     pub async fn load(&self, subject: &str, after: u64) -> Result<Loaded, LoadError> {
-        let last_sequence = self.last_sequence(subject).await?;
+        let (last_sequence, from_replica) = self.last_sequence(subject).await?;
         if last_sequence <= after {
             return Ok(Loaded {
                 events: Vec::new(),
                 last_sequence: last_sequence.max(after),
+                from_replica,
             });
         }
         // An ephemeral ordered consumer reads a long history fast. NATS 2.9 may place it on a
@@ -255,10 +285,13 @@ impl EventLog {
         let consumer = match tokio::time::timeout(ORDERED_CONSUMER_WAIT, create).await {
             Ok(consumer) => consumer.map_err(nats)?,
             Err(_) => {
+                // Messages a replica holds up to a sequence the leader gave are complete: a
+                // replica applies the stream in order.
                 let events = self.load_by_message(subject, after, last_sequence).await?;
                 return Ok(Loaded {
                     events,
                     last_sequence,
+                    from_replica,
                 });
             }
         };
@@ -280,6 +313,7 @@ impl EventLog {
         Ok(Loaded {
             events,
             last_sequence,
+            from_replica,
         })
     }
 

@@ -105,6 +105,9 @@ pub struct Folded<S> {
     pub created_at: Option<OffsetDateTime>,
     /// When its last event happened.
     pub updated_at: Option<OffsetDateTime>,
+    /// Whether a replica answered for the stream leader (`Loaded::from_replica`): the state may
+    /// be behind, so nothing but an append expecting `sequence` may rest on it.
+    pub from_replica: bool,
 }
 
 impl<S: Default> Default for Folded<S> {
@@ -115,8 +118,17 @@ impl<S: Default> Default for Folded<S> {
             sequence: 0,
             created_at: None,
             updated_at: None,
+            from_replica: false,
         }
     }
+}
+
+/// The answer when a state a replica gave (the stream leader not answering) would decide a
+/// response: retry once the leader answers.
+fn leader_silent() -> ApiError {
+    ApiError::Unavailable(
+        "the event stream's leader is not answering (an election?); retry".to_owned(),
+    )
 }
 
 /// Who writes, and within which request.
@@ -204,15 +216,20 @@ impl<A: Aggregate> Repository<A> {
             folded.updated_at = Some(envelope.occurred_at);
         }
         folded.sequence = loaded.last_sequence;
+        folded.from_replica = loaded.from_replica;
         Ok(folded)
     }
 
-    /// The current state (refreshed from the stream).
+    /// The current state (refreshed from the stream). Refused with a retryable error while
+    /// only a replica answers: callers decide from it (a name's holder, a rename's old name).
     pub async fn load(&self, tenant: &str, id: Uuid) -> Result<Folded<A::State>, ApiError> {
         let subject = self.subject(tenant, id);
         let slot = self.slot(&subject);
         let mut guard = slot.lock().await;
         let folded = self.refresh(&subject, guard.take()).await?;
+        if folded.from_replica {
+            return Err(leader_silent());
+        }
         *guard = Some(folded.clone());
         Ok(folded)
     }
@@ -238,6 +255,12 @@ impl<A: Aggregate> Repository<A> {
         };
         for attempt in 1..=MAX_ATTEMPTS {
             let events = match plan(&folded) {
+                // A refusal or "nothing to change" decided on a state that may be behind is no
+                // answer (the user a replica has not yet seen created, or still active there).
+                Err(_) if folded.from_replica => return Err(leader_silent()),
+                Ok(events) if events.is_empty() && folded.from_replica => {
+                    return Err(leader_silent())
+                }
                 Ok(events) => events,
                 Err(error) => {
                     *guard = Some(folded);
@@ -284,6 +307,8 @@ impl<A: Aggregate> Repository<A> {
                     }
                     next.version += events.len() as u64;
                     next.sequence = sequence;
+                    // The leader accepted the append expecting `folded.sequence`: it was current.
+                    next.from_replica = false;
                     next.created_at.get_or_insert(now);
                     next.updated_at = Some(now);
                     *guard = Some(next.clone());
