@@ -249,14 +249,13 @@ pub fn decide(
         ));
     };
     let identity = Identity {
-        tenant: user.tenant.clone(),
-        id: user.id,
-        user_name: user.user_name.clone(),
-        email: user.emails.first().cloned(),
+        tenant: user.tenant().to_owned(),
+        id: user.id(),
+        user_name: user.user_name().to_owned(),
+        email: user.emails().next().map(str::to_owned),
         groups: user
-            .groups
-            .iter()
-            .filter_map(|g| directory.group_of(&user.tenant, g))
+            .groups()
+            .filter_map(|(_, group)| group.map(|g| g.display_name.clone()))
             .collect(),
         session: claims.sid.clone(),
     };
@@ -264,14 +263,14 @@ pub fn decide(
         identity: Some(identity.clone()),
         ..with_app(d)
     };
-    if !user.active {
+    if !user.active() {
         return with_identity(decision(
             Outcome::Deny,
             ReasonCode::UserDeactivated,
             format!("user {user_id} is deactivated"),
         ));
     }
-    if let Some(not_before) = user.not_before {
+    if let Some(not_before) = user.not_before() {
         if claims.issued_at() < not_before {
             let when = not_before
                 .format(&time::format_description::well_known::Rfc3339)
@@ -283,7 +282,7 @@ pub fn decide(
             ));
         }
     }
-    if user.revoked_sessions.iter().any(|s| s.id == claims.sid) {
+    if user.session_revoked(&claims.sid) {
         return with_identity(decision(
             Outcome::Unauthenticated,
             ReasonCode::SessionRevoked,
@@ -295,7 +294,7 @@ pub fn decide(
         .iter()
         .filter(|p| p.action != Action::Bypass)
     {
-        if policy.matches(user, directory) {
+        if policy.matches(&user) {
             let outcome = if policy.action == Action::Allow {
                 Outcome::Allow
             } else {
@@ -328,13 +327,6 @@ pub fn decide(
         ReasonCode::NoPolicy,
         "no policy allows this user",
     ))
-}
-
-impl Directory {
-    fn group_of(&self, tenant: &str, id: &Uuid) -> Option<String> {
-        use crate::policy::GroupLookup;
-        self.group(tenant, id).map(|g| g.display_name.clone())
-    }
 }
 
 /// The current time, for issuing sessions.

@@ -28,7 +28,6 @@ use std::time::Duration;
 use axum::routing::{any, get, post};
 use axum::Router;
 pub use rollcall_eventlog::access::SessionRevoker;
-use rollcall_eventlog::access::UserAccess;
 use rollcall_eventlog::Namespace;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -355,12 +354,12 @@ impl Access {
     pub fn find_user(
         &self,
         tenant: &str,
-        matches: impl Fn(&UserAccess) -> bool,
+        matches: impl Fn(&directory::User<'_>) -> bool,
     ) -> Option<(Uuid, bool)> {
         let directory = self.directory.read().ok()?;
         directory
             .find_user(tenant, matches)
-            .map(|user| (user.id, user.active))
+            .map(|user| (user.id(), user.active()))
     }
 
     /// Marks a sign-in state as answered; `false` if it already was.

@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 
-use rollcall_eventlog::access::{GroupAccess, UserAccess};
+use crate::directory::User;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -305,26 +305,23 @@ fn path_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-/// Looks groups up by id.
-pub trait GroupLookup {
-    /// The group of `tenant` with `id`.
-    fn group(&self, tenant: &str, id: &Uuid) -> Option<&GroupAccess>;
-}
-
 impl Rule {
     /// Whether the user satisfies the rule.
-    pub fn matches(&self, user: &UserAccess, groups: &impl GroupLookup) -> bool {
+    pub fn matches(&self, user: &User<'_>) -> bool {
         match self {
             Rule::Everyone => true,
-            Rule::UserName(name) => user.user_name.eq_ignore_ascii_case(name),
-            Rule::Email(email) => user.emails.iter().any(|e| e.eq_ignore_ascii_case(email)),
-            Rule::EmailDomain(domain) => user.emails.iter().any(|e| {
+            Rule::UserName(name) => user.user_name().eq_ignore_ascii_case(name),
+            Rule::Email(email) => user.emails().any(|e| e.eq_ignore_ascii_case(email)),
+            Rule::EmailDomain(domain) => user.emails().any(|e| {
                 e.rsplit_once('@')
                     .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
             }),
-            Rule::Group(reference) => user.groups.iter().any(|id| {
-                id.to_string().eq_ignore_ascii_case(reference)
-                    || groups.group(&user.tenant, id).is_some_and(|g| {
+            Rule::Group(reference) => user.groups().any(|(id, group)| {
+                let mut buffer = Uuid::encode_buffer();
+                id.hyphenated()
+                    .encode_lower(&mut buffer)
+                    .eq_ignore_ascii_case(reference)
+                    || group.is_some_and(|g| {
                         g.display_name.eq_ignore_ascii_case(reference)
                             || g.external_id
                                 .as_deref()
@@ -337,16 +334,18 @@ impl Rule {
 
 impl Policy {
     /// Whether the policy applies to the user: any include, every require, no exclude.
-    pub fn matches(&self, user: &UserAccess, groups: &impl GroupLookup) -> bool {
-        self.include.iter().any(|r| r.matches(user, groups))
-            && self.require.iter().all(|r| r.matches(user, groups))
-            && !self.exclude.iter().any(|r| r.matches(user, groups))
+    pub fn matches(&self, user: &User<'_>) -> bool {
+        self.include.iter().any(|r| r.matches(user))
+            && self.require.iter().all(|r| r.matches(user))
+            && !self.exclude.iter().any(|r| r.matches(user))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::Directory;
+    use rollcall_eventlog::access::{group_key, user_key, GroupAccess, UserAccess, USER_SCHEMA};
 
     const FILE: &str = r#"
         [[application]]
@@ -375,16 +374,10 @@ mod tests {
         include = [{ everyone = true }]
     "#;
 
-    struct Groups(Vec<GroupAccess>);
-    impl GroupLookup for Groups {
-        fn group(&self, tenant: &str, id: &Uuid) -> Option<&GroupAccess> {
-            self.0.iter().find(|g| g.tenant == tenant && &g.id == id)
-        }
-    }
-
-    fn user(emails: &[&str], groups: &[Uuid]) -> UserAccess {
-        UserAccess {
-            schema: String::new(),
+    /// A directory holding `groups` and one user (`ada@example.com`) with `emails`, in them.
+    fn user(groups: &[GroupAccess], emails: &[&str], member_of: &[Uuid]) -> (Directory, Uuid) {
+        let user = UserAccess {
+            schema: USER_SCHEMA.into(),
             tenant: "default".into(),
             id: Uuid::now_v7(),
             user_name: "ada@example.com".into(),
@@ -393,10 +386,30 @@ mod tests {
             active: true,
             not_before: None,
             revoked_sessions: vec![],
-            groups: groups.to_vec(),
+            groups: member_of.to_vec(),
             sequence: 1,
             withheld: None,
+        };
+        let mut directory = Directory::default();
+        for group in groups {
+            let value = serde_json::to_vec(group).unwrap();
+            directory
+                .apply(&group_key(&group.tenant, &group.id), Some(&value))
+                .unwrap();
         }
+        let value = serde_json::to_vec(&user).unwrap();
+        directory
+            .apply(&user_key("default", &user.id), Some(&value))
+            .unwrap();
+        (directory, user.id)
+    }
+
+    fn matches(policy: &Policy, (directory, id): &(Directory, Uuid)) -> bool {
+        policy.matches(&directory.user("default", id).unwrap())
+    }
+
+    fn rule_matches(rule: Rule, (directory, id): &(Directory, Uuid)) -> bool {
+        rule.matches(&directory.user("default", id).unwrap())
     }
 
     #[test]
@@ -435,27 +448,47 @@ mod tests {
         let policies = Policies::parse(FILE).unwrap();
         let finance = &policies.applications[0];
         let gid = Uuid::now_v7();
-        let groups = Groups(vec![GroupAccess {
+        let groups = [GroupAccess {
             schema: String::new(),
             tenant: "default".into(),
             id: gid,
             display_name: "finance-admins".into(),
             external_id: Some("0db508eb".into()),
             sequence: 1,
-        }]);
-        let admin = user(&["ada@example.com"], &[gid]);
-        assert!(finance.policies[1].matches(&admin, &groups));
+        }];
+        let admin = user(&groups, &["ada@example.com"], &[gid]);
+        assert!(matches(&finance.policies[1], &admin));
         assert!(
-            !finance.policies[1].matches(&user(&["ada@example.com"], &[]), &groups),
+            !matches(
+                &finance.policies[1],
+                &user(&groups, &["ada@example.com"], &[])
+            ),
             "not in the group"
         );
         assert!(
-            !finance.policies[1].matches(&user(&["ada@other.org"], &[gid]), &groups),
+            !matches(
+                &finance.policies[1],
+                &user(&groups, &["ada@other.org"], &[gid])
+            ),
             "require fails"
         );
-        assert!(Rule::Group("0DB508EB".into()).matches(&admin, &groups));
-        assert!(Rule::Group(gid.to_string()).matches(&admin, &groups));
-        assert!(finance.policies[0].matches(&user(&["x@contractor.example"], &[]), &groups));
+        assert!(rule_matches(Rule::Group("0DB508EB".into()), &admin));
+        assert!(rule_matches(Rule::Group(gid.to_string()), &admin));
+        assert!(rule_matches(
+            Rule::Group(gid.to_string().to_uppercase()),
+            &admin
+        ));
+        assert!(
+            !rule_matches(
+                Rule::Group("finance-admins".into()),
+                &user(&[], &[], &[gid])
+            ),
+            "a group that is not held matches by id only"
+        );
+        assert!(matches(
+            &finance.policies[0],
+            &user(&groups, &["x@contractor.example"], &[])
+        ));
     }
 
     const PROTECTED_ADMIN: &str = r#"

@@ -185,9 +185,9 @@ fn provisioned_user(
         .and_then(|v| v.as_str())
         .ok_or_else(|| Refusal::MissingClaim(mapping.claim.clone()))?;
     let user = access.find_user(&rp.tenant, |user| match mapping.attribute {
-        Attribute::ExternalId => user.external_id.as_deref() == Some(value),
-        Attribute::UserName => user.user_name.eq_ignore_ascii_case(value),
-        Attribute::Email => user.emails.iter().any(|e| e.eq_ignore_ascii_case(value)),
+        Attribute::ExternalId => user.external_id_is(value),
+        Attribute::UserName => user.user_name().eq_ignore_ascii_case(value),
+        Attribute::Email => user.emails().any(|e| e.eq_ignore_ascii_case(value)),
     });
     match user {
         None => Err(Refusal::NotProvisioned {
