@@ -39,7 +39,25 @@ pub struct BenchArgs {
     /// Write the results as JSON to this file.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Run only these scenarios (comma-separated), after the baselines: create, lookup, patch,
+    /// members, deprovision, decide, rebuild, partitions, initial-cycle, memory. All by default.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
+    only: Vec<String>,
 }
+
+/// The scenarios, in the order they run.
+const SCENARIOS: [&str; 10] = [
+    "create",
+    "lookup",
+    "patch",
+    "members",
+    "deprovision",
+    "decide",
+    "rebuild",
+    "partitions",
+    "initial-cycle",
+    "memory",
+];
 
 struct Sizes {
     users: usize,
@@ -187,16 +205,33 @@ pub async fn run(common: Common, args: BenchArgs) -> anyhow::Result<()> {
         sizes.seconds
     ));
     let env = BenchEnv::start(&common).await?;
-    let result = measure(&env, &common, &sizes, c, duration, args.repeat).await;
+    let only = Only(args.only.clone());
+    let result = measure(&env, &common, &sizes, c, duration, args.repeat, &only).await;
     env.stop().await;
     let (baselines, scenarios, memory) = result?;
-    let report = json!({"machine": machine(), "quick": args.quick, "concurrency": c, "repeat": args.repeat, "seconds_per_repetition": sizes.seconds, "baselines": baselines, "scenarios": scenarios, "memory": memory});
+    let mut report = json!({"machine": machine(), "quick": args.quick, "concurrency": c, "repeat": args.repeat, "seconds_per_repetition": sizes.seconds, "baselines": baselines, "scenarios": scenarios, "memory": memory});
+    if !args.only.is_empty() {
+        report["only"] = json!(args.only);
+    }
     print_table(&report);
     if let Some(path) = &args.out {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         say(&format!("wrote {}", path.display()));
     }
     Ok(())
+}
+
+/// The scenarios chosen with `--only` (none: all).
+struct Only(Vec<String>);
+
+impl Only {
+    fn runs(&self, scenario: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|s| s == scenario)
+    }
+
+    fn any(&self, scenarios: &[&str]) -> bool {
+        scenarios.iter().any(|s| self.runs(s))
+    }
 }
 
 type Results = (
@@ -212,6 +247,7 @@ async fn measure(
     c: usize,
     duration: Duration,
     times: usize,
+    only: &Only,
 ) -> anyhow::Result<Results> {
     let mut baselines = BTreeMap::new();
     say("baseline: constant HTTP handler");
@@ -243,26 +279,162 @@ async fn measure(
     );
 
     let mut scenarios = BTreeMap::new();
-    say("scenario create: POST /Users");
-    let (m, spread) = repeated(times, || async {
-        Ok(scenarios::create(env, c, duration).await)
-    })
-    .await?;
-    scenarios.insert(
-        "create".to_owned(),
-        with_spread(
-            versus(
-                scenario(m),
-                "publish_pipelined",
-                &baselines["publish_pipelined"],
-                Some(0.25),
+    if only.runs("create") {
+        say("scenario create: POST /Users");
+        let (m, spread) = repeated(times, || async {
+            Ok(scenarios::create(env, c, duration).await)
+        })
+        .await?;
+        scenarios.insert(
+            "create".to_owned(),
+            with_spread(
+                versus(
+                    scenario(m),
+                    "publish_pipelined",
+                    &baselines["publish_pipelined"],
+                    Some(0.25),
+                ),
+                spread,
             ),
-            spread,
-        ),
-    );
+        );
+    }
+    if only.any(&["lookup", "patch", "members", "deprovision", "decide"]) {
+        users_scenarios(
+            env,
+            sizes,
+            c,
+            duration,
+            times,
+            only,
+            &baselines,
+            &mut scenarios,
+        )
+        .await?;
+    }
+    if only.runs("rebuild") {
+        rebuild_scenario(env, common, sizes, &baselines, &mut scenarios).await?;
+    }
+    if only.runs("partitions") {
+        partitions_scenario(env, common, sizes, &mut scenarios).await?;
+    }
+    if only.runs("initial-cycle") {
+        initial_cycle_scenario(env, sizes, c, &mut scenarios).await;
+    }
+    let memory = if only.runs("memory") {
+        say(&format!(
+            "memory: access state for {} users with 5 groups each",
+            sizes.memory_users
+        ));
+        let (bytes_per_user, seconds) = scenarios::memory(sizes.memory_users);
+        json!({"users": sizes.memory_users, "groups_per_user": 5, "bytes_per_user": bytes_per_user.round(),
+               "total_mib": (bytes_per_user * sizes.memory_users as f64 / 1_048_576.0).round(), "load_seconds": seconds})
+    } else {
+        Value::Null
+    };
+    Ok((baselines, scenarios, memory))
+}
+
+/// The scenarios over preloaded users: lookup, patch, members, deprovision, decide.
+#[allow(clippy::too_many_arguments)]
+async fn users_scenarios(
+    env: &BenchEnv,
+    sizes: &Sizes,
+    c: usize,
+    duration: Duration,
+    times: usize,
+    only: &Only,
+    baselines: &BTreeMap<String, Measured>,
+    scenarios: &mut BTreeMap<String, Scenario>,
+) -> anyhow::Result<()> {
     say(&format!("preloading {} users", sizes.users));
     let users = Arc::new(env.preload_users("pre", sizes.users).await?);
     env.settle().await?;
+    if only.runs("lookup") {
+        lookup_scenario(env, sizes, c, duration, times, baselines, scenarios).await?;
+    }
+    let third = users.len() / 3;
+    if only.runs("patch") {
+        say("scenario patch: PATCH active and attribute replaces");
+        let patched = Arc::new(users[..third].to_vec());
+        let (m, spread) = repeated(times, || async {
+            Ok(scenarios::patches(env, patched.clone(), c, duration).await)
+        })
+        .await?;
+        scenarios.insert(
+            "patch".to_owned(),
+            with_spread(
+                versus(scenario(m), "http", &baselines["http"], None),
+                spread,
+            ),
+        );
+    }
+    if only.runs("members") {
+        say(&format!(
+            "scenario members: add/remove members on a group of {}",
+            sizes.group_members
+        ));
+        let group = scenarios::preload_group(env, sizes.group_members).await?;
+        env.settle().await?;
+        let (m, spread) = repeated(times, || async {
+            Ok(scenarios::members(env, group, c.min(8), duration).await)
+        })
+        .await?;
+        scenarios.insert(
+            "members".to_owned(),
+            with_spread(
+                versus(scenario(m), "http", &baselines["http"], None),
+                spread,
+            ),
+        );
+    }
+    if only.runs("deprovision") {
+        say(&format!(
+            "scenario deprovision: {} users under background writes",
+            sizes.victims
+        ));
+        let victims: Vec<_> = users[third..third + sizes.victims.min(third)].to_vec();
+        let background = Arc::new(users[..third].to_vec());
+        let (measured, allowed_after) = scenarios::deprovision(env, &victims, background).await;
+        let mut deprovision = scenario(measured);
+        deprovision.target = Some("p99 <= 5 ms; no allow after the SCIM response".into());
+        deprovision.target_met = Some(
+            deprovision.measured.p99_ms <= 5.0
+                && allowed_after == 0
+                && deprovision.measured.errors == 0,
+        );
+        deprovision.extra.insert(
+            "decisions_allowed_after_response".into(),
+            json!(allowed_after),
+        );
+        scenarios.insert("deprovision".to_owned(), deprovision);
+    }
+    if only.runs("decide") {
+        say("scenario decide: forward-auth decisions for valid sessions");
+        let active: Vec<_> = users[2 * third..].to_vec();
+        let (m, spread) = repeated(times, || async {
+            Ok(scenarios::decide(env, &active, c, duration).await)
+        })
+        .await?;
+        scenarios.insert(
+            "decide".to_owned(),
+            with_spread(
+                versus(scenario(m), "http", &baselines["http"], Some(0.6)),
+                spread,
+            ),
+        );
+    }
+    Ok(())
+}
+
+async fn lookup_scenario(
+    env: &BenchEnv,
+    sizes: &Sizes,
+    c: usize,
+    duration: Duration,
+    times: usize,
+    baselines: &BTreeMap<String, Measured>,
+    scenarios: &mut BTreeMap<String, Scenario>,
+) -> anyhow::Result<()> {
     say("scenario lookup: GET /Users?filter=userName eq …");
     let (m, spread) = repeated(times, || async {
         Ok(scenarios::lookup(env, sizes.users, c, duration).await)
@@ -275,69 +447,16 @@ async fn measure(
             spread,
         ),
     );
-    let third = users.len() / 3;
-    let patched = Arc::new(users[..third].to_vec());
-    say("scenario patch: PATCH active and attribute replaces");
-    let (m, spread) = repeated(times, || async {
-        Ok(scenarios::patches(env, patched.clone(), c, duration).await)
-    })
-    .await?;
-    scenarios.insert(
-        "patch".to_owned(),
-        with_spread(
-            versus(scenario(m), "http", &baselines["http"], None),
-            spread,
-        ),
-    );
-    say(&format!(
-        "scenario members: add/remove members on a group of {}",
-        sizes.group_members
-    ));
-    let group = scenarios::preload_group(env, sizes.group_members).await?;
-    env.settle().await?;
-    let (m, spread) = repeated(times, || async {
-        Ok(scenarios::members(env, group, c.min(8), duration).await)
-    })
-    .await?;
-    scenarios.insert(
-        "members".to_owned(),
-        with_spread(
-            versus(scenario(m), "http", &baselines["http"], None),
-            spread,
-        ),
-    );
-    say(&format!(
-        "scenario deprovision: {} users under background writes",
-        sizes.victims
-    ));
-    let victims: Vec<_> = users[third..third + sizes.victims.min(third)].to_vec();
-    let background = Arc::new(users[..third].to_vec());
-    let (measured, allowed_after) = scenarios::deprovision(env, &victims, background).await;
-    let mut deprovision = scenario(measured);
-    deprovision.target = Some("p99 <= 5 ms; no allow after the SCIM response".into());
-    deprovision.target_met = Some(
-        deprovision.measured.p99_ms <= 5.0
-            && allowed_after == 0
-            && deprovision.measured.errors == 0,
-    );
-    deprovision.extra.insert(
-        "decisions_allowed_after_response".into(),
-        json!(allowed_after),
-    );
-    scenarios.insert("deprovision".to_owned(), deprovision);
-    say("scenario decide: forward-auth decisions for valid sessions");
-    let active: Vec<_> = users[2 * third..].to_vec();
-    let (m, spread) = repeated(times, || async {
-        Ok(scenarios::decide(env, &active, c, duration).await)
-    })
-    .await?;
-    scenarios.insert(
-        "decide".to_owned(),
-        with_spread(
-            versus(scenario(m), "http", &baselines["http"], Some(0.6)),
-            spread,
-        ),
-    );
+    Ok(())
+}
+
+async fn rebuild_scenario(
+    env: &BenchEnv,
+    common: &Common,
+    sizes: &Sizes,
+    baselines: &BTreeMap<String, Measured>,
+    scenarios: &mut BTreeMap<String, Scenario>,
+) -> anyhow::Result<()> {
     say(&format!(
         "scenario rebuild: {} events",
         sizes.rebuild_events
@@ -351,6 +470,15 @@ async fn measure(
             Some(0.7),
         ),
     );
+    Ok(())
+}
+
+async fn partitions_scenario(
+    env: &BenchEnv,
+    common: &Common,
+    sizes: &Sizes,
+    scenarios: &mut BTreeMap<String, Scenario>,
+) -> anyhow::Result<()> {
     say(&format!(
         "scenario partitions: {} events over 16 tenants, P=1 with one projector process, then P=4 with four",
         sizes.projection_events
@@ -365,6 +493,15 @@ async fn measure(
     partitioned.target_met = Some(ratio > 1.0);
     scenarios.insert("partitions: P=1".to_owned(), scenario(one));
     scenarios.insert("partitions".to_owned(), partitioned);
+    Ok(())
+}
+
+async fn initial_cycle_scenario(
+    env: &BenchEnv,
+    sizes: &Sizes,
+    c: usize,
+    scenarios: &mut BTreeMap<String, Scenario>,
+) {
     let (cycle_users, cycle_groups, cycle_memberships) = sizes.cycle;
     say(&format!("scenario initial-cycle: {cycle_users} users, {cycle_groups} groups, {cycle_memberships} memberships"));
     for (phase, measured) in
@@ -379,14 +516,6 @@ async fn measure(
             scenarios.insert(format!("initial-cycle: {phase}"), s);
         }
     }
-    say(&format!(
-        "memory: access state for {} users with 5 groups each",
-        sizes.memory_users
-    ));
-    let (bytes_per_user, seconds) = scenarios::memory(sizes.memory_users);
-    let memory = json!({"users": sizes.memory_users, "groups_per_user": 5, "bytes_per_user": bytes_per_user.round(),
-                        "total_mib": (bytes_per_user * sizes.memory_users as f64 / 1_048_576.0).round(), "load_seconds": seconds});
-    Ok((baselines, scenarios, memory))
 }
 
 fn print_table(report: &Value) {
@@ -430,12 +559,14 @@ fn print_table(report: &Value) {
             cycle["errors"]
         );
     }
-    println!(
-        "access memory: {} bytes per user ({} users, 5 groups each; {} MiB)",
-        report["memory"]["bytes_per_user"],
-        report["memory"]["users"],
-        report["memory"]["total_mib"]
-    );
+    if !report["memory"].is_null() {
+        println!(
+            "access memory: {} bytes per user ({} users, 5 groups each; {} MiB)",
+            report["memory"]["bytes_per_user"],
+            report["memory"]["users"],
+            report["memory"]["total_mib"]
+        );
+    }
 }
 
 #[cfg(test)]

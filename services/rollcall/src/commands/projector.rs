@@ -35,14 +35,30 @@ async fn rebuild(common: Common, batch: usize) -> anyhow::Result<()> {
     let (client, log) = connect_nats(&common).await?;
     let store = connect_store(&common).await?;
     let started = std::time::Instant::now();
-    let mut last_report = std::time::Instant::now();
+    // On a terminal a bar with the rate and the time left; otherwise (a log) a line every 10 s.
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "rebuild {wide_bar} {human_pos}/{human_len} events, {per_sec}, {eta} left",
+    ) {
+        bar.set_style(style);
+    }
+    let mut last_line = std::time::Instant::now();
     let applied = rollcall_projector::rebuild::rebuild(client, &log, &store, batch, |progress| {
-        if last_report.elapsed().as_secs() >= 1 {
-            eprintln!("rebuild: {} of {} events", progress.applied, progress.head);
-            last_report = std::time::Instant::now();
+        bar.set_length(progress.head);
+        bar.set_position(progress.applied);
+        if bar.is_hidden() && last_line.elapsed().as_secs() >= 10 {
+            let rate = progress.applied as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let left = progress.head.saturating_sub(progress.applied) as f64 / rate.max(1e-9);
+            eprintln!(
+                "rebuild: {} of {} events ({rate:.0}/s, about {left:.0}s left)",
+                progress.applied, progress.head
+            );
+            last_line = std::time::Instant::now();
         }
     })
-    .await?;
+    .await;
+    bar.finish_and_clear();
+    let applied = applied?;
     let seconds = started.elapsed().as_secs_f64();
     println!("rebuilt the read models from {applied} events in {seconds:.1}s ({:.0} events/s); they are live", applied as f64 / seconds.max(1e-9));
     Ok(())
