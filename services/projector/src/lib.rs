@@ -122,6 +122,11 @@ const STRIKES: u32 = 5;
 /// The longest pause between attempts while PostgreSQL or NATS is out of reach.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// A consumer that has delivered nothing for this long while the stream is ahead of the
+/// checkpoint is opened again. NATS 2.9 can leave a durable consumer silent (heartbeats and
+/// all) after the stream's leader was killed, with no error to react to.
+const STALLED_AFTER: Duration = Duration::from_secs(10);
+
 impl Projector {
     /// A projector named `name` (its durable consumer and checkpoint).
     pub fn new(
@@ -350,7 +355,24 @@ impl Projector {
             .await
             .map_err(|error| LoadError::Nats(error.to_string()))?;
         let mut batches = messages.ready_chunks(self.batch);
-        while let Some(batch) = batches.next().await {
+        let mut at = checkpoint;
+        loop {
+            let batch = match tokio::time::timeout(STALLED_AFTER, batches.next()).await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(_) => {
+                    // Asked with a bound of its own: on 2.9 the leader may not answer either.
+                    match tokio::time::timeout(STALLED_AFTER, self.log.head()).await {
+                        Ok(Ok(head)) if head > at => {
+                            warn!(projector = %self.name, checkpoint = at, head,
+                                  stalled_s = STALLED_AFTER.as_secs(),
+                                  "the consumer delivers nothing while the stream is ahead; opening it again");
+                            return Ok(());
+                        }
+                        _ => continue,
+                    }
+                }
+            };
             let measured = metrics::Batch::start(&batch);
             let mut delivered = Vec::with_capacity(batch.len());
             let mut last = None;
@@ -415,6 +437,7 @@ impl Projector {
                 }
             }
             if let Some(checkpoint) = checkpoint {
+                at = checkpoint;
                 self.announce(checkpoint).await;
             }
         }
