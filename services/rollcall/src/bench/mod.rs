@@ -163,6 +163,24 @@ fn versus(mut s: Scenario, baseline: &str, limit: &Measured, at_least: Option<f6
     s
 }
 
+/// Adds a latency bound to a scenario's target: `p99 <= ms` as well.
+fn within_p99(mut s: Scenario, ms: f64) -> Scenario {
+    let bound = format!("p99 <= {ms} ms");
+    s.target = Some(match s.target.take() {
+        Some(target) => format!("{target}, {bound}"),
+        None => bound,
+    });
+    s.target_met = Some(s.target_met.unwrap_or(true) && s.measured.p99_ms <= ms);
+    s
+}
+
+/// The write scenarios' target (`create`, `patch`): a share of the pipelined append rate.
+const WRITES_AT_LEAST: f64 = 0.12;
+/// ... with this p99 (ms) at the benchmark's concurrency.
+const WRITES_P99_MS: f64 = 25.0;
+/// The access state's target: at most this many bytes per user.
+const MEMORY_AT_MOST: f64 = 300.0;
+
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
         c.lines()
@@ -288,11 +306,14 @@ async fn measure(
         scenarios.insert(
             "create".to_owned(),
             with_spread(
-                versus(
-                    scenario(m),
-                    "publish_pipelined",
-                    &baselines["publish_pipelined"],
-                    Some(0.25),
+                within_p99(
+                    versus(
+                        scenario(m),
+                        "publish_pipelined",
+                        &baselines["publish_pipelined"],
+                        Some(WRITES_AT_LEAST),
+                    ),
+                    WRITES_P99_MS,
                 ),
                 spread,
             ),
@@ -327,7 +348,8 @@ async fn measure(
         ));
         let (bytes_per_user, seconds) = scenarios::memory(sizes.memory_users);
         json!({"users": sizes.memory_users, "groups_per_user": 5, "bytes_per_user": bytes_per_user.round(),
-               "total_mib": (bytes_per_user * sizes.memory_users as f64 / 1_048_576.0).round(), "load_seconds": seconds})
+               "total_mib": (bytes_per_user * sizes.memory_users as f64 / 1_048_576.0).round(), "load_seconds": seconds,
+               "target": format!("<= {MEMORY_AT_MOST} bytes per user"), "target_met": bytes_per_user <= MEMORY_AT_MOST})
     } else {
         Value::Null
     };
@@ -363,7 +385,15 @@ async fn users_scenarios(
         scenarios.insert(
             "patch".to_owned(),
             with_spread(
-                versus(scenario(m), "http", &baselines["http"], None),
+                within_p99(
+                    versus(
+                        scenario(m),
+                        "publish_pipelined",
+                        &baselines["publish_pipelined"],
+                        Some(WRITES_AT_LEAST),
+                    ),
+                    WRITES_P99_MS,
+                ),
                 spread,
             ),
         );
@@ -561,10 +591,16 @@ fn print_table(report: &Value) {
     }
     if !report["memory"].is_null() {
         println!(
-            "access memory: {} bytes per user ({} users, 5 groups each; {} MiB)",
+            "access memory: {} bytes per user ({} users, 5 groups each; {} MiB): {} ({})",
             report["memory"]["bytes_per_user"],
             report["memory"]["users"],
-            report["memory"]["total_mib"]
+            report["memory"]["total_mib"],
+            if report["memory"]["target_met"].as_bool() == Some(true) {
+                "met"
+            } else {
+                "MISSED"
+            },
+            report["memory"]["target"].as_str().unwrap_or_default()
         );
     }
 }
@@ -572,6 +608,25 @@ fn print_table(report: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_latency_bound_joins_the_ratio_target() {
+        let measured = |throughput_per_s, p99_ms| Measured {
+            throughput_per_s,
+            p99_ms,
+            ..Default::default()
+        };
+        let limit = measured(1000.0, 0.0);
+        let judged = |m| within_p99(versus(scenario(m), "x", &limit, Some(0.12)), 25.0);
+        let fast_enough = judged(measured(200.0, 20.0));
+        assert_eq!(
+            fast_enough.target.as_deref(),
+            Some(">= 0.12 x x, p99 <= 25 ms")
+        );
+        assert_eq!(fast_enough.target_met, Some(true));
+        assert_eq!(judged(measured(200.0, 30.0)).target_met, Some(false));
+        assert_eq!(judged(measured(100.0, 20.0)).target_met, Some(false));
+    }
 
     #[test]
     fn the_median_repetition_is_reported_with_the_spread() {
