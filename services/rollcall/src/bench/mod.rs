@@ -174,6 +174,21 @@ fn within_p99(mut s: Scenario, ms: f64) -> Scenario {
     s
 }
 
+/// A write scenario (`create`, `patch`) judged by the write target.
+fn write_scenario(
+    m: Measured,
+    spread: Vec<f64>,
+    baselines: &BTreeMap<String, Measured>,
+) -> Scenario {
+    let judged = versus(
+        scenario(m),
+        "publish_pipelined",
+        &baselines["publish_pipelined"],
+        Some(WRITES_AT_LEAST),
+    );
+    with_spread(within_p99(judged, WRITES_P99_MS), spread)
+}
+
 /// The write scenarios' target (`create`, `patch`): a share of the pipelined append rate.
 const WRITES_AT_LEAST: f64 = 0.12;
 /// ... with this p99 (ms) at the benchmark's concurrency.
@@ -303,21 +318,7 @@ async fn measure(
             Ok(scenarios::create(env, c, duration).await)
         })
         .await?;
-        scenarios.insert(
-            "create".to_owned(),
-            with_spread(
-                within_p99(
-                    versus(
-                        scenario(m),
-                        "publish_pipelined",
-                        &baselines["publish_pipelined"],
-                        Some(WRITES_AT_LEAST),
-                    ),
-                    WRITES_P99_MS,
-                ),
-                spread,
-            ),
-        );
+        scenarios.insert("create".to_owned(), write_scenario(m, spread, &baselines));
     }
     if only.any(&["lookup", "patch", "members", "deprovision", "decide"]) {
         users_scenarios(
@@ -382,21 +383,7 @@ async fn users_scenarios(
             Ok(scenarios::patches(env, patched.clone(), c, duration).await)
         })
         .await?;
-        scenarios.insert(
-            "patch".to_owned(),
-            with_spread(
-                within_p99(
-                    versus(
-                        scenario(m),
-                        "publish_pipelined",
-                        &baselines["publish_pipelined"],
-                        Some(WRITES_AT_LEAST),
-                    ),
-                    WRITES_P99_MS,
-                ),
-                spread,
-            ),
-        );
+        scenarios.insert("patch".to_owned(), write_scenario(m, spread, baselines));
     }
     if only.runs("members") {
         say(&format!(
