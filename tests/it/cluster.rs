@@ -435,12 +435,19 @@ async fn an_installation_opened_with_more_replicas_is_changed_to_them() {
         .unwrap();
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
     let single = rollcall_eventlog::Namespace::new(name).unwrap();
-    let log = rollcall_eventlog::EventLog::open(client.clone(), single.clone())
-        .await
-        .unwrap();
-    rollcall_eventlog::Claims::open(log.jetstream(), &single)
-        .await
-        .unwrap();
+    // What every process opens at start: the event stream and the claims buckets.
+    let open = |namespace: rollcall_eventlog::Namespace| {
+        let client = client.clone();
+        async move {
+            let log = rollcall_eventlog::EventLog::open(client, namespace.clone())
+                .await
+                .unwrap();
+            rollcall_eventlog::Claims::open(log.jetstream(), &namespace)
+                .await
+                .unwrap();
+        }
+    };
+    open(single.clone()).await;
     let jetstream = async_nats::jetstream::new(client.clone());
     let replicas = |name: String| {
         let jetstream = jetstream.clone();
@@ -458,24 +465,13 @@ async fn an_installation_opened_with_more_replicas_is_changed_to_them() {
         assert_eq!(replicas(name.clone()).await, 1, "{name}");
     }
     // The operator sets ROLLCALL_REPLICAS=3 and restarts.
-    let three = single.clone().with_replicas(3).unwrap();
-    let log = rollcall_eventlog::EventLog::open(client.clone(), three.clone())
-        .await
-        .unwrap();
-    rollcall_eventlog::Claims::open(log.jetstream(), &three)
-        .await
-        .unwrap();
+    open(single.clone().with_replicas(3).unwrap()).await;
     for name in &streams {
         assert_eq!(replicas(name.clone()).await, 3, "{name}");
     }
     // A process (or an operator's command) run without ROLLCALL_REPLICAS never takes them
     // down to one copy.
-    let log = rollcall_eventlog::EventLog::open(client.clone(), single.clone())
-        .await
-        .unwrap();
-    rollcall_eventlog::Claims::open(log.jetstream(), &single)
-        .await
-        .unwrap();
+    open(single.clone()).await;
     for name in &streams {
         assert_eq!(replicas(name.clone()).await, 3, "{name} lowered");
     }

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
-use super::env::{envelope, BenchEnv};
+use super::env::{envelope, publish_pipelined, BenchEnv};
 use super::load::{drive, summarize, Measured};
 
 /// `GET /` answering a constant, over keep-alive connections.
@@ -132,23 +132,7 @@ pub async fn publish(
 /// one transaction per batch: the most a projection can do here.
 pub async fn projection(env: &BenchEnv, events: usize) -> anyhow::Result<Measured> {
     let (jetstream, stream_name, prefix) = scratch(env, "PROJECTION").await?;
-    let mut pending = Vec::new();
-    for _ in 0..events {
-        let (subject, headers, payload) = message(&prefix);
-        pending.push(
-            jetstream
-                .publish_with_headers(subject, headers, payload)
-                .await?,
-        );
-        if pending.len() >= 512 {
-            for ack in pending.drain(..) {
-                ack.await?;
-            }
-        }
-    }
-    for ack in pending {
-        ack.await?;
-    }
+    publish_pipelined(&jetstream, (0..events).map(|_| message(&prefix))).await?;
     let pool = env.store.pool();
     sqlx::query("CREATE TABLE IF NOT EXISTS public.bench_projection (sequence bigint PRIMARY KEY, payload jsonb NOT NULL)").execute(pool).await?;
     sqlx::query("CREATE TABLE IF NOT EXISTS public.bench_checkpoint (name text PRIMARY KEY, sequence bigint NOT NULL)").execute(pool).await?;

@@ -133,8 +133,7 @@ impl BenchEnv {
     pub async fn preload_users(&self, prefix: &str, count: usize) -> anyhow::Result<Vec<Uuid>> {
         let jetstream = self.log.jetstream().clone();
         let mut ids = Vec::with_capacity(count);
-        let mut pending: Vec<PublishAckFuture> = Vec::new();
-        for n in 0..count {
+        let messages = (0..count).map(|n| {
             let id = Uuid::now_v7();
             let attributes = serde_json::json!({"userName": format!("{prefix}{n}@bench.test"), "title": "Engineer",
                 "emails": [{"value": format!("{prefix}{n}@bench.test"), "type": "work", "primary": true}]});
@@ -147,22 +146,14 @@ impl BenchEnv {
             headers.insert("Nats-Msg-Id", envelope.event_id.to_string().as_str());
             headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
             headers.insert("Rollcall-Event-Type", envelope.event_type.as_str());
-            let subject = self.namespace.aggregate_subject("bench", "user", &id);
-            pending.push(
-                jetstream
-                    .publish_with_headers(subject, headers, envelope.to_bytes().into())
-                    .await?,
-            );
-            if pending.len() >= 512 {
-                for ack in pending.drain(..) {
-                    ack.await?;
-                }
-            }
             ids.push(id);
-        }
-        for ack in pending {
-            ack.await?;
-        }
+            (
+                self.namespace.aggregate_subject("bench", "user", &id),
+                headers,
+                envelope.to_bytes().into(),
+            )
+        });
+        publish_pipelined(&jetstream, messages).await?;
         Ok(ids)
     }
 
@@ -197,6 +188,32 @@ impl BenchEnv {
         let _ = rollcall_store::drop_database(&self.database_url).await;
         let _ = std::fs::remove_file(&self.policy_file);
     }
+}
+
+/// Publishes `messages` (subject, headers, payload) pipelined, with at most 512
+/// acknowledgements outstanding, and waits for every acknowledgement (preloads, not
+/// measurements).
+pub async fn publish_pipelined(
+    jetstream: &async_nats::jetstream::Context,
+    messages: impl Iterator<Item = (String, HeaderMap, bytes::Bytes)>,
+) -> anyhow::Result<()> {
+    let mut pending: Vec<PublishAckFuture> = Vec::new();
+    for (subject, headers, payload) in messages {
+        pending.push(
+            jetstream
+                .publish_with_headers(subject, headers, payload)
+                .await?,
+        );
+        if pending.len() >= 512 {
+            for ack in pending.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in pending {
+        ack.await?;
+    }
+    Ok(())
 }
 
 /// An operator-made envelope for preloaded events.

@@ -576,31 +576,18 @@ async fn append_provisioned(
     tenant: impl Fn(usize) -> String,
     prefix: &str,
 ) -> anyhow::Result<()> {
-    let jetstream = log.jetstream();
-    let mut pending = Vec::new();
-    for n in 0..events {
+    let messages = (0..events).map(|n| {
         let id = Uuid::now_v7();
         let tenant = tenant(n);
         let payload = json!({"type": "user.provisioned", "active": true, "attributes": {"userName": format!("{prefix}{n}@bench.test"), "title": "Engineer"}});
         let mut event = envelope("user", id, "user.provisioned", payload);
         event.tenant = tenant.clone();
-        pending.push(
-            jetstream
-                .publish_with_headers(
-                    log.namespace().aggregate_subject(&tenant, "user", &id),
-                    async_nats::HeaderMap::new(),
-                    event.to_bytes().into(),
-                )
-                .await?,
-        );
-        if pending.len() >= 512 {
-            for ack in pending.drain(..) {
-                ack.await?;
-            }
-        }
-    }
-    for ack in pending {
-        ack.await?;
-    }
+        (
+            log.namespace().aggregate_subject(&tenant, "user", &id),
+            async_nats::HeaderMap::new(),
+            event.to_bytes().into(),
+        )
+    });
+    super::env::publish_pipelined(log.jetstream(), messages).await?;
     Ok(())
 }
