@@ -51,6 +51,9 @@ pub const USER_SCHEMA: &str = "rollcall.access.user.v1";
 pub const GROUP_SCHEMA: &str = "rollcall.access.group.v1";
 /// Schema name of [`Revocation`] messages.
 pub const REVOCATION_SCHEMA: &str = "rollcall.revocation.v1";
+/// The header naming the access service replica that announces its applied sequence (each
+/// replica under its own id, so that a write can wait for every live one).
+pub const REPLICA_HEADER: &str = "Rollcall-Access-Replica";
 /// The key of the [`AccessCheckpoint`].
 pub const CHECKPOINT_KEY: &str = "checkpoint";
 

@@ -9,6 +9,9 @@ use tracing::{info, instrument};
 use crate::envelope::{decode_commit, Envelope};
 use crate::log::{EventLog, LoadError};
 
+/// How long asking for an existing durable consumer may take.
+const CONSUMER_INFO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn nats<E: std::fmt::Display>(error: E) -> LoadError {
     LoadError::Nats(error.to_string())
 }
@@ -30,10 +33,15 @@ impl EventLog {
     /// An existing consumer whose acknowledged position differs from `checkpoint` (the
     /// projection was rebuilt, or acks were lost in a crash) is recreated at the checkpoint.
     #[instrument(skip_all, fields(consumer = %name, checkpoint), err)]
+    ///
+    /// `recreate`: delete an existing consumer and create it afresh even where it is at the
+    /// checkpoint (one that stalled). Asking for an existing consumer is bounded in time: a NATS
+    /// 2.9 consumer may leave its info request unanswered.
     pub async fn durable_consumer(
         &self,
         name: &str,
         checkpoint: u64,
+        recreate: bool,
     ) -> Result<PullConsumer, LoadError> {
         let config = pull::Config {
             durable_name: Some(name.to_owned()),
@@ -45,14 +53,28 @@ impl EventLog {
             max_ack_pending: 20_000,
             ..Default::default()
         };
-        if let Ok(mut existing) = self.stream().get_consumer::<pull::Config>(name).await {
-            let info = existing.info().await.map_err(nats)?;
-            if info.ack_floor.stream_sequence == checkpoint && info.num_ack_pending == 0 {
+        let existing = async {
+            let mut existing = self
+                .stream()
+                .get_consumer::<pull::Config>(name)
+                .await
+                .ok()?;
+            let info = existing.info().await.ok()?.clone();
+            Some((existing, info))
+        };
+        let existing = tokio::time::timeout(CONSUMER_INFO_WAIT, existing)
+            .await
+            .map_err(|_| LoadError::Nats(format!("consumer {name} did not answer")))?;
+        if let Some((existing, info)) = existing {
+            if !recreate
+                && info.ack_floor.stream_sequence == checkpoint
+                && info.num_ack_pending == 0
+            {
                 return Ok(existing);
             }
             info!(
                 ack_floor = info.ack_floor.stream_sequence,
-                "repositioning consumer at its checkpoint"
+                recreate, "repositioning consumer at its checkpoint"
             );
             self.stream().delete_consumer(name).await.map_err(nats)?;
         }

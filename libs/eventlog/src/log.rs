@@ -274,7 +274,18 @@ impl EventLog {
         // cluster node that was killed (a node that dies without a word is not known to be
         // offline), and its creation then never answers: after a short wait the aggregate is
         // read message by message from the stream leader instead (`STREAM.MSG.GET` with
-        // `next_by_subj`), which needs no consumer.
+        // `next_by_subj`), which needs no consumer. A leader that did not answer just now is not
+        // asked for a consumer either.
+        if from_replica {
+            let events = self
+                .load_by_message(subject, after, last_sequence, false)
+                .await?;
+            return Ok(Loaded {
+                events,
+                last_sequence,
+                from_replica,
+            });
+        }
         let create = self.stream.create_consumer(consumer::pull::OrderedConfig {
             filter_subject: subject.to_owned(),
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -285,9 +296,11 @@ impl EventLog {
         let consumer = match tokio::time::timeout(ORDERED_CONSUMER_WAIT, create).await {
             Ok(consumer) => consumer.map_err(nats)?,
             Err(_) => {
-                // Messages a replica holds up to a sequence the leader gave are complete: a
-                // replica applies the stream in order.
-                let events = self.load_by_message(subject, after, last_sequence).await?;
+                // A replica that lacks one of the messages answers "not found": an error (the
+                // client retries), never the end of the history.
+                let events = self
+                    .load_by_message(subject, after, last_sequence, true)
+                    .await?;
                 return Ok(Loaded {
                     events,
                     last_sequence,
@@ -325,11 +338,11 @@ impl EventLog {
         subject: &str,
         after: u64,
         last_sequence: u64,
+        mut leader_answers: bool,
     ) -> Result<Vec<Envelope>, LoadError> {
         let mut events = Vec::new();
         let mut next = after + 1;
         // Once the leader has not answered, the rest is read from replicas (see `last_sequence`).
-        let mut leader_answers = true;
         while next <= last_sequence {
             let mut message = None;
             if leader_answers {

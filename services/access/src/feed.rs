@@ -55,7 +55,7 @@ pub fn checkpoint_name(partition: Option<u16>) -> String {
 
 /// The header naming the access service (one per process and service) that announces: a
 /// write that waits for the access services waits for every one that announces.
-pub const REPLICA_HEADER: &str = "Rollcall-Access-Replica";
+pub const REPLICA_HEADER: &str = rollcall_eventlog::access::REPLICA_HEADER;
 
 async fn announce(
     client: &async_nats::Client,

@@ -122,6 +122,14 @@ const STRIKES: u32 = 5;
 /// The longest pause between attempts while PostgreSQL or NATS is out of reach.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// Why [`Projector::consume`] returned without an error.
+enum Ended {
+    /// The consumer's messages ended.
+    Ended,
+    /// The consumer delivered nothing for [`STALLED_AFTER`] while the stream was ahead.
+    Stalled,
+}
+
 /// A consumer that has delivered nothing for this long while the stream is ahead of the
 /// checkpoint is opened again. NATS 2.9 can leave a durable consumer silent (heartbeats and
 /// all) after the stream's leader was killed, with no error to react to.
@@ -295,15 +303,17 @@ impl Projector {
         });
         let _stop_republisher = AbortOnDrop(republisher);
         let mut pause = Duration::from_millis(250);
+        let mut recreate = false;
         loop {
             let started = std::time::Instant::now();
-            let result = self.consume().await;
+            let result = self.consume(std::mem::take(&mut recreate)).await;
             // A failure after a while of projecting is a new one: its backoff starts again.
             if started.elapsed() >= MAX_BACKOFF {
                 pause = Duration::from_millis(250);
             }
             match result {
-                Ok(()) => {
+                Ok(Ended::Stalled) => recreate = true,
+                Ok(Ended::Ended) => {
                     warn!(projector = %self.name, "the consumer's messages ended; opening it again");
                     tokio::time::sleep(pause).await;
                 }
@@ -327,8 +337,10 @@ impl Projector {
         }
     }
 
-    /// Consumes from the checkpoint on; returns only on error (or if the stream ends).
-    async fn consume(&self) -> Result<(), ProjectorError> {
+    /// Consumes from the checkpoint on; returns only on error, if the stream ends or if the
+    /// consumer stalls. `recreate`: a fresh consumer at the checkpoint (after a stall: the same
+    /// consumer may stay silent).
+    async fn consume(&self, recreate: bool) -> Result<Ended, ProjectorError> {
         let checkpoint = self.store.checkpoint(&self.name).await?;
         {
             let mut connection = self
@@ -346,7 +358,10 @@ impl Projector {
             }
             self.quarantined.replace(open);
         }
-        let consumer = self.log.durable_consumer(&self.name, checkpoint).await?;
+        let consumer = self
+            .log
+            .durable_consumer(&self.name, checkpoint, recreate)
+            .await?;
         info!(projector = %self.name, checkpoint, "projecting");
         let messages = consumer
             .stream()
@@ -367,7 +382,7 @@ impl Projector {
                             warn!(projector = %self.name, checkpoint = at, head,
                                   stalled_s = STALLED_AFTER.as_secs(),
                                   "the consumer delivers nothing while the stream is ahead; opening it again");
-                            return Ok(());
+                            return Ok(Ended::Stalled);
                         }
                         _ => continue,
                     }
@@ -441,7 +456,7 @@ impl Projector {
                 self.announce(checkpoint).await;
             }
         }
-        Ok(())
+        Ok(Ended::Ended)
     }
 
     /// Applies a batch; when an event in it cannot be applied, applies the batch event by event

@@ -45,7 +45,7 @@ async fn listen(
 }
 
 /// The header naming the access service that announces (as the access service sets it).
-const ACCESS_REPLICA_HEADER: &str = "Rollcall-Access-Replica";
+const ACCESS_REPLICA_HEADER: &str = rollcall_eventlog::access::REPLICA_HEADER;
 
 /// How long an access service may be silent before writes stop waiting for it.
 pub const REPLICA_SILENCE: Duration = Duration::from_secs(3);
@@ -143,20 +143,6 @@ impl Checkpoint {
                 heard(&sender, &replicas, None);
             }
         });
-        Self { receiver }
-    }
-
-    /// Follows a consumer's announcements only (one with no checkpoint in PostgreSQL, such as
-    /// the access service, which announces its applied sequence every second and on change).
-    pub async fn follow_announcements(
-        client: async_nats::Client,
-        namespace: &Namespace,
-        consumer: &str,
-    ) -> Self {
-        let (sender, receiver) = watch::channel(0);
-        if let Err(error) = listen(&client, namespace, consumer, Arc::new(sender)).await {
-            warn!(error = %error, "cannot follow checkpoint announcements");
-        }
         Self { receiver }
     }
 
