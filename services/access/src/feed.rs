@@ -90,6 +90,9 @@ async fn announce_all(
     }
 }
 
+/// A watch that has delivered nothing for this long while the bucket is ahead is started again.
+const STALLED_AFTER: Duration = Duration::from_secs(10);
+
 /// Follows the access bucket into `directory` until the client closes; restarts the watch
 /// after an error.
 pub async fn follow(
@@ -175,8 +178,26 @@ async fn watch(
     if empty {
         mark_ready(client, namespace, replica, directory, health).await;
     }
-    while let Some(entry) = entries.next().await {
+    let mut seen = 0;
+    loop {
+        let entry = match tokio::time::timeout(STALLED_AFTER, entries.next()).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => break,
+            // NATS can leave a watch silent after a server dies (seen on 2.9 and the current
+            // release), with no error: one that delivers nothing while the bucket is ahead of
+            // it is started again. The bucket is asked with a bound of its own.
+            Err(_) => match tokio::time::timeout(STALLED_AFTER, stream.info()).await {
+                Ok(Ok(info)) if info.state.last_sequence > seen => {
+                    return Err(LoadError::Nats(format!(
+                        "the watch delivers nothing while the bucket is ahead of it ({seen} < {})",
+                        info.state.last_sequence
+                    )));
+                }
+                _ => continue,
+            },
+        };
         let entry = entry.map_err(|e| LoadError::Nats(e.to_string()))?;
+        seen = seen.max(entry.revision);
         health.touch();
         let value = (entry.operation == Operation::Put).then_some(entry.value.as_ref());
         let applied = match directory.write() {

@@ -384,7 +384,17 @@ impl Projector {
                                   "the consumer delivers nothing while the stream is ahead; opening it again");
                             return Ok(Ended::Stalled);
                         }
-                        _ => continue,
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(error)) => {
+                            warn!(projector = %self.name, error = %error,
+                                  "the consumer delivers nothing and the stream's head cannot be read");
+                            continue;
+                        }
+                        Err(_) => {
+                            warn!(projector = %self.name,
+                                  "the consumer delivers nothing and the stream's head does not answer");
+                            continue;
+                        }
                     }
                 }
             };

@@ -90,6 +90,8 @@ fn advance(sender: &watch::Sender<u64>, sequence: u64) {
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     receiver: watch::Receiver<u64>,
+    /// What it follows, for the logs: `projector <name>` or `access services <name>`.
+    follows: String,
 }
 
 impl Checkpoint {
@@ -143,7 +145,10 @@ impl Checkpoint {
                 heard(&sender, &replicas, None);
             }
         });
-        Self { receiver }
+        Self {
+            receiver,
+            follows: format!("access services {consumer}"),
+        }
     }
 
     /// Follows the projector named `projector`; stops when the client closes.
@@ -159,6 +164,7 @@ impl Checkpoint {
         if let Err(error) = listen(&client, namespace, projector, sender.clone()).await {
             warn!(error = %error, "cannot follow checkpoint announcements; polling only");
         }
+        let follows = format!("projector {projector}");
         let projector = projector.to_owned();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(Duration::from_millis(250));
@@ -172,7 +178,7 @@ impl Checkpoint {
                 }
             }
         });
-        Self { receiver }
+        Self { receiver, follows }
     }
 
     /// Waits until the checkpoint reaches `sequence`, or the timeout; returns whether it did.
@@ -188,6 +194,7 @@ impl Checkpoint {
             warn!(
                 sequence,
                 checkpoint = *self.receiver.borrow(),
+                follows = %self.follows,
                 "the write is not applied within the bound; answering 503 (the client retries)"
             );
         } else {
