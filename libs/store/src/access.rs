@@ -269,3 +269,28 @@ pub async fn enqueue_many(
     }
     Ok(())
 }
+
+/// Records many revocations, in one statement per 5,000.
+pub async fn record_many(
+    connection: &mut PgConnection,
+    rows: &[RevocationRow],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(5_000) {
+        let mut builder = sqlx::QueryBuilder::new(
+            "INSERT INTO revocation (sequence, position, event_id, tenant, user_id, session_id, not_before, reason, created_at) ",
+        );
+        builder.push_values(chunk, |mut b, row| {
+            b.push_bind(row.sequence)
+                .push_bind(row.position)
+                .push_bind(row.event_id)
+                .push_bind(&row.tenant)
+                .push_bind(row.user_id)
+                .push_bind(&row.session_id)
+                .push_bind(row.not_before)
+                .push_bind(&row.reason)
+                .push_bind(row.created_at);
+        });
+        builder.build().execute(&mut *connection).await?;
+    }
+    Ok(())
+}

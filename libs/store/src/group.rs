@@ -286,3 +286,143 @@ pub async fn remove_members(
     .await?;
     Ok(())
 }
+
+/// Locks the groups of these (tenant, id) keys that exist, in one statement: a rebuild reads a
+/// batch's groups at once.
+pub async fn lock_many(
+    connection: &mut PgConnection,
+    keys: &[(&str, Uuid)],
+) -> Result<Vec<GroupRow>, StoreError> {
+    let (tenants, ids): (Vec<&str>, Vec<Uuid>) = keys.iter().copied().unzip();
+    Ok(sqlx::query_as::<_, GroupRow>(&format!(
+        "SELECT {COLUMNS} FROM scim_group
+         WHERE (tenant, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[])) FOR UPDATE"
+    ))
+    .bind(&tenants)
+    .bind(&ids)
+    .fetch_all(connection)
+    .await?)
+}
+
+/// Inserts or replaces many groups (members apart; at most one row per group), with their
+/// lookup keys, in one statement per 5,000 rows.
+pub async fn upsert_many(
+    connection: &mut PgConnection,
+    rows: &[GroupRow],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(5_000) {
+        let mut builder = QueryBuilder::new(
+            "INSERT INTO scim_group (tenant, id, display_name, display_name_lower, external_id, external_id_lower,
+                                     attributes, version, created_at, updated_at) ",
+        );
+        builder.push_values(chunk, |mut b, row| {
+            b.push_bind(&row.tenant)
+                .push_bind(row.id)
+                .push_bind(&row.display_name)
+                .push_bind(fold(&row.display_name).into_owned())
+                .push_bind(&row.external_id)
+                .push_bind(row.external_id.as_deref().map(|id| fold(id).into_owned()))
+                .push_bind(&row.attributes)
+                .push_bind(row.version)
+                .push_bind(row.created_at)
+                .push_bind(row.updated_at);
+        });
+        builder.push(
+            " ON CONFLICT (tenant, id) DO UPDATE SET
+                 display_name = EXCLUDED.display_name, display_name_lower = EXCLUDED.display_name_lower,
+                 external_id = EXCLUDED.external_id, external_id_lower = EXCLUDED.external_id_lower,
+                 attributes = EXCLUDED.attributes, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
+        );
+        builder.build().execute(&mut *connection).await?;
+    }
+    Ok(())
+}
+
+/// Deletes many groups and their memberships, in two statements.
+pub async fn delete_many(
+    connection: &mut PgConnection,
+    keys: &[(&str, Uuid)],
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let (tenants, ids): (Vec<&str>, Vec<Uuid>) = keys.iter().copied().unzip();
+    sqlx::query(
+        "DELETE FROM group_member
+         WHERE (tenant, group_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .execute(&mut *connection)
+    .await?;
+    sqlx::query(
+        "DELETE FROM scim_group WHERE (tenant, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// A membership to write: its group, its key (the id folded to lower case) and the member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEntry {
+    /// The tenant.
+    pub tenant: String,
+    /// The group.
+    pub group: Uuid,
+    /// The member's id, lower case.
+    pub key: String,
+    /// The member as sent.
+    pub member: NewMember,
+    /// When it was added.
+    pub added_at: OffsetDateTime,
+}
+
+/// Deletes the memberships of these (tenant, group, key) triples, in one statement.
+pub async fn delete_member_keys(
+    connection: &mut PgConnection,
+    keys: &[(&str, Uuid, &str)],
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let tenants: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let groups: Vec<Uuid> = keys.iter().map(|k| k.1).collect();
+    let members: Vec<&str> = keys.iter().map(|k| k.2).collect();
+    sqlx::query(
+        "DELETE FROM group_member WHERE (tenant, group_id, member_key) IN
+             (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]))",
+    )
+    .bind(&tenants)
+    .bind(&groups)
+    .bind(&members)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Adds many memberships in one statement per 5,000; existing ones are kept as they are.
+pub async fn insert_members(
+    connection: &mut PgConnection,
+    entries: &[MemberEntry],
+) -> Result<(), StoreError> {
+    for chunk in entries.chunks(5_000) {
+        let mut builder = QueryBuilder::new(
+            "INSERT INTO group_member (tenant, group_id, member_key, member_id, member_type, member_display, added_at) ",
+        );
+        builder.push_values(chunk, |mut b, entry| {
+            b.push_bind(&entry.tenant)
+                .push_bind(entry.group)
+                .push_bind(&entry.key)
+                .push_bind(&entry.member.id)
+                .push_bind(&entry.member.kind)
+                .push_bind(&entry.member.display)
+                .push_bind(entry.added_at);
+        });
+        builder.push(" ON CONFLICT DO NOTHING");
+        builder.build().execute(&mut *connection).await?;
+    }
+    Ok(())
+}

@@ -5,6 +5,21 @@ use crate::{Store, StoreError, LIVE_SCHEMA};
 /// The schema a rebuild fills.
 pub const REBUILD_SCHEMA: &str = "read_model_rebuild";
 
+/// The indexes a rebuild builds once at the end rather than row by row. Only indexes no row
+/// can fail on: their keys are ids, times, tenants, event types, or already bounded by a
+/// primary key (`group_member`'s). The lookup indexes (`userName`, `externalId`,
+/// `displayName`) stay in place, so that a value PostgreSQL cannot index fails its own event
+/// (quarantined, as the live projector does) rather than the index build at the end.
+pub const DEFERRED_INDEXES: &[&str] = &[
+    "audit_event_aggregate",
+    "audit_event_time",
+    "audit_event_type",
+    "group_member_member",
+    "revocation_user",
+    "scim_group_created",
+    "scim_user_created",
+];
+
 impl Store {
     /// Drops any earlier rebuild schema and creates an empty one.
     pub async fn create_rebuild_schema(&self) -> Result<(), StoreError> {
@@ -16,6 +31,40 @@ impl Store {
             .bind(REBUILD_SCHEMA)
             .execute(&mut connection)
             .await?;
+        Ok(())
+    }
+
+    /// Drops the rebuild schema's secondary indexes that no write can fail on
+    /// ([`DEFERRED_INDEXES`]) and returns their definitions for
+    /// [`Store::restore_rebuild_indexes`]: building an index once over loaded rows is cheaper
+    /// than updating it row by row.
+    pub async fn defer_rebuild_indexes(&self) -> Result<Vec<String>, StoreError> {
+        let mut connection = self.admin_connection().await?;
+        let definitions: Vec<String> = sqlx::query_scalar(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = ANY($2)
+             ORDER BY indexname",
+        )
+        .bind(REBUILD_SCHEMA)
+        .bind(DEFERRED_INDEXES)
+        .fetch_all(&mut connection)
+        .await?;
+        for name in DEFERRED_INDEXES {
+            sqlx::query(&format!("DROP INDEX IF EXISTS {REBUILD_SCHEMA}.{name}"))
+                .execute(&mut connection)
+                .await?;
+        }
+        Ok(definitions)
+    }
+
+    /// Builds again the indexes [`Store::defer_rebuild_indexes`] dropped.
+    pub async fn restore_rebuild_indexes(&self, definitions: &[String]) -> Result<(), StoreError> {
+        let mut connection = self.admin_connection().await?;
+        sqlx::query("SET maintenance_work_mem = '256MB'")
+            .execute(&mut connection)
+            .await?;
+        for definition in definitions {
+            sqlx::query(definition).execute(&mut connection).await?;
+        }
         Ok(())
     }
 

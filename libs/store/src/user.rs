@@ -211,3 +211,84 @@ pub async fn delete(
         .await?;
     Ok(())
 }
+
+/// Locks the users of these (tenant, id) keys that exist, in one statement: a rebuild reads a
+/// batch's users at once.
+pub async fn lock_many(
+    connection: &mut PgConnection,
+    keys: &[(&str, Uuid)],
+) -> Result<Vec<UserRow>, StoreError> {
+    let (tenants, ids): (Vec<&str>, Vec<Uuid>) = keys.iter().copied().unzip();
+    Ok(sqlx::query_as::<_, UserRow>(&format!(
+        "SELECT {COLUMNS} FROM scim_user
+         WHERE (tenant, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[])) FOR UPDATE"
+    ))
+    .bind(&tenants)
+    .bind(&ids)
+    .fetch_all(connection)
+    .await?)
+}
+
+/// Inserts or replaces many users (at most one row per user), with their lookup keys, in one
+/// statement per 5,000 rows.
+pub async fn upsert_many(
+    connection: &mut PgConnection,
+    rows: &[UserRow],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(5_000) {
+        let mut builder = QueryBuilder::new(
+            "INSERT INTO scim_user (tenant, id, user_name, user_name_lower, external_id, external_id_lower, active,
+                                    attributes, version, created_at, updated_at) ",
+        );
+        builder.push_values(chunk, |mut b, row| {
+            b.push_bind(&row.tenant)
+                .push_bind(row.id)
+                .push_bind(&row.user_name)
+                .push_bind(fold(&row.user_name).into_owned())
+                .push_bind(&row.external_id)
+                .push_bind(row.external_id.as_deref().map(|id| fold(id).into_owned()))
+                .push_bind(row.active)
+                .push_bind(&row.attributes)
+                .push_bind(row.version)
+                .push_bind(row.created_at)
+                .push_bind(row.updated_at);
+        });
+        builder.push(
+            " ON CONFLICT (tenant, id) DO UPDATE SET
+                 user_name = EXCLUDED.user_name, user_name_lower = EXCLUDED.user_name_lower,
+                 external_id = EXCLUDED.external_id, external_id_lower = EXCLUDED.external_id_lower,
+                 active = EXCLUDED.active, attributes = EXCLUDED.attributes, version = EXCLUDED.version,
+                 updated_at = EXCLUDED.updated_at",
+        );
+        builder.build().execute(&mut *connection).await?;
+    }
+    Ok(())
+}
+
+/// Deletes many users and their group memberships, in two statements.
+pub async fn delete_many(
+    connection: &mut PgConnection,
+    keys: &[(&str, Uuid)],
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let (tenants, ids): (Vec<&str>, Vec<Uuid>) = keys.iter().copied().unzip();
+    let member_keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    sqlx::query(
+        "DELETE FROM scim_user WHERE (tenant, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .execute(&mut *connection)
+    .await?;
+    sqlx::query(
+        "DELETE FROM group_member
+         WHERE (tenant, member_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+    )
+    .bind(&tenants)
+    .bind(&member_keys)
+    .execute(connection)
+    .await?;
+    Ok(())
+}

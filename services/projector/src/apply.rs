@@ -17,6 +17,7 @@ use rollcall_store::user::UserRow;
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::PgConnection;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::ProjectorError;
@@ -111,6 +112,79 @@ fn text(attributes: &Attributes, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The read-model row of a user in state `next` (active or not) after `envelope`'s event.
+pub(crate) fn user_row(envelope: &Envelope, next: &User, created_at: OffsetDateTime) -> UserRow {
+    let attributes = next.attributes().cloned().unwrap_or_default();
+    UserRow {
+        tenant: envelope.tenant.clone(),
+        id: envelope.aggregate_id,
+        user_name: text(&attributes, "userName").unwrap_or_default(),
+        external_id: text(&attributes, "externalId"),
+        active: next.is_active(),
+        attributes: Json(attributes),
+        version: envelope.version as i64,
+        created_at,
+        updated_at: envelope.occurred_at,
+    }
+}
+
+/// The read-model row of a group (members apart) in state `state` after `envelope`'s event.
+pub(crate) fn group_row(
+    envelope: &Envelope,
+    state: &GroupState,
+    created_at: OffsetDateTime,
+) -> GroupRow {
+    GroupRow {
+        tenant: envelope.tenant.clone(),
+        id: envelope.aggregate_id,
+        display_name: state.display_name().unwrap_or_default().to_owned(),
+        external_id: text(&state.attributes, "externalId"),
+        attributes: Json(state.attributes.clone()),
+        version: envelope.version as i64,
+        created_at,
+        updated_at: envelope.occurred_at,
+    }
+}
+
+/// A member as the read model keeps it.
+pub(crate) fn new_member(member: &group::Member) -> NewMember {
+    NewMember {
+        id: member.value.clone(),
+        kind: member.kind.clone(),
+        display: member.display.clone(),
+    }
+}
+
+/// The session revocation a user event causes, if any: every session on deactivation and
+/// deletion, one session or all on an operator's revocation.
+pub(crate) fn revocation(
+    event: &UserEvent,
+    envelope: &Envelope,
+    sequence: u64,
+    position: u32,
+) -> Option<RevocationRow> {
+    let (session_id, reason) = match event {
+        UserEvent::Deactivated => (None, "deactivated".to_owned()),
+        UserEvent::Deleted => (None, "deleted".to_owned()),
+        UserEvent::SessionsRevoked { session_id, reason } => {
+            (session_id.clone(), format!("operator: {reason}"))
+        }
+        _ => return None,
+    };
+    let at = envelope.occurred_at;
+    Some(RevocationRow {
+        sequence: sequence as i64,
+        position: position as i32,
+        event_id: envelope.event_id,
+        tenant: envelope.tenant.clone(),
+        user_id: envelope.aggregate_id,
+        not_before: session_id.is_none().then_some(at),
+        session_id,
+        reason,
+        created_at: at,
+    })
+}
+
 /// Applies one event to the read models, and gathers its audit record and access effects.
 pub async fn apply(
     connection: &mut PgConnection,
@@ -152,19 +226,8 @@ pub async fn apply_effects(
             };
             match user::evolve(current, &event) {
                 next @ (User::Active(_) | User::Inactive(_)) => {
-                    let active = next.is_active();
-                    let attributes = next.attributes().cloned().unwrap_or_default();
-                    let row = UserRow {
-                        tenant: tenant.to_owned(),
-                        id,
-                        user_name: text(&attributes, "userName").unwrap_or_default(),
-                        external_id: text(&attributes, "externalId"),
-                        active,
-                        attributes: Json(attributes),
-                        version: envelope.version as i64,
-                        created_at: row.map_or(at, |row| row.created_at),
-                        updated_at: at,
-                    };
+                    let created_at = row.map_or(at, |row| row.created_at);
+                    let row = user_row(envelope, &next, created_at);
                     rollcall_store::user::upsert(connection, &row).await?;
                 }
                 User::Deleted => rollcall_store::user::delete(connection, tenant, id).await?,
@@ -175,26 +238,7 @@ pub async fn apply_effects(
                     )))
                 }
             }
-            let revocation = match &event {
-                UserEvent::Deactivated => Some((None, "deactivated".to_owned())),
-                UserEvent::Deleted => Some((None, "deleted".to_owned())),
-                UserEvent::SessionsRevoked { session_id, reason } => {
-                    Some((session_id.clone(), format!("operator: {reason}")))
-                }
-                _ => None,
-            };
-            if let Some((session_id, reason)) = revocation {
-                let row = RevocationRow {
-                    sequence: sequence as i64,
-                    position: position as i32,
-                    event_id: envelope.event_id,
-                    tenant: tenant.to_owned(),
-                    user_id: id,
-                    not_before: session_id.is_none().then_some(at),
-                    session_id,
-                    reason,
-                    created_at: at,
-                };
+            if let Some(row) = revocation(&event, envelope, sequence, position) {
                 access::record(connection, &row).await?;
                 pending.enqueue(
                     sequence,
@@ -224,28 +268,13 @@ pub async fn apply_effects(
             };
             match group::evolve(current, &event) {
                 Group::Active(state) => {
-                    let row = GroupRow {
-                        tenant: tenant.to_owned(),
-                        id,
-                        display_name: state.display_name().unwrap_or_default().to_owned(),
-                        external_id: text(&state.attributes, "externalId"),
-                        attributes: Json(state.attributes.clone()),
-                        version: envelope.version as i64,
-                        created_at: row.map_or(at, |row| row.created_at),
-                        updated_at: at,
-                    };
+                    let created_at = row.map_or(at, |row| row.created_at);
+                    let row = group_row(envelope, &state, created_at);
                     rollcall_store::group::upsert(connection, &row).await?;
                     match &event {
                         GroupEvent::Created { members, .. }
                         | GroupEvent::MembersAdded { members } => {
-                            let members: Vec<_> = members
-                                .iter()
-                                .map(|m| NewMember {
-                                    id: m.value.clone(),
-                                    kind: m.kind.clone(),
-                                    display: m.display.clone(),
-                                })
-                                .collect();
+                            let members: Vec<_> = members.iter().map(new_member).collect();
                             rollcall_store::group::add_members(
                                 connection, tenant, id, &members, at,
                             )

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod apply;
+mod bulk;
 pub mod lease;
 mod metrics;
 pub mod publish;
@@ -508,6 +509,80 @@ impl Projector {
             checkpoint = self.apply_batch(&[], start, through).await?;
         }
         Ok(checkpoint)
+    }
+
+    /// Applies a batch as [`Projector::apply_isolating`] does, folded per resource in memory
+    /// and written in bulk ([`bulk`]); a batch that cannot be folded (an event that does not
+    /// apply, a resolution of the quarantine, a resource in quarantine) or that PostgreSQL
+    /// refuses is applied by
+    /// `apply_isolating` instead. Writes no access outbox: for a rebuild only. Whether the bulk
+    /// path applied it, and the checkpoint.
+    pub(crate) async fn apply_folded(
+        &self,
+        delivered: &[Delivered],
+        from: u64,
+        through: u64,
+    ) -> Result<(bool, u64), ProjectorError> {
+        // Resolutions of the quarantine and events held behind a quarantined one of their
+        // resource take the one-by-one path.
+        let any_quarantined = !self.quarantined.is_empty();
+        let foldable = delivered.iter().all(|event| {
+            let envelope = &event.envelope;
+            envelope.aggregate_type != rollcall_eventlog::quarantine::AGGREGATE
+                && !(any_quarantined
+                    && self
+                        .quarantined
+                        .contains(&envelope.tenant, envelope.aggregate_id))
+        });
+        if foldable {
+            match self.apply_bulk(delivered, from, through).await {
+                Ok(checkpoint) => return Ok((true, checkpoint)),
+                Err(error @ ProjectorError::Gap { .. }) => return Err(error),
+                Err(error) => {
+                    info!(error = %error, events = delivered.len(), "a batch could not be folded; applying it event by event");
+                }
+            }
+        }
+        Ok((false, self.apply_isolating(delivered, from, through).await?))
+    }
+
+    #[instrument(skip_all, fields(projector = %self.name, events = delivered.len(), from, through), err)]
+    async fn apply_bulk(
+        &self,
+        delivered: &[Delivered],
+        from: u64,
+        through: u64,
+    ) -> Result<u64, ProjectorError> {
+        let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
+        let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
+        if checkpoint >= through {
+            return Ok(checkpoint);
+        }
+        if checkpoint + 1 < from {
+            return Err(ProjectorError::Gap {
+                checkpoint,
+                delivered: from,
+            });
+        }
+        let start = delivered.partition_point(|event| event.sequence <= checkpoint);
+        let events = &delivered[start..];
+        let mut fold = bulk::Fold::load(&mut transaction, events).await?;
+        let mut pending = apply::Pending::default();
+        for event in events {
+            fold.apply(event)?;
+            apply::audit(
+                &mut transaction,
+                &mut pending,
+                &event.envelope,
+                event.sequence,
+                event.position,
+            )
+            .await?;
+        }
+        fold.write(&mut transaction, pending).await?;
+        checkpoint::set(&mut transaction, &self.name, through).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(through)
     }
 
     /// Whether a failure of these events is the events' own (quarantine the one that fails)

@@ -3,7 +3,7 @@
 //! the new checkpoint and repositions if it is behind it or ahead of it.
 
 use futures::StreamExt;
-use rollcall_eventlog::consumer::decode;
+use rollcall_eventlog::consumer::{decode, Delivered};
 use rollcall_eventlog::{EventLog, LoadError};
 use rollcall_store::rebuild::REBUILD_SCHEMA;
 use rollcall_store::Store;
@@ -12,34 +12,63 @@ use tracing::info;
 use crate::{Projector, ProjectorError, DEFAULT_NAME};
 
 /// Progress of a rebuild, reported as it goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Events applied so far.
     pub applied: u64,
+    /// Of those, events applied by folding their batch in memory and writing it in bulk (the
+    /// others were applied one by one: their batch held something that cannot be folded).
+    pub folded: u64,
     /// The stream's head when the rebuild last looked.
     pub head: u64,
 }
 
+/// How many events a rebuild applies per transaction by default: a batch is folded in memory
+/// and written in bulk, so larger batches cost less per event.
+pub const DEFAULT_BATCH: usize = 5_000;
+
 /// Rebuilds the read models from sequence 1 and makes them live. Returns how many events were
-/// applied. `report` is called after every batch.
+/// applied, and how many of them in bulk. `report` is called after every batch.
 pub async fn rebuild(
     client: async_nats::Client,
     log: &EventLog,
     store: &Store,
     batch: usize,
     mut report: impl FnMut(Progress),
-) -> Result<u64, ProjectorError> {
+) -> Result<Progress, ProjectorError> {
     store.create_rebuild_schema().await?;
     let fresh = store.with_schema(REBUILD_SCHEMA, 4).await?;
     let projector = Projector::new(client, log.clone(), fresh, DEFAULT_NAME, batch);
-    let mut applied = 0;
+    // Loaded first, indexed once at the end: the secondary indexes are built again before the
+    // last catch-up (with them in place) and the swap.
+    let deferred = store.defer_rebuild_indexes().await?;
+    let mut progress = Progress::default();
+    let mut indexed = false;
     loop {
         let head = log.head().await?;
         let checkpoint = projector.store.checkpoint(DEFAULT_NAME).await?;
         if checkpoint >= head {
-            break;
+            if indexed {
+                break;
+            }
+            info!(
+                indexes = deferred.len(),
+                "building the read models' indexes"
+            );
+            store.restore_rebuild_indexes(&deferred).await?;
+            indexed = true;
+            continue;
         }
-        applied += catch_up(&projector, log, checkpoint, head, batch, &mut report).await?;
+        catch_up(
+            &projector,
+            log,
+            checkpoint,
+            head,
+            batch,
+            &mut progress,
+            &mut report,
+        )
+        .await?;
     }
     // In a partitioned installation every partition's projector goes on from where the
     // rebuild stopped.
@@ -62,18 +91,25 @@ pub async fn rebuild(
     // The live access state is already published; replaying it would only repeat it.
     projector.store.clear_outbox(i64::MAX).await?;
     store.swap_rebuild_schema().await?;
-    info!(applied, "rebuilt read models are live");
-    Ok(applied)
+    info!(
+        applied = progress.applied,
+        folded = progress.folded,
+        "rebuilt read models are live"
+    );
+    Ok(progress)
 }
 
+/// Applies the stream's messages from `checkpoint + 1` through `head` in batches of about
+/// `batch` events. A task of its own reads and decodes the next batches while one is written.
 async fn catch_up(
     projector: &Projector,
     log: &EventLog,
     checkpoint: u64,
     head: u64,
     batch: usize,
+    progress: &mut Progress,
     report: &mut impl FnMut(Progress),
-) -> Result<u64, ProjectorError> {
+) -> Result<(), ProjectorError> {
     use async_nats::jetstream::consumer::{pull, DeliverPolicy};
     let consumer = log
         .stream()
@@ -90,28 +126,92 @@ async fn catch_up(
         .messages()
         .await
         .map_err(|error| LoadError::Nats(error.to_string()))?;
-    let mut chunks = messages.ready_chunks(batch);
-    let mut applied = 0;
-    while let Some(chunk) = chunks.next().await {
-        let mut delivered = Vec::with_capacity(chunk.len());
-        let (mut from, mut through) = (None, 0);
-        for message in chunk {
-            let message = message.map_err(|error| LoadError::Nats(error.to_string()))?;
-            // A message holds one event or the events of one commit (a write).
-            let events = decode(&message)?;
-            through = events.first().map_or(through, |event| event.sequence);
-            from.get_or_insert(through);
-            delivered.extend(events);
+    let (batches, mut received) = tokio::sync::mpsc::channel(2);
+    let reader = tokio::spawn(read_batches(messages, head, batch.max(1), batches));
+    let result = async {
+        while let Some(read) = received.recv().await {
+            let Read {
+                delivered,
+                from,
+                through,
+            } = read?;
+            let (folded, reached) = projector.apply_folded(&delivered, from, through).await?;
+            progress.applied += delivered.len() as u64;
+            if folded {
+                progress.folded += delivered.len() as u64;
+            }
+            progress.head = head;
+            report(*progress);
+            if reached >= head {
+                break;
+            }
         }
-        let Some(from) = from else {
-            continue;
-        };
-        let reached = projector.apply_isolating(&delivered, from, through).await?;
-        applied += delivered.len() as u64;
-        report(Progress { applied, head });
-        if reached >= head {
-            break;
+        Ok(())
+    }
+    .await;
+    reader.abort();
+    result
+}
+
+/// A batch read from the stream: its events, and the stream sequences of its first and last
+/// messages.
+struct Read {
+    delivered: Vec<Delivered>,
+    from: u64,
+    through: u64,
+}
+
+/// Reads messages into batches of at least `batch` events (fewer for the last one, which ends
+/// at `head`), decoded; stops at `head`, at an error, or when nobody receives any more.
+async fn read_batches(
+    messages: async_nats::jetstream::consumer::pull::Ordered,
+    head: u64,
+    batch: usize,
+    batches: tokio::sync::mpsc::Sender<Result<Read, ProjectorError>>,
+) {
+    let mut chunks = messages.ready_chunks(batch);
+    let mut read = Read {
+        delivered: Vec::with_capacity(batch),
+        from: 0,
+        through: 0,
+    };
+    while let Some(chunk) = chunks.next().await {
+        for message in chunk {
+            // A message holds one event or the events of one commit (a write).
+            let events = message
+                .map_err(|error| LoadError::Nats(error.to_string()))
+                .and_then(|message| decode(&message));
+            let events = match events {
+                Ok(events) => events,
+                Err(error) => {
+                    let _ = batches.send(Err(error.into())).await;
+                    return;
+                }
+            };
+            if let Some(event) = events.first() {
+                read.through = event.sequence;
+                if read.from == 0 {
+                    read.from = event.sequence;
+                }
+            }
+            read.delivered.extend(events);
+        }
+        let done = read.through >= head;
+        if (read.delivered.len() >= batch || done) && read.from != 0 {
+            let full = std::mem::replace(
+                &mut read,
+                Read {
+                    delivered: Vec::with_capacity(batch),
+                    from: 0,
+                    through: 0,
+                },
+            );
+            if batches.send(Ok(full)).await.is_err() {
+                return;
+            }
+        }
+        if done {
+            return;
         }
     }
-    Ok(applied)
 }

@@ -269,10 +269,11 @@ pub async fn rebuild(
         env.client.clone(),
         &log,
         &store,
-        rollcall_projector::DEFAULT_BATCH,
+        rollcall_projector::rebuild::DEFAULT_BATCH,
         |_| {},
     )
-    .await?;
+    .await?
+    .applied;
     let seconds = started.elapsed().as_secs_f64();
     let _ = jetstream.delete_stream(namespace.stream()).await;
     store.pool().close().await;

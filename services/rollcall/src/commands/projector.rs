@@ -12,8 +12,9 @@ use crate::connection::{connect_nats, connect_store};
 pub enum ProjectorCommand {
     /// Replay the whole event stream into fresh read-model tables, then switch to them.
     Rebuild {
-        /// Events applied per transaction.
-        #[arg(long, default_value_t = rollcall_projector::DEFAULT_BATCH)]
+        /// Events applied per transaction: each batch is folded per user and group in memory
+        /// and written in bulk.
+        #[arg(long, default_value_t = rollcall_projector::rebuild::DEFAULT_BATCH)]
         batch: usize,
     },
     /// Events the projector could not apply, and their resolution.
@@ -58,8 +59,18 @@ async fn rebuild(common: Common, batch: usize) -> anyhow::Result<()> {
     })
     .await;
     bar.finish_and_clear();
-    let applied = applied?;
+    let rebuilt = applied?;
     let seconds = started.elapsed().as_secs_f64();
-    println!("rebuilt the read models from {applied} events in {seconds:.1}s ({:.0} events/s); they are live", applied as f64 / seconds.max(1e-9));
+    println!(
+        "rebuilt the read models from {} events in {seconds:.1}s ({:.0} events/s); they are live",
+        rebuilt.applied,
+        rebuilt.applied as f64 / seconds.max(1e-9)
+    );
+    if rebuilt.folded < rebuilt.applied {
+        println!(
+            "{} events were applied one by one: their batches held an event that could not be applied in bulk (PostgreSQL refused it, or it failed to apply) or a resource in quarantine (see `rollcall projector quarantine list`)",
+            rebuilt.applied - rebuilt.folded
+        );
+    }
     Ok(())
 }
