@@ -329,28 +329,65 @@ pub async fn insert_many(
     connection: &mut PgConnection,
     rows: &[AuditRow],
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(2_000) {
-        let mut builder = sqlx::QueryBuilder::new(format!("INSERT INTO audit_event ({COLUMNS}) "));
-        builder.push_values(chunk, |mut b, row| {
-            b.push_bind(row.sequence)
-                .push_bind(row.position)
-                .push_bind(row.event_id)
-                .push_bind(&row.tenant)
-                .push_bind(&row.aggregate_type)
-                .push_bind(row.aggregate_id)
-                .push_bind(row.version)
-                .push_bind(&row.event_type)
-                .push_bind(row.schema_version)
-                .push_bind(&row.actor)
-                .push_bind(&row.request_id)
-                .push_bind(&row.trace_id)
-                .push_bind(&row.traceparent)
-                .push_bind(row.occurred_at)
-                .push_bind(&row.payload)
-                .push_bind(&row.prev_hash)
-                .push_bind(&row.hash);
-        });
-        builder.build().execute(&mut *connection).await?;
+    // One array per column (a statement of 17 parameters whatever the rows): PostgreSQL plans
+    // it at once, where a VALUES list of thousands of rows costs more to parse than to insert.
+    for chunk in rows.chunks(5_000) {
+        sqlx::query(&format!(
+            "INSERT INTO audit_event ({COLUMNS})
+             SELECT * FROM unnest($1::int8[], $2::int4[], $3::uuid[], $4::text[], $5::text[],
+                                  $6::uuid[], $7::int8[], $8::text[], $9::int4[], $10::jsonb[],
+                                  $11::text[], $12::text[], $13::text[], $14::timestamptz[],
+                                  $15::jsonb[], $16::bytea[], $17::bytea[])"
+        ))
+        .bind(chunk.iter().map(|r| r.sequence).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.position).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.event_id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.aggregate_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(chunk.iter().map(|r| r.aggregate_id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(chunk.iter().map(|r| r.schema_version).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| Json(&r.actor.0)).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.request_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.trace_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.traceparent.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(chunk.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| Json(&r.payload.0)).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.prev_hash.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(chunk.iter().map(|r| r.hash.as_slice()).collect::<Vec<_>>())
+        .execute(&mut *connection)
+        .await?;
     }
     Ok(())
 }

@@ -9,6 +9,15 @@ use uuid::Uuid;
 
 use crate::{Store, StoreError};
 
+/// Whether a lookup key (with its tenant, as the lookup indexes hold them) is certain to fit a
+/// btree index entry, uncompressed and with room for the entry's own header. Keys of values
+/// within the SCIM limits always are.
+pub fn indexable(tenant: &str, key: &str) -> bool {
+    const ENTRY_HEADER_BYTES: usize = 64;
+    tenant.len() + fold(key).len() + ENTRY_HEADER_BYTES
+        <= rollcall_scim::limits::BTREE_MAX_INDEX_ROW_BYTES
+}
+
 /// Rows read per statement while keying again.
 const BATCH: i64 = 1_000;
 
@@ -128,5 +137,20 @@ impl Store {
                 .await?
                 .rows_affected();
         }
+    }
+}
+
+#[cfg(test)]
+mod indexable_tests {
+    use super::indexable;
+
+    #[test]
+    fn keys_within_scim_limits_are_indexable_and_longer_ones_are_not() {
+        let longest = "\u{1F600}".repeat(rollcall_scim::limits::MAX_USER_NAME_CHARS);
+        assert!(indexable(&"t".repeat(63), &longest));
+        assert!(!indexable("t", &"a".repeat(2_700)));
+        // Case folding can make a key longer than its value (ß folds to ss).
+        assert!(!indexable("t", &"ß".repeat(1_320)));
+        assert!(indexable("t", &"ß".repeat(600)));
     }
 }

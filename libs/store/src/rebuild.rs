@@ -5,11 +5,9 @@ use crate::{Store, StoreError, LIVE_SCHEMA};
 /// The schema a rebuild fills.
 pub const REBUILD_SCHEMA: &str = "read_model_rebuild";
 
-/// The indexes a rebuild builds once at the end rather than row by row. Only indexes no row
-/// can fail on: their keys are ids, times, tenants, event types, or already bounded by a
-/// primary key (`group_member`'s). The lookup indexes (`userName`, `externalId`,
-/// `displayName`) stay in place, so that a value PostgreSQL cannot index fails its own event
-/// (quarantined, as the live projector does) rather than the index build at the end.
+/// The indexes a rebuild builds once at the end rather than row by row, that no row can fail
+/// on: their keys are ids, times, tenants, event types, or already bounded by a primary key
+/// (`group_member`'s).
 pub const DEFERRED_INDEXES: &[&str] = &[
     "audit_event_aggregate",
     "audit_event_time",
@@ -18,6 +16,19 @@ pub const DEFERRED_INDEXES: &[&str] = &[
     "revocation_user",
     "scim_group_created",
     "scim_user_created",
+];
+
+/// The lookup indexes (`userName`, `externalId`, `displayName`): a value too long for a btree
+/// entry fails its row's write while they exist. A rebuild defers them too, as long as every
+/// key it writes is short enough that no index could refuse it
+/// ([`rollcall_scim::limits::BTREE_MAX_INDEX_ROW_BYTES`]); at the first batch that is not
+/// written in bulk they are built, so that from there on PostgreSQL refuses (and the projector
+/// quarantines) exactly what the live projector's did.
+pub const LOOKUP_INDEXES: &[&str] = &[
+    "scim_group_display_name",
+    "scim_group_external_id",
+    "scim_user_external_id",
+    "scim_user_user_name",
 ];
 
 impl Store {
@@ -34,21 +45,20 @@ impl Store {
         Ok(())
     }
 
-    /// Drops the rebuild schema's secondary indexes that no write can fail on
-    /// ([`DEFERRED_INDEXES`]) and returns their definitions for
+    /// Drops the rebuild schema's indexes `names` and returns their definitions for
     /// [`Store::restore_rebuild_indexes`]: building an index once over loaded rows is cheaper
     /// than updating it row by row.
-    pub async fn defer_rebuild_indexes(&self) -> Result<Vec<String>, StoreError> {
+    pub async fn defer_rebuild_indexes(&self, names: &[&str]) -> Result<Vec<String>, StoreError> {
         let mut connection = self.admin_connection().await?;
         let definitions: Vec<String> = sqlx::query_scalar(
             "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = ANY($2)
              ORDER BY indexname",
         )
         .bind(REBUILD_SCHEMA)
-        .bind(DEFERRED_INDEXES)
+        .bind(names)
         .fetch_all(&mut connection)
         .await?;
-        for name in DEFERRED_INDEXES {
+        for name in names {
             sqlx::query(&format!("DROP INDEX IF EXISTS {REBUILD_SCHEMA}.{name}"))
                 .execute(&mut connection)
                 .await?;

@@ -235,32 +235,37 @@ pub async fn upsert_many(
     connection: &mut PgConnection,
     rows: &[UserRow],
 ) -> Result<(), StoreError> {
+    // One array per column, as `audit::insert_many` does.
     for chunk in rows.chunks(5_000) {
-        let mut builder = QueryBuilder::new(
+        sqlx::query(
             "INSERT INTO scim_user (tenant, id, user_name, user_name_lower, external_id, external_id_lower, active,
-                                    attributes, version, created_at, updated_at) ",
-        );
-        builder.push_values(chunk, |mut b, row| {
-            b.push_bind(&row.tenant)
-                .push_bind(row.id)
-                .push_bind(&row.user_name)
-                .push_bind(fold(&row.user_name).into_owned())
-                .push_bind(&row.external_id)
-                .push_bind(row.external_id.as_deref().map(|id| fold(id).into_owned()))
-                .push_bind(row.active)
-                .push_bind(&row.attributes)
-                .push_bind(row.version)
-                .push_bind(row.created_at)
-                .push_bind(row.updated_at);
-        });
-        builder.push(
-            " ON CONFLICT (tenant, id) DO UPDATE SET
+                                    attributes, version, created_at, updated_at)
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                  $7::bool[], $8::jsonb[], $9::int8[], $10::timestamptz[], $11::timestamptz[])
+             ON CONFLICT (tenant, id) DO UPDATE SET
                  user_name = EXCLUDED.user_name, user_name_lower = EXCLUDED.user_name_lower,
                  external_id = EXCLUDED.external_id, external_id_lower = EXCLUDED.external_id_lower,
                  active = EXCLUDED.active, attributes = EXCLUDED.attributes, version = EXCLUDED.version,
                  updated_at = EXCLUDED.updated_at",
-        );
-        builder.build().execute(&mut *connection).await?;
+        )
+        .bind(chunk.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.user_name.as_str()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| fold(&r.user_name)).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.external_id.as_deref()).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.external_id.as_deref().map(fold))
+                .collect::<Vec<_>>(),
+        )
+        .bind(chunk.iter().map(|r| r.active).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| Json(&r.attributes.0)).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .execute(&mut *connection)
+        .await?;
     }
     Ok(())
 }

@@ -327,46 +327,68 @@ pub async fn audit(
     sequence: u64,
     position: u32,
 ) -> Result<(), ProjectorError> {
-    let (tenant, id, at) = (
-        envelope.tenant.as_str(),
-        envelope.aggregate_id,
-        envelope.occurred_at,
-    );
+    chain(connection, pending, draft(envelope, sequence, position)).await
+}
+
+/// An event's audit record before it is chained, with the bytes its link hashes: pure work,
+/// which the rebuild does on a task of its own while the previous batch is written.
+pub(crate) struct Draft {
+    row: AuditRow,
+    canonical: Vec<u8>,
+}
+
+/// Drafts the audit record of the event at `sequence`, `position`.
+pub(crate) fn draft(envelope: &Envelope, sequence: u64, position: u32) -> Draft {
+    Draft {
+        row: AuditRow {
+            sequence: sequence as i64,
+            position: position as i32,
+            event_id: envelope.event_id,
+            tenant: envelope.tenant.clone(),
+            aggregate_type: envelope.aggregate_type.clone(),
+            aggregate_id: envelope.aggregate_id,
+            version: envelope.version as i64,
+            event_type: envelope.event_type.clone(),
+            schema_version: envelope.schema_version as i32,
+            actor: Json(serde_json::to_value(&envelope.actor).unwrap_or(Value::Null)),
+            request_id: envelope.request_id.clone(),
+            trace_id: envelope
+                .traceparent
+                .as_deref()
+                .and_then(rollcall_telemetry::trace_id)
+                .map(str::to_owned),
+            traceparent: envelope.traceparent.clone(),
+            occurred_at: envelope.occurred_at,
+            payload: Json(envelope.payload.clone()),
+            prev_hash: Vec::new(),
+            hash: Vec::new(),
+        },
+        canonical: envelope.canonical_bytes(),
+    }
+}
+
+/// Links a drafted record into its tenant's chain and gathers it.
+pub(crate) async fn chain(
+    connection: &mut PgConnection,
+    pending: &mut Pending,
+    draft: Draft,
+) -> Result<(), ProjectorError> {
+    let Draft { mut row, canonical } = draft;
     // Tamper evidence: the tenant's chain, extended in stream order. The head is read (and
     // locked) once per tenant per batch, then carried in memory.
-    let previous = match pending.heads.get(tenant) {
+    let previous = match pending.heads.get(&row.tenant) {
         Some((_, hash)) => hash.clone(),
-        None => audit::lock_chain_head(connection, tenant)
+        None => audit::lock_chain_head(connection, &row.tenant)
             .await?
             .map_or_else(|| GENESIS.to_vec(), |(_, hash)| hash),
     };
-    let hash = link(&previous, &envelope.canonical_bytes());
-    pending.audit.push(AuditRow {
-        sequence: sequence as i64,
-        position: position as i32,
-        event_id: envelope.event_id,
-        tenant: tenant.to_owned(),
-        aggregate_type: envelope.aggregate_type.clone(),
-        aggregate_id: id,
-        version: envelope.version as i64,
-        event_type: envelope.event_type.clone(),
-        schema_version: envelope.schema_version as i32,
-        actor: Json(serde_json::to_value(&envelope.actor).unwrap_or(Value::Null)),
-        request_id: envelope.request_id.clone(),
-        trace_id: envelope
-            .traceparent
-            .as_deref()
-            .and_then(rollcall_telemetry::trace_id)
-            .map(str::to_owned),
-        traceparent: envelope.traceparent.clone(),
-        occurred_at: at,
-        payload: Json(envelope.payload.clone()),
-        prev_hash: previous,
-        hash: hash.to_vec(),
-    });
+    let hash = link(&previous, &canonical).to_vec();
+    row.prev_hash = previous;
+    row.hash = hash.clone();
     pending
         .heads
-        .insert(tenant.to_owned(), (sequence as i64, hash.to_vec()));
+        .insert(row.tenant.clone(), (row.sequence, hash));
+    pending.audit.push(row);
     Ok(())
 }
 

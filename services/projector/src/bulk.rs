@@ -62,6 +62,40 @@ enum Membership {
     Replaced(NewMember, OffsetDateTime),
 }
 
+/// An event made ready for folding off the writing task: its domain event read from the
+/// payload and its audit record drafted (the rebuild's reader does it while the previous batch
+/// is written).
+pub(crate) struct Prepared {
+    event: Result<Parsed, String>,
+    draft: apply::Draft,
+}
+
+enum Parsed {
+    User(UserEvent),
+    Group(GroupEvent),
+}
+
+/// Prepares an event for [`Fold::apply`].
+pub(crate) fn prepare(delivered: &Delivered) -> Prepared {
+    let envelope = &delivered.envelope;
+    let payload = || envelope.payload.clone();
+    let event = match envelope.aggregate_type.as_str() {
+        UserEvent::AGGREGATE => {
+            UserEvent::from_payload(&envelope.event_type, envelope.schema_version, payload())
+                .map(Parsed::User)
+        }
+        GroupEvent::AGGREGATE => {
+            GroupEvent::from_payload(&envelope.event_type, envelope.schema_version, payload())
+                .map(Parsed::Group)
+        }
+        other => Err(format!("unknown aggregate type {other:?}")),
+    };
+    Prepared {
+        event,
+        draft: apply::draft(envelope, delivered.sequence, delivered.position),
+    }
+}
+
 type Key<'a> = (&'a str, Uuid);
 
 /// A batch's events folded per resource.
@@ -129,21 +163,19 @@ impl<'a> Fold<'a> {
         Ok(fold)
     }
 
-    /// Folds one event into the batch's state.
-    pub(crate) fn apply(&mut self, delivered: &'a Delivered) -> Result<(), ProjectorError> {
+    /// Folds one event into the batch's state; returns its drafted audit record.
+    pub(crate) fn apply(
+        &mut self,
+        delivered: &'a Delivered,
+        prepared: Prepared,
+    ) -> Result<apply::Draft, ProjectorError> {
         let envelope = &delivered.envelope;
         let sequence = delivered.sequence;
         let fail = |reason: String| ProjectorError::Event { sequence, reason };
         let key = (envelope.tenant.as_str(), envelope.aggregate_id);
         let at = envelope.occurred_at;
-        match envelope.aggregate_type.as_str() {
-            UserEvent::AGGREGATE => {
-                let event = UserEvent::from_payload(
-                    &envelope.event_type,
-                    envelope.schema_version,
-                    envelope.payload.clone(),
-                )
-                .map_err(fail)?;
+        match prepared.event.map_err(fail)? {
+            Parsed::User(event) => {
                 let slot = self.users.entry(key).or_insert_with(Slot::absent);
                 let current = slot.state.take().unwrap_or(User::Absent);
                 match user::evolve(current, &event) {
@@ -175,13 +207,7 @@ impl<'a> Fold<'a> {
                     delivered.position,
                 ));
             }
-            GroupEvent::AGGREGATE => {
-                let event = GroupEvent::from_payload(
-                    &envelope.event_type,
-                    envelope.schema_version,
-                    envelope.payload.clone(),
-                )
-                .map_err(fail)?;
+            Parsed::Group(event) => {
                 let slot = self.groups.entry(key).or_insert_with(Slot::absent);
                 let current = slot.state.take().map_or(Group::Absent, Group::Active);
                 match group::evolve(current, &event) {
@@ -222,17 +248,19 @@ impl<'a> Fold<'a> {
                 }
                 slot.last = Some(envelope);
             }
-            other => return Err(fail(format!("unknown aggregate type {other:?}"))),
         }
-        Ok(())
+        Ok(prepared.draft)
     }
 
     /// Writes the folded state: deletions first (a deleted user's or group's memberships with
-    /// them), then memberships removed, memberships added, rows and revocations.
+    /// them), then memberships removed, memberships added, rows and revocations. With the
+    /// lookup indexes deferred (`unindexed`), a row whose lookup key might not fit an index
+    /// entry is refused before anything is written.
     pub(crate) async fn write(
         self,
         connection: &mut PgConnection,
         pending: Pending,
+        unindexed: bool,
     ) -> Result<(), ProjectorError> {
         fn deleted<'a, S>(slots: &HashMap<Key<'a>, Slot<'a, S>>) -> Vec<Key<'a>> {
             slots
@@ -241,8 +269,42 @@ impl<'a> Fold<'a> {
                 .map(|(key, _)| *key)
                 .collect()
         }
-        rollcall_store::user::delete_many(connection, &deleted(&self.users)).await?;
-        rollcall_store::group::delete_many(connection, &deleted(&self.groups)).await?;
+        let (deleted_users, deleted_groups) = (deleted(&self.users), deleted(&self.groups));
+        let users: Vec<UserRow> = self
+            .users
+            .into_values()
+            .filter_map(Slot::written)
+            .map(|(state, last, created_at)| apply::user_row(last, &state, created_at))
+            .collect();
+        let groups: Vec<GroupRow> = self
+            .groups
+            .into_values()
+            .filter_map(Slot::written)
+            .map(|(state, last, created_at)| apply::group_row(last, &state, created_at))
+            .collect();
+        if unindexed {
+            let keys = users
+                .iter()
+                .flat_map(|row| {
+                    [Some(&row.user_name), row.external_id.as_ref()].map(|key| (row, key))
+                })
+                .map(|(row, key)| (row.tenant.as_str(), key))
+                .chain(groups.iter().flat_map(|row| {
+                    [Some(&row.display_name), row.external_id.as_ref()]
+                        .map(|key| (row.tenant.as_str(), key))
+                }));
+            for (tenant, key) in keys {
+                let Some(key) = key else { continue };
+                if !rollcall_store::lookup_key::indexable(tenant, key) {
+                    return Err(ProjectorError::Event {
+                        sequence: 0,
+                        reason: "a lookup key too long to be sure it fits an index entry".into(),
+                    });
+                }
+            }
+        }
+        rollcall_store::user::delete_many(connection, &deleted_users).await?;
+        rollcall_store::group::delete_many(connection, &deleted_groups).await?;
         let removed: Vec<(&str, Uuid, &str)> = self
             .members
             .iter()
@@ -267,19 +329,7 @@ impl<'a> Fold<'a> {
             })
             .collect();
         rollcall_store::group::insert_members(connection, &added).await?;
-        let users: Vec<UserRow> = self
-            .users
-            .into_values()
-            .filter_map(Slot::written)
-            .map(|(state, last, created_at)| apply::user_row(last, &state, created_at))
-            .collect();
         rollcall_store::user::upsert_many(connection, &users).await?;
-        let groups: Vec<GroupRow> = self
-            .groups
-            .into_values()
-            .filter_map(Slot::written)
-            .map(|(state, last, created_at)| apply::group_row(last, &state, created_at))
-            .collect();
         rollcall_store::group::upsert_many(connection, &groups).await?;
         access::record_many(connection, &self.revocations).await?;
         pending.flush(connection).await

@@ -514,14 +514,21 @@ impl Projector {
     /// Applies a batch as [`Projector::apply_isolating`] does, folded per resource in memory
     /// and written in bulk ([`bulk`]); a batch that cannot be folded (an event that does not
     /// apply, a resolution of the quarantine, a resource in quarantine) or that PostgreSQL
-    /// refuses is applied by
-    /// `apply_isolating` instead. Writes no access outbox: for a rebuild only. Whether the bulk
-    /// path applied it, and the checkpoint.
+    /// refuses is applied by `apply_isolating` instead. Writes no access outbox: for a rebuild
+    /// only. Whether the bulk path applied it, and the checkpoint.
+    ///
+    /// `prepared` are the events' [`bulk::prepare`]d forms, in the same order. `lookups` are
+    /// the definitions of the rebuild schema's lookup indexes while they are deferred: the bulk
+    /// path then refuses a key too long to be certain to fit an index entry, and before any
+    /// batch is applied event by event they are built (so that PostgreSQL refuses what it
+    /// refused to the live projector).
     pub(crate) async fn apply_folded(
         &self,
         delivered: &[Delivered],
+        prepared: Vec<bulk::Prepared>,
         from: u64,
         through: u64,
+        lookups: &mut Option<Vec<String>>,
     ) -> Result<(bool, u64), ProjectorError> {
         // Resolutions of the quarantine and events held behind a quarantined one of their
         // resource take the one-by-one path.
@@ -535,13 +542,21 @@ impl Projector {
                         .contains(&envelope.tenant, envelope.aggregate_id))
         });
         if foldable {
-            match self.apply_bulk(delivered, from, through).await {
+            let unindexed = lookups.is_some();
+            match self
+                .apply_bulk(delivered, prepared, from, through, unindexed)
+                .await
+            {
                 Ok(checkpoint) => return Ok((true, checkpoint)),
                 Err(error @ ProjectorError::Gap { .. }) => return Err(error),
                 Err(error) => {
                     info!(error = %error, events = delivered.len(), "a batch could not be folded; applying it event by event");
                 }
             }
+        }
+        if let Some(definitions) = lookups.take() {
+            info!("building the lookup indexes before applying events one by one");
+            self.store.restore_rebuild_indexes(&definitions).await?;
         }
         Ok((false, self.apply_isolating(delivered, from, through).await?))
     }
@@ -550,10 +565,19 @@ impl Projector {
     async fn apply_bulk(
         &self,
         delivered: &[Delivered],
+        prepared: Vec<bulk::Prepared>,
         from: u64,
         through: u64,
+        unindexed: bool,
     ) -> Result<u64, ProjectorError> {
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
+        // A rebuild that stops starts again from nothing (its schema is created afresh), so its
+        // batches need not wait for their WAL to reach the disk: the swap that makes them live
+        // commits synchronously, which flushes everything committed before it.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
         let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
         if checkpoint >= through {
             return Ok(checkpoint);
@@ -568,18 +592,11 @@ impl Projector {
         let events = &delivered[start..];
         let mut fold = bulk::Fold::load(&mut transaction, events).await?;
         let mut pending = apply::Pending::default();
-        for event in events {
-            fold.apply(event)?;
-            apply::audit(
-                &mut transaction,
-                &mut pending,
-                &event.envelope,
-                event.sequence,
-                event.position,
-            )
-            .await?;
+        for (event, prepared) in events.iter().zip(prepared.into_iter().skip(start)) {
+            let draft = fold.apply(event, prepared)?;
+            apply::chain(&mut transaction, &mut pending, draft).await?;
         }
-        fold.write(&mut transaction, pending).await?;
+        fold.write(&mut transaction, pending, unindexed).await?;
         checkpoint::set(&mut transaction, &self.name, through).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(through)

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use async_nats::jetstream::kv::Store as Bucket;
 use bytes::Bytes;
+use futures::StreamExt;
 use rollcall_eventlog::access::{self, AccessCheckpoint, GroupAccess, RevokedSession, UserAccess};
 use rollcall_eventlog::partition::Partition;
 use rollcall_eventlog::{LoadError, Namespace};
@@ -21,6 +22,9 @@ use crate::ProjectorError;
 
 /// How many outbox entries one round publishes.
 const ROUND: usize = 1_000;
+
+/// How many keys of a round are published at once.
+const IN_FLIGHT: usize = 16;
 
 /// The access publisher of one namespace.
 #[derive(Debug, Clone)]
@@ -156,12 +160,28 @@ impl Publisher {
             let quarantine = self.store.quarantine_open().await? > 0;
             let mut done = Vec::with_capacity(rows.len());
             let mut failed: Option<(u64, ProjectorError)> = None;
-            for ((kind, tenant, id), entries) in &keys {
-                let result = match *kind {
-                    "user" => self.publish_user(tenant, *id, entries, quarantine).await,
-                    "group" => self.publish_group(tenant, *id, entries).await,
-                    _ => self.publish_revocations(tenant, *id, entries).await,
-                };
+            // Groups, then revocations, then users (a user's state may name a group that is
+            // new): within each kind the keys are independent (each appears once per round),
+            // so their reads and puts are pipelined rather than awaited one at a time.
+            let mut results = Vec::with_capacity(keys.len());
+            for phase in ["group", "revocation", "user"] {
+                let of_phase: Vec<_> = keys
+                    .iter()
+                    .filter(|((kind, _, _), _)| *kind == phase)
+                    .collect();
+                let mut publishing = Vec::with_capacity(of_phase.len());
+                for ((kind, tenant, id), entries) in &of_phase {
+                    publishing.push(self.publish_key(kind, tenant, *id, entries, quarantine));
+                }
+                let published: Vec<_> = futures::stream::iter(publishing)
+                    .buffered(IN_FLIGHT)
+                    .collect()
+                    .await;
+                for (((kind, tenant, id), entries), result) in of_phase.into_iter().zip(published) {
+                    results.push(((*kind, *tenant, *id), entries, result));
+                }
+            }
+            for ((kind, tenant, id), entries, result) in results {
                 match result {
                     Ok(()) => done.extend(entries.iter().map(|row| row.id)),
                     Err(error) => {
@@ -202,6 +222,22 @@ impl Publisher {
             if let Some((_, error)) = failed {
                 return Err(error);
             }
+        }
+    }
+
+    /// Publishes one key's state.
+    async fn publish_key(
+        &self,
+        kind: &str,
+        tenant: &str,
+        id: Uuid,
+        entries: &[&OutboxRow],
+        quarantine: bool,
+    ) -> Result<(), ProjectorError> {
+        match kind {
+            "user" => self.publish_user(tenant, id, entries, quarantine).await,
+            "group" => self.publish_group(tenant, id, entries).await,
+            _ => self.publish_revocations(tenant, id, entries).await,
         }
     }
 

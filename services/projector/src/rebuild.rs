@@ -5,7 +5,7 @@
 use futures::StreamExt;
 use rollcall_eventlog::consumer::{decode, Delivered};
 use rollcall_eventlog::{EventLog, LoadError};
-use rollcall_store::rebuild::REBUILD_SCHEMA;
+use rollcall_store::rebuild::{DEFERRED_INDEXES, LOOKUP_INDEXES, REBUILD_SCHEMA};
 use rollcall_store::Store;
 use tracing::info;
 
@@ -40,8 +40,10 @@ pub async fn rebuild(
     let fresh = store.with_schema(REBUILD_SCHEMA, 4).await?;
     let projector = Projector::new(client, log.clone(), fresh, DEFAULT_NAME, batch);
     // Loaded first, indexed once at the end: the secondary indexes are built again before the
-    // last catch-up (with them in place) and the swap.
-    let deferred = store.defer_rebuild_indexes().await?;
+    // last catch-up (with them in place) and the swap. The lookup indexes may be built sooner
+    // (`Projector::apply_folded`).
+    let deferred = store.defer_rebuild_indexes(DEFERRED_INDEXES).await?;
+    let mut lookups = Some(store.defer_rebuild_indexes(LOOKUP_INDEXES).await?);
     let mut progress = Progress::default();
     let mut indexed = false;
     loop {
@@ -51,21 +53,27 @@ pub async fn rebuild(
             if indexed {
                 break;
             }
+            let mut definitions = deferred.clone();
+            definitions.extend(lookups.take().unwrap_or_default());
             info!(
-                indexes = deferred.len(),
+                indexes = definitions.len(),
                 "building the read models' indexes"
             );
-            store.restore_rebuild_indexes(&deferred).await?;
+            store.restore_rebuild_indexes(&definitions).await?;
             indexed = true;
             continue;
         }
+        let mut carried = Carried {
+            progress: &mut progress,
+            lookups: &mut lookups,
+        };
         catch_up(
             &projector,
             log,
             checkpoint,
             head,
             batch,
-            &mut progress,
+            &mut carried,
             &mut report,
         )
         .await?;
@@ -107,7 +115,7 @@ async fn catch_up(
     checkpoint: u64,
     head: u64,
     batch: usize,
-    progress: &mut Progress,
+    carried: &mut Carried<'_>,
     report: &mut impl FnMut(Progress),
 ) -> Result<(), ProjectorError> {
     use async_nats::jetstream::consumer::{pull, DeliverPolicy};
@@ -132,10 +140,14 @@ async fn catch_up(
         while let Some(read) = received.recv().await {
             let Read {
                 delivered,
+                prepared,
                 from,
                 through,
             } = read?;
-            let (folded, reached) = projector.apply_folded(&delivered, from, through).await?;
+            let (folded, reached) = projector
+                .apply_folded(&delivered, prepared, from, through, carried.lookups)
+                .await?;
+            let progress = &mut *carried.progress;
             progress.applied += delivered.len() as u64;
             if folded {
                 progress.folded += delivered.len() as u64;
@@ -153,16 +165,24 @@ async fn catch_up(
     result
 }
 
-/// A batch read from the stream: its events, and the stream sequences of its first and last
-/// messages.
+/// What catching up carries from batch to batch: the progress, and the definitions of the
+/// lookup indexes while they are deferred.
+struct Carried<'a> {
+    progress: &'a mut Progress,
+    lookups: &'a mut Option<Vec<String>>,
+}
+
+/// A batch read from the stream: its events, each also prepared for folding, and the stream
+/// sequences of its first and last messages.
 struct Read {
     delivered: Vec<Delivered>,
+    prepared: Vec<crate::bulk::Prepared>,
     from: u64,
     through: u64,
 }
 
 /// Reads messages into batches of at least `batch` events (fewer for the last one, which ends
-/// at `head`), decoded; stops at `head`, at an error, or when nobody receives any more.
+/// at `head`), decoded and prepared for folding; stops at `head`, at an error, or when nobody receives any more.
 async fn read_batches(
     messages: async_nats::jetstream::consumer::pull::Ordered,
     head: u64,
@@ -172,6 +192,7 @@ async fn read_batches(
     let mut chunks = messages.ready_chunks(batch);
     let mut read = Read {
         delivered: Vec::with_capacity(batch),
+        prepared: Vec::with_capacity(batch),
         from: 0,
         through: 0,
     };
@@ -194,6 +215,8 @@ async fn read_batches(
                     read.from = event.sequence;
                 }
             }
+            read.prepared
+                .extend(events.iter().map(crate::bulk::prepare));
             read.delivered.extend(events);
         }
         let done = read.through >= head;
@@ -202,6 +225,7 @@ async fn read_batches(
                 &mut read,
                 Read {
                     delivered: Vec::with_capacity(batch),
+                    prepared: Vec::with_capacity(batch),
                     from: 0,
                     through: 0,
                 },

@@ -8,6 +8,12 @@ use rollcall::commands::{
     audit, oidc, projector, revocations, serve, sessions, status, tenants, tokens,
 };
 
+/// mimalloc rather than the system allocator: the projector, the rebuild and the SCIM API
+/// allocate and free many small JSON values across threads, where glibc's malloc spent half of
+/// the rebuild's CPU time (measured with `perf`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Cli { common, command } = Cli::parse();
