@@ -48,21 +48,6 @@ impl Pending {
         });
     }
 
-    /// Members whose access changed; ids that are not users of ours (a client may add
-    /// anything) are skipped.
-    fn enqueue_members<'a>(
-        &mut self,
-        sequence: u64,
-        tenant: &str,
-        members: impl Iterator<Item = &'a str>,
-    ) {
-        for member in members {
-            if let Ok(user) = Uuid::parse_str(member) {
-                self.enqueue(sequence, OutboxKind::User, tenant, user, None);
-            }
-        }
-    }
-
     /// A user whose access state must be published again.
     pub fn enqueue_user(&mut self, sequence: u64, tenant: &str, user: Uuid) {
         self.enqueue(sequence, OutboxKind::User, tenant, user, None);
@@ -207,115 +192,144 @@ pub async fn apply_effects(
     position: u32,
 ) -> Result<(), ProjectorError> {
     let fail = |reason: String| ProjectorError::Event { sequence, reason };
-    let tenant = envelope.tenant.as_str();
-    let id = envelope.aggregate_id;
-    let at = envelope.occurred_at;
-    match envelope.aggregate_type.as_str() {
+    let payload = || envelope.payload.clone();
+    let (schema, kind) = (envelope.schema_version, envelope.event_type.as_str());
+    let effects = match envelope.aggregate_type.as_str() {
         UserEvent::AGGREGATE => {
-            let event = UserEvent::from_payload(
-                &envelope.event_type,
-                envelope.schema_version,
-                envelope.payload.clone(),
-            )
-            .map_err(fail)?;
-            let row = rollcall_store::user::lock(connection, tenant, id).await?;
-            let current = match &row {
-                Some(row) if row.active => User::Active(row.attributes.0.clone()),
-                Some(row) => User::Inactive(row.attributes.0.clone()),
-                None => User::Absent,
-            };
-            match user::evolve(current, &event) {
-                next @ (User::Active(_) | User::Inactive(_)) => {
-                    let created_at = row.map_or(at, |row| row.created_at);
-                    let row = user_row(envelope, &next, created_at);
-                    rollcall_store::user::upsert(connection, &row).await?;
-                }
-                User::Deleted => rollcall_store::user::delete(connection, tenant, id).await?,
-                User::Absent => {
-                    return Err(fail(format!(
-                        "{} for a user that does not exist",
-                        envelope.event_type
-                    )))
-                }
-            }
-            if let Some(row) = revocation(&event, envelope, sequence, position) {
-                access::record(connection, &row).await?;
-                pending.enqueue(
-                    sequence,
-                    OutboxKind::Revocation,
-                    tenant,
-                    id,
-                    Some(revocation_message(&row)),
-                );
-            }
-            pending.enqueue(sequence, OutboxKind::User, tenant, id, None);
+            let event = UserEvent::from_payload(kind, schema, payload()).map_err(fail)?;
+            let revocation = apply_user(connection, envelope, &event, sequence, position).await?;
+            user_effects(envelope, revocation.as_ref())
         }
         GroupEvent::AGGREGATE => {
-            let event = GroupEvent::from_payload(
-                &envelope.event_type,
-                envelope.schema_version,
-                envelope.payload.clone(),
-            )
-            .map_err(fail)?;
-            let row = rollcall_store::group::lock(connection, tenant, id).await?;
-            let current = match &row {
-                // Members live in their own table; the event says who came and who went.
-                Some(row) => Group::Active(GroupState {
-                    attributes: row.attributes.0.clone(),
-                    members: Default::default(),
-                }),
-                None => Group::Absent,
-            };
-            match group::evolve(current, &event) {
-                Group::Active(state) => {
-                    let created_at = row.map_or(at, |row| row.created_at);
-                    let row = group_row(envelope, &state, created_at);
-                    rollcall_store::group::upsert(connection, &row).await?;
-                    match &event {
-                        GroupEvent::Created { members, .. }
-                        | GroupEvent::MembersAdded { members } => {
-                            let members: Vec<_> = members.iter().map(new_member).collect();
-                            rollcall_store::group::add_members(
-                                connection, tenant, id, &members, at,
-                            )
-                            .await?;
-                        }
-                        GroupEvent::MembersRemoved { members } => {
-                            rollcall_store::group::remove_members(connection, tenant, id, members)
-                                .await?;
-                        }
-                        _ => {}
-                    }
-                }
-                Group::Deleted => {
-                    let former = rollcall_store::group::delete(connection, tenant, id).await?;
-                    pending.enqueue_members(sequence, tenant, former.iter().map(String::as_str));
-                }
-                Group::Absent => {
-                    return Err(fail(format!(
-                        "{} for a group that does not exist",
-                        envelope.event_type
-                    )))
-                }
-            }
-            match &event {
+            let event = GroupEvent::from_payload(kind, schema, payload()).map_err(fail)?;
+            let former = apply_group(connection, envelope, &event, sequence).await?;
+            group_effects(envelope, &event, &former)
+        }
+        other => return Err(fail(format!("unknown aggregate type {other:?}"))),
+    };
+    for (kind, subject, payload) in effects {
+        pending.enqueue(sequence, kind, &envelope.tenant, subject, payload);
+    }
+    Ok(())
+}
+
+/// Applies a user event to `scim_user` (and `revocation`); returns the revocation it caused.
+async fn apply_user(
+    connection: &mut PgConnection,
+    envelope: &Envelope,
+    event: &UserEvent,
+    sequence: u64,
+    position: u32,
+) -> Result<Option<RevocationRow>, ProjectorError> {
+    let (tenant, id) = (envelope.tenant.as_str(), envelope.aggregate_id);
+    let row = rollcall_store::user::lock(connection, tenant, id).await?;
+    let current = match &row {
+        Some(row) if row.active => User::Active(row.attributes.0.clone()),
+        Some(row) => User::Inactive(row.attributes.0.clone()),
+        None => User::Absent,
+    };
+    match user::evolve(current, event) {
+        next @ (User::Active(_) | User::Inactive(_)) => {
+            let created_at = row.map_or(envelope.occurred_at, |row| row.created_at);
+            let row = user_row(envelope, &next, created_at);
+            rollcall_store::user::upsert(connection, &row).await?;
+        }
+        User::Deleted => rollcall_store::user::delete(connection, tenant, id).await?,
+        User::Absent => {
+            return Err(ProjectorError::Event {
+                sequence,
+                reason: format!("{} for a user that does not exist", envelope.event_type),
+            })
+        }
+    }
+    let revocation = revocation(event, envelope, sequence, position);
+    if let Some(row) = &revocation {
+        access::record(connection, row).await?;
+    }
+    Ok(revocation)
+}
+
+/// Applies a group event to `scim_group` and `group_member`; returns the member keys a
+/// deletion removed.
+async fn apply_group(
+    connection: &mut PgConnection,
+    envelope: &Envelope,
+    event: &GroupEvent,
+    sequence: u64,
+) -> Result<Vec<String>, ProjectorError> {
+    let (tenant, id, at) = (
+        envelope.tenant.as_str(),
+        envelope.aggregate_id,
+        envelope.occurred_at,
+    );
+    let row = rollcall_store::group::lock(connection, tenant, id).await?;
+    let current = match &row {
+        // Members live in their own table; the event says who came and who went.
+        Some(row) => Group::Active(GroupState {
+            attributes: row.attributes.0.clone(),
+            members: Default::default(),
+        }),
+        None => Group::Absent,
+    };
+    match group::evolve(current, event) {
+        Group::Active(state) => {
+            let created_at = row.map_or(at, |row| row.created_at);
+            let row = group_row(envelope, &state, created_at);
+            rollcall_store::group::upsert(connection, &row).await?;
+            match event {
                 GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {
-                    pending.enqueue_members(
-                        sequence,
-                        tenant,
-                        members.iter().map(|m| m.value.as_str()),
-                    );
+                    let members: Vec<_> = members.iter().map(new_member).collect();
+                    rollcall_store::group::add_members(connection, tenant, id, &members, at)
+                        .await?;
                 }
                 GroupEvent::MembersRemoved { members } => {
-                    pending.enqueue_members(sequence, tenant, members.iter().map(String::as_str));
+                    rollcall_store::group::remove_members(connection, tenant, id, members).await?;
                 }
                 _ => {}
             }
-            pending.enqueue(sequence, OutboxKind::Group, tenant, id, None);
+            Ok(Vec::new())
         }
-        other => return Err(fail(format!("unknown aggregate type {other:?}"))),
+        Group::Deleted => Ok(rollcall_store::group::delete(connection, tenant, id).await?),
+        Group::Absent => Err(ProjectorError::Event {
+            sequence,
+            reason: format!("{} for a group that does not exist", envelope.event_type),
+        }),
     }
-    Ok(())
+}
+
+/// One change to the access state: the kind of key, its subject, and a payload to publish.
+type Effect = (OutboxKind, Uuid, Option<Value>);
+
+/// What a user event changes in the access state: its revocation (if any), then the user's
+/// state.
+fn user_effects(envelope: &Envelope, revocation: Option<&RevocationRow>) -> Vec<Effect> {
+    let id = envelope.aggregate_id;
+    revocation
+        .map(|row| (OutboxKind::Revocation, id, Some(revocation_message(row))))
+        .into_iter()
+        .chain([(OutboxKind::User, id, None)])
+        .collect()
+}
+
+/// What a group event changes in the access state: every user who joined or left it (`former`:
+/// the members a deletion removed), then the group's state. Member ids that are not users of
+/// ours (a client may add anything) are passed over.
+fn group_effects(envelope: &Envelope, event: &GroupEvent, former: &[String]) -> Vec<Effect> {
+    let members: Vec<&str> = match event {
+        GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {
+            members.iter().map(|m| m.value.as_str()).collect()
+        }
+        GroupEvent::MembersRemoved { members } => members.iter().map(String::as_str).collect(),
+        _ => Vec::new(),
+    };
+    former
+        .iter()
+        .map(String::as_str)
+        .chain(members)
+        .filter_map(|member| Uuid::parse_str(member).ok())
+        .map(|user| (OutboxKind::User, user, None))
+        .chain([(OutboxKind::Group, envelope.aggregate_id, None)])
+        .collect()
 }
 
 /// Gathers one event's audit record and extends its tenant's chain (in stream order: by
@@ -405,4 +419,86 @@ fn revocation_message(row: &RevocationRow) -> Value {
         at: row.created_at,
     };
     serde_json::to_value(message).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollcall_eventlog::Actor;
+
+    fn envelope(event_type: &str) -> Envelope {
+        Envelope {
+            event_id: Uuid::now_v7(),
+            tenant: "acme".into(),
+            aggregate_type: "group".into(),
+            aggregate_id: Uuid::now_v7(),
+            version: 2,
+            event_type: event_type.into(),
+            schema_version: 1,
+            occurred_at: OffsetDateTime::now_utc(),
+            actor: Actor::Operator {
+                name: "test".into(),
+            },
+            request_id: None,
+            traceparent: None,
+            payload: Value::Null,
+        }
+    }
+
+    fn member(value: &str) -> group::Member {
+        group::Member {
+            value: value.into(),
+            kind: None,
+            display: None,
+        }
+    }
+
+    #[test]
+    fn members_who_come_or_go_are_published_again_then_the_group() {
+        let envelope = envelope("group.members_added");
+        let user = Uuid::now_v7();
+        let added = GroupEvent::MembersAdded {
+            members: vec![member(&user.to_string()), member("not-a-user-of-ours")],
+        };
+        assert_eq!(
+            group_effects(&envelope, &added, &[]),
+            vec![
+                (OutboxKind::User, user, None),
+                (OutboxKind::Group, envelope.aggregate_id, None)
+            ]
+        );
+        let removed = GroupEvent::MembersRemoved {
+            members: vec![user.to_string().to_uppercase()],
+        };
+        assert_eq!(group_effects(&envelope, &removed, &[])[0].1, user);
+        // A deletion names no members: the ones it removed are the former members.
+        let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+        let former = [first.to_string(), second.to_string()];
+        let users: Vec<Uuid> = group_effects(&envelope, &GroupEvent::Deleted, &former)
+            .into_iter()
+            .filter(|(kind, _, _)| *kind == OutboxKind::User)
+            .map(|(_, user, _)| user)
+            .collect();
+        assert_eq!(users, [first, second]);
+    }
+
+    #[test]
+    fn a_deactivation_publishes_its_revocation_before_the_user() {
+        let mut envelope = envelope("user.deactivated");
+        envelope.aggregate_type = "user".into();
+        let row = revocation(&UserEvent::Deactivated, &envelope, 9, 0).unwrap();
+        assert_eq!(row.not_before, Some(envelope.occurred_at));
+        let effects = user_effects(&envelope, Some(&row));
+        assert_eq!(effects.len(), 2);
+        assert_eq!(effects[0].0, OutboxKind::Revocation);
+        let message = effects[0].2.as_ref().unwrap();
+        assert_eq!(message["reason"], "deactivated");
+        assert_eq!(message["sequence"], 9);
+        assert_eq!(effects[1], (OutboxKind::User, envelope.aggregate_id, None));
+        assert_eq!(
+            revocation(&UserEvent::Reactivated, &envelope, 10, 0),
+            None,
+            "a reactivation revokes nothing"
+        );
+    }
 }
