@@ -5,9 +5,10 @@ use crate::{Store, StoreError, LIVE_SCHEMA};
 /// The schema a rebuild fills.
 pub const REBUILD_SCHEMA: &str = "read_model_rebuild";
 
-/// The indexes a rebuild builds once at the end rather than row by row, that no row can fail
-/// on: their keys are ids, times, tenants, event types, or already bounded by a primary key
-/// (`group_member`'s).
+/// The indexes a rebuild builds once at the end rather than row by row: their keys are ids,
+/// times, tenants and event types (bounded for the events a rebuild writes in bulk, which are
+/// all of known types), or already bounded by a primary key (`group_member`'s). Before any
+/// batch is applied event by event they are built, with [`LOOKUP_INDEXES`].
 pub const DEFERRED_INDEXES: &[&str] = &[
     "audit_event_aggregate",
     "audit_event_time",
@@ -20,10 +21,10 @@ pub const DEFERRED_INDEXES: &[&str] = &[
 
 /// The lookup indexes (`userName`, `externalId`, `displayName`): a value too long for a btree
 /// entry fails its row's write while they exist. A rebuild defers them too, as long as every
-/// key it writes is short enough that no index could refuse it
-/// ([`rollcall_scim::limits::BTREE_MAX_INDEX_ROW_BYTES`]); at the first batch that is not
-/// written in bulk they are built, so that from there on PostgreSQL refuses (and the projector
-/// quarantines) exactly what the live projector's did.
+/// key it writes (at every event, not only at the end of a batch) is short enough that no
+/// index could refuse it ([`crate::lookup_key::indexable`]); before the first batch that is
+/// not written in bulk every deferred index is built, so that from there on PostgreSQL refuses
+/// (and the projector quarantines) exactly what it refused to the live projector.
 pub const LOOKUP_INDEXES: &[&str] = &[
     "scim_group_display_name",
     "scim_group_external_id",

@@ -180,6 +180,9 @@ impl<'a> Fold<'a> {
                 let current = slot.state.take().unwrap_or(User::Absent);
                 match user::evolve(current, &event) {
                     next @ (User::Active(_) | User::Inactive(_)) => {
+                        if let Some(attributes) = next.attributes() {
+                            keys_fit_index(key.0, attributes, USER_KEYS, sequence)?;
+                        }
                         slot.created_at.get_or_insert(at);
                         slot.state = Some(next);
                     }
@@ -213,12 +216,14 @@ impl<'a> Fold<'a> {
                 match group::evolve(current, &event) {
                     Group::Active(mut state) => {
                         state.members.clear();
+                        keys_fit_index(key.0, &state.attributes, GROUP_KEYS, sequence)?;
                         slot.created_at.get_or_insert(at);
                         slot.state = Some(state);
                         match &event {
                             GroupEvent::Created { members, .. }
                             | GroupEvent::MembersAdded { members } => {
                                 for member in members {
+                                    fits_index(key.0, &member.value, sequence)?;
                                     add(&mut self.members, key, member, at);
                                 }
                             }
@@ -253,14 +258,11 @@ impl<'a> Fold<'a> {
     }
 
     /// Writes the folded state: deletions first (a deleted user's or group's memberships with
-    /// them), then memberships removed, memberships added, rows and revocations. With the
-    /// lookup indexes deferred (`unindexed`), a row whose lookup key might not fit an index
-    /// entry is refused before anything is written.
+    /// them), then memberships removed, memberships added, rows and revocations.
     pub(crate) async fn write(
         self,
         connection: &mut PgConnection,
         pending: Pending,
-        unindexed: bool,
     ) -> Result<(), ProjectorError> {
         fn deleted<'a, S>(slots: &HashMap<Key<'a>, Slot<'a, S>>) -> Vec<Key<'a>> {
             slots
@@ -282,27 +284,6 @@ impl<'a> Fold<'a> {
             .filter_map(Slot::written)
             .map(|(state, last, created_at)| apply::group_row(last, &state, created_at))
             .collect();
-        if unindexed {
-            let keys = users
-                .iter()
-                .flat_map(|row| {
-                    [Some(&row.user_name), row.external_id.as_ref()].map(|key| (row, key))
-                })
-                .map(|(row, key)| (row.tenant.as_str(), key))
-                .chain(groups.iter().flat_map(|row| {
-                    [Some(&row.display_name), row.external_id.as_ref()]
-                        .map(|key| (row.tenant.as_str(), key))
-                }));
-            for (tenant, key) in keys {
-                let Some(key) = key else { continue };
-                if !rollcall_store::lookup_key::indexable(tenant, key) {
-                    return Err(ProjectorError::Event {
-                        sequence: 0,
-                        reason: "a lookup key too long to be sure it fits an index entry".into(),
-                    });
-                }
-            }
-        }
         rollcall_store::user::delete_many(connection, &deleted_users).await?;
         rollcall_store::group::delete_many(connection, &deleted_groups).await?;
         let removed: Vec<(&str, Uuid, &str)> = self
@@ -354,4 +335,38 @@ fn add<'a>(
             members.insert(key, Membership::Added(added, at));
         }
     }
+}
+
+/// The attributes a user's lookup indexes hold.
+const USER_KEYS: &[&str] = &["userName", "externalId"];
+/// The attributes a group's lookup indexes hold.
+const GROUP_KEYS: &[&str] = &["displayName", "externalId"];
+
+/// Refuses (so that the batch is applied event by event) a state whose lookup keys might not
+/// fit an index entry: the live projector wrote every state and PostgreSQL may have refused
+/// this one, while the bulk path writes only a batch's last state (and its indexes may not be
+/// built yet).
+fn keys_fit_index(
+    tenant: &str,
+    attributes: &rollcall_domain::Attributes,
+    names: &[&str],
+    sequence: u64,
+) -> Result<(), ProjectorError> {
+    for name in names {
+        if let Some(value) = attributes.get(*name).and_then(serde_json::Value::as_str) {
+            fits_index(tenant, value, sequence)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a key that might not fit an index entry.
+fn fits_index(tenant: &str, key: &str, sequence: u64) -> Result<(), ProjectorError> {
+    if rollcall_store::lookup_key::indexable(tenant, key) {
+        return Ok(());
+    }
+    Err(ProjectorError::Event {
+        sequence,
+        reason: "a key too long to be certain that an index entry holds it".into(),
+    })
 }

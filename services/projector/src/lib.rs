@@ -514,21 +514,22 @@ impl Projector {
     /// Applies a batch as [`Projector::apply_isolating`] does, folded per resource in memory
     /// and written in bulk ([`bulk`]); a batch that cannot be folded (an event that does not
     /// apply, a resolution of the quarantine, a resource in quarantine) or that PostgreSQL
-    /// refuses is applied by `apply_isolating` instead. Writes no access outbox: for a rebuild
-    /// only. Whether the bulk path applied it, and the checkpoint.
+    /// refuses is applied by `apply_isolating` instead. For a rebuild only: the bulk path
+    /// writes no access outbox (the one-by-one path does; a rebuild clears it before its swap).
+    /// Whether the bulk path applied it, and the checkpoint.
     ///
-    /// `prepared` are the events' [`bulk::prepare`]d forms, in the same order. `lookups` are
-    /// the definitions of the rebuild schema's lookup indexes while they are deferred: the bulk
-    /// path then refuses a key too long to be certain to fit an index entry, and before any
-    /// batch is applied event by event they are built (so that PostgreSQL refuses what it
-    /// refused to the live projector).
+    /// `prepared` are the events' [`bulk::prepare`]d forms, in the same order. `deferred` are
+    /// the definitions of the rebuild schema's deferred indexes while they are: before any batch
+    /// is applied event by event they are built, so that PostgreSQL refuses what it refused to
+    /// the live projector (the bulk path refuses, at every event, a key too long to be certain
+    /// to fit an index entry).
     pub(crate) async fn apply_folded(
         &self,
         delivered: &[Delivered],
         prepared: Vec<bulk::Prepared>,
         from: u64,
         through: u64,
-        lookups: &mut Option<Vec<String>>,
+        deferred: &mut Option<Vec<String>>,
     ) -> Result<(bool, u64), ProjectorError> {
         // Resolutions of the quarantine and events held behind a quarantined one of their
         // resource take the one-by-one path.
@@ -542,11 +543,7 @@ impl Projector {
                         .contains(&envelope.tenant, envelope.aggregate_id))
         });
         if foldable {
-            let unindexed = lookups.is_some();
-            match self
-                .apply_bulk(delivered, prepared, from, through, unindexed)
-                .await
-            {
+            match self.apply_bulk(delivered, prepared, from, through).await {
                 Ok(checkpoint) => return Ok((true, checkpoint)),
                 Err(error @ ProjectorError::Gap { .. }) => return Err(error),
                 Err(error) => {
@@ -554,8 +551,8 @@ impl Projector {
                 }
             }
         }
-        if let Some(definitions) = lookups.take() {
-            info!("building the lookup indexes before applying events one by one");
+        if let Some(definitions) = deferred.take() {
+            info!("building the read models' indexes before applying events one by one");
             self.store.restore_rebuild_indexes(&definitions).await?;
         }
         Ok((false, self.apply_isolating(delivered, from, through).await?))
@@ -568,7 +565,6 @@ impl Projector {
         prepared: Vec<bulk::Prepared>,
         from: u64,
         through: u64,
-        unindexed: bool,
     ) -> Result<u64, ProjectorError> {
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
         // A rebuild that stops starts again from nothing (its schema is created afresh), so its
@@ -596,7 +592,7 @@ impl Projector {
             let draft = fold.apply(event, prepared)?;
             apply::chain(&mut transaction, &mut pending, draft).await?;
         }
-        fold.write(&mut transaction, pending, unindexed).await?;
+        fold.write(&mut transaction, pending).await?;
         checkpoint::set(&mut transaction, &self.name, through).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(through)

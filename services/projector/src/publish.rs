@@ -23,8 +23,10 @@ use crate::ProjectorError;
 /// How many outbox entries one round publishes.
 const ROUND: usize = 1_000;
 
-/// How many keys of a round are published at once.
-const IN_FLIGHT: usize = 16;
+/// How many keys of a round are published at once: enough to overlap the key-value puts'
+/// round trips, few enough to leave the connection pool (shared with the SCIM API and the
+/// projector's transactions) to the others.
+const IN_FLIGHT: usize = 4;
 
 /// The access publisher of one namespace.
 #[derive(Debug, Clone)]

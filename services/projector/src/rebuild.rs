@@ -23,6 +23,10 @@ pub struct Progress {
     pub head: u64,
 }
 
+/// A batch is cut short at about this many bytes of events (each is held a few times over:
+/// decoded, prepared and drafted), so that large events do not make large batches.
+const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
+
 /// How many events a rebuild applies per transaction by default: a batch is folded in memory
 /// and written in bulk, so larger batches cost less per event.
 pub const DEFAULT_BATCH: usize = 5_000;
@@ -40,10 +44,11 @@ pub async fn rebuild(
     let fresh = store.with_schema(REBUILD_SCHEMA, 4).await?;
     let projector = Projector::new(client, log.clone(), fresh, DEFAULT_NAME, batch);
     // Loaded first, indexed once at the end: the secondary indexes are built again before the
-    // last catch-up (with them in place) and the swap. The lookup indexes may be built sooner
-    // (`Projector::apply_folded`).
-    let deferred = store.defer_rebuild_indexes(DEFERRED_INDEXES).await?;
-    let mut lookups = Some(store.defer_rebuild_indexes(LOOKUP_INDEXES).await?);
+    // last catch-up (with them in place) and the swap, or sooner, before the first batch that
+    // is applied event by event (`Projector::apply_folded`).
+    let mut deferred = store.defer_rebuild_indexes(DEFERRED_INDEXES).await?;
+    deferred.extend(store.defer_rebuild_indexes(LOOKUP_INDEXES).await?);
+    let mut deferred = Some(deferred);
     let mut progress = Progress::default();
     let mut indexed = false;
     loop {
@@ -53,19 +58,19 @@ pub async fn rebuild(
             if indexed {
                 break;
             }
-            let mut definitions = deferred.clone();
-            definitions.extend(lookups.take().unwrap_or_default());
-            info!(
-                indexes = definitions.len(),
-                "building the read models' indexes"
-            );
-            store.restore_rebuild_indexes(&definitions).await?;
+            if let Some(definitions) = deferred.take() {
+                info!(
+                    indexes = definitions.len(),
+                    "building the read models' indexes"
+                );
+                store.restore_rebuild_indexes(&definitions).await?;
+            }
             indexed = true;
             continue;
         }
         let mut carried = Carried {
             progress: &mut progress,
-            lookups: &mut lookups,
+            deferred: &mut deferred,
         };
         catch_up(
             &projector,
@@ -145,7 +150,7 @@ async fn catch_up(
                 through,
             } = read?;
             let (folded, reached) = projector
-                .apply_folded(&delivered, prepared, from, through, carried.lookups)
+                .apply_folded(&delivered, prepared, from, through, carried.deferred)
                 .await?;
             let progress = &mut *carried.progress;
             progress.applied += delivered.len() as u64;
@@ -155,21 +160,31 @@ async fn catch_up(
             progress.head = head;
             report(*progress);
             if reached >= head {
-                break;
+                return Ok(true);
             }
         }
-        Ok(())
+        Ok(false)
     }
     .await;
+    if let Ok(false) = result {
+        // The reader stopped before the head: its messages ended (the caller goes on from the
+        // checkpoint), or it failed, which must not pass for the end of its messages.
+        if let Err(error) = reader.await {
+            return Err(ProjectorError::Config(format!(
+                "the rebuild's reader failed: {error}"
+            )));
+        }
+        return Ok(());
+    }
     reader.abort();
-    result
+    result.map(|_| ())
 }
 
 /// What catching up carries from batch to batch: the progress, and the definitions of the
-/// lookup indexes while they are deferred.
+/// indexes while they are deferred.
 struct Carried<'a> {
     progress: &'a mut Progress,
-    lookups: &'a mut Option<Vec<String>>,
+    deferred: &'a mut Option<Vec<String>>,
 }
 
 /// A batch read from the stream: its events, each also prepared for folding, and the stream
@@ -190,6 +205,7 @@ async fn read_batches(
     batches: tokio::sync::mpsc::Sender<Result<Read, ProjectorError>>,
 ) {
     let mut chunks = messages.ready_chunks(batch);
+    let mut bytes = 0;
     let mut read = Read {
         delivered: Vec::with_capacity(batch),
         prepared: Vec::with_capacity(batch),
@@ -201,7 +217,10 @@ async fn read_batches(
             // A message holds one event or the events of one commit (a write).
             let events = message
                 .map_err(|error| LoadError::Nats(error.to_string()))
-                .and_then(|message| decode(&message));
+                .and_then(|message| {
+                    bytes += message.payload.len();
+                    decode(&message)
+                });
             let events = match events {
                 Ok(events) => events,
                 Err(error) => {
@@ -220,7 +239,9 @@ async fn read_batches(
             read.delivered.extend(events);
         }
         let done = read.through >= head;
-        if (read.delivered.len() >= batch || done) && read.from != 0 {
+        let full = read.delivered.len() >= batch || bytes >= MAX_BATCH_BYTES;
+        if (full || done) && read.from != 0 {
+            bytes = 0;
             let full = std::mem::replace(
                 &mut read,
                 Read {

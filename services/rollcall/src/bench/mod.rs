@@ -75,7 +75,7 @@ impl Sizes {
         if args.quick {
             Self {
                 users: 3_000,
-                group_members: 1_000,
+                group_members: 10_000,
                 victims: 100,
                 rebuild_events: 20_000,
                 projection_events: 20_000,
@@ -86,7 +86,7 @@ impl Sizes {
         } else {
             Self {
                 users: 100_000,
-                group_members: 10_000,
+                group_members: 100_000,
                 victims: 1_000,
                 rebuild_events: 1_000_000,
                 projection_events: 200_000,
@@ -193,6 +193,11 @@ fn write_scenario(
 const WRITES_AT_LEAST: f64 = 0.12;
 /// ... with this p99 (ms) at the benchmark's concurrency.
 const WRITES_P99_MS: f64 = 25.0;
+/// Members of the small group of the `members` scenario.
+const SMALL_GROUP: usize = 10;
+/// The `members` scenario's target: a large group's member changes at this share of a small
+/// group's rate at least.
+const MEMBERS_AT_LEAST: f64 = 0.9;
 /// The access state's target: at most this many bytes per user.
 const MEMORY_AT_MOST: f64 = 300.0;
 
@@ -386,21 +391,45 @@ async fn users_scenarios(
         scenarios.insert("patch".to_owned(), write_scenario(m, spread, baselines));
     }
     if only.runs("members") {
+        // The same PATCHes on a group of 10 and on a large one: a member change must cost the
+        // same whatever the group's size.
         say(&format!(
-            "scenario members: add/remove members on a group of {}",
+            "scenario members: add/remove members on a group of {SMALL_GROUP} and on one of {}",
             sizes.group_members
         ));
-        let group = scenarios::preload_group(env, sizes.group_members).await?;
+        let small = scenarios::preload_group(env, SMALL_GROUP).await?;
+        let large = scenarios::preload_group(env, sizes.group_members).await?;
         env.settle().await?;
-        let (m, spread) = repeated(times, || async {
-            Ok(scenarios::members(env, group, c.min(8), duration).await)
-        })
-        .await?;
+        let mut measured = Vec::new();
+        for group in [small, large] {
+            measured.push(
+                repeated(times, || async {
+                    Ok(scenarios::members(env, group, c.min(8), duration).await)
+                })
+                .await?,
+            );
+        }
+        let [(on_small, small_spread), (on_large, large_spread)]: [_; 2] = measured
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("two groups measured"))?;
+        let small_name = format!("members: group of {SMALL_GROUP}");
         scenarios.insert(
             "members".to_owned(),
             with_spread(
-                versus(scenario(m), "http", &baselines["http"], None),
-                spread,
+                versus(
+                    scenario(on_large.clone()),
+                    &small_name,
+                    &on_small,
+                    Some(MEMBERS_AT_LEAST),
+                ),
+                large_spread,
+            ),
+        );
+        scenarios.insert(
+            small_name,
+            with_spread(
+                versus(scenario(on_small), "http", &baselines["http"], None),
+                small_spread,
             ),
         );
     }

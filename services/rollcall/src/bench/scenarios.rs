@@ -94,18 +94,28 @@ pub async fn patches(
 /// Preloads a group of `members` members; returns its id.
 pub async fn preload_group(env: &BenchEnv, members: usize) -> anyhow::Result<Uuid> {
     let id = Uuid::now_v7();
-    let list: Vec<Value> = (0..members)
+    let subject = env.namespace.aggregate_subject("bench", "group", &id);
+    let ids: Vec<Value> = (0..members)
         .map(|n| json!({"value": format!("member-{n}")}))
         .collect();
-    let payload = json!({"type": "group.created", "attributes": {"displayName": format!("big-{id}")}, "members": list});
-    let event = envelope("group", id, "group.created", payload);
-    env.log
+    // As a client would send them: at most 1,000 members per request (and per event).
+    let mut chunks = ids.chunks(1_000);
+    let first = chunks.next().unwrap_or_default();
+    let created = json!({"type": "group.created", "attributes": {"displayName": format!("big-{id}")}, "members": first});
+    let mut last = env
+        .log
         .append(
-            &env.namespace.aggregate_subject("bench", "group", &id),
+            &subject,
             0,
-            &[event],
+            &[envelope("group", id, "group.created", created)],
         )
         .await?;
+    for (n, chunk) in chunks.enumerate() {
+        let payload = json!({"type": "group.members_added", "members": chunk});
+        let mut event = envelope("group", id, "group.members_added", payload);
+        event.version = n as u64 + 2;
+        last = env.log.append(&subject, last, &[event]).await?;
+    }
     Ok(id)
 }
 
