@@ -96,14 +96,18 @@ pub async fn create(
     ))
 }
 
-async fn update(
+/// Applies a PUT or PATCH; `render` makes the answer from the written state while the write
+/// holds it (the next write of a large group then takes it back from the cache without a
+/// copy).
+async fn update<T>(
     state: AppState,
     principal: Principal,
     info: RequestInfo,
     id: String,
     body: Value,
     change: Change,
-) -> Result<(Folded<Group>, Uuid), ApiError> {
+    render: impl FnOnce(Uuid, &Folded<Group>) -> T,
+) -> Result<T, ApiError> {
     let uuid = parse_id(&id)?;
     state
         .checkpoint
@@ -135,41 +139,49 @@ async fn update(
     let written = state
         .repositories
         .groups
-        .write(&context, uuid, |folded| {
-            // Member-only PATCHes (most of Entra's group traffic) never render the group.
-            if let Change::Patch(request) = &change {
-                let listed = || {
-                    folded
-                        .state
-                        .state()
-                        .map(|s| s.members.values().map(|m| m.value.clone()).collect())
-                        .unwrap_or_default()
-                };
-                if let Some(commands) = mapping::member_commands(request, listed) {
-                    if folded.state.state().is_none() {
-                        return Err(not_found(&id));
+        .write_then(
+            &context,
+            uuid,
+            |folded| {
+                // Member-only PATCHes (most of Entra's group traffic) never render the group.
+                if let Change::Patch(request) = &change {
+                    let listed = || {
+                        folded
+                            .state
+                            .state()
+                            .map(|s| s.members.values().map(|m| m.value.clone()).collect())
+                            .unwrap_or_default()
+                    };
+                    if let Some(commands) = mapping::member_commands(request, listed) {
+                        if folded.state.state().is_none() {
+                            return Err(not_found(&id));
+                        }
+                        info.check_if_match(&etag(folded.version))?;
+                        return aggregate::decide_all::<Groups>(&folded.state, commands?);
                     }
-                    info.check_if_match(&etag(folded.version))?;
-                    return aggregate::decide_all::<Groups>(&folded.state, commands?);
                 }
-            }
-            let current = document(uuid, folded, &info.base).ok_or_else(|| not_found(&id))?;
-            info.check_if_match(&etag(folded.version))?;
-            let next = change.apply(&GROUP_RESOURCE, &current)?;
-            final_name = mapping::text(&next, "displayName").map(str::to_owned);
-            aggregate::decide_all::<Groups>(&folded.state, mapping::group_update(&current, &next))
-        })
+                let current = document(uuid, folded, &info.base).ok_or_else(|| not_found(&id))?;
+                info.check_if_match(&etag(folded.version))?;
+                let next = change.apply(&GROUP_RESOURCE, &current)?;
+                final_name = mapping::text(&next, "displayName").map(str::to_owned);
+                aggregate::decide_all::<Groups>(
+                    &folded.state,
+                    mapping::group_update(&current, &next),
+                )
+            },
+            |folded, _| (folded.sequence, render(uuid, folded)),
+        )
         .await;
     let (ok, name) = (written.is_ok(), final_name.as_deref());
     claims::settle_rename(&state, tenant, DISPLAY_NAME, claimed, ok, name, uuid).await;
-    let written = written?;
+    let (sequence, rendered) = written?;
     // Also for a write that changed nothing (Entra re-sends a deactivation that may still be
     // in flight): the resource's last event must be in effect before the answer.
     state
         .checkpoint
-        .settle("Group", tenant, uuid, written.folded.sequence)
+        .settle("Group", tenant, uuid, sequence)
         .await?;
-    Ok((written.folded, uuid))
+    Ok(rendered)
 }
 
 /// `PUT /Groups/{id}`: `200` with the group.
@@ -185,22 +197,23 @@ pub async fn replace(
     limits::check_listed_members(limits::members_in_body(&body))?;
     resource::normalize(&GROUP_RESOURCE, body.clone())?;
     let base = info.base.clone();
-    let (folded, uuid) = update(
+    let (version, document) = update(
         state,
         principal,
         info,
         id.clone(),
         body.clone(),
         Change::Replace(body),
+        |uuid, folded| (folded.version, document(uuid, folded, &base)),
     )
     .await?;
-    let document = document(uuid, &folded, &base).ok_or_else(|| not_found(&id))?;
+    let document = document.ok_or_else(|| not_found(&id))?;
     Ok(http::resource(
         StatusCode::OK,
         &GROUP_RESOURCE,
         &projection,
         &document,
-        folded.version,
+        version,
         &base,
         &id,
     ))
@@ -223,15 +236,29 @@ pub async fn modify(
     limits::check_listed_members(limits::members_in_patch(&request))?;
     let change = Change::Patch(request);
     let base = info.base.clone();
-    let (folded, uuid) = update(state, principal, info, id.clone(), body, change).await?;
-    if !wants_body {
-        return Ok(http::no_content(Some(&etag(folded.version))));
-    }
-    let document = document(uuid, &folded, &base).ok_or_else(|| not_found(&id))?;
+    let (version, document) = update(
+        state,
+        principal,
+        info,
+        id.clone(),
+        body,
+        change,
+        |uuid, folded| {
+            (
+                folded.version,
+                wants_body.then(|| document(uuid, folded, &base)),
+            )
+        },
+    )
+    .await?;
+    let Some(document) = document else {
+        return Ok(http::no_content(Some(&etag(version))));
+    };
+    let document = document.ok_or_else(|| not_found(&id))?;
     Ok(http::scim(
         StatusCode::OK,
         &projection.apply(&GROUP_RESOURCE, &document),
-        Some(&etag(folded.version)),
+        Some(&etag(version)),
         None,
     ))
 }
