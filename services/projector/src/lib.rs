@@ -518,11 +518,11 @@ impl Projector {
     /// writes no access outbox (the one-by-one path does; a rebuild clears it before its swap).
     /// Whether the bulk path applied it, and the checkpoint.
     ///
-    /// `prepared` are the events' [`bulk::prepare`]d forms, in the same order. `deferred` are
-    /// the definitions of the rebuild schema's deferred indexes while they are: before any batch
-    /// is applied event by event they are built, so that PostgreSQL refuses what it refused to
-    /// the live projector (the bulk path refuses, at every event, a key too long to be certain
-    /// to fit an index entry).
+    /// `prepared` are the events' [`bulk::prepare`]d forms, in the same order. `deferred` holds
+    /// the definitions of the rebuild schema's indexes not built yet: they are built before any
+    /// batch is applied event by event, so that PostgreSQL refuses what it refused to the live
+    /// projector (the bulk path refuses, at every event, a key too long to be certain to fit an
+    /// index entry).
     pub(crate) async fn apply_folded(
         &self,
         delivered: &[Delivered],
