@@ -775,3 +775,30 @@ impl Drop for TestEnv {
         self.access_instance.take();
     }
 }
+
+/// A user event's envelope for `id` at `version`, as an operator named `test` would append it:
+/// for tests that put events on the stream directly (bypassing SCIM's checks).
+pub fn user_envelope(
+    tenant: &str,
+    id: uuid::Uuid,
+    version: u64,
+    event: &rollcall_domain::user::UserEvent,
+) -> rollcall_eventlog::Envelope {
+    use rollcall_domain::EventKind;
+    rollcall_eventlog::Envelope {
+        event_id: uuid::Uuid::now_v7(),
+        tenant: tenant.to_owned(),
+        aggregate_type: rollcall_domain::user::UserEvent::AGGREGATE.to_owned(),
+        aggregate_id: id,
+        version,
+        event_type: event.event_type().to_owned(),
+        schema_version: 1,
+        occurred_at: time::OffsetDateTime::now_utc(),
+        actor: rollcall_eventlog::Actor::Operator {
+            name: "test".into(),
+        },
+        request_id: None,
+        traceparent: None,
+        payload: event.to_payload(),
+    }
+}

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use rollcall_domain::attributes::AttributeChange;
 use rollcall_domain::user::UserEvent;
-use rollcall_domain::EventKind;
 use rollcall_eventlog::envelope::{decode_commit, COMMIT_HEADER};
 use rollcall_eventlog::fault;
 use rollcall_eventlog::quarantine::{Resolution, SKIPPED};
@@ -159,26 +158,6 @@ async fn a_write_of_two_events_is_one_message_applied_audited_and_enforced_whole
     assert_eq!(env.store.audit_events("test", uuid).await.unwrap(), before);
 }
 
-/// A user event's envelope, as a writer would append it.
-fn envelope(id: Uuid, version: u64, event: &UserEvent) -> Envelope {
-    Envelope {
-        event_id: Uuid::now_v7(),
-        tenant: "test".into(),
-        aggregate_type: UserEvent::AGGREGATE.to_owned(),
-        aggregate_id: id,
-        version,
-        event_type: event.event_type().to_owned(),
-        schema_version: 1,
-        occurred_at: time::OffsetDateTime::now_utc(),
-        actor: Actor::Operator {
-            name: "test".into(),
-        },
-        request_id: None,
-        traceparent: None,
-        payload: event.to_payload(),
-    }
-}
-
 fn provisioned(name: &str) -> UserEvent {
     let mut attributes = serde_json::Map::new();
     attributes.insert("userName".into(), json!(name));
@@ -209,8 +188,8 @@ async fn audit_pages_and_exports_never_cut_a_write_in_two() {
         let id = Uuid::now_v7();
         let subject = env.namespace.aggregate_subject("test", "user", &id);
         let write = [
-            envelope(id, 1, &provisioned(&format!("u{n}@example.com"))),
-            envelope(id, 2, &changed("title", json!("Engineer"))),
+            rollcall_it::user_envelope("test", id, 1, &provisioned(&format!("u{n}@example.com"))),
+            rollcall_it::user_envelope("test", id, 2, &changed("title", json!("Engineer"))),
         ];
         env.log.append(&subject, 0, &write).await.unwrap();
     }
@@ -286,8 +265,13 @@ async fn a_write_that_cannot_be_applied_is_quarantined_and_skipped_whole() {
             &subject,
             earlier.last_sequence,
             &[
-                envelope(uuid, 2, &changed("title", json!("Director"))),
-                envelope(uuid, 3, &changed("nickName", json!("nul\u{0}here"))),
+                rollcall_it::user_envelope("test", uuid, 2, &changed("title", json!("Director"))),
+                rollcall_it::user_envelope(
+                    "test",
+                    uuid,
+                    3,
+                    &changed("nickName", json!("nul\u{0}here")),
+                ),
             ],
         )
         .await

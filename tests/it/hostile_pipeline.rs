@@ -9,7 +9,7 @@ use rollcall_domain::attributes::AttributeChange;
 use rollcall_domain::user::UserEvent;
 use rollcall_domain::EventKind;
 use rollcall_eventlog::quarantine::{Resolution, SKIPPED};
-use rollcall_eventlog::{Actor, Envelope};
+use rollcall_eventlog::Actor;
 use rollcall_it::nats::{NatsServer, Settings};
 use rollcall_it::{eventually, TestEnv};
 use rollcall_telemetry::metrics::sample;
@@ -32,31 +32,11 @@ async fn append(env: &TestEnv, tenant: &str, id: Uuid, event: &UserEvent) -> u64
         .namespace
         .aggregate_subject(tenant, UserEvent::AGGREGATE, &id);
     let earlier = env.log.load(&subject, 0).await.unwrap();
-    let envelope = envelope(tenant, id, earlier.events.len() as u64 + 1, event);
+    let envelope = rollcall_it::user_envelope(tenant, id, earlier.events.len() as u64 + 1, event);
     env.log
         .append(&subject, earlier.last_sequence, &[envelope])
         .await
         .unwrap()
-}
-
-/// A user event's envelope, as an operator named `test` would write it.
-fn envelope(tenant: &str, id: Uuid, version: u64, event: &UserEvent) -> Envelope {
-    Envelope {
-        event_id: Uuid::now_v7(),
-        tenant: tenant.to_owned(),
-        aggregate_type: UserEvent::AGGREGATE.to_owned(),
-        aggregate_id: id,
-        version,
-        event_type: event.event_type().to_owned(),
-        schema_version: 1,
-        occurred_at: time::OffsetDateTime::now_utc(),
-        actor: Actor::Operator {
-            name: "test".into(),
-        },
-        request_id: None,
-        traceparent: None,
-        payload: event.to_payload(),
-    }
 }
 
 fn changed(path: &str, after: Value) -> UserEvent {
@@ -528,7 +508,7 @@ async fn a_claim_whose_writer_died_before_appending_is_recovered_as_soon_as_its_
     let subject = env
         .namespace
         .aggregate_subject("test", UserEvent::AGGREGATE, &orphan);
-    let late = envelope(
+    let late = rollcall_it::user_envelope(
         "test",
         orphan,
         1,

@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use reqwest::Method;
 use rollcall_domain::user::UserEvent;
-use rollcall_domain::EventKind;
-use rollcall_eventlog::{Actor, Envelope};
 use rollcall_it::{eventually, TestEnv};
 use serde_json::json;
 use uuid::Uuid;
@@ -38,22 +36,7 @@ async fn a_projector_killed_mid_stream_loses_and_duplicates_nothing() {
                 .clone(),
             active: true,
         };
-        let envelope = Envelope {
-            event_id: Uuid::now_v7(),
-            tenant: "test".into(),
-            aggregate_type: "user".into(),
-            aggregate_id: id,
-            version: 1,
-            event_type: event.event_type().into(),
-            schema_version: 1,
-            occurred_at: time::OffsetDateTime::now_utc(),
-            actor: Actor::Operator {
-                name: "test".into(),
-            },
-            request_id: None,
-            traceparent: None,
-            payload: event.to_payload(),
-        };
+        let envelope = rollcall_it::user_envelope("test", id, 1, &event);
         env.log
             .append(
                 &env.namespace.aggregate_subject("test", "user", &id),
@@ -173,22 +156,7 @@ async fn a_rebuild_from_the_stream_equals_the_live_read_models() {
 
 /// An operator's event for `id`, appended as a writer would (expecting `after`).
 async fn append_user_event(env: &TestEnv, id: Uuid, version: u64, after: u64, event: &UserEvent) {
-    let envelope = Envelope {
-        event_id: Uuid::now_v7(),
-        tenant: "test".into(),
-        aggregate_type: "user".into(),
-        aggregate_id: id,
-        version,
-        event_type: event.event_type().into(),
-        schema_version: 1,
-        occurred_at: time::OffsetDateTime::now_utc(),
-        actor: Actor::Operator {
-            name: "test".into(),
-        },
-        request_id: None,
-        traceparent: None,
-        payload: event.to_payload(),
-    };
+    let envelope = rollcall_it::user_envelope("test", id, version, event);
     env.log
         .append(
             &env.namespace.aggregate_subject("test", "user", &id),
@@ -204,6 +172,18 @@ async fn append_user_event(env: &TestEnv, id: Uuid, version: u64, after: u64, ev
 /// after being added to a group and a group deleted after members came, a user deleted and its
 /// memberships with it, revocations) give exactly the rows the live projector wrote event by
 /// event, whether the whole stream is one batch, every event a batch of its own, or anything between.
+/// The stream's head once the live projector has applied it, and the read models then.
+async fn live_snapshot(env: &TestEnv, what: &str) -> (u64, Vec<String>) {
+    let head = env.head().await;
+    let store = env.store.clone();
+    eventually(what, Duration::from_secs(20), || {
+        let store = store.clone();
+        async move { store.checkpoint("projector").await.unwrap() >= head }
+    })
+    .await;
+    (head, snapshot(env).await)
+}
+
 #[tokio::test]
 async fn a_bulk_rebuild_folds_every_order_of_events_as_the_live_projector_applies_them() {
     let env = TestEnv::start().await;
@@ -292,18 +272,7 @@ async fn a_rebuild_batch_with_an_event_that_does_not_apply_is_applied_event_by_e
     // A deactivation of a user that was never provisioned cannot be applied.
     append_user_event(&env, Uuid::now_v7(), 2, 0, &UserEvent::Deactivated).await;
     let after = scim.create_user(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "after@x"})).await;
-    let head = env.head().await;
-    let store = env.store.clone();
-    eventually(
-        "the live projector passed the poison",
-        Duration::from_secs(20),
-        || {
-            let store = store.clone();
-            async move { store.checkpoint("projector").await.unwrap() >= head }
-        },
-    )
-    .await;
-    let live = snapshot(&env).await;
+    let (head, live) = live_snapshot(&env, "the live projector passed the poison").await;
     assert!(
         live.iter().any(|row| row.contains("\"failed\"")),
         "{live:#?}"
@@ -353,18 +322,7 @@ async fn a_rebuild_quarantines_a_key_no_index_can_hold_as_the_live_projector_did
     };
     append_user_event(&env, Uuid::now_v7(), 1, 0, &event).await;
     let after = scim.create_user(&user("after@x")).await;
-    let head = env.head().await;
-    let store = env.store.clone();
-    eventually(
-        "the live projector passed the long key",
-        Duration::from_secs(20),
-        || {
-            let store = store.clone();
-            async move { store.checkpoint("projector").await.unwrap() >= head }
-        },
-    )
-    .await;
-    let live = snapshot(&env).await;
+    let (head, live) = live_snapshot(&env, "the live projector passed the long key").await;
     assert!(
         live.iter().any(|row| row.contains("\"failed\"")),
         "{live:#?}"

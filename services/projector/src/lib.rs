@@ -116,6 +116,21 @@ pub struct Projector {
     active: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Whether messages `from..=through` are still to apply over `checkpoint`: not if the
+/// checkpoint has passed them; a gap (a checkpoint below `from - 1`) is an error.
+fn due(checkpoint: u64, from: u64, through: u64) -> Result<bool, ProjectorError> {
+    if checkpoint >= through {
+        return Ok(false);
+    }
+    if checkpoint + 1 < from {
+        return Err(ProjectorError::Gap {
+            checkpoint,
+            delivered: from,
+        });
+    }
+    Ok(true)
+}
+
 /// How often a passing failure (a deadlock, a timeout) at one event is tried before the event
 /// is quarantined.
 const STRIKES: u32 = 5;
@@ -575,14 +590,8 @@ impl Projector {
             .await
             .map_err(StoreError::from)?;
         let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
-        if checkpoint >= through {
+        if !due(checkpoint, from, through)? {
             return Ok(checkpoint);
-        }
-        if checkpoint + 1 < from {
-            return Err(ProjectorError::Gap {
-                checkpoint,
-                delivered: from,
-            });
         }
         let start = delivered.partition_point(|event| event.sequence <= checkpoint);
         let events = &delivered[start..];
@@ -648,14 +657,8 @@ impl Projector {
                 });
             }
         }
-        if checkpoint >= through {
+        if !due(checkpoint, from, through)? {
             return Ok(checkpoint);
-        }
-        if checkpoint + 1 < from {
-            return Err(ProjectorError::Gap {
-                checkpoint,
-                delivered: from,
-            });
         }
         let mut pending = apply::Pending::default();
         let mut changes = Changes::default();
