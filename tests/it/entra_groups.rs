@@ -218,3 +218,36 @@ async fn group_pages_count_every_match_also_past_the_end() {
         (json!(1), 0)
     );
 }
+
+/// Removals of a few members (by primary key, one by one) and of many (in one statement) leave
+/// exactly the others, in the read model and in SCIM's answers; ids are compared without case.
+#[tokio::test]
+async fn removing_a_few_or_many_members_leaves_exactly_the_others() {
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    let members: Vec<String> = (0..40).map(|n| format!("ext-member-{n:02}")).collect();
+    let listed: Vec<Value> = members.iter().map(|m| json!({"value": m})).collect();
+    let group = scim.create_group(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Removals", "members": listed})).await;
+    let path = format!("/Groups/{group}");
+    let remove = |ids: &[String]| {
+        let values: Vec<Value> = ids
+            .iter()
+            .map(|m| json!({"value": m.to_uppercase()}))
+            .collect();
+        patch(json!([{"op": "Remove", "path": "members", "value": values}]))
+    };
+    // Two (one by one), then twenty (one statement).
+    for (from, to) in [(0, 2), (2, 22)] {
+        let status = scim.patch(&path, &remove(&members[from..to])).await.status;
+        assert!(matches!(status, 200 | 204), "{status}");
+        let mut expected = members[to..].to_vec();
+        expected.sort();
+        assert_eq!(member_ids(&scim.get(&path).await.body), expected);
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM group_member WHERE group_id = $1")
+            .bind(uuid::Uuid::parse_str(&group).unwrap())
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, expected.len() as i64);
+    }
+}
