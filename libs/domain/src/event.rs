@@ -20,11 +20,14 @@ pub trait EventKind: Serialize + DeserializeOwned + Sized {
 
     /// Reads an event of any released schema version. Version 1 is the only one so far; a
     /// later version adds an arm here that upcasts the old payload.
-    fn from_payload(event_type: &str, schema_version: u32, payload: Value) -> Result<Self, String> {
+    /// The payload is read where it is, not copied.
+    fn from_payload(
+        event_type: &str,
+        schema_version: u32,
+        payload: &Value,
+    ) -> Result<Self, String> {
         match schema_version {
-            1 => {
-                serde_json::from_value(payload).map_err(|error| format!("{event_type} v1: {error}"))
-            }
+            1 => Self::deserialize(payload).map_err(|error| format!("{event_type} v1: {error}")),
             other => Err(format!("{event_type}: unknown schema version {other}")),
         }
     }

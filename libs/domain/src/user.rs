@@ -470,9 +470,9 @@ mod tests {
             json!({"type": "user.attributes_changed", "changes": [{"path": "title", "after": "Dr"}]})
         );
         assert_eq!(
-            UserEvent::from_payload(changed.event_type(), 1, payload),
+            UserEvent::from_payload(changed.event_type(), 1, &payload),
             Ok(changed)
         );
-        assert!(UserEvent::from_payload("user.deactivated", 99, json!({})).is_err());
+        assert!(UserEvent::from_payload("user.deactivated", 99, &json!({})).is_err());
     }
 }

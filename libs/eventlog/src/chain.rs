@@ -8,7 +8,9 @@
 //! as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds), so that the same event gives the same
 //! bytes whether read from the stream or rebuilt from a PostgreSQL row.
 
-use serde_json::{Map, Value};
+use std::sync::LazyLock;
+
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use time::format_description::FormatItem;
 use time::{OffsetDateTime, UtcOffset};
@@ -18,92 +20,105 @@ use crate::envelope::Envelope;
 /// The hash a tenant's chain starts from.
 pub const GENESIS: [u8; 32] = [0; 32];
 
-fn timestamp_format() -> Vec<FormatItem<'static>> {
+/// The format of `occurred_at` in canonical bytes (parsed once).
+static TIMESTAMP: LazyLock<Vec<FormatItem<'static>>> = LazyLock::new(|| {
     time::format_description::parse_borrowed::<2>(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z",
     )
     .unwrap_or_default()
-}
+});
 
 /// An instant as canonical bytes write it.
 pub fn canonical_time(at: OffsetDateTime) -> String {
     at.to_offset(UtcOffset::UTC)
-        .format(&timestamp_format())
+        .format(&*TIMESTAMP)
         .unwrap_or_default()
 }
 
-fn write(value: &Value, out: &mut String) {
+/// Writes `value` with object keys sorted at every level, straight into `out` (the chain
+/// step runs for every event the projector and a rebuild apply: no value is copied).
+fn write(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (index, key) in keys.into_iter().enumerate() {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            // Keys of one object are distinct: an unstable sort orders them as a stable one.
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (index, (key, value)) in entries.into_iter().enumerate() {
                 if index > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&serde_json::to_string(key).unwrap_or_default());
-                out.push(':');
-                write(&map[key], out);
+                scalar(key, out);
+                out.push(b':');
+                write(value, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (index, item) in items.iter().enumerate() {
                 if index > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        other => scalar(other, out),
     }
+}
+
+/// A string, number, boolean or null as serde_json writes it. Writing into a `Vec` cannot
+/// fail, nor can serializing these.
+fn scalar(value: &(impl serde::Serialize + ?Sized), out: &mut Vec<u8>) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 /// Canonical JSON of any value.
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write(value, &mut out);
-    out
+    // Only serde_json's output and ASCII punctuation: always UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 impl Envelope {
-    /// The event's canonical bytes.
+    /// The event's canonical bytes: its fields in key order, written directly.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut map = Map::new();
-        map.insert("event_id".into(), Value::String(self.event_id.to_string()));
-        map.insert("tenant".into(), Value::String(self.tenant.clone()));
-        map.insert(
-            "aggregate_type".into(),
-            Value::String(self.aggregate_type.clone()),
+        let mut out = Vec::with_capacity(512);
+        let mut uuid = uuid::Uuid::encode_buffer();
+        out.extend_from_slice(b"{\"actor\":");
+        write(
+            &serde_json::to_value(&self.actor).unwrap_or(Value::Null),
+            &mut out,
         );
-        map.insert(
-            "aggregate_id".into(),
-            Value::String(self.aggregate_id.to_string()),
+        out.extend_from_slice(b",\"aggregate_id\":");
+        scalar(
+            self.aggregate_id.hyphenated().encode_lower(&mut uuid),
+            &mut out,
         );
-        map.insert("version".into(), Value::from(self.version));
-        map.insert("event_type".into(), Value::String(self.event_type.clone()));
-        map.insert("schema_version".into(), Value::from(self.schema_version));
-        map.insert(
-            "occurred_at".into(),
-            Value::String(canonical_time(self.occurred_at)),
-        );
-        map.insert(
-            "actor".into(),
-            serde_json::to_value(&self.actor).unwrap_or(Value::Null),
-        );
-        map.insert(
-            "request_id".into(),
-            self.request_id.clone().map_or(Value::Null, Value::String),
-        );
-        map.insert(
-            "traceparent".into(),
-            self.traceparent.clone().map_or(Value::Null, Value::String),
-        );
-        map.insert("payload".into(), self.payload.clone());
-        canonical_json(&Value::Object(map)).into_bytes()
+        out.extend_from_slice(b",\"aggregate_type\":");
+        scalar(&self.aggregate_type, &mut out);
+        out.extend_from_slice(b",\"event_id\":");
+        scalar(self.event_id.hyphenated().encode_lower(&mut uuid), &mut out);
+        out.extend_from_slice(b",\"event_type\":");
+        scalar(&self.event_type, &mut out);
+        out.extend_from_slice(b",\"occurred_at\":");
+        scalar(&canonical_time(self.occurred_at), &mut out);
+        out.extend_from_slice(b",\"payload\":");
+        write(&self.payload, &mut out);
+        out.extend_from_slice(b",\"request_id\":");
+        scalar(&self.request_id, &mut out);
+        out.extend_from_slice(b",\"schema_version\":");
+        scalar(&self.schema_version, &mut out);
+        out.extend_from_slice(b",\"tenant\":");
+        scalar(&self.tenant, &mut out);
+        out.extend_from_slice(b",\"traceparent\":");
+        scalar(&self.traceparent, &mut out);
+        out.extend_from_slice(b",\"version\":");
+        scalar(&self.version, &mut out);
+        out.push(b'}');
+        out
     }
 }
 
@@ -136,6 +151,95 @@ mod tests {
             request_id: None,
             traceparent: None,
             payload,
+        }
+    }
+
+    /// The canonical bytes as first written (a map of the fields, every key and scalar
+    /// serialized on its own): what every chain in the field was computed with.
+    fn reference(envelope: &Envelope) -> Vec<u8> {
+        fn write(value: &Value, out: &mut String) {
+            match value {
+                Value::Object(map) => {
+                    let mut keys: Vec<&String> = map.keys().collect();
+                    keys.sort();
+                    out.push('{');
+                    for (index, key) in keys.into_iter().enumerate() {
+                        if index > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&serde_json::to_string(key).unwrap());
+                        out.push(':');
+                        write(&map[key], out);
+                    }
+                    out.push('}');
+                }
+                Value::Array(items) => {
+                    out.push('[');
+                    for (index, item) in items.iter().enumerate() {
+                        if index > 0 {
+                            out.push(',');
+                        }
+                        write(item, out);
+                    }
+                    out.push(']');
+                }
+                other => out.push_str(&other.to_string()),
+            }
+        }
+        let value = json!({
+            "event_id": envelope.event_id.to_string(),
+            "tenant": envelope.tenant,
+            "aggregate_type": envelope.aggregate_type,
+            "aggregate_id": envelope.aggregate_id.to_string(),
+            "version": envelope.version,
+            "event_type": envelope.event_type,
+            "schema_version": envelope.schema_version,
+            "occurred_at": canonical_time(envelope.occurred_at),
+            "actor": serde_json::to_value(&envelope.actor).unwrap(),
+            "request_id": envelope.request_id,
+            "traceparent": envelope.traceparent,
+            "payload": envelope.payload,
+        });
+        let mut out = String::new();
+        write(&value, &mut out);
+        out.into_bytes()
+    }
+
+    #[test]
+    fn canonical_bytes_are_those_every_existing_chain_was_computed_with() {
+        let payloads = [
+            json!({}),
+            json!({"attributes": {"userName": "ada@example.com", "name": {"givenName": "Ada", "familyName": "Lovelace"},
+                   "emails": [{"value": "a@x", "type": "work", "primary": true}], "zeta": null, "Alpha": 1}}),
+            json!({"members": [{"value": "u1"}, {"value": "u2", "display": "Zoë \"quoted\" \\ back\nline\u{1}"}]}),
+            json!({"numbers": [0, -1, 1.5, 1e300, u64::MAX, i64::MIN], "empty": {}, "none": [], "b": false}),
+            json!({"ключ": "значение", "emoji": "🙂", "é": "e\u{301}", "": "empty key", "a\"b": "quote in key"}),
+            json!({"changes": [{"path": "name.givenName", "before": null, "after": "Grace"}], "nested": [[[{"z": 1, "a": 2}]]]}),
+        ];
+        let actors = [
+            Actor::Operator { name: "ops".into() },
+            Actor::ScimToken {
+                token_id: "0190f3a2-1111-7000-8000-00000000000\u{e9}".into(),
+            },
+        ];
+        for (index, payload) in payloads.into_iter().enumerate() {
+            for actor in &actors {
+                let mut event = envelope(payload.clone());
+                event.actor = actor.clone();
+                event.event_id = uuid::Uuid::from_u128(0xABCD_EF01_2345_6789_ABCD_EF01_2345_6789);
+                event.aggregate_id = uuid::Uuid::from_u128(index as u128 + 7);
+                event.version = u64::MAX - index as u64;
+                if index % 2 == 0 {
+                    event.request_id = Some("req-\"1\"".into());
+                    event.traceparent =
+                        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+                }
+                assert_eq!(
+                    String::from_utf8(event.canonical_bytes()).unwrap(),
+                    String::from_utf8(reference(&event)).unwrap(),
+                    "payload {index}"
+                );
+            }
         }
     }
 

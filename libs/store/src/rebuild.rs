@@ -32,6 +32,9 @@ pub const LOOKUP_INDEXES: &[&str] = &[
     "scim_user_user_name",
 ];
 
+/// How many deferred indexes are built at once.
+pub const INDEX_BUILDERS: usize = 2;
+
 impl Store {
     /// Drops any earlier rebuild schema and creates an empty one.
     pub async fn create_rebuild_schema(&self) -> Result<(), StoreError> {
@@ -67,15 +70,31 @@ impl Store {
         Ok(definitions)
     }
 
-    /// Builds again the indexes [`Store::defer_rebuild_indexes`] dropped.
+    /// Builds again the indexes [`Store::defer_rebuild_indexes`] dropped, [`INDEX_BUILDERS`]
+    /// at a time (each on a connection of its own): a build sorts on one core, so two keep a
+    /// second core busy.
     pub async fn restore_rebuild_indexes(&self, definitions: &[String]) -> Result<(), StoreError> {
-        let mut connection = self.admin_connection().await?;
-        sqlx::query("SET maintenance_work_mem = '256MB'")
-            .execute(&mut connection)
-            .await?;
-        for definition in definitions {
-            sqlx::query(definition).execute(&mut connection).await?;
-        }
+        let queue = std::sync::Mutex::new(definitions.iter());
+        let next = || {
+            queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .next()
+        };
+        let builder = || async {
+            let mut connection = self.admin_connection().await?;
+            sqlx::query("SET maintenance_work_mem = '256MB'")
+                .execute(&mut connection)
+                .await?;
+            while let Some(definition) = next() {
+                sqlx::query(definition).execute(&mut connection).await?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        futures::future::try_join_all(
+            (0..INDEX_BUILDERS.min(definitions.len())).map(|_| builder()),
+        )
+        .await?;
         Ok(())
     }
 

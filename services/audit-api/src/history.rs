@@ -91,11 +91,8 @@ pub fn user_as_of(id: Uuid, rows: &[AuditRow], at: OffsetDateTime) -> Result<AsO
     let until: Vec<&AuditRow> = rows.iter().filter(|r| r.occurred_at <= at).collect();
     let mut state = User::default();
     for row in &until {
-        let event = UserEvent::from_payload(
-            &row.event_type,
-            row.schema_version as u32,
-            row.payload.0.clone(),
-        )?;
+        let event =
+            UserEvent::from_payload(&row.event_type, row.schema_version as u32, &row.payload.0)?;
         state = user::evolve(state, &event);
     }
     Ok(match state {
@@ -117,11 +114,8 @@ pub fn group_as_of(id: Uuid, rows: &[AuditRow], at: OffsetDateTime) -> Result<As
     let until: Vec<&AuditRow> = rows.iter().filter(|r| r.occurred_at <= at).collect();
     let mut state = Group::default();
     for row in &until {
-        let event = GroupEvent::from_payload(
-            &row.event_type,
-            row.schema_version as u32,
-            row.payload.0.clone(),
-        )?;
+        let event =
+            GroupEvent::from_payload(&row.event_type, row.schema_version as u32, &row.payload.0)?;
         state = group::evolve(state, &event);
     }
     Ok(match state {
@@ -213,11 +207,8 @@ pub fn intervals(
     let mut open: BTreeMap<String, (String, OffsetDateTime, Cause)> = BTreeMap::new();
     let mut closed: Vec<Stretch> = Vec::new();
     for row in rows {
-        let event = GroupEvent::from_payload(
-            &row.event_type,
-            row.schema_version as u32,
-            row.payload.0.clone(),
-        )?;
+        let event =
+            GroupEvent::from_payload(&row.event_type, row.schema_version as u32, &row.payload.0)?;
         match &event {
             GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {
                 for member in members {

@@ -98,14 +98,18 @@ fn text(attributes: &Attributes, name: &str) -> Option<String> {
 }
 
 /// The read-model row of a user in state `next` (active or not) after `envelope`'s event.
-pub(crate) fn user_row(envelope: &Envelope, next: &User, created_at: OffsetDateTime) -> UserRow {
-    let attributes = next.attributes().cloned().unwrap_or_default();
+pub(crate) fn user_row(envelope: &Envelope, next: User, created_at: OffsetDateTime) -> UserRow {
+    let active = next.is_active();
+    let attributes = match next {
+        User::Active(attributes) | User::Inactive(attributes) => attributes,
+        User::Absent | User::Deleted => Attributes::default(),
+    };
     UserRow {
         tenant: envelope.tenant.clone(),
         id: envelope.aggregate_id,
         user_name: text(&attributes, "userName").unwrap_or_default(),
         external_id: text(&attributes, "externalId"),
-        active: next.is_active(),
+        active,
         attributes: Json(attributes),
         version: envelope.version as i64,
         created_at,
@@ -116,7 +120,7 @@ pub(crate) fn user_row(envelope: &Envelope, next: &User, created_at: OffsetDateT
 /// The read-model row of a group (members apart) in state `state` after `envelope`'s event.
 pub(crate) fn group_row(
     envelope: &Envelope,
-    state: &GroupState,
+    state: GroupState,
     created_at: OffsetDateTime,
 ) -> GroupRow {
     GroupRow {
@@ -124,7 +128,7 @@ pub(crate) fn group_row(
         id: envelope.aggregate_id,
         display_name: state.display_name().unwrap_or_default().to_owned(),
         external_id: text(&state.attributes, "externalId"),
-        attributes: Json(state.attributes.clone()),
+        attributes: Json(state.attributes),
         version: envelope.version as i64,
         created_at,
         updated_at: envelope.occurred_at,
@@ -192,16 +196,15 @@ pub async fn apply_effects(
     position: u32,
 ) -> Result<(), ProjectorError> {
     let fail = |reason: String| ProjectorError::Event { sequence, reason };
-    let payload = || envelope.payload.clone();
     let (schema, kind) = (envelope.schema_version, envelope.event_type.as_str());
     let effects = match envelope.aggregate_type.as_str() {
         UserEvent::AGGREGATE => {
-            let event = UserEvent::from_payload(kind, schema, payload()).map_err(fail)?;
+            let event = UserEvent::from_payload(kind, schema, &envelope.payload).map_err(fail)?;
             let revocation = apply_user(connection, envelope, &event, sequence, position).await?;
             user_effects(envelope, revocation.as_ref())
         }
         GroupEvent::AGGREGATE => {
-            let event = GroupEvent::from_payload(kind, schema, payload()).map_err(fail)?;
+            let event = GroupEvent::from_payload(kind, schema, &envelope.payload).map_err(fail)?;
             let former = apply_group(connection, envelope, &event, sequence).await?;
             group_effects(envelope, &event, &former)
         }
@@ -223,15 +226,16 @@ async fn apply_user(
 ) -> Result<Option<RevocationRow>, ProjectorError> {
     let (tenant, id) = (envelope.tenant.as_str(), envelope.aggregate_id);
     let row = rollcall_store::user::lock(connection, tenant, id).await?;
-    let current = match &row {
-        Some(row) if row.active => User::Active(row.attributes.0.clone()),
-        Some(row) => User::Inactive(row.attributes.0.clone()),
+    let created_at = row.as_ref().map(|row| row.created_at);
+    let current = match row {
+        Some(row) if row.active => User::Active(row.attributes.0),
+        Some(row) => User::Inactive(row.attributes.0),
         None => User::Absent,
     };
     match user::evolve(current, event) {
         next @ (User::Active(_) | User::Inactive(_)) => {
-            let created_at = row.map_or(envelope.occurred_at, |row| row.created_at);
-            let row = user_row(envelope, &next, created_at);
+            let created_at = created_at.unwrap_or(envelope.occurred_at);
+            let row = user_row(envelope, next, created_at);
             rollcall_store::user::upsert(connection, &row).await?;
         }
         User::Deleted => rollcall_store::user::delete(connection, tenant, id).await?,
@@ -274,7 +278,7 @@ async fn apply_group(
     match group::evolve(current, event) {
         Group::Active(state) => {
             let created_at = row.map_or(at, |row| row.created_at);
-            let row = group_row(envelope, &state, created_at);
+            let row = group_row(envelope, state, created_at);
             rollcall_store::group::upsert(connection, &row).await?;
             match event {
                 GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {

@@ -78,16 +78,19 @@ enum Parsed {
 /// Prepares an event for [`Fold::apply`].
 pub(crate) fn prepare(delivered: &Delivered) -> Prepared {
     let envelope = &delivered.envelope;
-    let payload = || envelope.payload.clone();
     let event = match envelope.aggregate_type.as_str() {
-        UserEvent::AGGREGATE => {
-            UserEvent::from_payload(&envelope.event_type, envelope.schema_version, payload())
-                .map(Parsed::User)
-        }
-        GroupEvent::AGGREGATE => {
-            GroupEvent::from_payload(&envelope.event_type, envelope.schema_version, payload())
-                .map(Parsed::Group)
-        }
+        UserEvent::AGGREGATE => UserEvent::from_payload(
+            &envelope.event_type,
+            envelope.schema_version,
+            &envelope.payload,
+        )
+        .map(Parsed::User),
+        GroupEvent::AGGREGATE => GroupEvent::from_payload(
+            &envelope.event_type,
+            envelope.schema_version,
+            &envelope.payload,
+        )
+        .map(Parsed::Group),
         other => Err(format!("unknown aggregate type {other:?}")),
     };
     Prepared {
@@ -257,13 +260,21 @@ impl<'a> Fold<'a> {
         Ok(prepared.draft)
     }
 
-    /// Writes the folded state: deletions first (a deleted user's or group's memberships with
-    /// them), then memberships removed, memberships added, rows and revocations.
+    /// Writes the folded state on `connection` and, at the same time, the audit records and
+    /// chain heads in `pending` on `journal`.
     pub(crate) async fn write(
         self,
         connection: &mut PgConnection,
+        journal: &mut PgConnection,
         pending: Pending,
     ) -> Result<(), ProjectorError> {
+        tokio::try_join!(self.write_rows(connection), pending.flush(journal))?;
+        Ok(())
+    }
+
+    /// Writes the folded state: deletions first (a deleted user's or group's memberships with
+    /// them), then memberships removed, memberships added, rows and revocations.
+    async fn write_rows(self, connection: &mut PgConnection) -> Result<(), ProjectorError> {
         fn deleted<'a, S>(slots: &HashMap<Key<'a>, Slot<'a, S>>) -> Vec<Key<'a>> {
             slots
                 .iter()
@@ -276,13 +287,13 @@ impl<'a> Fold<'a> {
             .users
             .into_values()
             .filter_map(Slot::written)
-            .map(|(state, last, created_at)| apply::user_row(last, &state, created_at))
+            .map(|(state, last, created_at)| apply::user_row(last, state, created_at))
             .collect();
         let groups: Vec<GroupRow> = self
             .groups
             .into_values()
             .filter_map(Slot::written)
-            .map(|(state, last, created_at)| apply::group_row(last, &state, created_at))
+            .map(|(state, last, created_at)| apply::group_row(last, state, created_at))
             .collect();
         rollcall_store::user::delete_many(connection, &deleted_users).await?;
         rollcall_store::group::delete_many(connection, &deleted_groups).await?;
@@ -313,7 +324,7 @@ impl<'a> Fold<'a> {
         rollcall_store::user::upsert_many(connection, &users).await?;
         rollcall_store::group::upsert_many(connection, &groups).await?;
         access::record_many(connection, &self.revocations).await?;
-        pending.flush(connection).await
+        Ok(())
     }
 }
 

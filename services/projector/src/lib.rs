@@ -90,6 +90,10 @@ pub enum ProjectorError {
     /// Bad configuration.
     #[error("{0}")]
     Config(String),
+    /// A rebuild batch's audit records were committed and its other rows could not be: the
+    /// rebuild stops (it starts again from nothing when run again).
+    #[error("a rebuild batch was committed in part ({0}); run the rebuild again")]
+    Torn(String),
     /// The installation's partitioning changed since this process started.
     #[error("the installation now has {current} partition(s), this process was started with {started}: restart it")]
     Repartitioned {
@@ -560,7 +564,9 @@ impl Projector {
         if foldable {
             match self.apply_bulk(delivered, prepared, from, through).await {
                 Ok(checkpoint) => return Ok((true, checkpoint)),
-                Err(error @ ProjectorError::Gap { .. }) => return Err(error),
+                Err(error @ (ProjectorError::Gap { .. } | ProjectorError::Torn(_))) => {
+                    return Err(error)
+                }
                 Err(error) => {
                     info!(error = %error, events = delivered.len(), "a batch could not be folded; applying it event by event");
                 }
@@ -581,14 +587,22 @@ impl Projector {
         from: u64,
         through: u64,
     ) -> Result<u64, ProjectorError> {
+        // Two transactions, so that PostgreSQL writes the batch on two cores: the audit
+        // records and chain heads in `journal`, every other row and the checkpoint in
+        // `transaction`. `journal` commits first: when it cannot, nothing is committed and the
+        // batch may be applied again event by event; when `transaction` then cannot, the batch
+        // is committed in part and the rebuild stops ([`ProjectorError::Torn`]).
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
+        let mut journal = self.store.pool().begin().await.map_err(StoreError::from)?;
         // A rebuild that stops starts again from nothing (its schema is created afresh), so its
         // batches need not wait for their WAL to reach the disk: the swap that makes them live
         // commits synchronously, which flushes everything committed before it.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
+        for connection in [&mut *transaction, &mut *journal] {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(connection)
+                .await
+                .map_err(StoreError::from)?;
+        }
         let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
         if !due(checkpoint, from, through)? {
             return Ok(checkpoint);
@@ -599,11 +613,15 @@ impl Projector {
         let mut pending = apply::Pending::default();
         for (event, prepared) in events.iter().zip(prepared.into_iter().skip(start)) {
             let draft = fold.apply(event, prepared)?;
-            apply::chain(&mut transaction, &mut pending, draft).await?;
+            apply::chain(&mut journal, &mut pending, draft).await?;
         }
-        fold.write(&mut transaction, pending).await?;
+        fold.write(&mut transaction, &mut journal, pending).await?;
         checkpoint::set(&mut transaction, &self.name, through).await?;
-        transaction.commit().await.map_err(StoreError::from)?;
+        journal.commit().await.map_err(StoreError::from)?;
+        transaction
+            .commit()
+            .await
+            .map_err(|error| ProjectorError::Torn(error.to_string()))?;
         Ok(through)
     }
 

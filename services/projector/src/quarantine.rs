@@ -156,7 +156,7 @@ pub async fn affected_users(
     if let Ok(event) = GroupEvent::from_payload(
         &envelope.event_type,
         envelope.schema_version,
-        envelope.payload.clone(),
+        &envelope.payload,
     ) {
         let named: Vec<&str> = match &event {
             GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {

@@ -220,7 +220,7 @@ impl<A: Aggregate> Repository<A> {
             let event = A::Event::from_payload(
                 &envelope.event_type,
                 envelope.schema_version,
-                envelope.payload,
+                &envelope.payload,
             )
             .map_err(|reason| {
                 ApiError::Internal(format!("unreadable event {}: {reason}", envelope.event_id))
