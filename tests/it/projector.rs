@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use reqwest::Method;
 use rollcall_domain::user::UserEvent;
-use rollcall_it::{eventually, TestEnv};
+use rollcall_eventlog::{fault, Namespace};
+use rollcall_it::{eventually, Installation, TestEnv};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -380,4 +381,151 @@ async fn the_request_trace_continues_through_the_event_into_the_audit_record() {
         !events[0].actor.0.to_string().contains(&env.token),
         "the secret never enters an event"
     );
+}
+
+/// The rebuild the test below kills: started by it in a process of its own (this binary, run
+/// again with `--exact` and `--ignored`), it rebuilds the test's installation and dies at the
+/// fault point `ROLLCALL_FAULT` names. Run any other way it does nothing.
+#[tokio::test]
+#[ignore = "the rebuild process of the test that kills one; it starts it"]
+async fn rebuild_child_process() {
+    let (Ok(nats), Ok(namespace), Ok(database)) = (
+        std::env::var(CHILD_NATS),
+        std::env::var(CHILD_NAMESPACE),
+        std::env::var(CHILD_DATABASE),
+    ) else {
+        eprintln!("not started by the test that kills a rebuild: nothing to do");
+        return;
+    };
+    let installation = Installation::open(nats, Namespace::new(namespace).unwrap(), database).await;
+    // Never dropped: the installation is the parent test's, which inspects what is left.
+    let installation = std::mem::ManuallyDrop::new(installation);
+    let rebuilt = rollcall_projector::rebuild::rebuild(
+        installation.client.clone(),
+        &installation.log,
+        &installation.store,
+        2,
+        |_| {},
+    )
+    .await;
+    println!("the rebuild ended without reaching its fault point: {rebuilt:?}");
+}
+
+const CHILD_NATS: &str = "ROLLCALL_IT_REBUILD_NATS";
+const CHILD_NAMESPACE: &str = "ROLLCALL_IT_REBUILD_NAMESPACE";
+const CHILD_DATABASE: &str = "ROLLCALL_IT_REBUILD_DATABASE";
+const SIGABRT: i32 = 6;
+
+/// A bulk batch commits its audit records and its other rows in two transactions (PostgreSQL
+/// writes them on two cores). A rebuild killed between the two (`kill -9`: no destructor, no
+/// rollback sent) has left a torn batch in its own schema only: the live read models, which
+/// the services read, are untouched, and the rebuild run again starts from nothing and gives
+/// exactly the live tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_killed_between_a_batch_s_two_commits_changes_nothing_live_and_runs_again() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    let mut users = Vec::new();
+    for n in 0..4 {
+        users.push(scim.create_user(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": format!("k{n}@x")})).await);
+    }
+    let members: Vec<_> = users.iter().map(|id| json!({"value": id})).collect();
+    let group = scim.create_group(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Killed", "members": members})).await;
+    let (head, live) = live_snapshot(&env, "the live projector applied every event").await;
+
+    let output = run_rebuild_child(&env, fault::REBUILD_JOURNAL_COMMITTED).await;
+    assert_eq!(
+        output.status.signal(),
+        Some(SIGABRT),
+        "the rebuild must die at its fault point; it ended {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    // The torn batch: audit records past the rebuild schema's checkpoint.
+    let schema = rollcall_store::rebuild::REBUILD_SCHEMA;
+    let torn: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {schema}.audit_event
+         WHERE sequence > coalesce((SELECT sequence FROM {schema}.projection_checkpoint WHERE name = 'projector'), 0)"
+    ))
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert!(
+        torn > 0,
+        "the rebuild died after committing a batch's audit records"
+    );
+    assert_eq!(
+        snapshot(&env).await,
+        live,
+        "the live read models are untouched"
+    );
+    assert_eq!(scim.get(&format!("/Groups/{group}")).await.status, 200);
+
+    let rebuilt =
+        rollcall_projector::rebuild::rebuild(env.client.clone(), &env.log, &env.store, 2, |_| {})
+            .await
+            .unwrap();
+    assert_eq!((rebuilt.applied, rebuilt.folded), (head, head));
+    assert_eq!(snapshot(&env).await, live);
+}
+
+/// Runs [`rebuild_child_process`] on `env`'s installation with `ROLLCALL_FAULT` set to `point`.
+async fn run_rebuild_child(env: &TestEnv, point: &str) -> std::process::Output {
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "projector::rebuild_child_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_NATS, &env.nats_url)
+        .env(CHILD_NAMESPACE, env.namespace.as_str())
+        .env(CHILD_DATABASE, &env.database_url)
+        .env(fault::VARIABLE, point)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(120), child)
+        .await
+        .expect("the rebuild process ends within 2 minutes")
+        .unwrap()
+}
+
+/// A commit that fails after a batch's audit records were committed (the connection may have
+/// been lost after PostgreSQL committed) stops the rebuild with an error: it does not apply the
+/// batch again event by event, which would insert its audit records twice and quarantine the
+/// batch as poison. Run again, the rebuild gives exactly the live tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_batch_whose_second_commit_fails_stops_the_rebuild_without_quarantine() {
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    for n in 0..3 {
+        scim.create_user(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": format!("f{n}@x")})).await;
+    }
+    let (head, live) = live_snapshot(&env, "the live projector applied every event").await;
+    let output = run_rebuild_child(&env, fault::REBUILD_ROWS_COMMIT_FAILS).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("Err(Torn("),
+        "the rebuild must stop with Torn; it ended {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+    );
+    let schema = rollcall_store::rebuild::REBUILD_SCHEMA;
+    let quarantined: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {schema}.projection_quarantine"
+    ))
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(quarantined, 0, "nothing was applied again event by event");
+    assert_eq!(snapshot(&env).await, live);
+    let rebuilt =
+        rollcall_projector::rebuild::rebuild(env.client.clone(), &env.log, &env.store, 2, |_| {})
+            .await
+            .unwrap();
+    assert_eq!((rebuilt.applied, rebuilt.folded), (head, head));
+    assert_eq!(snapshot(&env).await, live);
 }

@@ -19,6 +19,13 @@ pub const APPEND_SENT: &str = "eventlog.append.sent";
 /// The stream acknowledged the write; the SCIM response is not sent yet.
 pub const WRITE_APPENDED: &str = "scim.write.appended";
 
+/// A rebuild batch's audit records are committed; its other rows and its checkpoint are not.
+pub const REBUILD_JOURNAL_COMMITTED: &str = "projector.rebuild.journal-committed";
+
+/// A rebuild batch's audit records are committed; the commit of its other rows fails (an
+/// error, not an abort: the rebuild must stop, not apply the batch again event by event).
+pub const REBUILD_ROWS_COMMIT_FAILS: &str = "projector.rebuild.rows-commit-fails";
+
 /// Whether `ROLLCALL_FAULT` names `name` (always false in release builds).
 pub fn armed(name: &str) -> bool {
     cfg!(debug_assertions) && std::env::var(VARIABLE).is_ok_and(|value| value == name)

@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use rollcall_eventlog::consumer::{commits, decode, Delivered};
 use rollcall_eventlog::partition::{subject_tenant, Partition, Partitioning};
-use rollcall_eventlog::{EventLog, LoadError};
+use rollcall_eventlog::{fault, EventLog, LoadError};
 use rollcall_store::quarantine::Status;
 use rollcall_store::{checkpoint, Store, StoreError};
 use sqlx::Connection;
@@ -589,9 +589,9 @@ impl Projector {
     ) -> Result<u64, ProjectorError> {
         // Two transactions, so that PostgreSQL writes the batch on two cores: the audit
         // records and chain heads in `journal`, every other row and the checkpoint in
-        // `transaction`. `journal` commits first: when it cannot, nothing is committed and the
-        // batch may be applied again event by event; when `transaction` then cannot, the batch
-        // is committed in part and the rebuild stops ([`ProjectorError::Torn`]).
+        // `transaction`. A statement that fails rolls both back (the batch is then applied event
+        // by event); a commit that fails stops the rebuild ([`ProjectorError::Torn`]), which
+        // starts again from nothing when run again.
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
         let mut journal = self.store.pool().begin().await.map_err(StoreError::from)?;
         // A rebuild that stops starts again from nothing (its schema is created afresh), so its
@@ -617,11 +617,19 @@ impl Projector {
         }
         fold.write(&mut transaction, &mut journal, pending).await?;
         checkpoint::set(&mut transaction, &self.name, through).await?;
-        journal.commit().await.map_err(StoreError::from)?;
-        transaction
-            .commit()
-            .await
-            .map_err(|error| ProjectorError::Torn(error.to_string()))?;
+        // A commit that fails may have been committed all the same (the connection lost before
+        // the answer): applying the batch again would insert its audit records twice.
+        let torn = |error: sqlx::Error| ProjectorError::Torn(error.to_string());
+        journal.commit().await.map_err(torn)?;
+        fault::point(fault::REBUILD_JOURNAL_COMMITTED);
+        let committed = if fault::armed(fault::REBUILD_ROWS_COMMIT_FAILS) {
+            Err(sqlx::Error::Protocol(
+                fault::REBUILD_ROWS_COMMIT_FAILS.into(),
+            ))
+        } else {
+            transaction.commit().await
+        };
+        committed.map_err(torn)?;
         Ok(through)
     }
 
