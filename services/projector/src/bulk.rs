@@ -8,7 +8,7 @@
 //! PostgreSQL refuses sends the batch back to the one-by-one path, which quarantines what must
 //! be. It writes no access outbox: a rebuild does not publish (the live state is published).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rollcall_domain::group::{self, Group, GroupEvent, GroupState};
 use rollcall_domain::user::{self, User, UserEvent};
@@ -113,9 +113,13 @@ pub(crate) struct Fold<'a> {
 impl<'a> Fold<'a> {
     /// Reads the current rows of every user and group the events concern (locked, in one
     /// statement each).
+    ///
+    /// `written`, when given, holds the id of every user and group that has a row (a rebuild
+    /// knows what it wrote into its empty schema): the others are not looked up.
     pub(crate) async fn load(
         connection: &mut PgConnection,
         events: &'a [Delivered],
+        written: Option<&HashSet<Uuid>>,
     ) -> Result<Fold<'a>, ProjectorError> {
         let mut fold = Fold::default();
         for event in events {
@@ -130,7 +134,8 @@ impl<'a> Fold<'a> {
                 _ => {}
             }
         }
-        let keys: Vec<Key<'a>> = fold.users.keys().copied().collect();
+        let stored = |key: &&Key<'a>| written.is_none_or(|written| written.contains(&key.1));
+        let keys: Vec<Key<'a>> = fold.users.keys().filter(stored).copied().collect();
         let mut rows: HashMap<_, _> = rollcall_store::user::lock_many(connection, &keys)
             .await?
             .into_iter()
@@ -147,7 +152,7 @@ impl<'a> Fold<'a> {
                 slot.created_at = Some(row.created_at);
             }
         }
-        let keys: Vec<Key<'a>> = fold.groups.keys().copied().collect();
+        let keys: Vec<Key<'a>> = fold.groups.keys().filter(stored).copied().collect();
         let mut rows: HashMap<_, _> = rollcall_store::group::lock_many(connection, &keys)
             .await?
             .into_iter()

@@ -549,6 +549,7 @@ impl Projector {
         from: u64,
         through: u64,
         deferred: &mut Option<Vec<String>>,
+        written: &mut Option<std::collections::HashSet<uuid::Uuid>>,
     ) -> Result<(bool, u64), ProjectorError> {
         // Resolutions of the quarantine and events held behind a quarantined one of their
         // resource take the one-by-one path.
@@ -562,8 +563,16 @@ impl Projector {
                         .contains(&envelope.tenant, envelope.aggregate_id))
         });
         if foldable {
-            match self.apply_bulk(delivered, prepared, from, through).await {
-                Ok(checkpoint) => return Ok((true, checkpoint)),
+            match self
+                .apply_bulk(delivered, prepared, from, through, written.as_ref())
+                .await
+            {
+                Ok(checkpoint) => {
+                    if let Some(written) = written {
+                        written.extend(delivered.iter().map(|event| event.envelope.aggregate_id));
+                    }
+                    return Ok((true, checkpoint));
+                }
                 Err(error @ (ProjectorError::Gap { .. } | ProjectorError::Torn(_))) => {
                     return Err(error)
                 }
@@ -572,6 +581,9 @@ impl Projector {
                 }
             }
         }
+        // The one-by-one path may write rows of resources outside the batch (a resolution of
+        // the quarantine applies the events held for one): from here on every row is looked up.
+        *written = None;
         if let Some(definitions) = deferred.take() {
             info!("building the read models' indexes before applying events one by one");
             self.store.restore_rebuild_indexes(&definitions).await?;
@@ -586,6 +598,7 @@ impl Projector {
         prepared: Vec<bulk::Prepared>,
         from: u64,
         through: u64,
+        written: Option<&std::collections::HashSet<uuid::Uuid>>,
     ) -> Result<u64, ProjectorError> {
         // Two transactions, so that PostgreSQL writes the batch on two cores: the audit
         // records and chain heads in `journal`, every other row and the checkpoint in
@@ -609,7 +622,7 @@ impl Projector {
         }
         let start = delivered.partition_point(|event| event.sequence <= checkpoint);
         let events = &delivered[start..];
-        let mut fold = bulk::Fold::load(&mut transaction, events).await?;
+        let mut fold = bulk::Fold::load(&mut transaction, events, written).await?;
         let mut pending = apply::Pending::default();
         for (event, prepared) in events.iter().zip(prepared.into_iter().skip(start)) {
             let draft = fold.apply(event, prepared)?;

@@ -49,6 +49,8 @@ pub async fn rebuild(
     let mut deferred = store.defer_rebuild_indexes(DEFERRED_INDEXES).await?;
     deferred.extend(store.defer_rebuild_indexes(LOOKUP_INDEXES).await?);
     let mut deferred = Some(deferred);
+    // The schema starts empty: the rebuild knows which users and groups have rows.
+    let mut written = Some(std::collections::HashSet::new());
     let mut progress = Progress::default();
     let mut indexed = false;
     loop {
@@ -71,6 +73,7 @@ pub async fn rebuild(
         let mut carried = Carried {
             progress: &mut progress,
             deferred: &mut deferred,
+            written: &mut written,
         };
         catch_up(
             &projector,
@@ -150,7 +153,14 @@ async fn catch_up(
                 through,
             } = read?;
             let (folded, reached) = projector
-                .apply_folded(&delivered, prepared, from, through, carried.deferred)
+                .apply_folded(
+                    &delivered,
+                    prepared,
+                    from,
+                    through,
+                    carried.deferred,
+                    carried.written,
+                )
                 .await?;
             let progress = &mut *carried.progress;
             progress.applied += delivered.len() as u64;
@@ -180,11 +190,13 @@ async fn catch_up(
     result.map(|_| ())
 }
 
-/// What catching up carries from batch to batch: the progress, and the definitions of the
-/// indexes while they are deferred.
+/// What catching up carries from batch to batch: the progress, the definitions of the indexes
+/// while they are deferred, and which resources have rows while the rebuild knows it.
 struct Carried<'a> {
     progress: &'a mut Progress,
     deferred: &'a mut Option<Vec<String>>,
+    /// The ids of every user and group written so far, until a batch goes event by event.
+    written: &'a mut Option<std::collections::HashSet<uuid::Uuid>>,
 }
 
 /// A batch read from the stream: its events, each also prepared for folding, and the stream
