@@ -541,7 +541,8 @@ impl Projector {
     /// the definitions of the rebuild schema's indexes not built yet: they are built before any
     /// batch is applied event by event, so that PostgreSQL refuses what it refused to the live
     /// projector (the bulk path refuses, at every event, a key too long to be certain to fit an
-    /// index entry).
+    /// index entry). `written` holds, while the rebuild knows them, the ids of every user and
+    /// group that has a row (only those are looked up); a batch applied event by event ends it.
     pub(crate) async fn apply_folded(
         &self,
         delivered: &[Delivered],
