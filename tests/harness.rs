@@ -745,6 +745,21 @@ async fn open_log(client: &async_nats::Client, namespace: &Namespace) -> EventLo
     }
 }
 
+/// This test binary run again for one of its ignored tests, `name` (`module::test`), alone:
+/// how the tests that kill or start processes of their own start them. The ignored test does
+/// nothing unless the variables the caller sets name an installation to work on.
+pub fn child_test(name: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command.args([
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    command
+}
+
 /// Polls `condition` every 50 ms until it holds; panics after `deadline` naming `what`.
 pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut condition: F)
 where

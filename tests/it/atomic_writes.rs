@@ -377,14 +377,7 @@ async fn kill_the_writer_at(point: &str) -> Left {
     // The writer's own projector projects, as it would in its own process.
     first.kill_projector().await;
 
-    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            CHILD,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let child = tokio::process::Command::from(rollcall_it::child_test(CHILD))
         .env(CHILD_NATS, &first.nats_url)
         .env(CHILD_NAMESPACE, first.namespace.as_str())
         .env(CHILD_DATABASE, &first.database_url)

@@ -261,13 +261,7 @@ async fn killing_the_active_projector_process_hands_its_partitions_over() {
     let mut env = TestEnv::start().await;
     env.kill_projector().await;
     let parent = projector_process(&env, Some(PARTITIONS)).await;
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "partitions::child_projector_process",
-            "--ignored",
-            "--nocapture",
-        ])
+    let mut child = rollcall_it::child_test("partitions::child_projector_process")
         .env(
             "ROLLCALL_IT_CHILD_PROJECTOR",
             format!("{}|{}", env.database_url, env.namespace),

@@ -479,20 +479,14 @@ async fn rebuilds_again_as_live(env: &TestEnv, head: u64, live: &[String]) {
 
 /// Runs [`rebuild_child_process`] on `env`'s installation with `ROLLCALL_FAULT` set to `point`.
 async fn run_rebuild_child(env: &TestEnv, point: &str) -> std::process::Output {
-    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "projector::rebuild_child_process",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_NATS, &env.nats_url)
-        .env(CHILD_NAMESPACE, env.namespace.as_str())
-        .env(CHILD_DATABASE, &env.database_url)
-        .env(fault::VARIABLE, point)
-        .kill_on_drop(true)
-        .output();
+    let child =
+        tokio::process::Command::from(rollcall_it::child_test("projector::rebuild_child_process"))
+            .env(CHILD_NATS, &env.nats_url)
+            .env(CHILD_NAMESPACE, env.namespace.as_str())
+            .env(CHILD_DATABASE, &env.database_url)
+            .env(fault::VARIABLE, point)
+            .kill_on_drop(true)
+            .output();
     tokio::time::timeout(Duration::from_secs(120), child)
         .await
         .expect("the rebuild process ends within 2 minutes")
