@@ -33,7 +33,7 @@ pub trait Aggregate: Send + Sync + 'static {
     /// The events.
     type Event: EventKind + Clone + Send + Sync;
     /// The commands.
-    type Command;
+    type Command: Clone + Send + Sync;
     /// Why a command is refused.
     type Error: Into<ApiError>;
     /// Decides one command against the state.
@@ -261,19 +261,25 @@ impl<A: Aggregate> Repository<A> {
     where
         F: FnMut(&Folded<A::State>) -> Result<Vec<A::Event>, ApiError>,
     {
-        self.write_then(context, id, plan, |folded, appended| Written {
-            folded: folded.clone(),
-            appended,
-        })
+        let mut plan = plan;
+        self.write_then(
+            context,
+            id,
+            |folded| Ok((plan(folded)?, ())),
+            |folded, appended, ()| Written {
+                folded: folded.clone(),
+                appended,
+            },
+        )
         .await
     }
 
-    /// [`Repository::write`], answering with what `render` makes of the written state (and how
-    /// many events were appended) while the state is still the cache's alone: the next write
-    /// takes it back without a copy, which for a group of 100,000 members is most of a write's
-    /// cost.
+    /// [`Repository::write`], answering with what `render` makes of the written state (with
+    /// how many events were appended, and what the plan that was appended noted of the state
+    /// it decided on) while the state is still the cache's alone: the next write takes it back
+    /// without a copy, which for a group of 100,000 members is most of a write's cost.
     #[instrument(skip_all, fields(aggregate = A::Event::AGGREGATE, aggregate.id = %id), err(level = "debug"))]
-    pub async fn write_then<F, R, T>(
+    pub async fn write_then<F, N, R, T>(
         &self,
         context: &WriteContext,
         id: Uuid,
@@ -281,8 +287,8 @@ impl<A: Aggregate> Repository<A> {
         render: R,
     ) -> Result<T, ApiError>
     where
-        F: FnMut(&Folded<A::State>) -> Result<Vec<A::Event>, ApiError>,
-        R: FnOnce(&Arc<Folded<A::State>>, usize) -> T,
+        F: FnMut(&Folded<A::State>) -> Result<(Vec<A::Event>, N), ApiError>,
+        R: FnOnce(&Arc<Folded<A::State>>, usize, N) -> T,
     {
         let subject = self.subject(&context.tenant, id);
         let slot = self.slot(&subject);
@@ -292,14 +298,14 @@ impl<A: Aggregate> Repository<A> {
             None => self.refresh(&subject, None).await?,
         };
         for attempt in 1..=MAX_ATTEMPTS {
-            let events = match plan(&folded) {
+            let (events, noted) = match plan(&folded) {
                 // A refusal or "nothing to change" decided on a state that may be behind is no
                 // answer (the user a replica has not yet seen created, or still active there).
                 Err(_) if folded.from_replica => return Err(leader_silent()),
-                Ok(events) if events.is_empty() && folded.from_replica => {
+                Ok((events, _)) if events.is_empty() && folded.from_replica => {
                     return Err(leader_silent())
                 }
-                Ok(events) => events,
+                Ok(planned) => planned,
                 Err(error) => {
                     *guard = Some(Arc::new(folded));
                     return Err(error);
@@ -307,7 +313,7 @@ impl<A: Aggregate> Repository<A> {
             };
             if events.is_empty() {
                 let folded = Arc::new(folded);
-                let rendered = render(&folded, 0);
+                let rendered = render(&folded, 0, noted);
                 *guard = Some(folded);
                 return Ok(rendered);
             }
@@ -349,7 +355,7 @@ impl<A: Aggregate> Repository<A> {
                     next.created_at.get_or_insert(now);
                     next.updated_at = Some(now);
                     let next = Arc::new(next);
-                    let rendered = render(&next, events.len());
+                    let rendered = render(&next, events.len(), noted);
                     *guard = Some(next);
                     return Ok(rendered);
                 }

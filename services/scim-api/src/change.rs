@@ -14,6 +14,17 @@ pub(crate) enum Change {
 }
 
 impl Change {
+    /// Whether the change may touch `attribute` (then, for a unique attribute, its claim is
+    /// checked before anything is appended): a PUT always may; a PATCH may when its body
+    /// names the attribute anywhere (a path, a filter, a value object's key).
+    pub(crate) fn may_touch(&self, attribute: &str, body: &Value) -> bool {
+        matches!(self, Change::Replace(_))
+            || body
+                .to_string()
+                .to_ascii_lowercase()
+                .contains(&attribute.to_ascii_lowercase())
+    }
+
     /// The document after the change.
     pub(crate) fn apply(&self, rt: &ResourceType, current: &Value) -> Result<Value, ApiError> {
         match self {

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use rollcall_domain::group::{self, Group, GroupCommand};
-use rollcall_domain::user::{self, User, UserCommand};
 use rollcall_eventlog::{Actor, Claim, Claims};
 use rollcall_scim::{case, ScimError};
 use rollcall_store::Store;
@@ -13,14 +11,10 @@ use time::OffsetDateTime;
 use tracing::warn;
 use uuid::Uuid;
 
-use crate::aggregate::WriteContext;
+use crate::aggregate::{self, Groups, Users, WriteContext};
 use crate::error::ApiError;
+use crate::resources::{Resource, Stage};
 use crate::AppState;
-
-/// The claim kind of userNames.
-pub const USER_NAME: &str = "userName";
-/// The claim kind of group displayNames.
-pub const DISPLAY_NAME: &str = "displayName";
 
 /// A claim taken before claims named their process, whose holder has no event, is recovered
 /// (after fencing the holder) once older than this: longer than a live writer takes from its
@@ -31,31 +25,14 @@ const RECOVER_AFTER: Duration = Duration::from_secs(10);
 /// writer crashed between renaming and releasing.
 const STALE_AFTER: Duration = Duration::from_secs(30);
 
-async fn holder_uses(
+async fn holder_uses<R: Resource>(
     state: &AppState,
     tenant: &str,
-    kind: &str,
     value: &str,
     holder: Uuid,
 ) -> Result<bool, ApiError> {
-    let current = if kind == USER_NAME {
-        state
-            .repositories
-            .users
-            .load(tenant, holder)
-            .await?
-            .state
-            .user_name()
-            .map(str::to_owned)
-    } else {
-        let folded = state.repositories.groups.load(tenant, holder).await?;
-        folded
-            .state
-            .state()
-            .and_then(|s| s.display_name())
-            .map(str::to_owned)
-    };
-    Ok(current.is_some_and(|current| case::equal(&current, value)))
+    let folded = R::repository(state).load(tenant, holder).await?;
+    Ok(R::unique(&folded.state).is_some_and(|current| case::equal(current, value)))
 }
 
 /// Claims the folded keys of existing users and groups whose claims were taken under their
@@ -68,8 +45,8 @@ pub async fn adopt_folded_keys(claims: &Claims, store: &Store) -> Result<usize, 
     let groups = store.group_names_beyond_ascii().await?;
     let named = users
         .into_iter()
-        .map(|row| (USER_NAME, row))
-        .chain(groups.into_iter().map(|row| (DISPLAY_NAME, row)));
+        .map(|row| (Users::UNIQUE, row))
+        .chain(groups.into_iter().map(|row| (Groups::UNIQUE, row)));
     let mut adopted = 0;
     for (kind, (tenant, id, name)) in named {
         if name.to_lowercase() == case::fold(&name) {
@@ -93,10 +70,9 @@ pub async fn adopt_folded_keys(claims: &Claims, store: &Store) -> Result<usize, 
 /// Whether a claim's holder provably never comes to use its claim: it has no event, and an
 /// `abandoned` event appended where its first event would go (expecting none) now fences its
 /// writer out for good; or it was deleted (for good). A holder that exists answers `false`.
-async fn fence_absent(
+async fn fence_absent<R: Resource>(
     state: &AppState,
     tenant: &str,
-    kind: &str,
     holder: Uuid,
 ) -> Result<bool, ApiError> {
     if holder.is_nil() {
@@ -109,38 +85,17 @@ async fn fence_absent(
         },
         request_id: format!("claim-recovery-{holder}"),
     };
-    let fenced = if kind == USER_NAME {
-        let folded = state.repositories.users.load(tenant, holder).await?;
-        match folded.state {
-            User::Deleted => return Ok(true),
-            User::Absent => {
-                state
-                    .repositories
-                    .users
-                    .write(&context, holder, |folded| {
-                        Ok(user::decide(&folded.state, UserCommand::Abandon)?)
-                    })
-                    .await
-            }
-            _ => return Ok(false),
-        }
-        .map(|written| written.appended > 0)
-    } else {
-        let folded = state.repositories.groups.load(tenant, holder).await?;
-        match folded.state {
-            Group::Deleted => return Ok(true),
-            Group::Absent => {
-                state
-                    .repositories
-                    .groups
-                    .write(&context, holder, |folded| {
-                        Ok(group::decide(&folded.state, GroupCommand::Abandon)?)
-                    })
-                    .await
-            }
-            _ => return Ok(false),
-        }
-        .map(|written| written.appended > 0)
+    let repository = R::repository(state);
+    let folded = repository.load(tenant, holder).await?;
+    let fenced = match R::stage(&folded.state) {
+        Stage::Deleted => return Ok(true),
+        Stage::Live => return Ok(false),
+        Stage::Absent => repository
+            .write(&context, holder, |folded| {
+                aggregate::decide_all::<R>(&folded.state, vec![R::abandon()])
+            })
+            .await
+            .map(|written| written.appended > 0),
     };
     match fenced {
         Ok(fenced) => Ok(fenced),
@@ -151,13 +106,13 @@ async fn fence_absent(
 }
 
 /// Claims `value` for `holder`, or answers `409 uniqueness`.
-pub async fn claim(
+pub async fn claim<R: Resource>(
     state: &AppState,
     tenant: &str,
-    kind: &str,
     value: &str,
     holder: Uuid,
 ) -> Result<(), ApiError> {
+    let kind = R::UNIQUE;
     match state.claims.claim(tenant, kind, value, holder).await? {
         Claim::Acquired | Claim::AlreadyHeld => Ok(()),
         Claim::HeldBy {
@@ -179,7 +134,7 @@ pub async fn claim(
                 None => age > RECOVER_AFTER,
             };
             if writer_gone
-                && fence_absent(state, tenant, kind, other).await?
+                && fence_absent::<R>(state, tenant, other).await?
                 && state
                     .claims
                     .take_over(tenant, kind, value, holder, revision)
@@ -190,7 +145,7 @@ pub async fn claim(
             }
             let old = age > STALE_AFTER;
             if old
-                && !holder_uses(state, tenant, kind, value, other).await?
+                && !holder_uses::<R>(state, tenant, value, other).await?
                 && state
                     .claims
                     .take_over(tenant, kind, value, holder, revision)
@@ -199,7 +154,7 @@ pub async fn claim(
                 warn!(kind, "took over a stale claim");
                 return Ok(());
             }
-            let resource = if kind == USER_NAME { "User" } else { "Group" };
+            let resource = R::resource_type().name;
             Err(
                 ScimError::uniqueness(format!("a {resource} with this {kind} exists already"))
                     .into(),
@@ -209,51 +164,46 @@ pub async fn claim(
 }
 
 /// Releases a claim; a failure leaves a stale claim, taken over later, so it is only logged.
-pub async fn release(state: &AppState, tenant: &str, kind: &str, value: &str, holder: Uuid) {
+pub async fn release<R: Resource>(state: &AppState, tenant: &str, value: &str, holder: Uuid) {
+    let kind = R::UNIQUE;
     if let Err(error) = state.claims.release(tenant, kind, value, holder).await {
         warn!(kind, error = %error, "releasing a claim failed; it will be taken over once stale");
     }
 }
 
 /// Claims `value` for `holder`, then runs `write`; gives the claim back when the write fails.
-pub async fn while_claimed<T>(
+pub async fn while_claimed<R: Resource, T>(
     state: &AppState,
     tenant: &str,
-    kind: &str,
     value: &str,
     holder: Uuid,
     write: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
     let _writing = state.claims.writing(holder);
-    claim(state, tenant, kind, value, holder).await?;
+    claim::<R>(state, tenant, value, holder).await?;
     let written = write.await;
     if let Err(error) = &written {
         // A publish whose acknowledgement was lost may have landed: then the claim is the
         // resource's, and giving it back would let Entra's retry create a second user of the
         // name. Kept, it is recovered (fenced) if the resource never came to exist.
         if !error.may_have_appended() {
-            release(state, tenant, kind, value, holder).await;
+            release::<R>(state, tenant, value, holder).await;
         }
     }
     written
 }
 
-/// Settles a rename's claims once its write is done: a failed write gives the new value back;
-/// a written one releases whichever of old and new the resource no longer carries.
-pub async fn settle_rename(
+/// Settles a rename's claims once its write is done: `left` is the value the resource was
+/// left with (`None` when the write failed). A rename written releases the old value; anything
+/// else gives the new one back.
+pub async fn settle_rename<R: Resource>(
     state: &AppState,
     tenant: &str,
-    kind: &str,
     claimed: Option<(String, String)>,
-    written: bool,
-    final_value: Option<&str>,
+    left: Option<&str>,
     holder: Uuid,
 ) {
     let Some((old, new)) = claimed else { return };
-    let released = if written && final_value == Some(new.as_str()) {
-        old
-    } else {
-        new
-    };
-    release(state, tenant, kind, &released, holder).await;
+    let released = if left == Some(new.as_str()) { old } else { new };
+    release::<R>(state, tenant, &released, holder).await;
 }

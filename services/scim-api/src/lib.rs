@@ -11,7 +11,6 @@ mod claims;
 pub mod consistency;
 mod discovery;
 pub mod error;
-mod groups;
 mod health;
 pub mod http;
 mod lists;
@@ -19,7 +18,8 @@ pub mod mapping;
 pub mod operator;
 mod render;
 pub mod request_log;
-mod users;
+pub mod resources;
+mod writes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -253,7 +253,7 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/Users",
             get(lists::list::<Users>)
-                .post(users::create)
+                .post(writes::create::<Users>)
                 .fallback(method_not_allowed),
         )
         .route(
@@ -263,15 +263,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/Users/{id}",
             get(lists::get::<Users>)
-                .put(users::replace)
-                .patch(users::modify)
-                .delete(users::delete)
+                .put(writes::replace::<Users>)
+                .patch(writes::modify::<Users>)
+                .delete(writes::delete::<Users>)
                 .fallback(method_not_allowed),
         )
         .route(
             "/Groups",
             get(lists::list::<Groups>)
-                .post(groups::create)
+                .post(writes::create::<Groups>)
                 .fallback(method_not_allowed),
         )
         .route(
@@ -281,9 +281,9 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/Groups/{id}",
             get(lists::get::<Groups>)
-                .put(groups::replace)
-                .patch(groups::modify)
-                .delete(groups::delete)
+                .put(writes::replace::<Groups>)
+                .patch(writes::modify::<Groups>)
+                .delete(writes::delete::<Groups>)
                 .fallback(method_not_allowed),
         )
         .route("/.search", post(root_search).fallback(method_not_allowed))
