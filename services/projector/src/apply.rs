@@ -3,6 +3,7 @@
 //! gathered in [`Pending`] and written once per batch, in the same transaction.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use rollcall_domain::group::{self, Group, GroupEvent, GroupState};
 use rollcall_domain::user::{self, User, UserEvent};
@@ -195,109 +196,168 @@ pub async fn apply_effects(
     sequence: u64,
     position: u32,
 ) -> Result<(), ProjectorError> {
-    let fail = |reason: String| ProjectorError::Event { sequence, reason };
-    let (schema, kind) = (envelope.schema_version, envelope.event_type.as_str());
-    let effects = match envelope.aggregate_type.as_str() {
+    match envelope.aggregate_type.as_str() {
         UserEvent::AGGREGATE => {
-            let event = UserEvent::from_payload(kind, schema, &envelope.payload).map_err(fail)?;
-            let revocation = apply_user(connection, envelope, &event, sequence, position).await?;
-            user_effects(envelope, revocation.as_ref())
+            apply_with::<Users>(connection, pending, envelope, sequence, position).await
         }
         GroupEvent::AGGREGATE => {
-            let event = GroupEvent::from_payload(kind, schema, &envelope.payload).map_err(fail)?;
-            let former = apply_group(connection, envelope, &event, sequence).await?;
-            group_effects(envelope, &event, &former)
+            apply_with::<Groups>(connection, pending, envelope, sequence, position).await
         }
-        other => return Err(fail(format!("unknown aggregate type {other:?}"))),
-    };
-    for (kind, subject, payload) in effects {
+        other => Err(ProjectorError::Event {
+            sequence,
+            reason: format!("unknown aggregate type {other:?}"),
+        }),
+    }
+}
+
+/// Reads one event of aggregate type `A`, applies it to the read models and gathers what it
+/// changes in the access state.
+async fn apply_with<A: Applier>(
+    connection: &mut PgConnection,
+    pending: &mut Pending,
+    envelope: &Envelope,
+    sequence: u64,
+    position: u32,
+) -> Result<(), ProjectorError> {
+    let event = A::Event::from_payload(
+        &envelope.event_type,
+        envelope.schema_version,
+        &envelope.payload,
+    )
+    .map_err(|reason| ProjectorError::Event { sequence, reason })?;
+    let applied = A::apply(connection, envelope, &event, sequence, position).await?;
+    for (kind, subject, payload) in A::effects(envelope, &event, &applied) {
         pending.enqueue(sequence, kind, &envelope.tenant, subject, payload);
     }
     Ok(())
 }
 
-/// Applies a user event to `scim_user` (and `revocation`); returns the revocation it caused.
-async fn apply_user(
-    connection: &mut PgConnection,
-    envelope: &Envelope,
-    event: &UserEvent,
-    sequence: u64,
-    position: u32,
-) -> Result<Option<RevocationRow>, ProjectorError> {
-    let (tenant, id) = (envelope.tenant.as_str(), envelope.aggregate_id);
-    let row = rollcall_store::user::lock(connection, tenant, id).await?;
-    let created_at = row.as_ref().map(|row| row.created_at);
-    let current = match row {
-        Some(row) if row.active => User::Active(row.attributes.0),
-        Some(row) => User::Inactive(row.attributes.0),
-        None => User::Absent,
-    };
-    match user::evolve(current, event) {
-        next @ (User::Active(_) | User::Inactive(_)) => {
-            let created_at = created_at.unwrap_or(envelope.occurred_at);
-            let row = user_row(envelope, next, created_at);
-            rollcall_store::user::upsert(connection, &row).await?;
-        }
-        User::Deleted => rollcall_store::user::delete(connection, tenant, id).await?,
-        User::Absent => {
-            return Err(ProjectorError::Event {
-                sequence,
-                reason: format!("{} for a user that does not exist", envelope.event_type),
-            })
-        }
-    }
-    let revocation = revocation(event, envelope, sequence, position);
-    if let Some(row) = &revocation {
-        access::record(connection, row).await?;
-    }
-    Ok(revocation)
+/// How the events of one aggregate type change the read models (IO), and then, as a pure
+/// function of the event and of what applying it found, the access state.
+trait Applier {
+    /// The aggregate's events.
+    type Event: EventKind;
+    /// What applying an event found that its access effects depend on.
+    type Applied;
+    /// Applies one event (at `sequence`, `position` in its message) to the read models.
+    fn apply(
+        connection: &mut PgConnection,
+        envelope: &Envelope,
+        event: &Self::Event,
+        sequence: u64,
+        position: u32,
+    ) -> impl Future<Output = Result<Self::Applied, ProjectorError>> + Send;
+    /// What the event changes in the access state, in publication order.
+    fn effects(envelope: &Envelope, event: &Self::Event, applied: &Self::Applied) -> Vec<Effect>;
 }
 
-/// Applies a group event to `scim_group` and `group_member`; returns the member keys a
-/// deletion removed.
-async fn apply_group(
-    connection: &mut PgConnection,
-    envelope: &Envelope,
-    event: &GroupEvent,
-    sequence: u64,
-) -> Result<Vec<String>, ProjectorError> {
-    let (tenant, id, at) = (
-        envelope.tenant.as_str(),
-        envelope.aggregate_id,
-        envelope.occurred_at,
-    );
-    let row = rollcall_store::group::lock(connection, tenant, id).await?;
-    let current = match &row {
-        // Members live in their own table; the event says who came and who went.
-        Some(row) => Group::Active(GroupState {
-            attributes: row.attributes.0.clone(),
-            members: Default::default(),
-        }),
-        None => Group::Absent,
-    };
-    match group::evolve(current, event) {
-        Group::Active(state) => {
-            let created_at = row.map_or(at, |row| row.created_at);
-            let row = group_row(envelope, state, created_at);
-            rollcall_store::group::upsert(connection, &row).await?;
-            match event {
-                GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {
-                    let members: Vec<_> = members.iter().map(new_member).collect();
-                    rollcall_store::group::add_members(connection, tenant, id, &members, at)
-                        .await?;
-                }
-                GroupEvent::MembersRemoved { members } => {
-                    rollcall_store::group::remove_members(connection, tenant, id, members).await?;
-                }
-                _ => {}
+/// User events: `scim_user` and `revocation`; the revocation a user event caused is published
+/// before the user.
+struct Users;
+
+impl Applier for Users {
+    type Event = UserEvent;
+    type Applied = Option<RevocationRow>;
+    async fn apply(
+        connection: &mut PgConnection,
+        envelope: &Envelope,
+        event: &UserEvent,
+        sequence: u64,
+        position: u32,
+    ) -> Result<Option<RevocationRow>, ProjectorError> {
+        let (tenant, id) = (envelope.tenant.as_str(), envelope.aggregate_id);
+        let row = rollcall_store::user::lock(connection, tenant, id).await?;
+        let created_at = row.as_ref().map(|row| row.created_at);
+        let current = match row {
+            Some(row) if row.active => User::Active(row.attributes.0),
+            Some(row) => User::Inactive(row.attributes.0),
+            None => User::Absent,
+        };
+        match user::evolve(current, event) {
+            next @ (User::Active(_) | User::Inactive(_)) => {
+                let created_at = created_at.unwrap_or(envelope.occurred_at);
+                let row = user_row(envelope, next, created_at);
+                rollcall_store::user::upsert(connection, &row).await?;
             }
-            Ok(Vec::new())
+            User::Deleted => rollcall_store::user::delete(connection, tenant, id).await?,
+            User::Absent => {
+                return Err(ProjectorError::Event {
+                    sequence,
+                    reason: format!("{} for a user that does not exist", envelope.event_type),
+                })
+            }
         }
-        Group::Deleted => Ok(rollcall_store::group::delete(connection, tenant, id).await?),
-        Group::Absent => Err(ProjectorError::Event {
-            sequence,
-            reason: format!("{} for a group that does not exist", envelope.event_type),
-        }),
+        let revocation = revocation(event, envelope, sequence, position);
+        if let Some(row) = &revocation {
+            access::record(connection, row).await?;
+        }
+        Ok(revocation)
+    }
+    fn effects(
+        envelope: &Envelope,
+        _: &UserEvent,
+        revocation: &Option<RevocationRow>,
+    ) -> Vec<Effect> {
+        user_effects(envelope, revocation.as_ref())
+    }
+}
+
+/// Group events: `scim_group` and `group_member`; a deletion's former members are published
+/// again.
+struct Groups;
+
+impl Applier for Groups {
+    type Event = GroupEvent;
+    type Applied = Vec<String>;
+    async fn apply(
+        connection: &mut PgConnection,
+        envelope: &Envelope,
+        event: &GroupEvent,
+        sequence: u64,
+        _position: u32,
+    ) -> Result<Vec<String>, ProjectorError> {
+        let (tenant, id, at) = (
+            envelope.tenant.as_str(),
+            envelope.aggregate_id,
+            envelope.occurred_at,
+        );
+        let row = rollcall_store::group::lock(connection, tenant, id).await?;
+        let current = match &row {
+            // Members live in their own table; the event says who came and who went.
+            Some(row) => Group::Active(GroupState {
+                attributes: row.attributes.0.clone(),
+                members: Default::default(),
+            }),
+            None => Group::Absent,
+        };
+        match group::evolve(current, event) {
+            Group::Active(state) => {
+                let created_at = row.map_or(at, |row| row.created_at);
+                let row = group_row(envelope, state, created_at);
+                rollcall_store::group::upsert(connection, &row).await?;
+                match event {
+                    GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {
+                        let members: Vec<_> = members.iter().map(new_member).collect();
+                        rollcall_store::group::add_members(connection, tenant, id, &members, at)
+                            .await?;
+                    }
+                    GroupEvent::MembersRemoved { members } => {
+                        rollcall_store::group::remove_members(connection, tenant, id, members)
+                            .await?;
+                    }
+                    _ => {}
+                }
+                Ok(Vec::new())
+            }
+            Group::Deleted => Ok(rollcall_store::group::delete(connection, tenant, id).await?),
+            Group::Absent => Err(ProjectorError::Event {
+                sequence,
+                reason: format!("{} for a group that does not exist", envelope.event_type),
+            }),
+        }
+    }
+    fn effects(envelope: &Envelope, event: &GroupEvent, former: &Vec<String>) -> Vec<Effect> {
+        group_effects(envelope, event, former)
     }
 }
 
