@@ -425,7 +425,7 @@ pub struct TestEnv {
 
 /// The SCIM configuration of the test environments: the access service runs in an instance of
 /// its own, so writes are told to wait for it (as `rollcall serve` does when it runs both).
-fn scim_config() -> rollcall_scim_api::Config {
+pub fn scim_config() -> rollcall_scim_api::Config {
     rollcall_scim_api::Config {
         wait_for_access: true,
         ..Default::default()
@@ -591,8 +591,13 @@ impl TestEnv {
     /// Starts another SCIM API instance on the same stream and database (as a second replica
     /// would run); returns a client of it with the test's token.
     pub async fn replica(&mut self) -> Scim {
+        self.replica_with(scim_config()).await
+    }
+
+    /// [`TestEnv::replica`] with its own SCIM configuration.
+    pub async fn replica_with(&mut self, config: rollcall_scim_api::Config) -> Scim {
         let instance = Instance::new(roles("scim"))
-            .scim(scim_config())
+            .scim(config)
             .listener(Role::Scim, loopback().await)
             .start(self.installation.connections())
             .await

@@ -15,6 +15,7 @@ mod hostile_audit;
 mod hostile_filters;
 mod hostile_pipeline;
 mod hostile_scim_input;
+mod lookup_index;
 mod metrics;
 mod partitions;
 mod projector;

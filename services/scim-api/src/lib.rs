@@ -13,6 +13,7 @@ mod discovery;
 pub mod error;
 mod health;
 pub mod http;
+pub mod index;
 mod lists;
 pub mod mapping;
 pub mod operator;
@@ -93,6 +94,17 @@ pub struct Config {
         default_value_t = 30
     )]
     pub log_retention_days: u32,
+    /// Answer Entra's lookups (`userName`, `externalId`, `displayName`, `id` and
+    /// `members[value eq]` filters) from an index this process keeps in memory from the event
+    /// stream, instead of from PostgreSQL. It holds every user and group of the installation
+    /// (without group members' order); `false` keeps every read on PostgreSQL.
+    #[arg(
+        long = "scim-lookup-index",
+        env = "ROLLCALL_SCIM_LOOKUP_INDEX",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub lookup_index: bool,
 }
 
 impl Default for Config {
@@ -104,6 +116,7 @@ impl Default for Config {
             wait_for_access: false,
             log_bodies: false,
             log_retention_days: 30,
+            lookup_index: true,
         }
     }
 }
@@ -125,6 +138,8 @@ pub struct AppState {
     pub tokens: TokenVerifier,
     /// The SCIM request log.
     pub request_log: request_log::RequestLog,
+    /// The lookup index, when configured.
+    pub index: Option<index::LookupIndex>,
 }
 
 impl AppState {
@@ -177,6 +192,9 @@ impl AppState {
         }
         let checkpoint = Consistency::partitioned(partitioning, checkpoints, Some(store.clone()));
         checkpoint.watch_partitioning(store.clone());
+        let index = config
+            .lookup_index
+            .then(|| index::LookupIndex::start(log.clone()));
         let repositories = Repositories {
             users: Repository::new(log.clone()),
             groups: Repository::new(log),
@@ -189,6 +207,7 @@ impl AppState {
             checkpoint,
             tokens: TokenVerifier::new(Scope::Scim),
             request_log: request_log::RequestLog::start(store_for_log, retention_days, log_bodies),
+            index,
         })
     }
 }

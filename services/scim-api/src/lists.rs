@@ -27,6 +27,7 @@ use crate::auth::Principal;
 use crate::body::ScimJson;
 use crate::error::ApiError;
 use crate::http::{self, RequestInfo};
+use crate::index::{self, Found, LookupIndex};
 use crate::{render, AppState};
 
 /// The most resources a filter that no index answers may examine.
@@ -125,6 +126,9 @@ pub trait Listed: Send + Sync + 'static {
     /// The attribute whose rendering takes another query (a user's groups, a group's members);
     /// loaded only when the projection includes it.
     const JOINED: &'static str;
+    /// Whether the lookup index renders [`Listed::JOINED`] (a group's members are listed in
+    /// the order they were added, which only the read model keeps).
+    const INDEX_RENDERS_JOINED: bool;
     /// The resource type.
     fn resource() -> &'static ResourceType;
     /// Compiles a filter to indexed conditions where it can.
@@ -151,6 +155,14 @@ pub trait Listed: Send + Sync + 'static {
         tenant: &str,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Self::Row>, StoreError>> + Send;
+    /// A page of the resources that meet every condition, from the lookup index.
+    fn from_index(
+        index: &LookupIndex,
+        tenant: &str,
+        conditions: &[Self::Condition],
+        page: index::Page,
+        base: &str,
+    ) -> Option<Found>;
     /// The SCIM documents of rows.
     fn render(
         state: &AppState,
@@ -165,6 +177,7 @@ impl Listed for Users {
     type Row = UserRow;
     type Condition = UserCondition;
     const JOINED: &'static str = "groups";
+    const INDEX_RENDERS_JOINED: bool = true;
     fn resource() -> &'static ResourceType {
         &USER_RESOURCE
     }
@@ -189,6 +202,15 @@ impl Listed for Users {
     async fn scan(store: &Store, tenant: &str, limit: usize) -> Result<Vec<UserRow>, StoreError> {
         store.scan_users(tenant, limit).await
     }
+    fn from_index(
+        index: &LookupIndex,
+        tenant: &str,
+        conditions: &[UserCondition],
+        page: index::Page,
+        base: &str,
+    ) -> Option<Found> {
+        index.users(tenant, conditions, page, base)
+    }
     async fn render(
         state: &AppState,
         tenant: &str,
@@ -204,6 +226,7 @@ impl Listed for Groups {
     type Row = GroupRow;
     type Condition = GroupCondition;
     const JOINED: &'static str = "members";
+    const INDEX_RENDERS_JOINED: bool = false;
     fn resource() -> &'static ResourceType {
         &GROUP_RESOURCE
     }
@@ -228,6 +251,15 @@ impl Listed for Groups {
     async fn scan(store: &Store, tenant: &str, limit: usize) -> Result<Vec<GroupRow>, StoreError> {
         store.scan_groups(tenant, limit).await
     }
+    fn from_index(
+        index: &LookupIndex,
+        tenant: &str,
+        conditions: &[GroupCondition],
+        page: index::Page,
+        base: &str,
+    ) -> Option<Found> {
+        index.groups(tenant, conditions, page, base)
+    }
     async fn render(
         state: &AppState,
         tenant: &str,
@@ -237,6 +269,26 @@ impl Listed for Groups {
     ) -> Result<Vec<Value>, ApiError> {
         render::groups(state, tenant, rows, joined, base).await
     }
+}
+
+/// A page of a lookup from this process's index, when it answers it: conditions that name
+/// something (a list of everything stays with the read model), the joined attribute only if
+/// the index renders it, and the index holding every write answered before.
+async fn from_index<K: Listed>(
+    state: &AppState,
+    tenant: &str,
+    conditions: &[K::Condition],
+    page: index::Page,
+    base: &str,
+) -> Option<Found> {
+    let index = state.index.as_ref()?;
+    if conditions.is_empty() || (page.joined && !K::INDEX_RENDERS_JOINED) {
+        return None;
+    }
+    if !index.current().await {
+        return None;
+    }
+    K::from_index(index, tenant, conditions, page, base)
 }
 
 /// One page of a query over users or groups.
@@ -250,6 +302,25 @@ pub async fn query<K: Listed>(
     match (K::compile(query.filter.as_ref()), &query.sort) {
         (Compiled::Nothing, _) => Ok(ListResponse::new(0, query.page.start_index, Vec::new())),
         (Compiled::Conditions(conditions), None) => {
+            let joined = query.projection.includes(rt, K::JOINED);
+            let page = index::Page {
+                offset: query.page.offset(),
+                limit: query.page.count,
+                joined,
+            };
+            if let Some(found) = from_index::<K>(state, tenant, &conditions, page, &info.base).await
+            {
+                let projected = found
+                    .resources
+                    .iter()
+                    .map(|r| query.projection.apply(rt, r))
+                    .collect();
+                return Ok(ListResponse::new(
+                    found.total,
+                    query.page.start_index,
+                    projected,
+                ));
+            }
             let (rows, total) = K::find(
                 &state.store,
                 tenant,
@@ -258,7 +329,6 @@ pub async fn query<K: Listed>(
                 query.page.count,
             )
             .await?;
-            let joined = query.projection.includes(rt, K::JOINED);
             let resources = K::render(state, tenant, &rows, joined, &info.base).await?;
             let projected = resources
                 .iter()

@@ -1,0 +1,762 @@
+//! Entra's lookups from memory: every SCIM API process folds the event stream into an index of
+//! its users and groups (by id, userName, externalId, displayName and member), as the access
+//! service keeps its decision state, and answers the lookups Entra sends before each write
+//! (`userName eq`, `externalId eq`, `displayName eq`, `id eq`, `members[value eq]`, joined by
+//! `and`) from it instead of from PostgreSQL.
+//!
+//! Read-your-writes across replicas: before a lookup is answered from the index, the stream's
+//! last sequence is read from its leader by a probe that started after the lookup did, and the
+//! index must have applied that far. Every write answered before the lookup began (on any
+//! replica) was appended by then, so it is in the answer. Probes are shared: one is in flight
+//! at a time, and every lookup that arrived during it waits for the next. A lookup the index
+//! cannot answer so (the index still catching up after the process started, the stream not
+//! answering, the index behind for longer than [`CATCH_UP`]) is answered from PostgreSQL,
+//! whose read model every answered write is already in.
+//!
+//! The index mirrors the read model the projector writes: a deleted user leaves every group,
+//! members are compared by their lowercase id, names and externalIds by their case folding.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rollcall_domain::group::{self, Group, GroupEvent, GroupState};
+use rollcall_domain::user::{self, User, UserEvent};
+use rollcall_domain::{Attributes, EventKind};
+use rollcall_eventlog::consumer::{decode, Delivered};
+use rollcall_eventlog::EventLog;
+use rollcall_scim::case::fold;
+use rollcall_store::group::GroupCondition;
+use rollcall_store::user::UserCondition;
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio::sync::{oneshot, watch, Notify};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::mapping::{self, Meta};
+
+/// How long a lookup waits for the index to apply what the stream holds before it is answered
+/// from PostgreSQL instead.
+pub const CATCH_UP: Duration = Duration::from_millis(500);
+
+/// How long a lookup waits for a probe of the stream's last sequence.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long the feed waits before it follows the stream again after an error.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// One resource in the index, with what its `meta` says.
+#[derive(Debug)]
+struct Entry<S> {
+    state: S,
+    version: u64,
+    created: OffsetDateTime,
+    modified: OffsetDateTime,
+}
+
+impl<S> Entry<S> {
+    fn meta<'b>(&self, base: &'b str) -> Meta<'b> {
+        Meta {
+            base,
+            version: self.version,
+            created: self.created,
+            modified: self.modified,
+        }
+    }
+}
+
+/// The folded key of an attribute holding text.
+fn key(attributes: &Attributes, name: &str) -> Option<String> {
+    attributes
+        .get(name)
+        .and_then(Value::as_str)
+        .map(|text| fold(text).into_owned())
+}
+
+/// Adds `id` under `key` in a multi-map.
+fn insert(map: &mut HashMap<String, BTreeSet<Uuid>>, key: Option<String>, id: Uuid) {
+    if let Some(key) = key {
+        map.entry(key).or_default().insert(id);
+    }
+}
+
+/// Removes `id` from under `key` in a multi-map.
+fn remove(map: &mut HashMap<String, BTreeSet<Uuid>>, key: Option<&str>, id: Uuid) {
+    if let Some(key) = key {
+        if let Some(ids) = map.get_mut(key) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                map.remove(key);
+            }
+        }
+    }
+}
+
+/// One tenant's users and groups.
+#[derive(Debug, Default)]
+struct Tenant {
+    users: HashMap<Uuid, Entry<Attributes>>,
+    user_names: HashMap<String, BTreeSet<Uuid>>,
+    user_external_ids: HashMap<String, BTreeSet<Uuid>>,
+    /// The users that are not active (their state's variant; their documents say it in
+    /// `active`).
+    inactive: BTreeSet<Uuid>,
+    groups: HashMap<Uuid, Entry<GroupState>>,
+    group_names: HashMap<String, BTreeSet<Uuid>>,
+    group_external_ids: HashMap<String, BTreeSet<Uuid>>,
+    /// The groups of each member key (a member's lowercase id).
+    member_of: HashMap<String, BTreeSet<Uuid>>,
+}
+
+impl Tenant {
+    fn apply_user(&mut self, id: Uuid, event: &UserEvent, at: OffsetDateTime, version: u64) {
+        let previous = self.users.remove(&id);
+        let created = previous.as_ref().map_or(at, |entry| entry.created);
+        let current = match previous {
+            Some(entry) => {
+                remove(
+                    &mut self.user_names,
+                    key(&entry.state, "userName").as_deref(),
+                    id,
+                );
+                remove(
+                    &mut self.user_external_ids,
+                    key(&entry.state, "externalId").as_deref(),
+                    id,
+                );
+                if self.inactive.remove(&id) {
+                    User::Inactive(entry.state)
+                } else {
+                    User::Active(entry.state)
+                }
+            }
+            None => User::Absent,
+        };
+        let attributes = match user::evolve(current, event) {
+            User::Active(attributes) => attributes,
+            User::Inactive(attributes) => {
+                self.inactive.insert(id);
+                attributes
+            }
+            User::Absent | User::Deleted => {
+                // A deleted user leaves every group (as the read model's rows do).
+                let member = id.to_string();
+                for group in self.member_of.remove(&member).unwrap_or_default() {
+                    if let Some(entry) = self.groups.get_mut(&group) {
+                        entry.state.members.remove(&member);
+                    }
+                }
+                return;
+            }
+        };
+        insert(&mut self.user_names, key(&attributes, "userName"), id);
+        insert(
+            &mut self.user_external_ids,
+            key(&attributes, "externalId"),
+            id,
+        );
+        self.users.insert(
+            id,
+            Entry {
+                state: attributes,
+                version,
+                created,
+                modified: at,
+            },
+        );
+    }
+
+    fn apply_group(&mut self, id: Uuid, event: &GroupEvent, at: OffsetDateTime, version: u64) {
+        let previous = self.groups.remove(&id);
+        let created = previous.as_ref().map_or(at, |entry| entry.created);
+        let current = match previous {
+            Some(entry) => {
+                remove(
+                    &mut self.group_names,
+                    key(&entry.state.attributes, "displayName").as_deref(),
+                    id,
+                );
+                remove(
+                    &mut self.group_external_ids,
+                    key(&entry.state.attributes, "externalId").as_deref(),
+                    id,
+                );
+                Group::Active(entry.state)
+            }
+            None => Group::Absent,
+        };
+        let before: BTreeSet<String> = current
+            .state()
+            .map(|state| state.members.keys().cloned().collect())
+            .unwrap_or_default();
+        let state = match group::evolve(current, event) {
+            Group::Active(state) => Some(state),
+            Group::Absent | Group::Deleted => None,
+        };
+        let empty = Default::default();
+        let after = state.as_ref().map_or(&empty, |state| &state.members);
+        for gone in before.iter().filter(|member| !after.contains_key(*member)) {
+            remove(&mut self.member_of, Some(gone), id);
+        }
+        for came in after.keys().filter(|member| !before.contains(*member)) {
+            insert(&mut self.member_of, Some(came.clone()), id);
+        }
+        let Some(state) = state else { return };
+        insert(
+            &mut self.group_names,
+            key(&state.attributes, "displayName"),
+            id,
+        );
+        insert(
+            &mut self.group_external_ids,
+            key(&state.attributes, "externalId"),
+            id,
+        );
+        self.groups.insert(
+            id,
+            Entry {
+                state,
+                version,
+                created,
+                modified: at,
+            },
+        );
+    }
+
+    /// The ids that meet every condition, or `None` when one cannot be answered here.
+    fn matching<C>(
+        conditions: &[C],
+        candidates: impl Fn(&C) -> Option<BTreeSet<Uuid>>,
+    ) -> Option<BTreeSet<Uuid>> {
+        let mut matching: Option<BTreeSet<Uuid>> = None;
+        for condition in conditions {
+            let ids = candidates(condition)?;
+            matching = Some(match matching {
+                None => ids,
+                Some(so_far) => so_far.intersection(&ids).copied().collect(),
+            });
+        }
+        matching
+    }
+
+    fn lookup(map: &HashMap<String, BTreeSet<Uuid>>, text: &str) -> BTreeSet<Uuid> {
+        map.get(fold(text).as_ref()).cloned().unwrap_or_default()
+    }
+
+    /// Ids in the read model's order (creation, then id).
+    fn ordered<S>(
+        ids: BTreeSet<Uuid>,
+        entries: &HashMap<Uuid, Entry<S>>,
+    ) -> Vec<(&Entry<S>, Uuid)> {
+        let mut found: Vec<(&Entry<S>, Uuid)> = ids
+            .into_iter()
+            .filter_map(|id| Some((entries.get(&id)?, id)))
+            .collect();
+        found.sort_by_key(|(entry, id)| (entry.created, *id));
+        found
+    }
+
+    fn users(&self, conditions: &[UserCondition], page: Page, base: &str) -> Option<Found> {
+        let ids = Self::matching(conditions, |condition| {
+            Some(match condition {
+                UserCondition::Id(id) => self
+                    .users
+                    .contains_key(id)
+                    .then_some(*id)
+                    .into_iter()
+                    .collect(),
+                UserCondition::UserName(name) => Self::lookup(&self.user_names, name),
+                UserCondition::ExternalId(id) => Self::lookup(&self.user_external_ids, id),
+            })
+        })?;
+        let found = Self::ordered(ids, &self.users);
+        let total = found.len();
+        let resources = found
+            .into_iter()
+            .skip(page.offset)
+            .take(page.limit)
+            .map(|(entry, id)| {
+                let groups = page.joined.then(|| self.groups_of(id));
+                mapping::user(id, &entry.state, groups.as_deref(), entry.meta(base))
+            })
+            .collect();
+        Some(Found { resources, total })
+    }
+
+    /// A user's groups as the read model lists them: by folded displayName, then id.
+    fn groups_of(&self, user: Uuid) -> Vec<(Uuid, String)> {
+        let mut groups: Vec<(String, Uuid, String)> = self
+            .member_of
+            .get(&user.to_string())
+            .into_iter()
+            .flatten()
+            .filter_map(|group| {
+                let name = self.groups.get(group)?.state.display_name()?.to_owned();
+                Some((fold(&name).into_owned(), *group, name))
+            })
+            .collect();
+        groups.sort();
+        groups.into_iter().map(|(_, id, name)| (id, name)).collect()
+    }
+
+    fn groups(&self, conditions: &[GroupCondition], page: Page, base: &str) -> Option<Found> {
+        // Members are listed in the order they were added, which only the read model keeps.
+        if page.joined {
+            return None;
+        }
+        let ids = Self::matching(conditions, |condition| {
+            Some(match condition {
+                GroupCondition::Id(id) => self
+                    .groups
+                    .contains_key(id)
+                    .then_some(*id)
+                    .into_iter()
+                    .collect(),
+                GroupCondition::DisplayName(name) => Self::lookup(&self.group_names, name),
+                GroupCondition::ExternalId(id) => Self::lookup(&self.group_external_ids, id),
+                GroupCondition::Member(member) => self
+                    .member_of
+                    .get(&member.to_lowercase())
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+        })?;
+        let found = Self::ordered(ids, &self.groups);
+        let total = found.len();
+        let resources = found
+            .into_iter()
+            .skip(page.offset)
+            .take(page.limit)
+            .map(|(entry, id)| {
+                mapping::group(
+                    id,
+                    &entry.state.attributes,
+                    std::iter::empty(),
+                    entry.meta(base),
+                )
+            })
+            .collect();
+        Some(Found { resources, total })
+    }
+}
+
+/// Which page of the matching resources to render, and whether with their joined attribute (a
+/// user's groups, a group's members).
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    /// How many matching resources come before the page.
+    pub offset: usize,
+    /// The most resources on the page.
+    pub limit: usize,
+    /// Whether the joined attribute is rendered.
+    pub joined: bool,
+}
+
+/// A page of lookup results: their documents, and how many resources matched in all.
+#[derive(Debug)]
+pub struct Found {
+    /// The documents on the page.
+    pub resources: Vec<Value>,
+    /// How many matched.
+    pub total: usize,
+}
+
+/// Shared probes of the stream's last sequence: a lookup waits for one that started after it.
+#[derive(Debug)]
+struct Probes {
+    started: AtomicU64,
+    /// (the last probe finished, the highest last sequence seen).
+    done: watch::Sender<(u64, u64)>,
+    wanted: Notify,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tenants: RwLock<HashMap<String, Tenant>>,
+    /// The stream sequence of the last message applied.
+    applied: watch::Sender<u64>,
+    /// Whether the feed caught up with the stream since it last (re)started.
+    ready: AtomicBool,
+    probes: Probes,
+    /// Debug builds: the feed applies nothing while set (tests make the index fall behind).
+    #[cfg(debug_assertions)]
+    held: AtomicBool,
+    /// Dropped with the index: stops the feed (which may be waiting on a quiet stream).
+    _stop: oneshot::Sender<()>,
+}
+
+/// The lookup index of this process.
+#[derive(Debug, Clone)]
+pub struct LookupIndex {
+    inner: Arc<Inner>,
+}
+
+impl LookupIndex {
+    /// Starts following the stream of `log` from its first message; the index answers lookups
+    /// once it has caught up. It stops when the last clone of the index is dropped.
+    pub fn start(log: EventLog) -> Self {
+        let (applied, _) = watch::channel(0);
+        let (done, _) = watch::channel((0, 0));
+        let (stop, stopped) = oneshot::channel();
+        let inner = Arc::new(Inner {
+            tenants: RwLock::default(),
+            applied,
+            ready: AtomicBool::new(false),
+            probes: Probes {
+                started: AtomicU64::new(0),
+                done,
+                wanted: Notify::new(),
+            },
+            #[cfg(debug_assertions)]
+            held: AtomicBool::new(false),
+            _stop: stop,
+        });
+        let feed = feed(Arc::downgrade(&inner), log.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stopped => {}
+                () = feed => {}
+            }
+        });
+        tokio::spawn(probe(Arc::downgrade(&inner), log));
+        Self { inner }
+    }
+
+    /// Waits until the index holds every write answered before this call, and says whether it
+    /// does (`false`: answer from PostgreSQL).
+    pub async fn current(&self) -> bool {
+        if !self.inner.ready.load(Ordering::Acquire) {
+            return false;
+        }
+        let probes = &self.inner.probes;
+        // A probe that starts after this point sees every write answered before it.
+        let target = probes.started.load(Ordering::Acquire) + 1;
+        let mut done = probes.done.subscribe();
+        probes.wanted.notify_one();
+        let head = match tokio::time::timeout(
+            PROBE_TIMEOUT,
+            done.wait_for(|(finished, _)| *finished >= target),
+        )
+        .await
+        {
+            Ok(Ok(done)) => done.1,
+            _ => {
+                debug!(
+                    "the stream's last sequence is not known in time; answering from PostgreSQL"
+                );
+                return false;
+            }
+        };
+        let mut applied = self.inner.applied.subscribe();
+        let caught_up =
+            tokio::time::timeout(CATCH_UP, applied.wait_for(|applied| *applied >= head)).await;
+        if !matches!(caught_up, Ok(Ok(_))) {
+            debug!(
+                head,
+                "the lookup index is behind the stream; answering from PostgreSQL"
+            );
+            return false;
+        }
+        true
+    }
+
+    /// The users of `tenant` that meet every condition, or `None` when the index does not
+    /// answer them. Call [`LookupIndex::current`] first.
+    pub fn users(
+        &self,
+        tenant: &str,
+        conditions: &[UserCondition],
+        page: Page,
+        base: &str,
+    ) -> Option<Found> {
+        let tenants = self.inner.tenants.read().ok()?;
+        match tenants.get(tenant) {
+            Some(tenant) => tenant.users(conditions, page, base),
+            None => Some(Found {
+                resources: Vec::new(),
+                total: 0,
+            }),
+        }
+    }
+
+    /// The groups of `tenant` that meet every condition, or `None` when the index does not
+    /// answer them (a page with members). Call [`LookupIndex::current`] first.
+    pub fn groups(
+        &self,
+        tenant: &str,
+        conditions: &[GroupCondition],
+        page: Page,
+        base: &str,
+    ) -> Option<Found> {
+        if page.joined {
+            return None;
+        }
+        let tenants = self.inner.tenants.read().ok()?;
+        match tenants.get(tenant) {
+            Some(tenant) => tenant.groups(conditions, page, base),
+            None => Some(Found {
+                resources: Vec::new(),
+                total: 0,
+            }),
+        }
+    }
+
+    /// The stream sequence applied last.
+    pub fn applied(&self) -> u64 {
+        *self.inner.applied.borrow()
+    }
+
+    /// Holds the feed (it applies nothing until released), so that the index falls behind the
+    /// stream. Debug builds only: for the tests of what a lookup does then.
+    #[cfg(debug_assertions)]
+    pub fn hold_feed(&self, held: bool) {
+        self.inner.held.store(held, Ordering::Release);
+    }
+}
+
+impl Inner {
+    /// Applies the events of one message.
+    fn apply(&self, events: &[Delivered]) {
+        let Ok(mut tenants) = self.tenants.write() else {
+            return;
+        };
+        for delivered in events {
+            let envelope = &delivered.envelope;
+            let (kind, schema, payload) = (
+                &envelope.event_type,
+                envelope.schema_version,
+                &envelope.payload,
+            );
+            let (id, at, version) = (
+                envelope.aggregate_id,
+                envelope.occurred_at,
+                envelope.version,
+            );
+            match envelope.aggregate_type.as_str() {
+                UserEvent::AGGREGATE => match UserEvent::from_payload(kind, schema, payload) {
+                    Ok(event) => tenants
+                        .entry(envelope.tenant.clone())
+                        .or_default()
+                        .apply_user(id, &event, at, version),
+                    Err(reason) => warn!(
+                        sequence = delivered.sequence,
+                        reason, "the lookup index passes over an unreadable event"
+                    ),
+                },
+                GroupEvent::AGGREGATE => match GroupEvent::from_payload(kind, schema, payload) {
+                    Ok(event) => tenants
+                        .entry(envelope.tenant.clone())
+                        .or_default()
+                        .apply_group(id, &event, at, version),
+                    Err(reason) => warn!(
+                        sequence = delivered.sequence,
+                        reason, "the lookup index passes over an unreadable event"
+                    ),
+                },
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Follows the stream into the index, from where it left off after an error.
+async fn feed(inner: Weak<Inner>, log: EventLog) {
+    use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+    loop {
+        let applied = {
+            let Some(inner) = inner.upgrade() else { return };
+            inner.ready.store(false, Ordering::Release);
+            let applied = *inner.applied.borrow();
+            applied
+        };
+        let head = log.head().await;
+        let followed = async {
+            let head = head.map_err(|error| error.to_string())?;
+            let consumer = log
+                .stream()
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: log.namespace().all_events(),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: applied + 1,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|error| error.to_string())?;
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|error| error.to_string())?;
+            if head <= applied {
+                if let Some(inner) = inner.upgrade() {
+                    inner.ready.store(true, Ordering::Release);
+                }
+            }
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|error| error.to_string())?;
+                let Some(inner) = inner.upgrade() else {
+                    return Ok(());
+                };
+                #[cfg(debug_assertions)]
+                while inner.held.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let sequence = match decode(&message) {
+                    Ok(events) => {
+                        inner.apply(&events);
+                        events.first().map(|event| event.sequence)
+                    }
+                    Err(error) => {
+                        warn!(error = %error, "the lookup index passes over an unreadable message");
+                        message.info().ok().map(|info| info.stream_sequence)
+                    }
+                };
+                if let Some(sequence) = sequence {
+                    inner.applied.send_replace(sequence);
+                    if sequence >= head && !inner.ready.swap(true, Ordering::AcqRel) {
+                        info!(sequence, "the lookup index caught up with the stream");
+                    }
+                }
+            }
+            Err("the stream's messages ended".to_owned())
+        };
+        match followed.await {
+            Ok(()) => return,
+            Err(error) => {
+                if inner.strong_count() == 0 {
+                    return;
+                }
+                warn!(error, "the lookup index lost the stream; PostgreSQL answers lookups until it has caught up again");
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+        }
+    }
+}
+
+/// Runs probes of the stream's last sequence while lookups want them, one at a time.
+async fn probe(inner: Weak<Inner>, log: EventLog) {
+    loop {
+        let Some(inner) = inner.upgrade() else { return };
+        // Wakes at least once a second to notice the index is gone.
+        let wanted = tokio::time::timeout(Duration::from_secs(1), inner.probes.wanted.notified());
+        if wanted.await.is_err() {
+            continue;
+        }
+        let id = inner.probes.started.fetch_add(1, Ordering::AcqRel) + 1;
+        match log.head().await {
+            Ok(head) => {
+                inner
+                    .probes
+                    .done
+                    .send_modify(|done| *done = (id, done.1.max(head)));
+            }
+            Err(error) => {
+                // The lookups waiting for it time out and are answered from PostgreSQL.
+                debug!(error = %error, "probing the stream's last sequence failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollcall_domain::group::Member;
+    use serde_json::json;
+
+    fn attributes(value: Value) -> Attributes {
+        match value {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        }
+    }
+
+    fn at() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    const PAGE: Page = Page {
+        offset: 0,
+        limit: 100,
+        joined: true,
+    };
+
+    #[test]
+    fn names_are_looked_up_by_their_folding_and_follow_renames() {
+        let mut tenant = Tenant::default();
+        let id = Uuid::now_v7();
+        let created = UserEvent::Provisioned {
+            attributes: attributes(json!({"userName": "Ada@Example.com", "externalId": "E1"})),
+            active: true,
+        };
+        tenant.apply_user(id, &created, at(), 1);
+        let by_name = |tenant: &Tenant, name: &str| {
+            tenant
+                .users(&[UserCondition::UserName(name.into())], PAGE, "http://x")
+                .unwrap()
+                .total
+        };
+        assert_eq!(by_name(&tenant, "ada@example.COM"), 1);
+        let renamed = UserEvent::AttributesChanged {
+            changes: vec![rollcall_domain::AttributeChange {
+                path: "userName".into(),
+                before: Some(json!("Ada@Example.com")),
+                after: Some(json!("grace@example.com")),
+                redacted: false,
+            }],
+        };
+        tenant.apply_user(id, &renamed, at(), 2);
+        assert_eq!(by_name(&tenant, "ada@example.com"), 0);
+        assert_eq!(by_name(&tenant, "GRACE@example.com"), 1);
+    }
+
+    #[test]
+    fn a_deleted_user_leaves_every_group_and_a_deleted_group_every_member() {
+        let mut tenant = Tenant::default();
+        let (user, group) = (Uuid::now_v7(), Uuid::now_v7());
+        tenant.apply_user(
+            user,
+            &UserEvent::Provisioned {
+                attributes: attributes(json!({"userName": "u"})),
+                active: true,
+            },
+            at(),
+            1,
+        );
+        tenant.apply_group(
+            group,
+            &GroupEvent::Created {
+                attributes: attributes(json!({"displayName": "G"})),
+                members: vec![Member::new(user.to_string().to_uppercase())],
+            },
+            at(),
+            1,
+        );
+        let member = |tenant: &Tenant| {
+            tenant
+                .groups(
+                    &[GroupCondition::Member(user.to_string())],
+                    Page {
+                        joined: false,
+                        ..PAGE
+                    },
+                    "http://x",
+                )
+                .unwrap()
+                .total
+        };
+        assert_eq!(member(&tenant), 1);
+        let found = tenant
+            .users(&[UserCondition::Id(user)], PAGE, "http://x")
+            .unwrap();
+        assert_eq!(found.resources[0]["groups"][0]["display"], "G");
+        tenant.apply_user(user, &UserEvent::Deleted, at(), 2);
+        assert_eq!(member(&tenant), 0);
+        assert!(tenant.groups[&group].state.members.is_empty());
+        tenant.apply_group(group, &GroupEvent::Deleted, at(), 2);
+        assert!(tenant.member_of.is_empty() && tenant.group_names.is_empty());
+    }
+}

@@ -1,0 +1,241 @@
+//! Entra's lookups answered from each SCIM API's in-memory index: read-your-writes across
+//! replicas, the same documents as the read model, and PostgreSQL when the index is behind.
+
+use std::time::Duration;
+
+use rollcall_it::{encode, eventually, scim_config, Scim, TestEnv};
+use rollcall_scim_api::index::{LookupIndex, Page};
+use rollcall_store::user::UserCondition;
+use serde_json::{json, Value};
+
+fn user(name: &str, external_id: &str) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name,
+        "externalId": external_id, "active": true, "displayName": name})
+}
+
+fn group(name: &str, members: &[&str]) -> Value {
+    let members: Vec<Value> = members.iter().map(|m| json!({"value": m})).collect();
+    json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": name,
+        "members": members})
+}
+
+fn patch(operations: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations})
+}
+
+const PAGE: Page = Page {
+    offset: 0,
+    limit: 100,
+    joined: true,
+};
+
+fn found(index: &LookupIndex, tenant: &str, name: &str) -> usize {
+    index
+        .users(
+            tenant,
+            &[UserCondition::UserName(name.to_owned())],
+            PAGE,
+            "http://rollcall.test/scim/v2",
+        )
+        .unwrap()
+        .total
+}
+
+#[tokio::test]
+async fn the_index_answers_only_once_it_holds_every_write_answered_before() {
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    let index = LookupIndex::start(env.log.clone());
+    eventually("the index caught up", Duration::from_secs(10), || async {
+        index.current().await
+    })
+    .await;
+    for n in 0..10 {
+        let name = format!("ada{n}@example.com");
+        scim.create_user(&user(&name, &format!("e{n}"))).await;
+        // No waiting beyond what `current` does: a write answered is in the index it vouches for.
+        assert!(index.current().await);
+        assert_eq!(found(&index, &env.tenant, &name.to_uppercase()), 1);
+    }
+    // The index falls behind: it does not vouch for itself, so lookups go to PostgreSQL.
+    index.hold_feed(true);
+    scim.create_user(&user("held@example.com", "held")).await;
+    assert!(
+        !index.current().await,
+        "an index behind the stream answered"
+    );
+    assert_eq!(found(&index, &env.tenant, "held@example.com"), 0);
+    index.hold_feed(false);
+    assert!(index.current().await);
+    assert_eq!(found(&index, &env.tenant, "held@example.com"), 1);
+    // Another tenant's users are not this tenant's.
+    assert_eq!(found(&index, "another", "held@example.com"), 0);
+}
+
+async fn lookup(scim: &Scim, path: &str) -> Value {
+    let response = scim.get(path).await;
+    assert_eq!(response.status, 200, "{path}: {:?}", response.body);
+    response.body
+}
+
+#[tokio::test]
+async fn lookups_on_one_replica_see_every_write_another_answered_as_the_read_model_would() {
+    let mut env = TestEnv::start().await;
+    let writer = env.scim();
+    // One public URL, so that both replicas' documents say the same `meta.location`.
+    let config = rollcall_scim_api::Config {
+        public_url: Some("https://rollcall.example.com/scim/v2".to_owned()),
+        ..scim_config()
+    };
+    let indexed = env.replica_with(config.clone()).await;
+    let database = env
+        .replica_with(rollcall_scim_api::Config {
+            lookup_index: false,
+            ..config
+        })
+        .await;
+    // Both replicas answer every lookup alike: the index as the read model does.
+    let both = |path: String| {
+        let (indexed, database) = (indexed.clone(), database.clone());
+        async move {
+            let from_index = lookup(&indexed, &path).await;
+            assert_eq!(from_index, lookup(&database, &path).await, "{path}");
+            from_index
+        }
+    };
+    let mut users = Vec::new();
+    for n in 0..20 {
+        let name = format!("Grace{n}@Example.com");
+        let id = writer.create_user(&user(&name, &format!("ext-{n}"))).await;
+        let found = both(format!(
+            "/Users?filter={}",
+            encode(&format!("userName eq \"{}\"", name.to_lowercase()))
+        ))
+        .await;
+        assert_eq!(found["totalResults"], 1, "{found}");
+        assert_eq!(found["Resources"][0]["id"], id.as_str());
+        let found = both(format!(
+            "/Users?filter={}",
+            encode(&format!("externalId eq \"ext-{n}\" and id eq \"{id}\""))
+        ))
+        .await;
+        assert_eq!(found["totalResults"], 1, "{found}");
+        users.push(id);
+    }
+    let group_id = writer
+        .create_group(&group("Engineering", &[&users[0], &users[1]]))
+        .await;
+    writer.create_group(&group("Alpha", &[&users[0]])).await;
+    let member_check = |user: &str| {
+        format!(
+            "/Groups?excludedAttributes=members&filter={}",
+            encode(&format!(
+                "id eq \"{group_id}\" and members[value eq \"{user}\"]"
+            ))
+        )
+    };
+    assert_eq!(both(member_check(&users[1])).await["totalResults"], 1);
+    assert_eq!(both(member_check(&users[2])).await["totalResults"], 0);
+    let by_name = format!(
+        "/Groups?excludedAttributes=members&filter={}",
+        encode("displayName eq \"engineering\"")
+    );
+    assert_eq!(
+        both(by_name.clone()).await["Resources"][0]["id"],
+        group_id.as_str()
+    );
+    // A user's groups, in the read model's order.
+    let groups = both(format!(
+        "/Users?filter={}",
+        encode(&format!("id eq \"{}\"", users[0]))
+    ))
+    .await;
+    assert_eq!(
+        groups["Resources"][0]["groups"].as_array().unwrap().len(),
+        2
+    );
+
+    // Membership removed, a user renamed, a group renamed, a user deleted: seen at once.
+    let removed =
+        patch(json!([{"op": "Remove", "path": format!("members[value eq \"{}\"]", users[1])}]));
+    assert_eq!(
+        writer
+            .patch(&format!("/Groups/{group_id}"), &removed)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(both(member_check(&users[1])).await["totalResults"], 0);
+    let renamed =
+        patch(json!([{"op": "Replace", "path": "userName", "value": "renamed@example.com"}]));
+    assert_eq!(
+        writer
+            .patch(&format!("/Users/{}", users[2]), &renamed)
+            .await
+            .status,
+        200
+    );
+    let old = format!(
+        "/Users?filter={}",
+        encode("userName eq \"grace2@example.com\"")
+    );
+    assert_eq!(both(old).await["totalResults"], 0);
+    let new = format!(
+        "/Users?filter={}",
+        encode("userName eq \"RENAMED@example.com\"")
+    );
+    assert_eq!(both(new).await["totalResults"], 1);
+    let renamed = patch(json!([{"op": "Replace", "path": "displayName", "value": "Platform"}]));
+    assert_eq!(
+        writer
+            .patch(&format!("/Groups/{group_id}"), &renamed)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(both(by_name).await["totalResults"], 0);
+    assert_eq!(
+        writer.delete(&format!("/Users/{}", users[0])).await.status,
+        204
+    );
+    let gone = format!(
+        "/Users?filter={}",
+        encode("userName eq \"grace0@example.com\"")
+    );
+    assert_eq!(both(gone).await["totalResults"], 0);
+    // The deleted user left every group, as in the read model.
+    let alpha = format!(
+        "/Groups?excludedAttributes=members&filter={}",
+        encode(&format!("members[value eq \"{}\"]", users[0]))
+    );
+    assert_eq!(both(alpha).await["totalResults"], 0);
+    let deactivated = patch(json!([{"op": "Replace", "path": "active", "value": "False"}]));
+    assert_eq!(
+        writer
+            .patch(&format!("/Users/{}", users[3]), &deactivated)
+            .await
+            .status,
+        200
+    );
+    let found = both(format!(
+        "/Users?filter={}",
+        encode("userName eq \"grace3@example.com\"")
+    ))
+    .await;
+    assert_eq!(found["Resources"][0]["active"], false);
+
+    // The index, not PostgreSQL, answered: a row taken from the read model behind its back is
+    // still found by the indexed replica, and no longer by the other.
+    sqlx::query("DELETE FROM scim_user WHERE tenant = $1 AND id = $2::uuid")
+        .bind(&env.tenant)
+        .bind(&users[4])
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let path = format!(
+        "/Users?filter={}",
+        encode("userName eq \"grace4@example.com\"")
+    );
+    assert_eq!(lookup(&indexed, &path).await["totalResults"], 1);
+    assert_eq!(lookup(&database, &path).await["totalResults"], 0);
+}
