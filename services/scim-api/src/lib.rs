@@ -121,9 +121,20 @@ impl Default for Config {
     }
 }
 
-/// Shared state of every handler.
+/// Shared state of every handler: cloned for every request, so it is one reference count.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+#[derive(Debug)]
+pub struct Shared {
     /// Configuration.
     pub config: Arc<Config>,
     /// Read models.
@@ -199,7 +210,7 @@ impl AppState {
             users: Repository::new(log.clone()),
             groups: Repository::new(log),
         };
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             config: Arc::new(config),
             store,
             repositories: Arc::new(repositories),
@@ -208,7 +219,7 @@ impl AppState {
             tokens: TokenVerifier::new(Scope::Scim),
             request_log: request_log::RequestLog::start(store_for_log, retention_days, log_bodies),
             index,
-        })
+        })))
     }
 }
 
