@@ -47,6 +47,12 @@ impl Caller {
     }
 }
 
+/// The most rows written in one statement.
+const BATCH: usize = 500;
+
+/// How long the writer gathers rows before it writes a batch that is not full.
+const GATHER: Duration = Duration::from_millis(50);
+
 /// The sending side of the log.
 #[derive(Debug, Clone)]
 pub struct RequestLog {
@@ -60,8 +66,18 @@ impl RequestLog {
         let (sender, mut receiver) = mpsc::channel::<RequestRow>(10_000);
         let writer = store.clone();
         tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(500);
-            while receiver.recv_many(&mut batch, 500).await > 0 {
+            let mut batch = Vec::with_capacity(BATCH);
+            while receiver.recv_many(&mut batch, BATCH).await > 0 {
+                // Rows come one per request: gathered for a moment, a busy API writes a few
+                // large batches instead of a commit every few requests.
+                let until = tokio::time::Instant::now() + GATHER;
+                while batch.len() < BATCH {
+                    let room = BATCH - batch.len();
+                    let more = receiver.recv_many(&mut batch, room);
+                    if !matches!(tokio::time::timeout_at(until, more).await, Ok(1..)) {
+                        break;
+                    }
+                }
                 write(&writer, &batch).await;
                 batch.clear();
             }
