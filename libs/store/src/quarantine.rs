@@ -274,6 +274,16 @@ impl Store {
         concerns_user(&mut connection, tenant, user).await
     }
 
+    /// The tenants whose read model does not hold every event of theirs in the stream: an
+    /// event of theirs is quarantined, held behind one, or was skipped.
+    pub async fn tenants_behind_stream(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT tenant FROM projection_quarantine WHERE status <> 'applied'",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// How many events are quarantined and unresolved.
     pub async fn quarantine_open(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(

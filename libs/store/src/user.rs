@@ -127,7 +127,8 @@ impl Store {
         .await?)
     }
 
-    /// The groups each of these users is a direct member of: (user id, group id, displayName).
+    /// The groups each of these users is a direct member of: (user id, group id, displayName),
+    /// by folded displayName (compared byte by byte, whatever the database's locale), then id.
     pub async fn groups_of_users(
         &self,
         tenant: &str,
@@ -137,7 +138,7 @@ impl Store {
         let rows: Vec<(String, Uuid, String)> = sqlx::query_as(
             "SELECT m.member_key, g.id, g.display_name FROM group_member m
              JOIN scim_group g ON g.tenant = m.tenant AND g.id = m.group_id
-             WHERE m.tenant = $1 AND m.member_key = ANY($2) ORDER BY g.display_name_lower, g.id",
+             WHERE m.tenant = $1 AND m.member_key = ANY($2) ORDER BY g.display_name_lower COLLATE \"C\", g.id",
         )
         .bind(tenant)
         .bind(&keys)

@@ -16,10 +16,10 @@
 //! The index mirrors the read model the projector writes: a deleted user leaves every group,
 //! members are compared by their lowercase id, names and externalIds by their case folding.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rollcall_domain::group::{self, Group, GroupEvent, GroupState};
@@ -30,6 +30,7 @@ use rollcall_eventlog::EventLog;
 use rollcall_scim::case::fold;
 use rollcall_store::group::GroupCondition;
 use rollcall_store::user::UserCondition;
+use rollcall_store::Store;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::{oneshot, watch, Notify};
@@ -40,10 +41,16 @@ use crate::mapping::{self, Meta};
 
 /// How long a lookup waits for the index to apply what the stream holds before it is answered
 /// from PostgreSQL instead.
-pub const CATCH_UP: Duration = Duration::from_millis(500);
+pub const CATCH_UP: Duration = Duration::from_millis(250);
 
 /// How long a lookup waits for a probe of the stream's last sequence.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// How often the tenants whose read model is behind the stream (quarantine) are read.
+const QUARANTINE_EVERY: Duration = Duration::from_secs(1);
+
+/// How old that list may be before the index stops answering.
+const QUARANTINE_STALE: Duration = Duration::from_secs(3);
 
 /// How long the feed waits before it follows the stream again after an error.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -109,6 +116,10 @@ struct Tenant {
     group_external_ids: HashMap<String, BTreeSet<Uuid>>,
     /// The groups of each member key (a member's lowercase id).
     member_of: HashMap<String, BTreeSet<Uuid>>,
+    /// Set once an event of the tenant could not be read or does not apply: the projector
+    /// quarantines such events, so the read model may no longer be what the index folds, and
+    /// PostgreSQL answers the tenant's lookups from then on.
+    diverged: bool,
 }
 
 impl Tenant {
@@ -141,7 +152,12 @@ impl Tenant {
                 self.inactive.insert(id);
                 attributes
             }
-            User::Absent | User::Deleted => {
+            User::Absent => {
+                // An event for a user that does not exist: the projector quarantines it.
+                self.diverged = true;
+                return;
+            }
+            User::Deleted => {
                 // A deleted user leaves every group (as the read model's rows do).
                 let member = id.to_string();
                 for group in self.member_of.remove(&member).unwrap_or_default() {
@@ -188,23 +204,45 @@ impl Tenant {
             }
             None => Group::Absent,
         };
-        let before: BTreeSet<String> = current
-            .state()
-            .map(|state| state.members.keys().cloned().collect())
-            .unwrap_or_default();
-        let state = match group::evolve(current, event) {
-            Group::Active(state) => Some(state),
-            Group::Absent | Group::Deleted => None,
+        // A deletion takes every member out; any other event only those it names (a member
+        // change costs the same on a group of 100,000 as on a group of 10).
+        let former: Vec<String> = match (event, current.state()) {
+            (GroupEvent::Deleted, Some(state)) => state.members.keys().cloned().collect(),
+            _ => Vec::new(),
         };
-        let empty = Default::default();
-        let after = state.as_ref().map_or(&empty, |state| &state.members);
-        for gone in before.iter().filter(|member| !after.contains_key(*member)) {
-            remove(&mut self.member_of, Some(gone), id);
+        let state = match group::evolve(current, event) {
+            Group::Active(state) => state,
+            Group::Deleted => {
+                for member in &former {
+                    remove(&mut self.member_of, Some(member), id);
+                }
+                return;
+            }
+            Group::Absent => {
+                // An event for a group that does not exist: the projector quarantines it.
+                self.diverged = true;
+                return;
+            }
+        };
+        match event {
+            GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {
+                for member in members {
+                    let key = member.key();
+                    if state.members.contains_key(&key) {
+                        insert(&mut self.member_of, Some(key), id);
+                    }
+                }
+            }
+            GroupEvent::MembersRemoved { members } => {
+                for member in members {
+                    let key = member.to_lowercase();
+                    if !state.members.contains_key(&key) {
+                        remove(&mut self.member_of, Some(&key), id);
+                    }
+                }
+            }
+            _ => {}
         }
-        for came in after.keys().filter(|member| !before.contains(*member)) {
-            insert(&mut self.member_of, Some(came.clone()), id);
-        }
-        let Some(state) = state else { return };
         insert(
             &mut self.group_names,
             key(&state.attributes, "displayName"),
@@ -286,7 +324,8 @@ impl Tenant {
         Some(Found { resources, total })
     }
 
-    /// A user's groups as the read model lists them: by folded displayName, then id.
+    /// A user's groups as the read model lists them: by folded displayName (byte by byte), then
+    /// id.
     fn groups_of(&self, user: Uuid) -> Vec<(Uuid, String)> {
         let mut groups: Vec<(String, Uuid, String)> = self
             .member_of
@@ -294,7 +333,8 @@ impl Tenant {
             .into_iter()
             .flatten()
             .filter_map(|group| {
-                let name = self.groups.get(group)?.state.display_name()?.to_owned();
+                let name = self.groups.get(group)?.state.display_name();
+                let name = name.unwrap_or_default().to_owned();
                 Some((fold(&name).into_owned(), *group, name))
             })
             .collect();
@@ -378,8 +418,17 @@ struct Inner {
     tenants: RwLock<HashMap<String, Tenant>>,
     /// The stream sequence of the last message applied.
     applied: watch::Sender<u64>,
-    /// Whether the feed caught up with the stream since it last (re)started.
+    /// Whether the index is caught up enough to try answering: it reached [`Inner::target`]
+    /// since it last (re)started or last fell behind a lookup.
     ready: AtomicBool,
+    /// The sequence whose application makes the index ready again.
+    target: AtomicU64,
+    /// Set when a message could not be read and its tenant is not known: the index no longer
+    /// answers at all (until the process restarts).
+    blind: AtomicBool,
+    /// The tenants whose read model does not hold all their events (a quarantine, open or
+    /// skipped), with when the list was read: the index does not answer for them.
+    behind: RwLock<(HashSet<String>, Option<Instant>)>,
     probes: Probes,
     /// Debug builds: the feed applies nothing while set (tests make the index fall behind).
     #[cfg(debug_assertions)]
@@ -397,7 +446,32 @@ pub struct LookupIndex {
 impl LookupIndex {
     /// Starts following the stream of `log` from its first message; the index answers lookups
     /// once it has caught up. It stops when the last clone of the index is dropped.
-    pub fn start(log: EventLog) -> Self {
+    pub fn start(log: EventLog, store: Store) -> Self {
+        let (index, stopped) = Self::new();
+        tokio::spawn(quarantine(Arc::downgrade(&index.inner), store));
+        let feed = feed(Arc::downgrade(&index.inner), log.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stopped => {}
+                () = feed => {}
+            }
+        });
+        tokio::spawn(probe(Arc::downgrade(&index.inner), log));
+        index
+    }
+
+    /// An index that follows nothing and never vouches for itself ([`LookupIndex::current`] is
+    /// `false`): events reach it only through [`LookupIndex::apply`]. For measuring it.
+    pub fn detached() -> Self {
+        Self::new().0
+    }
+
+    /// Applies the events of one message, as the feed does.
+    pub fn apply(&self, events: &[Delivered]) {
+        self.inner.apply(events);
+    }
+
+    fn new() -> (Self, oneshot::Receiver<()>) {
         let (applied, _) = watch::channel(0);
         let (done, _) = watch::channel((0, 0));
         let (stop, stopped) = oneshot::channel();
@@ -405,6 +479,9 @@ impl LookupIndex {
             tenants: RwLock::default(),
             applied,
             ready: AtomicBool::new(false),
+            target: AtomicU64::new(0),
+            blind: AtomicBool::new(false),
+            behind: RwLock::default(),
             probes: Probes {
                 started: AtomicU64::new(0),
                 done,
@@ -414,21 +491,24 @@ impl LookupIndex {
             held: AtomicBool::new(false),
             _stop: stop,
         });
-        let feed = feed(Arc::downgrade(&inner), log.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stopped => {}
-                () = feed => {}
-            }
-        });
-        tokio::spawn(probe(Arc::downgrade(&inner), log));
-        Self { inner }
+        (Self { inner }, stopped)
     }
 
     /// Waits until the index holds every write answered before this call, and says whether it
     /// does (`false`: answer from PostgreSQL).
     pub async fn current(&self) -> bool {
-        if !self.inner.ready.load(Ordering::Acquire) {
+        let inner = &self.inner;
+        if !inner.ready.load(Ordering::Acquire) || inner.blind.load(Ordering::Acquire) {
+            return false;
+        }
+        let known = inner
+            .behind
+            .read()
+            .ok()
+            .and_then(|behind| behind.1)
+            .is_some_and(|read| read.elapsed() < QUARANTINE_STALE);
+        if !known {
+            debug!("which tenants are in quarantine is not known; answering from PostgreSQL");
             return false;
         }
         let probes = &self.inner.probes;
@@ -450,14 +530,22 @@ impl LookupIndex {
                 return false;
             }
         };
-        let mut applied = self.inner.applied.subscribe();
+        let mut applied = inner.applied.subscribe();
+        if head < *applied.borrow() {
+            // The stream holds fewer messages than the index applied: it was replaced. The
+            // feed starts over once it notices.
+            return false;
+        }
         let caught_up =
             tokio::time::timeout(CATCH_UP, applied.wait_for(|applied| *applied >= head)).await;
         if !matches!(caught_up, Ok(Ok(_))) {
             debug!(
                 head,
-                "the lookup index is behind the stream; answering from PostgreSQL"
+                "the lookup index is behind the stream; answering from PostgreSQL until it caught up"
             );
+            // Later lookups do not wait for it either, until it reaches this head.
+            inner.target.fetch_max(head, Ordering::AcqRel);
+            inner.ready.store(false, Ordering::Release);
             return false;
         }
         true
@@ -472,8 +560,12 @@ impl LookupIndex {
         page: Page,
         base: &str,
     ) -> Option<Found> {
+        if self.inner.is_behind(tenant) {
+            return None;
+        }
         let tenants = self.inner.tenants.read().ok()?;
         match tenants.get(tenant) {
+            Some(tenant) if tenant.diverged => None,
             Some(tenant) => tenant.users(conditions, page, base),
             None => Some(Found {
                 resources: Vec::new(),
@@ -494,8 +586,12 @@ impl LookupIndex {
         if page.joined {
             return None;
         }
+        if self.inner.is_behind(tenant) {
+            return None;
+        }
         let tenants = self.inner.tenants.read().ok()?;
         match tenants.get(tenant) {
+            Some(tenant) if tenant.diverged => None,
             Some(tenant) => tenant.groups(conditions, page, base),
             None => Some(Found {
                 resources: Vec::new(),
@@ -518,6 +614,20 @@ impl LookupIndex {
 }
 
 impl Inner {
+    /// Whether the tenant's read model is behind the stream (a quarantine).
+    fn is_behind(&self, tenant: &str) -> bool {
+        self.behind
+            .read()
+            .map_or(true, |behind| behind.0.contains(tenant))
+    }
+
+    /// Stops answering for `tenant` (an event of its could not be read or does not apply).
+    fn diverge(&self, tenant: &str) {
+        if let Ok(mut tenants) = self.tenants.write() {
+            tenants.entry(tenant.to_owned()).or_default().diverged = true;
+        }
+    }
+
     /// Applies the events of one message.
     fn apply(&self, events: &[Delivered]) {
         let Ok(mut tenants) = self.tenants.write() else {
@@ -541,20 +651,20 @@ impl Inner {
                         .entry(envelope.tenant.clone())
                         .or_default()
                         .apply_user(id, &event, at, version),
-                    Err(reason) => warn!(
-                        sequence = delivered.sequence,
-                        reason, "the lookup index passes over an unreadable event"
-                    ),
+                    Err(reason) => {
+                        warn!(sequence = delivered.sequence, reason, "the lookup index cannot read an event; PostgreSQL answers the tenant's lookups");
+                        tenants.entry(envelope.tenant.clone()).or_default().diverged = true;
+                    }
                 },
                 GroupEvent::AGGREGATE => match GroupEvent::from_payload(kind, schema, payload) {
                     Ok(event) => tenants
                         .entry(envelope.tenant.clone())
                         .or_default()
                         .apply_group(id, &event, at, version),
-                    Err(reason) => warn!(
-                        sequence = delivered.sequence,
-                        reason, "the lookup index passes over an unreadable event"
-                    ),
+                    Err(reason) => {
+                        warn!(sequence = delivered.sequence, reason, "the lookup index cannot read an event; PostgreSQL answers the tenant's lookups");
+                        tenants.entry(envelope.tenant.clone()).or_default().diverged = true;
+                    }
                 },
                 _ => {}
             }
@@ -566,15 +676,28 @@ impl Inner {
 async fn feed(inner: Weak<Inner>, log: EventLog) {
     use async_nats::jetstream::consumer::{pull, DeliverPolicy};
     loop {
-        let applied = {
-            let Some(inner) = inner.upgrade() else { return };
+        if let Some(inner) = inner.upgrade() {
             inner.ready.store(false, Ordering::Release);
-            let applied = *inner.applied.borrow();
-            applied
-        };
+        }
         let head = log.head().await;
         let followed = async {
             let head = head.map_err(|error| error.to_string())?;
+            let applied = {
+                let Some(inner) = inner.upgrade() else {
+                    return Ok(());
+                };
+                let mut applied = *inner.applied.borrow();
+                if head < applied {
+                    warn!(head, applied, "the stream holds fewer messages than the lookup index applied (it was replaced): the index starts over");
+                    if let Ok(mut tenants) = inner.tenants.write() {
+                        tenants.clear();
+                    }
+                    inner.applied.send_replace(0);
+                    applied = 0;
+                }
+                inner.target.store(head, Ordering::Release);
+                applied
+            };
             let consumer = log
                 .stream()
                 .create_consumer(pull::OrderedConfig {
@@ -610,13 +733,24 @@ async fn feed(inner: Weak<Inner>, log: EventLog) {
                         events.first().map(|event| event.sequence)
                     }
                     Err(error) => {
-                        warn!(error = %error, "the lookup index passes over an unreadable message");
+                        match rollcall_eventlog::partition::subject_tenant(&message.subject) {
+                            Some(tenant) => {
+                                warn!(error = %error, "the lookup index cannot read a message; PostgreSQL answers its tenant's lookups");
+                                inner.diverge(tenant);
+                            }
+                            None => {
+                                warn!(error = %error, "the lookup index cannot read a message of no known tenant; PostgreSQL answers every lookup");
+                                inner.blind.store(true, Ordering::Release);
+                            }
+                        }
                         message.info().ok().map(|info| info.stream_sequence)
                     }
                 };
                 if let Some(sequence) = sequence {
                     inner.applied.send_replace(sequence);
-                    if sequence >= head && !inner.ready.swap(true, Ordering::AcqRel) {
+                    if sequence >= inner.target.load(Ordering::Acquire)
+                        && !inner.ready.swap(true, Ordering::AcqRel)
+                    {
                         info!(sequence, "the lookup index caught up with the stream");
                     }
                 }
@@ -632,6 +766,27 @@ async fn feed(inner: Weak<Inner>, log: EventLog) {
                 warn!(error, "the lookup index lost the stream; PostgreSQL answers lookups until it has caught up again");
                 tokio::time::sleep(RETRY_AFTER).await;
             }
+        }
+    }
+}
+
+/// Reads which tenants' read models are behind the stream (a quarantine) every second.
+async fn quarantine(inner: Weak<Inner>, store: Store) {
+    let mut interval = tokio::time::interval(QUARANTINE_EVERY);
+    loop {
+        interval.tick().await;
+        if inner.strong_count() == 0 {
+            return;
+        }
+        match store.tenants_behind_stream().await {
+            Ok(tenants) => {
+                let Some(inner) = inner.upgrade() else { return };
+                let read = (tenants.into_iter().collect(), Some(Instant::now()));
+                if let Ok(mut behind) = inner.behind.write() {
+                    *behind = read;
+                };
+            }
+            Err(error) => debug!(error = %error, "reading the quarantine failed"),
         }
     }
 }
@@ -711,6 +866,46 @@ mod tests {
         tenant.apply_user(id, &renamed, at(), 2);
         assert_eq!(by_name(&tenant, "ada@example.com"), 0);
         assert_eq!(by_name(&tenant, "GRACE@example.com"), 1);
+    }
+
+    #[test]
+    fn a_tenant_with_an_event_that_does_not_apply_is_no_longer_answered_from_the_index() {
+        let index = LookupIndex::detached();
+        let (known, unknown) = (Uuid::now_v7(), Uuid::now_v7());
+        let delivered = |id, event: &UserEvent, version| Delivered {
+            sequence: version,
+            position: 0,
+            envelope: rollcall_eventlog::Envelope {
+                event_id: Uuid::now_v7(),
+                tenant: "acme".into(),
+                aggregate_type: UserEvent::AGGREGATE.into(),
+                aggregate_id: id,
+                version,
+                event_type: event.event_type().into(),
+                schema_version: 1,
+                occurred_at: at(),
+                actor: rollcall_eventlog::Actor::Operator {
+                    name: "test".into(),
+                },
+                request_id: None,
+                traceparent: None,
+                payload: event.to_payload(),
+            },
+        };
+        let created = UserEvent::Provisioned {
+            attributes: attributes(json!({"userName": "u"})),
+            active: true,
+        };
+        index.apply(&[delivered(known, &created, 1)]);
+        let lookup = || index.users("acme", &[UserCondition::Id(known)], PAGE, "http://x");
+        assert_eq!(lookup().map(|found| found.total), Some(1));
+        // The projector quarantines a deactivation of a user that does not exist.
+        index.apply(&[delivered(unknown, &UserEvent::Deactivated, 1)]);
+        assert!(lookup().is_none());
+        // Other tenants are answered as before.
+        assert!(index
+            .users("other", &[UserCondition::Id(known)], PAGE, "http://x")
+            .is_some());
     }
 
     #[test]

@@ -205,7 +205,7 @@ impl AppState {
         checkpoint.watch_partitioning(store.clone());
         let index = config
             .lookup_index
-            .then(|| index::LookupIndex::start(log.clone()));
+            .then(|| index::LookupIndex::start(log.clone(), store.clone()));
         let repositories = Repositories {
             users: Repository::new(log.clone()),
             groups: Repository::new(log),

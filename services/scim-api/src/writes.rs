@@ -168,11 +168,15 @@ async fn update<R: Resource>(
             |folded, _, unique| (Answer::of::<R>(uuid, folded, &info.base, document), unique),
         )
         .await;
-    let left = written
-        .as_ref()
-        .ok()
-        .and_then(|(_, unique)| unique.as_deref());
-    claims::settle_rename::<R>(state, tenant, claimed, left, uuid).await;
+    match &written {
+        Ok((_, left)) => {
+            claims::settle_rename::<R>(state, tenant, claimed, left.as_deref(), uuid).await;
+        }
+        // An append whose acknowledgement was lost may have landed: both values stay claimed
+        // (the one the resource does not hold is taken over once stale).
+        Err(error) if error.may_have_appended() => {}
+        Err(_) => claims::settle_rename::<R>(state, tenant, claimed, None, uuid).await,
+    }
     let (answer, _) = written?;
     // Also for a write that changed nothing (Entra re-sends a deactivation that may still be
     // in flight): the resource's last event must be in effect before the answer.

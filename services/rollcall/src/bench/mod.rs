@@ -353,9 +353,15 @@ async fn measure(
             sizes.memory_users
         ));
         let (bytes_per_user, seconds) = scenarios::memory(sizes.memory_users);
+        say(&format!(
+            "memory: a SCIM API's lookup index of {} users with 5 groups each",
+            sizes.memory_users
+        ));
+        let index = scenarios::index_memory(sizes.memory_users);
         json!({"users": sizes.memory_users, "groups_per_user": 5, "bytes_per_user": bytes_per_user.round(),
                "total_mib": (bytes_per_user * sizes.memory_users as f64 / 1_048_576.0).round(), "load_seconds": seconds,
-               "target": format!("<= {MEMORY_AT_MOST} bytes per user"), "target_met": bytes_per_user <= MEMORY_AT_MOST})
+               "target": format!("<= {MEMORY_AT_MOST} bytes per user"), "target_met": bytes_per_user <= MEMORY_AT_MOST,
+               "lookup_index_bytes_per_user": index.round()})
     } else {
         Value::Null
     };
@@ -614,6 +620,10 @@ fn print_table(report: &Value) {
                 "MISSED"
             },
             report["memory"]["target"].as_str().unwrap_or_default()
+        );
+        println!(
+            "lookup index memory: {} bytes per user (each SCIM API process)",
+            report["memory"]["lookup_index_bytes_per_user"]
         );
     }
 }

@@ -462,17 +462,6 @@ pub async fn initial_cycle(
 /// Peak memory of the access service's state: `users` users with five groups each, applied
 /// through the same path the NATS feed uses. Returns bytes per user.
 pub fn memory(users: usize) -> (f64, f64) {
-    let rss = || {
-        std::fs::read_to_string("/proc/self/statm")
-            .ok()
-            .and_then(|s| {
-                s.split_whitespace()
-                    .nth(1)
-                    .and_then(|p| p.parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            * 4096
-    };
     let before = rss();
     let started = Instant::now();
     let mut directory = rollcall_access::directory::Directory::default();
@@ -503,6 +492,75 @@ pub fn memory(users: usize) -> (f64, f64) {
     let grown = rss().saturating_sub(before) as f64;
     drop(directory);
     (grown / users.max(1) as f64, seconds)
+}
+
+/// Memory of a SCIM API's lookup index: `users` users as Entra provisions them (names, emails,
+/// title, department, externalId) in 1,000 groups, five groups each, applied through the path
+/// the index's feed takes. Returns bytes per user.
+pub fn index_memory(users: usize) -> f64 {
+    use rollcall_eventlog::consumer::Delivered;
+    let before = rss();
+    let index = rollcall_scim_api::index::LookupIndex::detached();
+    let mut sequence = 0;
+    let mut apply = |envelope| {
+        sequence += 1;
+        index.apply(&[Delivered {
+            sequence,
+            position: 0,
+            envelope,
+        }]);
+    };
+    let ids: Vec<Uuid> = (0..users).map(|_| Uuid::now_v7()).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let payload = serde_json::json!({"type": "user.provisioned", "active": true, "attributes": {
+            "userName": format!("user{n}@bench.example.com"), "externalId": Uuid::new_v4().to_string(),
+            "displayName": format!("User {n}"), "name": {"givenName": "User", "familyName": format!("Number {n}")},
+            "emails": [{"value": format!("user{n}@bench.example.com"), "type": "work", "primary": true}],
+            "title": "Engineer", "department": "Research"}});
+        apply(super::env::envelope(
+            "user",
+            *id,
+            "user.provisioned",
+            payload,
+        ));
+    }
+    let groups = 1000.min(users.max(1));
+    let mut members: Vec<Vec<String>> = vec![Vec::new(); groups];
+    for (n, id) in ids.iter().enumerate() {
+        for g in 0..5 {
+            members[(n * 5 + g) % groups].push(id.to_string());
+        }
+    }
+    for (g, members) in members.into_iter().enumerate() {
+        let members: Vec<serde_json::Value> = members
+            .into_iter()
+            .map(|value| serde_json::json!({"value": value}))
+            .collect();
+        let payload = serde_json::json!({"type": "group.created",
+            "attributes": {"displayName": format!("Group {g}")}, "members": members});
+        apply(super::env::envelope(
+            "group",
+            Uuid::now_v7(),
+            "group.created",
+            payload,
+        ));
+    }
+    let grown = rss().saturating_sub(before) as f64;
+    drop(index);
+    grown / users.max(1) as f64
+}
+
+/// This process's resident memory, in bytes.
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 4096
 }
 
 /// Projection across many tenants with `partitions` partitions and as many projector
