@@ -204,6 +204,10 @@ impl Tenant {
             }
             None => Group::Absent,
         };
+        if matches!(event, GroupEvent::Created { .. }) && current.state().is_some() {
+            // The group folds it away; the projector adds its members all the same.
+            self.diverged = true;
+        }
         // A deletion takes every member out; any other event only those it names (a member
         // change costs the same on a group of 100,000 as on a group of 10).
         let former: Vec<String> = match (event, current.state()) {
@@ -284,44 +288,45 @@ impl Tenant {
         map.get(fold(text).as_ref()).cloned().unwrap_or_default()
     }
 
-    /// Ids in the read model's order (creation, then id).
-    fn ordered<S>(
+    /// The page of these resources in the read model's order (creation, then id), rendered.
+    fn page<S>(
         ids: BTreeSet<Uuid>,
         entries: &HashMap<Uuid, Entry<S>>,
-    ) -> Vec<(&Entry<S>, Uuid)> {
+        page: Page,
+        render: impl Fn(&Entry<S>, Uuid) -> Value,
+    ) -> Found {
         let mut found: Vec<(&Entry<S>, Uuid)> = ids
             .into_iter()
             .filter_map(|id| Some((entries.get(&id)?, id)))
             .collect();
         found.sort_by_key(|(entry, id)| (entry.created, *id));
-        found
-    }
-
-    fn users(&self, conditions: &[UserCondition], page: Page, base: &str) -> Option<Found> {
-        let ids = Self::matching(conditions, |condition| {
-            Some(match condition {
-                UserCondition::Id(id) => self
-                    .users
-                    .contains_key(id)
-                    .then_some(*id)
-                    .into_iter()
-                    .collect(),
-                UserCondition::UserName(name) => Self::lookup(&self.user_names, name),
-                UserCondition::ExternalId(id) => Self::lookup(&self.user_external_ids, id),
-            })
-        })?;
-        let found = Self::ordered(ids, &self.users);
         let total = found.len();
         let resources = found
             .into_iter()
             .skip(page.offset)
             .take(page.limit)
-            .map(|(entry, id)| {
-                let groups = page.joined.then(|| self.groups_of(id));
-                mapping::user(id, &entry.state, groups.as_deref(), entry.meta(base))
-            })
+            .map(|(entry, id)| render(entry, id))
             .collect();
-        Some(Found { resources, total })
+        Found { resources, total }
+    }
+
+    /// `{id}` if it is one of `entries`.
+    fn present<S>(entries: &HashMap<Uuid, Entry<S>>, id: Uuid) -> BTreeSet<Uuid> {
+        entries.get(&id).map(|_| id).into_iter().collect()
+    }
+
+    fn users(&self, conditions: &[UserCondition], page: Page, base: &str) -> Option<Found> {
+        let ids = Self::matching(conditions, |condition| {
+            Some(match condition {
+                UserCondition::Id(id) => Self::present(&self.users, *id),
+                UserCondition::UserName(name) => Self::lookup(&self.user_names, name),
+                UserCondition::ExternalId(id) => Self::lookup(&self.user_external_ids, id),
+            })
+        })?;
+        Some(Self::page(ids, &self.users, page, |entry, id| {
+            let groups = page.joined.then(|| self.groups_of(id));
+            mapping::user(id, &entry.state, groups.as_deref(), entry.meta(base))
+        }))
     }
 
     /// A user's groups as the read model lists them: by folded displayName (byte by byte), then
@@ -349,12 +354,7 @@ impl Tenant {
         }
         let ids = Self::matching(conditions, |condition| {
             Some(match condition {
-                GroupCondition::Id(id) => self
-                    .groups
-                    .contains_key(id)
-                    .then_some(*id)
-                    .into_iter()
-                    .collect(),
+                GroupCondition::Id(id) => Self::present(&self.groups, *id),
                 GroupCondition::DisplayName(name) => Self::lookup(&self.group_names, name),
                 GroupCondition::ExternalId(id) => Self::lookup(&self.group_external_ids, id),
                 GroupCondition::Member(member) => self
@@ -364,22 +364,10 @@ impl Tenant {
                     .unwrap_or_default(),
             })
         })?;
-        let found = Self::ordered(ids, &self.groups);
-        let total = found.len();
-        let resources = found
-            .into_iter()
-            .skip(page.offset)
-            .take(page.limit)
-            .map(|(entry, id)| {
-                mapping::group(
-                    id,
-                    &entry.state.attributes,
-                    std::iter::empty(),
-                    entry.meta(base),
-                )
-            })
-            .collect();
-        Some(Found { resources, total })
+        Some(Self::page(ids, &self.groups, page, |entry, id| {
+            let attributes = &entry.state.attributes;
+            mapping::group(id, attributes, std::iter::empty(), entry.meta(base))
+        }))
     }
 }
 
@@ -423,9 +411,11 @@ struct Inner {
     ready: AtomicBool,
     /// The sequence whose application makes the index ready again.
     target: AtomicU64,
-    /// Set when a message could not be read and its tenant is not known: the index no longer
-    /// answers at all (until the process restarts).
+    /// Set when a message could not be read and its tenant is not known, or the stream was
+    /// replaced: the index no longer answers at all (until the process restarts).
     blind: AtomicBool,
+    /// When the stream the index folds was created (known once the feed started).
+    created: std::sync::Mutex<Option<OffsetDateTime>>,
     /// The tenants whose read model does not hold all their events (a quarantine, open or
     /// skipped), with when the list was read: the index does not answer for them.
     behind: RwLock<(HashSet<String>, Option<Instant>)>,
@@ -481,6 +471,7 @@ impl LookupIndex {
             ready: AtomicBool::new(false),
             target: AtomicU64::new(0),
             blind: AtomicBool::new(false),
+            created: std::sync::Mutex::new(None),
             behind: RwLock::default(),
             probes: Probes {
                 started: AtomicU64::new(0),
@@ -531,11 +522,6 @@ impl LookupIndex {
             }
         };
         let mut applied = inner.applied.subscribe();
-        if head < *applied.borrow() {
-            // The stream holds fewer messages than the index applied: it was replaced. The
-            // feed starts over once it notices.
-            return false;
-        }
         let caught_up =
             tokio::time::timeout(CATCH_UP, applied.wait_for(|applied| *applied >= head)).await;
         if !matches!(caught_up, Ok(Ok(_))) {
@@ -546,6 +532,10 @@ impl LookupIndex {
             // Later lookups do not wait for it either, until it reaches this head.
             inner.target.fetch_max(head, Ordering::AcqRel);
             inner.ready.store(false, Ordering::Release);
+            // Unless it did meanwhile (the feed may have looked at the target before it moved).
+            if *inner.applied.borrow() >= inner.target.load(Ordering::Acquire) {
+                inner.ready.store(true, Ordering::Release);
+            }
             return false;
         }
         true
@@ -614,6 +604,27 @@ impl LookupIndex {
 }
 
 impl Inner {
+    /// Whether the stream created at `created` is the one the index folds (the first it
+    /// sees is); a replaced stream (restored, recreated) blinds the index for good.
+    fn same_stream(&self, created: OffsetDateTime) -> bool {
+        let Ok(mut folded) = self.created.lock() else {
+            return false;
+        };
+        match *folded {
+            None => {
+                *folded = Some(created);
+                true
+            }
+            Some(folded) if folded == created => true,
+            Some(_) => {
+                if !self.blind.swap(true, Ordering::AcqRel) {
+                    warn!("the event stream was replaced since the lookup index started; PostgreSQL answers every lookup until this process restarts");
+                }
+                false
+            }
+        }
+    }
+
     /// Whether the tenant's read model is behind the stream (a quarantine).
     fn is_behind(&self, tenant: &str) -> bool {
         self.behind
@@ -679,23 +690,18 @@ async fn feed(inner: Weak<Inner>, log: EventLog) {
         if let Some(inner) = inner.upgrade() {
             inner.ready.store(false, Ordering::Release);
         }
-        let head = log.head().await;
+        let info = stream_info(&log).await;
         let followed = async {
-            let head = head.map_err(|error| error.to_string())?;
+            let (head, created) = info?;
             let applied = {
                 let Some(inner) = inner.upgrade() else {
                     return Ok(());
                 };
-                let mut applied = *inner.applied.borrow();
-                if head < applied {
-                    warn!(head, applied, "the stream holds fewer messages than the lookup index applied (it was replaced): the index starts over");
-                    if let Ok(mut tenants) = inner.tenants.write() {
-                        tenants.clear();
-                    }
-                    inner.applied.send_replace(0);
-                    applied = 0;
+                if !inner.same_stream(created) {
+                    return Ok(());
                 }
                 inner.target.store(head, Ordering::Release);
+                let applied = *inner.applied.borrow();
                 applied
             };
             let consumer = log
@@ -791,6 +797,13 @@ async fn quarantine(inner: Weak<Inner>, store: Store) {
     }
 }
 
+/// The stream's last sequence and when it was created.
+async fn stream_info(log: &EventLog) -> Result<(u64, OffsetDateTime), String> {
+    let mut stream = log.stream().clone();
+    let info = stream.info().await.map_err(|error| error.to_string())?;
+    Ok((info.state.last_sequence, info.created))
+}
+
 /// Runs probes of the stream's last sequence while lookups want them, one at a time.
 async fn probe(inner: Weak<Inner>, log: EventLog) {
     loop {
@@ -801,12 +814,12 @@ async fn probe(inner: Weak<Inner>, log: EventLog) {
             continue;
         }
         let id = inner.probes.started.fetch_add(1, Ordering::AcqRel) + 1;
-        match log.head().await {
-            Ok(head) => {
-                inner
-                    .probes
-                    .done
-                    .send_modify(|done| *done = (id, done.1.max(head)));
+        match stream_info(&log).await {
+            Ok((head, created)) => {
+                // A replaced stream's lookups wait for no probe: they find the index blind.
+                if inner.same_stream(created) {
+                    inner.probes.done.send_replace((id, head));
+                }
             }
             Err(error) => {
                 // The lookups waiting for it time out and are answered from PostgreSQL.
@@ -906,6 +919,40 @@ mod tests {
         assert!(index
             .users("other", &[UserCondition::Id(known)], PAGE, "http://x")
             .is_some());
+    }
+
+    #[test]
+    fn members_added_and_removed_are_found_by_any_case_of_their_id() {
+        let mut tenant = Tenant::default();
+        let group = Uuid::now_v7();
+        tenant.apply_group(
+            group,
+            &GroupEvent::Created {
+                attributes: attributes(json!({"displayName": "G"})),
+                members: vec![Member::new("A")],
+            },
+            at(),
+            1,
+        );
+        let page = Page {
+            joined: false,
+            ..PAGE
+        };
+        let members = |tenant: &Tenant, member: &str| {
+            let condition = [GroupCondition::Member(member.into())];
+            tenant.groups(&condition, page, "http://x").unwrap().total
+        };
+        let added = GroupEvent::MembersAdded {
+            members: vec![Member::new("b"), Member::new("a")],
+        };
+        tenant.apply_group(group, &added, at(), 2);
+        assert_eq!((members(&tenant, "a"), members(&tenant, "B")), (1, 1));
+        let removed = GroupEvent::MembersRemoved {
+            members: vec!["A".into(), "not-a-member".into()],
+        };
+        tenant.apply_group(group, &removed, at(), 3);
+        assert_eq!((members(&tenant, "a"), members(&tenant, "b")), (0, 1));
+        assert!(!tenant.member_of.contains_key("not-a-member"));
     }
 
     #[test]

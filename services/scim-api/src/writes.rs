@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use rollcall_eventlog::Actor;
-use rollcall_scim::{case, resource, PatchRequest};
+use rollcall_scim::{case, resource, PatchRequest, Projection};
 use serde_json::Value;
 use tracing::instrument;
 use uuid::Uuid;
@@ -50,6 +50,27 @@ struct Answer {
 }
 
 impl Answer {
+    /// The response showing the resource's document (`404` if it is gone).
+    fn respond<R: Resource>(
+        self,
+        status: StatusCode,
+        projection: &Projection,
+        base: &str,
+        id: &str,
+    ) -> Result<Response, ApiError> {
+        let rt = R::resource_type();
+        let document = self.document.ok_or_else(|| not_found::<R>(id))?;
+        Ok(http::resource(
+            status,
+            rt,
+            projection,
+            &document,
+            self.version,
+            base,
+            &id,
+        ))
+    }
+
     fn of<R: Resource>(id: Uuid, folded: &Folded<R::State>, base: &str, document: bool) -> Self {
         Self {
             sequence: folded.sequence,
@@ -92,18 +113,12 @@ pub async fn create<R: Resource>(
         .checkpoint
         .settle(rt.name, &principal.tenant, id, answer.sequence)
         .await?;
-    let document = answer
-        .document
-        .ok_or_else(|| not_found::<R>(&id.to_string()))?;
-    Ok(http::resource(
+    answer.respond::<R>(
         StatusCode::CREATED,
-        rt,
         &projection,
-        &document,
-        answer.version,
         &info.base,
-        &id,
-    ))
+        &id.to_string(),
+    )
 }
 
 /// Applies a PUT or PATCH (`body` as received) to resource `id`; the answer carries the
@@ -203,16 +218,7 @@ pub async fn replace<R: Resource>(
     resource::normalize(rt, body.clone())?;
     let change = Change::Replace(body.clone());
     let answer = update::<R>(&state, &principal, &info, &id, &body, change, true).await?;
-    let document = answer.document.ok_or_else(|| not_found::<R>(&id))?;
-    Ok(http::resource(
-        StatusCode::OK,
-        rt,
-        &projection,
-        &document,
-        answer.version,
-        &info.base,
-        &id,
-    ))
+    answer.respond::<R>(StatusCode::OK, &projection, &info.base, &id)
 }
 
 /// `PATCH /Users/{id}`: `200` with the user. `PATCH /Groups/{id}`: `204`, or `200` with the
@@ -237,16 +243,7 @@ pub async fn modify<R: Resource>(
     if !document {
         return Ok(http::no_content(Some(&etag(answer.version))));
     }
-    let document = answer.document.ok_or_else(|| not_found::<R>(&id))?;
-    Ok(http::resource(
-        StatusCode::OK,
-        rt,
-        &projection,
-        &document,
-        answer.version,
-        &info.base,
-        &id,
-    ))
+    answer.respond::<R>(StatusCode::OK, &projection, &info.base, &id)
 }
 
 /// `DELETE /Users/{id}`, `DELETE /Groups/{id}`: `204`, then `404`.
