@@ -71,6 +71,7 @@ impl Answer {
         ))
     }
 
+    /// The answer of a write that left `folded` (with its document if `document`).
     fn of<R: Resource>(id: Uuid, folded: &Folded<R::State>, base: &str, document: bool) -> Self {
         Self {
             sequence: folded.sequence,
