@@ -11,7 +11,9 @@
 //! at a time, and every lookup that arrived during it waits for the next. A lookup the index
 //! cannot answer so (the index still catching up after the process started, the stream not
 //! answering, the index behind for longer than [`CATCH_UP`]) is answered from PostgreSQL,
-//! whose read model every answered write is already in.
+//! whose read model every answered write is already in. So are the lookups of a tenant whose
+//! read model lacks events the index folded (the projector quarantined or skipped them, or the
+//! index could not read or apply one), and every lookup once the stream was replaced.
 //!
 //! The index mirrors the read model the projector writes: a deleted user leaves every group,
 //! members are compared by their lowercase id, names and externalIds by their case folding.
@@ -416,7 +418,7 @@ pub struct Found {
 #[derive(Debug)]
 struct Probes {
     started: AtomicU64,
-    /// (the last probe finished, the highest last sequence seen).
+    /// (the last probe finished, the stream's last sequence it read).
     done: watch::Sender<(u64, u64)>,
     wanted: Notify,
 }
