@@ -2,7 +2,9 @@
 //! types through [`Listed`].
 //!
 //! Queries: Entra's lookups (`userName eq`, `externalId eq`, `displayName eq`, `id eq`,
-//! `members eq`, joined by `and`) are compiled to indexed SQL and never scan a tenant. Any
+//! `members eq`, joined by `and`) are answered from this process's lookup index
+//! ([`crate::index`]) when it vouches for itself, else compiled to indexed SQL; they never scan
+//! a tenant. Any
 //! other filter, and any `sortBy`, is evaluated in memory over at most [`SCAN_LIMIT`] resources
 //! of the tenant; beyond that the client gets `400 tooMany` with advice.
 
