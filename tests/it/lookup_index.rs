@@ -162,6 +162,16 @@ async fn lookups_on_one_replica_see_every_write_another_answered_as_the_read_mod
         2
     );
 
+    // Entra's reads by id: the same document and ETag from both.
+    let found = both(format!("/Users/{}", users[5])).await;
+    assert_eq!(found["id"], users[5].as_str());
+    let path = format!("/Groups/{group_id}?excludedAttributes=members");
+    assert_eq!(both(path.clone()).await["displayName"], "Engineering");
+    assert_eq!(
+        indexed.get(&path).await.header("etag"),
+        database.get(&path).await.header("etag")
+    );
+
     // Membership removed, a user renamed, a group renamed, a user deleted: seen at once.
     let removed =
         patch(json!([{"op": "Remove", "path": format!("members[value eq \"{}\"]", users[1])}]));
@@ -210,6 +220,9 @@ async fn lookups_on_one_replica_see_every_write_another_answered_as_the_read_mod
         encode("userName eq \"grace0@example.com\"")
     );
     assert_eq!(both(gone).await["totalResults"], 0);
+    let gone = format!("/Users/{}", users[0]);
+    assert_eq!(indexed.get(&gone).await.status, 404);
+    assert_eq!(database.get(&gone).await.status, 404);
     // The deleted user left every group, as in the read model.
     let alpha = format!(
         "/Groups?excludedAttributes=members&filter={}",
@@ -245,6 +258,9 @@ async fn lookups_on_one_replica_see_every_write_another_answered_as_the_read_mod
     );
     assert_eq!(lookup(&indexed, &path).await["totalResults"], 1);
     assert_eq!(lookup(&database, &path).await["totalResults"], 0);
+    let path = format!("/Users/{}", users[4]);
+    assert_eq!(indexed.get(&path).await.status, 200);
+    assert_eq!(database.get(&path).await.status, 404);
 }
 
 #[tokio::test]

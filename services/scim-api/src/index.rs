@@ -321,13 +321,17 @@ impl Tenant {
             .collect();
         found.sort_by_key(|(entry, id)| (entry.created, *id));
         let total = found.len();
-        let resources = found
+        let (resources, versions) = found
             .into_iter()
             .skip(page.offset)
             .take(page.limit)
-            .map(|(entry, id)| render(entry, id))
-            .collect::<Option<Vec<Value>>>()?;
-        Some(Found { resources, total })
+            .map(|(entry, id)| Some((render(entry, id)?, entry.version)))
+            .collect::<Option<(Vec<Value>, Vec<u64>)>>()?;
+        Some(Found {
+            resources,
+            total,
+            versions,
+        })
     }
 
     /// `[id]` if it is one of `entries`.
@@ -410,6 +414,8 @@ pub struct Page {
 pub struct Found {
     /// The documents on the page.
     pub resources: Vec<Value>,
+    /// Their versions (`meta.version`, the `ETag`), in the same order.
+    pub versions: Vec<u64>,
     /// How many matched.
     pub total: usize,
 }
@@ -581,6 +587,7 @@ impl LookupIndex {
             Some(tenant) => tenant.users(conditions, page, base),
             None => Some(Found {
                 resources: Vec::new(),
+                versions: Vec::new(),
                 total: 0,
             }),
         }
@@ -607,6 +614,7 @@ impl LookupIndex {
             Some(tenant) => tenant.groups(conditions, page, base),
             None => Some(Found {
                 resources: Vec::new(),
+                versions: Vec::new(),
                 total: 0,
             }),
         }

@@ -4,7 +4,7 @@
 //! Queries: Entra's lookups (`userName eq`, `externalId eq`, `displayName eq`, `id eq`,
 //! `members eq`, joined by `and`) are answered from this process's lookup index
 //! ([`crate::index`]) when it vouches for itself, else compiled to indexed SQL; they never scan
-//! a tenant. Any
+//! a tenant. So is `GET /Users/{id}` (and `GET /Groups/{id}` without members). Any
 //! other filter, and any `sortBy`, is evaluated in memory over at most [`SCAN_LIMIT`] resources
 //! of the tenant; beyond that the client gets `400 tooMany` with advice.
 
@@ -157,6 +157,8 @@ pub trait Listed: Send + Sync + 'static {
         tenant: &str,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Self::Row>, StoreError>> + Send;
+    /// The condition that holds for the resource `id` only.
+    fn id_condition(id: Uuid) -> Self::Condition;
     /// A page of the resources that meet every condition, from the lookup index.
     fn from_index(
         index: &LookupIndex,
@@ -203,6 +205,9 @@ impl Listed for Users {
     }
     async fn scan(store: &Store, tenant: &str, limit: usize) -> Result<Vec<UserRow>, StoreError> {
         store.scan_users(tenant, limit).await
+    }
+    fn id_condition(id: Uuid) -> UserCondition {
+        UserCondition::Id(id)
     }
     fn from_index(
         index: &LookupIndex,
@@ -252,6 +257,9 @@ impl Listed for Groups {
     }
     async fn scan(store: &Store, tenant: &str, limit: usize) -> Result<Vec<GroupRow>, StoreError> {
         store.scan_groups(tenant, limit).await
+    }
+    fn id_condition(id: Uuid) -> GroupCondition {
+        GroupCondition::Id(id)
     }
     fn from_index(
         index: &LookupIndex,
@@ -361,10 +369,35 @@ pub async fn get<K: Listed>(
     let rt = K::resource();
     let projection = http::projection(rt, &info)?;
     let uuid = http::parse_id(rt, &id)?;
+    let joined = projection.includes(rt, K::JOINED);
+    let page = index::Page {
+        offset: 0,
+        limit: 1,
+        joined,
+    };
+    let condition = [K::id_condition(uuid)];
+    if let Some(found) =
+        from_index::<K>(&state, &principal.tenant, &condition, page, &info.base).await
+    {
+        let (document, version) = found
+            .resources
+            .into_iter()
+            .zip(found.versions)
+            .next()
+            .ok_or_else(|| http::not_found(rt, &id))?;
+        return Ok(http::resource(
+            StatusCode::OK,
+            rt,
+            &projection,
+            &document,
+            version,
+            &info.base,
+            &id,
+        ));
+    }
     let row = K::row(&state.store, &principal.tenant, uuid)
         .await?
         .ok_or_else(|| http::not_found(rt, &id))?;
-    let joined = projection.includes(rt, K::JOINED);
     let documents = K::render(
         &state,
         &principal.tenant,
