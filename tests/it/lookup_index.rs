@@ -79,17 +79,9 @@ async fn the_index_answers_only_once_it_holds_every_write_answered_before() {
     assert_eq!(found(&index, "another", "held@example.com"), 0);
 }
 
-async fn lookup(scim: &Scim, path: &str) -> Value {
-    let response = scim.get(path).await;
-    assert_eq!(response.status, 200, "{path}: {:?}", response.body);
-    response.body
-}
-
-#[tokio::test]
-async fn lookups_on_one_replica_see_every_write_another_answered_as_the_read_model_would() {
-    let mut env = TestEnv::start().await;
-    let writer = env.scim();
-    // One public URL, so that both replicas' documents say the same `meta.location`.
+/// Two more SCIM API replicas: one answering lookups from its index, one from PostgreSQL
+/// only, under one public URL (so that their documents say the same `meta.location`).
+async fn two_replicas(env: &mut TestEnv) -> (Scim, Scim) {
     let config = rollcall_scim_api::Config {
         public_url: Some("https://rollcall.example.com/scim/v2".to_owned()),
         ..scim_config()
@@ -101,6 +93,30 @@ async fn lookups_on_one_replica_see_every_write_another_answered_as_the_read_mod
             ..config
         })
         .await;
+    (indexed, database)
+}
+
+/// Deletes a user's read-model row behind the API's back: only an index still finds it.
+async fn take_row(env: &TestEnv, user: &str) {
+    sqlx::query("DELETE FROM scim_user WHERE tenant = $1 AND id = $2::uuid")
+        .bind(&env.tenant)
+        .bind(user)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+}
+
+async fn lookup(scim: &Scim, path: &str) -> Value {
+    let response = scim.get(path).await;
+    assert_eq!(response.status, 200, "{path}: {:?}", response.body);
+    response.body
+}
+
+#[tokio::test]
+async fn lookups_on_one_replica_see_every_write_another_answered_as_the_read_model_would() {
+    let mut env = TestEnv::start().await;
+    let writer = env.scim();
+    let (indexed, database) = two_replicas(&mut env).await;
     // Both replicas answer every lookup alike: the index as the read model does.
     let both = |path: String| {
         let (indexed, database) = (indexed.clone(), database.clone());
@@ -246,12 +262,7 @@ async fn lookups_on_one_replica_see_every_write_another_answered_as_the_read_mod
 
     // The index, not PostgreSQL, answered: a row taken from the read model behind its back is
     // still found by the indexed replica, and no longer by the other.
-    sqlx::query("DELETE FROM scim_user WHERE tenant = $1 AND id = $2::uuid")
-        .bind(&env.tenant)
-        .bind(&users[4])
-        .execute(env.store.pool())
-        .await
-        .unwrap();
+    take_row(&env, &users[4]).await;
     let path = format!(
         "/Users?filter={}",
         encode("userName eq \"grace4@example.com\"")
@@ -268,17 +279,7 @@ async fn a_tenant_whose_read_model_is_behind_the_stream_is_answered_from_the_rea
     use rollcall_domain::user::UserEvent;
     use rollcall_domain::{AttributeChange, EventKind};
     let mut env = TestEnv::start().await;
-    let config = rollcall_scim_api::Config {
-        public_url: Some("https://rollcall.example.com/scim/v2".to_owned()),
-        ..scim_config()
-    };
-    let indexed = env.replica_with(config.clone()).await;
-    let database = env
-        .replica_with(rollcall_scim_api::Config {
-            lookup_index: false,
-            ..config
-        })
-        .await;
+    let (indexed, database) = two_replicas(&mut env).await;
     let id = env
         .scim()
         .create_user(&user("kept@example.com", "kept"))
@@ -290,12 +291,7 @@ async fn a_tenant_whose_read_model_is_behind_the_stream_is_answered_from_the_rea
         .scim()
         .create_user(&user("witness@example.com", "witness"))
         .await;
-    sqlx::query("DELETE FROM scim_user WHERE tenant = $1 AND id = $2::uuid")
-        .bind(&env.tenant)
-        .bind(&witness)
-        .execute(env.store.pool())
-        .await
-        .unwrap();
+    take_row(&env, &witness).await;
     let witnessed = format!(
         "/Users?filter={}",
         encode("userName eq \"witness@example.com\"")

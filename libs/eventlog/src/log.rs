@@ -176,8 +176,15 @@ impl EventLog {
 
     /// The stream's last sequence (0 when empty).
     pub async fn head(&self) -> Result<u64, LoadError> {
+        Ok(self.head_and_creation().await?.0)
+    }
+
+    /// The stream's last sequence and when the stream was created (a stream restored or
+    /// created again has another creation time).
+    pub async fn head_and_creation(&self) -> Result<(u64, time::OffsetDateTime), LoadError> {
         let mut stream = self.stream.clone();
-        Ok(stream.info().await.map_err(nats)?.state.last_sequence)
+        let info = stream.info().await.map_err(nats)?;
+        Ok((info.state.last_sequence, info.created))
     }
 
     /// Appends one write to an aggregate's subject as one message, expecting the subject's last

@@ -410,7 +410,7 @@ pub struct Page {
 }
 
 /// A page of lookup results: their documents, and how many resources matched in all.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Found {
     /// The documents on the page.
     pub resources: Vec<Value>,
@@ -569,6 +569,15 @@ impl LookupIndex {
         true
     }
 
+    /// Whether the index may answer `tenant`'s lookups at all (checked before a lookup waits
+    /// for [`LookupIndex::current`]): not when the tenant's read model is behind the stream or
+    /// the index diverged from it.
+    pub fn answers(&self, tenant: &str) -> bool {
+        self.inner
+            .answer(tenant, |_| Some(Found::default()))
+            .is_some()
+    }
+
     /// The users of `tenant` that meet every condition, or `None` when the index does not
     /// answer them. Call [`LookupIndex::current`] first.
     pub fn users(
@@ -578,19 +587,8 @@ impl LookupIndex {
         page: Page,
         base: &str,
     ) -> Option<Found> {
-        if self.inner.is_behind(tenant) {
-            return None;
-        }
-        let tenants = self.inner.tenants.read().ok()?;
-        match tenants.get(tenant) {
-            Some(tenant) if tenant.diverged => None,
-            Some(tenant) => tenant.users(conditions, page, base),
-            None => Some(Found {
-                resources: Vec::new(),
-                versions: Vec::new(),
-                total: 0,
-            }),
-        }
+        self.inner
+            .answer(tenant, |tenant| tenant.users(conditions, page, base))
     }
 
     /// The groups of `tenant` that meet every condition, or `None` when the index does not
@@ -602,27 +600,8 @@ impl LookupIndex {
         page: Page,
         base: &str,
     ) -> Option<Found> {
-        if page.joined {
-            return None;
-        }
-        if self.inner.is_behind(tenant) {
-            return None;
-        }
-        let tenants = self.inner.tenants.read().ok()?;
-        match tenants.get(tenant) {
-            Some(tenant) if tenant.diverged => None,
-            Some(tenant) => tenant.groups(conditions, page, base),
-            None => Some(Found {
-                resources: Vec::new(),
-                versions: Vec::new(),
-                total: 0,
-            }),
-        }
-    }
-
-    /// The stream sequence applied last.
-    pub fn applied(&self) -> u64 {
-        *self.inner.applied.borrow()
+        self.inner
+            .answer(tenant, |tenant| tenant.groups(conditions, page, base))
     }
 
     /// Holds the feed (it applies nothing until released), so that the index falls behind the
@@ -652,6 +631,21 @@ impl Inner {
                 }
                 false
             }
+        }
+    }
+
+    /// What `lookup` finds in `tenant`'s part of the index (nothing for a tenant it has never
+    /// seen), unless the tenant is answered from PostgreSQL (its read model is behind the
+    /// stream, or the index diverged from it).
+    fn answer(&self, tenant: &str, lookup: impl FnOnce(&Tenant) -> Option<Found>) -> Option<Found> {
+        if self.is_behind(tenant) {
+            return None;
+        }
+        let tenants = self.tenants.read().ok()?;
+        match tenants.get(tenant) {
+            Some(tenant) if tenant.diverged => None,
+            Some(tenant) => lookup(tenant),
+            None => lookup(&Tenant::default()),
         }
     }
 
@@ -720,7 +714,10 @@ async fn feed(inner: Weak<Inner>, log: EventLog) {
         if let Some(inner) = inner.upgrade() {
             inner.ready.store(false, Ordering::Release);
         }
-        let info = stream_info(&log).await;
+        let info = log
+            .head_and_creation()
+            .await
+            .map_err(|error| error.to_string());
         let followed = async {
             let (head, created) = info?;
             let applied = {
@@ -827,13 +824,6 @@ async fn quarantine(inner: Weak<Inner>, store: Store) {
     }
 }
 
-/// The stream's last sequence and when it was created.
-async fn stream_info(log: &EventLog) -> Result<(u64, OffsetDateTime), String> {
-    let mut stream = log.stream().clone();
-    let info = stream.info().await.map_err(|error| error.to_string())?;
-    Ok((info.state.last_sequence, info.created))
-}
-
 /// Runs probes of the stream's last sequence while lookups want them, one at a time.
 async fn probe(inner: Weak<Inner>, log: EventLog) {
     loop {
@@ -844,7 +834,7 @@ async fn probe(inner: Weak<Inner>, log: EventLog) {
             continue;
         }
         let id = inner.probes.started.fetch_add(1, Ordering::AcqRel) + 1;
-        match stream_info(&log).await {
+        match log.head_and_creation().await {
             Ok((head, created)) => {
                 // A replaced stream's lookups wait for no probe: they find the index blind.
                 if inner.same_stream(created) {

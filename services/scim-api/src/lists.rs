@@ -292,7 +292,8 @@ async fn from_index<K: Listed>(
     base: &str,
 ) -> Option<Found> {
     let index = state.index.as_ref()?;
-    if conditions.is_empty() || (page.joined && !K::INDEX_RENDERS_JOINED) {
+    if conditions.is_empty() || (page.joined && !K::INDEX_RENDERS_JOINED) || !index.answers(tenant)
+    {
         return None;
     }
     if !index.current().await {
