@@ -74,14 +74,6 @@ fn scalar(value: &(impl serde::Serialize + ?Sized), out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(out, value);
 }
 
-/// Canonical JSON of any value.
-pub fn canonical_json(value: &Value) -> String {
-    let mut out = Vec::new();
-    write(value, &mut out);
-    // Only serde_json's output and ASCII punctuation: always UTF-8.
-    String::from_utf8(out).unwrap_or_default()
-}
-
 impl Envelope {
     /// The event's canonical bytes: its fields in key order, written directly.
     pub fn canonical_bytes(&self) -> Vec<u8> {

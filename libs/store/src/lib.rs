@@ -107,10 +107,33 @@ impl Store {
         schema: &str,
         max_connections: u32,
     ) -> Result<Self, StoreError> {
+        self.with_schema_options(schema, max_connections, &[]).await
+    }
+
+    /// [`Store::with_schema`] whose commits do not wait for their WAL to reach the disk
+    /// (`synchronous_commit = off`): for a schema that is thrown away and made again if the
+    /// process stops (a rebuild's), and made durable by a synchronous commit after it.
+    pub async fn with_schema_committing_asynchronously(
+        &self,
+        schema: &str,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        let asynchronous = [("synchronous_commit", "off")];
+        self.with_schema_options(schema, max_connections, &asynchronous)
+            .await
+    }
+
+    async fn with_schema_options(
+        &self,
+        schema: &str,
+        max_connections: u32,
+        settings: &[(&str, &str)],
+    ) -> Result<Self, StoreError> {
         let options = self
             .options
             .clone()
-            .options([("search_path", format!("{schema},public"))]);
+            .options([("search_path", format!("{schema},public"))])
+            .options(settings.iter().copied());
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .connect_with(options)

@@ -219,6 +219,9 @@ pub async fn lock_many(
     connection: &mut PgConnection,
     keys: &[(&str, Uuid)],
 ) -> Result<Vec<UserRow>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
     let (tenants, ids): (Vec<&str>, Vec<Uuid>) = keys.iter().copied().unzip();
     Ok(sqlx::query_as::<_, UserRow>(&format!(
         "SELECT {COLUMNS} FROM scim_user

@@ -608,15 +608,6 @@ impl Projector {
         // starts again from nothing when run again.
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
         let mut journal = self.store.pool().begin().await.map_err(StoreError::from)?;
-        // A rebuild that stops starts again from nothing (its schema is created afresh), so its
-        // batches need not wait for their WAL to reach the disk: the swap that makes them live
-        // commits synchronously, which flushes everything committed before it.
-        for connection in [&mut *transaction, &mut *journal] {
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(connection)
-                .await
-                .map_err(StoreError::from)?;
-        }
         let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
         if !due(checkpoint, from, through)? {
             return Ok(checkpoint);

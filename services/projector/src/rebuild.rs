@@ -41,7 +41,12 @@ pub async fn rebuild(
     mut report: impl FnMut(Progress),
 ) -> Result<Progress, ProjectorError> {
     store.create_rebuild_schema().await?;
-    let fresh = store.with_schema(REBUILD_SCHEMA, 4).await?;
+    // A rebuild that stops starts again from nothing (its schema is made afresh), so its
+    // batches need not wait for their WAL to reach the disk: the swap that makes them live
+    // commits synchronously, which flushes everything committed before it.
+    let fresh = store
+        .with_schema_committing_asynchronously(REBUILD_SCHEMA, 4)
+        .await?;
     let projector = Projector::new(client, log.clone(), fresh, DEFAULT_NAME, batch);
     // Loaded first, indexed once at the end: the secondary indexes are built again before the
     // last catch-up (with them in place) and the swap, or sooner, before the first batch that
