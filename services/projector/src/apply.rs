@@ -322,17 +322,17 @@ impl Applier for Groups {
             envelope.occurred_at,
         );
         let row = rollcall_store::group::lock(connection, tenant, id).await?;
-        let current = match &row {
+        let created_at = row.as_ref().map_or(at, |row| row.created_at);
+        let current = match row {
             // Members live in their own table; the event says who came and who went.
             Some(row) => Group::Active(GroupState {
-                attributes: row.attributes.0.clone(),
+                attributes: row.attributes.0,
                 members: Default::default(),
             }),
             None => Group::Absent,
         };
         match group::evolve(current, event) {
             Group::Active(state) => {
-                let created_at = row.map_or(at, |row| row.created_at);
                 let row = group_row(envelope, state, created_at);
                 rollcall_store::group::upsert(connection, &row).await?;
                 match event {
