@@ -181,3 +181,35 @@ async fn a_projector_only_process_serves_metrics_and_readiness_on_its_ops_listen
     .await;
     projector.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_projector_started_while_nats_is_down_waits_for_it_instead_of_stopping() {
+    let mut nats = NatsServer::start(Settings::default()).await;
+    let installation = Installation::create_on(nats.url.clone()).await;
+    nats.kill().await;
+    let mut projector = Instance::new(roles("projector"))
+        .ops_listener(loopback().await)
+        .start(installation.connections())
+        .await
+        .unwrap();
+    let ops = format!("http://{}", projector.ops_addr().unwrap());
+    // Longer than a JetStream request's timeout (5 s): the projector's first attempt to open
+    // the access bucket fails while the server is down. It must wait, not stop.
+    let outage = tokio::time::timeout(Duration::from_secs(7), projector.failed()).await;
+    assert!(
+        outage.is_err(),
+        "a role stopped while NATS was down: {outage:?}"
+    );
+    let (status, _, ready) = get(&format!("{ops}/readyz"), None).await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(!ready.to_string().contains("stopped"), "{ready}");
+
+    nats.restart().await;
+    eventually(
+        "/readyz is ready once NATS is back",
+        Duration::from_secs(15),
+        || async { get(&format!("{ops}/readyz"), None).await.0 == 200 },
+    )
+    .await;
+    projector.shutdown().await.unwrap();
+}

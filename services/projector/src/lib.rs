@@ -139,6 +139,9 @@ fn due(checkpoint: u64, from: u64, through: u64) -> Result<bool, ProjectorError>
 /// is quarantined.
 const STRIKES: u32 = 5;
 
+/// The pause between attempts to open the access bucket while NATS does not answer.
+const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
 /// The longest pause between attempts while PostgreSQL or NATS is out of reach.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -1089,13 +1092,19 @@ pub async fn start(
     let share = Share::new(store.clone(), partitioning.count());
     let (fatal_sender, fatal) = tokio::sync::mpsc::channel(usize::from(partitioning.count()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Every publisher is opened before any partition starts, so that a failure leaves nothing
+    // running behind.
+    let mut publishers = Vec::new();
+    for partition in partitioning.all() {
+        publishers.push(
+            open_publisher(&client, &log, &store)
+                .await?
+                .for_partition(partition),
+        );
+    }
     let mut projectors = Vec::new();
     let mut tasks = Vec::new();
-    for partition in partitioning.all() {
-        let publisher =
-            publish::Publisher::open(client.clone(), log.namespace().clone(), store.clone())
-                .await?
-                .for_partition(partition);
+    for (partition, publisher) in partitioning.all().zip(publishers) {
         let projector = Projector::new(
             client.clone(),
             log.clone(),
@@ -1128,6 +1137,25 @@ pub async fn start(
     })
 }
 
+/// Opens the access bucket for a publisher, waiting for NATS while it does not answer (a
+/// projector started while its server restarts stands by instead of stopping for good).
+async fn open_publisher(
+    client: &async_nats::Client,
+    log: &EventLog,
+    store: &Store,
+) -> Result<publish::Publisher, ProjectorError> {
+    loop {
+        match publish::Publisher::open(client.clone(), log.namespace().clone(), store.clone()).await
+        {
+            Err(ProjectorError::Log(LoadError::Nats(error))) => {
+                warn!(error = %error, "opening the access bucket failed; trying again");
+                tokio::time::sleep(PAUSE_AFTER_FAILURE).await;
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// Runs the projector of every partition ([`start`]) until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -1136,7 +1164,11 @@ pub async fn run(
     store: Store,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectorError> {
-    let mut running = start(config, client, log, store).await?;
+    tokio::pin!(shutdown);
+    let mut running = tokio::select! {
+        () = &mut shutdown => return Ok(()),
+        running = start(config, client, log, store) => running?,
+    };
     let failed = tokio::select! {
         () = shutdown => None,
         error = running.failed() => Some(error),
