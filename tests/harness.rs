@@ -309,6 +309,19 @@ impl Installation {
         }
     }
 
+    /// An access service of this installation with `config`: its policies from the event
+    /// stream (the policy file's differences appended first), as `rollcall serve` builds it.
+    pub async fn access(&self, config: rollcall_access::Config) -> rollcall_access::Access {
+        rollcall_access::Access::from_installation(
+            config,
+            &self.client,
+            &self.namespace,
+            Some(&self.store),
+        )
+        .await
+        .unwrap()
+    }
+
     /// Its connections, shared (the roles of one process).
     pub fn connections(&self) -> Connections {
         Connections {
@@ -462,8 +475,9 @@ impl TestEnv {
             .unwrap();
         let base = format!("http://{}/scim/v2", apis.addr(Role::Scim).unwrap());
         let audit_base = format!("http://{}", apis.addr(Role::Audit).unwrap());
-        let access =
-            rollcall_access::Access::new(access_config(&installation.policy_file)).unwrap();
+        let access = installation
+            .access(access_config(&installation.policy_file))
+            .await;
         let mut env = Self {
             namespace: installation.namespace.clone(),
             client: installation.client.clone(),
@@ -545,7 +559,10 @@ impl TestEnv {
     /// rebuild its state from NATS.
     pub async fn restart_access(&mut self) {
         self.stop_access().await;
-        let access = rollcall_access::Access::new(access_config(&self.policy_file)).unwrap();
+        let access = self
+            .installation
+            .access(access_config(&self.policy_file))
+            .await;
         self.start_access(access).await;
     }
 

@@ -446,7 +446,7 @@ async fn reloading_policies_changes_decisions_and_keeps_state_while_a_bad_file_c
         "include = [{ group = \"Auditors\" }]",
     );
     std::fs::write(&policy_file, closed).unwrap();
-    env.access.reload_policies().unwrap();
+    env.access.reload_policies().await.unwrap();
     assert_eq!(
         env.forward_auth("wiki.test", Some(&session)).await.status,
         403
@@ -457,7 +457,7 @@ async fn reloading_policies_changes_decisions_and_keeps_state_while_a_bad_file_c
         "state survives the reload"
     );
     std::fs::write(&policy_file, "[[application]]\nname = \"broken\"\n").unwrap();
-    let error = env.access.reload_policies().unwrap_err().to_string();
+    let error = env.access.reload_policies().await.unwrap_err().to_string();
     assert!(error.contains("missing field"), "{error}");
     assert_eq!(
         env.forward_auth("wiki.test", Some(&session)).await.status,

@@ -101,7 +101,7 @@ async fn a_browser_signs_in_through_nginx_and_is_denied_after_entra_disables_the
         format!("{POLICIES}\n[[application]]\nname = \"intranet\"\ntenant = \"test\"\nhosts = [\"localhost\"]\n[[application.policy]]\nname = \"everyone\"\naction = \"allow\"\ninclude = [{{ everyone = true }}]\n"),
     )
     .unwrap();
-    env.access.reload_policies().unwrap();
+    env.access.reload_policies().await.unwrap();
 
     let oid = uuid::Uuid::new_v4().to_string();
     let user = env

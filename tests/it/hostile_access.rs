@@ -65,9 +65,9 @@ async fn ask(env: &TestEnv, path: &str, headers: &[(&str, &str)], session: Optio
 }
 
 /// Declares `extra` applications beside the test environment's own and reloads them.
-fn declare(env: &TestEnv, extra: &str) {
+async fn declare(env: &TestEnv, extra: &str) {
     std::fs::write(&env.policy_file, format!("{POLICIES}\n{extra}")).unwrap();
-    env.access.reload_policies().unwrap();
+    env.access.reload_policies().await.unwrap();
 }
 
 /// Replaces the access service with one that trusts `proxy` (`None`: not configured).
@@ -107,7 +107,7 @@ include = [{ everyone = true }]
 #[tokio::test]
 async fn spoofed_proxy_headers_cannot_name_a_bypass_host() {
     let mut env = TestEnv::start().await;
-    declare(&env, PUBLIC_BYPASS);
+    declare(&env, PUBLIC_BYPASS).await;
     let (_, session) = person(&env, "outsider@example.com").await;
 
     // Behind Traefik, which sets X-Forwarded-* itself and passes the client's other headers on.
@@ -247,7 +247,7 @@ include = [{ group = "Admins" }]
 #[tokio::test]
 async fn path_variants_of_a_protected_prefix_never_fall_through_to_the_allow_all_rule() {
     let mut env = TestEnv::start().await;
-    declare(&env, PROTECTED_ADMIN);
+    declare(&env, PROTECTED_ADMIN).await;
     let (_, session) = person(&env, "visitor@example.com").await;
     let nginx = |path: &str| format!("https://site.test{path}");
     for open in [
@@ -503,7 +503,8 @@ name = "everyone"
 action = "allow"
 include = [{ everyone = true }]
 "#,
-    );
+    )
+    .await;
     let evil = env.tenant("evil").await;
     let user = evil
         .create_user(

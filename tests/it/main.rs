@@ -18,6 +18,7 @@ mod hostile_scim_input;
 mod lookup_index;
 mod metrics;
 mod partitions;
+mod policies;
 mod projector;
 mod replicas;
 mod roles;

@@ -1,4 +1,4 @@
-//! rollcall-domain: the User and Group aggregates as pure functions. `decide` turns a command
+//! rollcall-domain: the User, Group and Application aggregates as pure functions. `decide` turns a command
 //! and the current state into events (or a domain error); `evolve` folds an event into the
 //! state. No IO, no clock, no randomness, no logging: times and ids arrive from the edge.
 //!
@@ -7,11 +7,15 @@
 //! stays readable (see [`event::EventKind`]).
 #![warn(missing_docs)]
 
+pub mod application;
 pub mod attributes;
 pub mod event;
 pub mod group;
 pub mod user;
 
+pub use application::{
+    Application, ApplicationCommand, ApplicationError, ApplicationEvent, ApplicationSpec,
+};
 pub use attributes::{AttributeChange, Attributes};
 pub use event::EventKind;
 pub use group::{Group, GroupCommand, GroupError, GroupEvent, Member};

@@ -79,6 +79,19 @@ pub struct Decision {
     /// Who, if the session named a known user.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// The version of the policies it was decided with: the stream sequence of their last
+    /// application event (0: none, or policies from a file without the stream).
+    pub policy_version: u64,
+}
+
+impl Decision {
+    /// The decision, made with the policies of `version`.
+    pub fn with_policy_version(self, version: u64) -> Self {
+        Self {
+            policy_version: version,
+            ..self
+        }
+    }
 }
 
 /// Whether the state may be too old to trust, and what to do then.
@@ -160,6 +173,7 @@ fn decision(outcome: Outcome, code: ReasonCode, reason: impl Into<String>) -> De
         application: None,
         policy: None,
         identity: None,
+        policy_version: 0,
     }
 }
 

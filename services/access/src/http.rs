@@ -62,6 +62,7 @@ fn record(decision: &Decision) {
             outcome = ?decision.outcome,
             reason = %decision.reason,
             application = decision.application.as_deref().unwrap_or("-"),
+            policy_version = decision.policy_version,
             user.id = %decision.identity.as_ref().map(|i| i.id.to_string()).unwrap_or_default(),
             "access denied"
         );

@@ -3,6 +3,7 @@
 //! network call sits on the decision path.
 #![warn(missing_docs)]
 
+pub mod applications;
 pub mod decision;
 pub mod directory;
 pub mod entra;
@@ -28,7 +29,7 @@ use std::time::Duration;
 use axum::routing::{any, get, post};
 use axum::Router;
 pub use rollcall_eventlog::access::SessionRevoker;
-use rollcall_eventlog::Namespace;
+use rollcall_eventlog::{Actor, EventLog, Namespace};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
@@ -53,7 +54,11 @@ pub struct Config {
         default_value = "127.0.0.1:8081"
     )]
     pub addr: SocketAddr,
-    /// The application policy file (TOML); reloaded on SIGHUP. Without one, every request is denied.
+    /// The application policy file (TOML). The access service appends what differs between it
+    /// and the applications on the event stream as application events, at start and on
+    /// SIGHUP, and decides with the stream's applications. Without one, the stream's
+    /// applications (`rollcall policies apply`) are in force; without those, every request is
+    /// denied.
     #[arg(long = "access-policies", env = "ROLLCALL_ACCESS_POLICIES")]
     pub policies: Option<PathBuf>,
     /// Session signing keys, `kid=base64secret[,kid=base64secret]`; the first signs, all verify.
@@ -148,6 +153,10 @@ pub struct Shared {
     pub config: Config,
     directory: Arc<RwLock<Directory>>,
     policies: RwLock<Arc<Policies>>,
+    /// The version of the policies in force (the stream sequence of their last event).
+    policy_version: tokio::sync::watch::Sender<u64>,
+    /// The event stream the policies come from and are written to (none: from the file only).
+    log: Option<EventLog>,
     keys: Keyring,
     /// Where the keys come from when they follow the installation's key set.
     installation: Option<InstallationKeys>,
@@ -221,7 +230,7 @@ impl Access {
                 SessionKeys::ephemeral(ttl)
             }
         };
-        Self::build(config, Keyring::new(keys), None)
+        Self::build(config, Keyring::new(keys), None, None)
     }
 
     /// Builds the service state with the installation's session keys: the configured ones
@@ -237,30 +246,95 @@ impl Access {
         store: Option<&rollcall_store::Store>,
     ) -> Result<Self, AccessError> {
         let ttl = config.session_ttl()?;
-        if let Some(keys) = config.configured_keys(ttl)? {
-            info!("session keys from ROLLCALL_SESSION_KEYS");
-            return Self::build(config, Keyring::new(keys), None);
-        }
-        let keys_error = |e: keys::KeysError| AccessError::Config(format!("session keys: {e}"));
-        let kek = Kek::resolve(&config.kek, store).await.map_err(keys_error)?;
-        let installation = InstallationKeys::open(client, namespace, kek)
+        let log = EventLog::open(client.clone(), namespace.clone())
             .await
-            .map_err(keys_error)?;
-        let keyring = installation.keyring(ttl).await.map_err(keys_error)?;
-        Self::build(config, keyring, Some(installation))
+            .map_err(|e| AccessError::Config(format!("the event stream: {e}")))?;
+        let access = if let Some(keys) = config.configured_keys(ttl)? {
+            info!("session keys from ROLLCALL_SESSION_KEYS");
+            Self::build(config, Keyring::new(keys), None, Some(log))?
+        } else {
+            let keys_error = |e: keys::KeysError| AccessError::Config(format!("session keys: {e}"));
+            let kek = Kek::resolve(&config.kek, store).await.map_err(keys_error)?;
+            let installation = InstallationKeys::open(client, namespace, kek)
+                .await
+                .map_err(keys_error)?;
+            let keyring = installation.keyring(ttl).await.map_err(keys_error)?;
+            Self::build(config, keyring, Some(installation), Some(log))?
+        };
+        access.follow_policies().await?;
+        Ok(access)
+    }
+
+    /// Takes the policies from the event stream: appends the policy file's differences
+    /// first (if there is a file), reads every application up to the stream's head, and
+    /// follows their changes from there.
+    async fn follow_policies(&self) -> Result<(), AccessError> {
+        let Some(log) = self.log.clone() else {
+            return Ok(());
+        };
+        if self.config.policies.is_some() {
+            self.write_policy_file(&log).await?;
+        }
+        let catalog = applications::read(&log)
+            .await
+            .map_err(|e| AccessError::Config(format!("reading the applications: {e}")))?;
+        if catalog.declared().is_empty() {
+            warn!("no application is configured on the event stream (rollcall policies apply, or ROLLCALL_ACCESS_POLICIES): every request is denied");
+        }
+        self.install(&catalog);
+        tokio::spawn(follow_applications(Arc::downgrade(&self.0), log, catalog));
+        Ok(())
+    }
+
+    /// Puts the policies of `catalog` in force.
+    fn install(&self, catalog: &applications::Catalog) {
+        let policies = catalog.policies();
+        let (count, version) = (policies.applications.len(), policies.version);
+        if let Ok(mut current) = self.policies.write() {
+            if current.version == version && version != 0 {
+                return;
+            }
+            *current = Arc::new(policies);
+        }
+        self.policy_version.send_replace(version);
+        info!(applications = count, version, "policies in force");
+    }
+
+    /// Appends what differs between the policy file and the stream's applications, and
+    /// returns the sequence of the last event written (0: nothing differed).
+    async fn write_policy_file(&self, log: &EventLog) -> Result<u64, AccessError> {
+        let Some(path) = &self.config.policies else {
+            return Ok(0);
+        };
+        let declared = read_policy_file(path)?;
+        let actor = Actor::Operator {
+            name: format!("policy file {}", path.display()),
+        };
+        let request = format!("policy-file-{}", Uuid::now_v7());
+        let (plan, sequence) = applications::apply_declared(log, &declared, &actor, &request)
+            .await
+            .map_err(|e| AccessError::Config(format!("{}: {e}", path.display())))?;
+        if !plan.is_empty() {
+            info!(file = %path.display(), changes = plan.changes.len(), sequence, "the policy file's changes are on the event stream:\n{}", plan.describe());
+        }
+        Ok(sequence)
     }
 
     fn build(
         config: Config,
         keys: Keyring,
         installation: Option<InstallationKeys>,
+        log: Option<EventLog>,
     ) -> Result<Self, AccessError> {
-        let policies = match &config.policies {
-            Some(path) => load_policies(path)?,
-            None => {
+        let policies = match (&config.policies, &log) {
+            (Some(path), None) => load_policies(path)?,
+            // Checked now; in force once on the stream (`follow_policies`).
+            (Some(path), Some(_)) => read_policy_file(path).map(|_| Policies::default())?,
+            (None, None) => {
                 warn!("ROLLCALL_ACCESS_POLICIES is not set: no application is declared, every request is denied");
                 Policies::default()
             }
+            (None, Some(_)) => Policies::default(),
         };
         let signin = oidc::RelyingParty::from_config(&config.oidc, config.cookie_domain.as_deref())
             .map_err(|e| AccessError::Config(e.to_string()))?
@@ -272,6 +346,8 @@ impl Access {
             config,
             directory: Arc::default(),
             policies: RwLock::new(Arc::new(policies)),
+            policy_version: tokio::sync::watch::Sender::new(0),
+            log,
             keys,
             installation,
             signin,
@@ -320,7 +396,8 @@ impl Access {
                 &self.keys.current(),
                 freshness,
                 request,
-            ),
+            )
+            .with_policy_version(policies.version),
             Err(_) => Decision {
                 outcome: Outcome::Deny,
                 reason: "internal error".into(),
@@ -328,8 +405,15 @@ impl Access {
                 application: None,
                 policy: None,
                 identity: None,
+                policy_version: policies.version,
             },
         }
+    }
+
+    /// The version of the policies in force: the stream sequence of their last application
+    /// event (0: none, or policies from a file without the stream).
+    pub fn policy_version(&self) -> u64 {
+        *self.policy_version.borrow()
     }
 
     /// The session keys in force (they change when the installation's set is rotated).
@@ -380,18 +464,89 @@ impl Access {
         }
     }
 
-    /// Reloads the policy file; on error keeps the policies in force and says why.
-    pub fn reload_policies(&self) -> Result<(), AccessError> {
+    /// Reloads the policy file (SIGHUP); on error keeps the policies in force and says why.
+    /// With the event stream, appends the file's differences as events and returns once this
+    /// service decides with them.
+    pub async fn reload_policies(&self) -> Result<(), AccessError> {
         let Some(path) = &self.config.policies else {
             return Ok(());
         };
-        let policies = load_policies(path)?;
-        let count = policies.applications.len();
-        if let Ok(mut current) = self.policies.write() {
-            *current = Arc::new(policies);
-        }
-        info!(applications = count, "policies reloaded");
+        let Some(log) = &self.log else {
+            let policies = load_policies(path)?;
+            let count = policies.applications.len();
+            if let Ok(mut current) = self.policies.write() {
+                *current = Arc::new(policies);
+            }
+            info!(applications = count, "policies reloaded");
+            return Ok(());
+        };
+        let sequence = self.write_policy_file(log).await?;
+        let mut version = self.policy_version.subscribe();
+        tokio::time::timeout(POLICY_WAIT, version.wait_for(|&v| v >= sequence))
+            .await
+            .map_err(|_| {
+                AccessError::Config(format!(
+                    "the policy file's changes are on the event stream (sequence {sequence}) but were not in force here within {} s",
+                    POLICY_WAIT.as_secs()
+                ))
+            })?
+            .map_err(|_| AccessError::Config("the policies are no longer followed".into()))?;
         Ok(())
+    }
+}
+
+/// How long a reload waits for its changes to be in force here.
+const POLICY_WAIT: Duration = Duration::from_secs(10);
+
+/// How long following the applications pauses after losing the stream.
+const FOLLOW_RETRY: Duration = Duration::from_secs(1);
+
+/// Reads and checks a policy file as declared applications.
+pub fn read_policy_file(path: &std::path::Path) -> Result<policy::Declared, AccessError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AccessError::Config(format!("reading {}: {e}", path.display())))?;
+    Policies::read_file(&text).map_err(|e| AccessError::Config(format!("{}: {e}", path.display())))
+}
+
+/// Follows the application events after `catalog` into the policies of `shared`, until it is
+/// dropped.
+async fn follow_applications(
+    shared: std::sync::Weak<Shared>,
+    log: EventLog,
+    mut catalog: applications::Catalog,
+) {
+    use futures::StreamExt;
+    loop {
+        let followed = async {
+            let mut messages = applications::follow(&log, catalog.version()).await?;
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| e.to_string())?;
+                let events =
+                    rollcall_eventlog::consumer::decode(&message).map_err(|e| e.to_string())?;
+                let Some(shared) = shared.upgrade() else {
+                    return Ok(());
+                };
+                if let Err(reason) = catalog.apply(&events) {
+                    error!(
+                        reason,
+                        "an application event cannot be read; the policies stay as they were"
+                    );
+                    continue;
+                }
+                Access(shared).install(&catalog);
+            }
+            Err("the stream's messages ended".to_owned())
+        };
+        match followed.await {
+            Ok(()) => return,
+            Err(error) => {
+                if shared.strong_count() == 0 {
+                    return;
+                }
+                warn!(error, "following the applications failed; the policies in force stay until it follows again");
+                tokio::time::sleep(FOLLOW_RETRY).await;
+            }
+        }
     }
 }
 
@@ -452,7 +607,7 @@ pub async fn serve(
                 return;
             };
             while hangups.recv().await.is_some() {
-                if let Err(error) = access.reload_policies() {
+                if let Err(error) = access.reload_policies().await {
                     error!(error = %error, "policy reload refused; the previous policies stay in force");
                 }
             }

@@ -29,20 +29,11 @@
 use std::collections::HashMap;
 
 use crate::directory::User;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// What a policy does when it matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Let the user in.
-    Allow,
-    /// Keep the user out.
-    Deny,
-    /// Let anyone in without a session.
-    Bypass,
-}
+pub use rollcall_domain::application::Action;
+use rollcall_domain::application::{ApplicationSpec, PolicySpec, Routes, RuleSpec};
 
 /// One rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,47 +50,29 @@ pub enum Rule {
     Everyone,
 }
 
-#[derive(Debug, Deserialize)]
+/// An application as the policy file declares it.
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RuleSpec {
-    group: Option<String>,
-    user_name: Option<String>,
-    email: Option<String>,
-    email_domain: Option<String>,
-    everyone: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicySpec {
-    name: String,
-    action: Action,
-    #[serde(default)]
-    include: Vec<RuleSpec>,
-    #[serde(default)]
-    require: Vec<RuleSpec>,
-    #[serde(default)]
-    exclude: Vec<RuleSpec>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ApplicationSpec {
+struct FileApplication {
     name: String,
     tenant: String,
     hosts: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     paths: Vec<String>,
     #[serde(default, rename = "policy")]
     policies: Vec<PolicySpec>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSpec {
     #[serde(default, rename = "application")]
-    applications: Vec<ApplicationSpec>,
+    applications: Vec<FileApplication>,
 }
+
+/// Applications as configured, with their tenant (what a policy file declares, and what the
+/// event stream holds).
+pub type Declared = Vec<(String, ApplicationSpec)>;
 
 /// A policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +109,9 @@ pub struct Application {
 pub struct Policies {
     /// The applications.
     pub applications: Vec<Application>,
+    /// The version: the stream sequence of the last application event these policies include
+    /// (0 for policies read from a file without the stream, or before any was configured).
+    pub version: u64,
 }
 
 /// Why a policy file was refused, with where.
@@ -173,23 +149,69 @@ fn rule(spec: RuleSpec, at: &str) -> Result<Rule, PolicyError> {
 impl Policies {
     /// Parses and checks a policy file.
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        Self::compile(&Self::read_file(text)?, 0)
+    }
+
+    /// Reads and checks a policy file: its applications with their tenants, in its order.
+    pub fn read_file(text: &str) -> Result<Declared, PolicyError> {
         let spec: FileSpec = toml::from_str(text).map_err(|e| PolicyError(e.to_string()))?;
+        let declared: Declared = spec
+            .applications
+            .into_iter()
+            .map(|app| {
+                let spec = ApplicationSpec {
+                    name: app.name,
+                    routes: Routes {
+                        hosts: app.hosts,
+                        paths: app.paths,
+                    },
+                    policies: app.policies,
+                };
+                (app.tenant, spec)
+            })
+            .collect();
+        Self::compile(&declared, 0)?;
+        Ok(declared)
+    }
+
+    /// The policy file that declares `declared` ([`Policies::read_file`] reads it back).
+    pub fn write_file(declared: &[(String, ApplicationSpec)]) -> String {
+        let file = FileSpec {
+            applications: declared
+                .iter()
+                .map(|(tenant, spec)| FileApplication {
+                    name: spec.name.clone(),
+                    tenant: tenant.clone(),
+                    hosts: spec.routes.hosts.clone(),
+                    paths: spec.routes.paths.clone(),
+                    policies: spec.policies.clone(),
+                })
+                .collect(),
+        };
+        toml::to_string(&file).unwrap_or_default()
+    }
+
+    /// Checks applications as configured and compiles them into policies of `version`.
+    pub fn compile(
+        declared: &[(String, ApplicationSpec)],
+        version: u64,
+    ) -> Result<Self, PolicyError> {
         let mut applications = Vec::new();
         let mut names = HashMap::new();
-        for (index, app) in spec.applications.into_iter().enumerate() {
+        for (index, (tenant, app)) in declared.iter().enumerate() {
             let at = format!("application {:?} (#{})", app.name, index + 1);
             if names.insert(app.name.clone(), ()).is_some() {
                 return Err(PolicyError(format!("{at}: the name is used twice")));
             }
-            rollcall_eventlog::namespace::check_name(&app.tenant)
+            rollcall_eventlog::namespace::check_name(tenant)
                 .map_err(|e| PolicyError(format!("{at}: tenant {e}")))?;
-            if app.hosts.is_empty() {
+            if app.routes.hosts.is_empty() {
                 return Err(PolicyError(format!("{at}: hosts is empty")));
             }
-            let paths = if app.paths.is_empty() {
+            let paths = if app.routes.paths.is_empty() {
                 vec!["/".to_owned()]
             } else {
-                app.paths
+                app.routes.paths.clone()
             };
             if let Some(bad) = paths.iter().find(|p| !p.starts_with('/')) {
                 return Err(PolicyError(format!("{at}: path {bad:?} must start with /")));
@@ -213,19 +235,18 @@ impl Policies {
                 )));
             }
             let mut policies = Vec::new();
-            for (p, policy) in app.policies.into_iter().enumerate() {
+            for (p, policy) in app.policies.iter().enumerate() {
                 let pat = format!("{at}, policy {:?} (#{})", policy.name, p + 1);
-                let convert =
-                    |rules: Vec<RuleSpec>, kind: &str| -> Result<Vec<Rule>, PolicyError> {
-                        rules
-                            .into_iter()
-                            .enumerate()
-                            .map(|(r, spec)| rule(spec, &format!("{pat}, {kind} #{}", r + 1)))
-                            .collect()
-                    };
-                let include = convert(policy.include, "include")?;
-                let require = convert(policy.require, "require")?;
-                let exclude = convert(policy.exclude, "exclude")?;
+                let convert = |rules: &[RuleSpec], kind: &str| -> Result<Vec<Rule>, PolicyError> {
+                    rules
+                        .iter()
+                        .enumerate()
+                        .map(|(r, spec)| rule(spec.clone(), &format!("{pat}, {kind} #{}", r + 1)))
+                        .collect()
+                };
+                let include = convert(&policy.include, "include")?;
+                let require = convert(&policy.require, "require")?;
+                let exclude = convert(&policy.exclude, "exclude")?;
                 if include.is_empty() {
                     return Err(PolicyError(format!(
                         "{pat}: include needs at least one rule"
@@ -237,23 +258,31 @@ impl Policies {
                     return Err(PolicyError(format!("{pat}: bypass lets requests through without a session, so it can only include everyone")));
                 }
                 policies.push(Policy {
-                    name: policy.name,
+                    name: policy.name.clone(),
                     action: policy.action,
                     include,
                     require,
                     exclude,
                 });
             }
-            let hosts = app.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+            let hosts = app
+                .routes
+                .hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
             applications.push(Application {
-                name: app.name,
-                tenant: app.tenant,
+                name: app.name.clone(),
+                tenant: tenant.clone(),
                 hosts,
                 paths,
                 policies,
             });
         }
-        Ok(Self { applications })
+        Ok(Self {
+            applications,
+            version,
+        })
     }
 
     /// The application serving `host` and `path` (a normalized path, see [`crate::target`]):

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use rollcall_domain::group::{self, Group, GroupEvent, GroupState};
 use rollcall_domain::user::{self, User, UserEvent};
-use rollcall_domain::EventKind;
+use rollcall_domain::{ApplicationEvent, EventKind};
 use rollcall_eventlog::consumer::Delivered;
 use rollcall_eventlog::Envelope;
 use rollcall_store::access::{self, RevocationRow};
@@ -73,6 +73,9 @@ pub(crate) struct Prepared {
 enum Parsed {
     User(UserEvent),
     Group(GroupEvent),
+    /// An application event: audited only (the access services fold applications from the
+    /// stream themselves).
+    Application,
 }
 
 /// Prepares an event for [`Fold::apply`].
@@ -91,6 +94,12 @@ pub(crate) fn prepare(delivered: &Delivered) -> Prepared {
             &envelope.payload,
         )
         .map(Parsed::Group),
+        ApplicationEvent::AGGREGATE => ApplicationEvent::from_payload(
+            &envelope.event_type,
+            envelope.schema_version,
+            &envelope.payload,
+        )
+        .map(|_| Parsed::Application),
         other => Err(format!("unknown aggregate type {other:?}")),
     };
     Prepared {
@@ -261,6 +270,7 @@ impl<'a> Fold<'a> {
                 }
                 slot.last = Some(envelope);
             }
+            Parsed::Application => {}
         }
         Ok(prepared.draft)
     }

@@ -4,7 +4,9 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{audit, oidc, projector, revocations, serve, sessions, tenants, tokens};
+use crate::commands::{
+    audit, oidc, policies, projector, revocations, serve, sessions, tenants, tokens,
+};
 
 /// Rollcall: identity lifecycle from Entra ID (SCIM 2.0) to immutable events, read models and
 /// immediate access decisions.
@@ -79,6 +81,11 @@ pub enum Command {
     Projector {
         #[command(subcommand)]
         command: projector::ProjectorCommand,
+    },
+    /// Applications and their policies on the event stream: apply a policy file, export.
+    Policies {
+        #[command(subcommand)]
+        command: policies::PoliciesCommand,
     },
     /// Revoke users' sessions.
     Sessions {

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod oidc;
+pub mod policies;
 pub mod projector;
 pub mod revocations;
 pub mod serve;

@@ -1,0 +1,118 @@
+//! `rollcall policies apply|export`: applications and their policies as events on the stream,
+//! from and to a policy file (the TOML of `ROLLCALL_ACCESS_POLICIES`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+use rollcall_access::applications::{self, Plan};
+use rollcall_access::policy::Policies;
+use rollcall_eventlog::{Actor, EventLog};
+use uuid::Uuid;
+
+use crate::cli::Common;
+use crate::connection::connect_nats;
+
+/// The policies' commands.
+#[derive(Debug, Subcommand)]
+pub enum PoliciesCommand {
+    /// Make the event stream hold exactly the applications of a policy file: print what
+    /// changes (`+` configured, `~` changed, `-` removed), then append it as application
+    /// events that every access service applies. Applications on the stream that the file
+    /// does not declare are removed.
+    Apply {
+        /// The policy file (TOML, as for ROLLCALL_ACCESS_POLICIES).
+        file: PathBuf,
+        /// Print what would change; append nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the applications on the event stream as a policy file (TOML).
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Runs a policies command.
+pub async fn run(common: Common, command: PoliciesCommand) -> anyhow::Result<()> {
+    let (_client, log) = connect_nats(&common).await?;
+    match command {
+        PoliciesCommand::Apply { file, dry_run } => {
+            let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+            apply(
+                &log,
+                &file,
+                dry_run,
+                &operator,
+                &mut std::io::stdout().lock(),
+            )
+            .await?;
+            Ok(())
+        }
+        PoliciesCommand::Export { out } => {
+            let text = export(&log).await?;
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display())),
+                None => Ok(std::io::stdout().lock().write_all(text.as_bytes())?),
+            }
+        }
+    }
+}
+
+/// Reads and checks `file`, prints what differs from the stream's applications to `out` and,
+/// unless `dry_run`, appends it as events by `operator`. A file that does not check appends
+/// nothing. Returns the plan printed.
+pub async fn apply(
+    log: &EventLog,
+    file: &Path,
+    dry_run: bool,
+    operator: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<Plan> {
+    let declared = rollcall_access::read_policy_file(file)?;
+    let plan = if dry_run {
+        let catalog = applications::read(log)
+            .await
+            .context("reading the applications")?;
+        catalog.plan(&declared)
+    } else {
+        let actor = Actor::Operator {
+            name: operator.to_owned(),
+        };
+        let request = format!("cli-{}", Uuid::now_v7());
+        let (plan, sequence) = applications::apply_declared(log, &declared, &actor, &request)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        write!(out, "{}", plan.describe())?;
+        if !plan.is_empty() {
+            writeln!(
+                out,
+                "appended {} change(s) up to sequence {sequence}",
+                plan.changes.len()
+            )?;
+        }
+        plan
+    };
+    if dry_run {
+        write!(out, "{}", plan.describe())?;
+        if !plan.is_empty() {
+            writeln!(out, "dry run: nothing appended")?;
+        }
+    }
+    if plan.is_empty() {
+        writeln!(out, "no change: the stream holds this file's applications")?;
+    }
+    Ok(plan)
+}
+
+/// The applications on the stream as a policy file.
+pub async fn export(log: &EventLog) -> anyhow::Result<String> {
+    let catalog = applications::read(log)
+        .await
+        .context("reading the applications")?;
+    Ok(Policies::write_file(&catalog.declared()))
+}

@@ -1,0 +1,253 @@
+//! Policies as events: applications and their policies are aggregates on the event stream,
+//! written by `rollcall policies apply` and by the policy file's mode (at start and on
+//! SIGHUP), audited like users and groups, and followed by every access service.
+
+use std::time::Duration;
+
+use rollcall::commands::policies;
+use rollcall_domain::application::application_id;
+use rollcall_it::{eventually, TestEnv, POLICIES};
+use serde_json::{json, Value};
+
+/// The test policies with `wiki` closed to group Auditors, `engineering` gone and `finance`
+/// new.
+fn changed_policies() -> String {
+    let wiki = POLICIES
+        .split("[[application]]")
+        .find(|app| app.contains("\"wiki\""))
+        .unwrap()
+        .replace(
+            "include = [{ everyone = true }]",
+            "include = [{ group = \"Auditors\" }]",
+        );
+    format!(
+        r#"[[application]]{wiki}
+[[application]]
+name = "finance"
+tenant = "test"
+hosts = ["finance.test"]
+paths = ["/ledger"]
+[[application.policy]]
+name = "engineers"
+action = "allow"
+include = [{{ group = "Engineering" }}]
+"#
+    )
+}
+
+/// The applications a policy file declares, by tenant and name (the stream keeps them in that
+/// order).
+fn declared(text: &str) -> rollcall_access::policy::Declared {
+    let mut declared = rollcall_access::policy::Policies::read_file(text).unwrap();
+    declared.sort_by(|a, b| (&a.0, &a.1.name).cmp(&(&b.0, &b.1.name)));
+    declared
+}
+
+fn file(env: &TestEnv, name: &str, text: &str) -> std::path::PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("rollcall-{}-{name}.toml", env.namespace.as_str()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn decision(env: &TestEnv, host: &str, session: &str) -> Value {
+    reqwest::Client::new()
+        .post(format!("{}/v1/decisions", env.access_base))
+        .json(&json!({"session": session, "host": host}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn policies_apply_appends_a_files_differences_as_audited_events_that_every_access_service_follows(
+) {
+    let env = TestEnv::start().await;
+    // The access service appended the test policy file when it started: the stream holds it.
+    let exported = policies::export(&env.log).await.unwrap();
+    assert_eq!(declared(&exported), declared(POLICIES), "{exported}");
+    // A second access service without a policy file takes the stream's policies.
+    let replica = rollcall_access::Access::from_installation(
+        rollcall_access::Config {
+            policies: None,
+            ..rollcall_it::access_config(&env.policy_file)
+        },
+        &env.client,
+        &env.namespace,
+        Some(&env.store),
+    )
+    .await
+    .unwrap();
+    let started = env.head().await;
+    assert!(started > 0);
+    assert_eq!(env.access.policy_version(), started);
+    assert_eq!(replica.policy_version(), started);
+
+    let user = env
+        .scim()
+        .create_user(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "ada@example.com"}))
+        .await;
+    let session = env.session(&user);
+    let allowed = decision(&env, "wiki.test", &session).await;
+    assert_eq!(allowed["allow"], true, "{allowed}");
+    assert_eq!(allowed["decision"]["policy_version"], started, "{allowed}");
+    let head = env.head().await;
+
+    // A dry run prints the changes and appends nothing.
+    let changed = file(&env, "changed", &changed_policies());
+    let mut printed = Vec::new();
+    let plan = policies::apply(&env.log, &changed, true, "alice", &mut printed)
+        .await
+        .unwrap();
+    let printed = String::from_utf8(printed).unwrap();
+    assert_eq!(plan.changes.len(), 3, "{printed}");
+    for line in [
+        "- application \"engineering\" of tenant \"test\"",
+        "+ application \"finance\" of tenant \"test\": hosts [\"finance.test\"], paths [\"/ledger\"], policies [\"engineers\"]",
+        "~ application \"wiki\" of tenant \"test\": policies",
+        "dry run: nothing appended",
+    ] {
+        assert!(printed.contains(line), "{line:?} not in:\n{printed}");
+    }
+    assert_eq!(env.head().await, head, "a dry run appended");
+
+    // Applied: the events are on the stream and both access services decide with them.
+    let mut printed = Vec::new();
+    policies::apply(&env.log, &changed, false, "alice", &mut printed)
+        .await
+        .unwrap();
+    let printed = String::from_utf8(printed).unwrap();
+    assert!(printed.contains("appended 3 change(s)"), "{printed}");
+    let version = env.head().await;
+    assert!(version > head);
+    eventually(
+        "both access services follow the applied policies",
+        Duration::from_secs(5),
+        || async { env.access.policy_version() == version && replica.policy_version() == version },
+    )
+    .await;
+    let denied = decision(&env, "wiki.test", &session).await;
+    assert_eq!(
+        (&denied["allow"], &denied["decision"]["policy_version"]),
+        (&json!(false), &json!(version)),
+        "{denied}"
+    );
+    assert_eq!(
+        decision(&env, "eng.test", &session).await["decision"]["code"],
+        "no_application"
+    );
+
+    // Audited like users and groups: actor, request and before/after.
+    let wiki = application_id("test", "wiki").to_string();
+    eventually(
+        "the projector audited the changes",
+        Duration::from_secs(5),
+        || async {
+            env.event_types("test", &wiki).await
+                == ["application.configured", "application.policy_changed"]
+        },
+    )
+    .await;
+    let changes = env
+        .store
+        .audit_events("test", wiki.parse().unwrap())
+        .await
+        .unwrap();
+    let change = &changes[1];
+    assert_eq!(change.payload["before"][0]["include"][0]["everyone"], true);
+    assert_eq!(
+        change.payload["after"][0]["include"][0]["group"],
+        "Auditors"
+    );
+    assert_eq!(change.actor["name"], "alice", "{:?}", change.actor);
+    assert!(change
+        .request_id
+        .as_deref()
+        .is_some_and(|r| r.starts_with("cli-")));
+    let engineering = application_id("test", "engineering").to_string();
+    assert_eq!(
+        env.event_types("test", &engineering).await,
+        ["application.configured", "application.removed"]
+    );
+
+    // The same file again changes nothing; the export is that file.
+    let mut printed = Vec::new();
+    let plan = policies::apply(&env.log, &changed, false, "alice", &mut printed)
+        .await
+        .unwrap();
+    assert!(plan.is_empty(), "{}", String::from_utf8_lossy(&printed));
+    assert_eq!(env.head().await, version);
+    assert_eq!(
+        declared(&policies::export(&env.log).await.unwrap()),
+        declared(&changed_policies()),
+    );
+
+    // A file that does not check is refused with where, and nothing is appended.
+    let bad = file(
+        &env,
+        "bad",
+        &changed_policies().replace("action = \"allow\"", "action = \"bypass\""),
+    );
+    let error = policies::apply(&env.log, &bad, false, "alice", &mut Vec::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("bypass") && error.contains("\"wiki\""),
+        "{error}"
+    );
+    let unknown = file(&env, "unknown", "[[application]]\nname = \"x\"\ntenant = \"test\"\nhosts = [\"x.test\"]\ncolour = \"red\"\n");
+    let error = policies::apply(&env.log, &unknown, false, "alice", &mut Vec::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("colour") && error.contains("line 5"),
+        "{error}"
+    );
+    assert_eq!(env.head().await, version, "a refused file appended");
+
+    for path in [changed, bad, unknown] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[tokio::test]
+async fn the_policy_files_mode_appends_its_differences_on_reload_as_events_of_the_file() {
+    let env = TestEnv::start().await;
+    let before = env.head().await;
+    std::fs::write(&env.policy_file, changed_policies()).unwrap();
+    env.access.reload_policies().await.unwrap();
+    let version = env.head().await;
+    assert!(version > before);
+    assert_eq!(
+        env.access.policy_version(),
+        version,
+        "a reload returns once its policies are in force"
+    );
+    let finance = application_id("test", "finance").to_string();
+    eventually(
+        "the projector audited the reload",
+        Duration::from_secs(5),
+        || async { env.event_types("test", &finance).await == ["application.configured"] },
+    )
+    .await;
+    let configured = env
+        .store
+        .audit_events("test", finance.parse().unwrap())
+        .await
+        .unwrap();
+    let actor = configured[0].actor["name"].as_str().unwrap().to_owned();
+    assert_eq!(actor, format!("policy file {}", env.policy_file.display()));
+    assert!(configured[0]
+        .request_id
+        .as_deref()
+        .is_some_and(|r| r.starts_with("policy-file-")));
+
+    // Reloading the same file appends nothing.
+    env.access.reload_policies().await.unwrap();
+    assert_eq!(env.head().await, version);
+}
