@@ -315,7 +315,7 @@ impl Installation {
         rollcall_access::Access::from_installation(
             config,
             &self.client,
-            &self.namespace,
+            &self.log,
             Some(&self.store),
         )
         .await
@@ -425,6 +425,9 @@ pub struct TestEnv {
     pub policy_file: std::path::PathBuf,
     /// The NATS server's URL.
     pub nats_url: String,
+    /// The events the environment wrote before the test began (the access service appended the
+    /// test policy file's applications), all applied by the projector.
+    pub setup_events: u64,
     /// The SCIM API and the audit API.
     apis: Option<InstanceHandle>,
     /// SCIM API replicas started by [`TestEnv::replica`].
@@ -493,6 +496,7 @@ impl TestEnv {
             audit_token: installation.audit_token.clone(),
             policy_file: installation.policy_file.clone(),
             nats_url: installation.nats_url.clone(),
+            setup_events: 0,
             apis: Some(apis),
             replicas: Vec::new(),
             projector: None,
@@ -501,6 +505,15 @@ impl TestEnv {
         };
         env.start_projector();
         env.start_access(access).await;
+        // Every test begins on a settled audit log.
+        let head = env.head().await;
+        eventually(
+            "the projector applies the set-up events",
+            Duration::from_secs(10),
+            || async { env.store.checkpoint("projector").await.unwrap() >= head },
+        )
+        .await;
+        env.setup_events = env.store.audit_count().await.unwrap();
         env
     }
 

@@ -131,7 +131,7 @@ async fn a_write_of_two_events_is_one_message_applied_audited_and_enforced_whole
         .await
         .unwrap();
     assert_eq!(verified.mismatch, None);
-    assert_eq!(verified.events, 3);
+    assert_eq!(verified.events, 3 + env.setup_events);
 
     // Another process loads the aggregate from the stream (commit included) and writes after it.
     let replica = env.replica().await;
@@ -200,7 +200,10 @@ async fn audit_pages_and_exports_never_cut_a_write_in_two() {
         || async { env.store.checkpoint("projector").await.unwrap() >= head },
     )
     .await;
-    assert_eq!(env.store.audit_count().await.unwrap(), 261);
+    assert_eq!(
+        env.store.audit_count().await.unwrap(),
+        261 + env.setup_events
+    );
 
     let response = reqwest::Client::new()
         .get(format!("{}/audit/v1/export?format=ndjson", env.audit_base))
@@ -222,7 +225,11 @@ async fn audit_pages_and_exports_never_cut_a_write_in_two() {
             )
         })
         .collect();
-    assert_eq!(exported.len(), 261, "every event exported once");
+    assert_eq!(
+        exported.len() as u64,
+        261 + env.setup_events,
+        "every event exported once"
+    );
 
     let mut searched = Vec::new();
     let mut cursor = String::new();

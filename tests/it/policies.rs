@@ -76,7 +76,7 @@ async fn policies_apply_appends_a_files_differences_as_audited_events_that_every
             ..rollcall_it::access_config(&env.policy_file)
         },
         &env.client,
-        &env.namespace,
+        &env.log,
         Some(&env.store),
     )
     .await
@@ -250,4 +250,45 @@ async fn the_policy_files_mode_appends_its_differences_on_reload_as_events_of_th
     // Reloading the same file appends nothing.
     env.access.reload_policies().await.unwrap();
     assert_eq!(env.head().await, version);
+}
+
+#[tokio::test]
+async fn access_services_starting_together_write_one_file_once_and_an_unreadable_application_event_stops_none(
+) {
+    let installation = rollcall_it::Installation::create_on(rollcall_it::nats_url()).await;
+    let config = || rollcall_it::access_config(&installation.policy_file);
+    let (a, b) = tokio::join!(installation.access(config()), installation.access(config()));
+    let head = installation.log.head().await.unwrap();
+    assert_eq!(
+        head, 2,
+        "each application is configured once, by one of the two"
+    );
+    assert_eq!((a.policy_version(), b.policy_version()), (head, head));
+
+    // A message on an application's subject that no version of Rollcall wrote.
+    let id = uuid::Uuid::now_v7();
+    let mut garbage =
+        rollcall_it::user_envelope("test", id, 1, &rollcall_domain::user::UserEvent::Deleted);
+    garbage.aggregate_type = "application".into();
+    garbage.event_type = "application.policy_changed".into();
+    garbage.payload = json!({"type": "application.policy_changed", "before": "nonsense"});
+    let subject = installation
+        .namespace
+        .aggregate_subject("test", "application", &id);
+    let unreadable = installation
+        .log
+        .append(&subject, 0, &[garbage])
+        .await
+        .unwrap();
+    eventually(
+        "running services pass over it",
+        Duration::from_secs(5),
+        || async { a.policy_version() == unreadable && b.policy_version() == unreadable },
+    )
+    .await;
+    // A service starting now passes over it too, and the file's applications stay in force.
+    let c = installation.access(config()).await;
+    assert_eq!(c.policy_version(), unreadable);
+    let exported = policies::export(&installation.log).await.unwrap();
+    assert_eq!(declared(&exported), declared(POLICIES));
 }

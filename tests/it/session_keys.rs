@@ -75,13 +75,7 @@ fn config(env: &TestEnv, kek: Option<&str>) -> rollcall_access::Config {
 }
 
 async fn build(env: &TestEnv, kek: Option<&str>) -> Result<Access, AccessError> {
-    Access::from_installation(
-        config(env, kek),
-        &env.client,
-        &env.namespace,
-        Some(&env.store),
-    )
-    .await
+    Access::from_installation(config(env, kek), &env.client, &env.log, Some(&env.store)).await
 }
 
 /// Starts an access replica and waits until it is ready.

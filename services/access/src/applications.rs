@@ -19,7 +19,7 @@ use rollcall_domain::EventKind;
 use rollcall_eventlog::consumer::{decode, Delivered};
 use rollcall_eventlog::{Actor, AppendError, Envelope, EventLog, LoadError};
 use time::OffsetDateTime;
-use tracing::{error, warn};
+use tracing::{error, instrument, warn};
 use uuid::Uuid;
 
 use crate::policy::{Declared, Policies};
@@ -99,6 +99,12 @@ impl Catalog {
         Ok(())
     }
 
+    /// Passes over the message at `sequence`, which cannot be read: what it changed is not
+    /// in the catalog (said loudly by the caller).
+    pub fn skip(&mut self, sequence: u64) {
+        self.version = self.version.max(sequence);
+    }
+
     fn name_of(&self, tenant: &str, id: Uuid) -> Option<String> {
         self.entries
             .keys()
@@ -114,30 +120,16 @@ impl Catalog {
             .collect()
     }
 
-    /// The policies these applications compile to. An application that does not compile
-    /// (written to the stream by something other than Rollcall) is left out, loudly: its
-    /// requests are denied.
+    /// The policies these applications compile to. An application that does not compile, or
+    /// clashes with one before it (written to the stream by something other than Rollcall's
+    /// checks, or between two appends of one change), is left out, loudly: its requests are
+    /// denied.
     pub fn policies(&self) -> Policies {
-        let mut declared = self.declared();
-        loop {
-            match Policies::compile(&declared, self.version) {
-                Ok(policies) => return policies,
-                Err(error) => {
-                    let Some(bad) = declared
-                        .iter()
-                        .position(|one| Policies::compile(std::slice::from_ref(one), 0).is_err())
-                    else {
-                        error!(error = %error, "the applications on the stream do not compile; every request is denied");
-                        return Policies {
-                            applications: Vec::new(),
-                            version: self.version,
-                        };
-                    };
-                    let (tenant, spec) = declared.remove(bad);
-                    error!(tenant, application = spec.name, error = %error, "an application on the stream does not compile; its requests are denied");
-                }
-            }
+        let (policies, refused) = Policies::compile_each(&self.declared(), self.version);
+        for error in refused {
+            error!(error = %error, "an application on the stream is left out; its requests are denied");
         }
+        policies
     }
 
     /// What makes the stream hold exactly `desired`: every application of the file
@@ -162,7 +154,7 @@ impl Catalog {
             // configured applications are removed.
             let events = application::decide(&entry.state, command).unwrap_or_default();
             if !events.is_empty() {
-                changes.push(Change {
+                changes.push(ApplicationChange {
                     tenant: key.0.clone(),
                     name: key.1.clone(),
                     expected: entry.sequence,
@@ -171,13 +163,16 @@ impl Catalog {
                 });
             }
         }
+        // Removals first: a host moving from one application to another is never served by
+        // both between the two writes.
+        changes.sort_by_key(|change| !change.removes());
         Plan { changes }
     }
 }
 
 /// One application's change.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Change {
+pub struct ApplicationChange {
     /// Its tenant.
     pub tenant: String,
     /// Its name.
@@ -190,11 +185,20 @@ pub struct Change {
     pub events: Vec<ApplicationEvent>,
 }
 
+impl ApplicationChange {
+    /// Whether it removes the application.
+    pub fn removes(&self) -> bool {
+        self.events
+            .iter()
+            .any(|event| matches!(event, ApplicationEvent::Removed { .. }))
+    }
+}
+
 /// The changes that make the stream hold a policy file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     /// Per application, in tenant and name order.
-    pub changes: Vec<Change>,
+    pub changes: Vec<ApplicationChange>,
 }
 
 impl Plan {
@@ -252,34 +256,20 @@ pub async fn read(log: &EventLog) -> Result<Catalog, LoadError> {
 }
 
 /// Folds the application events after `catalog`'s version up to the stream's head.
+#[instrument(skip_all, fields(after = catalog.version()), err)]
 pub async fn catch_up(log: &EventLog, catalog: &mut Catalog) -> Result<(), LoadError> {
     let nats = |error: &dyn std::fmt::Display| LoadError::Nats(error.to_string());
     let read = async {
-        let consumer = log
-            .stream()
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-                filter_subject: subjects(log),
-                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: catalog.version + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| nats(&e))?;
-        if consumer.cached_info().num_pending == 0 {
+        let mut messages = follow(log, catalog.version()).await.map_err(|e| nats(&e))?;
+        let (messages, pending) = (&mut messages.0, messages.1);
+        if pending == 0 {
             return Ok(());
         }
-        let mut messages = consumer.messages().await.map_err(|e| nats(&e))?;
         while let Some(message) = messages.next().await {
             let message = message.map_err(|e| nats(&e))?;
-            let pending = message.info().map_err(|e| nats(&e))?.pending;
-            let events = decode(&message)?;
-            catalog
-                .apply(&events)
-                .map_err(|reason| LoadError::Corrupt {
-                    sequence: events.first().map_or(0, |e| e.sequence),
-                    reason,
-                })?;
+            let info = message.info().map_err(|e| nats(&e))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            fold(catalog, &message, sequence);
             if pending == 0 {
                 return Ok(());
             }
@@ -291,22 +281,40 @@ pub async fn catch_up(log: &EventLog, catalog: &mut Catalog) -> Result<(), LoadE
         .map_err(|_| LoadError::Nats("reading the applications timed out".into()))?
 }
 
+/// Folds one message into `catalog`; one that cannot be read is passed over, loudly (the
+/// stream keeps it for good: refusing to go on would stop every access service for good).
+pub fn fold(catalog: &mut Catalog, message: &async_nats::jetstream::Message, sequence: u64) {
+    let folded = decode(message)
+        .map_err(|e| e.to_string())
+        .and_then(|events| catalog.apply(&events));
+    if let Err(reason) = folded {
+        error!(
+            sequence,
+            reason, "an application event cannot be read; what it changed is not in force"
+        );
+        catalog.skip(sequence);
+    }
+}
+
 /// Appends a plan, each application's change as one write expecting the sequence it was
 /// planned on: a change that another writer overtook is refused (nothing of it is written),
 /// and the caller plans again. Returns the last sequence written (0: nothing to write).
+///
+/// A failure says how many changes were appended before it.
+#[instrument(skip_all, fields(changes = plan.changes.len()), err(Debug))]
 pub async fn append(
     log: &EventLog,
     plan: &Plan,
     actor: &Actor,
     request_id: &str,
-) -> Result<u64, AppendError> {
+) -> Result<u64, (usize, AppendError)> {
     let now = OffsetDateTime::now_utc();
     let now = now
         .replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
         .unwrap_or(now);
     let traceparent = rollcall_telemetry::traceparent();
     let mut last = 0;
-    for change in &plan.changes {
+    for (done, change) in plan.changes.iter().enumerate() {
         let id = application_id(&change.tenant, &change.name);
         let envelopes: Vec<Envelope> = change
             .events
@@ -330,14 +338,21 @@ pub async fn append(
         let subject =
             log.namespace()
                 .aggregate_subject(&change.tenant, ApplicationEvent::AGGREGATE, &id);
-        last = log.append(&subject, change.expected, &envelopes).await?;
+        last = log
+            .append(&subject, change.expected, &envelopes)
+            .await
+            .map_err(|error| (done, error))?;
     }
     Ok(last)
 }
 
+/// How often a plan is made again when another writer came first.
+const ATTEMPTS: u32 = 3;
+
 /// Makes the stream hold `desired`: reads the applications, plans, appends; planned again
-/// when another writer came first (a few times). Returns the plan that was written and the
-/// sequence of its last write.
+/// when another writer came first. Returns what was written (over every attempt) and the
+/// sequence up to which the stream holds `desired`.
+#[instrument(skip_all, err)]
 pub async fn apply_declared(
     log: &EventLog,
     desired: &[(String, ApplicationSpec)],
@@ -345,31 +360,56 @@ pub async fn apply_declared(
     request_id: &str,
 ) -> Result<(Plan, u64), String> {
     let mut catalog = Catalog::default();
-    for attempt in 1..=5 {
+    let mut written = Plan::default();
+    let mut last = 0;
+    for attempt in 1..=ATTEMPTS {
         catch_up(log, &mut catalog)
             .await
             .map_err(|e| e.to_string())?;
         let plan = catalog.plan(desired);
-        match append(log, &plan, actor, request_id).await {
-            Ok(sequence) => return Ok((plan, sequence)),
-            Err(AppendError::Conflict { .. }) if attempt < 5 => {
+        let outcome = append(log, &plan, actor, request_id).await;
+        // What was appended before a conflict stays appended.
+        written.changes.extend(
+            plan.changes.into_iter().take(
+                outcome
+                    .as_ref()
+                    .map_or_else(|(done, _)| *done, |_| usize::MAX),
+            ),
+        );
+        match outcome {
+            Ok(sequence) => {
+                return Ok((written, sequence.max(last).max(catalog.version())));
+            }
+            Err((_, AppendError::Conflict { .. })) if attempt < ATTEMPTS => {
                 warn!(
                     attempt,
                     "another writer changed the applications first; planning again"
                 );
+                let pause = 20 + u64::from(jitter() % 80);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
-            Err(error) => return Err(error.to_string()),
+            Err((_, error)) => return Err(error.to_string()),
         }
+        last = last.max(catalog.version());
     }
     Err("the applications kept changing while they were written; try again".into())
 }
 
-/// The application events after stream sequence `after`, as they are appended.
+/// A random byte, for spreading retries.
+fn jitter() -> u8 {
+    let mut byte = [0u8];
+    let _ = getrandom::fill(&mut byte);
+    byte[0]
+}
+
+/// The application events after stream sequence `after`, as they are appended, and how many
+/// there are now.
 pub async fn follow(
     log: &EventLog,
     after: u64,
-) -> Result<async_nats::jetstream::consumer::pull::Ordered, String> {
-    log.stream()
+) -> Result<(async_nats::jetstream::consumer::pull::Ordered, u64), String> {
+    let consumer = log
+        .stream()
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
             filter_subject: subjects(log),
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
@@ -378,8 +418,158 @@ pub async fn follow(
             ..Default::default()
         })
         .await
-        .map_err(|e| e.to_string())?
-        .messages()
-        .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    let pending = consumer.cached_info().num_pending;
+    let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    Ok((messages, pending))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollcall_domain::application::{Action, PolicySpec, Routes, RuleSpec};
+
+    fn spec(name: &str, host: &str) -> ApplicationSpec {
+        ApplicationSpec {
+            name: name.into(),
+            routes: Routes {
+                hosts: vec![host.into()],
+                paths: Vec::new(),
+            },
+            policies: vec![PolicySpec {
+                name: "everyone".into(),
+                action: Action::Allow,
+                include: vec![RuleSpec {
+                    everyone: Some(true),
+                    ..Default::default()
+                }],
+                require: Vec::new(),
+                exclude: Vec::new(),
+            }],
+        }
+    }
+
+    /// The message a plan's change would be, at stream sequence `sequence`.
+    fn delivered(change: &ApplicationChange, sequence: u64) -> Vec<Delivered> {
+        change
+            .events
+            .iter()
+            .enumerate()
+            .map(|(position, event)| Delivered {
+                sequence,
+                position: position as u32,
+                envelope: Envelope {
+                    event_id: Uuid::now_v7(),
+                    tenant: change.tenant.clone(),
+                    aggregate_type: ApplicationEvent::AGGREGATE.into(),
+                    aggregate_id: application_id(&change.tenant, &change.name),
+                    version: change.version + 1 + position as u64,
+                    event_type: event.event_type().into(),
+                    schema_version: 1,
+                    occurred_at: OffsetDateTime::UNIX_EPOCH,
+                    actor: Actor::Operator { name: "t".into() },
+                    request_id: None,
+                    traceparent: None,
+                    payload: event.to_payload(),
+                },
+            })
+            .collect()
+    }
+
+    /// Applies a plan as the stream would, from sequence `next`; returns the next sequence.
+    fn write(catalog: &mut Catalog, plan: &Plan, mut next: u64) -> u64 {
+        for change in &plan.changes {
+            catalog.apply(&delivered(change, next)).unwrap();
+            next += 1;
+        }
+        next
+    }
+
+    #[test]
+    fn a_plan_removes_first_expects_each_applications_last_sequence_and_converges() {
+        let mut catalog = Catalog::default();
+        let first = vec![
+            ("t".to_owned(), spec("wiki", "wiki.test")),
+            ("t".to_owned(), spec("old", "old.test")),
+        ];
+        let plan = catalog.plan(&first);
+        assert_eq!(plan.changes.len(), 2);
+        assert!(plan
+            .changes
+            .iter()
+            .all(|c| c.expected == 0 && c.version == 0));
+        let next = write(&mut catalog, &plan, 5);
+        assert_eq!(
+            (catalog.version(), catalog.plan(&first)),
+            (6, Plan::default())
+        );
+
+        // `old` goes, `wiki` moves to another host, `new` comes: the removal is planned first.
+        let mut moved = spec("wiki", "wiki2.test");
+        moved.policies[0].name = "all".into();
+        let second = vec![
+            ("t".to_owned(), moved),
+            ("t".to_owned(), spec("new", "old.test")),
+        ];
+        let plan = catalog.plan(&second);
+        let kinds: Vec<(&str, Vec<&str>)> = plan
+            .changes
+            .iter()
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.events.iter().map(|e| e.event_type()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("old", vec!["application.removed"]),
+                ("new", vec!["application.configured"]),
+                (
+                    "wiki",
+                    vec!["application.routes_changed", "application.policy_changed"]
+                )
+            ]
+        );
+        let wiki = plan.changes.iter().find(|c| c.name == "wiki").unwrap();
+        assert_eq!((wiki.expected, wiki.version), (6, 1));
+        let next = write(&mut catalog, &plan, next);
+        assert_eq!(catalog.plan(&second), Plan::default());
+        let names: Vec<String> = catalog
+            .declared()
+            .into_iter()
+            .map(|(_, s)| s.name)
+            .collect();
+        assert_eq!(names, ["new", "wiki"]);
+
+        // A removed application configured again expects its removal's sequence.
+        let plan = catalog.plan(&first);
+        let old = plan.changes.iter().find(|c| c.name == "old").unwrap();
+        assert_eq!((old.expected, old.version), (7, 2));
+        write(&mut catalog, &plan, next);
+        assert_eq!(catalog.plan(&first), Plan::default());
+        assert_eq!(catalog.policies().applications.len(), 2);
+    }
+
+    #[test]
+    fn a_change_to_an_application_never_configured_is_refused_and_changes_nothing() {
+        let mut catalog = Catalog::default();
+        // A removal or configuration names its application; a policy change of an id never
+        // configured cannot be placed.
+        let orphan = ApplicationChange {
+            tenant: "t".into(),
+            name: "ghost".into(),
+            expected: 0,
+            version: 0,
+            events: vec![ApplicationEvent::PolicyChanged {
+                before: Vec::new(),
+                after: Vec::new(),
+            }],
+        };
+        assert!(catalog.apply(&delivered(&orphan, 3)).is_err());
+        assert_eq!(catalog.version(), 0);
+        assert!(catalog.declared().is_empty());
+    }
 }

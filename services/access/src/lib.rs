@@ -28,11 +28,12 @@ use std::time::Duration;
 
 use axum::routing::{any, get, post};
 use axum::Router;
+use rollcall_domain::EventKind;
 pub use rollcall_eventlog::access::SessionRevoker;
 use rollcall_eventlog::{Actor, EventLog, Namespace};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
-use tracing::{error, info, warn};
+use tracing::{error, info, instrument, warn, Instrument};
 use uuid::Uuid;
 
 use crate::decision::{Decision, Freshness, Outcome, Request};
@@ -242,13 +243,11 @@ impl Access {
     pub async fn from_installation(
         config: Config,
         client: &async_nats::Client,
-        namespace: &Namespace,
+        log: &EventLog,
         store: Option<&rollcall_store::Store>,
     ) -> Result<Self, AccessError> {
         let ttl = config.session_ttl()?;
-        let log = EventLog::open(client.clone(), namespace.clone())
-            .await
-            .map_err(|e| AccessError::Config(format!("the event stream: {e}")))?;
+        let (log, namespace) = (log.clone(), log.namespace());
         let access = if let Some(keys) = config.configured_keys(ttl)? {
             info!("session keys from ROLLCALL_SESSION_KEYS");
             Self::build(config, Keyring::new(keys), None, Some(log))?
@@ -282,7 +281,10 @@ impl Access {
             warn!("no application is configured on the event stream (rollcall policies apply, or ROLLCALL_ACCESS_POLICIES): every request is denied");
         }
         self.install(&catalog);
-        tokio::spawn(follow_applications(Arc::downgrade(&self.0), log, catalog));
+        tokio::spawn(
+            follow_applications(Arc::downgrade(&self.0), log, catalog)
+                .instrument(tracing::info_span!("follow_applications")),
+        );
         Ok(())
     }
 
@@ -302,6 +304,7 @@ impl Access {
 
     /// Appends what differs between the policy file and the stream's applications, and
     /// returns the sequence of the last event written (0: nothing differed).
+    #[instrument(skip_all, err)]
     async fn write_policy_file(&self, log: &EventLog) -> Result<u64, AccessError> {
         let Some(path) = &self.config.policies else {
             return Ok(0);
@@ -314,8 +317,14 @@ impl Access {
         let (plan, sequence) = applications::apply_declared(log, &declared, &actor, &request)
             .await
             .map_err(|e| AccessError::Config(format!("{}: {e}", path.display())))?;
-        if !plan.is_empty() {
-            info!(file = %path.display(), changes = plan.changes.len(), sequence, "the policy file's changes are on the event stream:\n{}", plan.describe());
+        for change in &plan.changes {
+            let events: Vec<&str> = change.events.iter().map(|e| e.event_type()).collect();
+            // Names only: policies can name people (user_name, email rules).
+            if change.removes() {
+                warn!(file = %path.display(), tenant = change.tenant, application = change.name, sequence, "the policy file does not declare this application: it is removed for every access service of the namespace");
+            } else {
+                info!(file = %path.display(), tenant = change.tenant, application = change.name, ?events, sequence, "a policy file's change is on the event stream");
+            }
         }
         Ok(sequence)
     }
@@ -467,6 +476,7 @@ impl Access {
     /// Reloads the policy file (SIGHUP); on error keeps the policies in force and says why.
     /// With the event stream, appends the file's differences as events and returns once this
     /// service decides with them.
+    #[instrument(skip_all, err)]
     pub async fn reload_policies(&self) -> Result<(), AccessError> {
         let Some(path) = &self.config.policies else {
             return Ok(());
@@ -509,7 +519,8 @@ pub fn read_policy_file(path: &std::path::Path) -> Result<policy::Declared, Acce
 }
 
 /// Follows the application events after `catalog` into the policies of `shared`, until it is
-/// dropped.
+/// dropped. New policies are put in force once the follower has read every application event
+/// there is (a change of several applications is in force whole, unless it is being written).
 async fn follow_applications(
     shared: std::sync::Weak<Shared>,
     log: EventLog,
@@ -518,22 +529,18 @@ async fn follow_applications(
     use futures::StreamExt;
     loop {
         let followed = async {
-            let mut messages = applications::follow(&log, catalog.version()).await?;
+            let (mut messages, _) = applications::follow(&log, catalog.version()).await?;
             while let Some(message) = messages.next().await {
                 let message = message.map_err(|e| e.to_string())?;
-                let events =
-                    rollcall_eventlog::consumer::decode(&message).map_err(|e| e.to_string())?;
+                let info = message.info().map_err(|e| e.to_string())?;
+                let (sequence, pending) = (info.stream_sequence, info.pending);
+                applications::fold(&mut catalog, &message, sequence);
                 let Some(shared) = shared.upgrade() else {
                     return Ok(());
                 };
-                if let Err(reason) = catalog.apply(&events) {
-                    error!(
-                        reason,
-                        "an application event cannot be read; the policies stay as they were"
-                    );
-                    continue;
+                if pending == 0 {
+                    Access(shared).install(&catalog);
                 }
-                Access(shared).install(&catalog);
             }
             Err("the stream's messages ended".to_owned())
         };
@@ -608,7 +615,7 @@ pub async fn serve(
             };
             while hangups.recv().await.is_some() {
                 if let Err(error) = access.reload_policies().await {
-                    error!(error = %error, "policy reload refused; the previous policies stay in force");
+                    error!(error = %error, "policy reload failed; the policies in force stay as the event stream has them");
                 }
             }
         })
@@ -661,7 +668,10 @@ pub async fn run(
     let listener = TcpListener::bind(config.addr)
         .await
         .map_err(|e| AccessError::Io(format!("binding {}: {e}", config.addr)))?;
-    let access = Access::from_installation(config, &client, &namespace, store).await?;
+    let log = EventLog::open(client.clone(), namespace.clone())
+        .await
+        .map_err(|e| AccessError::Config(format!("the event stream: {e}")))?;
+    let access = Access::from_installation(config, &client, &log, store).await?;
     serve(listener, access, client, namespace, shutdown).await
 }
 

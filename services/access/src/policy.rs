@@ -24,7 +24,9 @@
 //! without case (`*.example.com` matches any subdomain, not `example.com` itself); path
 //! prefixes compare without ASCII case, a prefix matches itself with or without a trailing
 //! slash and every path below it, and the longest matching prefix over all applications of
-//! the host wins. A prefix in the file must be in normal form (`/admin`, not `/x/../admin`).
+//! the host wins, then an exact host over a wildcard. No two applications may serve one host
+//! with one prefix, so the order of applications never decides. A prefix in the file must be
+//! in normal form (`/admin`, not `/x/../admin`).
 
 use std::collections::HashMap;
 
@@ -175,7 +177,7 @@ impl Policies {
     }
 
     /// The policy file that declares `declared` ([`Policies::read_file`] reads it back).
-    pub fn write_file(declared: &[(String, ApplicationSpec)]) -> String {
+    pub fn write_file(declared: &[(String, ApplicationSpec)]) -> Result<String, PolicyError> {
         let file = FileSpec {
             applications: declared
                 .iter()
@@ -188,7 +190,7 @@ impl Policies {
                 })
                 .collect(),
         };
-        toml::to_string(&file).unwrap_or_default()
+        toml::to_string(&file).map_err(|e| PolicyError(format!("writing TOML: {e}")))
     }
 
     /// Checks applications as configured and compiles them into policies of `version`.
@@ -196,97 +198,75 @@ impl Policies {
         declared: &[(String, ApplicationSpec)],
         version: u64,
     ) -> Result<Self, PolicyError> {
-        let mut applications = Vec::new();
+        let (policies, mut refused) = Self::compile_each(declared, version);
+        match refused.is_empty() {
+            true => Ok(policies),
+            false => Err(refused.swap_remove(0)),
+        }
+    }
+
+    /// Compiles every application that checks and does not clash with an earlier one (the
+    /// same name in its tenant, or a host and path prefix another one serves); says why each
+    /// other one was left out.
+    pub fn compile_each(
+        declared: &[(String, ApplicationSpec)],
+        version: u64,
+    ) -> (Self, Vec<PolicyError>) {
+        let mut applications: Vec<Application> = Vec::new();
+        let mut refused = Vec::new();
         let mut names = HashMap::new();
+        let mut routes: HashMap<(String, String), String> = HashMap::new();
         for (index, (tenant, app)) in declared.iter().enumerate() {
             let at = format!("application {:?} (#{})", app.name, index + 1);
-            if names.insert(app.name.clone(), ()).is_some() {
-                return Err(PolicyError(format!("{at}: the name is used twice")));
-            }
-            rollcall_eventlog::namespace::check_name(tenant)
-                .map_err(|e| PolicyError(format!("{at}: tenant {e}")))?;
-            if app.routes.hosts.is_empty() {
-                return Err(PolicyError(format!("{at}: hosts is empty")));
-            }
-            let paths = if app.routes.paths.is_empty() {
-                vec!["/".to_owned()]
-            } else {
-                app.routes.paths.clone()
-            };
-            if let Some(bad) = paths.iter().find(|p| !p.starts_with('/')) {
-                return Err(PolicyError(format!("{at}: path {bad:?} must start with /")));
-            }
-            for path in &paths {
-                match crate::target::normalize_path(path) {
-                    Ok(normal) if normal == *path => {}
-                    Ok(normal) => {
-                        return Err(PolicyError(format!(
-                            "{at}: path {path:?} is not in normal form; write {normal:?}"
-                        )))
-                    }
-                    Err(error) => return Err(PolicyError(format!("{at}: path {path:?}: {error}"))),
-                }
-            }
-            // Prefixes are compared without ASCII case: see `Policies::application`.
-            let paths = paths.iter().map(|p| p.to_ascii_lowercase()).collect();
-            if app.policies.is_empty() {
-                return Err(PolicyError(format!(
-                    "{at}: no policy; add [[application.policy]] (without one, everyone is denied)"
+            if names.contains_key(&(tenant, &app.name)) {
+                refused.push(PolicyError(format!(
+                    "{at}: the name is used twice in tenant {tenant:?}"
                 )));
+                continue;
             }
-            let mut policies = Vec::new();
-            for (p, policy) in app.policies.iter().enumerate() {
-                let pat = format!("{at}, policy {:?} (#{})", policy.name, p + 1);
-                let convert = |rules: &[RuleSpec], kind: &str| -> Result<Vec<Rule>, PolicyError> {
-                    rules
-                        .iter()
-                        .enumerate()
-                        .map(|(r, spec)| rule(spec.clone(), &format!("{pat}, {kind} #{}", r + 1)))
-                        .collect()
-                };
-                let include = convert(&policy.include, "include")?;
-                let require = convert(&policy.require, "require")?;
-                let exclude = convert(&policy.exclude, "exclude")?;
-                if include.is_empty() {
-                    return Err(PolicyError(format!(
-                        "{pat}: include needs at least one rule"
-                    )));
+            let compiled = match compile_one(tenant, app, &at) {
+                Ok(compiled) => compiled,
+                Err(error) => {
+                    refused.push(error);
+                    continue;
                 }
-                if policy.action == Action::Bypass
-                    && (include != [Rule::Everyone] || !require.is_empty() || !exclude.is_empty())
-                {
-                    return Err(PolicyError(format!("{pat}: bypass lets requests through without a session, so it can only include everyone")));
-                }
-                policies.push(Policy {
-                    name: policy.name.clone(),
-                    action: policy.action,
-                    include,
-                    require,
-                    exclude,
-                });
-            }
-            let hosts = app
-                .routes
+            };
+            let served: Vec<(String, String)> = compiled
                 .hosts
                 .iter()
-                .map(|h| h.to_ascii_lowercase())
+                .flat_map(|host| {
+                    compiled
+                        .paths
+                        .iter()
+                        .map(|path| (host.clone(), path.trim_end_matches('/').to_owned()))
+                })
                 .collect();
-            applications.push(Application {
-                name: app.name.clone(),
-                tenant: tenant.clone(),
-                hosts,
-                paths,
-                policies,
-            });
+            if let Some(((host, path), other)) = served
+                .iter()
+                .find_map(|route| routes.get(route).map(|other| (route, other)))
+            {
+                let path = if path.is_empty() { "/" } else { path };
+                refused.push(PolicyError(format!(
+                    "{at}: host {host:?} with path {path:?} is served by application {other:?} already"
+                )));
+                continue;
+            }
+            for route in served {
+                routes.insert(route, app.name.clone());
+            }
+            names.insert((tenant, &app.name), ());
+            applications.push(compiled);
         }
-        Ok(Self {
+        let policies = Self {
             applications,
             version,
-        })
+        };
+        (policies, refused)
     }
 
     /// The application serving `host` and `path` (a normalized path, see [`crate::target`]):
-    /// the longest matching path prefix wins. Hosts and path prefixes are compared without
+    /// the longest matching path prefix wins, then an exact host over a wildcard (a longer
+    /// wildcard over a shorter one). Hosts and path prefixes are compared without
     /// ASCII case; a prefix matches itself with or without a trailing slash and every path
     /// below it (`/admin` and `/admin/` both match `/admin`, `/admin/`, `/Admin/x`, never
     /// `/administrator`).
@@ -299,8 +279,18 @@ impl Policies {
         let path = path.to_ascii_lowercase();
         self.applications
             .iter()
-            .filter(|app| app.hosts.iter().any(|pattern| host_matches(pattern, &host)))
             .filter_map(|app| {
+                // An exact host is more specific than any wildcard, a longer wildcard more
+                // than a shorter one.
+                let host_rank = app
+                    .hosts
+                    .iter()
+                    .filter(|pattern| host_matches(pattern, &host))
+                    .map(|pattern| match pattern.starts_with("*.") {
+                        true => pattern.len(),
+                        false => usize::MAX,
+                    })
+                    .max()?;
                 let longest = app
                     .paths
                     .iter()
@@ -308,11 +298,92 @@ impl Policies {
                     .filter(|prefix| path_matches(prefix, &path))
                     .map(str::len)
                     .max()?;
-                Some((longest, app))
+                Some(((longest, host_rank), app))
             })
-            .max_by_key(|(longest, _)| *longest)
+            // No two applications serve one host pattern and prefix (`compile_each`), so the
+            // most specific is one application whatever their order.
+            .max_by_key(|(rank, _)| *rank)
             .map(|(_, app)| app)
     }
+}
+
+/// Checks and compiles one application (`at` says which, in errors).
+fn compile_one(tenant: &str, app: &ApplicationSpec, at: &str) -> Result<Application, PolicyError> {
+    rollcall_eventlog::namespace::check_name(tenant)
+        .map_err(|e| PolicyError(format!("{at}: tenant {e}")))?;
+    if app.routes.hosts.is_empty() {
+        return Err(PolicyError(format!("{at}: hosts is empty")));
+    }
+    let paths = if app.routes.paths.is_empty() {
+        vec!["/".to_owned()]
+    } else {
+        app.routes.paths.clone()
+    };
+    if let Some(bad) = paths.iter().find(|p| !p.starts_with('/')) {
+        return Err(PolicyError(format!("{at}: path {bad:?} must start with /")));
+    }
+    for path in &paths {
+        match crate::target::normalize_path(path) {
+            Ok(normal) if normal == *path => {}
+            Ok(normal) => {
+                return Err(PolicyError(format!(
+                    "{at}: path {path:?} is not in normal form; write {normal:?}"
+                )))
+            }
+            Err(error) => return Err(PolicyError(format!("{at}: path {path:?}: {error}"))),
+        }
+    }
+    // Prefixes are compared without ASCII case: see `Policies::application`.
+    let paths = paths.iter().map(|p| p.to_ascii_lowercase()).collect();
+    if app.policies.is_empty() {
+        return Err(PolicyError(format!(
+            "{at}: no policy; add [[application.policy]] (without one, everyone is denied)"
+        )));
+    }
+    let mut policies = Vec::new();
+    for (p, policy) in app.policies.iter().enumerate() {
+        let pat = format!("{at}, policy {:?} (#{})", policy.name, p + 1);
+        let convert = |rules: &[RuleSpec], kind: &str| -> Result<Vec<Rule>, PolicyError> {
+            rules
+                .iter()
+                .enumerate()
+                .map(|(r, spec)| rule(spec.clone(), &format!("{pat}, {kind} #{}", r + 1)))
+                .collect()
+        };
+        let include = convert(&policy.include, "include")?;
+        let require = convert(&policy.require, "require")?;
+        let exclude = convert(&policy.exclude, "exclude")?;
+        if include.is_empty() {
+            return Err(PolicyError(format!(
+                "{pat}: include needs at least one rule"
+            )));
+        }
+        if policy.action == Action::Bypass
+            && (include != [Rule::Everyone] || !require.is_empty() || !exclude.is_empty())
+        {
+            return Err(PolicyError(format!("{pat}: bypass lets requests through without a session, so it can only include everyone")));
+        }
+        policies.push(Policy {
+            name: policy.name.clone(),
+            action: policy.action,
+            include,
+            require,
+            exclude,
+        });
+    }
+    let hosts = app
+        .routes
+        .hosts
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    Ok(Application {
+        name: app.name.clone(),
+        tenant: tenant.to_owned(),
+        hosts,
+        paths,
+        policies,
+    })
 }
 
 fn host_matches(pattern: &str, host: &str) -> bool {
@@ -594,5 +665,87 @@ mod tests {
             let error = Policies::parse(file).unwrap_err().to_string();
             assert!(error.contains(expected), "{error} should say {expected}");
         }
+    }
+
+    /// An application `name` of `tenant` on `host` and `path`, open to everyone.
+    fn app(name: &str, tenant: &str, host: &str, path: &str) -> String {
+        format!("[[application]]\nname = \"{name}\"\ntenant = \"{tenant}\"\nhosts = [\"{host}\"]\npaths = [\"{path}\"]\n[[application.policy]]\nname = \"p\"\naction = \"allow\"\ninclude = [{{ everyone = true }}]\n")
+    }
+
+    #[test]
+    fn an_exact_host_wins_over_a_wildcard_whatever_the_order_of_the_applications() {
+        for file in [
+            app("portal", "t", "*.example.com", "/") + &app("admin", "t", "admin.example.com", "/"),
+            app("admin", "t", "admin.example.com", "/") + &app("portal", "t", "*.example.com", "/"),
+        ] {
+            let policies = Policies::parse(&file).unwrap();
+            let serving = |host: &str| policies.application(host, "/x").unwrap().name.clone();
+            assert_eq!(serving("admin.example.com"), "admin", "{file}");
+            assert_eq!(serving("www.example.com"), "portal", "{file}");
+        }
+        // A longer wildcard is more specific; a longer prefix still wins first.
+        let file = app("broad", "t", "*.example.com", "/")
+            + &app("narrow", "t", "*.eu.example.com", "/")
+            + &app("api", "t", "*.example.com", "/api");
+        let policies = Policies::parse(&file).unwrap();
+        assert_eq!(
+            policies.application("a.eu.example.com", "/").unwrap().name,
+            "narrow"
+        );
+        assert_eq!(
+            policies
+                .application("a.eu.example.com", "/api/v1")
+                .unwrap()
+                .name,
+            "api"
+        );
+    }
+
+    #[test]
+    fn two_applications_may_not_serve_one_host_and_prefix_and_names_are_unique_per_tenant() {
+        let clash = app("a", "t", "h.test", "/x") + &app("b", "t", "H.test", "/x/");
+        let error = Policies::parse(&clash).unwrap_err().to_string();
+        assert!(
+            error.contains("served by application \"a\" already"),
+            "{error}"
+        );
+        let twice = app("a", "t", "h.test", "/") + &app("a", "t", "i.test", "/");
+        let error = Policies::parse(&twice).unwrap_err().to_string();
+        assert!(error.contains("used twice in tenant"), "{error}");
+        // One name in two tenants is two applications.
+        let tenants = app("wiki", "t1", "wiki.one", "/") + &app("wiki", "t2", "wiki.two", "/");
+        assert_eq!(Policies::parse(&tenants).unwrap().applications.len(), 2);
+        // Applications from the stream: those that clash are left out, the others stay.
+        let declared =
+            Policies::read_file(&(app("a", "t", "h.test", "/") + &app("c", "t", "c.test", "/")))
+                .unwrap();
+        let mut clashing = declared.clone();
+        clashing.insert(
+            1,
+            Policies::read_file(&app("b", "t", "h.test", "/"))
+                .unwrap()
+                .remove(0),
+        );
+        let (policies, refused) = Policies::compile_each(&clashing, 7);
+        let names: Vec<&str> = policies
+            .applications
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(
+            (names, policies.version, refused.len()),
+            (vec!["a", "c"], 7, 1)
+        );
+    }
+
+    #[test]
+    fn a_written_file_reads_back_as_the_same_applications() {
+        let declared = Policies::read_file(FILE).unwrap();
+        let written = Policies::write_file(&declared).unwrap();
+        assert_eq!(
+            Policies::read_file(&written).unwrap(),
+            declared,
+            "{written}"
+        );
     }
 }

@@ -226,7 +226,7 @@ impl Instance {
                 None => rollcall_access::Access::from_installation(
                     self.access.clone(),
                     &client,
-                    log.namespace(),
+                    &log,
                     Some(&store),
                 )
                 .await

@@ -27,6 +27,9 @@ pub enum PoliciesCommand {
         /// Print what would change; append nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Who applies it (recorded as the events' actor).
+        #[arg(long, env = "USER", default_value = "operator")]
+        operator: String,
     },
     /// Print the applications on the event stream as a policy file (TOML).
     Export {
@@ -40,8 +43,11 @@ pub enum PoliciesCommand {
 pub async fn run(common: Common, command: PoliciesCommand) -> anyhow::Result<()> {
     let (_client, log) = connect_nats(&common).await?;
     match command {
-        PoliciesCommand::Apply { file, dry_run } => {
-            let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+        PoliciesCommand::Apply {
+            file,
+            dry_run,
+            operator,
+        } => {
             apply(
                 &log,
                 &file,
@@ -114,5 +120,5 @@ pub async fn export(log: &EventLog) -> anyhow::Result<String> {
     let catalog = applications::read(log)
         .await
         .context("reading the applications")?;
-    Ok(Policies::write_file(&catalog.declared()))
+    Ok(Policies::write_file(&catalog.declared())?)
 }
