@@ -510,11 +510,27 @@ impl TestEnv {
         eventually(
             "the projector applies the set-up events",
             Duration::from_secs(10),
-            || async { env.store.checkpoint("projector").await.unwrap() >= head },
+            || env.projected(head),
         )
         .await;
         env.setup_events = env.store.audit_count().await.unwrap();
         env
+    }
+
+    /// Whether the projector (every partition's) has applied the stream up to `sequence`.
+    pub async fn projected(&self, sequence: u64) -> bool {
+        let name = rollcall_projector::DEFAULT_NAME;
+        let count = self.store.partitions().await.unwrap();
+        if count <= 1 {
+            return self.store.checkpoint(name).await.unwrap() >= sequence;
+        }
+        let partitioning = rollcall_eventlog::partition::Partitioning::new(count.into()).unwrap();
+        for partition in partitioning.all() {
+            if self.store.checkpoint(&partition.name(name)).await.unwrap() < sequence {
+                return false;
+            }
+        }
+        true
     }
 
     /// Starts an access service (with fresh, empty state) and waits until it is ready.

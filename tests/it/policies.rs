@@ -99,15 +99,26 @@ async fn policies_apply_appends_a_files_differences_as_audited_events_that_every
     // A dry run prints the changes and appends nothing.
     let changed = file(&env, "changed", &changed_policies());
     let mut printed = Vec::new();
-    let plan = policies::apply(&env.log, &changed, true, "alice", &mut printed)
+    let state = rollcall_access::feed::load(&env.client, &env.namespace)
         .await
         .unwrap();
+    let plan = policies::apply(
+        &env.log,
+        &changed,
+        true,
+        "alice",
+        Some(&state),
+        &mut printed,
+    )
+    .await
+    .unwrap();
     let printed = String::from_utf8(printed).unwrap();
     assert_eq!(plan.changes.len(), 3, "{printed}");
     for line in [
         "- application \"engineering\" of tenant \"test\"",
         "+ application \"finance\" of tenant \"test\": hosts [\"finance.test\"], paths [\"/ledger\"], policies [\"engineers\"]",
         "~ application \"wiki\" of tenant \"test\": policies",
+        "  application \"wiki\" of tenant \"test\": 0 gain access, 1 lose it\n    - ada@example.com",
         "dry run: nothing appended",
     ] {
         assert!(printed.contains(line), "{line:?} not in:\n{printed}");
@@ -116,7 +127,7 @@ async fn policies_apply_appends_a_files_differences_as_audited_events_that_every
 
     // Applied: the events are on the stream and both access services decide with them.
     let mut printed = Vec::new();
-    policies::apply(&env.log, &changed, false, "alice", &mut printed)
+    policies::apply(&env.log, &changed, false, "alice", None, &mut printed)
         .await
         .unwrap();
     let printed = String::from_utf8(printed).unwrap();
@@ -175,7 +186,7 @@ async fn policies_apply_appends_a_files_differences_as_audited_events_that_every
 
     // The same file again changes nothing; the export is that file.
     let mut printed = Vec::new();
-    let plan = policies::apply(&env.log, &changed, false, "alice", &mut printed)
+    let plan = policies::apply(&env.log, &changed, false, "alice", None, &mut printed)
         .await
         .unwrap();
     assert!(plan.is_empty(), "{}", String::from_utf8_lossy(&printed));
@@ -191,7 +202,7 @@ async fn policies_apply_appends_a_files_differences_as_audited_events_that_every
         "bad",
         &changed_policies().replace("action = \"allow\"", "action = \"bypass\""),
     );
-    let error = policies::apply(&env.log, &bad, false, "alice", &mut Vec::new())
+    let error = policies::apply(&env.log, &bad, false, "alice", None, &mut Vec::new())
         .await
         .unwrap_err()
         .to_string();
@@ -200,7 +211,7 @@ async fn policies_apply_appends_a_files_differences_as_audited_events_that_every
         "{error}"
     );
     let unknown = file(&env, "unknown", "[[application]]\nname = \"x\"\ntenant = \"test\"\nhosts = [\"x.test\"]\ncolour = \"red\"\n");
-    let error = policies::apply(&env.log, &unknown, false, "alice", &mut Vec::new())
+    let error = policies::apply(&env.log, &unknown, false, "alice", None, &mut Vec::new())
         .await
         .unwrap_err()
         .to_string();
@@ -291,4 +302,126 @@ async fn access_services_starting_together_write_one_file_once_and_an_unreadable
     assert_eq!(c.policy_version(), unreadable);
     let exported = policies::export(&installation.log).await.unwrap();
     assert_eq!(declared(&exported), declared(POLICIES));
+}
+
+#[tokio::test]
+async fn the_policy_tester_explains_a_users_decision_and_lists_who_may_get_in() {
+    use rollcall::commands::access;
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    let user = |name: &str| json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name, "externalId": format!("x-{name}")});
+    let ada = scim.create_user(&user("ada@example.com")).await;
+    let bob = scim.create_user(&user("bob@example.com")).await;
+    scim.create_group(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Engineering", "members": [{"value": ada}]}))
+        .await;
+
+    // The decision API answers for a user, to an audit token of the tenant only.
+    let ask = |body: Value, token: Option<String>| {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/v1/decisions", env.access_base))
+            .json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let question = json!({"user": "x-bob@example.com", "host": "eng.test", "path": "/x"});
+    let (status, answer) = ask(question.clone(), Some(env.audit_token.clone())).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["allow"], false, "{answer}");
+    assert_eq!(answer["decision"]["code"], "no_policy", "{answer}");
+    assert_eq!(
+        answer["decision"]["identity"]["id"],
+        bob.as_str(),
+        "{answer}"
+    );
+    assert_eq!(answer["policies"][0]["policy"], "engineers");
+    assert_eq!(answer["policies"][0]["matched"], false);
+    assert_eq!(
+        answer["policies"][0]["why"],
+        "no include rule matches (group \"Engineering\")"
+    );
+    let (status, answer) = ask(
+        json!({"user": ada, "host": "eng.test"}),
+        Some(env.audit_token.clone()),
+    )
+    .await;
+    assert_eq!((status, &answer["allow"]), (200, &json!(true)), "{answer}");
+    assert_eq!(
+        answer["policies"][0]["why"],
+        "include group \"Engineering\" matches"
+    );
+    for token in [
+        None,
+        Some(env.token.clone()),
+        Some("rc_nonsense".to_owned()),
+    ] {
+        let (status, answer) = ask(question.clone(), token.clone()).await;
+        assert_eq!(status, 401, "{token:?}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("audit token"),
+            "{answer}"
+        );
+    }
+    let both = json!({"user": ada, "session": "s", "host": "eng.test"});
+    assert_eq!(ask(both, Some(env.audit_token.clone())).await.0, 400);
+
+    // At the command line, from NATS: explain and who.
+    let (decision, trials) = access::explain(
+        &env.client,
+        &env.log,
+        "test",
+        "ada@example.com",
+        "https://eng.test/anything",
+    )
+    .await
+    .unwrap();
+    let text = access::describe(&decision, &trials);
+    assert!(
+        text.starts_with("Allow: policy \"engineers\" allows"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1. \"engineers\" (Allow) matches: include group \"Engineering\" matches"),
+        "{text}"
+    );
+    let allowed = access::who(&env.client, &env.log, "test", "https://eng.test/")
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed
+            .iter()
+            .map(|a| a.user_name.as_str())
+            .collect::<Vec<_>>(),
+        ["ada@example.com"]
+    );
+    let everyone = access::who(&env.client, &env.log, "test", "https://wiki.test/")
+        .await
+        .unwrap();
+    assert_eq!(everyone.len(), 2);
+    // Deactivated users are out; another tenant's applications are not listed.
+    let disable = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "Replace", "path": "active", "value": false}]});
+    assert_eq!(
+        scim.patch(&format!("/Users/{ada}"), &disable).await.status,
+        200
+    );
+    let allowed = access::who(&env.client, &env.log, "test", "https://eng.test/")
+        .await
+        .unwrap();
+    assert!(allowed.is_empty(), "{allowed:?}");
+    let error = access::who(&env.client, &env.log, "other", "https://eng.test/")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("no application of tenant \"other\""),
+        "{error}"
+    );
 }

@@ -7,8 +7,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::directory::Directory;
-use crate::policy::{Action, Policies};
+use crate::directory::{Directory, User};
+use crate::policy::{Action, Application, Policies};
 use crate::session::{SessionError, SessionKeys};
 use crate::target::Target;
 
@@ -303,12 +303,18 @@ pub fn decide(
             format!("session {} was revoked", claims.sid),
         ));
     }
+    with_identity(by_policies(application, &user))
+}
+
+/// What an application's policies, tried in order, say of an active user (bypass policies
+/// aside: they were tried first).
+fn by_policies(application: &Application, user: &User<'_>) -> Decision {
     for policy in application
         .policies
         .iter()
         .filter(|p| p.action != Action::Bypass)
     {
-        if policy.matches(&user) {
+        if policy.matches(user) {
             let outcome = if policy.action == Action::Allow {
                 Outcome::Allow
             } else {
@@ -319,7 +325,7 @@ pub fn decide(
             } else {
                 ReasonCode::PolicyDenies
             };
-            let mut d = with_identity(decision(
+            let mut d = decision(
                 outcome,
                 code,
                 format!(
@@ -331,16 +337,154 @@ pub fn decide(
                         "denies"
                     }
                 ),
-            ));
+            );
             d.policy = Some(policy.name.clone());
             return d;
         }
     }
-    with_identity(decision(
+    decision(
         Outcome::Deny,
         ReasonCode::NoPolicy,
         "no policy allows this user",
-    ))
+    )
+}
+
+/// The policy that lets `user` into `application` now (a session of theirs aside), if one
+/// does: what [`decide_for_user`] allows, for listing who may get in.
+pub fn allowed_by<'p>(application: &'p Application, user: &User<'_>) -> Option<&'p str> {
+    if let Some(bypass) = application
+        .policies
+        .iter()
+        .find(|p| p.action == Action::Bypass)
+    {
+        return Some(&bypass.name);
+    }
+    if !user.active() {
+        return None;
+    }
+    let decided = application
+        .policies
+        .iter()
+        .filter(|p| p.action != Action::Bypass)
+        .find(|policy| policy.matches(user))?;
+    (decided.action == Action::Allow).then_some(decided.name.as_str())
+}
+
+/// One policy as the policy tester tried it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Trial {
+    /// The policy.
+    pub policy: String,
+    /// What it does when it matches.
+    pub action: Action,
+    /// Whether it matches the user.
+    pub matched: bool,
+    /// Why (or why not).
+    pub why: String,
+}
+
+/// The policy tester: whether `user` (an id, userName or externalId of the application's
+/// tenant) may reach `target` now, as a session of theirs would be decided (without the
+/// session's own checks), with every policy of the application tried and why it matched or
+/// not. `tenant`, when given, is the only tenant whose applications may be asked about.
+pub fn decide_for_user(
+    directory: &Directory,
+    policies: &Policies,
+    target: &Target,
+    tenant: Option<&str>,
+    user: &str,
+) -> (Decision, Vec<Trial>) {
+    let (host, path) = (target.host(), target.path());
+    let Some(application) = policies.application(host, path) else {
+        return (
+            decision(
+                Outcome::Deny,
+                ReasonCode::NoApplication,
+                format!("no application serves {host}"),
+            ),
+            Vec::new(),
+        );
+    };
+    let with_app = |mut d: Decision| {
+        d.application = Some(application.name.clone());
+        d
+    };
+    if tenant.is_some_and(|tenant| tenant != application.tenant) {
+        // Another tenant's application: nothing about it is told.
+        return (
+            decision(
+                Outcome::Deny,
+                ReasonCode::NoApplication,
+                format!("no application of this tenant serves {host}"),
+            ),
+            Vec::new(),
+        );
+    }
+    let found = match Uuid::parse_str(user) {
+        Ok(id) => directory.user(&application.tenant, &id),
+        Err(_) => directory.find_user(&application.tenant, |u| {
+            u.user_name().eq_ignore_ascii_case(user) || u.external_id_is(user)
+        }),
+    };
+    let Some(found) = found else {
+        return (
+            with_app(decision(
+                Outcome::Deny,
+                ReasonCode::UnknownUser,
+                "no such user in the application's tenant",
+            )),
+            Vec::new(),
+        );
+    };
+    let trials = application
+        .policies
+        .iter()
+        .map(|policy| {
+            let (matched, why) = match policy.action {
+                Action::Bypass => (true, "bypass: anyone, without a session".to_owned()),
+                _ => policy.explain(&found),
+            };
+            Trial {
+                policy: policy.name.clone(),
+                action: policy.action,
+                matched,
+                why,
+            }
+        })
+        .collect();
+    let identity = Identity {
+        tenant: found.tenant().to_owned(),
+        id: found.id(),
+        user_name: found.user_name().to_owned(),
+        email: found.emails().next().map(str::to_owned),
+        groups: found
+            .groups()
+            .filter_map(|(_, group)| group.map(|g| g.display_name.clone()))
+            .collect(),
+        session: String::new(),
+    };
+    let decided = if let Some(bypass) = application
+        .policies
+        .iter()
+        .find(|p| p.action == Action::Bypass)
+    {
+        let mut d = decision(Outcome::Allow, ReasonCode::Bypass, "bypass");
+        d.policy = Some(bypass.name.clone());
+        d
+    } else if !found.active() {
+        decision(
+            Outcome::Deny,
+            ReasonCode::UserDeactivated,
+            format!("user {} is deactivated", found.id()),
+        )
+    } else {
+        by_policies(application, &found)
+    };
+    let decided = Decision {
+        identity: Some(identity),
+        ..with_app(decided)
+    };
+    (decided, trials)
 }
 
 /// The current time, for issuing sessions.

@@ -281,6 +281,14 @@ impl Directory {
             .find(|user| matches(user))
     }
 
+    /// Every user of `tenant`, in no particular order (the policy tester).
+    pub fn users<'d>(&'d self, tenant: &str) -> impl Iterator<Item = User<'d>> + 'd {
+        let tenant = self.tenant_index.get(tenant).copied();
+        (0..self.users.len() as u32)
+            .filter(move |&position| Some(self.users[position as usize].tenant) == tenant)
+            .map(|position| self.view(position))
+    }
+
     /// The highest event sequence whose effects are applied (of any partition).
     pub fn applied(&self) -> u64 {
         self.applied.values().copied().max().unwrap_or(0)

@@ -31,6 +31,15 @@ pub enum ApiError {
     /// The route does not take this method.
     #[error("this endpoint does not take this method")]
     MethodNotAllowed,
+    /// A question about a user needs an audit token of the application's tenant.
+    #[error("asking about a user (the policy tester) needs an audit token: Authorization: Bearer <rollcall tokens create --scope audit>")]
+    Unauthorized,
+    /// This access service cannot check audit tokens (it runs without the database).
+    #[error("this access service runs without the database, so it cannot check audit tokens for the policy tester")]
+    NoTester,
+    /// The database did not answer (the cause is logged, not answered).
+    #[error("the database did not answer")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -41,6 +50,9 @@ impl ApiError {
             ApiError::Proxy(_) | ApiError::Target(_) | ApiError::Body(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NoTester => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -70,6 +82,9 @@ impl ApiError {
             ApiError::Body(_) => ResponseError::refusal("invalidBody"),
             ApiError::NotFound => ResponseError::refusal("notFound"),
             ApiError::MethodNotAllowed => ResponseError::refusal("methodNotAllowed"),
+            ApiError::Unauthorized => ResponseError::refusal("unauthorized"),
+            ApiError::NoTester => ResponseError::refusal("noTester"),
+            ApiError::Unavailable(cause) => ResponseError::failure(cause),
         }
     }
 }
@@ -78,6 +93,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // The messages name the header or rule at fault, never the value sent: safe to answer.
         let mut response = json_error(self.status(), &self.to_string());
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         // Logged once, inside the request span, by rollcall_telemetry::http::layer.
         self.log_record().attach(&mut response);
         response

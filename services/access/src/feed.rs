@@ -150,6 +150,40 @@ pub async fn follow(
     }
 }
 
+/// Reads the whole access state once (the policy tester at the command line): every entry of
+/// the access bucket as it is now.
+pub async fn load(
+    client: &async_nats::Client,
+    namespace: &Namespace,
+) -> Result<Directory, LoadError> {
+    let nats = |e: &dyn std::fmt::Display| LoadError::Nats(e.to_string());
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let bucket = rollcall_eventlog::access::open_bucket(&jetstream, namespace).await?;
+    let mut directory = Directory::default();
+    let mut stream = jetstream
+        .get_stream(format!("KV_{}", namespace.access_bucket()))
+        .await
+        .map_err(|e| nats(&e))?;
+    if stream.info().await.map_err(|e| nats(&e))?.state.messages == 0 {
+        return Ok(directory);
+    }
+    let mut entries = bucket.watch_with_history(">").await.map_err(|e| nats(&e))?;
+    while let Some(entry) = tokio::time::timeout(STALLED_AFTER, entries.next())
+        .await
+        .map_err(|_| LoadError::Nats("the access bucket did not answer".into()))?
+    {
+        let entry = entry.map_err(|e| nats(&e))?;
+        let value = (entry.operation == Operation::Put).then_some(entry.value.as_ref());
+        if let Err(error) = directory.apply(&entry.key, value) {
+            warn!(error = %error, "ignoring an unreadable access entry");
+        }
+        if entry.delta == 0 {
+            return Ok(directory);
+        }
+    }
+    Err(LoadError::Nats("the access bucket watch ended".into()))
+}
+
 async fn watch(
     client: &async_nats::Client,
     namespace: &Namespace,

@@ -128,12 +128,16 @@ pub async fn auth_path(
     forward_auth(&access, &headers, Some(path))
 }
 
-/// The decision API's question.
+/// The decision API's question: a session's, or (the policy tester, with an audit token) a
+/// user's.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Question {
     /// The session token.
     pub session: Option<String>,
+    /// A user of the audit token's tenant, by id, userName or externalId, instead of a
+    /// session: the decision a session of theirs would get now, with every policy tried.
+    pub user: Option<String>,
     /// The host.
     pub host: String,
     /// The path (default `/`; a query is ignored), normalized as forward-auth's is.
@@ -144,11 +148,28 @@ pub struct Question {
 /// `POST /v1/decisions`
 pub async fn decisions(
     State(access): State<Access>,
+    headers: HeaderMap,
     body: Result<Json<Question>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(question) = body.map_err(|error| ApiError::Body(error.body_text()))?;
     let path = question.path.as_deref().unwrap_or("/");
     let target = Target::new(&question.host, target::without_query(path))?;
+    if let Some(user) = &question.user {
+        if question.session.is_some() {
+            return Err(ApiError::Body(
+                "ask about a session or a user, not both".into(),
+            ));
+        }
+        let token = rollcall_http::bearer_token(&headers).ok_or(ApiError::Unauthorized)?;
+        let tenant = access.tester_tenant(token).await?;
+        let (decision, trials) = access.decide_for_user(&target, &tenant, user);
+        let allowed = decision.outcome == Outcome::Allow;
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"allow": allowed, "status": decision.outcome.status(), "decision": decision, "policies": trials})),
+        )
+            .into_response());
+    }
     let decision = access.decide(Request {
         target: &target,
         session: question.session.as_deref(),

@@ -158,6 +158,8 @@ pub struct Shared {
     policy_version: tokio::sync::watch::Sender<u64>,
     /// The event stream the policies come from and are written to (none: from the file only).
     log: Option<EventLog>,
+    /// Checks the audit tokens of the policy tester (none: without the database).
+    tester: OnceLock<(rollcall_store::Store, rollcall_store::tenant::TokenVerifier)>,
     keys: Keyring,
     /// Where the keys come from when they follow the installation's key set.
     installation: Option<InstallationKeys>,
@@ -260,6 +262,11 @@ impl Access {
             let keyring = installation.keyring(ttl).await.map_err(keys_error)?;
             Self::build(config, keyring, Some(installation), Some(log))?
         };
+        if let Some(store) = store {
+            let verifier =
+                rollcall_store::tenant::TokenVerifier::new(rollcall_store::tenant::Scope::Audit);
+            let _ = access.tester.set((store.clone(), verifier));
+        }
         access.follow_policies().await?;
         Ok(access)
     }
@@ -357,6 +364,7 @@ impl Access {
             policies: RwLock::new(Arc::new(policies)),
             policy_version: tokio::sync::watch::Sender::new(0),
             log,
+            tester: OnceLock::new(),
             keys,
             installation,
             signin,
@@ -416,6 +424,47 @@ impl Access {
                 identity: None,
                 policy_version: policies.version,
             },
+        }
+    }
+
+    /// The policy tester: the decision a session of `user` (an id, userName or externalId of
+    /// `tenant`) would get for `target` now, with every policy tried.
+    pub fn decide_for_user(
+        &self,
+        target: &target::Target,
+        tenant: &str,
+        user: &str,
+    ) -> (Decision, Vec<decision::Trial>) {
+        let policies = self
+            .policies
+            .read()
+            .map(|p| Arc::clone(&p))
+            .unwrap_or_default();
+        let Ok(directory) = self.directory.read() else {
+            return (
+                decision::decide_for_user(
+                    &Directory::default(),
+                    &Policies::default(),
+                    target,
+                    Some(tenant),
+                    user,
+                )
+                .0,
+                Vec::new(),
+            );
+        };
+        let (decided, trials) =
+            decision::decide_for_user(&directory, &policies, target, Some(tenant), user);
+        (decided.with_policy_version(policies.version), trials)
+    }
+
+    /// The tenant of an audit token (the policy tester's caller).
+    async fn tester_tenant(&self, token: &str) -> Result<String, error::ApiError> {
+        let (store, verifier) = self.tester.get().ok_or(error::ApiError::NoTester)?;
+        match verifier.verify(store, token).await {
+            Ok(Some(info)) => Ok(info.tenant),
+            Ok(None) => Err(error::ApiError::Unauthorized),
+            Err(error) => Err(error::ApiError::Unavailable(error.to_string())),
         }
     }
 

@@ -432,12 +432,67 @@ impl Rule {
     }
 }
 
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rule::Group(group) => write!(f, "group {group:?}"),
+            Rule::UserName(name) => write!(f, "user_name {name:?}"),
+            Rule::Email(email) => write!(f, "email {email:?}"),
+            Rule::EmailDomain(domain) => write!(f, "email_domain {domain:?}"),
+            Rule::Everyone => write!(f, "everyone"),
+        }
+    }
+}
+
 impl Policy {
     /// Whether the policy applies to the user: any include, every require, no exclude.
     pub fn matches(&self, user: &User<'_>) -> bool {
         self.include.iter().any(|r| r.matches(user))
             && self.require.iter().all(|r| r.matches(user))
             && !self.exclude.iter().any(|r| r.matches(user))
+    }
+
+    /// Whether the policy applies to the user, and why (the policy tester): the include rule
+    /// that matched or that none did, the require rules that failed, the exclude rule that
+    /// matched. The same answer as [`Policy::matches`].
+    pub fn explain(&self, user: &User<'_>) -> (bool, String) {
+        let list = |rules: &[&Rule]| {
+            rules
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let included: Vec<&Rule> = self.include.iter().filter(|r| r.matches(user)).collect();
+        let Some(include) = included.first() else {
+            let all: Vec<&Rule> = self.include.iter().collect();
+            return (false, format!("no include rule matches ({})", list(&all)));
+        };
+        let failed: Vec<&Rule> = self.require.iter().filter(|r| !r.matches(user)).collect();
+        if !failed.is_empty() {
+            return (
+                false,
+                format!(
+                    "include {include} matches; require fails: {}",
+                    list(&failed)
+                ),
+            );
+        }
+        let excluded: Vec<&Rule> = self.exclude.iter().filter(|r| r.matches(user)).collect();
+        if !excluded.is_empty() {
+            return (
+                false,
+                format!(
+                    "include {include} matches; exclude matches: {}",
+                    list(&excluded)
+                ),
+            );
+        }
+        let required = match self.require.is_empty() {
+            true => String::new(),
+            false => "; every require rule matches".to_owned(),
+        };
+        (true, format!("include {include} matches{required}"))
     }
 }
 
@@ -735,6 +790,54 @@ mod tests {
         assert_eq!(
             (names, policies.version, refused.len()),
             (vec!["a", "c"], 7, 1)
+        );
+    }
+
+    #[test]
+    fn the_testers_explanation_agrees_with_the_decision_and_says_which_rule() {
+        let policies = Policies::parse(FILE).unwrap();
+        let finance = &policies.applications[0];
+        let gid = Uuid::now_v7();
+        let groups = [GroupAccess {
+            schema: String::new(),
+            tenant: "default".into(),
+            id: gid,
+            display_name: "Finance-Admins".into(),
+            external_id: None,
+            sequence: 1,
+        }];
+        let people = [
+            user(&groups, &["ada@example.com"], &[gid]),
+            user(&groups, &["ada@example.com"], &[]),
+            user(&groups, &["eve@contractor.example"], &[gid]),
+            user(&groups, &["bob@elsewhere.org"], &[gid]),
+        ];
+        for person in &people {
+            for policy in &finance.policies {
+                let found = person.0.user("default", &person.1).unwrap();
+                assert_eq!(policy.explain(&found).0, matches(policy, person));
+            }
+        }
+        let explain = |person: &(Directory, Uuid), policy: usize| {
+            finance.policies[policy]
+                .explain(&person.0.user("default", &person.1).unwrap())
+                .1
+        };
+        assert_eq!(
+            explain(&people[0], 1),
+            "include group \"Finance-Admins\" matches; every require rule matches"
+        );
+        assert_eq!(
+            explain(&people[1], 1),
+            "no include rule matches (group \"Finance-Admins\")"
+        );
+        assert_eq!(
+            explain(&people[3], 1),
+            "include group \"Finance-Admins\" matches; require fails: email_domain \"example.com\""
+        );
+        assert_eq!(
+            explain(&people[2], 0),
+            "include email_domain \"contractor.example\" matches"
         );
     }
 

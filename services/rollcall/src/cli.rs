@@ -5,7 +5,7 @@
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    audit, oidc, policies, projector, revocations, serve, sessions, tenants, tokens,
+    access, audit, oidc, policies, projector, revocations, serve, sessions, tenants, tokens,
 };
 
 /// Rollcall: identity lifecycle from Entra ID (SCIM 2.0) to immutable events, read models and
@@ -81,6 +81,11 @@ pub enum Command {
     Projector {
         #[command(subcommand)]
         command: projector::ProjectorCommand,
+    },
+    /// The policy tester: why a user may or may not reach a URL, and who may.
+    Access {
+        #[command(subcommand)]
+        command: access::AccessCommand,
     },
     /// Applications and their policies on the event stream: apply a policy file, export.
     Policies {

@@ -5,7 +5,7 @@
 use clap::Parser;
 use rollcall::cli::{Cli, Command};
 use rollcall::commands::{
-    audit, oidc, policies, projector, revocations, serve, sessions, status, tenants, tokens,
+    access, audit, oidc, policies, projector, revocations, serve, sessions, status, tenants, tokens,
 };
 
 /// mimalloc rather than the system allocator: the projector, the rebuild and the SCIM API
@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Tokens { command } => tokens::run(common, command).await,
         Command::Status { json } => status::run(common, json).await,
         Command::Projector { command } => projector::run(common, command).await,
+        Command::Access { command } => access::run(common, command).await,
         Command::Policies { command } => policies::run(common, command).await,
         Command::Sessions { command } => sessions::run(common, command).await,
         Command::Revocations { command } => revocations::run(common, command).await,

@@ -1,6 +1,7 @@
 //! The operator commands, one module per command group. Each module holds its group's
 //! subcommands (clap) and what they do; [`crate::cli::Command`] lists the groups.
 
+pub mod access;
 pub mod audit;
 pub mod oidc;
 pub mod policies;

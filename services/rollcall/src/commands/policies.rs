@@ -1,12 +1,14 @@
 //! `rollcall policies apply|export`: applications and their policies as events on the stream,
 //! from and to a policy file (the TOML of `ROLLCALL_ACCESS_POLICIES`).
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
 use rollcall_access::applications::{self, Plan};
+use rollcall_access::directory::Directory;
 use rollcall_access::policy::Policies;
 use rollcall_eventlog::{Actor, EventLog};
 use uuid::Uuid;
@@ -41,19 +43,30 @@ pub enum PoliciesCommand {
 
 /// Runs a policies command.
 pub async fn run(common: Common, command: PoliciesCommand) -> anyhow::Result<()> {
-    let (_client, log) = connect_nats(&common).await?;
+    let (client, log) = connect_nats(&common).await?;
     match command {
         PoliciesCommand::Apply {
             file,
             dry_run,
             operator,
         } => {
+            // A dry run also says who gains and who loses access, from the state now.
+            let directory = match dry_run {
+                true => Some(
+                    rollcall_access::feed::load(&client, log.namespace())
+                        .await
+                        .context("reading the access state")?,
+                ),
+                false => None,
+            };
+            let mut out = std::io::stdout().lock();
             apply(
                 &log,
                 &file,
                 dry_run,
                 &operator,
-                &mut std::io::stdout().lock(),
+                directory.as_ref(),
+                &mut out,
             )
             .await?;
             Ok(())
@@ -70,13 +83,15 @@ pub async fn run(common: Common, command: PoliciesCommand) -> anyhow::Result<()>
 }
 
 /// Reads and checks `file`, prints what differs from the stream's applications to `out` and,
-/// unless `dry_run`, appends it as events by `operator`. A file that does not check appends
-/// nothing. Returns the plan printed.
+/// unless `dry_run`, appends it as events by `operator`. A dry run given the access state
+/// also prints, per application, who gains and who loses access. A file that does not check
+/// appends nothing. Returns the plan printed.
 pub async fn apply(
     log: &EventLog,
     file: &Path,
     dry_run: bool,
     operator: &str,
+    directory: Option<&Directory>,
     out: &mut impl Write,
 ) -> anyhow::Result<Plan> {
     let declared = rollcall_access::read_policy_file(file)?;
@@ -84,7 +99,17 @@ pub async fn apply(
         let catalog = applications::read(log)
             .await
             .context("reading the applications")?;
-        catalog.plan(&declared)
+        let plan = catalog.plan(&declared);
+        write!(out, "{}", plan.describe())?;
+        if let Some(directory) = directory {
+            let after = Policies::compile(&declared, 0)?;
+            write!(
+                out,
+                "{}",
+                who_changes(directory, &catalog.policies(), &after, &plan)
+            )?;
+        }
+        plan
     } else {
         let actor = Actor::Operator {
             name: operator.to_owned(),
@@ -103,11 +128,8 @@ pub async fn apply(
         }
         plan
     };
-    if dry_run {
-        write!(out, "{}", plan.describe())?;
-        if !plan.is_empty() {
-            writeln!(out, "dry run: nothing appended")?;
-        }
+    if dry_run && !plan.is_empty() {
+        writeln!(out, "dry run: nothing appended")?;
     }
     if plan.is_empty() {
         writeln!(out, "no change: the stream holds this file's applications")?;
@@ -121,4 +143,53 @@ pub async fn export(log: &EventLog) -> anyhow::Result<String> {
         .await
         .context("reading the applications")?;
     Ok(Policies::write_file(&catalog.declared())?)
+}
+
+/// Per changed application, who gains and who loses access (`before` and `after` the plan),
+/// by the users' state now.
+pub fn who_changes(
+    directory: &Directory,
+    before: &Policies,
+    after: &Policies,
+    plan: &Plan,
+) -> String {
+    let find = |policies: &'_ Policies, tenant: &str, name: &str| {
+        policies
+            .applications
+            .iter()
+            .find(|app| app.tenant == tenant && app.name == name)
+            .map(|app| super::access::allowed(directory, app))
+            .unwrap_or_default()
+    };
+    let mut text = String::new();
+    for change in &plan.changes {
+        let was = find(before, &change.tenant, &change.name);
+        let will = find(after, &change.tenant, &change.name);
+        let ids = |users: &[super::access::Allowed]| -> HashSet<Uuid> {
+            users.iter().map(|u| u.id).collect()
+        };
+        let (had, has) = (ids(&was), ids(&will));
+        let gains: Vec<_> = will.iter().filter(|u| !had.contains(&u.id)).collect();
+        let losses: Vec<_> = was.iter().filter(|u| !has.contains(&u.id)).collect();
+        if gains.is_empty() && losses.is_empty() {
+            continue;
+        }
+        text.push_str(&format!(
+            "  application {:?} of tenant {:?}: {} gain access, {} lose it\n",
+            change.name,
+            change.tenant,
+            gains.len(),
+            losses.len()
+        ));
+        for user in gains {
+            text.push_str(&format!(
+                "    + {} ({}) by policy {:?}\n",
+                user.user_name, user.id, user.policy
+            ));
+        }
+        for user in losses {
+            text.push_str(&format!("    - {} ({})\n", user.user_name, user.id));
+        }
+    }
+    text
 }
