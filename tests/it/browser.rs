@@ -98,7 +98,7 @@ async fn a_browser_signs_in_through_nginx_and_is_denied_after_entra_disables_the
     // The application nginx serves, for everyone of the tenant.
     std::fs::write(
         &env.policy_file,
-        format!("{POLICIES}\n[[application]]\nname = \"intranet\"\ntenant = \"test\"\nhosts = [\"localhost\"]\n[[application.policy]]\nname = \"everyone\"\naction = \"allow\"\ninclude = [{{ everyone = true }}]\n"),
+        format!("{POLICIES}\n[[application]]\nname = \"intranet\"\ntenant = \"test\"\nhosts = [\"localhost\"]\nurl = \"{site}/\"\n[[application.policy]]\nname = \"everyone\"\naction = \"allow\"\ninclude = [{{ everyone = true }}]\n"),
     )
     .unwrap();
     env.access.reload_policies().await.unwrap();
@@ -223,6 +223,44 @@ async fn a_browser_signs_in_through_nginx_and_is_denied_after_entra_disables_the
             (Some(true), Some(true))
         );
 
+        // The app launcher on the access service (the cookie is the host's, whatever the port)
+        // lists what kim may reach now: not `engineering` (kim is not an engineer).
+        let launcher = format!("{}/", env.access_base.replace("127.0.0.1", "localhost"));
+        browser.goto(&launcher).await.unwrap();
+        let list = browser
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Id("applications"))
+            .await
+            .unwrap();
+        let mut links = Vec::new();
+        for link in list.find_all(Locator::Css("a")).await.unwrap() {
+            links.push((
+                link.text().await.unwrap(),
+                link.attr("href").await.unwrap().unwrap_or_default(),
+            ));
+        }
+        assert_eq!(
+            links,
+            [
+                ("intranet".to_owned(), format!("{site}/")),
+                ("wiki".to_owned(), "https://wiki.test/".to_owned())
+            ]
+        );
+        // Its link leads to the application.
+        list.find(Locator::LinkText("intranet"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        browser
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Id("protected"))
+            .await
+            .unwrap();
+
         // Entra disables the user.
         let disabled = env
             .scim()
@@ -238,6 +276,13 @@ async fn a_browser_signs_in_through_nginx_and_is_denied_after_entra_disables_the
         let page = browser.source().await.unwrap();
         assert!(!page.contains("Protected page"), "{page}");
         assert!(page.contains("403 Forbidden"), "{page}");
+        // And the launcher lists nothing.
+        browser.goto(&launcher).await.unwrap();
+        let page = browser.source().await.unwrap();
+        assert!(
+            page.contains("is deactivated") && !page.contains("intranet"),
+            "{page}"
+        );
     };
     let result = tokio::time::timeout(
         Duration::from_secs(90),

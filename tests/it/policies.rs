@@ -372,6 +372,34 @@ async fn the_policy_tester_explains_a_users_decision_and_lists_who_may_get_in() 
     let both = json!({"user": ada, "session": "s", "host": "eng.test"});
     assert_eq!(ask(both, Some(env.audit_token.clone())).await.0, 400);
 
+    // The app launcher: a signed-in person's applications, linked; nothing without a session.
+    let launcher = |session: Option<String>| {
+        let mut request = reqwest::Client::new().get(format!("{}/", env.access_base));
+        if let Some(session) = session {
+            request = request.header("Cookie", format!("rollcall_session={session}"));
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, page) = launcher(Some(env.session(&ada))).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("<a href=\"https://eng.test/\">engineering</a>")
+            && page.contains("<a href=\"https://wiki.test/\">wiki</a>"),
+        "{page}"
+    );
+    let (status, page) = launcher(Some(env.session(&bob))).await;
+    assert!(
+        status == 200 && page.contains("wiki") && !page.contains("engineering"),
+        "{page}"
+    );
+    let (status, page) = launcher(None).await;
+    assert!(status == 401 && page.contains("Not signed in"), "{page}");
+    let (status, _) = launcher(Some("forged".into())).await;
+    assert_eq!(status, 401);
+
     // At the command line, from NATS: explain and who.
     let (decision, trials) = access::explain(
         &env.client,

@@ -71,6 +71,9 @@ pub struct Routes {
     /// Path prefixes (none: `/`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
+    /// The app launcher's link to it (none: `https://` its first exact host and first path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// An application as configured.
@@ -272,6 +275,7 @@ mod tests {
             routes: Routes {
                 hosts: vec!["finance.example.com".into()],
                 paths: Vec::new(),
+                url: None,
             },
             policies: vec![policy("admins", "Finance-Admins")],
         }

@@ -435,6 +435,7 @@ mod tests {
             routes: Routes {
                 hosts: vec![host.into()],
                 paths: Vec::new(),
+                url: None,
             },
             policies: vec![PolicySpec {
                 name: "everyone".into(),

@@ -221,46 +221,65 @@ pub fn decide(
             "no session",
         ));
     };
+    match signed_in(directory, keys, token, Some(&application.tenant)) {
+        Ok((user, identity)) => with_app(Decision {
+            identity: Some(identity),
+            ..by_policies(application, &user)
+        }),
+        Err(refused) => with_app(*refused),
+    }
+}
+
+/// The user a session token is of, when the session is good now: valid (signature, expiry),
+/// of `tenant` when one is asked for, of a known and active user, issued after the user's
+/// not-before and not revoked. Otherwise the decision that refuses it (its identity set once
+/// the user is known).
+fn signed_in<'d>(
+    directory: &'d Directory,
+    keys: &SessionKeys,
+    token: &str,
+    tenant: Option<&str>,
+) -> Result<(User<'d>, Identity), Box<Decision>> {
     let claims = match keys.verify(token) {
         Ok(claims) => claims,
         Err(SessionError::Expired) => {
-            return with_app(decision(
+            return Err(Box::new(decision(
                 Outcome::Unauthenticated,
                 ReasonCode::SessionExpired,
                 "session expired",
-            ))
+            )))
         }
         Err(SessionError::Invalid(why)) => {
-            return with_app(decision(
+            return Err(Box::new(decision(
                 Outcome::Unauthenticated,
                 ReasonCode::InvalidSession,
                 format!("invalid session: {why}"),
-            ))
+            )))
         }
     };
-    if claims.tid != application.tenant {
-        return with_app(decision(
+    if let Some(tenant) = tenant.filter(|&tenant| tenant != claims.tid) {
+        return Err(Box::new(decision(
             Outcome::Deny,
             ReasonCode::WrongTenant,
             format!(
-                "session of tenant {} for an application of tenant {}",
-                claims.tid, application.tenant
+                "session of tenant {} for an application of tenant {tenant}",
+                claims.tid
             ),
-        ));
+        )));
     }
     let Ok(user_id) = Uuid::parse_str(&claims.sub) else {
-        return with_app(decision(
+        return Err(Box::new(decision(
             Outcome::Unauthenticated,
             ReasonCode::InvalidSession,
             "invalid session: subject is no user id",
-        ));
+        )));
     };
     let Some(user) = directory.user(&claims.tid, &user_id) else {
-        return with_app(decision(
+        return Err(Box::new(decision(
             Outcome::Deny,
             ReasonCode::UnknownUser,
             format!("user {user_id} is not provisioned (or was deleted)"),
-        ));
+        )));
     };
     let identity = Identity {
         tenant: user.tenant().to_owned(),
@@ -273,9 +292,11 @@ pub fn decide(
             .collect(),
         session: claims.sid.clone(),
     };
-    let with_identity = |d: Decision| Decision {
-        identity: Some(identity.clone()),
-        ..with_app(d)
+    let with_identity = |d: Decision| {
+        Err(Box::new(Decision {
+            identity: Some(identity.clone()),
+            ..d
+        }))
     };
     if !user.active() {
         return with_identity(decision(
@@ -303,7 +324,27 @@ pub fn decide(
             format!("session {} was revoked", claims.sid),
         ));
     }
-    with_identity(by_policies(application, &user))
+    Ok((user, identity))
+}
+
+/// The app launcher: the applications of the session's tenant that its user may reach now,
+/// by name, each with its link (none for an application served on wildcard hosts only,
+/// without a `url`). A session that is not good now gets the decision refusing it.
+pub fn launcher<'p>(
+    directory: &Directory,
+    policies: &'p Policies,
+    keys: &SessionKeys,
+    token: &str,
+) -> Result<(Identity, Vec<&'p Application>), Box<Decision>> {
+    let (user, identity) = signed_in(directory, keys, token, None)?;
+    let mut reachable: Vec<&Application> = policies
+        .applications
+        .iter()
+        .filter(|application| application.tenant == identity.tenant)
+        .filter(|application| allowed_by(application, &user).is_some())
+        .collect();
+    reachable.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((identity, reachable))
 }
 
 /// What an application's policies, tried in order, say of an active user (bypass policies

@@ -183,6 +183,46 @@ pub async fn decisions(
         .into_response())
 }
 
+/// `GET /`: the app launcher. A signed-in person (the session cookie) sees the applications
+/// they may reach now, linked; others are told to sign in through an application.
+pub async fn launcher(State(access): State<Access>, headers: HeaderMap) -> Response {
+    let Some(token) = session(&headers, &access.config.cookie) else {
+        return crate::signin::page::page(
+            StatusCode::UNAUTHORIZED,
+            "Not signed in",
+            &["Sign in through one of your applications, then come back to this page."],
+        );
+    };
+    if !access.health.is_ready() || (access.is_stale() && !access.config.fail_open) {
+        let mut response = crate::signin::page::page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not available now",
+            &["Who may reach what is not known here right now. Try again in a moment."],
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    match access.launcher(token) {
+        Ok((identity, applications)) => {
+            crate::signin::page::launcher(&identity.user_name, &applications)
+        }
+        Err(refused) => {
+            let status =
+                StatusCode::from_u16(refused.outcome.status()).unwrap_or(StatusCode::FORBIDDEN);
+            crate::signin::page::page(
+                status,
+                "No applications",
+                &[
+                    &refused.reason,
+                    "Sign in again through one of your applications.",
+                ],
+            )
+        }
+    }
+}
+
 /// `GET /healthz`: alive, with the state's freshness.
 pub async fn healthz(State(access): State<Access>) -> Response {
     let stale = access.is_stale();

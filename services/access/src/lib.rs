@@ -458,6 +458,34 @@ impl Access {
         (decided.with_policy_version(policies.version), trials)
     }
 
+    /// The app launcher: the user of session `token` and the applications they may reach
+    /// now (name and link), or the decision refusing the session.
+    pub fn launcher(&self, token: &str) -> Result<Launched, Box<Decision>> {
+        let policies = self
+            .policies
+            .read()
+            .map(|p| Arc::clone(&p))
+            .unwrap_or_default();
+        let directory = self.directory.read().map_err(|_| {
+            Box::new(Decision {
+                outcome: Outcome::Deny,
+                reason: "internal error".into(),
+                code: decision::ReasonCode::Internal,
+                application: None,
+                policy: None,
+                identity: None,
+                policy_version: policies.version,
+            })
+        })?;
+        let (identity, reachable) =
+            decision::launcher(&directory, &policies, &self.keys.current(), token)?;
+        let reachable = reachable
+            .into_iter()
+            .map(|application| (application.name.clone(), application.url.clone()))
+            .collect();
+        Ok((identity, reachable))
+    }
+
     /// The tenant of an audit token (the policy tester's caller).
     async fn tester_tenant(&self, token: &str) -> Result<String, error::ApiError> {
         let (store, verifier) = self.tester.get().ok_or(error::ApiError::NoTester)?;
@@ -554,6 +582,10 @@ impl Access {
     }
 }
 
+/// The app launcher's answer: who is signed in, and the applications they may reach now
+/// (name, link).
+pub type Launched = (decision::Identity, Vec<(String, Option<String>)>);
+
 /// How long a reload waits for its changes to be in force here.
 const POLICY_WAIT: Duration = Duration::from_secs(10);
 
@@ -610,6 +642,7 @@ async fn follow_applications(
 pub fn router(access: Access) -> Router {
     let refuse = error::method_not_allowed;
     Router::new()
+        .route("/", get(http::launcher).fallback(refuse))
         .route("/auth", get(http::auth).fallback(refuse))
         // Envoy asks with the original request's method.
         .route("/auth/", any(http::auth_path))

@@ -61,6 +61,8 @@ struct FileApplication {
     hosts: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
     #[serde(default, rename = "policy")]
     policies: Vec<PolicySpec>,
 }
@@ -104,6 +106,8 @@ pub struct Application {
     pub paths: Vec<String>,
     /// Policies, in order.
     pub policies: Vec<Policy>,
+    /// The app launcher's link (none: served on wildcard hosts only, without a `url`).
+    pub url: Option<String>,
 }
 
 /// Every application.
@@ -166,6 +170,7 @@ impl Policies {
                     routes: Routes {
                         hosts: app.hosts,
                         paths: app.paths,
+                        url: app.url,
                     },
                     policies: app.policies,
                 };
@@ -186,6 +191,7 @@ impl Policies {
                     tenant: tenant.clone(),
                     hosts: spec.routes.hosts.clone(),
                     paths: spec.routes.paths.clone(),
+                    url: spec.routes.url.clone(),
                     policies: spec.policies.clone(),
                 })
                 .collect(),
@@ -333,6 +339,22 @@ fn compile_one(tenant: &str, app: &ApplicationSpec, at: &str) -> Result<Applicat
             Err(error) => return Err(PolicyError(format!("{at}: path {path:?}: {error}"))),
         }
     }
+    let url = match &app.routes.url {
+        Some(url) => match url::Url::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "https" | "http") => Some(url.clone()),
+            _ => {
+                return Err(PolicyError(format!(
+                    "{at}: url {url:?} is not an http(s) URL"
+                )))
+            }
+        },
+        None => app
+            .routes
+            .hosts
+            .iter()
+            .find(|host| !host.starts_with("*."))
+            .map(|host| format!("https://{}{}", host.to_ascii_lowercase(), paths[0])),
+    };
     // Prefixes are compared without ASCII case: see `Policies::application`.
     let paths = paths.iter().map(|p| p.to_ascii_lowercase()).collect();
     if app.policies.is_empty() {
@@ -380,6 +402,7 @@ fn compile_one(tenant: &str, app: &ApplicationSpec, at: &str) -> Result<Applicat
     Ok(Application {
         name: app.name.clone(),
         tenant: tenant.to_owned(),
+        url,
         hosts,
         paths,
         policies,

@@ -42,6 +42,28 @@ fn html(status: StatusCode, title: &str, body: &str) -> Response {
         .into_response()
 }
 
+/// The app launcher: who is signed in and the applications they may reach now, linked.
+pub fn launcher(user_name: &str, applications: &[(String, Option<String>)]) -> Response {
+    let mut body = format!("<p>Signed in as {}.</p>", escape(user_name));
+    if applications.is_empty() {
+        body.push_str("<p id=\"none\">No application lets you in now.</p>");
+    } else {
+        body.push_str("<ul id=\"applications\">");
+        for (name, url) in applications {
+            match url {
+                Some(url) => body.push_str(&format!(
+                    "<li><a href=\"{}\">{}</a></li>",
+                    escape(url),
+                    escape(name)
+                )),
+                None => body.push_str(&format!("<li>{}</li>", escape(name))),
+            }
+        }
+        body.push_str("</ul>");
+    }
+    html(StatusCode::OK, "Your applications", &body)
+}
+
 /// A plain page that says what happened and what to do.
 pub fn page(status: StatusCode, title: &str, lines: &[&str]) -> Response {
     let body: String = lines
