@@ -11,6 +11,7 @@ pub mod application;
 pub mod attributes;
 pub mod event;
 pub mod group;
+pub mod policy;
 pub mod user;
 
 pub use application::{

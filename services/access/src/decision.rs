@@ -11,6 +11,7 @@ use crate::directory::{Directory, User};
 use crate::policy::{Action, Application, Policies};
 use crate::session::{SessionError, SessionKeys};
 use crate::target::Target;
+use rollcall_domain::policy::{verdict, Verdict};
 
 /// What was asked.
 #[derive(Debug, Clone, Copy)]
@@ -350,65 +351,35 @@ pub fn launcher<'p>(
 /// What an application's policies, tried in order, say of an active user (bypass policies
 /// aside: they were tried first).
 fn by_policies(application: &Application, user: &User<'_>) -> Decision {
-    for policy in application
-        .policies
-        .iter()
-        .filter(|p| p.action != Action::Bypass)
-    {
-        if policy.matches(user) {
-            let outcome = if policy.action == Action::Allow {
-                Outcome::Allow
-            } else {
-                Outcome::Deny
-            };
-            let code = if outcome == Outcome::Allow {
-                ReasonCode::PolicyAllows
-            } else {
-                ReasonCode::PolicyDenies
-            };
-            let mut d = decision(
-                outcome,
-                code,
-                format!(
-                    "policy {:?} {}",
-                    policy.name,
-                    if outcome == Outcome::Allow {
-                        "allows"
-                    } else {
-                        "denies"
-                    }
-                ),
-            );
-            d.policy = Some(policy.name.clone());
-            return d;
+    let (outcome, code, policy) = match verdict(&application.policies, user) {
+        Verdict::Allowed(policy) => (Outcome::Allow, ReasonCode::PolicyAllows, policy),
+        Verdict::Denied(policy) => (Outcome::Deny, ReasonCode::PolicyDenies, policy),
+        // Bypass and inactive users are decided before the policies are asked.
+        Verdict::Bypass(_) | Verdict::Inactive | Verdict::NoPolicy => {
+            return decision(
+                Outcome::Deny,
+                ReasonCode::NoPolicy,
+                "no policy allows this user",
+            )
         }
-    }
-    decision(
-        Outcome::Deny,
-        ReasonCode::NoPolicy,
-        "no policy allows this user",
-    )
+    };
+    let verb = if outcome == Outcome::Allow {
+        "allows"
+    } else {
+        "denies"
+    };
+    let mut d = decision(outcome, code, format!("policy {:?} {verb}", policy.name));
+    d.policy = Some(policy.name.clone());
+    d
 }
 
 /// The policy that lets `user` into `application` now (a session of theirs aside), if one
 /// does: what [`decide_for_user`] allows, for listing who may get in.
 pub fn allowed_by<'p>(application: &'p Application, user: &User<'_>) -> Option<&'p str> {
-    if let Some(bypass) = application
-        .policies
-        .iter()
-        .find(|p| p.action == Action::Bypass)
-    {
-        return Some(&bypass.name);
+    match verdict(&application.policies, user) {
+        Verdict::Bypass(policy) | Verdict::Allowed(policy) => Some(&policy.name),
+        Verdict::Inactive | Verdict::Denied(_) | Verdict::NoPolicy => None,
     }
-    if !user.active() {
-        return None;
-    }
-    let decided = application
-        .policies
-        .iter()
-        .filter(|p| p.action != Action::Bypass)
-        .find(|policy| policy.matches(user))?;
-    (decided.action == Action::Allow).then_some(decided.name.as_str())
 }
 
 /// One policy as the policy tester tried it.

@@ -257,6 +257,28 @@ fn pack(user: &UserAccess) -> (Box<[u8]>, u8, [u8; 16]) {
     (text.into_boxed_slice(), flags, guid)
 }
 
+impl rollcall_domain::policy::Person for User<'_> {
+    fn user_name(&self) -> &str {
+        User::user_name(self)
+    }
+
+    fn emails(&self) -> impl Iterator<Item = &str> {
+        User::emails(self)
+    }
+
+    fn groups(&self) -> impl Iterator<Item = rollcall_domain::policy::GroupRef<'_>> {
+        User::groups(self).map(|(id, group)| rollcall_domain::policy::GroupRef {
+            id,
+            display_name: group.map(|g| g.display_name.as_str()),
+            external_id: group.and_then(|g| g.external_id.as_deref()),
+        })
+    }
+
+    fn active(&self) -> bool {
+        User::active(self)
+    }
+}
+
 impl Directory {
     /// A user.
     pub fn user(&self, tenant: &str, id: &Uuid) -> Option<User<'_>> {

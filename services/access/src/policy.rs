@@ -30,27 +30,11 @@
 
 use std::collections::HashMap;
 
-use crate::directory::User;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 pub use rollcall_domain::application::Action;
-use rollcall_domain::application::{ApplicationSpec, PolicySpec, Routes, RuleSpec};
-
-/// One rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rule {
-    /// Member of a group, by id, externalId or displayName.
-    Group(String),
-    /// This userName.
-    UserName(String),
-    /// This email address.
-    Email(String),
-    /// An email address in this domain.
-    EmailDomain(String),
-    /// Anyone.
-    Everyone,
-}
+use rollcall_domain::application::{ApplicationSpec, PolicySpec, Routes};
+pub use rollcall_domain::policy::{Policy, Rule};
 
 /// An application as the policy file declares it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -77,21 +61,6 @@ struct FileSpec {
 /// Applications as configured, with their tenant (what a policy file declares, and what the
 /// event stream holds).
 pub type Declared = Vec<(String, ApplicationSpec)>;
-
-/// A policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    /// Its name (reported in decisions).
-    pub name: String,
-    /// What it does.
-    pub action: Action,
-    /// Any of these must match.
-    pub include: Vec<Rule>,
-    /// All of these must match.
-    pub require: Vec<Rule>,
-    /// None of these may match.
-    pub exclude: Vec<Rule>,
-}
 
 /// An application: hosts and path prefixes, and its policies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,33 +93,6 @@ pub struct Policies {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("policy file: {0}")]
 pub struct PolicyError(pub String);
-
-fn rule(spec: RuleSpec, at: &str) -> Result<Rule, PolicyError> {
-    let rules: Vec<Rule> = [
-        spec.group.map(Rule::Group),
-        spec.user_name.map(Rule::UserName),
-        spec.email.map(Rule::Email),
-        spec.email_domain
-            .map(|d| Rule::EmailDomain(d.trim_start_matches('@').to_owned())),
-        match spec.everyone {
-            Some(true) => Some(Rule::Everyone),
-            Some(false) => {
-                return Err(PolicyError(format!(
-                    "{at}: everyone must be true (or left out)"
-                )))
-            }
-            None => None,
-        },
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    match <[Rule; 1]>::try_from(rules) {
-        Ok([rule]) => Ok(rule),
-        Err(rules) if rules.is_empty() => Err(PolicyError(format!("{at}: a rule needs one of group, user_name, email, email_domain, everyone"))),
-        Err(_) => Err(PolicyError(format!("{at}: a rule has exactly one of group, user_name, email, email_domain, everyone; write several rules for several conditions"))),
-    }
-}
 
 impl Policies {
     /// Parses and checks a policy file.
@@ -357,42 +299,7 @@ fn compile_one(tenant: &str, app: &ApplicationSpec, at: &str) -> Result<Applicat
     };
     // Prefixes are compared without ASCII case: see `Policies::application`.
     let paths = paths.iter().map(|p| p.to_ascii_lowercase()).collect();
-    if app.policies.is_empty() {
-        return Err(PolicyError(format!(
-            "{at}: no policy; add [[application.policy]] (without one, everyone is denied)"
-        )));
-    }
-    let mut policies = Vec::new();
-    for (p, policy) in app.policies.iter().enumerate() {
-        let pat = format!("{at}, policy {:?} (#{})", policy.name, p + 1);
-        let convert = |rules: &[RuleSpec], kind: &str| -> Result<Vec<Rule>, PolicyError> {
-            rules
-                .iter()
-                .enumerate()
-                .map(|(r, spec)| rule(spec.clone(), &format!("{pat}, {kind} #{}", r + 1)))
-                .collect()
-        };
-        let include = convert(&policy.include, "include")?;
-        let require = convert(&policy.require, "require")?;
-        let exclude = convert(&policy.exclude, "exclude")?;
-        if include.is_empty() {
-            return Err(PolicyError(format!(
-                "{pat}: include needs at least one rule"
-            )));
-        }
-        if policy.action == Action::Bypass
-            && (include != [Rule::Everyone] || !require.is_empty() || !exclude.is_empty())
-        {
-            return Err(PolicyError(format!("{pat}: bypass lets requests through without a session, so it can only include everyone")));
-        }
-        policies.push(Policy {
-            name: policy.name.clone(),
-            action: policy.action,
-            include,
-            require,
-            exclude,
-        });
-    }
+    let policies = Policy::compile_all(&app.policies, at).map_err(PolicyError)?;
     let hosts = app
         .routes
         .hosts
@@ -428,100 +335,10 @@ fn path_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-impl Rule {
-    /// Whether the user satisfies the rule.
-    pub fn matches(&self, user: &User<'_>) -> bool {
-        match self {
-            Rule::Everyone => true,
-            Rule::UserName(name) => user.user_name().eq_ignore_ascii_case(name),
-            Rule::Email(email) => user.emails().any(|e| e.eq_ignore_ascii_case(email)),
-            Rule::EmailDomain(domain) => user.emails().any(|e| {
-                e.rsplit_once('@')
-                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
-            }),
-            Rule::Group(reference) => user.groups().any(|(id, group)| {
-                let mut buffer = Uuid::encode_buffer();
-                id.hyphenated()
-                    .encode_lower(&mut buffer)
-                    .eq_ignore_ascii_case(reference)
-                    || group.is_some_and(|g| {
-                        g.display_name.eq_ignore_ascii_case(reference)
-                            || g.external_id
-                                .as_deref()
-                                .is_some_and(|x| x.eq_ignore_ascii_case(reference))
-                    })
-            }),
-        }
-    }
-}
-
-impl std::fmt::Display for Rule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Rule::Group(group) => write!(f, "group {group:?}"),
-            Rule::UserName(name) => write!(f, "user_name {name:?}"),
-            Rule::Email(email) => write!(f, "email {email:?}"),
-            Rule::EmailDomain(domain) => write!(f, "email_domain {domain:?}"),
-            Rule::Everyone => write!(f, "everyone"),
-        }
-    }
-}
-
-impl Policy {
-    /// Whether the policy applies to the user: any include, every require, no exclude.
-    pub fn matches(&self, user: &User<'_>) -> bool {
-        self.include.iter().any(|r| r.matches(user))
-            && self.require.iter().all(|r| r.matches(user))
-            && !self.exclude.iter().any(|r| r.matches(user))
-    }
-
-    /// Whether the policy applies to the user, and why (the policy tester): the include rule
-    /// that matched or that none did, the require rules that failed, the exclude rule that
-    /// matched. The same answer as [`Policy::matches`].
-    pub fn explain(&self, user: &User<'_>) -> (bool, String) {
-        let list = |rules: &[&Rule]| {
-            rules
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let included: Vec<&Rule> = self.include.iter().filter(|r| r.matches(user)).collect();
-        let Some(include) = included.first() else {
-            let all: Vec<&Rule> = self.include.iter().collect();
-            return (false, format!("no include rule matches ({})", list(&all)));
-        };
-        let failed: Vec<&Rule> = self.require.iter().filter(|r| !r.matches(user)).collect();
-        if !failed.is_empty() {
-            return (
-                false,
-                format!(
-                    "include {include} matches; require fails: {}",
-                    list(&failed)
-                ),
-            );
-        }
-        let excluded: Vec<&Rule> = self.exclude.iter().filter(|r| r.matches(user)).collect();
-        if !excluded.is_empty() {
-            return (
-                false,
-                format!(
-                    "include {include} matches; exclude matches: {}",
-                    list(&excluded)
-                ),
-            );
-        }
-        let required = match self.require.is_empty() {
-            true => String::new(),
-            false => "; every require rule matches".to_owned(),
-        };
-        (true, format!("include {include} matches{required}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
     use crate::directory::Directory;
     use rollcall_eventlog::access::{group_key, user_key, GroupAccess, UserAccess, USER_SCHEMA};
 
