@@ -340,13 +340,13 @@ mod tests {
 
     #[test]
     fn the_first_matching_policy_decides_and_says_through_which_groups() {
-        let finance = Uuid::now_v7();
+        let finance = Uuid::from_u128(1);
         let ada = Someone {
             user_name: "ada@example.com",
             emails: vec!["ada@example.com"],
             groups: vec![
                 (finance, Some("Finance"), Some("fin-x")),
-                (Uuid::now_v7(), None, None),
+                (Uuid::from_u128(2), None, None),
             ],
             active: true,
         };

@@ -197,7 +197,7 @@ impl ApplicationChange {
 /// The changes that make the stream hold a policy file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
-    /// Per application, in tenant and name order.
+    /// Per application: removals first, then in tenant and name order.
     pub changes: Vec<ApplicationChange>,
 }
 

@@ -422,22 +422,28 @@ pub fn decide_for_user(
         d
     };
     if tenant.is_some_and(|tenant| tenant != application.tenant) {
-        // Another tenant's application: nothing about it is told.
+        // Another tenant's application: answered as if there were none.
         return (
             decision(
                 Outcome::Deny,
                 ReasonCode::NoApplication,
-                format!("no application of this tenant serves {host}"),
+                format!("no application serves {host}"),
             ),
             Vec::new(),
         );
     }
-    let found = match Uuid::parse_str(user) {
-        Ok(id) => directory.user(&application.tenant, &id),
-        Err(_) => directory.find_user(&application.tenant, |u| {
-            u.user_name().eq_ignore_ascii_case(user) || u.external_id_is(user)
-        }),
-    };
+    // An id, else a userName or externalId (Entra's default externalId is a GUID too).
+    let guid = Uuid::parse_str(user).ok();
+    let found = guid
+        .and_then(|id| directory.user(&application.tenant, &id))
+        .or_else(|| {
+            let guid = guid.map(|g| g.hyphenated().to_string());
+            directory.find_user(&application.tenant, |u| {
+                u.user_name().eq_ignore_ascii_case(user)
+                    || u.external_id_is(user)
+                    || guid.as_deref().is_some_and(|g| u.external_id_is(g))
+            })
+        });
     let Some(found) = found else {
         return (
             with_app(decision(
@@ -754,5 +760,72 @@ mod tests {
             deactivated.reason.contains(&w.user.id.to_string()),
             "the message names the user; the keyword never does"
         );
+    }
+
+    #[test]
+    fn the_tester_answers_as_a_session_would_be_decided_and_finds_users_by_guid_external_id() {
+        let mut w = world();
+        let guid = Uuid::now_v7();
+        w.set(|u| u.external_id = Some(guid.to_string()));
+        let target = Target::new("finance.example.com", "/").unwrap();
+        let ask = |w: &World, user: &str, tenant: &str| {
+            decide_for_user(&w.directory, &w.policies, &target, Some(tenant), user)
+        };
+        let (token, _) = w.keys.issue("acme", w.user.id, now()).unwrap();
+        let live = w.ask("finance.example.com", &token, Freshness::Fresh);
+        for by in [
+            w.user.id.to_string(),
+            "ADA".to_owned(),
+            guid.to_string().to_uppercase(),
+        ] {
+            let (tested, trials) = ask(&w, &by, "acme");
+            assert_eq!(
+                (tested.outcome, tested.code, &tested.policy),
+                (live.outcome, live.code, &live.policy),
+                "{by}"
+            );
+            assert_eq!(trials.len(), 1);
+            assert!(trials[0].matched);
+        }
+        // Another tenant's application is answered as if there were none.
+        let (other, trials) = ask(&w, "ada", "other");
+        let (none, _) = decide_for_user(
+            &w.directory,
+            &w.policies,
+            &Target::new("nothing.example.com", "/").unwrap(),
+            Some("other"),
+            "ada",
+        );
+        assert_eq!(other.reason.replace("finance", "nothing"), none.reason);
+        assert!(trials.is_empty() && other.application.is_none());
+        // A deactivated user: denied as forward-auth denies, every policy still tried.
+        w.set(|u| u.active = false);
+        let (tested, trials) = ask(&w, "ada", "acme");
+        assert_eq!(tested.code, ReasonCode::UserDeactivated);
+        assert_eq!(trials.len(), 1);
+        let live = w.ask("finance.example.com", &token, Freshness::Fresh);
+        assert_eq!(live.code, ReasonCode::UserDeactivated);
+    }
+
+    #[test]
+    fn the_launcher_lists_the_sessions_tenants_applications_its_user_may_reach() {
+        let mut w = world();
+        w.policies = Policies::parse(&format!(
+            "{POLICIES}\n[[application]]\nname = \"theirs\"\ntenant = \"other\"\nhosts = [\"theirs.example.com\"]\n[[application.policy]]\nname = \"everyone\"\naction = \"allow\"\ninclude = [{{ everyone = true }}]\n"
+        ))
+        .unwrap();
+        let (token, _) = w.keys.issue("acme", w.user.id, now()).unwrap();
+        let names = |w: &World| -> Vec<String> {
+            launcher(&w.directory, &w.policies, &w.keys, &token)
+                .map(|(_, apps)| apps.iter().map(|a| a.name.clone()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(names(&w), ["finance", "wiki"]);
+        let group = w.group;
+        w.set(|u| u.groups.retain(|g| *g != group));
+        assert_eq!(names(&w), ["wiki"]);
+        w.set(|u| u.active = false);
+        let refused = launcher(&w.directory, &w.policies, &w.keys, &token).unwrap_err();
+        assert_eq!(refused.code, ReasonCode::UserDeactivated);
     }
 }

@@ -37,6 +37,9 @@ pub enum ApiError {
     /// This access service cannot check audit tokens (it runs without the database).
     #[error("this access service runs without the database, so it cannot check audit tokens for the policy tester")]
     NoTester,
+    /// The decision state is not loaded, or stale and failing closed.
+    #[error("the access state is not loaded or is stale; try again in a moment")]
+    Stale,
     /// The database did not answer (the cause is logged, not answered).
     #[error("the database did not answer")]
     Unavailable(String),
@@ -52,7 +55,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NoTester => StatusCode::FORBIDDEN,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Stale => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -85,6 +88,7 @@ impl ApiError {
             ApiError::Unauthorized => ResponseError::refusal("unauthorized"),
             ApiError::NoTester => ResponseError::refusal("noTester"),
             ApiError::Unavailable(cause) => ResponseError::failure(cause),
+            ApiError::Stale => ResponseError::refusal("staleState"),
         }
     }
 }

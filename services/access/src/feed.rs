@@ -152,13 +152,23 @@ pub async fn follow(
 
 /// Reads the whole access state once (the policy tester at the command line): every entry of
 /// the access bucket as it is now.
+#[tracing::instrument(skip_all, err)]
 pub async fn load(
     client: &async_nats::Client,
     namespace: &Namespace,
 ) -> Result<Directory, LoadError> {
     let nats = |e: &dyn std::fmt::Display| LoadError::Nats(e.to_string());
     let jetstream = async_nats::jetstream::new(client.clone());
-    let bucket = rollcall_eventlog::access::open_bucket(&jetstream, namespace).await?;
+    // Read only: a mistyped namespace finds nothing instead of creating a bucket.
+    let bucket = jetstream
+        .get_key_value(namespace.access_bucket())
+        .await
+        .map_err(|e| {
+            LoadError::Nats(format!(
+                "the access bucket {}: {e}",
+                namespace.access_bucket()
+            ))
+        })?;
     let mut directory = Directory::default();
     let mut stream = jetstream
         .get_stream(format!("KV_{}", namespace.access_bucket()))

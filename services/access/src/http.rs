@@ -162,6 +162,9 @@ pub async fn decisions(
         }
         let token = rollcall_http::bearer_token(&headers).ok_or(ApiError::Unauthorized)?;
         let tenant = access.tester_tenant(token).await?;
+        if !access.is_fresh() {
+            return Err(ApiError::Stale);
+        }
         let (decision, trials) = access.decide_for_user(&target, &tenant, user);
         let allowed = decision.outcome == Outcome::Allow;
         return Ok((
@@ -193,7 +196,7 @@ pub async fn launcher(State(access): State<Access>, headers: HeaderMap) -> Respo
             &["Sign in through one of your applications, then come back to this page."],
         );
     };
-    if !access.health.is_ready() || (access.is_stale() && !access.config.fail_open) {
+    if !access.is_fresh() {
         let mut response = crate::signin::page::page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Not available now",

@@ -380,6 +380,12 @@ impl Access {
             && self.health.silence() >= Duration::from_secs(self.config.staleness_seconds)
     }
 
+    /// Whether decisions may be made from the state now: loaded, and not stale (or stale and
+    /// configured to fail open).
+    pub fn is_fresh(&self) -> bool {
+        self.health.is_ready() && (self.config.fail_open || !self.is_stale())
+    }
+
     /// The last event sequence applied.
     pub fn applied(&self) -> u64 {
         self.directory.read().map(|d| d.applied()).unwrap_or(0)
@@ -487,6 +493,7 @@ impl Access {
     }
 
     /// The tenant of an audit token (the policy tester's caller).
+    #[instrument(skip_all, err(level = "info"))]
     async fn tester_tenant(&self, token: &str) -> Result<String, error::ApiError> {
         let (store, verifier) = self.tester.get().ok_or(error::ApiError::NoTester)?;
         match verifier.verify(store, token).await {

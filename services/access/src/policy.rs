@@ -283,7 +283,9 @@ fn compile_one(tenant: &str, app: &ApplicationSpec, at: &str) -> Result<Applicat
     }
     let url = match &app.routes.url {
         Some(url) => match url::Url::parse(url) {
-            Ok(parsed) if matches!(parsed.scheme(), "https" | "http") => Some(url.clone()),
+            Ok(parsed) if matches!(parsed.scheme(), "https" | "http") => {
+                Some(parsed.as_str().to_owned())
+            }
             _ => {
                 return Err(PolicyError(format!(
                     "{at}: url {url:?} is not an http(s) URL"
@@ -338,9 +340,9 @@ fn path_matches(prefix: &str, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
     use crate::directory::Directory;
     use rollcall_eventlog::access::{group_key, user_key, GroupAccess, UserAccess, USER_SCHEMA};
+    use uuid::Uuid;
 
     const FILE: &str = r#"
         [[application]]
@@ -678,6 +680,34 @@ mod tests {
         assert_eq!(
             explain(&people[2], 0),
             "include email_domain \"contractor.example\" matches"
+        );
+    }
+
+    #[test]
+    fn a_launcher_link_is_an_http_url_or_made_from_the_first_exact_host() {
+        let with_url = |url: &str| {
+            app("a", "t", "*.example.com", "/x").replace("paths", &format!("url = {url:?}\npaths"))
+        };
+        for bad in [
+            "javascript:alert(1)",
+            "JavaScript:alert(1)",
+            "ftp://example.com/",
+            "/relative",
+        ] {
+            let error = Policies::parse(&with_url(bad)).unwrap_err().to_string();
+            assert!(error.contains("is not an http(s) URL"), "{bad}: {error}");
+        }
+        let policies = Policies::parse(&with_url("https://a.example.com/x")).unwrap();
+        assert_eq!(
+            policies.applications[0].url.as_deref(),
+            Some("https://a.example.com/x")
+        );
+        let wildcard = Policies::parse(&app("a", "t", "*.example.com", "/x")).unwrap();
+        assert_eq!(wildcard.applications[0].url, None);
+        let exact = Policies::parse(&app("a", "t", "A.example.com", "/X")).unwrap();
+        assert_eq!(
+            exact.applications[0].url.as_deref(),
+            Some("https://a.example.com/X")
         );
     }
 
