@@ -505,7 +505,7 @@ async fn an_export_of_200000_events_streams_in_flat_memory() {
     assert!(String::from_utf8_lossy(&first).starts_with("sequence,event_id,tenant,"));
 }
 
-fn chromium() -> String {
+pub(crate) fn chromium() -> String {
     std::env::var("ROLLCALL_CHROMIUM").ok().or_else(|| {
         ["/usr/bin/chromium", "/usr/bin/chromium-browser"].iter().find(|p| std::path::Path::new(p).exists()).map(|p| p.to_string())
     })
@@ -625,7 +625,7 @@ async fn the_auditors_page_shows_a_users_lifecycle_in_a_real_browser() {
     assert!(dom.contains(refused.header("x-request-id").unwrap()));
 }
 
-fn tempdir() -> std::path::PathBuf {
+pub(crate) fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("rollcall-chromium-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     dir

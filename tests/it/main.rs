@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod access;
+mod access_as_of;
 mod atomic_writes;
 mod audit;
 mod browser;

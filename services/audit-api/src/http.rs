@@ -16,6 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::access;
 use crate::auth::Auditor;
 use crate::error::{ApiError, Params, PathValue};
 use crate::history::{self, AsOf, AuditedEvent};
@@ -260,6 +261,148 @@ pub async fn members_as_of(
     Ok(Json(
         json!({"group": id, "members": group.get("members").cloned().unwrap_or(json!([]))}),
     ))
+}
+
+/// A tenant's events that occurred at or before `at` (all of them without), in stream order.
+async fn tenant_rows(
+    state: &AuditState,
+    tenant: &str,
+    at: Option<OffsetDateTime>,
+) -> Result<Vec<AuditRow>, ApiError> {
+    let query = AuditQuery {
+        // The query's bound is exclusive; instants are kept to the microsecond.
+        to: at.map(|at| at + time::Duration::microseconds(1)),
+        limit: i64::MAX,
+        ..Default::default()
+    };
+    Ok(state.store.audit_search(tenant, &query).await?)
+}
+
+/// Every user who could have reached an application at an instant (active, in the right
+/// groups, matching its policies then), with the deciding policy and the memberships that
+/// satisfied it, from the events alone.
+#[utoipa::path(get, path = "/audit/v1/applications/{name}/access", params(("name" = String, Path, description = "the application's name"), At), responses((status = 200, description = "{application, at, policy_version, users: [{id, userName, policy, via: [{group_id, group, since, event}]}]}"), (status = 404, description = "the application was not configured then")), security(("bearer" = [])))]
+pub async fn application_access(
+    State(state): State<AuditState>,
+    auditor: Auditor,
+    PathValue(name): PathValue<String>,
+    Params(at): Params<At>,
+) -> Result<Json<Value>, ApiError> {
+    let at = instant("at", at.at.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
+    let rows = tenant_rows(&state, &auditor.tenant, Some(at)).await?;
+    let world = access::World::fold(&rows).map_err(corrupt)?;
+    let application = world.application(&name).ok_or_else(|| {
+        not_found(format!(
+            "application {name:?} was not configured at {}",
+            history::timestamp(at)
+        ))
+    })?;
+    let mut users: Vec<(String, Value)> = world
+        .users()
+        .filter_map(|user| {
+            let (verdict, via) = world.decide(&application, &user);
+            let policy = access::deciding(&verdict)?;
+            let user_name = rollcall_domain::policy::Person::user_name(&user).to_owned();
+            let entry = json!({"id": user.id, "userName": user_name, "policy": policy, "via": via});
+            Some((user_name, entry))
+        })
+        .collect();
+    users.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Json(json!({
+        "application": name,
+        "at": history::timestamp(at),
+        "policy_version": world.policy_version(),
+        "users": users.into_iter().map(|(_, user)| user).collect::<Vec<_>>(),
+    })))
+}
+
+/// Every application a user could have reached at an instant, with the deciding policy and
+/// the memberships; for every other application configured then, why not.
+#[utoipa::path(get, path = "/audit/v1/users/{id}/access", params(("id" = Uuid, Path, description = "the user's id"), At), responses((status = 200, description = "{user, at, policy_version, allowed: [{application, policy, via}], denied: [{application, reason}]}"), (status = 404, description = "the user did not exist then")), security(("bearer" = [])))]
+pub async fn user_access(
+    State(state): State<AuditState>,
+    auditor: Auditor,
+    PathValue(id): PathValue<Uuid>,
+    Params(at): Params<At>,
+) -> Result<Json<Value>, ApiError> {
+    let at = instant("at", at.at.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
+    let rows = tenant_rows(&state, &auditor.tenant, Some(at)).await?;
+    let world = access::World::fold(&rows).map_err(corrupt)?;
+    let user = world.user(id).ok_or_else(|| {
+        not_found(format!(
+            "user {id} did not exist at {}",
+            history::timestamp(at)
+        ))
+    })?;
+    let (mut allowed, mut denied) = (Vec::new(), Vec::new());
+    for application in world.applications() {
+        let (verdict, via) = world.decide(&application, &user);
+        match access::deciding(&verdict) {
+            Some(policy) => {
+                allowed.push(json!({"application": application.name, "policy": policy, "via": via}))
+            }
+            None => denied
+                .push(json!({"application": application.name, "reason": access::reason(&verdict)})),
+        }
+    }
+    Ok(Json(json!({
+        "user": id,
+        "at": history::timestamp(at),
+        "policy_version": world.policy_version(),
+        "allowed": allowed,
+        "denied": denied,
+    })))
+}
+
+/// An application's configuration changes: its policies and routes before and after, with
+/// actor and request.
+#[utoipa::path(get, path = "/audit/v1/applications/{name}/history", params(("name" = String, Path, description = "the application's name")), responses((status = 200, description = "the application's events in order"), (status = 404, description = "no such application")), security(("bearer" = [])))]
+pub async fn application_history(
+    State(state): State<AuditState>,
+    auditor: Auditor,
+    PathValue(name): PathValue<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = rollcall_domain::application::application_id(&auditor.tenant, &name);
+    let rows = state.store.audit_events(&auditor.tenant, id).await?;
+    if rows.is_empty() {
+        return Err(not_found(format!("no history for application {name:?}")));
+    }
+    Ok(Json(
+        json!({"application": name, "id": id, "events": events(&rows)}),
+    ))
+}
+
+/// Per user, the stretches of time during which an application let them in, with the events
+/// that opened and closed each (memberships, deactivations, policy changes).
+#[utoipa::path(get, path = "/audit/v1/applications/{name}/intervals", params(("name" = String, Path, description = "the application's name"), Range), responses((status = 200, description = "{application, from, to, users: [{id, userName, intervals: [{from, to, opened_by, closed_by}]}]}"), (status = 404, description = "no such application")), security(("bearer" = [])))]
+pub async fn application_intervals(
+    State(state): State<AuditState>,
+    auditor: Auditor,
+    PathValue(name): PathValue<String>,
+    Params(range): Params<Range>,
+) -> Result<Json<Value>, ApiError> {
+    let from = instant("from", range.from.as_deref())?.unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let to = instant("to", range.to.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
+    if from > to {
+        return Err(bad("from must not be after to"));
+    }
+    let id = rollcall_domain::application::application_id(&auditor.tenant, &name);
+    if state
+        .store
+        .audit_events(&auditor.tenant, id)
+        .await?
+        .is_empty()
+    {
+        return Err(not_found(format!("no history for application {name:?}")));
+    }
+    let rows = tenant_rows(&state, &auditor.tenant, Some(to)).await?;
+    let users = access::intervals(&rows, &name, from, to).map_err(corrupt)?;
+    Ok(Json(json!({
+        "application": name,
+        "from": history::timestamp(from),
+        "to": history::timestamp(to),
+        "users": users,
+    })))
 }
 
 /// `?from=&to=`

@@ -7,6 +7,7 @@
 //! SCIM or the projector needs.
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod auth;
 pub mod checkpoint;
 pub mod error;
@@ -160,6 +161,10 @@ impl AuditState {
         http::group_as_of,
         http::members_as_of,
         http::intervals,
+        http::application_access,
+        http::user_access,
+        http::application_history,
+        http::application_intervals,
         http::search,
         export::export,
         http::scim_requests,
@@ -185,6 +190,19 @@ pub fn router(state: AuditState) -> Router {
         .route("/audit/v1/groups/{id}/history", get(http::group_history))
         .route("/audit/v1/groups/{id}/members", get(http::members_as_of))
         .route("/audit/v1/groups/{id}/intervals", get(http::intervals))
+        .route("/audit/v1/users/{id}/access", get(http::user_access))
+        .route(
+            "/audit/v1/applications/{name}/access",
+            get(http::application_access),
+        )
+        .route(
+            "/audit/v1/applications/{name}/history",
+            get(http::application_history),
+        )
+        .route(
+            "/audit/v1/applications/{name}/intervals",
+            get(http::application_intervals),
+        )
         .route("/audit/v1/events", get(http::search))
         .route("/audit/v1/export", get(export::export))
         .route("/audit/v1/scim-requests", get(http::scim_requests))
