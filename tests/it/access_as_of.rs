@@ -76,9 +76,30 @@ async fn access_as_of_answers_as_the_live_service_decided_at_every_recorded_inst
     let mut recorded: Vec<(OffsetDateTime, u64, Decided)> = Vec::new();
     let mut active = vec![true; users.len()];
     let mut engineering_name = "Engineering";
-    for step in 0..40 {
+    // How often each kind of change happened (each must, for the run to test it).
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for step in 0..60 {
         let user = dice.roll(users.len());
-        match dice.roll(7) {
+        let kind = dice.roll(7);
+        let kind = if kind == 5 && dice.roll(3) != 0 {
+            6
+        } else {
+            kind
+        };
+        *kinds
+            .entry(
+                [
+                    "membership",
+                    "membership",
+                    "activity",
+                    "rename",
+                    "policy",
+                    "group deleted",
+                    "engineer",
+                ][kind],
+            )
+            .or_default() += 1;
+        match kind {
             // Membership changes, in either group.
             0 | 1 => {
                 let (group, op) = (
@@ -145,7 +166,7 @@ async fn access_as_of_answers_as_the_live_service_decided_at_every_recorded_inst
                 }
             }
             // The group is deleted and a new one takes its name (and its place in the policy).
-            5 if dice.roll(3) == 0 => {
+            5 => {
                 assert_eq!(
                     scim.delete(&format!("/Groups/{engineering}")).await.status,
                     204
@@ -179,6 +200,7 @@ async fn access_as_of_answers_as_the_live_service_decided_at_every_recorded_inst
     )
     .await;
 
+    assert_eq!(kinds.len(), 6, "every kind of change happens: {kinds:?}");
     let distinct: BTreeSet<_> = recorded.iter().map(|(_, _, d)| d.clone()).collect();
     assert!(
         distinct.len() > 3,

@@ -210,6 +210,8 @@ async fn policies_apply_appends_a_files_differences_as_audited_events_that_every
         error.contains("bypass") && error.contains("\"wiki\""),
         "{error}"
     );
+    // Said at the line of the application that does not check: wiki's, the file's first.
+    assert!(error.contains("line 1: "), "{error}");
     let unknown = file(&env, "unknown", "[[application]]\nname = \"x\"\ntenant = \"test\"\nhosts = [\"x.test\"]\ncolour = \"red\"\n");
     let error = policies::apply(&env.log, &unknown, false, "alice", None, &mut Vec::new())
         .await

@@ -119,7 +119,20 @@ impl Policies {
                 (app.tenant, spec)
             })
             .collect();
-        Self::compile(&declared, 0)?;
+        if let Err(error) = Self::compile(&declared, 0) {
+            // Said at the line of the first application that does not check (the others
+            // before it do).
+            let bad = (0..declared.len())
+                .find(|&i| Self::compile(&declared[..=i], 0).is_err())
+                .unwrap_or(0);
+            let line = text
+                .lines()
+                .enumerate()
+                .filter(|(_, line)| line.replace(' ', "").starts_with("[[application]]"))
+                .nth(bad)
+                .map_or(0, |(number, _)| number + 1);
+            return Err(PolicyError(format!("line {line}: {}", error.0)));
+        }
         Ok(declared)
     }
 
@@ -709,6 +722,24 @@ mod tests {
             exact.applications[0].url.as_deref(),
             Some("https://a.example.com/X")
         );
+    }
+
+    #[test]
+    fn a_file_that_does_not_check_is_refused_at_the_line_of_the_application_at_fault() {
+        let good = app("a", "t", "a.test", "/");
+        let lines = good.lines().count();
+        let bad = app("b", "t", "b.test", "/").replace("everyone = true", "group = \"g\"");
+        let file = format!(
+            "# applications\n\n{good}{}",
+            bad.replace("\"allow\"", "\"bypass\"")
+        );
+        let error = Policies::read_file(&file).unwrap_err().to_string();
+        assert!(error.contains(&format!("line {}: ", lines + 3)), "{error}");
+        assert!(error.contains("application \"b\" (#2)"), "{error}");
+        // A clash names the second application, at its line.
+        let clash = format!("{good}{}", app("c", "t", "a.test", "/"));
+        let error = Policies::read_file(&clash).unwrap_err().to_string();
+        assert!(error.contains(&format!("line {}: ", lines + 1)), "{error}");
     }
 
     #[test]

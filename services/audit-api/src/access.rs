@@ -481,3 +481,132 @@ pub fn intervals(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollcall_domain::application::{ApplicationSpec, PolicySpec, Routes, RuleSpec};
+    use rollcall_domain::group::Member;
+    use sqlx::types::Json;
+
+    const T: i64 = 1_800_000_000;
+
+    fn row(sequence: i64, at: i64, id: Uuid, payload: Value) -> AuditRow {
+        let event_type = payload["type"].as_str().unwrap().to_owned();
+        AuditRow {
+            sequence,
+            position: 0,
+            event_id: Uuid::from_u128(sequence as u128),
+            tenant: "t".into(),
+            aggregate_type: event_type.split('.').next().unwrap().to_owned(),
+            aggregate_id: id,
+            version: 1,
+            event_type,
+            schema_version: 1,
+            actor: Json(serde_json::json!({"kind": "operator", "name": "test"})),
+            request_id: None,
+            trace_id: None,
+            traceparent: None,
+            occurred_at: OffsetDateTime::from_unix_timestamp(at).unwrap(),
+            payload: Json(payload),
+            prev_hash: Vec::new(),
+            hash: Vec::new(),
+        }
+    }
+
+    fn finance(group: &str) -> ApplicationSpec {
+        ApplicationSpec {
+            name: "finance".into(),
+            routes: Routes {
+                hosts: vec!["finance.test".into()],
+                paths: Vec::new(),
+                url: None,
+            },
+            policies: vec![PolicySpec {
+                name: "members".into(),
+                action: rollcall_domain::application::Action::Allow,
+                include: vec![RuleSpec {
+                    group: Some(group.into()),
+                    ..Default::default()
+                }],
+                require: Vec::new(),
+                exclude: Vec::new(),
+            }],
+        }
+    }
+
+    /// A user, groups A and B, finance open to A; then, at one instant, B joins the user and
+    /// the policy moves to B, in the order given.
+    fn history(membership_first: bool) -> Vec<AuditRow> {
+        let (user, a, b) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let app = rollcall_domain::application::application_id("t", "finance");
+        let group = |name: &str| serde_json::json!({"type": "group.created", "attributes": {"displayName": name}});
+        let mut rows = vec![
+            row(
+                1,
+                T,
+                user,
+                serde_json::json!({"type": "user.provisioned", "attributes": {"userName": "ada"}, "active": true}),
+            ),
+            row(2, T, a, group("A")),
+            row(3, T, b, group("B")),
+            row(
+                4,
+                T,
+                app,
+                ApplicationEvent::Configured {
+                    application: finance("A"),
+                }
+                .to_payload(),
+            ),
+        ];
+        let joined = GroupEvent::MembersAdded {
+            members: vec![Member::new(user.to_string())],
+        }
+        .to_payload();
+        let moved = ApplicationEvent::PolicyChanged {
+            before: finance("A").policies,
+            after: finance("B").policies,
+        }
+        .to_payload();
+        let (first, second) = match membership_first {
+            true => ((b, joined), (app, moved)),
+            false => ((app, moved), (b, joined)),
+        };
+        rows.push(row(5, T + 60, first.0, first.1));
+        rows.push(row(6, T + 60, second.0, second.1));
+        rows
+    }
+
+    #[test]
+    fn at_one_instant_the_stream_order_decides_which_event_opened_access() {
+        for membership_first in [true, false] {
+            let rows = history(membership_first);
+            let to = OffsetDateTime::from_unix_timestamp(T + 120).unwrap();
+            let users = intervals(&rows, "finance", OffsetDateTime::UNIX_EPOCH, to).unwrap();
+            // Access opens only once both happened: by whichever came second in the stream.
+            assert_eq!(users.len(), 1);
+            let stretches = &users[0].intervals;
+            assert_eq!(stretches.len(), 1, "{stretches:?}");
+            assert_eq!(stretches[0].opened_by.sequence, 6);
+            let expected = match membership_first {
+                true => "application.policy_changed",
+                false => "group.members_added",
+            };
+            assert_eq!(stretches[0].opened_by.event_type, expected);
+            // As of that instant, both are in, whatever their order: the user is allowed, via B.
+            let world = World::fold(&rows).unwrap();
+            let app = world.application("finance").unwrap();
+            let user = world.user(Uuid::from_u128(1)).unwrap();
+            let (verdict, via) = world.decide(&app, &user);
+            assert!(verdict.allows());
+            assert_eq!(via[0].group, "B");
+            // Before it, the user had no access (A was never theirs).
+            let before: Vec<&AuditRow> = rows.iter().filter(|r| r.sequence <= 4).collect();
+            let world = World::fold(before).unwrap();
+            let app = world.application("finance").unwrap();
+            let user = world.user(Uuid::from_u128(1)).unwrap();
+            assert!(!world.decide(&app, &user).0.allows());
+        }
+    }
+}
