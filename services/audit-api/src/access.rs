@@ -237,30 +237,32 @@ impl World {
                 Ok(Affected::Users(users))
             }
             ApplicationEvent::AGGREGATE => {
-                let event =
-                    ApplicationEvent::from_payload(&row.event_type, schema, &row.payload.0)?;
+                // As the access services fold applications: an event that cannot be read or
+                // placed is passed over, and an application whose policies do not compile is
+                // not in force (no one gets in through it).
+                self.policy_version = row.sequence;
+                let Ok(event) =
+                    ApplicationEvent::from_payload(&row.event_type, schema, &row.payload.0)
+                else {
+                    return Ok(Affected::Users(Vec::new()));
+                };
                 let name = match &event {
                     ApplicationEvent::Configured { application } => application.name.clone(),
                     ApplicationEvent::Removed { before } => before.name.clone(),
-                    _ => self
-                        .applications
-                        .keys()
-                        .find(|name| {
-                            application::application_id(&row.tenant, name) == row.aggregate_id
-                        })
-                        .cloned()
-                        .ok_or_else(|| {
-                            format!("{} of an application never configured", row.event_type)
-                        })?,
+                    _ => match self.applications.keys().find(|name| {
+                        application::application_id(&row.tenant, name) == row.aggregate_id
+                    }) {
+                        Some(name) => name.clone(),
+                        None => return Ok(Affected::Users(Vec::new())),
+                    },
                 };
                 let (state, _) = self.applications.remove(&name).unwrap_or_default();
                 let state = application::evolve(state, &event);
-                let policies = match state.spec() {
-                    Some(spec) => Policy::compile_all(&spec.policies, &format!("{name:?}"))?,
-                    None => Vec::new(),
-                };
+                let policies = state
+                    .spec()
+                    .and_then(|spec| Policy::compile_all(&spec.policies, &name).ok())
+                    .unwrap_or_default();
                 self.applications.insert(name.clone(), (state, policies));
-                self.policy_version = row.sequence;
                 Ok(Affected::Application(name))
             }
             _ => Ok(Affected::Users(Vec::new())),
@@ -282,7 +284,18 @@ impl World {
 
     /// Application `name`, if configured.
     pub fn application(&self, name: &str) -> Option<Configured<'_>> {
-        self.applications().find(|app| app.name == name)
+        let (name, (state, policies)) = self.applications.get_key_value(name)?;
+        state.spec()?;
+        Some(Configured { name, policies })
+    }
+
+    /// The bypass policy of an application, if it has one: anyone gets in, signed in or not.
+    pub fn bypass<'w>(&self, application: &Configured<'w>) -> Option<&'w str> {
+        application
+            .policies
+            .iter()
+            .find(|p| p.action == rollcall_domain::application::Action::Bypass)
+            .map(|p| p.name.as_str())
     }
 
     /// Every existing user, by id.
@@ -417,18 +430,29 @@ pub fn intervals(
     let mut open: HashMap<Uuid, (OffsetDateTime, Cause)> = HashMap::new();
     let mut closed: Vec<Stretch> = Vec::new();
     let mut names: HashMap<Uuid, String> = HashMap::new();
-    for row in rows.iter().filter(|row| row.occurred_at <= to) {
-        let affected = world.apply(row)?;
-        let users: Vec<Uuid> = match affected {
+    // A stream prefix: the events up to the first one stamped after `to`. A commit (the rows
+    // of one sequence) is asked about once, after its last row, as live applies it whole.
+    let prefix: Vec<&AuditRow> = rows
+        .iter()
+        .take_while(|row| row.occurred_at <= to)
+        .collect();
+    let mut pending: BTreeSet<Uuid> = BTreeSet::new();
+    for (index, row) in prefix.iter().enumerate() {
+        match world.apply(row)? {
             Affected::Application(app) if app == name => {
-                let mut all: Vec<Uuid> = world.users.keys().copied().collect();
-                all.extend(open.keys().copied());
-                all
+                pending.extend(world.users.keys().copied());
+                pending.extend(open.keys().copied());
             }
-            Affected::Application(_) => Vec::new(),
-            Affected::Users(users) => users,
-        };
-        for id in users {
+            Affected::Application(_) => {}
+            Affected::Users(users) => pending.extend(users),
+        }
+        if prefix
+            .get(index + 1)
+            .is_some_and(|next| next.sequence == row.sequence)
+        {
+            continue;
+        }
+        for id in std::mem::take(&mut pending) {
             let allowed = match (world.application(name), world.user(id)) {
                 (Some(app), Some(user)) => {
                     names.insert(id, user.user_name().to_owned());
@@ -461,7 +485,7 @@ pub fn intervals(
     closed.sort_by_key(|(_, start, _, opened, _)| (*start, opened.sequence));
     let mut by_user: BTreeMap<(String, Uuid), Vec<Granted>> = BTreeMap::new();
     for (id, start, end, opened_by, closed_by) in closed {
-        if start > to || end.is_some_and(|end| end < from) {
+        if start > to || end.is_some_and(|end| end < from || end == start) {
             continue;
         }
         let user_name = names.get(&id).cloned().unwrap_or_default();
@@ -608,5 +632,94 @@ mod tests {
             let user = world.user(Uuid::from_u128(1)).unwrap();
             assert!(!world.decide(&app, &user).0.allows());
         }
+    }
+
+    fn open_to_everyone() -> Vec<AuditRow> {
+        let user = Uuid::from_u128(1);
+        let app = rollcall_domain::application::application_id("t", "finance");
+        let mut spec = finance("A");
+        spec.policies[0].include[0] = RuleSpec {
+            everyone: Some(true),
+            ..Default::default()
+        };
+        vec![
+            row(
+                1,
+                T,
+                user,
+                serde_json::json!({"type": "user.provisioned", "attributes": {"userName": "ada"}, "active": true}),
+            ),
+            row(
+                2,
+                T,
+                app,
+                ApplicationEvent::Configured { application: spec }.to_payload(),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_commit_is_asked_about_whole_and_a_later_event_stamped_earlier_ends_the_prefix() {
+        let user = Uuid::from_u128(1);
+        let mut rows = open_to_everyone();
+        // One commit (one sequence): deactivated and reactivated. Live never saw the user out.
+        let mut out = row(
+            3,
+            T + 10,
+            user,
+            serde_json::json!({"type": "user.deactivated"}),
+        );
+        let mut back = row(
+            3,
+            T + 10,
+            user,
+            serde_json::json!({"type": "user.reactivated"}),
+        );
+        back.position = 1;
+        out.position = 0;
+        rows.extend([out, back]);
+        // A writer with a slow clock: appended after a later-stamped event.
+        rows.push(row(
+            4,
+            T + 100,
+            user,
+            serde_json::json!({"type": "user.deactivated"}),
+        ));
+        rows.push(row(
+            5,
+            T + 50,
+            user,
+            serde_json::json!({"type": "user.reactivated"}),
+        ));
+        let at = |s: i64| OffsetDateTime::from_unix_timestamp(T + s).unwrap();
+        let users = intervals(&rows, "finance", OffsetDateTime::UNIX_EPOCH, at(60)).unwrap();
+        assert_eq!(users[0].intervals.len(), 1, "{:?}", users[0].intervals);
+        assert_eq!(users[0].intervals[0].to, None);
+        let users = intervals(&rows, "finance", OffsetDateTime::UNIX_EPOCH, at(200)).unwrap();
+        let stretches = &users[0].intervals;
+        assert_eq!(stretches.len(), 2, "{stretches:?}");
+        assert_eq!(stretches[0].closed_by.as_ref().unwrap().sequence, 4);
+        assert_eq!(stretches[1].opened_by.sequence, 5);
+    }
+
+    #[test]
+    fn an_application_event_that_cannot_be_placed_is_passed_over_as_the_access_services_do() {
+        let mut rows = open_to_everyone();
+        let orphan = ApplicationEvent::PolicyChanged {
+            before: Vec::new(),
+            after: Vec::new(),
+        };
+        rows.push(row(3, T, Uuid::from_u128(9), orphan.to_payload()));
+        rows.push(row(
+            4,
+            T,
+            Uuid::from_u128(9),
+            serde_json::json!({"type": "application.configured", "application": "nonsense"}),
+        ));
+        let world = World::fold(&rows).unwrap();
+        assert_eq!(world.policy_version(), 4);
+        let app = world.application("finance").unwrap();
+        let user = world.user(Uuid::from_u128(1)).unwrap();
+        assert!(world.decide(&app, &user).0.allows());
     }
 }

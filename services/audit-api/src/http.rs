@@ -264,18 +264,28 @@ pub async fn members_as_of(
 }
 
 /// A tenant's events that occurred at or before `at` (all of them without), in stream order.
+///
+/// A stream prefix: events are stamped by their writers, whose clocks and appends need not
+/// agree, so the events kept are those before the first one stamped after `at`, never a later
+/// one stamped earlier (which would fold a state that never existed).
 async fn tenant_rows(
     state: &AuditState,
     tenant: &str,
     at: Option<OffsetDateTime>,
 ) -> Result<Vec<AuditRow>, ApiError> {
     let query = AuditQuery {
-        // The query's bound is exclusive; instants are kept to the microsecond.
-        to: at.map(|at| at + time::Duration::microseconds(1)),
         limit: i64::MAX,
         ..Default::default()
     };
-    Ok(state.store.audit_search(tenant, &query).await?)
+    let mut rows = state.store.audit_search(tenant, &query).await?;
+    if let Some(at) = at {
+        let end = rows
+            .iter()
+            .position(|row| row.occurred_at > at)
+            .unwrap_or(rows.len());
+        rows.truncate(end);
+    }
+    Ok(rows)
 }
 
 /// Every user who could have reached an application at an instant (active, in the right
@@ -311,6 +321,7 @@ pub async fn application_access(
     Ok(Json(json!({
         "application": name,
         "at": history::timestamp(at),
+        "bypass": world.bypass(&application),
         "policy_version": world.policy_version(),
         "users": users.into_iter().map(|(_, user)| user).collect::<Vec<_>>(),
     })))
