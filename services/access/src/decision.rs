@@ -62,6 +62,23 @@ pub struct Identity {
     pub session: String,
 }
 
+impl Identity {
+    /// Who `user` is, in session `session` (empty: the policy tester's, without one).
+    fn of(user: &User<'_>, session: &str) -> Self {
+        Identity {
+            tenant: user.tenant().to_owned(),
+            id: user.id(),
+            user_name: user.user_name().to_owned(),
+            email: user.emails().next().map(str::to_owned),
+            groups: user
+                .groups()
+                .filter_map(|(_, group)| group.map(|g| g.display_name.clone()))
+                .collect(),
+            session: session.to_owned(),
+        }
+    }
+}
+
 /// A decision with its reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -86,6 +103,11 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The denial when the decision state cannot be read.
+    pub fn internal(version: u64) -> Self {
+        decision(Outcome::Deny, ReasonCode::Internal, "internal error").with_policy_version(version)
+    }
+
     /// The decision, made with the policies of `version`.
     pub fn with_policy_version(self, version: u64) -> Self {
         Self {
@@ -282,17 +304,7 @@ fn signed_in<'d>(
             format!("user {user_id} is not provisioned (or was deleted)"),
         )));
     };
-    let identity = Identity {
-        tenant: user.tenant().to_owned(),
-        id: user.id(),
-        user_name: user.user_name().to_owned(),
-        email: user.emails().next().map(str::to_owned),
-        groups: user
-            .groups()
-            .filter_map(|(_, group)| group.map(|g| g.display_name.clone()))
-            .collect(),
-        session: claims.sid.clone(),
-    };
+    let identity = Identity::of(&user, &claims.sid);
     let with_identity = |d: Decision| {
         Err(Box::new(Decision {
             identity: Some(identity.clone()),
@@ -470,17 +482,7 @@ pub fn decide_for_user(
             }
         })
         .collect();
-    let identity = Identity {
-        tenant: found.tenant().to_owned(),
-        id: found.id(),
-        user_name: found.user_name().to_owned(),
-        email: found.emails().next().map(str::to_owned),
-        groups: found
-            .groups()
-            .filter_map(|(_, group)| group.map(|g| g.display_name.clone()))
-            .collect(),
-        session: String::new(),
-    };
+    let identity = Identity::of(&found, "");
     let decided = if let Some(bypass) = application
         .policies
         .iter()

@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, instrument, warn, Instrument};
 use uuid::Uuid;
 
-use crate::decision::{Decision, Freshness, Outcome, Request};
+use crate::decision::{Decision, Freshness, Request};
 use crate::directory::Directory;
 use crate::feed::Health;
 use crate::keys::{InstallationKeys, Kek, KekConfig, Keyring};
@@ -407,11 +407,7 @@ impl Access {
             (true, true, true) => Freshness::StaleFailOpen,
             (true, false, _) => Freshness::Fresh,
         };
-        let policies = self
-            .policies
-            .read()
-            .map(|p| Arc::clone(&p))
-            .unwrap_or_default();
+        let policies = self.policies_now();
         match self.directory.read() {
             Ok(directory) => decision::decide(
                 &directory,
@@ -421,15 +417,7 @@ impl Access {
                 request,
             )
             .with_policy_version(policies.version),
-            Err(_) => Decision {
-                outcome: Outcome::Deny,
-                reason: "internal error".into(),
-                code: decision::ReasonCode::Internal,
-                application: None,
-                policy: None,
-                identity: None,
-                policy_version: policies.version,
-            },
+            Err(_) => Decision::internal(policies.version),
         }
     }
 
@@ -441,11 +429,7 @@ impl Access {
         tenant: &str,
         user: &str,
     ) -> (Decision, Vec<decision::Trial>) {
-        let policies = self
-            .policies
-            .read()
-            .map(|p| Arc::clone(&p))
-            .unwrap_or_default();
+        let policies = self.policies_now();
         let Ok(directory) = self.directory.read() else {
             return (
                 decision::decide_for_user(
@@ -467,22 +451,11 @@ impl Access {
     /// The app launcher: the user of session `token` and the applications they may reach
     /// now (name and link), or the decision refusing the session.
     pub fn launcher(&self, token: &str) -> Result<Launched, Box<Decision>> {
-        let policies = self
-            .policies
+        let policies = self.policies_now();
+        let directory = self
+            .directory
             .read()
-            .map(|p| Arc::clone(&p))
-            .unwrap_or_default();
-        let directory = self.directory.read().map_err(|_| {
-            Box::new(Decision {
-                outcome: Outcome::Deny,
-                reason: "internal error".into(),
-                code: decision::ReasonCode::Internal,
-                application: None,
-                policy: None,
-                identity: None,
-                policy_version: policies.version,
-            })
-        })?;
+            .map_err(|_| Box::new(Decision::internal(policies.version)))?;
         let (identity, reachable) =
             decision::launcher(&directory, &policies, &self.keys.current(), token)?;
         let reachable = reachable
@@ -501,6 +474,14 @@ impl Access {
             Ok(None) => Err(error::ApiError::Unauthorized),
             Err(error) => Err(error::ApiError::Unavailable(error.to_string())),
         }
+    }
+
+    /// The policies in force.
+    fn policies_now(&self) -> Arc<Policies> {
+        self.policies
+            .read()
+            .map(|p| Arc::clone(&p))
+            .unwrap_or_default()
     }
 
     /// The version of the policies in force: the stream sequence of their last application

@@ -288,6 +288,18 @@ async fn tenant_rows(
     Ok(rows)
 }
 
+/// The tenant as its events left it at the instant `at` asks for (default now).
+async fn world_at(
+    state: &AuditState,
+    tenant: &str,
+    at: At,
+) -> Result<(OffsetDateTime, access::World), ApiError> {
+    let at = instant("at", at.at.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
+    let rows = tenant_rows(state, tenant, Some(at)).await?;
+    let world = access::World::fold(&rows).map_err(corrupt)?;
+    Ok((at, world))
+}
+
 /// Every user who could have reached an application at an instant (active, in the right
 /// groups, matching its policies then), with the deciding policy and the memberships that
 /// satisfied it, from the events alone.
@@ -298,9 +310,7 @@ pub async fn application_access(
     PathValue(name): PathValue<String>,
     Params(at): Params<At>,
 ) -> Result<Json<Value>, ApiError> {
-    let at = instant("at", at.at.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
-    let rows = tenant_rows(&state, &auditor.tenant, Some(at)).await?;
-    let world = access::World::fold(&rows).map_err(corrupt)?;
+    let (at, world) = world_at(&state, &auditor.tenant, at).await?;
     let application = world.application(&name).ok_or_else(|| {
         not_found(format!(
             "application {name:?} was not configured at {}",
@@ -336,9 +346,7 @@ pub async fn user_access(
     PathValue(id): PathValue<Uuid>,
     Params(at): Params<At>,
 ) -> Result<Json<Value>, ApiError> {
-    let at = instant("at", at.at.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
-    let rows = tenant_rows(&state, &auditor.tenant, Some(at)).await?;
-    let world = access::World::fold(&rows).map_err(corrupt)?;
+    let (at, world) = world_at(&state, &auditor.tenant, at).await?;
     let user = world.user(id).ok_or_else(|| {
         not_found(format!(
             "user {id} did not exist at {}",
