@@ -164,6 +164,8 @@ pub struct AuditQuery {
     /// Only events after this stream sequence (keyset pagination: a page ends with a whole
     /// message, so that the next one starts after it).
     pub after: Option<i64>,
+    /// Only events before this stream sequence.
+    pub before: Option<i64>,
     /// At most this many.
     pub limit: i64,
 }
@@ -205,6 +207,7 @@ impl Store {
                AND ($6::timestamptz IS NULL OR occurred_at < $6)
                AND ($7::bigint IS NULL OR sequence > $7)
                AND ($9::bigint IS NULL OR (sequence = $9 AND position > $10))
+               AND ($11::bigint IS NULL OR sequence < $11)
              ORDER BY sequence, position LIMIT $8"
         ))
         .bind(tenant)
@@ -218,7 +221,24 @@ impl Store {
         .bind(rest.is_none().then_some(query.limit))
         .bind(rest.map(|(sequence, _)| sequence))
         .bind(rest.map_or(0, |(_, position)| position))
+        .bind(query.before)
         .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The stream sequence of the tenant's first event stamped after `at`, if any: where the
+    /// stream prefix of what had occurred by `at` ends.
+    pub async fn audit_first_after(
+        &self,
+        tenant: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(sequence) FROM audit_event WHERE tenant = $1 AND occurred_at > $2",
+        )
+        .bind(tenant)
+        .bind(at)
+        .fetch_one(self.pool())
         .await?)
     }
 

@@ -34,8 +34,9 @@ pub enum ApiError {
     /// The route takes `GET` only.
     #[error("this endpoint takes GET only")]
     MethodNotAllowed,
-    /// The tenant runs as many exports as it may at once.
-    #[error("this tenant already runs {limit} exports at once (ROLLCALL_AUDIT_MAX_EXPORTS); retry when one has finished")]
+    /// The tenant runs as many exports (and access reconstructions, which read its whole
+    /// history too) as it may at once.
+    #[error("this tenant already runs {limit} exports or access reconstructions at once (ROLLCALL_AUDIT_MAX_EXPORTS); retry when one has finished")]
     ExportsBusy {
         /// Exports per tenant at once.
         limit: usize,

@@ -49,7 +49,7 @@ impl ExportSlots {
 
     /// A slot of `tenant`, if one is free (only verified tenants ask, so the map holds at most
     /// one entry per tenant).
-    fn take(&self, tenant: &str) -> Result<OwnedSemaphorePermit, ApiError> {
+    pub(crate) fn take(&self, tenant: &str) -> Result<OwnedSemaphorePermit, ApiError> {
         let busy = ApiError::ExportsBusy {
             limit: self.per_tenant,
         };

@@ -273,19 +273,16 @@ async fn tenant_rows(
     tenant: &str,
     at: Option<OffsetDateTime>,
 ) -> Result<Vec<AuditRow>, ApiError> {
+    let before = match at {
+        Some(at) => state.store.audit_first_after(tenant, at).await?,
+        None => None,
+    };
     let query = AuditQuery {
+        before,
         limit: i64::MAX,
         ..Default::default()
     };
-    let mut rows = state.store.audit_search(tenant, &query).await?;
-    if let Some(at) = at {
-        let end = rows
-            .iter()
-            .position(|row| row.occurred_at > at)
-            .unwrap_or(rows.len());
-        rows.truncate(end);
-    }
-    Ok(rows)
+    Ok(state.store.audit_search(tenant, &query).await?)
 }
 
 /// The tenant as its events left it at the instant `at` asks for (default now).
@@ -295,6 +292,8 @@ async fn world_at(
     at: At,
 ) -> Result<(OffsetDateTime, access::World), ApiError> {
     let at = instant("at", at.at.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
+    // It reads the tenant's history: bounded per tenant, as exports are.
+    let _slot = state.exports.take(tenant)?;
     let rows = tenant_rows(state, tenant, Some(at)).await?;
     let world = access::World::fold(&rows).map_err(corrupt)?;
     Ok((at, world))
@@ -414,6 +413,7 @@ pub async fn application_intervals(
     {
         return Err(not_found(format!("no history for application {name:?}")));
     }
+    let _slot = state.exports.take(&auditor.tenant)?;
     let rows = tenant_rows(&state, &auditor.tenant, Some(to)).await?;
     let users = access::intervals(&rows, &name, from, to).map_err(corrupt)?;
     Ok(Json(json!({
@@ -489,6 +489,7 @@ pub async fn search(
         from: instant("from", search.from.as_deref())?,
         to: instant("to", search.to.as_deref())?,
         after: search.cursor,
+        before: None,
         limit,
     };
     let rows = state.store.audit_search(&auditor.tenant, &query).await?;

@@ -82,7 +82,8 @@ pub struct Config {
         value_parser = rollcall_http::duration
     )]
     pub statement_timeout: Duration,
-    /// Exports one tenant may run at once; one more answers `503` with `Retry-After`.
+    /// Exports and access reconstructions (as of an instant, intervals) one tenant may run at
+    /// once; one more answers `503` with `Retry-After`.
     #[arg(
         long = "audit-max-exports",
         env = "ROLLCALL_AUDIT_MAX_EXPORTS",
