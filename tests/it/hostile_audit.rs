@@ -462,6 +462,19 @@ async fn an_export_whose_client_stopped_reading_is_closed_and_gives_its_slot_bac
     let (status, headers, _) = get(&url, &audit_token).await;
     assert_eq!(status, 503);
     assert!(headers.contains_key("retry-after"));
+    // Access as of an instant reads the tenant's history too: it shares the slots.
+    let as_of = format!(
+        "http://{}/audit/v1/users/{}/access",
+        audit.address,
+        uuid::Uuid::now_v7()
+    );
+    let (status, headers, body) = get(&as_of, &audit_token).await;
+    assert_eq!(status, 503, "{body:?}");
+    assert!(headers.contains_key("retry-after"));
+    assert!(
+        body.to_string().contains("access reconstructions"),
+        "{body:?}"
+    );
     // The idle timeout closes the stalled connection; the export ends and its slot is free.
     eventually(
         "the stalled export's slot is given back",

@@ -310,7 +310,8 @@ impl Access {
     }
 
     /// Appends what differs between the policy file and the stream's applications, and
-    /// returns the sequence of the last event written (0: nothing differed).
+    /// returns the stream sequence up to which the stream holds the file (its last event
+    /// written, or the last application event if nothing differed).
     #[instrument(skip_all, err)]
     async fn write_policy_file(&self, log: &EventLog) -> Result<u64, AccessError> {
         let Some(path) = &self.config.policies else {
