@@ -63,6 +63,8 @@ http {{
       error_page 401 = @sign_in;
       auth_request_set $user $upstream_http_x_auth_request_user;
       add_header X-User $user;
+      # A protected page is never served from the browser's cache: each load asks Rollcall.
+      add_header Cache-Control "no-store" always;
       try_files /index.html =404;
     }}
     location = /rollcall-auth {{
