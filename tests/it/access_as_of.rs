@@ -372,26 +372,7 @@ async fn the_auditors_page_shows_an_applications_users_and_a_users_applications_
             "{}/audit/#{fragment}&token={}",
             env.audit_base, env.audit_token
         );
-        async move {
-            let profile = crate::audit::tempdir();
-            let output = tokio::process::Command::new(crate::audit::chromium())
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-dev-shm-usage",
-                    "--no-first-run",
-                ])
-                .arg(format!("--user-data-dir={}", profile.display()))
-                .args(["--virtual-time-budget=15000", "--dump-dom"])
-                .arg(&url)
-                .output()
-                .await
-                .unwrap();
-            let _ = std::fs::remove_dir_all(&profile);
-            String::from_utf8_lossy(&output.stdout).into_owned()
-        }
+        async move { crate::audit::dump_dom(&url).await.0 }
     };
     let dom = dump(format!("access=application&name=engineering&at={at}")).await;
     assert!(dom.contains("data-access-loaded=\"true\""), "{dom}");

@@ -536,7 +536,7 @@ async fn export_memory_child() {
     assert!(String::from_utf8_lossy(&first).starts_with("sequence,event_id,tenant,"));
 }
 
-pub(crate) fn chromium() -> String {
+fn chromium() -> String {
     std::env::var("ROLLCALL_CHROMIUM").ok().or_else(|| {
         ["/usr/bin/chromium", "/usr/bin/chromium-browser"].iter().find(|p| std::path::Path::new(p).exists()).map(|p| p.to_string())
     })
@@ -598,32 +598,14 @@ async fn the_auditors_page_shows_a_users_lifecycle_in_a_real_browser() {
         },
     )
     .await;
-    let profile = tempdir();
     let url = format!(
         "{}/audit/#by=userName&query=timeline%40example.com&token={}",
         env.audit_base, env.audit_token
     );
-    let output = tokio::process::Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--virtual-time-budget=15000", "--dump-dom"])
-        .arg(&url)
-        .output()
-        .await
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&profile);
-    let dom = String::from_utf8_lossy(&output.stdout);
+    let (dom, stderr) = dump_dom(&url).await;
     assert!(
         dom.contains("data-loaded=\"true\""),
-        "the page did not load the history: {}",
-        String::from_utf8_lossy(&output.stderr)
+        "the page did not load the history: {stderr}"
     );
     let provisioned = dom
         .find("data-type=\"user.provisioned\"")
@@ -656,7 +638,33 @@ async fn the_auditors_page_shows_a_users_lifecycle_in_a_real_browser() {
     assert!(dom.contains(refused.header("x-request-id").unwrap()));
 }
 
-pub(crate) fn tempdir() -> std::path::PathBuf {
+/// The DOM headless Chromium has after loading `url` and running its scripts (within 15 s of
+/// virtual time), and what it printed to standard error.
+pub(crate) async fn dump_dom(url: &str) -> (String, String) {
+    let profile = tempdir();
+    let output = tokio::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--virtual-time-budget=15000", "--dump-dom"])
+        .arg(url)
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&profile);
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("rollcall-chromium-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -42,6 +42,29 @@ impl User {
     }
 }
 
+/// A user's email addresses as access decisions read them: every `emails[].value`, the
+/// primary one first (the others in their order). The access state the projector publishes and
+/// the audit API's access as of an instant both read them here.
+pub fn emails(attributes: &Attributes) -> Vec<&str> {
+    let mut emails: Vec<(bool, &str)> = attributes
+        .get("emails")
+        .and_then(Value::as_array)
+        .map(|emails| {
+            emails
+                .iter()
+                .filter_map(|e| {
+                    Some((
+                        e.get("primary") == Some(&Value::Bool(true)),
+                        e.get("value")?.as_str()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    emails.sort_by_key(|(primary, _)| !primary);
+    emails.into_iter().map(|(_, email)| email).collect()
+}
+
 /// What may be asked of a user.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserCommand {
@@ -258,6 +281,29 @@ pub fn evolve(user: User, event: &UserEvent) -> User {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emails_are_read_primary_first_and_values_without_a_string_are_passed_over() {
+        let attributes = |emails: serde_json::Value| -> Attributes {
+            serde_json::json!({"emails": emails})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        let listed = attributes(serde_json::json!([
+            {"value": "work@example.com"},
+            {"type": "home"},
+            {"value": "main@example.com", "primary": true},
+            {"value": 7},
+            {"value": "old@example.com", "primary": false}
+        ]));
+        assert_eq!(
+            emails(&listed),
+            ["main@example.com", "work@example.com", "old@example.com"]
+        );
+        assert!(emails(&attributes(serde_json::json!("a@example.com"))).is_empty());
+        assert!(emails(&Attributes::new()).is_empty());
+    }
     use serde_json::json;
 
     #[test]

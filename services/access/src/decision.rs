@@ -419,7 +419,11 @@ pub fn decide_for_user(
     user: &str,
 ) -> (Decision, Vec<Trial>) {
     let (host, path) = (target.host(), target.path());
-    let Some(application) = policies.application(host, path) else {
+    // Another tenant's application is answered as if there were none.
+    let Some(application) = policies
+        .application(host, path)
+        .filter(|application| tenant.is_none_or(|tenant| tenant == application.tenant))
+    else {
         return (
             decision(
                 Outcome::Deny,
@@ -433,17 +437,6 @@ pub fn decide_for_user(
         d.application = Some(application.name.clone());
         d
     };
-    if tenant.is_some_and(|tenant| tenant != application.tenant) {
-        // Another tenant's application: answered as if there were none.
-        return (
-            decision(
-                Outcome::Deny,
-                ReasonCode::NoApplication,
-                format!("no application serves {host}"),
-            ),
-            Vec::new(),
-        );
-    }
     // An id, else a userName or externalId (Entra's default externalId is a GUID too).
     let guid = Uuid::parse_str(user).ok();
     let found = guid

@@ -272,6 +272,13 @@ impl Policies {
 fn compile_one(tenant: &str, app: &ApplicationSpec, at: &str) -> Result<Application, PolicyError> {
     rollcall_eventlog::namespace::check_name(tenant)
         .map_err(|e| PolicyError(format!("{at}: tenant {e}")))?;
+    // Names and rules go into events (PostgreSQL stores no NUL), logs, pages and headers (a
+    // line break could forge one): no control character anywhere.
+    if let Some(bad) = control_character(&serde_json::to_value(app).unwrap_or_default()) {
+        return Err(PolicyError(format!(
+            "{at}: {bad:?} holds a control character"
+        )));
+    }
     if app.routes.hosts.is_empty() {
         return Err(PolicyError(format!("{at}: hosts is empty")));
     }
@@ -329,6 +336,16 @@ fn compile_one(tenant: &str, app: &ApplicationSpec, at: &str) -> Result<Applicat
         paths,
         policies,
     })
+}
+
+/// The first string in `value` that holds a control character (Unicode category Cc).
+fn control_character(value: &serde_json::Value) -> Option<&str> {
+    match value {
+        serde_json::Value::String(text) => text.chars().any(char::is_control).then_some(text),
+        serde_json::Value::Array(values) => values.iter().find_map(control_character),
+        serde_json::Value::Object(fields) => fields.values().find_map(control_character),
+        _ => None,
+    }
 }
 
 fn host_matches(pattern: &str, host: &str) -> bool {
@@ -740,6 +757,22 @@ mod tests {
         let clash = format!("{good}{}", app("c", "t", "a.test", "/"));
         let error = Policies::read_file(&clash).unwrap_err().to_string();
         assert!(error.contains(&format!("line {}: ", lines + 1)), "{error}");
+    }
+
+    #[test]
+    fn control_characters_are_refused_wherever_they_are() {
+        for (from, to) in [
+            ("name = \"a\"", "name = \"a\\u0000\""),
+            ("name = \"p\"", "name = \"p\\nX-Forged: 1\""),
+            ("everyone = true", "group = \"g\\r\""),
+        ] {
+            let file = app("a", "t", "a.test", "/").replacen(from, to, 1);
+            let error = Policies::parse(&file).unwrap_err().to_string();
+            assert!(
+                error.contains("holds a control character"),
+                "{file}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -110,25 +110,13 @@ impl Person for Seen<'_> {
             .unwrap_or_default()
     }
 
-    /// The emails as the access state has them: every `value`, primary first.
+    /// The emails as the access state has them ([`user::emails`]).
     fn emails(&self) -> impl Iterator<Item = &str> {
-        let mut emails: Vec<(bool, &str)> = self
-            .attribute("emails")
-            .and_then(Value::as_array)
-            .map(|emails| {
-                emails
-                    .iter()
-                    .filter_map(|e| {
-                        Some((
-                            e.get("primary") == Some(&Value::Bool(true)),
-                            e.get("value")?.as_str()?,
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        emails.sort_by_key(|(primary, _)| !primary);
-        emails.into_iter().map(|(_, email)| email)
+        self.user
+            .attributes()
+            .map(user::emails)
+            .unwrap_or_default()
+            .into_iter()
     }
 
     fn groups(&self) -> impl Iterator<Item = GroupRef<'_>> {

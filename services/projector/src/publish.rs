@@ -13,7 +13,6 @@ use rollcall_eventlog::partition::Partition;
 use rollcall_eventlog::{LoadError, Namespace};
 use rollcall_store::access::OutboxRow;
 use rollcall_store::Store;
-use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::{error, instrument, warn};
 use uuid::Uuid;
@@ -54,23 +53,10 @@ fn user_state(
     sequence: u64,
     now: OffsetDateTime,
 ) -> UserAccess {
-    let attributes = &row.user.attributes.0;
-    let mut emails: Vec<(bool, String)> = attributes
-        .get("emails")
-        .and_then(Value::as_array)
-        .map(|emails| {
-            emails
-                .iter()
-                .filter_map(|e| {
-                    Some((
-                        e.get("primary") == Some(&Value::Bool(true)),
-                        e.get("value")?.as_str()?.to_owned(),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    emails.sort_by_key(|(primary, _)| !primary);
+    let emails = rollcall_domain::user::emails(&row.user.attributes.0)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
     let expired_before = now - access::MAX_SESSION_LIFETIME;
     let not_before = row.not_before;
     UserAccess {
@@ -79,7 +65,7 @@ fn user_state(
         id: row.user.id,
         user_name: row.user.user_name.clone(),
         external_id: row.user.external_id.clone(),
-        emails: emails.into_iter().map(|(_, email)| email).collect(),
+        emails,
         active: row.user.active,
         not_before,
         revoked_sessions: row
