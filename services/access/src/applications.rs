@@ -361,7 +361,6 @@ pub async fn apply_declared(
 ) -> Result<(Plan, u64), String> {
     let mut catalog = Catalog::default();
     let mut written = Plan::default();
-    let mut last = 0;
     for attempt in 1..=ATTEMPTS {
         catch_up(log, &mut catalog)
             .await
@@ -377,9 +376,9 @@ pub async fn apply_declared(
             ),
         );
         match outcome {
-            Ok(sequence) => {
-                return Ok((written, sequence.max(last).max(catalog.version())));
-            }
+            // The catalog was read after every earlier attempt's appends: its version covers
+            // them.
+            Ok(sequence) => return Ok((written, sequence.max(catalog.version()))),
             Err((_, AppendError::Conflict { .. })) if attempt < ATTEMPTS => {
                 warn!(
                     attempt,
@@ -390,7 +389,6 @@ pub async fn apply_declared(
             }
             Err((_, error)) => return Err(error.to_string()),
         }
-        last = last.max(catalog.version());
     }
     Err("the applications kept changing while they were written; try again".into())
 }
