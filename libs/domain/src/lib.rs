@@ -12,6 +12,7 @@ pub mod attributes;
 pub mod event;
 pub mod group;
 pub mod policy;
+pub mod ssf;
 pub mod user;
 
 pub use application::{
@@ -20,4 +21,5 @@ pub use application::{
 pub use attributes::{AttributeChange, Attributes};
 pub use event::EventKind;
 pub use group::{Group, GroupCommand, GroupError, GroupEvent, Member};
+pub use ssf::{StreamCommand, StreamEvent};
 pub use user::{User, UserCommand, UserError, UserEvent};

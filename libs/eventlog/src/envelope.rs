@@ -25,6 +25,16 @@ pub enum Actor {
         /// Who, as given (for example `$USER`).
         name: String,
     },
+    /// A Shared Signals receiver, by the id of the `ssf` token it presented.
+    SsfReceiver {
+        /// The token's id (never the secret).
+        token_id: String,
+    },
+    /// Rollcall itself (for example pausing a stream whose backlog outgrew its bound).
+    System {
+        /// What acted.
+        name: String,
+    },
 }
 
 /// One event with its metadata, as stored on the stream.

@@ -17,6 +17,7 @@ pub mod quarantine;
 pub mod rebuild;
 pub mod request_log;
 pub mod secrets;
+pub mod ssf;
 pub mod tenant;
 pub mod user;
 

@@ -24,6 +24,8 @@ pub enum Scope {
     Scim,
     /// Read the audit API.
     Audit,
+    /// Receive Shared Signals: manage the tenant's SSF streams and poll them.
+    Ssf,
 }
 
 impl Scope {
@@ -32,6 +34,7 @@ impl Scope {
         match self {
             Scope::Scim => "scim",
             Scope::Audit => "audit",
+            Scope::Ssf => "ssf",
         }
     }
 
@@ -40,6 +43,7 @@ impl Scope {
         match text {
             "scim" => Some(Scope::Scim),
             "audit" => Some(Scope::Audit),
+            "ssf" => Some(Scope::Ssf),
             _ => None,
         }
     }

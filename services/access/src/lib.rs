@@ -17,6 +17,7 @@ pub mod policy;
 pub mod proxy;
 pub mod session;
 pub mod signin;
+pub mod ssf;
 pub mod target;
 
 use std::collections::HashMap;
@@ -107,6 +108,9 @@ pub struct Config {
     /// Sign-in with Entra ID or another OpenID provider.
     #[command(flatten)]
     pub oidc: oidc::OidcConfig,
+    /// The Shared Signals transmitter.
+    #[command(flatten)]
+    pub ssf: ssf::SsfConfig,
 }
 
 fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -127,6 +131,7 @@ impl Default for Config {
             fail_open: false,
             trusted_proxy: None,
             oidc: oidc::OidcConfig::default(),
+            ssf: ssf::SsfConfig::default(),
         }
     }
 }
@@ -168,6 +173,8 @@ pub struct Shared {
     /// Sign-in states already answered, with their expiry (each state answers once).
     used_states: Mutex<HashMap<String, i64>>,
     revoker: OnceLock<Arc<dyn SessionRevoker>>,
+    /// The Shared Signals transmitter, when configured (`ROLLCALL_SSF_PUBLIC_URL`).
+    pub ssf: OnceLock<ssf::Transmitter>,
     /// Feed liveness.
     pub health: Arc<Health>,
 }
@@ -268,6 +275,29 @@ impl Access {
             let _ = access.tester.set((store.clone(), verifier));
         }
         access.follow_policies().await?;
+        if access.config.ssf.public_url.is_some() {
+            let store = store.ok_or_else(|| {
+                AccessError::Config(
+                    "ROLLCALL_SSF_PUBLIC_URL is set: the Shared Signals transmitter needs the database".into(),
+                )
+            })?;
+            let kek = Kek::resolve(&access.config.kek, Some(store))
+                .await
+                .map_err(|e| AccessError::Config(format!("Shared Signals keys: {e}")))?;
+            let transmitter = ssf::Transmitter::start(
+                access.config.ssf.clone(),
+                client,
+                access
+                    .log
+                    .clone()
+                    .ok_or_else(|| AccessError::Config("no event stream".into()))?,
+                store.clone(),
+                kek,
+            )
+            .await
+            .map_err(AccessError::Config)?;
+            let _ = access.ssf.set(transmitter);
+        }
         Ok(access)
     }
 
@@ -371,6 +401,7 @@ impl Access {
             signin,
             used_states: Mutex::default(),
             revoker: OnceLock::new(),
+            ssf: OnceLock::new(),
             health: Arc::default(),
         })))
     }
@@ -640,6 +671,45 @@ pub fn router(access: Access) -> Router {
         .route("/healthz", get(http::healthz).fallback(refuse))
         .route("/readyz", get(http::readyz).fallback(refuse))
         .route("/metrics", get(http::metrics).fallback(refuse))
+        .route(
+            "/.well-known/ssf-configuration/{tenant}",
+            get(ssf::http::discovery).fallback(refuse),
+        )
+        .route(
+            "/ssf/{tenant}/jwks.json",
+            get(ssf::http::jwks).fallback(refuse),
+        )
+        .route(
+            "/ssf/{tenant}/streams",
+            post(ssf::http::create)
+                .get(ssf::http::read)
+                .patch(ssf::http::update)
+                .put(ssf::http::replace)
+                .delete(ssf::http::delete)
+                .fallback(refuse),
+        )
+        .route(
+            "/ssf/{tenant}/status",
+            get(ssf::http::status)
+                .post(ssf::http::set_status)
+                .fallback(refuse),
+        )
+        .route(
+            "/ssf/{tenant}/subjects/add",
+            post(ssf::http::add_subject).fallback(refuse),
+        )
+        .route(
+            "/ssf/{tenant}/subjects/remove",
+            post(ssf::http::remove_subject).fallback(refuse),
+        )
+        .route(
+            "/ssf/{tenant}/verify",
+            post(ssf::http::verify).fallback(refuse),
+        )
+        .route(
+            "/ssf/{tenant}/poll/{stream}",
+            post(ssf::http::poll).fallback(refuse),
+        )
         .route("/oauth2/start", get(signin::start).fallback(refuse))
         .route("/oauth2/callback", get(signin::callback).fallback(refuse))
         .route(
@@ -715,10 +785,18 @@ pub async fn serve(
             }
         });
     }
+    let transmitting = access
+        .ssf
+        .get()
+        .map(ssf::Transmitter::spawn)
+        .unwrap_or_default();
     let state_metrics = tokio::spawn(http::report_state(access.clone()));
     let result = rollcall_http::serve(listener.into(), "access", router(access), shutdown).await;
     state_metrics.abort();
     feed.abort();
+    for task in transmitting {
+        task.abort();
+    }
     if let Some(keys) = keys {
         keys.abort();
     }

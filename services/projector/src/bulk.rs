@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use rollcall_domain::group::{self, Group, GroupEvent, GroupState};
 use rollcall_domain::user::{self, User, UserEvent};
-use rollcall_domain::{ApplicationEvent, EventKind};
+use rollcall_domain::{ApplicationEvent, EventKind, StreamEvent};
 use rollcall_eventlog::consumer::Delivered;
 use rollcall_eventlog::Envelope;
 use rollcall_store::access::{self, RevocationRow};
@@ -73,8 +73,8 @@ pub(crate) struct Prepared {
 enum Parsed {
     User(UserEvent),
     Group(GroupEvent),
-    /// An application event: audited only (the access services fold applications from the
-    /// stream themselves).
+    /// An application or SSF stream event: audited only (the access services fold them from
+    /// the stream themselves).
     Application,
 }
 
@@ -94,6 +94,12 @@ pub(crate) fn prepare(delivered: &Delivered) -> Prepared {
             &envelope.payload,
         )
         .map(Parsed::Group),
+        StreamEvent::AGGREGATE => StreamEvent::from_payload(
+            &envelope.event_type,
+            envelope.schema_version,
+            &envelope.payload,
+        )
+        .map(|_| Parsed::Application),
         ApplicationEvent::AGGREGATE => ApplicationEvent::from_payload(
             &envelope.event_type,
             envelope.schema_version,

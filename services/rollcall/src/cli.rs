@@ -5,7 +5,7 @@
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    access, audit, oidc, policies, projector, revocations, serve, sessions, tenants, tokens,
+    access, audit, oidc, policies, projector, revocations, serve, sessions, ssf, tenants, tokens,
 };
 
 /// Rollcall: identity lifecycle from Entra ID (SCIM 2.0) to immutable events, read models and
@@ -108,6 +108,11 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Shared Signals (SSF, CAEP, RISC): streams, signing keys, and a receiver to try them.
+    Ssf {
+        #[command(subcommand)]
+        command: ssf::SsfCommand,
     },
     /// Sign-in with Entra ID (OpenID Connect).
     Oidc {

@@ -5,7 +5,8 @@
 use clap::Parser;
 use rollcall::cli::{Cli, Command};
 use rollcall::commands::{
-    access, audit, oidc, policies, projector, revocations, serve, sessions, status, tenants, tokens,
+    access, audit, oidc, policies, projector, revocations, serve, sessions, ssf, status, tenants,
+    tokens,
 };
 
 /// mimalloc rather than the system allocator: the projector, the rebuild and the SCIM API
@@ -26,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Access { command } => access::run(common, command).await,
         Command::Policies { command } => policies::run(common, command).await,
         Command::Sessions { command } => sessions::run(common, command).await,
+        Command::Ssf { command } => ssf::run(common, command).await,
         Command::Revocations { command } => revocations::run(common, command).await,
         Command::Bench(args) => rollcall::bench::run(common, args).await,
         Command::Audit { command } => audit::run(common, command).await,

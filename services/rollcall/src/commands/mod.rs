@@ -9,6 +9,7 @@ pub mod projector;
 pub mod revocations;
 pub mod serve;
 pub mod sessions;
+pub mod ssf;
 pub mod status;
 pub mod tenants;
 pub mod tokens;

@@ -18,8 +18,9 @@ pub enum TokensCommand {
         /// The tenant.
         #[arg(long)]
         tenant: String,
-        /// What the token may do.
-        #[arg(long, default_value = "scim", value_parser = ["scim", "audit"])]
+        /// What the token may do: `scim` (provisioning), `audit` (the audit API) or `ssf` (a
+        /// Shared Signals receiver: its tenant's SSF streams).
+        #[arg(long, default_value = "scim", value_parser = ["scim", "audit", "ssf"])]
         scope: String,
         /// A note for whoever lists tokens later.
         #[arg(long)]

@@ -1,0 +1,286 @@
+//! The Shared Signals transmitter (OpenID SSF 1.0 with CAEP 1.0 and RISC 1.0): every tenant's
+//! lifecycle changes, as signed Security Event Tokens, to any receiver that subscribes.
+//!
+//! - Discovery and keys: `GET /.well-known/ssf-configuration/<tenant>` (issuer
+//!   `<ROLLCALL_SSF_PUBLIC_URL>/<tenant>`) and its JWKS ([`keys`]).
+//! - Streams: receivers (tokens of scope `ssf`) create and manage their tenant's streams
+//!   ([`http`]); every stream and change to it is an event ([`streams`]).
+//! - Signals: derived from the tenant's events in stream order ([`signals`]) and delivered
+//!   from a durable position per stream ([`deliver`]): pushed (RFC 8935) by whichever replica
+//!   holds the stream's delivery lock, or polled (RFC 8936).
+
+pub mod deliver;
+pub mod http;
+pub mod keys;
+pub mod signals;
+pub mod streams;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rollcall_eventlog::EventLog;
+use rollcall_store::tenant::{Scope, TokenVerifier};
+use rollcall_store::Store;
+use tokio::task::JoinHandle;
+use tracing::{info, warn, Instrument};
+use uuid::Uuid;
+
+use crate::keys::Kek;
+use keys::SigningKeys;
+use streams::Catalog;
+
+/// The transmitter's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SsfConfig {
+    /// The public base URL of the access service (`https://access.example.com`). Set, it
+    /// transmits Shared Signals: each tenant's issuer is `<URL>/<tenant>`, discovered at
+    /// `<URL>/.well-known/ssf-configuration/<tenant>`. Needs the database.
+    #[arg(long = "ssf-public-url", env = "ROLLCALL_SSF_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
+    /// How many events a push stream may fall behind (its receiver unreachable) before it is
+    /// paused, with a reason and a `stream-updated` event.
+    #[arg(
+        long = "ssf-max-backlog",
+        env = "ROLLCALL_SSF_MAX_BACKLOG",
+        default_value_t = 100_000
+    )]
+    pub max_backlog: u64,
+    /// Seconds a receiver waits between two verification requests of a stream.
+    #[arg(
+        long = "ssf-min-verification-interval",
+        env = "ROLLCALL_SSF_MIN_VERIFICATION_INTERVAL",
+        default_value_t = 30
+    )]
+    pub min_verification_interval: u64,
+}
+
+impl Default for SsfConfig {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            max_backlog: 100_000,
+            min_verification_interval: 30,
+        }
+    }
+}
+
+/// The transmitter: shared by the HTTP handlers and the delivery tasks.
+#[derive(Debug, Clone)]
+pub struct Transmitter(Arc<Inner>);
+
+/// What a [`Transmitter`] shares.
+#[derive(Debug)]
+pub struct Inner {
+    config: SsfConfig,
+    base: String,
+    log: EventLog,
+    store: Store,
+    kek: Kek,
+    keys: SigningKeys,
+    catalog: RwLock<Catalog>,
+    version: tokio::sync::watch::Sender<u64>,
+    tokens: TokenVerifier,
+    http: reqwest::Client,
+    polls: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<Option<deliver::PollCursor>>>>>,
+    delivering: Mutex<HashSet<Uuid>>,
+}
+
+impl std::ops::Deref for Transmitter {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// How long a change waits to be in this replica's catalog before it is answered.
+const CATALOG_WAIT: Duration = Duration::from_secs(5);
+
+impl Transmitter {
+    /// Loads (or generates) the signing keys and reads every stream up to the head.
+    pub async fn start(
+        config: SsfConfig,
+        client: &async_nats::Client,
+        log: EventLog,
+        store: Store,
+        kek: Kek,
+    ) -> Result<Self, String> {
+        let Some(url) = &config.public_url else {
+            return Err("ROLLCALL_SSF_PUBLIC_URL is not set".into());
+        };
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(format!(
+                "ROLLCALL_SSF_PUBLIC_URL must be an http(s) URL, not {url}"
+            ));
+        }
+        let base = url.as_str().trim_end_matches('/').to_owned();
+        let keys = SigningKeys::load(client, log.namespace(), kek.clone())
+            .await
+            .map_err(|e| format!("the Shared Signals keys: {e}"))?;
+        let catalog = {
+            let mut catalog = Catalog::default();
+            streams::catch_up(&log, &mut catalog)
+                .await
+                .map_err(|e| format!("reading the SSF streams: {e}"))?;
+            catalog
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let version = catalog.version();
+        info!(issuer_base = %base, streams = catalog.live(None).count(), "Shared Signals transmitter ready");
+        Ok(Self(Arc::new(Inner {
+            config,
+            base,
+            log,
+            store,
+            kek,
+            keys,
+            catalog: RwLock::new(catalog),
+            version: tokio::sync::watch::Sender::new(version),
+            tokens: TokenVerifier::new(Scope::Ssf),
+            http,
+            polls: Mutex::default(),
+            delivering: Mutex::default(),
+        })))
+    }
+
+    /// The issuer of `tenant`'s SETs.
+    pub fn issuer(&self, tenant: &str) -> String {
+        format!("{}/{tenant}", self.base)
+    }
+
+    /// The base URL of the SSF endpoints of `tenant`.
+    pub fn endpoints(&self, tenant: &str) -> String {
+        format!("{}/ssf/{tenant}", self.base)
+    }
+
+    /// The signing keys.
+    pub fn keys(&self) -> &SigningKeys {
+        &self.keys
+    }
+
+    /// A snapshot of one stream.
+    pub fn stream(&self, id: Uuid) -> Option<streams::Entry> {
+        self.catalog.read().ok()?.get(id).cloned()
+    }
+
+    /// The live streams of a tenant (or all), in id order.
+    pub fn streams(&self, tenant: Option<&str>) -> Vec<(Uuid, streams::Entry)> {
+        self.catalog
+            .read()
+            .map(|catalog| {
+                catalog
+                    .live(tenant)
+                    .map(|(id, entry)| (id, entry.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until this replica's catalog holds the stream event at `sequence`.
+    pub async fn caught_up(&self, sequence: u64) -> bool {
+        let mut version = self.version.subscribe();
+        tokio::time::timeout(CATALOG_WAIT, version.wait_for(|&v| v >= sequence))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Starts following the keys and the streams and delivering push streams; the tasks stop
+    /// when aborted.
+    pub fn spawn(&self) -> Vec<JoinHandle<()>> {
+        vec![
+            tokio::spawn(self.keys.clone().follow()),
+            tokio::spawn(
+                self.clone()
+                    .follow_streams()
+                    .instrument(tracing::info_span!("ssf.follow_streams")),
+            ),
+            tokio::spawn(
+                self.clone()
+                    .supervise()
+                    .instrument(tracing::info_span!("ssf.deliveries")),
+            ),
+        ]
+    }
+
+    async fn follow_streams(self) {
+        loop {
+            let after = self.catalog.read().map(|c| c.version()).unwrap_or(0);
+            match streams::follow(&self.log, after).await {
+                Ok((mut messages, _)) => {
+                    while let Some(message) = messages.next().await {
+                        let Ok(message) = message else { break };
+                        let Ok(info) = message.info() else { break };
+                        let sequence = info.stream_sequence;
+                        if let Ok(mut catalog) = self.catalog.write() {
+                            streams::fold(&mut catalog, &message, sequence);
+                        }
+                        self.version.send_replace(sequence);
+                    }
+                }
+                Err(error) => {
+                    warn!(error = %error, "following the SSF streams failed; trying again")
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Starts a delivery for every push stream no process delivers, each under its lock. The
+    /// deliveries stop with it (they live in its task set).
+    async fn supervise(self) {
+        let mut version = self.version.subscribe();
+        let mut tasks: tokio::task::JoinSet<Uuid> = tokio::task::JoinSet::new();
+        loop {
+            for (id, entry) in self.streams(None) {
+                let push = entry.state.live().is_some_and(|live| {
+                    matches!(
+                        live.spec.delivery,
+                        rollcall_domain::ssf::Delivery::Push { .. }
+                    )
+                });
+                let running = self
+                    .delivering
+                    .lock()
+                    .map(|d| d.contains(&id))
+                    .unwrap_or(true);
+                if !push || running {
+                    continue;
+                }
+                match self.store.try_lock_delivery(id).await {
+                    Ok(Some(lock)) => {
+                        if let Ok(mut delivering) = self.delivering.lock() {
+                            delivering.insert(id);
+                        }
+                        let transmitter = self.clone();
+                        tasks.spawn(
+                            async move {
+                                deliver::push(transmitter, id, lock).await;
+                                id
+                            }
+                            .instrument(tracing::info_span!("ssf.push", stream = %id)),
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        warn!(error = %error, stream = %id, "the delivery lock could not be asked for")
+                    }
+                }
+            }
+            tokio::select! {
+                Some(Ok(id)) = tasks.join_next() => {
+                    if let Ok(mut delivering) = self.delivering.lock() {
+                        delivering.remove(&id);
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = version.changed() => {}
+            }
+        }
+    }
+}

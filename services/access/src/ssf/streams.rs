@@ -1,0 +1,248 @@
+//! SSF streams on the event stream: every access service folds the `ssf_stream` events into a
+//! catalog (what its endpoints answer and its deliveries follow), and appends a receiver's
+//! change as an event expecting the stream's last sequence (a concurrent change is refused and
+//! answered `409`, never lost).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rollcall_domain::ssf::{self, Stream, StreamCommand, StreamError, StreamEvent};
+use rollcall_domain::EventKind;
+use rollcall_eventlog::consumer::{decode, Delivered};
+use rollcall_eventlog::{Actor, AppendError, Envelope, EventLog, LoadError};
+use time::OffsetDateTime;
+use tracing::{error, instrument};
+use uuid::Uuid;
+
+/// How long reading the stream events up to the head may take.
+const READ_WAIT: Duration = Duration::from_secs(30);
+
+/// The subjects of every SSF stream's events in the namespace of `log`.
+pub fn subjects(log: &EventLog) -> String {
+    format!(
+        "{}.events.*.{}.*",
+        log.namespace().as_str(),
+        StreamEvent::AGGREGATE
+    )
+}
+
+/// One SSF stream as its events say.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    /// Its tenant.
+    pub tenant: String,
+    /// Its state.
+    pub state: Stream,
+    /// Its subject's last stream sequence (what its next append expects).
+    pub sequence: u64,
+    /// Its version (events so far).
+    pub version: u64,
+    /// The sequence of its creation: delivery starts after it.
+    pub created: u64,
+    /// When its receiver last asked for verification.
+    pub verified_at: Option<OffsetDateTime>,
+}
+
+/// Every SSF stream of the namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    entries: BTreeMap<Uuid, Entry>,
+    version: u64,
+}
+
+impl Catalog {
+    /// The stream sequence of the last stream event folded.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A stream, unless unknown.
+    pub fn get(&self, id: Uuid) -> Option<&Entry> {
+        self.entries.get(&id)
+    }
+
+    /// The live streams of a tenant, or of every tenant.
+    pub fn live<'a>(&'a self, tenant: Option<&'a str>) -> impl Iterator<Item = (Uuid, &'a Entry)> {
+        self.entries
+            .iter()
+            .filter(move |(_, entry)| {
+                entry.state.live().is_some() && tenant.is_none_or(|t| t == entry.tenant)
+            })
+            .map(|(id, entry)| (*id, entry))
+    }
+
+    /// Folds the events of one message.
+    pub fn apply(&mut self, events: &[Delivered]) -> Result<(), String> {
+        for delivered in events {
+            let envelope = &delivered.envelope;
+            if envelope.aggregate_type != StreamEvent::AGGREGATE {
+                continue;
+            }
+            let event = StreamEvent::from_payload(
+                &envelope.event_type,
+                envelope.schema_version,
+                &envelope.payload,
+            )?;
+            let entry = self.entries.entry(envelope.aggregate_id).or_default();
+            if entry.tenant.is_empty() {
+                entry.tenant = envelope.tenant.clone();
+            } else if entry.tenant != envelope.tenant {
+                return Err(format!(
+                    "stream {} of tenant {:?} has an event of tenant {:?}",
+                    envelope.aggregate_id, entry.tenant, envelope.tenant
+                ));
+            }
+            if matches!(event, StreamEvent::Created { .. }) {
+                entry.created = delivered.sequence;
+            }
+            if matches!(event, StreamEvent::VerificationRequested { .. }) {
+                entry.verified_at = Some(envelope.occurred_at);
+            }
+            entry.state = ssf::evolve(std::mem::take(&mut entry.state), &event);
+            entry.sequence = delivered.sequence;
+            entry.version = envelope.version;
+        }
+        if let Some(last) = events.last() {
+            self.version = self.version.max(last.sequence);
+        }
+        Ok(())
+    }
+
+    /// Passes over an unreadable message.
+    pub fn skip(&mut self, sequence: u64) {
+        self.version = self.version.max(sequence);
+    }
+}
+
+/// Folds one message; one that cannot be read is passed over, loudly.
+pub fn fold(catalog: &mut Catalog, message: &async_nats::jetstream::Message, sequence: u64) {
+    let folded = decode(message)
+        .map_err(|e| e.to_string())
+        .and_then(|events| catalog.apply(&events));
+    if let Err(reason) = folded {
+        error!(
+            sequence,
+            reason, "an SSF stream event cannot be read; what it changed is not in force"
+        );
+        catalog.skip(sequence);
+    }
+}
+
+/// The stream events after `after`, as they are appended, and how many there are now.
+pub async fn follow(
+    log: &EventLog,
+    after: u64,
+) -> Result<(async_nats::jetstream::consumer::pull::Ordered, u64), String> {
+    let consumer = log
+        .stream()
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subjects(log),
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let pending = consumer.cached_info().num_pending;
+    let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    Ok((messages, pending))
+}
+
+/// Folds the stream events after `catalog`'s version up to the head.
+#[instrument(skip_all, fields(after = catalog.version()), err)]
+pub async fn catch_up(log: &EventLog, catalog: &mut Catalog) -> Result<(), LoadError> {
+    let nats = |error: &dyn std::fmt::Display| LoadError::Nats(error.to_string());
+    let read = async {
+        let (mut messages, pending) = follow(log, catalog.version()).await.map_err(|e| nats(&e))?;
+        if pending == 0 {
+            return Ok(());
+        }
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| nats(&e))?;
+            let info = message.info().map_err(|e| nats(&e))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            fold(catalog, &message, sequence);
+            if pending == 0 {
+                return Ok(());
+            }
+        }
+        Err(LoadError::Nats("the stream's messages ended".into()))
+    };
+    tokio::time::timeout(READ_WAIT, read)
+        .await
+        .map_err(|_| LoadError::Nats("reading the SSF streams timed out".into()))?
+}
+
+/// Why a change to a stream was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// Refused by the stream's rules.
+    #[error("{0}")]
+    Refused(#[from] StreamError),
+    /// Another change came first.
+    #[error("the stream was changed by another request at the same time; read it again and retry")]
+    Conflict,
+    /// The event stream did not take it.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Decides `command` on stream `id` of `tenant` as `entry` has it, and appends the events.
+/// Returns the events and the sequence they were written at (the entry's, if none).
+#[instrument(skip_all, fields(stream = %id), err(Debug))]
+pub async fn change(
+    log: &EventLog,
+    tenant: &str,
+    id: Uuid,
+    entry: Option<&Entry>,
+    command: StreamCommand,
+    actor: &Actor,
+    request_id: &str,
+) -> Result<(Vec<StreamEvent>, u64), ChangeError> {
+    let (state, expected, version) = match entry {
+        Some(entry) if entry.tenant == tenant => (&entry.state, entry.sequence, entry.version),
+        // Another tenant's stream is not there for this receiver.
+        Some(_) => return Err(ChangeError::Refused(StreamError::NotFound)),
+        None => (&Stream::Absent, 0, 0),
+    };
+    let events = ssf::decide(state, command)?;
+    if events.is_empty() {
+        return Ok((events, expected));
+    }
+    let now = OffsetDateTime::now_utc();
+    let now = now
+        .replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(now);
+    let traceparent = rollcall_telemetry::traceparent();
+    let envelopes: Vec<Envelope> = events
+        .iter()
+        .enumerate()
+        .map(|(index, event)| Envelope {
+            event_id: Uuid::now_v7(),
+            tenant: tenant.to_owned(),
+            aggregate_type: StreamEvent::AGGREGATE.to_owned(),
+            aggregate_id: id,
+            version: version + 1 + index as u64,
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            occurred_at: now,
+            actor: actor.clone(),
+            request_id: Some(request_id.to_owned()),
+            traceparent: traceparent.clone(),
+            payload: event.to_payload(),
+        })
+        .collect();
+    let subject = log
+        .namespace()
+        .aggregate_subject(tenant, StreamEvent::AGGREGATE, &id);
+    let sequence =
+        log.append(&subject, expected, &envelopes)
+            .await
+            .map_err(|error| match error {
+                AppendError::Conflict { .. } => ChangeError::Conflict,
+                other => ChangeError::Unavailable(other.to_string()),
+            })?;
+    Ok((events, sequence))
+}
