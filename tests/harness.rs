@@ -595,6 +595,41 @@ impl TestEnv {
         self.start_access(access).await;
     }
 
+    /// Replaces the access service with one built from the test configuration as `change`
+    /// leaves it, given the address it will serve on (its public URL), and waits until it is
+    /// ready.
+    pub async fn restart_access_with(
+        &mut self,
+        change: impl FnOnce(&mut rollcall_access::Config, std::net::SocketAddr),
+    ) {
+        let listener = loopback().await;
+        let mut config = access_config(&self.policy_file);
+        change(&mut config, listener.local_addr().unwrap());
+        let access = self.installation.access(config).await;
+        self.serve_access(listener, access).await;
+        self.wait_for_access().await;
+    }
+
+    /// Another access service of this installation (as another process would run it), built
+    /// from the test configuration as `change` leaves it; with its address.
+    pub async fn another_access(
+        &self,
+        change: impl FnOnce(&mut rollcall_access::Config, std::net::SocketAddr),
+    ) -> (InstanceHandle, String) {
+        let listener = loopback().await;
+        let addr = listener.local_addr().unwrap();
+        let mut config = access_config(&self.policy_file);
+        change(&mut config, addr);
+        let access = self.installation.access(config).await;
+        let instance = Instance::new(roles("access"))
+            .access_service(access)
+            .listener(Role::Access, listener)
+            .start(self.installation.connections())
+            .await
+            .unwrap();
+        (instance, format!("http://{addr}"))
+    }
+
     /// A session for a user of the test's tenant.
     pub fn session(&self, user: &str) -> String {
         self.access

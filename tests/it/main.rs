@@ -26,3 +26,4 @@ mod roles;
 mod security;
 mod session_keys;
 mod signin;
+mod ssf;

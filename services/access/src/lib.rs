@@ -785,18 +785,12 @@ pub async fn serve(
             }
         });
     }
-    let transmitting = access
-        .ssf
-        .get()
-        .map(ssf::Transmitter::spawn)
-        .unwrap_or_default();
+    // Stopped when this future ends or is dropped.
+    let _transmitting = access.ssf.get().map(ssf::Transmitter::spawn);
     let state_metrics = tokio::spawn(http::report_state(access.clone()));
     let result = rollcall_http::serve(listener.into(), "access", router(access), shutdown).await;
     state_metrics.abort();
     feed.abort();
-    for task in transmitting {
-        task.abort();
-    }
     if let Some(keys) = keys {
         keys.abort();
     }

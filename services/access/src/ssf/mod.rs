@@ -95,6 +95,18 @@ impl std::ops::Deref for Transmitter {
     }
 }
 
+/// The transmitter's tasks; aborted when dropped.
+#[derive(Debug)]
+pub struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// How long a change waits to be in this replica's catalog before it is answered.
 const CATALOG_WAIT: Duration = Duration::from_secs(5);
 
@@ -191,9 +203,10 @@ impl Transmitter {
     }
 
     /// Starts following the keys and the streams and delivering push streams; the tasks stop
-    /// when aborted.
-    pub fn spawn(&self) -> Vec<JoinHandle<()>> {
-        vec![
+    /// when the returned [`Tasks`] drops (also when the service's task is aborted, as at a
+    /// crash: its deliveries' locks go with them).
+    pub fn spawn(&self) -> Tasks {
+        Tasks(vec![
             tokio::spawn(self.keys.clone().follow()),
             tokio::spawn(
                 self.clone()
@@ -205,7 +218,7 @@ impl Transmitter {
                     .supervise()
                     .instrument(tracing::info_span!("ssf.deliveries")),
             ),
-        ]
+        ])
     }
 
     async fn follow_streams(self) {
