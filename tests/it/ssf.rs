@@ -237,9 +237,15 @@ struct Ssf {
 }
 
 async fn start() -> Ssf {
+    start_with(|_| {}).await
+}
+
+/// [`start`] with the transmitter's settings as `change` leaves them.
+async fn start_with(change: impl FnOnce(&mut rollcall_access::ssf::SsfConfig)) -> Ssf {
     let mut env = TestEnv::start().await;
     env.restart_access_with(|config, addr| {
         config.ssf.public_url = Some(format!("http://{addr}").parse().unwrap());
+        change(&mut config.ssf);
     })
     .await;
     let token = env
@@ -908,7 +914,7 @@ async fn a_paused_stream_holds_events_and_delivers_them_in_order_when_resumed() 
     }
     witness.wait_for(6).await;
     assert!(held.sets().is_empty(), "a paused stream delivers nothing");
-    // Resumed by an operator: the held events arrive in order, then the stream-updated SET.
+    // Resumed by the receiver: the held events arrive in order.
     let (status, _) = ssf
         .call(
             reqwest::Method::POST,
@@ -1210,4 +1216,161 @@ async fn bad_input_to_every_management_endpoint_is_a_clear_400_and_stores_nothin
     assert_eq!(ssf.env.head().await, head, "nothing was written");
     let (status, list) = ssf.call(reqwest::Method::GET, "/streams", None).await;
     assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
+}
+
+#[tokio::test]
+async fn rollcall_ssf_receive_prints_verified_sets_and_refuses_another_audience() {
+    let ssf = start().await;
+    let collected: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let issuer: url::Url = ssf.issuer.parse().unwrap();
+    // Two receivers: one expecting the stream's audience, one expecting another.
+    let mut endpoints = Vec::new();
+    for audience in ["https://receiver.example", "https://someone-else.example"] {
+        let listener = rollcall_it::loopback().await;
+        endpoints.push(format!("http://{}/", listener.local_addr().unwrap()));
+        let (issuer, sink) = (issuer.clone(), collected.clone());
+        tokio::spawn(rollcall::commands::ssf::serve_receiver(
+            listener,
+            issuer,
+            audience.to_owned(),
+            None,
+            move |set| sink.lock().unwrap().push(set),
+        ));
+    }
+    let mut streams = Vec::new();
+    for endpoint in &endpoints {
+        let (status, created) = ssf
+            .call(
+                reqwest::Method::POST,
+                "/streams",
+                Some(json!({"aud": "https://receiver.example", "delivery": {"method": rollcall_domain::ssf::PUSH, "endpoint_url": endpoint}})),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        streams.push(uuid::Uuid::parse_str(created["stream_id"].as_str().unwrap()).unwrap());
+    }
+    let scim = ssf.env.scim();
+    let ada = scim.create_user(&user("ada")).await;
+    scim.patch(
+        &format!("/Users/{ada}"),
+        &patch(json!([{"op": "Replace", "path": "active", "value": "False"}])),
+    )
+    .await;
+    let head = ssf.env.head().await;
+    // Both streams are past the deactivation: one receiver took its SETs, the other refused
+    // them (400 invalid_audience, not retried).
+    for stream in &streams {
+        eventually(
+            "the stream is past the deactivation",
+            Duration::from_secs(20),
+            || async {
+                ssf.env
+                    .store
+                    .ssf_position(*stream)
+                    .await
+                    .unwrap()
+                    .unwrap_or(0)
+                    >= head
+            },
+        )
+        .await;
+    }
+    let collected = collected.lock().unwrap().clone();
+    let events: Vec<String> = collected
+        .iter()
+        .map(|set| event_uri(&set["claims"]))
+        .collect();
+    assert_eq!(events, [uri::ACCOUNT_DISABLED, uri::SESSION_REVOKED]);
+    assert_eq!(collected[0]["header"]["typ"], "secevent+jwt");
+    assert_eq!(collected[0]["claims"]["iss"], ssf.issuer);
+}
+
+#[tokio::test]
+async fn a_receiver_down_past_the_backlog_bound_gets_its_stream_paused_with_a_reason_and_resumed_by_an_operator(
+) {
+    let ssf = start_with(|config| config.max_backlog = 3).await;
+    let receiver = ssf.receiver().await;
+    let stream = ssf.push_stream(&receiver, json!({})).await;
+    receiver.set_mode(Mode::Unavailable);
+    let scim = ssf.env.scim();
+    for index in 0..3 {
+        let id = scim.create_user(&user(&format!("late{index}"))).await;
+        scim.patch(
+            &format!("/Users/{id}"),
+            &patch(json!([{"op": "Replace", "path": "active", "value": "False"}])),
+        )
+        .await;
+    }
+    let query = format!("/status?stream_id={stream}");
+    eventually(
+        "the stream is paused by Rollcall",
+        Duration::from_secs(20),
+        || async { ssf.call(reqwest::Method::GET, &query, None).await.1["status"] == "paused" },
+    )
+    .await;
+    let status = ssf.call(reqwest::Method::GET, &query, None).await.1;
+    assert!(
+        status["reason"].as_str().unwrap().contains("unreachable"),
+        "{status}"
+    );
+    // The receiver is back; an operator resumes the stream (rollcall ssf streams resume).
+    receiver.set_mode(Mode::Accept);
+    let common = rollcall::cli::Common {
+        database_url: ssf.env.database_url.clone(),
+        nats_url: rollcall_it::nats_url(),
+        namespace: ssf.env.namespace.to_string(),
+        replicas: 1,
+    };
+    use rollcall::commands::ssf::{run, SsfCommand, StreamsCommand};
+    run(
+        common,
+        SsfCommand::Streams {
+            command: StreamsCommand::Resume {
+                id: stream.parse().unwrap(),
+            },
+        },
+    )
+    .await
+    .unwrap();
+    // Every held SET arrives in order, then the two stream-updated SETs.
+    let sets = receiver.wait_for(3 * 2 + 2).await;
+    let lifecycle: Vec<(String, String)> = sets
+        .iter()
+        .filter(|(_, claims)| event_uri(claims) != uri::STREAM_UPDATED)
+        .map(|(_, claims)| {
+            let subject = &claims["sub_id"];
+            let user = if subject["format"] == "complex" {
+                &subject["user"]
+            } else {
+                subject
+            };
+            (
+                event_uri(claims),
+                user["email"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let wanted: Vec<(String, String)> = (0..3)
+        .flat_map(|index| {
+            [uri::ACCOUNT_DISABLED, uri::SESSION_REVOKED]
+                .map(|event| (event.to_owned(), format!("late{index}@example.com")))
+        })
+        .collect();
+    assert_eq!(lifecycle, wanted);
+    let updates: Vec<&Value> = sets
+        .iter()
+        .filter(|(_, claims)| event_uri(claims) == uri::STREAM_UPDATED)
+        .map(|(_, claims)| &claims["events"][uri::STREAM_UPDATED])
+        .collect();
+    assert_eq!(updates.len(), 2, "{updates:?}");
+    assert_eq!(updates[0]["status"], "paused");
+    assert!(updates[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("unreachable"));
+    assert_eq!(updates[1]["status"], "enabled");
+    assert_eq!(
+        sets.last().map(|(_, c)| event_uri(c)).as_deref(),
+        Some(uri::STREAM_UPDATED)
+    );
 }

@@ -246,7 +246,7 @@ async fn push_stream(
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| e.to_string())?;
         let info = message.info().map_err(|e| e.to_string())?;
-        let (sequence, pending) = (info.stream_sequence, info.pending);
+        let sequence = info.stream_sequence;
         let events = match decode(&message) {
             Ok(events) => events,
             Err(error) => {
@@ -268,7 +268,7 @@ async fn push_stream(
             sets.extend(walker.step(delivered));
         }
         for (_, claims) in &sets {
-            match hand(transmitter, id, claims, pending).await? {
+            match hand(transmitter, id, claims, sequence).await? {
                 Handed::Done => {}
                 Handed::Dropped => break,
             }
@@ -292,19 +292,23 @@ async fn push_stream(
     Err("the tenant's events ended".into())
 }
 
-/// Posts one SET until it is accepted or refused for good; holds while the stream is paused.
+/// Posts one SET (of the event at `sequence`) until it is accepted or refused for good; holds
+/// while the stream is paused.
 async fn hand(
     transmitter: &Transmitter,
     id: Uuid,
     claims: &Value,
-    behind: u64,
+    sequence: u64,
 ) -> Result<Handed, String> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt: u32 = 0;
+    // Whether this delivery paused the stream (once per stretch of being enabled).
+    let mut paused = false;
     loop {
         let (status, spec) = live_status(transmitter, id).ok_or("the stream was deleted")?;
         match status {
             Status::Paused => {
+                paused = false;
                 let mut version = transmitter.version.subscribe();
                 let _ = tokio::time::timeout(Duration::from_secs(1), version.changed()).await;
                 continue;
@@ -346,10 +350,18 @@ async fn hand(
             Err(error) => format!("the receiver could not be reached: {}", without_url(&error)),
         };
         attempt += 1;
+        // How far delivery is behind the event stream's head now.
+        let behind = transmitter
+            .log
+            .head()
+            .await
+            .unwrap_or(sequence)
+            .saturating_sub(sequence);
         if attempt == 1 || attempt.is_power_of_two() {
             warn!(stream = %id, attempt, behind, error = %failure, "a SET was not delivered; retrying");
         }
-        if behind > transmitter.config.max_backlog {
+        if behind > transmitter.config.max_backlog && !paused {
+            paused = true;
             let reason = format!(
                 "the receiver was unreachable while {behind} events waited, more than the {} Rollcall holds for it ({failure}); resume the stream once it is back",
                 transmitter.config.max_backlog

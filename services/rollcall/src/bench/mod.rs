@@ -40,19 +40,24 @@ pub struct BenchArgs {
     #[arg(long)]
     out: Option<std::path::PathBuf>,
     /// Run only these scenarios (comma-separated), after the baselines: create, lookup, patch,
-    /// members, deprovision, decide, rebuild, partitions, initial-cycle, memory. All by default.
+    /// members, deprovision, decide, ssf, rebuild, partitions, initial-cycle, memory. All by
+    /// default.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
     only: Vec<String>,
 }
 
+/// The Shared Signals latency target: SCIM response to the receiver's `account-disabled`.
+const SSF_P99_MS: f64 = 50.0;
+
 /// The scenarios, in the order they run.
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "create",
     "lookup",
     "patch",
     "members",
     "deprovision",
     "decide",
+    "ssf",
     "rebuild",
     "partitions",
     "initial-cycle",
@@ -337,6 +342,18 @@ async fn measure(
             &mut scenarios,
         )
         .await?;
+    }
+    if only.runs("ssf") {
+        say(&format!(
+            "scenario ssf: {} deactivations to a Shared Signals push receiver",
+            sizes.victims
+        ));
+        let mut ssf = scenario(scenarios::ssf(env, sizes.victims).await?);
+        ssf.target = Some(format!(
+            "p99 <= {SSF_P99_MS} ms from the SCIM response to the receiver"
+        ));
+        ssf.target_met = Some(ssf.measured.p99_ms <= SSF_P99_MS && ssf.measured.errors == 0);
+        scenarios.insert("ssf".to_owned(), ssf);
     }
     if only.runs("rebuild") {
         rebuild_scenario(env, common, sizes, &baselines, &mut scenarios).await?;

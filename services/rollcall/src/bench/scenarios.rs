@@ -660,3 +660,150 @@ async fn append_provisioned(
     super::env::publish_pipelined(log.jetstream(), messages).await?;
     Ok(())
 }
+
+/// `ssf`: from receiving the SCIM response to `PATCH active "False"` to a Shared Signals push
+/// receiver on loopback receiving that user's RISC `account-disabled` SET, per user, with a
+/// transmitting access service of the private installation. Counts users whose SET never came.
+pub async fn ssf(env: &BenchEnv, victims: usize) -> anyhow::Result<Measured> {
+    use axum::body::Bytes;
+    use std::collections::HashMap;
+    use tokio::sync::oneshot;
+
+    type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
+    let waiting: Waiting = Arc::default();
+    // The receiver: answers 202 and reports the arrival of each account-disabled SET by the
+    // subject's email (its payload read without verifying: the time is what is measured).
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}/events", receiver.local_addr()?);
+    let app = axum::Router::new()
+        .fallback(axum::routing::post(
+            |axum::extract::State(waiting): axum::extract::State<Waiting>, body: Bytes| async move {
+                let arrived = Instant::now();
+                let claims = std::str::from_utf8(&body)
+                    .ok()
+                    .and_then(|token| token.split('.').nth(1))
+                    .and_then(|part| {
+                        use base64::Engine;
+                        base64::engine::general_purpose::URL_SAFE_NO_PAD
+                            .decode(part)
+                            .ok()
+                    })
+                    .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+                    .unwrap_or_default();
+                if claims["events"]
+                    .get(rollcall_access::ssf::signals::uri::ACCOUNT_DISABLED)
+                    .is_some()
+                {
+                    let email = claims["sub_id"]["email"].as_str().unwrap_or_default();
+                    if let Some(sender) = waiting.lock().ok().and_then(|mut w| w.remove(email)) {
+                        let _ = sender.send(arrived);
+                    }
+                }
+                axum::http::StatusCode::ACCEPTED
+            },
+        ))
+        .with_state(waiting.clone());
+    let receiving = tokio::spawn(async move { axum::serve(receiver, app).await });
+
+    // A transmitting access service beside the instance's own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let access_base = format!("http://{}", listener.local_addr()?);
+    let config = rollcall_access::Config {
+        ssf: rollcall_access::ssf::SsfConfig {
+            public_url: Some(access_base.parse()?),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let access =
+        rollcall_access::Access::from_installation(config, &env.client, &env.log, Some(&env.store))
+            .await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(rollcall_access::serve(
+        listener,
+        access,
+        env.client.clone(),
+        env.namespace.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let ssf_token = env
+        .store
+        .create_token("bench", rollcall_store::tenant::Scope::Ssf, Some("bench"))
+        .await?
+        .token;
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{access_base}/ssf/bench/streams"))
+        .bearer_auth(&ssf_token)
+        .json(&json!({
+            "delivery": {"method": rollcall_domain::ssf::PUSH, "endpoint_url": endpoint},
+            "events_requested": [rollcall_access::ssf::signals::uri::ACCOUNT_DISABLED],
+        }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        created.status() == 201,
+        "creating the SSF stream: {}",
+        created.status()
+    );
+
+    let (_, base, token) = client(env);
+    let run = Uuid::new_v4().simple().to_string();
+    let started = Instant::now();
+    let (mut latencies, mut errors) = (Vec::new(), 0u64);
+    for n in 0..victims {
+        let email = format!("ssf{n}.{run}@bench.test");
+        let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": email, "active": true,
+                          "emails": [{"value": email, "primary": true}]});
+        let id = match http
+            .post(format!("{base}/Users"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(response) if response.status() == 201 => response
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|user| user["id"].as_str().map(str::to_owned)),
+            _ => None,
+        };
+        let Some(id) = id else {
+            errors += 1;
+            continue;
+        };
+        let (sender, arrival) = oneshot::channel();
+        if let Ok(mut waiting) = waiting.lock() {
+            waiting.insert(email.clone(), sender);
+        }
+        let body = patch(json!([{"op": "Replace", "path": "active", "value": "False"}]));
+        let response = http
+            .patch(format!("{base}/Users/{id}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await;
+        let answered = Instant::now();
+        if !response.is_ok_and(|r| r.status() == 200) {
+            errors += 1;
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), arrival).await {
+            Ok(Ok(arrived)) => {
+                latencies.push(arrived.saturating_duration_since(answered).as_secs_f64() * 1_000.0)
+            }
+            _ => errors += 1,
+        }
+    }
+    let _ = stop.send(());
+    let _ = serving.await;
+    receiving.abort();
+    Ok(summarize(
+        latencies,
+        errors,
+        started.elapsed().as_secs_f64(),
+    ))
+}

@@ -130,7 +130,16 @@ pub async fn run(common: Common, command: SsfCommand) -> anyhow::Result<()> {
             issuer,
             audience,
             authorization,
-        } => receive(listen, issuer, audience, authorization).await,
+        } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            eprintln!("receiving SETs on http://{}/", listener.local_addr()?);
+            serve_receiver(listener, issuer, audience, authorization, |set| {
+                println!("{set}");
+            })
+            .await
+        }
     }
 }
 
@@ -237,8 +246,9 @@ async fn run_streams(common: Common, command: StreamsCommand) -> anyhow::Result<
     Ok(())
 }
 
-/// What the receiver checks SETs against.
+/// What the receiver checks SETs against, and where verified SETs go.
 struct Receiver {
+    out: Box<dyn Fn(Value) + Send + Sync>,
     issuer: String,
     audience: String,
     jwks_uri: String,
@@ -247,11 +257,15 @@ struct Receiver {
     http: reqwest::Client,
 }
 
-async fn receive(
-    listen: SocketAddr,
+/// Serves `rollcall ssf receive` on `listener`: discovers `issuer`'s JWKS, then verifies every
+/// SET posted and hands each verified one (`{"header", "claims"}`) to `out`; refused ones are
+/// answered `400` with their RFC 8935 code and written to standard error.
+pub async fn serve_receiver(
+    listener: tokio::net::TcpListener,
     issuer: url::Url,
     audience: String,
     authorization: Option<String>,
+    out: impl Fn(Value) + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let issuer_text = issuer.as_str().trim_end_matches('/').to_owned();
@@ -279,6 +293,7 @@ async fn receive(
         .context("the transmitter's metadata has no jwks_uri")?
         .to_owned();
     let receiver = Arc::new(Receiver {
+        out: Box::new(out),
         issuer: issuer_text,
         audience,
         jwks_uri,
@@ -290,10 +305,6 @@ async fn receive(
     let app = axum::Router::new()
         .fallback(axum::routing::post(accept))
         .with_state(receiver);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    eprintln!("receiving SETs on http://{}/", listener.local_addr()?);
     axum::serve(listener, app).await?;
     Ok(())
 }
@@ -352,7 +363,7 @@ async fn accept(
     };
     match check(&receiver, token.trim()).await {
         Ok(set) => {
-            println!("{set}");
+            (receiver.out)(set);
             StatusCode::ACCEPTED.into_response()
         }
         Err((code, description)) => refuse(code, description),
