@@ -4,28 +4,25 @@
 
 use std::collections::HashSet;
 
-use sqlx::pool::PoolConnection;
-use sqlx::Postgres;
+use sqlx::PgConnection;
 use tracing::instrument;
 use uuid::Uuid;
 
 use crate::{Store, StoreError};
 
-/// A stream's delivery lock: held while the connection lives (a process that dies loses it
-/// with its connection). Dropping it closes the connection, which releases the lock.
+/// A stream's delivery lock: held while its connection lives (a process that dies loses it
+/// with its connection). The connection is taken out of the pool (a lock never starves the
+/// pool); dropping the lock closes it, which releases the lock.
 #[derive(Debug)]
 pub struct DeliveryLock {
-    connection: Option<PoolConnection<Postgres>>,
+    connection: Option<PgConnection>,
 }
 
 impl DeliveryLock {
     /// Whether the lock's connection still answers (a lock on a dead connection is lost).
     pub async fn alive(&mut self) -> bool {
         match self.connection.as_mut() {
-            Some(connection) => sqlx::query("SELECT 1")
-                .execute(&mut **connection)
-                .await
-                .is_ok(),
+            Some(connection) => sqlx::query("SELECT 1").execute(connection).await.is_ok(),
             None => false,
         }
     }
@@ -33,10 +30,8 @@ impl DeliveryLock {
 
 impl Drop for DeliveryLock {
     fn drop(&mut self) {
-        // Closed, not returned to the pool: the session's advisory lock goes with it.
-        if let Some(connection) = self.connection.take() {
-            drop(connection.detach());
-        }
+        // Dropped, the connection's socket closes and its session's advisory lock goes with it.
+        drop(self.connection.take());
     }
 }
 
@@ -49,7 +44,8 @@ fn lock_key(stream: Uuid) -> i64 {
 }
 
 impl Store {
-    /// Takes the delivery lock of `stream` if no other process holds it.
+    /// Takes the delivery lock of `stream` if no other process holds it (a session-level
+    /// advisory lock on a connection of its own).
     #[instrument(skip_all, fields(stream = %stream), err)]
     pub async fn try_lock_delivery(
         &self,
@@ -60,8 +56,9 @@ impl Store {
             .bind(lock_key(stream))
             .fetch_one(&mut *connection)
             .await?;
-        Ok(locked.then_some(DeliveryLock {
-            connection: Some(connection),
+        // Not locked: the connection goes back to the pool holding nothing.
+        Ok(locked.then(|| DeliveryLock {
+            connection: Some(connection.detach()),
         }))
     }
 

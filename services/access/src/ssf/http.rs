@@ -639,6 +639,7 @@ pub async fn delete(
         &headers,
     )
     .await?;
+    transmitter.forget_poll(id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -194,6 +194,13 @@ impl Transmitter {
             .unwrap_or_default()
     }
 
+    /// Drops the poll cursor of a deleted stream.
+    pub fn forget_poll(&self, id: Uuid) {
+        if let Ok(mut polls) = self.polls.lock() {
+            polls.remove(&id);
+        }
+    }
+
     /// Waits until this replica's catalog holds the stream event at `sequence`.
     pub async fn caught_up(&self, sequence: u64) -> bool {
         let mut version = self.version.subscribe();
