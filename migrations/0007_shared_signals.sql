@@ -19,5 +19,6 @@ CREATE TABLE IF NOT EXISTS public.ssf_delivery (
 CREATE TABLE IF NOT EXISTS public.ssf_ack (
     stream_id   uuid NOT NULL,
     jti         text NOT NULL,
+    acked_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (stream_id, jti)
 );

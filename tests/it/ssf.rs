@@ -1374,3 +1374,114 @@ async fn a_receiver_down_past_the_backlog_bound_gets_its_stream_paused_with_a_re
         Some(uri::STREAM_UPDATED)
     );
 }
+
+#[tokio::test]
+async fn a_disabled_stream_drops_what_happens_meanwhile_and_a_removed_subject_gets_nothing() {
+    let ssf = start().await;
+    let receiver = ssf.receiver().await;
+    let stream = ssf.push_stream(&receiver, json!({})).await;
+    // Another tenant's stream, to show that it hears nothing of this tenant.
+    ssf.env.store.create_tenant("other").await.unwrap();
+    let other_token = ssf
+        .env
+        .store
+        .create_token("other", Scope::Ssf, None)
+        .await
+        .unwrap()
+        .token;
+    let stranger = Receiver::start(
+        &format!("{}/other", ssf.env.access_base),
+        &format!("{}/ssf/other/jwks.json", ssf.env.access_base),
+    )
+    .await;
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/ssf/other/streams", ssf.env.access_base))
+        .bearer_auth(&other_token)
+        .json(&json!({"delivery": {"method": rollcall_domain::ssf::PUSH, "endpoint_url": stranger.url()}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other_stream = uuid::Uuid::parse_str(created["stream_id"].as_str().unwrap()).unwrap();
+
+    let scim = ssf.env.scim();
+    let off = patch(json!([{"op": "Replace", "path": "active", "value": "False"}]));
+    let status = |status: &str| json!({"stream_id": stream, "status": status});
+    assert_eq!(
+        ssf.call(reqwest::Method::POST, "/status", Some(status("disabled")))
+            .await
+            .0,
+        200
+    );
+    let dropped = scim.create_user(&user("dropped")).await;
+    scim.patch(&format!("/Users/{dropped}"), &off).await;
+    assert_eq!(
+        ssf.call(reqwest::Method::POST, "/status", Some(status("enabled")))
+            .await
+            .0,
+        200
+    );
+    // A removed subject: nothing about that person, by email or otherwise.
+    let (code, _) = ssf
+        .call(
+            reqwest::Method::POST,
+            "/subjects/remove",
+            Some(json!({"stream_id": stream, "subject": {"format": "email", "email": "Hidden@Example.com"}})),
+        )
+        .await;
+    assert_eq!(code, 204);
+    let hidden = scim.create_user(&user("hidden")).await;
+    scim.patch(&format!("/Users/{hidden}"), &off).await;
+    let seen = scim.create_user(&user("seen")).await;
+    scim.patch(&format!("/Users/{seen}"), &off).await;
+    let sets = receiver.wait_for(2).await;
+    let head = ssf.env.head().await;
+    let stream_id = uuid::Uuid::parse_str(&stream).unwrap();
+    eventually(
+        "the stream is past every event",
+        Duration::from_secs(20),
+        || async {
+            ssf.env
+                .store
+                .ssf_position(stream_id)
+                .await
+                .unwrap()
+                .unwrap_or(0)
+                >= head
+        },
+    )
+    .await;
+    let emails: Vec<String> = receiver
+        .sets()
+        .iter()
+        .map(|(_, claims)| {
+            let subject = &claims["sub_id"];
+            let user = if subject["format"] == "complex" {
+                &subject["user"]
+            } else {
+                subject
+            };
+            user["email"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(emails, ["seen@example.com", "seen@example.com"], "{sets:?}");
+    // The other tenant's stream delivers (a verification reaches it), and nothing of this
+    // tenant's ever did.
+    let verified = reqwest::Client::new()
+        .post(format!("{}/ssf/other/verify", ssf.env.access_base))
+        .bearer_auth(&other_token)
+        .json(&json!({"stream_id": other_stream, "state": "s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verified.status(), 204);
+    *stranger.audience.lock().unwrap() = created["aud"].as_str().unwrap().to_owned();
+    stranger.wait_for(1).await;
+    assert_eq!(
+        stranger.events(),
+        [uri::VERIFICATION],
+        "another tenant's stream hears nothing else"
+    );
+}

@@ -3,35 +3,90 @@
 //! and the lock that lets one process at a time deliver a stream.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use sqlx::PgConnection;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
 use tracing::instrument;
 use uuid::Uuid;
 
 use crate::{Store, StoreError};
 
-/// A stream's delivery lock: held while its connection lives (a process that dies loses it
-/// with its connection). The connection is taken out of the pool (a lock never starves the
-/// pool); dropping the lock closes it, which releases the lock.
-#[derive(Debug)]
-pub struct DeliveryLock {
+/// This process's delivery locks: session-level advisory locks, all on one connection of their
+/// own (outside the pool, so locks never starve it). A process that dies loses its locks with
+/// that connection; dropping the last clone closes it.
+///
+/// A lock is a [`Lease`] of one session (a generation): once the session is lost (a failed
+/// query, a ping that fails, a query cancelled half-way) every lease of it is void, and
+/// [`DeliveryLocks::advance`] refuses to move a position for a void lease, so a delivery that
+/// lost its lock cannot write over the one that took it over.
+#[derive(Debug, Clone)]
+pub struct DeliveryLocks {
+    session: Arc<tokio::sync::Mutex<LockSession>>,
+    options: PgConnectOptions,
+}
+
+#[derive(Debug, Default)]
+struct LockSession {
     connection: Option<PgConnection>,
+    generation: u64,
+    held: HashSet<Uuid>,
+    pinged: Option<Instant>,
+    /// A query was started and not finished (its future was dropped): the connection's state
+    /// is unknown, so it is replaced.
+    in_flight: bool,
 }
 
-impl DeliveryLock {
-    /// Whether the lock's connection still answers (a lock on a dead connection is lost).
-    pub async fn alive(&mut self) -> bool {
-        match self.connection.as_mut() {
-            Some(connection) => sqlx::query("SELECT 1").execute(connection).await.is_ok(),
-            None => false,
-        }
+/// A stream's delivery lock, held by one session of [`DeliveryLocks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The stream.
+    pub stream: Uuid,
+    generation: u64,
+}
+
+/// How often a lease's session is pinged at most.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+impl LockSession {
+    /// Forgets the session: every lease of it is void (the server releases its locks when it
+    /// sees the connection close).
+    fn lose(&mut self) {
+        self.connection = None;
+        self.generation += 1;
+        self.held.clear();
+        self.in_flight = false;
     }
-}
 
-impl Drop for DeliveryLock {
-    fn drop(&mut self) {
-        // Dropped, the connection's socket closes and its session's advisory lock goes with it.
-        drop(self.connection.take());
+    async fn connection(
+        &mut self,
+        options: &PgConnectOptions,
+    ) -> Result<&mut PgConnection, StoreError> {
+        if self.in_flight {
+            self.lose();
+        }
+        if self.connection.is_none() {
+            self.lose();
+            self.connection = Some(PgConnection::connect_with(options).await?);
+            self.pinged = Some(Instant::now());
+        }
+        self.in_flight = true;
+        self.connection
+            .as_mut()
+            .ok_or_else(|| StoreError::Corrupt("no lock connection".into()))
+    }
+
+    fn done<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, StoreError> {
+        self.in_flight = false;
+        if result.is_err() {
+            self.lose();
+        }
+        Ok(result?)
+    }
+
+    fn valid(&self, lease: &Lease) -> bool {
+        lease.generation == self.generation && self.held.contains(&lease.stream)
     }
 }
 
@@ -43,23 +98,107 @@ fn lock_key(stream: Uuid) -> i64 {
     ])
 }
 
-impl Store {
-    /// Takes the delivery lock of `stream` if no other process holds it (a session-level
-    /// advisory lock on a connection of its own).
+impl DeliveryLocks {
+    /// Takes the lock of `stream` if no process holds it.
     #[instrument(skip_all, fields(stream = %stream), err)]
-    pub async fn try_lock_delivery(
-        &self,
-        stream: Uuid,
-    ) -> Result<Option<DeliveryLock>, StoreError> {
-        let mut connection = self.pool().acquire().await?;
-        let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+    pub async fn try_lock(&self, stream: Uuid) -> Result<Option<Lease>, StoreError> {
+        let mut session = self.session.lock().await;
+        if session.held.contains(&stream) {
+            return Ok(None);
+        }
+        let connection = session.connection(&self.options).await?;
+        let result: Result<(bool,), _> = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
             .bind(lock_key(stream))
-            .fetch_one(&mut *connection)
-            .await?;
-        // Not locked: the connection goes back to the pool holding nothing.
-        Ok(locked.then(|| DeliveryLock {
-            connection: Some(connection.detach()),
+            .fetch_one(connection)
+            .await;
+        let (locked,) = session.done(result)?;
+        if !locked {
+            return Ok(None);
+        }
+        session.held.insert(stream);
+        Ok(Some(Lease {
+            stream,
+            generation: session.generation,
         }))
+    }
+
+    /// Whether `lease` still holds: not released, and its session alive (pinged at most once a
+    /// second).
+    pub async fn holds(&self, lease: &Lease) -> bool {
+        let mut session = self.session.lock().await;
+        if !session.valid(lease) {
+            return false;
+        }
+        if session.pinged.is_some_and(|at| at.elapsed() < PING_EVERY) {
+            return true;
+        }
+        let Ok(connection) = session.connection(&self.options).await else {
+            return false;
+        };
+        let result = sqlx::query("SELECT 1").execute(connection).await;
+        if session.done(result).is_err() {
+            return false;
+        }
+        session.pinged = Some(Instant::now());
+        session.valid(lease)
+    }
+
+    /// Moves the position of the lease's stream forward to `position` (never back), on the
+    /// lease's own session: `false` (nothing written) if the lease no longer holds.
+    #[instrument(skip_all, fields(stream = %lease.stream, position), err)]
+    pub async fn advance(
+        &self,
+        lease: &Lease,
+        tenant: &str,
+        position: u64,
+    ) -> Result<bool, StoreError> {
+        let mut session = self.session.lock().await;
+        if !session.valid(lease) {
+            return Ok(false);
+        }
+        let connection = session.connection(&self.options).await?;
+        let result = sqlx::query(ADVANCE)
+            .bind(lease.stream)
+            .bind(tenant)
+            .bind(i64::try_from(position).unwrap_or(i64::MAX))
+            .execute(connection)
+            .await;
+        session.done(result)?;
+        session.pinged = Some(Instant::now());
+        Ok(session.valid(lease))
+    }
+
+    /// Gives the lock back.
+    pub async fn release(&self, lease: Lease) {
+        let mut session = self.session.lock().await;
+        if !session.valid(&lease) {
+            return;
+        }
+        session.held.remove(&lease.stream);
+        if let Ok(connection) = session.connection(&self.options).await {
+            let result = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(lock_key(lease.stream))
+                .execute(connection)
+                .await;
+            let _ = session.done(result);
+        }
+    }
+}
+
+/// Moves a position forward (never back).
+const ADVANCE: &str =
+    "INSERT INTO public.ssf_delivery (stream_id, tenant, position) VALUES ($1, $2, $3)
+     ON CONFLICT (stream_id) DO UPDATE
+     SET position = GREATEST(ssf_delivery.position, EXCLUDED.position), updated_at = now()";
+
+impl Store {
+    /// This process's delivery locks (call once per process: each call opens a session of
+    /// its own).
+    pub fn delivery_locks(&self) -> DeliveryLocks {
+        DeliveryLocks {
+            session: Arc::default(),
+            options: self.options.clone(),
+        }
     }
 
     /// The position of `stream`: the last event sequence its receiver has everything of.
@@ -83,23 +222,22 @@ impl Store {
         covered: &[String],
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool().begin().await?;
+        sqlx::query(ADVANCE)
+            .bind(stream)
+            .bind(tenant)
+            .bind(i64::try_from(position).unwrap_or(i64::MAX))
+            .execute(&mut *transaction)
+            .await?;
+        // The acknowledgements the position now covers, and any older than a week (of SETs
+        // another process's cursor had already passed).
         sqlx::query(
-            "INSERT INTO public.ssf_delivery (stream_id, tenant, position) VALUES ($1, $2, $3)
-             ON CONFLICT (stream_id) DO UPDATE
-             SET position = GREATEST(ssf_delivery.position, EXCLUDED.position), updated_at = now()",
+            "DELETE FROM public.ssf_ack WHERE stream_id = $1
+             AND (jti = ANY($2) OR acked_at < now() - interval '7 days')",
         )
         .bind(stream)
-        .bind(tenant)
-        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .bind(covered)
         .execute(&mut *transaction)
         .await?;
-        if !covered.is_empty() {
-            sqlx::query("DELETE FROM public.ssf_ack WHERE stream_id = $1 AND jti = ANY($2)")
-                .bind(stream)
-                .bind(covered)
-                .execute(&mut *transaction)
-                .await?;
-        }
         transaction.commit().await?;
         Ok(())
     }
@@ -131,13 +269,14 @@ impl Store {
         Ok(rows.into_iter().map(|(jti,)| jti).collect())
     }
 
-    /// Forgets a deleted stream's delivery state.
+    /// Forgets a deleted stream's acknowledgements and leaves its position at the end of
+    /// time (a tombstone: a process that has not yet read the deletion delivers nothing).
     #[instrument(skip_all, fields(stream = %stream), err)]
     pub async fn forget_ssf_stream(&self, stream: Uuid) -> Result<(), StoreError> {
         let mut transaction = self.pool().begin().await?;
         for statement in [
             "DELETE FROM public.ssf_ack WHERE stream_id = $1",
-            "DELETE FROM public.ssf_delivery WHERE stream_id = $1",
+            "UPDATE public.ssf_delivery SET position = 9223372036854775807, updated_at = now() WHERE stream_id = $1",
         ] {
             sqlx::query(statement)
                 .bind(stream)

@@ -27,7 +27,7 @@ use rollcall_domain::ssf::{
 use rollcall_domain::EventKind;
 use rollcall_eventlog::consumer::{decode, Delivered};
 use rollcall_eventlog::{Actor, EventLog};
-use rollcall_store::ssf::DeliveryLock;
+use rollcall_store::ssf::{DeliveryLocks, Lease};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -209,14 +209,23 @@ fn live_status(transmitter: &Transmitter, id: Uuid) -> Option<(Status, StreamSpe
     Some((live.status, live.spec.clone()))
 }
 
-/// Delivers push stream `id` while this process holds its lock.
-pub async fn push(transmitter: Transmitter, id: Uuid, mut lock: DeliveryLock) {
-    match push_stream(&transmitter, id, &mut lock).await {
+/// Delivers push stream `lease.stream` while this process holds its lock, then gives the lock
+/// back. An error means the delivery should be started again later.
+pub async fn push(
+    transmitter: Transmitter,
+    locks: DeliveryLocks,
+    lease: Lease,
+) -> Result<(), String> {
+    let id = lease.stream;
+    let result = push_stream(&transmitter, &locks, &lease).await;
+    locks.release(lease).await;
+    match &result {
         Ok(()) => info!(stream = %id, "delivery ended"),
         Err(error) => {
-            warn!(stream = %id, error = %error, "delivery stopped; it starts again in a moment")
+            warn!(stream = %id, error = %error, "delivery stopped; it starts again later")
         }
     }
+    result
 }
 
 /// What became of a SET handed to a push receiver.
@@ -229,9 +238,10 @@ enum Handed {
 
 async fn push_stream(
     transmitter: &Transmitter,
-    id: Uuid,
-    lock: &mut DeliveryLock,
+    locks: &DeliveryLocks,
+    lease: &Lease,
 ) -> Result<(), String> {
+    let id = lease.stream;
     let entry = transmitter.stream(id).ok_or("the stream is gone")?;
     let tenant = entry.tenant.clone();
     let position = transmitter
@@ -260,15 +270,14 @@ async fn push_stream(
             }
             continue;
         }
-        if !lock.alive().await {
-            return Err("the delivery lock's connection was lost".into());
-        }
         let mut sets = Vec::new();
         for delivered in &events {
             sets.extend(walker.step(delivered));
         }
         for (_, claims) in &sets {
-            match hand(transmitter, id, claims, sequence).await? {
+            let control = claims["events"].get(uri::VERIFICATION).is_some()
+                || claims["events"].get(uri::STREAM_UPDATED).is_some();
+            match hand(transmitter, locks, lease, claims, control, sequence).await? {
                 Handed::Done => {}
                 Handed::Dropped => break,
             }
@@ -281,11 +290,13 @@ async fn push_stream(
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
-        transmitter
-            .store
-            .advance_ssf_position(id, &tenant, sequence, &[])
+        if !locks
+            .advance(lease, &tenant, sequence)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+        {
+            return Err("the delivery lock was lost".into());
+        }
         rollcall_telemetry::metrics::counter!("rollcall_ssf_events_total", "delivery" => "push")
             .increment(sets.len() as u64);
     }
@@ -293,13 +304,17 @@ async fn push_stream(
 }
 
 /// Posts one SET (of the event at `sequence`) until it is accepted or refused for good; holds
-/// while the stream is paused.
+/// while the stream is paused. A control SET (verification, stream-updated) is sent also
+/// while the stream is disabled. Stops if the lock no longer holds.
 async fn hand(
     transmitter: &Transmitter,
-    id: Uuid,
+    locks: &DeliveryLocks,
+    lease: &Lease,
     claims: &Value,
+    control: bool,
     sequence: u64,
 ) -> Result<Handed, String> {
+    let id = lease.stream;
     let mut backoff = FIRST_BACKOFF;
     let mut attempt: u32 = 0;
     // Whether this delivery paused the stream (once per stretch of being enabled).
@@ -313,8 +328,11 @@ async fn hand(
                 let _ = tokio::time::timeout(Duration::from_secs(1), version.changed()).await;
                 continue;
             }
-            Status::Disabled => return Ok(Handed::Dropped),
-            Status::Enabled => {}
+            Status::Disabled if !control => return Ok(Handed::Dropped),
+            Status::Disabled | Status::Enabled => {}
+        }
+        if !locks.holds(lease).await {
+            return Err("the delivery lock was lost".into());
         }
         let Delivery::Push {
             endpoint_url,

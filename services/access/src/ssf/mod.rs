@@ -15,7 +15,7 @@ pub mod keys;
 pub mod signals;
 pub mod streams;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -84,7 +84,6 @@ pub struct Inner {
     tokens: TokenVerifier,
     http: reqwest::Client,
     polls: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<Option<deliver::PollCursor>>>>>,
-    delivering: Mutex<HashSet<Uuid>>,
 }
 
 impl std::ops::Deref for Transmitter {
@@ -157,7 +156,6 @@ impl Transmitter {
             tokens: TokenVerifier::new(Scope::Ssf),
             http,
             polls: Mutex::default(),
-            delivering: Mutex::default(),
         })))
     }
 
@@ -251,12 +249,18 @@ impl Transmitter {
         }
     }
 
-    /// Starts a delivery for every push stream no process delivers, each under its lock. The
-    /// deliveries stop with it (they live in its task set).
+    /// Starts a delivery for every push stream no process delivers, each under its lock (all
+    /// on one connection of this task's). The deliveries and their locks end with this task.
+    /// A delivery that stopped on an error starts again after a pause that doubles, from 1 s
+    /// to a minute.
     async fn supervise(self) {
+        let locks = self.store.delivery_locks();
         let mut version = self.version.subscribe();
-        let mut tasks: tokio::task::JoinSet<Uuid> = tokio::task::JoinSet::new();
+        let mut tasks: tokio::task::JoinSet<Result<(), String>> = tokio::task::JoinSet::new();
+        let mut running: HashMap<tokio::task::Id, Uuid> = HashMap::new();
+        let mut pause: HashMap<Uuid, (tokio::time::Instant, Duration)> = HashMap::new();
         loop {
+            let now = tokio::time::Instant::now();
             for (id, entry) in self.streams(None) {
                 let push = entry.state.live().is_some_and(|live| {
                     matches!(
@@ -264,27 +268,18 @@ impl Transmitter {
                         rollcall_domain::ssf::Delivery::Push { .. }
                     )
                 });
-                let running = self
-                    .delivering
-                    .lock()
-                    .map(|d| d.contains(&id))
-                    .unwrap_or(true);
-                if !push || running {
+                let waiting = pause.get(&id).is_some_and(|(until, _)| *until > now);
+                if !push || waiting || running.values().any(|r| *r == id) {
                     continue;
                 }
-                match self.store.try_lock_delivery(id).await {
-                    Ok(Some(lock)) => {
-                        if let Ok(mut delivering) = self.delivering.lock() {
-                            delivering.insert(id);
-                        }
-                        let transmitter = self.clone();
-                        tasks.spawn(
-                            async move {
-                                deliver::push(transmitter, id, lock).await;
-                                id
-                            }
-                            .instrument(tracing::info_span!("ssf.push", stream = %id)),
+                match locks.try_lock(id).await {
+                    Ok(Some(lease)) => {
+                        let (transmitter, locks) = (self.clone(), locks.clone());
+                        let task = tasks.spawn(
+                            deliver::push(transmitter, locks, lease)
+                                .instrument(tracing::info_span!("ssf.push", stream = %id)),
                         );
+                        running.insert(task.id(), id);
                     }
                     Ok(None) => {}
                     Err(error) => {
@@ -293,14 +288,27 @@ impl Transmitter {
                 }
             }
             tokio::select! {
-                Some(Ok(id)) = tasks.join_next() => {
-                    if let Ok(mut delivering) = self.delivering.lock() {
-                        delivering.remove(&id);
+                Some(ended) = tasks.join_next_with_id() => {
+                    let (task, failed) = match ended {
+                        Ok((task, result)) => (task, result.is_err()),
+                        Err(error) => {
+                            warn!(error = %error, "a delivery task ended abnormally");
+                            (error.id(), true)
+                        }
+                    };
+                    if let Some(id) = running.remove(&task) {
+                        if failed {
+                            let wait = pause.get(&id).map_or(Duration::from_secs(1), |(_, w)| (*w * 2).min(Duration::from_secs(60)));
+                            pause.insert(id, (tokio::time::Instant::now() + wait, wait));
+                        } else {
+                            pause.remove(&id);
+                        }
                     }
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = version.changed() => {}
             }
+            pause.retain(|id, _| running.values().any(|r| r == id) || self.stream(*id).is_some());
         }
     }
 }

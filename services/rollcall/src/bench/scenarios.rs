@@ -661,10 +661,13 @@ async fn append_provisioned(
     Ok(())
 }
 
-/// `ssf`: from receiving the SCIM response to `PATCH active "False"` to a Shared Signals push
-/// receiver on loopback receiving that user's RISC `account-disabled` SET, per user, with a
-/// transmitting access service of the private installation. Counts users whose SET never came.
-pub async fn ssf(env: &BenchEnv, victims: usize) -> anyhow::Result<Measured> {
+/// `ssf`: a Shared Signals push receiver on loopback receiving a user's RISC
+/// `account-disabled` SET after `PATCH active "False"`, per user, with a transmitting access
+/// service of the private installation. Returns the time from sending the PATCH to the SET's
+/// arrival, and the time from receiving the SCIM response to the arrival (0 when the SET came
+/// first: it is sent from the event stream, before the read model's checkpoint the response
+/// waits for). Users whose SET never came count as errors.
+pub async fn ssf(env: &BenchEnv, victims: usize) -> anyhow::Result<(Measured, Measured)> {
     use axum::body::Bytes;
     use std::collections::HashMap;
     use tokio::sync::oneshot;
@@ -752,7 +755,7 @@ pub async fn ssf(env: &BenchEnv, victims: usize) -> anyhow::Result<Measured> {
     let (_, base, token) = client(env);
     let run = Uuid::new_v4().simple().to_string();
     let started = Instant::now();
-    let (mut latencies, mut errors) = (Vec::new(), 0u64);
+    let (mut latencies, mut after_response, mut errors) = (Vec::new(), Vec::new(), 0u64);
     for n in 0..victims {
         let email = format!("ssf{n}.{run}@bench.test");
         let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": email, "active": true,
@@ -780,6 +783,7 @@ pub async fn ssf(env: &BenchEnv, victims: usize) -> anyhow::Result<Measured> {
             waiting.insert(email.clone(), sender);
         }
         let body = patch(json!([{"op": "Replace", "path": "active", "value": "False"}]));
+        let sent = Instant::now();
         let response = http
             .patch(format!("{base}/Users/{id}"))
             .bearer_auth(&token)
@@ -793,7 +797,11 @@ pub async fn ssf(env: &BenchEnv, victims: usize) -> anyhow::Result<Measured> {
         }
         match tokio::time::timeout(Duration::from_secs(5), arrival).await {
             Ok(Ok(arrived)) => {
-                latencies.push(arrived.saturating_duration_since(answered).as_secs_f64() * 1_000.0)
+                let since = |instant: Instant| {
+                    arrived.saturating_duration_since(instant).as_secs_f64() * 1_000.0
+                };
+                latencies.push(since(sent));
+                after_response.push(since(answered));
             }
             _ => errors += 1,
         }
@@ -801,9 +809,9 @@ pub async fn ssf(env: &BenchEnv, victims: usize) -> anyhow::Result<Measured> {
     let _ = stop.send(());
     let _ = serving.await;
     receiving.abort();
-    Ok(summarize(
-        latencies,
-        errors,
-        started.elapsed().as_secs_f64(),
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((
+        summarize(latencies, errors, seconds),
+        summarize(after_response, errors, seconds),
     ))
 }
