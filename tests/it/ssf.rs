@@ -245,6 +245,8 @@ async fn start_with(change: impl FnOnce(&mut rollcall_access::ssf::SsfConfig)) -
     let mut env = TestEnv::start().await;
     env.restart_access_with(|config, addr| {
         config.ssf.public_url = Some(format!("http://{addr}").parse().unwrap());
+        // The tests' receivers listen on loopback.
+        config.ssf.allow_internal_endpoints = true;
         change(&mut config.ssf);
     })
     .await;
@@ -405,7 +407,7 @@ async fn discovery_names_the_tenants_issuer_and_endpoints_and_the_jwks_holds_an_
         .get()
         .unwrap()
         .keys()
-        .rotate()
+        .rotate(Duration::ZERO)
         .await
         .unwrap();
     assert_ne!(kid, first);
@@ -1184,6 +1186,11 @@ async fn bad_input_to_every_management_endpoint_is_a_clear_400_and_stores_nothin
             "/verify",
             json!({"stream_id": id, "extra": 1}),
         ),
+        (
+            reqwest::Method::POST,
+            "/subjects/remove",
+            json!({"stream_id": id, "subject": {"format": "phone_number", "phone_number": "+12065550100"}}),
+        ),
     ];
     for (method, path, body) in cases {
         let (status, answer) = ssf.call(method.clone(), path, Some(body.clone())).await;
@@ -1209,6 +1216,15 @@ async fn bad_input_to_every_management_endpoint_is_a_clear_400_and_stores_nothin
         .post(format!("{}/poll/{id}", ssf.endpoints))
         .bearer_auth(&ssf.token)
         .json(&json!({"maxEvents": "ten"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // An acknowledgement of something Rollcall never sent.
+    let response = reqwest::Client::new()
+        .post(format!("{}/poll/{id}", ssf.endpoints))
+        .bearer_auth(&ssf.token)
+        .json(&json!({"returnImmediately": true, "ack": ["bogus\u{0}"]}))
         .send()
         .await
         .unwrap();
@@ -1469,6 +1485,7 @@ async fn a_disabled_stream_drops_what_happens_meanwhile_and_a_removed_subject_ge
     assert_eq!(emails, ["seen@example.com", "seen@example.com"], "{sets:?}");
     // The other tenant's stream delivers (a verification reaches it), and nothing of this
     // tenant's ever did.
+    *stranger.audience.lock().unwrap() = created["aud"].as_str().unwrap().to_owned();
     let verified = reqwest::Client::new()
         .post(format!("{}/ssf/other/verify", ssf.env.access_base))
         .bearer_auth(&other_token)
@@ -1477,11 +1494,44 @@ async fn a_disabled_stream_drops_what_happens_meanwhile_and_a_removed_subject_ge
         .await
         .unwrap();
     assert_eq!(verified.status(), 204);
-    *stranger.audience.lock().unwrap() = created["aud"].as_str().unwrap().to_owned();
     stranger.wait_for(1).await;
     assert_eq!(
         stranger.events(),
         [uri::VERIFICATION],
         "another tenant's stream hears nothing else"
     );
+}
+
+#[tokio::test]
+async fn a_push_endpoint_on_an_internal_address_is_refused_unless_allowed() {
+    let ssf = start_with(|config| config.allow_internal_endpoints = false).await;
+    let head = ssf.env.head().await;
+    for endpoint in [
+        "http://127.0.0.1:9/events",
+        "https://127.0.0.1/events",
+        "https://10.1.2.3/events",
+        "https://169.254.169.254/latest",
+        "https://[::1]/events",
+        "https://[fd00::1]/events",
+        "https://localhost/events",
+        "http://receiver.example/events",
+    ] {
+        let (status, answer) = ssf
+            .call(
+                reqwest::Method::POST,
+                "/streams",
+                Some(json!({"delivery": {"method": rollcall_domain::ssf::PUSH, "endpoint_url": endpoint}})),
+            )
+            .await;
+        assert_eq!(status, 400, "{endpoint}: {answer}");
+    }
+    assert_eq!(ssf.env.head().await, head, "nothing was written");
+    let (status, _) = ssf
+        .call(
+            reqwest::Method::POST,
+            "/streams",
+            Some(json!({"delivery": {"method": rollcall_domain::ssf::PUSH, "endpoint_url": "https://receiver.example/events"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "a public https endpoint is fine");
 }

@@ -37,6 +37,40 @@ use uuid::Uuid;
 use super::signals::{self, uri, Signal, TenantFold};
 use super::Transmitter;
 
+/// Attempts of a SET refused with a code that may pass later (`invalid_key`, …).
+const REFUSAL_ATTEMPTS: u32 = 10;
+/// The registered RFC 8935 error codes (any other is counted as `other`).
+const REFUSALS: [&str; 6] = [
+    "invalid_request",
+    "invalid_key",
+    "invalid_issuer",
+    "invalid_audience",
+    "authentication_failed",
+    "access_denied",
+];
+
+/// The RFC 8935 error code of a `400`, from at most 4 KiB of its body.
+async fn refusal_code(mut response: reqwest::Response) -> &'static str {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > 4096 {
+            break;
+        }
+    }
+    let code = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|body| body["err"].as_str().map(str::to_owned));
+    match code {
+        Some(code) => REFUSALS
+            .iter()
+            .find(|known| **known == code)
+            .copied()
+            .unwrap_or("other"),
+        None => "none",
+    }
+}
+
 /// The longest pause between two attempts of one SET.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The first pause.
@@ -202,11 +236,12 @@ async fn tenant_events(
     Ok((messages, pending))
 }
 
-/// The stream's status as this replica's catalog has it now (`None`: deleted or unknown).
-fn live_status(transmitter: &Transmitter, id: Uuid) -> Option<(Status, StreamSpec)> {
+/// The stream's status, configuration and tenant as this replica's catalog has them now
+/// (`None`: deleted or unknown).
+fn live_status(transmitter: &Transmitter, id: Uuid) -> Option<(Status, StreamSpec, String)> {
     let entry = transmitter.stream(id)?;
     let live = entry.state.live()?;
-    Some((live.status, live.spec.clone()))
+    Some((live.status, live.spec.clone(), entry.tenant.clone()))
 }
 
 /// Delivers push stream `lease.stream` while this process holds its lock, then gives the lock
@@ -320,7 +355,8 @@ async fn hand(
     // Whether this delivery paused the stream (once per stretch of being enabled).
     let mut paused = false;
     loop {
-        let (status, spec) = live_status(transmitter, id).ok_or("the stream was deleted")?;
+        let (status, spec, tenant) =
+            live_status(transmitter, id).ok_or("the stream was deleted")?;
         match status {
             Status::Paused => {
                 paused = false;
@@ -357,35 +393,45 @@ async fn hand(
         let failure = match request.send().await {
             Ok(response) if response.status().is_success() => return Ok(Handed::Done),
             Ok(response) if response.status() == reqwest::StatusCode::BAD_REQUEST => {
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                let code = body["err"].as_str().unwrap_or("none").to_owned();
-                rollcall_telemetry::metrics::counter!("rollcall_ssf_refused_total", "err" => code.clone())
+                let code = refusal_code(response).await;
+                rollcall_telemetry::metrics::counter!("rollcall_ssf_refused_total", "err" => code)
                     .increment(1);
-                warn!(stream = %id, jti = claims["jti"].as_str().unwrap_or_default(), err = %code, "the receiver refused a SET (400); it is not sent again");
-                return Ok(Handed::Done);
+                let jti = claims["jti"].as_str().unwrap_or_default();
+                // A key or issuer the receiver does not know yet (a rotation it has not
+                // fetched, a configuration being fixed) is worth a few more attempts; any other
+                // refusal is final (RFC 8935).
+                let transient = matches!(
+                    code,
+                    "invalid_key" | "invalid_issuer" | "authentication_failed" | "access_denied"
+                );
+                if !transient || attempt >= REFUSAL_ATTEMPTS {
+                    warn!(stream = %id, jti, err = code, attempt, "the receiver refused a SET (400); it is not sent again");
+                    return Ok(Handed::Done);
+                }
+                format!("the receiver refused it with {code}")
             }
             Ok(response) => format!("the receiver answered {}", response.status()),
             Err(error) => format!("the receiver could not be reached: {}", without_url(&error)),
         };
         attempt += 1;
-        // How far delivery is behind the event stream's head now.
-        let behind = transmitter
-            .log
-            .head()
-            .await
-            .unwrap_or(sequence)
-            .saturating_sub(sequence);
         if attempt == 1 || attempt.is_power_of_two() {
-            warn!(stream = %id, attempt, behind, error = %failure, "a SET was not delivered; retrying");
+            warn!(stream = %id, attempt, error = %failure, "a SET was not delivered; retrying");
         }
-        if behind > transmitter.config.max_backlog && !paused {
-            paused = true;
-            let reason = format!(
-                "the receiver was unreachable while {behind} events waited, more than the {} Rollcall holds for it ({failure}); resume the stream once it is back",
-                transmitter.config.max_backlog
-            );
-            pause(transmitter, id, reason).await;
-            continue;
+        if !paused {
+            // How far delivery is behind: the tenant's events after this one.
+            let behind = tenant_events(&transmitter.log, &tenant, sequence)
+                .await
+                .map(|(_, pending)| pending)
+                .unwrap_or(0);
+            if behind > transmitter.config.max_backlog {
+                paused = true;
+                let reason = format!(
+                    "the receiver was unreachable while {behind} events waited, more than the {} Rollcall holds for a stream; resume the stream once it is back",
+                    transmitter.config.max_backlog
+                );
+                pause(transmitter, id, reason).await;
+                continue;
+            }
         }
         let jitter = u64::from(random_byte()) * backoff.as_millis() as u64 / 512;
         tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
@@ -459,12 +505,11 @@ pub struct PollCursor {
 
 /// A poll request (RFC 8936 §2.4).
 #[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PollRequest {
     /// How many SETs at most.
     #[serde(default, rename = "maxEvents")]
     pub max_events: Option<u32>,
-    /// Answer at once even with nothing to return (default true? RFC: false means long poll).
+    /// Answer at once even with nothing to return (false: wait for SETs, a long poll).
     #[serde(default, rename = "returnImmediately")]
     pub return_immediately: bool,
     /// SETs acknowledged.
@@ -556,7 +601,7 @@ pub async fn poll(
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let status = live_status(transmitter, id).map(|(status, _)| status);
+        let status = live_status(transmitter, id).map(|(status, ..)| status);
         let mut more = false;
         if status == Some(Status::Enabled) || status == Some(Status::Disabled) {
             more = fill(transmitter, tenant, current, &acknowledged, limit).await?;

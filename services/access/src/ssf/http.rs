@@ -34,6 +34,8 @@ use super::streams::{self, ChangeError, Entry};
 use super::Transmitter;
 use crate::Access;
 
+/// How many subjects one stream may leave out.
+pub const MAX_REMOVED_SUBJECTS: usize = 1000;
 /// How many live streams a tenant may have.
 pub const MAX_STREAMS: usize = 50;
 const MAX_URL: usize = 2048;
@@ -132,6 +134,7 @@ async fn receiver(
     headers: &HeaderMap,
     tenant: &str,
 ) -> Result<TokenInfo, SsfError> {
+    valid_tenant(tenant)?;
     let unauthorized = || {
         SsfError::new(
             StatusCode::UNAUTHORIZED,
@@ -218,7 +221,27 @@ pub async fn discovery(
     .into_response())
 }
 
+/// A tenant name as Rollcall names tenants; anything else is not one (`404`, without asking
+/// the database).
+fn valid_tenant(tenant: &str) -> Result<(), SsfError> {
+    let plausible = !tenant.is_empty()
+        && tenant.len() <= 128
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if plausible {
+        Ok(())
+    } else {
+        Err(SsfError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such tenant",
+        ))
+    }
+}
+
 async fn known_tenant(transmitter: &Transmitter, tenant: &str) -> Result<(), SsfError> {
+    valid_tenant(tenant)?;
     let known = transmitter
         .store
         .tenant_exists(tenant)
@@ -245,7 +268,7 @@ pub async fn jwks(
     let mut response = Json(transmitter.keys().signer().jwks().clone()).into_response();
     response.headers_mut().insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
+        HeaderValue::from_static("public, max-age=60"),
     );
     Ok(response)
 }
@@ -313,17 +336,30 @@ fn texts(value: &Value, field: &str, max_items: usize) -> Result<Vec<String>, Ss
 }
 
 /// Checks a push endpoint: an absolute `https` URL (`http` only on loopback).
-fn endpoint(value: &Value) -> Result<String, SsfError> {
+fn endpoint(transmitter: &Transmitter, value: &Value) -> Result<String, SsfError> {
     let text = text(value, "delivery.endpoint_url", MAX_URL)?;
     let url = url::Url::parse(&text)
         .map_err(|_| SsfError::bad("delivery.endpoint_url must be an absolute URL"))?;
-    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    let internal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => super::is_internal(ip.into()),
+        Some(url::Host::Ipv6(ip)) => super::is_internal(ip.into()),
+        Some(url::Host::Domain(name)) => {
+            name.eq_ignore_ascii_case("localhost") || name.ends_with(".localhost")
+        }
+        None => true,
+    };
+    let allowed = transmitter.config.allow_internal_endpoints;
+    if internal && !allowed {
+        return Err(SsfError::bad(
+            "delivery.endpoint_url names a loopback, private or link-local address; receivers are reached on public addresses (ROLLCALL_SSF_ALLOW_INTERNAL_ENDPOINTS allows others)",
+        ));
+    }
     match url.scheme() {
         "https" => {}
-        "http" if loopback => {}
+        "http" if internal && allowed => {}
         _ => {
             return Err(SsfError::bad(
-                "delivery.endpoint_url must be https (http only on loopback)",
+                "delivery.endpoint_url must be https (http only to internal addresses, where they are allowed)",
             ))
         }
     }
@@ -333,6 +369,14 @@ fn endpoint(value: &Value) -> Result<String, SsfError> {
         ));
     }
     Ok(text)
+}
+
+/// Whether two URLs have the same scheme, host and port.
+fn same_origin(a: &str, b: &str) -> bool {
+    match (url::Url::parse(a), url::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
+    }
 }
 
 /// The fields a receiver sends; transmitter-supplied ones are accepted and ignored.
@@ -412,15 +456,20 @@ fn read_spec(
             .unwrap_or_else(|| rollcall_domain::ssf::POLL.to_owned());
         spec.delivery = match method.as_str() {
             rollcall_domain::ssf::PUSH => {
-                let endpoint_url =
-                    endpoint(delivery.get("endpoint_url").ok_or_else(|| {
+                let endpoint_url = endpoint(
+                    transmitter,
+                    delivery.get("endpoint_url").ok_or_else(|| {
                         SsfError::bad("push delivery needs delivery.endpoint_url")
-                    })?)?;
+                    })?,
+                )?;
+                // The header is kept only for the same receiver: never sent to another origin.
                 let kept = match &base.delivery {
                     Delivery::Push {
                         authorization_sealed,
-                        ..
-                    } if !replace => authorization_sealed.clone(),
+                        endpoint_url: before,
+                    } if !replace && same_origin(before, &endpoint_url) => {
+                        authorization_sealed.clone()
+                    }
                     _ => None,
                 };
                 let authorization_sealed = match delivery.get("authorization_header") {
@@ -719,8 +768,14 @@ fn subject(value: Option<&Value>) -> Result<Value, SsfError> {
     let subject = value
         .filter(|s| s.is_object())
         .ok_or_else(|| SsfError::bad("subject must be an object with a format"))?;
-    if !subject["format"].is_string() {
-        return Err(SsfError::bad("subject.format is required"));
+    match subject["format"].as_str() {
+        Some("email" | "iss_sub") => {}
+        Some(other) => {
+            return Err(SsfError::bad(format!(
+                "subject format {other:?} is not one Rollcall names people by: use email or iss_sub"
+            )))
+        }
+        None => return Err(SsfError::bad("subject.format is required")),
     }
     fn clean(value: &Value) -> bool {
         match value {
@@ -763,6 +818,12 @@ async fn subjects(
     let id = stream_id(body.get("stream_id").and_then(Value::as_str))?;
     let subject = subject(body.get("subject"))?;
     let entry = own_stream(transmitter, &tenant, id)?;
+    let removed = entry.state.live().map_or(0, |live| live.removed.len());
+    if !add && removed >= MAX_REMOVED_SUBJECTS {
+        return Err(SsfError::bad(format!(
+            "the stream leaves out {removed} subjects already, the most Rollcall keeps"
+        )));
+    }
     let command = if add {
         StreamCommand::AddSubject(subject)
     } else {
@@ -881,13 +942,16 @@ pub async fn poll(
     if request.ack.len() + request.set_errs.len() > 10_000 {
         return Err(SsfError::bad("acknowledge at most 10000 SETs per poll"));
     }
-    if request
+    if let Some(jti) = request
         .ack
         .iter()
         .chain(request.set_errs.keys())
-        .any(|jti| jti.len() > 128)
+        .find(|jti| jti.len() != 32 || !jti.bytes().all(|b| b.is_ascii_hexdigit()))
     {
-        return Err(SsfError::bad("a jti is longer than 128 bytes"));
+        return Err(SsfError::bad(format!(
+            "{:?} is not the jti of a SET Rollcall sent",
+            jti.chars().take(64).collect::<String>()
+        )));
     }
     let (sets, more) = deliver::poll(transmitter, id, &tenant, request, deliver::LONG_POLL)
         .await

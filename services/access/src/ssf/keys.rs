@@ -4,10 +4,12 @@
 //! - Generated once, by the first process that needs it: created only if absent in the secrets
 //!   bucket `<namespace>_secrets` (key `ssf-keys`), sealed under the installation's KEK like
 //!   the session keys ([`crate::keys::seal`]).
-//! - The newest key signs. [`SigningKeys::rotate`] adds a key that signs at once (receivers
-//!   fetch the JWKS again when they meet an unknown `kid`); older keys stay in the JWKS for
-//!   [`RETIRED_PUBLISHED`] after they stop signing (SETs are signed when delivered, so nothing
-//!   signed by them is still on its way after that) and are dropped at a later rotation.
+//! - [`SigningKeys::rotate`] adds a key that is published at once and signs after a delay
+//!   (by default [`DEFAULT_ACTIVATION`], longer than the JWKS may be cached and than replicas
+//!   take to follow), so that no receiver meets a `kid` it cannot fetch yet; older keys stay in
+//!   the JWKS for [`RETIRED_PUBLISHED`] after they stop signing (SETs are signed when
+//!   delivered, so nothing signed by them is still on its way after that) and are dropped at a
+//!   later rotation.
 //! - Every replica follows the bucket and signs with a rotated set moments after it is stored.
 //!
 //! Private keys never appear in logs, errors or `Debug` output.
@@ -37,6 +39,9 @@ pub const SSF_KEYS: &str = "ssf-keys";
 const SCHEMA: &str = "rollcall.ssf-keys.v1";
 /// RSA modulus size (the CAEP interoperability profile asks for at least 2048 bits).
 const BITS: usize = 2048;
+/// How long after a rotation the new key signs, unless told otherwise: the JWKS is cacheable
+/// for 60 s.
+pub const DEFAULT_ACTIVATION: Duration = Duration::from_secs(120);
 /// How long a key that stopped signing stays in the JWKS.
 pub const RETIRED_PUBLISHED: Duration = Duration::from_secs(24 * 3600);
 const ATTEMPTS: usize = 8;
@@ -53,9 +58,9 @@ struct StoredKey {
     private: String,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
-    /// When it stopped signing (a newer key took over).
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    retired_at: Option<OffsetDateTime>,
+    /// From when it signs (until a later key does); published in the JWKS from its creation.
+    #[serde(with = "time::serde::rfc3339")]
+    signs_from: OffsetDateTime,
 }
 
 /// The key set as sealed.
@@ -73,7 +78,7 @@ impl std::fmt::Debug for KeySet {
     }
 }
 
-fn generate(now: OffsetDateTime) -> Result<StoredKey, KeysError> {
+fn generate(now: OffsetDateTime, signs_from: OffsetDateTime) -> Result<StoredKey, KeysError> {
     let key = RsaPrivateKey::new(&mut rsa::rand_core::OsRng, BITS)
         .map_err(|e| KeysError::Kek(format!("generating an RSA key: {e}")))?;
     let der = key
@@ -91,7 +96,7 @@ fn generate(now: OffsetDateTime) -> Result<StoredKey, KeysError> {
         ),
         private: BASE64.encode(der.as_bytes()),
         created_at: now,
-        retired_at: None,
+        signs_from,
     })
 }
 
@@ -99,7 +104,7 @@ impl KeySet {
     fn generate(now: OffsetDateTime) -> Result<Self, KeysError> {
         Ok(Self {
             schema: SCHEMA.into(),
-            keys: vec![generate(now)?],
+            keys: vec![generate(now, now)?],
         })
     }
 
@@ -121,19 +126,22 @@ impl KeySet {
         Ok(set)
     }
 
-    /// A new key signs from now; retired keys past [`RETIRED_PUBLISHED`] are dropped.
-    fn rotated(&self, now: OffsetDateTime) -> Result<Self, KeysError> {
+    /// A new key, published now, signs from `now + activate_in` (so that receivers' cached
+    /// JWKS and every replica have it first); keys that stopped signing more than
+    /// [`RETIRED_PUBLISHED`] ago are dropped.
+    fn rotated(&self, now: OffsetDateTime, activate_in: Duration) -> Result<Self, KeysError> {
         let cutoff = now - RETIRED_PUBLISHED;
-        let mut keys: Vec<StoredKey> = self
-            .keys
-            .iter()
-            .filter(|key| key.retired_at.is_none_or(|at| at > cutoff))
-            .cloned()
-            .collect();
-        for key in &mut keys {
-            key.retired_at.get_or_insert(now);
+        let mut keys: Vec<StoredKey> = Vec::new();
+        for (index, key) in self.keys.iter().enumerate() {
+            // A key stopped signing when the next one started.
+            let retired = self.keys.get(index + 1).map(|next| next.signs_from);
+            if retired.is_none_or(|at| at > cutoff) {
+                keys.push(key.clone());
+            }
         }
-        keys.push(generate(now)?);
+        let signs_from =
+            now + time::Duration::try_from(activate_in).unwrap_or(time::Duration::ZERO);
+        keys.push(generate(now, signs_from)?);
         Ok(Self {
             schema: SCHEMA.into(),
             keys,
@@ -142,7 +150,7 @@ impl KeySet {
 
     fn signer(&self) -> Result<Signer, KeysError> {
         let mut jwks = Vec::new();
-        let mut signing = None;
+        let mut keys = Vec::new();
         for key in &self.keys {
             let der = BASE64.decode(&key.private).map_err(|_| {
                 KeysError::Corrupt(format!("{SSF_KEYS}: key {} is not base64", key.kid))
@@ -158,37 +166,49 @@ impl KeySet {
                 "n": BASE64URL.encode(private.n().to_bytes_be()),
                 "e": BASE64URL.encode(private.e().to_bytes_be()),
             }));
-            if key.retired_at.is_none() {
-                signing = Some((key.kid.clone(), EncodingKey::from_rsa_der(&der)));
-            }
+            keys.push((
+                key.kid.clone(),
+                key.signs_from,
+                EncodingKey::from_rsa_der(&der),
+            ));
         }
-        let (kid, key) =
-            signing.ok_or_else(|| KeysError::Corrupt(format!("{SSF_KEYS}: no key signs")))?;
+        if keys.is_empty() {
+            return Err(KeysError::Corrupt(format!("{SSF_KEYS}: no key")));
+        }
         Ok(Signer {
-            kid,
-            key,
+            keys,
             jwks: json!({ "keys": jwks }),
         })
     }
 }
 
-/// The key that signs now and the JWKS to publish.
+/// The keys that sign (each from its instant on) and the JWKS to publish.
 pub struct Signer {
-    kid: String,
-    key: EncodingKey,
+    /// Oldest first: (kid, signs from, key).
+    keys: Vec<(String, OffsetDateTime, EncodingKey)>,
     jwks: Value,
 }
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("kid", &self.kid).finish()
+        f.debug_struct("Signer").field("kid", &self.kid()).finish()
     }
 }
 
 impl Signer {
-    /// The signing key's id.
+    /// The key that signs now: the newest whose instant has come (the oldest before any has).
+    fn now(&self) -> Option<&(String, OffsetDateTime, EncodingKey)> {
+        let now = OffsetDateTime::now_utc();
+        self.keys
+            .iter()
+            .rev()
+            .find(|(_, from, _)| *from <= now)
+            .or(self.keys.first())
+    }
+
+    /// The id of the key that signs now.
     pub fn kid(&self) -> &str {
-        &self.kid
+        self.now().map_or("", |(kid, ..)| kid)
     }
 
     /// The public keys, as a JWKS document.
@@ -196,12 +216,13 @@ impl Signer {
         &self.jwks
     }
 
-    /// Signs `claims` as a SET: RS256, `typ` `secevent+jwt`, this key's `kid`.
+    /// Signs `claims` as a SET: RS256, `typ` `secevent+jwt`, the signing key's `kid`.
     pub fn sign(&self, claims: &Value) -> Result<String, String> {
+        let (kid, _, key) = self.now().ok_or("no signing key")?;
         let mut header = Header::new(Algorithm::RS256);
         header.typ = Some("secevent+jwt".into());
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| e.to_string())
+        header.kid = Some(kid.clone());
+        jsonwebtoken::encode(&header, claims, key).map_err(|e| e.to_string())
     }
 }
 
@@ -273,15 +294,16 @@ impl SigningKeys {
             .unwrap_or_else(|poisoned| poisoned.into_inner().1.clone())
     }
 
-    /// Adds a key that signs from now; returns its id. Compare-and-set on the bucket's
-    /// revision, so a concurrent rotation is redone on top of the other.
+    /// Adds a key, published at once, that signs after `activate_in`; returns its id.
+    /// Compare-and-set on the bucket's revision, so a concurrent rotation is redone on top of
+    /// the other.
     #[instrument(skip_all, err)]
-    pub async fn rotate(&self) -> Result<String, KeysError> {
+    pub async fn rotate(&self, activate_in: Duration) -> Result<String, KeysError> {
         for _ in 0..ATTEMPTS {
             let (set, revision) = read(&self.bucket, &self.kek, &self.namespace)
                 .await?
                 .ok_or_else(|| KeysError::Absent(secrets_bucket(&self.namespace)))?;
-            let rotated = set.rotated(OffsetDateTime::now_utc())?;
+            let rotated = set.rotated(OffsetDateTime::now_utc(), activate_in)?;
             let signer = rotated.signer()?;
             match self
                 .bucket
@@ -293,7 +315,11 @@ impl SigningKeys {
                 .await
             {
                 Ok(revision) => {
-                    let kid = signer.kid().to_owned();
+                    let kid = rotated
+                        .keys
+                        .last()
+                        .map(|k| k.kid.clone())
+                        .unwrap_or_default();
                     self.replace(revision, signer);
                     info!(kid = %kid, keys = rotated.keys.len(), "Shared Signals signing key rotated");
                     return Ok(kid);
@@ -368,23 +394,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_rotation_signs_with_the_new_key_and_keeps_the_old_one_published_for_a_while() {
+    fn a_rotation_publishes_the_new_key_first_then_signs_with_it_and_drops_the_old_one_later() {
         let start = OffsetDateTime::now_utc();
         let set = KeySet::generate(start).expect("generated");
         let first = set.signer().expect("signs").kid().to_owned();
-        let rotated = set.rotated(start).expect("rotated");
-        let signer = rotated.signer().expect("signs");
-        assert_ne!(signer.kid(), first);
+        // Published now, signing in a minute: the old key still signs.
+        let pending = set
+            .rotated(start, Duration::from_secs(60))
+            .expect("rotated");
+        let signer = pending.signer().expect("signs");
+        assert_eq!(signer.kid(), first);
         let published: Vec<&str> = signer.jwks()["keys"]
             .as_array()
             .expect("keys")
             .iter()
             .filter_map(|key| key["kid"].as_str())
             .collect();
-        assert_eq!(published, [first.as_str(), signer.kid()]);
-        // A day later, the next rotation drops the retired key.
+        let second = pending.keys[1].kid.clone();
+        assert_eq!(published, [first.as_str(), second.as_str()]);
+        // Signing at once.
+        let rotated = set.rotated(start, Duration::ZERO).expect("rotated");
+        assert_ne!(rotated.signer().expect("signs").kid(), first);
+        // A day after it stopped signing, the next rotation drops the old key.
         let later = rotated
-            .rotated(start + RETIRED_PUBLISHED + time::Duration::seconds(1))
+            .rotated(
+                start + RETIRED_PUBLISHED + time::Duration::seconds(1),
+                Duration::ZERO,
+            )
             .expect("rotated");
         assert_eq!(later.keys.len(), 2);
         assert!(later.keys.iter().all(|key| key.kid != first));

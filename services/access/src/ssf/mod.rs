@@ -54,6 +54,14 @@ pub struct SsfConfig {
         default_value_t = 30
     )]
     pub min_verification_interval: u64,
+    /// Let push streams deliver to loopback, private and link-local addresses (and over
+    /// plain http there). Off, a receiver cannot make Rollcall post into its own network.
+    #[arg(
+        long = "ssf-allow-internal-endpoints",
+        env = "ROLLCALL_SSF_ALLOW_INTERNAL_ENDPOINTS",
+        default_value_t = false
+    )]
+    pub allow_internal_endpoints: bool,
 }
 
 impl Default for SsfConfig {
@@ -62,7 +70,53 @@ impl Default for SsfConfig {
             public_url: None,
             max_backlog: 100_000,
             min_verification_interval: 30,
+            allow_internal_endpoints: false,
         }
+    }
+}
+
+/// Whether an address is not one a receiver on the internet has: loopback, private,
+/// link-local, carrier-grade NAT, unspecified, broadcast, unique-local.
+pub fn is_internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || a == 0
+                || (a == 100 && (b & 0xc0) == 64)
+        }
+        std::net::IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(v4.into()))
+        }
+    }
+}
+
+/// Resolves receivers' host names to public addresses only.
+#[derive(Debug)]
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|address| !is_internal(address.ip()))
+                .collect();
+            if addresses.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -126,6 +180,11 @@ impl Transmitter {
                 "ROLLCALL_SSF_PUBLIC_URL must be an http(s) URL, not {url}"
             ));
         }
+        if url.path() != "/" || url.query().is_some() {
+            return Err(format!(
+                "ROLLCALL_SSF_PUBLIC_URL must be an origin without a path (https://access.example.com), not {url}: discovery is served at <origin>/.well-known/ssf-configuration/<tenant>"
+            ));
+        }
         let base = url.as_str().trim_end_matches('/').to_owned();
         let keys = SigningKeys::load(client, log.namespace(), kek.clone())
             .await
@@ -137,11 +196,15 @@ impl Transmitter {
                 .map_err(|e| format!("reading the SSF streams: {e}"))?;
             catalog
         };
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| e.to_string())?;
+            .redirect(reqwest::redirect::Policy::none());
+        if !config.allow_internal_endpoints {
+            // Names that resolve to internal addresses are not connected to (an address in
+            // the URL itself is refused when the stream is configured).
+            http = http.dns_resolver(Arc::new(PublicOnly));
+        }
+        let http = http.build().map_err(|e| e.to_string())?;
         let version = catalog.version();
         info!(issuer_base = %base, streams = catalog.live(None).count(), "Shared Signals transmitter ready");
         Ok(Self(Arc::new(Inner {

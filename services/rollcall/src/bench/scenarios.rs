@@ -714,6 +714,8 @@ pub async fn ssf(env: &BenchEnv, victims: usize) -> anyhow::Result<(Measured, Me
     let config = rollcall_access::Config {
         ssf: rollcall_access::ssf::SsfConfig {
             public_url: Some(access_base.parse()?),
+            // The receiver listens on loopback.
+            allow_internal_endpoints: true,
             ..Default::default()
         },
         ..Default::default()

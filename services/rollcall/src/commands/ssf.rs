@@ -96,8 +96,12 @@ pub enum StreamsCommand {
 /// `rollcall ssf keys …`
 #[derive(Debug, Subcommand)]
 pub enum SsfKeysCommand {
-    /// Adds a signing key that signs from now on; the previous keys stay in the JWKS for a day.
+    /// Adds a signing key: published in the JWKS at once, signing after --activate-in (so that
+    /// receivers' cached JWKS hold it first); the previous key stays published for a day after.
     Rotate {
+        /// Seconds until the new key signs.
+        #[arg(long, default_value_t = 120)]
+        activate_in: u64,
         #[command(flatten)]
         kek: rollcall_access::keys::KekConfig,
     },
@@ -108,7 +112,7 @@ pub async fn run(common: Common, command: SsfCommand) -> anyhow::Result<()> {
     match command {
         SsfCommand::Streams { command } => run_streams(common, command).await,
         SsfCommand::Keys {
-            command: SsfKeysCommand::Rotate { kek },
+            command: SsfKeysCommand::Rotate { kek, activate_in },
         } => {
             let (client, log) = connect_nats(&common).await?;
             let store = if kek.is_configured() {
@@ -119,10 +123,10 @@ pub async fn run(common: Common, command: SsfCommand) -> anyhow::Result<()> {
             let kek = rollcall_access::keys::Kek::existing(&kek, store.as_ref()).await?;
             let keys = rollcall_access::ssf::keys::SigningKeys::load(&client, log.namespace(), kek)
                 .await?;
-            let kid = keys.rotate().await?;
-            println!(
-                "rotated: key {kid} signs from now; every access replica follows within moments"
-            );
+            let kid = keys
+                .rotate(std::time::Duration::from_secs(activate_in))
+                .await?;
+            println!("rotated: key {kid} is published now and signs in {activate_in} s; every access replica follows within moments");
             Ok(())
         }
         SsfCommand::Receive {
