@@ -497,7 +497,7 @@ async fn pause(transmitter: &Transmitter, id: Uuid, reason: String) {
 pub struct PollCursor {
     position: u64,
     walker: Walker,
-    /// Events after the position, each with its SETs, in order.
+    /// Events after the position, each with its SETs, in order (at most [`MAX_BUFFERED`]).
     buffer: VecDeque<(u64, Vec<Unsigned>)>,
     /// The last sequence walked.
     read: u64,
@@ -519,6 +519,9 @@ pub struct PollRequest {
     #[serde(default, rename = "setErrs")]
     pub set_errs: serde_json::Map<String, Value>,
 }
+
+/// How many events a poll cursor holds beyond its position at most.
+const MAX_BUFFERED: usize = 10_000;
 
 /// How many SETs one poll returns at most.
 const MAX_EVENTS: usize = 1000;
@@ -548,7 +551,6 @@ pub async fn poll(
         let mut polls = transmitter.polls.lock().map_err(|_| "poisoned")?;
         polls.entry(id).or_default().clone()
     };
-    let mut cursor = slot.lock().await;
     let limit = request
         .max_events
         .map_or(MAX_EVENTS, |n| (n as usize).min(MAX_EVENTS));
@@ -570,14 +572,28 @@ pub async fn poll(
                     .map_err(|e| e.to_string())?,
             )
         };
+        // The cursor is held while this poll looks, not while it waits.
+        let mut cursor = slot.lock().await;
         let entry = transmitter.stream(id).ok_or("the stream was deleted")?;
         let stored = store
             .ssf_position(id)
             .await
             .map_err(|e| e.to_string())?
             .unwrap_or(entry.created);
-        if cursor.as_ref().is_none_or(|c| c.position != stored) {
-            *cursor = Some(walk_to(transmitter, id, tenant, stored).await?);
+        match cursor.as_mut() {
+            Some(current) if current.position == stored => {}
+            // Another replica moved the position within what this cursor has read: skip to it.
+            Some(current) if current.position < stored && stored <= current.read => {
+                while current
+                    .buffer
+                    .front()
+                    .is_some_and(|(sequence, _)| *sequence <= stored)
+                {
+                    current.buffer.pop_front();
+                }
+                current.position = stored;
+            }
+            _ => *cursor = Some(walk_to(transmitter, id, tenant, stored).await?),
         }
         let Some(current) = cursor.as_mut() else {
             return Err("no cursor".into());
@@ -624,11 +640,15 @@ pub async fn poll(
             }
             return Ok((sets, more || waiting.len() > limit));
         }
-        // Long poll: wait for the tenant's next event (or a status change) until the deadline.
+        drop(cursor);
+        // Long poll: wait for the tenant's next event (or a status change) until the deadline;
+        // look again at least every second (an event can be announced before the stream
+        // serves it).
         let now = tokio::time::Instant::now();
         match wake.as_mut() {
             Some(wake) if now < deadline => {
-                let _ = tokio::time::timeout(deadline - now, wake.next()).await;
+                let slice = (deadline - now).min(Duration::from_secs(1));
+                let _ = tokio::time::timeout(slice, wake.next()).await;
             }
             _ => return Ok((Vec::new(), false)),
         }
@@ -706,6 +726,9 @@ async fn fill(
         cursor.buffer.push_back((info.stream_sequence, sets));
         if info.pending == 0 {
             return Ok(false);
+        }
+        if cursor.buffer.len() >= MAX_BUFFERED {
+            return Ok(true);
         }
         if waiting(cursor) >= limit.max(1) {
             return Ok(true);

@@ -300,6 +300,12 @@ impl Transmitter {
                         let sequence = info.stream_sequence;
                         if let Ok(mut catalog) = self.catalog.write() {
                             streams::fold(&mut catalog, &message, sequence);
+                            // Poll cursors of deleted streams go (on every replica).
+                            if let Ok(mut polls) = self.polls.lock() {
+                                polls.retain(|id, _| {
+                                    catalog.get(*id).is_some_and(|e| e.state.live().is_some())
+                                });
+                            }
                         }
                         self.version.send_replace(sequence);
                     }
