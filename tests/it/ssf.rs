@@ -1535,3 +1535,143 @@ async fn a_push_endpoint_on_an_internal_address_is_refused_unless_allowed() {
         .await;
     assert_eq!(status, 201, "a public https endpoint is fine");
 }
+
+/// The access service of [`a_process_killed_while_delivering_leaves_its_streams_to_another`]:
+/// transmits Shared Signals for the installation the parent names, prints its address, and
+/// serves until it is killed.
+#[tokio::test]
+#[ignore = "started by a_process_killed_while_delivering_leaves_its_streams_to_another"]
+async fn child_transmitting_access_process() {
+    let Ok(spec) = std::env::var("ROLLCALL_IT_CHILD_SSF") else {
+        return;
+    };
+    let mut parts = spec.split('|');
+    let (database_url, namespace, policies) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let client = rollcall_eventlog::connect(&rollcall_it::nats_url(), "rollcall-test-child")
+        .await
+        .unwrap();
+    let namespace = rollcall_eventlog::Namespace::new(namespace).unwrap();
+    let log = rollcall_eventlog::EventLog::open(client.clone(), namespace.clone())
+        .await
+        .unwrap();
+    let store = rollcall_store::Store::connect(database_url).await.unwrap();
+    let listener = rollcall_it::loopback().await;
+    let addr = listener.local_addr().unwrap();
+    let mut config = rollcall_it::access_config(std::path::Path::new(policies));
+    config.ssf.public_url = Some(format!("http://{addr}").parse().unwrap());
+    config.ssf.allow_internal_endpoints = true;
+    let access = rollcall_access::Access::from_installation(config, &client, &log, Some(&store))
+        .await
+        .unwrap();
+    println!("ADDR {addr}");
+    rollcall_access::serve(listener, access, client, namespace, std::future::pending())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_process_killed_while_delivering_leaves_its_streams_to_another() {
+    use tokio::io::AsyncBufReadExt;
+    let mut env = TestEnv::start().await;
+    // Only the child transmits at first: it takes the stream.
+    let mut child = tokio::process::Command::from(rollcall_it::child_test(
+        "ssf::child_transmitting_access_process",
+    ))
+    .env(
+        "ROLLCALL_IT_CHILD_SSF",
+        format!(
+            "{}|{}|{}",
+            env.database_url,
+            env.namespace,
+            env.policy_file.display()
+        ),
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .kill_on_drop(true)
+    .spawn()
+    .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            // libtest prints the test's name on the same line first.
+            if let Some((_, addr)) = line.split_once("ADDR ") {
+                return addr.trim().to_owned();
+            }
+        }
+        panic!("the child process ended without serving");
+    })
+    .await
+    .expect("the child process serves");
+    let base = format!("http://{addr}");
+    let token = env
+        .store
+        .create_token("test", Scope::Ssf, None)
+        .await
+        .unwrap()
+        .token;
+    let receiver = Receiver::start(
+        &format!("{base}/test"),
+        &format!("{base}/ssf/test/jwks.json"),
+    )
+    .await;
+    let created: Value = reqwest::Client::new()
+        .post(format!("{base}/ssf/test/streams"))
+        .bearer_auth(&token)
+        .json(&json!({"delivery": {"method": rollcall_domain::ssf::PUSH, "endpoint_url": receiver.url()}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    *receiver.audience.lock().unwrap() = created["aud"].as_str().unwrap().to_owned();
+    receiver.set_mode(Mode::Unavailable);
+    let scim = env.scim();
+    let off = patch(json!([{"op": "Replace", "path": "active", "value": "False"}]));
+    let first = scim.create_user(&user("first")).await;
+    scim.patch(&format!("/Users/{first}"), &off).await;
+    eventually("the child delivers", Duration::from_secs(20), || async {
+        receiver.log.lock().unwrap().attempts >= 2
+    })
+    .await;
+    // SIGKILL, with a SET in flight.
+    child.kill().await.unwrap();
+    // This process transmits now, under the same issuer, and takes the stream over.
+    env.restart_access_with(|config, _| {
+        config.ssf.public_url = Some(base.parse().unwrap());
+        config.ssf.allow_internal_endpoints = true;
+    })
+    .await;
+    let second = scim.create_user(&user("second")).await;
+    scim.patch(&format!("/Users/{second}"), &off).await;
+    receiver.set_mode(Mode::Accept);
+    let sets = receiver.wait_for(4).await;
+    let got: Vec<(String, String)> = sets
+        .iter()
+        .map(|(_, claims)| {
+            let subject = &claims["sub_id"];
+            let user = if subject["format"] == "complex" {
+                &subject["user"]
+            } else {
+                subject
+            };
+            (
+                event_uri(claims),
+                user["email"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let wanted: Vec<(String, String)> = ["first", "second"]
+        .iter()
+        .flat_map(|name| {
+            [uri::ACCOUNT_DISABLED, uri::SESSION_REVOKED]
+                .map(|event| (event.to_owned(), format!("{name}@example.com")))
+        })
+        .collect();
+    assert_eq!(got, wanted, "everything, in order, nothing twice");
+}

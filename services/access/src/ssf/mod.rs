@@ -37,11 +37,16 @@ pub struct SsfConfig {
     /// The public base URL of the access service (`https://access.example.com`). Set, it
     /// transmits Shared Signals: each tenant's issuer is `<URL>/<tenant>`, discovered at
     /// `<URL>/.well-known/ssf-configuration/<tenant>`. Needs the database.
-    #[arg(long = "ssf-public-url", env = "ROLLCALL_SSF_PUBLIC_URL")]
+    #[arg(
+        id = "ssf_public_url",
+        long = "ssf-public-url",
+        env = "ROLLCALL_SSF_PUBLIC_URL"
+    )]
     pub public_url: Option<url::Url>,
     /// How many events a push stream may fall behind (its receiver unreachable) before it is
     /// paused, with a reason and a `stream-updated` event.
     #[arg(
+        id = "ssf_max_backlog",
         long = "ssf-max-backlog",
         env = "ROLLCALL_SSF_MAX_BACKLOG",
         default_value_t = 100_000
@@ -49,6 +54,7 @@ pub struct SsfConfig {
     pub max_backlog: u64,
     /// Seconds a receiver waits between two verification requests of a stream.
     #[arg(
+        id = "ssf_min_verification_interval",
         long = "ssf-min-verification-interval",
         env = "ROLLCALL_SSF_MIN_VERIFICATION_INTERVAL",
         default_value_t = 30
@@ -57,6 +63,7 @@ pub struct SsfConfig {
     /// Let push streams deliver to loopback, private and link-local addresses (and over
     /// plain http there). Off, a receiver cannot make Rollcall post into its own network.
     #[arg(
+        id = "ssf_allow_internal_endpoints",
         long = "ssf-allow-internal-endpoints",
         env = "ROLLCALL_SSF_ALLOW_INTERNAL_ENDPOINTS",
         default_value_t = false
