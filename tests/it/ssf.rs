@@ -114,6 +114,31 @@ impl Receiver {
     }
 }
 
+/// A SET's event type and the email of the person it is about (a complex subject's user).
+fn who(claims: &Value) -> (String, String) {
+    let subject = &claims["sub_id"];
+    let user = if subject["format"] == "complex" {
+        &subject["user"]
+    } else {
+        subject
+    };
+    (
+        event_uri(claims),
+        user["email"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// The SETs of deactivating users `names` (`…@example.com`), in order.
+fn deactivations(names: &[&str]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .flat_map(|name| {
+            [uri::ACCOUNT_DISABLED, uri::SESSION_REVOKED]
+                .map(|event| (event.to_owned(), format!("{name}@example.com")))
+        })
+        .collect()
+}
+
 fn event_uri(claims: &Value) -> String {
     claims["events"]
         .as_object()
@@ -765,32 +790,19 @@ async fn a_receiver_down_for_a_while_gets_everything_in_order_and_a_400_is_not_r
     .await;
     receiver.set_mode(Mode::Accept);
     let sets = receiver.wait_for(1 + 4 * 3).await;
-    let got: Vec<(String, String)> = sets[1..]
-        .iter()
-        .map(|(_, claims)| (event_uri(claims), claims["sub_id"].to_string()))
-        .collect();
+    let got: Vec<(String, String)> = sets[1..].iter().map(|(_, claims)| who(claims)).collect();
     let mut wanted = Vec::new();
     for index in 0..4 {
-        let email =
-            json!({"format": "email", "email": format!("user{index}@example.com")}).to_string();
-        let complex_user = email.clone();
-        wanted.push((uri::ACCOUNT_DISABLED.to_owned(), email.clone()));
-        wanted.push((uri::SESSION_REVOKED.to_owned(), complex_user));
-        wanted.push((uri::ACCOUNT_ENABLED.to_owned(), email));
+        let email = format!("user{index}@example.com");
+        for event in [
+            uri::ACCOUNT_DISABLED,
+            uri::SESSION_REVOKED,
+            uri::ACCOUNT_ENABLED,
+        ] {
+            wanted.push((event.to_owned(), email.clone()));
+        }
     }
-    let got_subjects: Vec<(String, String)> = got
-        .into_iter()
-        .map(|(event, sub)| {
-            let sub: Value = serde_json::from_str(&sub).unwrap();
-            let user = if sub["format"] == "complex" {
-                sub["user"].clone()
-            } else {
-                sub
-            };
-            (event, user.to_string())
-        })
-        .collect();
-    assert_eq!(got_subjects, wanted);
+    assert_eq!(got, wanted);
 }
 
 #[tokio::test]
@@ -991,29 +1003,12 @@ async fn a_replica_killed_while_delivering_leaves_the_stream_to_another_with_no_
         )
         .await;
     let sets = receiver.wait_for(4).await;
-    let got: Vec<(String, String)> = sets
-        .iter()
-        .map(|(_, claims)| {
-            let subject = &claims["sub_id"];
-            let user = if subject["format"] == "complex" {
-                &subject["user"]
-            } else {
-                subject
-            };
-            (
-                event_uri(claims),
-                user["email"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    let wanted: Vec<(String, String)> = ["before", "after"]
-        .iter()
-        .flat_map(|name| {
-            [uri::ACCOUNT_DISABLED, uri::SESSION_REVOKED]
-                .map(|event| (event.to_owned(), format!("{name}@example.com")))
-        })
-        .collect();
-    assert_eq!(got, wanted, "everything, in order, nothing twice");
+    let got: Vec<(String, String)> = sets.iter().map(|(_, claims)| who(claims)).collect();
+    assert_eq!(
+        got,
+        deactivations(&["before", "after"]),
+        "everything, in order, nothing twice"
+    );
 }
 
 #[tokio::test]
@@ -1353,26 +1348,9 @@ async fn a_receiver_down_past_the_backlog_bound_gets_its_stream_paused_with_a_re
     let lifecycle: Vec<(String, String)> = sets
         .iter()
         .filter(|(_, claims)| event_uri(claims) != uri::STREAM_UPDATED)
-        .map(|(_, claims)| {
-            let subject = &claims["sub_id"];
-            let user = if subject["format"] == "complex" {
-                &subject["user"]
-            } else {
-                subject
-            };
-            (
-                event_uri(claims),
-                user["email"].as_str().unwrap().to_owned(),
-            )
-        })
+        .map(|(_, claims)| who(claims))
         .collect();
-    let wanted: Vec<(String, String)> = (0..3)
-        .flat_map(|index| {
-            [uri::ACCOUNT_DISABLED, uri::SESSION_REVOKED]
-                .map(|event| (event.to_owned(), format!("late{index}@example.com")))
-        })
-        .collect();
-    assert_eq!(lifecycle, wanted);
+    assert_eq!(lifecycle, deactivations(&["late0", "late1", "late2"]));
     let updates: Vec<&Value> = sets
         .iter()
         .filter(|(_, claims)| event_uri(claims) == uri::STREAM_UPDATED)
@@ -1472,15 +1450,7 @@ async fn a_disabled_stream_drops_what_happens_meanwhile_and_a_removed_subject_ge
     let emails: Vec<String> = receiver
         .sets()
         .iter()
-        .map(|(_, claims)| {
-            let subject = &claims["sub_id"];
-            let user = if subject["format"] == "complex" {
-                &subject["user"]
-            } else {
-                subject
-            };
-            user["email"].as_str().unwrap().to_owned()
-        })
+        .map(|(_, claims)| who(claims).1)
         .collect();
     assert_eq!(emails, ["seen@example.com", "seen@example.com"], "{sets:?}");
     // The other tenant's stream delivers (a verification reaches it), and nothing of this
@@ -1651,27 +1621,10 @@ async fn a_process_killed_while_delivering_leaves_its_streams_to_another() {
     scim.patch(&format!("/Users/{second}"), &off).await;
     receiver.set_mode(Mode::Accept);
     let sets = receiver.wait_for(4).await;
-    let got: Vec<(String, String)> = sets
-        .iter()
-        .map(|(_, claims)| {
-            let subject = &claims["sub_id"];
-            let user = if subject["format"] == "complex" {
-                &subject["user"]
-            } else {
-                subject
-            };
-            (
-                event_uri(claims),
-                user["email"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    let wanted: Vec<(String, String)> = ["first", "second"]
-        .iter()
-        .flat_map(|name| {
-            [uri::ACCOUNT_DISABLED, uri::SESSION_REVOKED]
-                .map(|event| (event.to_owned(), format!("{name}@example.com")))
-        })
-        .collect();
-    assert_eq!(got, wanted, "everything, in order, nothing twice");
+    let got: Vec<(String, String)> = sets.iter().map(|(_, claims)| who(claims)).collect();
+    assert_eq!(
+        got,
+        deactivations(&["first", "second"]),
+        "everything, in order, nothing twice"
+    );
 }
