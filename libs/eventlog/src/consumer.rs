@@ -28,6 +28,30 @@ pub struct Delivered {
 }
 
 impl EventLog {
+    /// The events on subjects matching `filter` after stream sequence `after`, as they are
+    /// appended (an ordered consumer: NATS removes it once it is left), and how many there are
+    /// now.
+    pub async fn follow(
+        &self,
+        filter: String,
+        after: u64,
+    ) -> Result<(async_nats::jetstream::consumer::pull::Ordered, u64), LoadError> {
+        let consumer = self
+            .stream()
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: filter,
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        let pending = consumer.cached_info().num_pending;
+        let messages = consumer.messages().await.map_err(nats)?;
+        Ok((messages, pending))
+    }
+
     /// The durable pull consumer `name` over every event, delivering from `checkpoint + 1`.
     ///
     /// An existing consumer whose acknowledged position differs from `checkpoint` (the

@@ -64,6 +64,23 @@ pub fn secrets_bucket(namespace: &Namespace) -> String {
     format!("{}_secrets", namespace.as_str().replace('-', "_"))
 }
 
+/// The installation's secrets bucket, created where it is missing: history 1, file storage,
+/// replicas as the installation's other buckets.
+pub async fn open_secrets(
+    client: &async_nats::Client,
+    namespace: &Namespace,
+) -> Result<kv::Store, KeysError> {
+    let jetstream = async_nats::jetstream::new(client.clone());
+    rollcall_eventlog::kv::open_bucket(
+        &jetstream,
+        &secrets_bucket(namespace),
+        "Rollcall installation secrets, sealed (rollcall.sealed.v1)",
+        namespace.replicas(),
+    )
+    .await
+    .map_err(nats)
+}
+
 /// Why session keys could not be loaded, rotated or listed. Never carries key material.
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
@@ -706,16 +723,7 @@ impl InstallationKeys {
         namespace: &Namespace,
         kek: Kek,
     ) -> Result<Self, KeysError> {
-        let jetstream = async_nats::jetstream::new(client.clone());
-        // History 1, file storage, replicas as the installation's other buckets.
-        let bucket = rollcall_eventlog::kv::open_bucket(
-            &jetstream,
-            &secrets_bucket(namespace),
-            "Rollcall installation secrets, sealed (rollcall.sealed.v1)",
-            namespace.replicas(),
-        )
-        .await
-        .map_err(nats)?;
+        let bucket = open_secrets(client, namespace).await?;
         Ok(Self {
             bucket,
             namespace: namespace.clone(),

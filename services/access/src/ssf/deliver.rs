@@ -224,20 +224,8 @@ async fn tenant_events(
     tenant: &str,
     after: u64,
 ) -> Result<(async_nats::jetstream::consumer::pull::Ordered, u64), String> {
-    let consumer = log
-        .stream()
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: format!("{}.events.{tenant}.>", log.namespace().as_str()),
-            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let pending = consumer.cached_info().num_pending;
-    let messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    Ok((messages, pending))
+    let filter = format!("{}.events.{tenant}.>", log.namespace().as_str());
+    log.follow(filter, after).await.map_err(|e| e.to_string())
 }
 
 /// The stream's status, configuration and tenant as this replica's catalog has them now

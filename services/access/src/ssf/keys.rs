@@ -252,15 +252,7 @@ impl SigningKeys {
         namespace: &Namespace,
         kek: Kek,
     ) -> Result<Self, KeysError> {
-        let jetstream = async_nats::jetstream::new(client.clone());
-        let bucket = rollcall_eventlog::kv::open_bucket(
-            &jetstream,
-            &secrets_bucket(namespace),
-            "Rollcall installation secrets, sealed (rollcall.sealed.v1)",
-            namespace.replicas(),
-        )
-        .await
-        .map_err(nats)?;
+        let bucket = crate::keys::open_secrets(client, namespace).await?;
         for _ in 0..ATTEMPTS {
             if let Some((set, revision)) = read(&bucket, &kek, namespace).await? {
                 let signer = set.signer()?;

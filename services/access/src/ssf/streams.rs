@@ -134,20 +134,9 @@ pub async fn follow(
     log: &EventLog,
     after: u64,
 ) -> Result<(async_nats::jetstream::consumer::pull::Ordered, u64), String> {
-    let consumer = log
-        .stream()
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subjects(log),
-            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            },
-            ..Default::default()
-        })
+    log.follow(subjects(log), after)
         .await
-        .map_err(|e| e.to_string())?;
-    let pending = consumer.cached_info().num_pending;
-    let messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    Ok((messages, pending))
+        .map_err(|e| e.to_string())
 }
 
 /// Folds the stream events after `catalog`'s version up to the head.
