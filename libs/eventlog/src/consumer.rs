@@ -28,6 +28,38 @@ pub struct Delivered {
 }
 
 impl EventLog {
+    /// Hands every message on subjects matching `filter` after stream sequence `after`, up to
+    /// the stream's head as it is when asked, to `each` with its stream sequence; gives up after
+    /// `wait` (`what` names the reading in that error).
+    pub async fn read_to_head(
+        &self,
+        filter: String,
+        after: u64,
+        wait: std::time::Duration,
+        what: &str,
+        mut each: impl FnMut(&async_nats::jetstream::Message, u64),
+    ) -> Result<(), LoadError> {
+        let read = async {
+            let (mut messages, pending) = self.follow(filter, after).await?;
+            if pending == 0 {
+                return Ok(());
+            }
+            while let Some(message) = futures::StreamExt::next(&mut messages).await {
+                let message = message.map_err(nats)?;
+                let info = message.info().map_err(nats)?;
+                let (sequence, pending) = (info.stream_sequence, info.pending);
+                each(&message, sequence);
+                if pending == 0 {
+                    return Ok(());
+                }
+            }
+            Err(LoadError::Nats("the stream's messages ended".into()))
+        };
+        tokio::time::timeout(wait, read)
+            .await
+            .map_err(|_| LoadError::Nats(format!("{what} timed out")))?
+    }
+
     /// The events on subjects matching `filter` after stream sequence `after`, as they are
     /// appended (an ordered consumer: NATS removes it once it is left), and how many there are
     /// now.

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use futures::StreamExt;
 use rollcall_domain::application::{
     self, application_id, Application, ApplicationCommand, ApplicationEvent, ApplicationSpec,
 };
@@ -258,27 +257,15 @@ pub async fn read(log: &EventLog) -> Result<Catalog, LoadError> {
 /// Folds the application events after `catalog`'s version up to the stream's head.
 #[instrument(skip_all, fields(after = catalog.version()), err)]
 pub async fn catch_up(log: &EventLog, catalog: &mut Catalog) -> Result<(), LoadError> {
-    let nats = |error: &dyn std::fmt::Display| LoadError::Nats(error.to_string());
-    let read = async {
-        let mut messages = follow(log, catalog.version()).await.map_err(|e| nats(&e))?;
-        let (messages, pending) = (&mut messages.0, messages.1);
-        if pending == 0 {
-            return Ok(());
-        }
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| nats(&e))?;
-            let info = message.info().map_err(|e| nats(&e))?;
-            let (sequence, pending) = (info.stream_sequence, info.pending);
-            fold(catalog, &message, sequence);
-            if pending == 0 {
-                return Ok(());
-            }
-        }
-        Err(LoadError::Nats("the stream's messages ended".into()))
-    };
-    tokio::time::timeout(READ_WAIT, read)
-        .await
-        .map_err(|_| LoadError::Nats("reading the applications timed out".into()))?
+    let after = catalog.version();
+    log.read_to_head(
+        subjects(log),
+        after,
+        READ_WAIT,
+        "reading the applications",
+        |message, sequence| fold(catalog, message, sequence),
+    )
+    .await
 }
 
 /// Folds one message into `catalog`; one that cannot be read is passed over, loudly (the

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use rollcall_domain::ssf::{self, Stream, StreamCommand, StreamError, StreamEvent};
 use rollcall_domain::EventKind;
 use rollcall_eventlog::consumer::{decode, Delivered};
@@ -142,26 +141,15 @@ pub async fn follow(
 /// Folds the stream events after `catalog`'s version up to the head.
 #[instrument(skip_all, fields(after = catalog.version()), err)]
 pub async fn catch_up(log: &EventLog, catalog: &mut Catalog) -> Result<(), LoadError> {
-    let nats = |error: &dyn std::fmt::Display| LoadError::Nats(error.to_string());
-    let read = async {
-        let (mut messages, pending) = follow(log, catalog.version()).await.map_err(|e| nats(&e))?;
-        if pending == 0 {
-            return Ok(());
-        }
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| nats(&e))?;
-            let info = message.info().map_err(|e| nats(&e))?;
-            let (sequence, pending) = (info.stream_sequence, info.pending);
-            fold(catalog, &message, sequence);
-            if pending == 0 {
-                return Ok(());
-            }
-        }
-        Err(LoadError::Nats("the stream's messages ended".into()))
-    };
-    tokio::time::timeout(READ_WAIT, read)
-        .await
-        .map_err(|_| LoadError::Nats("reading the SSF streams timed out".into()))?
+    let after = catalog.version();
+    log.read_to_head(
+        subjects(log),
+        after,
+        READ_WAIT,
+        "reading the SSF streams",
+        |message, sequence| fold(catalog, message, sequence),
+    )
+    .await
 }
 
 /// Why a change to a stream was not written.
