@@ -689,6 +689,11 @@ pub async fn delete(
     )
     .await?;
     transmitter.forget_poll(id);
+    // Its position becomes a tombstone now (the delivery would do it too, once it reads the
+    // deletion; a delivery held by a pause never would).
+    if let Err(error) = transmitter.store.forget_ssf_stream(id).await {
+        warn!(stream = %id, error = %error, "the deleted stream's delivery state is kept; it delivers nothing");
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -242,6 +242,12 @@ async fn run_streams(common: Common, command: StreamsCommand) -> anyhow::Result<
         &request,
     )
     .await?;
+    if events
+        .iter()
+        .any(|event| matches!(event, rollcall_domain::ssf::StreamEvent::Deleted))
+    {
+        store.forget_ssf_stream(id).await?;
+    }
     if events.is_empty() {
         println!("stream {id}: nothing to change");
     } else {
