@@ -46,6 +46,18 @@ pub struct Lease {
     generation: u64,
 }
 
+/// How long a query of the lock session may take before the session is given up.
+const QUERY_WAIT: Duration = Duration::from_secs(5);
+
+/// `query`, given up (as an IO error) after [`QUERY_WAIT`].
+async fn bounded<T>(
+    query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(QUERY_WAIT, query)
+        .await
+        .unwrap_or_else(|_| Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())))
+}
+
 /// How often a lease's session is pinged at most.
 const PING_EVERY: Duration = Duration::from_secs(1);
 
@@ -68,7 +80,19 @@ impl LockSession {
         }
         if self.connection.is_none() {
             self.lose();
-            self.connection = Some(PgConnection::connect_with(options).await?);
+            let mut connection = bounded(PgConnection::connect_with(options)).await?;
+            // The server notices a client gone without closing (a network partition) within
+            // about 25 s and releases its locks, instead of after the system's TCP timeout.
+            bounded(
+                sqlx::query(
+                    "SELECT set_config('tcp_keepalives_idle', '10', false),
+                            set_config('tcp_keepalives_interval', '5', false),
+                            set_config('tcp_keepalives_count', '3', false)",
+                )
+                .execute(&mut connection),
+            )
+            .await?;
+            self.connection = Some(connection);
             self.pinged = Some(Instant::now());
         }
         self.in_flight = true;
@@ -107,10 +131,12 @@ impl DeliveryLocks {
             return Ok(None);
         }
         let connection = session.connection(&self.options).await?;
-        let result: Result<(bool,), _> = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-            .bind(lock_key(stream))
-            .fetch_one(connection)
-            .await;
+        let result: Result<(bool,), _> = bounded(
+            sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                .bind(lock_key(stream))
+                .fetch_one(connection),
+        )
+        .await;
         let (locked,) = session.done(result)?;
         if !locked {
             return Ok(None);
@@ -135,7 +161,7 @@ impl DeliveryLocks {
         let Ok(connection) = session.connection(&self.options).await else {
             return false;
         };
-        let result = sqlx::query("SELECT 1").execute(connection).await;
+        let result = bounded(sqlx::query("SELECT 1").execute(connection)).await;
         if session.done(result).is_err() {
             return false;
         }
@@ -157,12 +183,14 @@ impl DeliveryLocks {
             return Ok(false);
         }
         let connection = session.connection(&self.options).await?;
-        let result = sqlx::query(ADVANCE)
-            .bind(lease.stream)
-            .bind(tenant)
-            .bind(i64::try_from(position).unwrap_or(i64::MAX))
-            .execute(connection)
-            .await;
+        let result = bounded(
+            sqlx::query(ADVANCE)
+                .bind(lease.stream)
+                .bind(tenant)
+                .bind(i64::try_from(position).unwrap_or(i64::MAX))
+                .execute(connection),
+        )
+        .await;
         session.done(result)?;
         session.pinged = Some(Instant::now());
         Ok(session.valid(lease))
@@ -176,10 +204,12 @@ impl DeliveryLocks {
         }
         session.held.remove(&lease.stream);
         if let Ok(connection) = session.connection(&self.options).await {
-            let result = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(lock_key(lease.stream))
-                .execute(connection)
-                .await;
+            let result = bounded(
+                sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(lock_key(lease.stream))
+                    .execute(connection),
+            )
+            .await;
             let _ = session.done(result);
         }
     }
