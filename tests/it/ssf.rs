@@ -1628,3 +1628,64 @@ async fn a_process_killed_while_delivering_leaves_its_streams_to_another() {
         "everything, in order, nothing twice"
     );
 }
+
+#[tokio::test]
+async fn an_operator_pause_is_announced_at_once_and_holds_what_follows_until_resumed() {
+    let ssf = start().await;
+    let receiver = ssf.receiver().await;
+    let stream: uuid::Uuid = ssf.push_stream(&receiver, json!({})).await.parse().unwrap();
+    let common = rollcall::cli::Common {
+        database_url: ssf.env.database_url.clone(),
+        nats_url: rollcall_it::nats_url(),
+        namespace: ssf.env.namespace.to_string(),
+        replicas: 1,
+    };
+    use rollcall::commands::ssf::{run, SsfCommand, StreamsCommand};
+    let operator = |command| run(common.clone(), SsfCommand::Streams { command });
+    operator(StreamsCommand::Pause {
+        id: stream,
+        reason: Some("maintenance window".into()),
+    })
+    .await
+    .unwrap();
+    // Announced while paused.
+    let sets = receiver.wait_for(1).await;
+    assert_eq!(event_uri(&sets[0].1), uri::STREAM_UPDATED);
+    assert_eq!(
+        sets[0].1["events"][uri::STREAM_UPDATED],
+        json!({"status": "paused", "reason": "maintenance window"})
+    );
+    // Held while paused: a witness stream gets the deactivation, this one does not.
+    let witness = ssf.receiver().await;
+    ssf.push_stream(&witness, json!({})).await;
+    let scim = ssf.env.scim();
+    let id = scim.create_user(&user("held")).await;
+    scim.patch(
+        &format!("/Users/{id}"),
+        &patch(json!([{"op": "Replace", "path": "active", "value": "False"}])),
+    )
+    .await;
+    witness.wait_for(2).await;
+    assert_eq!(
+        receiver.sets().len(),
+        1,
+        "nothing but the announcement while paused"
+    );
+    operator(StreamsCommand::Resume { id: stream })
+        .await
+        .unwrap();
+    let sets = receiver.wait_for(4).await;
+    assert_eq!(
+        receiver.events(),
+        [
+            uri::STREAM_UPDATED,
+            uri::ACCOUNT_DISABLED,
+            uri::SESSION_REVOKED,
+            uri::STREAM_UPDATED
+        ]
+    );
+    assert_eq!(
+        sets[3].1["events"][uri::STREAM_UPDATED]["status"],
+        "enabled"
+    );
+}

@@ -339,7 +339,9 @@ async fn push_stream(
 
 /// Posts one SET (of the event at `sequence`) until it is accepted or refused for good; holds
 /// while the stream is paused. A control SET (verification, stream-updated) is sent also
-/// while the stream is disabled. Stops if the lock no longer holds.
+/// while the stream is paused or disabled: a pause is announced when the delivery reaches it
+/// (at once, unless the delivery was already holding an earlier event for a receiver that does
+/// not answer). Stops if the lock no longer holds.
 async fn hand(
     transmitter: &Transmitter,
     locks: &DeliveryLocks,
@@ -357,14 +359,14 @@ async fn hand(
         let (status, spec, tenant) =
             live_status(transmitter, id).ok_or("the stream was deleted")?;
         match status {
-            Status::Paused => {
+            Status::Paused if !control => {
                 paused = false;
                 let mut version = transmitter.version.subscribe();
                 let _ = tokio::time::timeout(Duration::from_secs(1), version.changed()).await;
                 continue;
             }
             Status::Disabled if !control => return Ok(Handed::Dropped),
-            Status::Disabled | Status::Enabled => {}
+            Status::Paused | Status::Disabled | Status::Enabled => {}
         }
         if !locks.holds(lease).await {
             return Err("the delivery lock was lost".into());
