@@ -899,6 +899,45 @@ async fn a_poll_receiver_acknowledges_sets_and_a_long_poll_returns_when_an_event
         .await
         .unwrap();
     assert!(position.is_some_and(|p| p > 0));
+    // Paused by the receiver: a poll gets nothing, however much happens; resumed, it all comes.
+    let enabled_jti = sets.keys().next().unwrap().clone();
+    let status = |status: &str| json!({"stream_id": id, "status": status});
+    assert_eq!(
+        ssf.call(reqwest::Method::POST, "/status", Some(status("paused")))
+            .await
+            .0,
+        200
+    );
+    scim.patch(&format!("/Users/{ada}"), &off).await;
+    let held = poll(json!({"returnImmediately": true, "ack": [enabled_jti]})).await;
+    assert_eq!(held, json!({"sets": {}, "moreAvailable": false}));
+    assert_eq!(
+        ssf.call(reqwest::Method::POST, "/status", Some(status("enabled")))
+            .await
+            .0,
+        200
+    );
+    let released = poll(json!({"returnImmediately": true})).await;
+    let events: Vec<String> = released["sets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|token| {
+            let (_, claims) = verify(
+                token.as_str().unwrap(),
+                &keys,
+                &ssf.issuer,
+                "https://receiver.example",
+            )
+            .unwrap();
+            event_uri(&claims)
+        })
+        .collect();
+    assert_eq!(events.len(), 2, "{released}");
+    assert!(
+        events.contains(&uri::ACCOUNT_DISABLED.to_owned())
+            && events.contains(&uri::SESSION_REVOKED.to_owned())
+    );
 }
 
 #[tokio::test]

@@ -111,6 +111,12 @@ pub fn audience(spec: &StreamSpec) -> Value {
     }
 }
 
+/// Whether a SET is about the stream itself (verification, stream-updated), not a person.
+fn is_control(claims: &Value) -> bool {
+    claims["events"].get(uri::VERIFICATION).is_some()
+        || claims["events"].get(uri::STREAM_UPDATED).is_some()
+}
+
 /// Walks one stream's tenant in order: what the tenant and the stream said so far.
 #[derive(Debug, Clone)]
 pub struct Walker {
@@ -303,9 +309,16 @@ async fn push_stream(
             sets.extend(walker.step(delivered));
         }
         for (_, claims) in &sets {
-            let control = claims["events"].get(uri::VERIFICATION).is_some()
-                || claims["events"].get(uri::STREAM_UPDATED).is_some();
-            match hand(transmitter, locks, lease, claims, control, sequence).await? {
+            match hand(
+                transmitter,
+                locks,
+                lease,
+                claims,
+                is_control(claims),
+                sequence,
+            )
+            .await?
+            {
                 Handed::Done => {}
                 Handed::Dropped => break,
             }
@@ -619,20 +632,20 @@ pub async fn poll(
                 .map_err(|e| e.to_string())?;
         }
         let status = live_status(transmitter, id).map(|(status, ..)| status);
+        let paused = status == Some(Status::Paused);
         let mut more = false;
-        if status == Some(Status::Enabled) || status == Some(Status::Disabled) {
-            more = fill(transmitter, tenant, current, &acknowledged, limit).await?;
+        if status.is_some() {
+            more = fill(transmitter, tenant, current, &acknowledged, limit).await? && !paused;
         }
-        let waiting: Vec<&Unsigned> = if status == Some(Status::Paused) {
-            Vec::new()
-        } else {
-            current
-                .buffer
-                .iter()
-                .flat_map(|(_, sets)| sets)
-                .filter(|(jti, _)| !acknowledged.contains(jti))
-                .collect()
-        };
+        // A paused stream holds its events; its control SETs (the pause's announcement, a
+        // verification) still go.
+        let waiting: Vec<&Unsigned> = current
+            .buffer
+            .iter()
+            .flat_map(|(_, sets)| sets)
+            .filter(|(jti, _)| !acknowledged.contains(jti))
+            .filter(|(_, claims)| !paused || is_control(claims))
+            .collect();
         if !waiting.is_empty() || request.return_immediately || limit == 0 {
             let signer = transmitter.keys.signer();
             let mut sets = Vec::new();
