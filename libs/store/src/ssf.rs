@@ -110,7 +110,7 @@ impl LockSession {
     }
 
     fn valid(&self, lease: &Lease) -> bool {
-        lease.generation == self.generation && self.held.contains(&lease.stream)
+        !self.in_flight && lease.generation == self.generation && self.held.contains(&lease.stream)
     }
 }
 
@@ -182,7 +182,16 @@ impl DeliveryLocks {
         if !session.valid(lease) {
             return Ok(false);
         }
-        let connection = session.connection(&self.options).await?;
+        session.connection(&self.options).await?;
+        if session.generation != lease.generation {
+            // The session was replaced on the way: the lock is gone.
+            session.in_flight = false;
+            return Ok(false);
+        }
+        let connection = match session.connection.as_mut() {
+            Some(connection) => connection,
+            None => return Ok(false),
+        };
         let result = bounded(
             sqlx::query(ADVANCE)
                 .bind(lease.stream)

@@ -37,6 +37,9 @@ use uuid::Uuid;
 use super::signals::{self, uri, Signal, TenantFold};
 use super::Transmitter;
 
+/// The position of a deleted stream (`ssf_delivery`'s tombstone).
+const TOMBSTONE: u64 = i64::MAX as u64;
+
 /// How long a push delivery goes at most without writing its position while it passes events
 /// that derive no SET.
 const ADVANCE_EVERY: Duration = Duration::from_secs(1);
@@ -249,8 +252,13 @@ pub async fn push(
     locks: DeliveryLocks,
     lease: Lease,
 ) -> Result<(), String> {
+    use futures::FutureExt;
     let id = lease.stream;
-    let result = push_stream(&transmitter, &locks, &lease).await;
+    // The lock is given back also when the delivery panics.
+    let result = std::panic::AssertUnwindSafe(push_stream(&transmitter, &locks, &lease))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err("the delivery panicked".into()));
     locks.release(lease).await;
     match &result {
         Ok(()) => info!(stream = %id, "delivery ended"),
@@ -283,6 +291,9 @@ async fn push_stream(
         .await
         .map_err(|e| e.to_string())?
         .unwrap_or(entry.created);
+    if position >= TOMBSTONE {
+        return Ok(()); // deleted
+    }
     let mut walker = Walker::new(id, transmitter.issuer(&tenant));
     let (mut messages, _) = tenant_events(&transmitter.log, &tenant, 0).await?;
     info!(stream = %id, position, "delivering");
@@ -301,6 +312,9 @@ async fn push_stream(
         if sequence <= position {
             for delivered in &events {
                 walker.step(delivered);
+            }
+            if walker.deleted() {
+                return Ok(());
             }
             continue;
         }
@@ -366,6 +380,9 @@ async fn hand(
     let id = lease.stream;
     let mut backoff = FIRST_BACKOFF;
     let mut attempt: u32 = 0;
+    let mut refusals: u32 = 0;
+    // How far behind delivery was when this SET first failed.
+    let mut behind_at_first: Option<u64> = None;
     // Whether this delivery paused the stream (once per stretch of being enabled).
     let mut paused = false;
     loop {
@@ -418,7 +435,8 @@ async fn hand(
                     code,
                     "invalid_key" | "invalid_issuer" | "authentication_failed" | "access_denied"
                 );
-                if !transient || attempt >= REFUSAL_ATTEMPTS {
+                refusals += 1;
+                if !transient || refusals >= REFUSAL_ATTEMPTS {
                     warn!(stream = %id, jti, err = code, attempt, "the receiver refused a SET (400); it is not sent again");
                     return Ok(Handed::Done);
                 }
@@ -431,16 +449,20 @@ async fn hand(
         if attempt == 1 || attempt.is_power_of_two() {
             warn!(stream = %id, attempt, error = %failure, "a SET was not delivered; retrying");
         }
-        if !paused {
+        // Paused for the backlog only while enabled, and only for what piled up while the
+        // receiver failed (not for a backlog it was already catching up on).
+        if !paused && status == Status::Enabled {
             // How far delivery is behind: the tenant's events after this one.
             let behind = tenant_events(&transmitter.log, &tenant, sequence)
                 .await
                 .map(|(_, pending)| pending)
                 .unwrap_or(0);
+            let first = *behind_at_first.get_or_insert(behind);
+            let behind = behind.saturating_sub(first);
             if behind > transmitter.config.max_backlog {
                 paused = true;
                 let reason = format!(
-                    "the receiver was unreachable while {behind} events waited, more than the {} Rollcall holds for a stream; resume the stream once it is back",
+                    "the receiver was unreachable while {behind} more events came, more than the {} Rollcall holds for a stream; resume the stream once it is back",
                     transmitter.config.max_backlog
                 );
                 pause(transmitter, id, reason).await;
@@ -537,6 +559,9 @@ pub struct PollRequest {
 /// How many events a poll cursor holds beyond its position at most.
 const MAX_BUFFERED: usize = 10_000;
 
+/// How often a long poll looks again at most while its tenant is busy.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
 /// How many SETs one poll returns at most.
 const MAX_EVENTS: usize = 1000;
 /// How long a long poll waits for a SET.
@@ -588,7 +613,10 @@ pub async fn poll(
         };
         // The cursor is held while this poll looks, not while it waits.
         let mut cursor = slot.lock().await;
-        let entry = transmitter.stream(id).ok_or("the stream was deleted")?;
+        let entry = transmitter
+            .stream(id)
+            .filter(|entry| entry.state.live().is_some())
+            .ok_or("the stream was deleted")?;
         let stored = store
             .ssf_position(id)
             .await
@@ -607,7 +635,21 @@ pub async fn poll(
                 }
                 current.position = stored;
             }
-            _ => *cursor = Some(walk_to(transmitter, id, tenant, stored).await?),
+            // Ahead of what the cursor read: walk on from there.
+            Some(current) if current.position < stored => {
+                current.buffer.clear();
+                walk_on(transmitter, tenant, current, stored).await?;
+            }
+            _ => {
+                let mut fresh = PollCursor {
+                    position: 0,
+                    walker: Walker::new(id, transmitter.issuer(tenant)),
+                    buffer: VecDeque::new(),
+                    read: 0,
+                };
+                walk_on(transmitter, tenant, &mut fresh, stored).await?;
+                *cursor = Some(fresh);
+            }
         }
         let Some(current) = cursor.as_mut() else {
             return Err("no cursor".into());
@@ -635,7 +677,8 @@ pub async fn poll(
         let paused = status == Some(Status::Paused);
         let mut more = false;
         if status.is_some() {
-            more = fill(transmitter, tenant, current, &acknowledged, limit).await? && !paused;
+            more =
+                fill(transmitter, tenant, current, &acknowledged, limit, paused).await? && !paused;
         }
         // A paused stream holds its events; its control SETs (the pause's announcement, a
         // verification) still go.
@@ -655,6 +698,9 @@ pub async fn poll(
             return Ok((sets, more || waiting.len() > limit));
         }
         drop(cursor);
+        if more {
+            continue; // more to read before there is anything to return
+        }
         // Long poll: wait for the tenant's next event (or a status change) until the deadline;
         // look again at least every second (an event can be announced before the stream
         // serves it).
@@ -662,24 +708,25 @@ pub async fn poll(
         match wake.as_mut() {
             Some(wake) if now < deadline => {
                 let slice = (deadline - now).min(Duration::from_secs(1));
-                let _ = tokio::time::timeout(slice, wake.next()).await;
+                if let Ok(Some(_)) = tokio::time::timeout(slice, wake.next()).await {
+                    // A busy tenant wakes every poll at each event: look at most every 100 ms.
+                    tokio::time::sleep(LOOK_EVERY).await;
+                }
             }
             _ => return Ok((Vec::new(), false)),
         }
     }
 }
 
-/// Walks the tenant's events up to `position` (deriving nothing).
-async fn walk_to(
+/// Walks the cursor on to `position` (deriving nothing): its position and what it read.
+async fn walk_on(
     transmitter: &Transmitter,
-    id: Uuid,
     tenant: &str,
+    cursor: &mut PollCursor,
     position: u64,
-) -> Result<PollCursor, String> {
-    let mut walker = Walker::new(id, transmitter.issuer(tenant));
-    let mut read = 0;
-    if position > 0 {
-        let (mut messages, pending) = tenant_events(&transmitter.log, tenant, 0).await?;
+) -> Result<(), String> {
+    if position > cursor.read {
+        let (mut messages, pending) = tenant_events(&transmitter.log, tenant, cursor.read).await?;
         if pending > 0 {
             while let Some(message) = messages.next().await {
                 let message = message.map_err(|e| e.to_string())?;
@@ -688,21 +735,18 @@ async fn walk_to(
                     break;
                 }
                 for delivered in decode(&message).unwrap_or_default() {
-                    walker.step(&delivered);
+                    cursor.walker.step(&delivered);
                 }
-                read = info.stream_sequence;
+                cursor.read = info.stream_sequence;
                 if info.pending == 0 || info.stream_sequence == position {
                     break;
                 }
             }
         }
     }
-    Ok(PollCursor {
-        position,
-        walker,
-        buffer: VecDeque::new(),
-        read: read.max(position),
-    })
+    cursor.position = position;
+    cursor.read = cursor.read.max(position);
+    Ok(())
 }
 
 /// Derives SETs after what the cursor read until `limit` SETs wait unacknowledged or the
@@ -713,16 +757,19 @@ async fn fill(
     cursor: &mut PollCursor,
     acknowledged: &HashSet<String>,
     limit: usize,
+    paused: bool,
 ) -> Result<bool, String> {
+    // What a poll could return now (while paused, only control SETs).
     let waiting = |cursor: &PollCursor| {
         cursor
             .buffer
             .iter()
             .flat_map(|(_, sets)| sets)
             .filter(|(jti, _)| !acknowledged.contains(jti))
+            .filter(|(_, claims)| !paused || is_control(claims))
             .count()
     };
-    if waiting(cursor) >= limit.max(1) {
+    if waiting(cursor) >= limit.max(1) || cursor.buffer.len() >= MAX_BUFFERED {
         return Ok(true);
     }
     let (mut messages, pending) = tenant_events(&transmitter.log, tenant, cursor.read).await?;

@@ -139,8 +139,12 @@ impl KeySet {
                 keys.push(key.clone());
             }
         }
-        let signs_from =
-            now + time::Duration::try_from(activate_in).unwrap_or(time::Duration::ZERO);
+        let signs_from = time::Duration::try_from(activate_in)
+            .ok()
+            .and_then(|delay| now.checked_add(delay))
+            .ok_or_else(|| {
+                KeysError::Kek(format!("an activation {activate_in:?} away is too far"))
+            })?;
         keys.push(generate(now, signs_from)?);
         Ok(Self {
             schema: SCHEMA.into(),

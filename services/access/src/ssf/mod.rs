@@ -333,7 +333,7 @@ impl Transmitter {
         let locks = self.store.delivery_locks();
         let mut version = self.version.subscribe();
         let mut tasks: tokio::task::JoinSet<Result<(), String>> = tokio::task::JoinSet::new();
-        let mut running: HashMap<tokio::task::Id, Uuid> = HashMap::new();
+        let mut running: HashMap<tokio::task::Id, (Uuid, tokio::time::Instant)> = HashMap::new();
         let mut pause: HashMap<Uuid, (tokio::time::Instant, Duration)> = HashMap::new();
         loop {
             let now = tokio::time::Instant::now();
@@ -345,7 +345,7 @@ impl Transmitter {
                     )
                 });
                 let waiting = pause.get(&id).is_some_and(|(until, _)| *until > now);
-                if !push || waiting || running.values().any(|r| *r == id) {
+                if !push || waiting || running.values().any(|(r, _)| *r == id) {
                     continue;
                 }
                 match locks.try_lock(id).await {
@@ -355,7 +355,7 @@ impl Transmitter {
                             deliver::push(transmitter, locks, lease)
                                 .instrument(tracing::info_span!("ssf.push", stream = %id)),
                         );
-                        running.insert(task.id(), id);
+                        running.insert(task.id(), (id, tokio::time::Instant::now()));
                     }
                     Ok(None) => {}
                     Err(error) => {
@@ -372,7 +372,11 @@ impl Transmitter {
                             (error.id(), true)
                         }
                     };
-                    if let Some(id) = running.remove(&task) {
+                    if let Some((id, started)) = running.remove(&task) {
+                        // A delivery that ran for a minute or more starts over from 1 s.
+                        if started.elapsed() >= Duration::from_secs(60) {
+                            pause.remove(&id);
+                        }
                         if failed {
                             let wait = pause.get(&id).map_or(Duration::from_secs(1), |(_, w)| (*w * 2).min(Duration::from_secs(60)));
                             pause.insert(id, (tokio::time::Instant::now() + wait, wait));
@@ -384,7 +388,9 @@ impl Transmitter {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = version.changed() => {}
             }
-            pause.retain(|id, _| running.values().any(|r| r == id) || self.stream(*id).is_some());
+            pause.retain(|id, _| {
+                running.values().any(|(r, _)| r == id) || self.stream(*id).is_some()
+            });
         }
     }
 }
