@@ -630,6 +630,15 @@ impl TestEnv {
         (instance, format!("http://{addr}"))
     }
 
+    /// An access service of this installation built from `config`, as `rollcall serve` builds
+    /// it (not yet serving).
+    pub async fn installation_access(
+        &self,
+        config: rollcall_access::Config,
+    ) -> rollcall_access::Access {
+        self.installation.access(config).await
+    }
+
     /// A session for a user of the test's tenant.
     pub fn session(&self, user: &str) -> String {
         self.access

@@ -345,6 +345,23 @@ impl SignInEnv {
         callback: Option<String>,
         adjust: impl FnOnce(rollcall_access::Config, &TestProvider) -> rollcall_access::Config,
     ) -> Self {
+        Self::start_as(callback, adjust, false).await
+    }
+
+    /// Like [`SignInEnv::start_with`], with the access service of the installation (as
+    /// `rollcall serve` builds it: sign-ins are recorded on the event stream) transmitting
+    /// Shared Signals at its own address (receivers on loopback allowed).
+    pub async fn start_transmitting(
+        adjust: impl FnOnce(rollcall_access::Config, &TestProvider) -> rollcall_access::Config,
+    ) -> Self {
+        Self::start_as(None, adjust, true).await
+    }
+
+    async fn start_as(
+        callback: Option<String>,
+        adjust: impl FnOnce(rollcall_access::Config, &TestProvider) -> rollcall_access::Config,
+        transmitting: bool,
+    ) -> Self {
         let mut env = TestEnv::start().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let callback = callback.unwrap_or_else(|| {
@@ -367,11 +384,21 @@ impl SignInEnv {
             },
             &provider,
         );
-        let access = rollcall_access::Access::new(config)
-            .unwrap()
-            .with_revoker(Arc::new(rollcall_scim_api::operator::SignOutRevoker(
-                env.log.clone(),
-            )));
+        let access = if transmitting {
+            let mut config = config;
+            config.ssf.public_url = Some(
+                format!("http://{}", listener.local_addr().unwrap())
+                    .parse()
+                    .unwrap(),
+            );
+            config.ssf.allow_internal_endpoints = true;
+            env.installation_access(config).await
+        } else {
+            rollcall_access::Access::new(config).unwrap()
+        }
+        .with_revoker(Arc::new(rollcall_scim_api::operator::SignOutRevoker(
+            env.log.clone(),
+        )));
         env.serve_access(listener, access).await;
         env.wait_for_access().await;
         Self {

@@ -1735,3 +1735,95 @@ async fn an_operator_pause_is_announced_at_once_and_holds_what_follows_until_res
         "enabled"
     );
 }
+
+#[tokio::test]
+async fn a_person_who_signed_in_is_named_as_the_provider_names_them() {
+    use rollcall_it::signin::{Browser, SignInEnv};
+    let signin = SignInEnv::start_transmitting(|config, _| config).await;
+    let env = &signin.env;
+    // Provisioned without an email: only the provider account can name her.
+    let oid = uuid::Uuid::new_v4().to_string();
+    let grace = env
+        .scim()
+        .create_user(&json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": "grace", "externalId": oid, "active": true,
+        }))
+        .await;
+    signin
+        .provider
+        .account(
+            "grace-at-the-provider",
+            json!({"oid": oid, "preferred_username": "grace"}),
+        )
+        .await;
+    let mut browser = Browser::new();
+    let done = signin
+        .sign_in(&mut browser, "https://wiki.test/", "grace-at-the-provider")
+        .await;
+    assert_eq!(done.status, 302, "{}", done.body);
+    // A second sign-in records nothing more.
+    let again = signin
+        .sign_in(
+            &mut Browser::new(),
+            "https://wiki.test/",
+            "grace-at-the-provider",
+        )
+        .await;
+    assert_eq!(again.status, 302, "{}", again.body);
+
+    let token = env
+        .store
+        .create_token("test", Scope::Ssf, None)
+        .await
+        .unwrap()
+        .token;
+    let base = &env.access_base;
+    let receiver = Receiver::start(
+        &format!("{base}/test"),
+        &format!("{base}/ssf/test/jwks.json"),
+    )
+    .await;
+    let created: Value = reqwest::Client::new()
+        .post(format!("{base}/ssf/test/streams"))
+        .bearer_auth(&token)
+        .json(&json!({"delivery": {"method": rollcall_domain::ssf::PUSH, "endpoint_url": receiver.url()}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    *receiver.audience.lock().unwrap() = created["aud"].as_str().unwrap().to_owned();
+    env.scim()
+        .patch(
+            &format!("/Users/{grace}"),
+            &patch(json!([{"op": "Replace", "path": "active", "value": "False"}])),
+        )
+        .await;
+    let sets = receiver.wait_for(2).await;
+    let provider_account =
+        json!({"format": "iss_sub", "iss": signin.provider.issuer, "sub": "grace-at-the-provider"});
+    assert_eq!(event_uri(&sets[0].1), uri::ACCOUNT_DISABLED);
+    assert_eq!(sets[0].1["sub_id"], provider_account);
+    assert_eq!(sets[1].1["sub_id"]["user"], provider_account);
+    let head = env.head().await;
+    eventually("audited", Duration::from_secs(10), || env.projected(head)).await;
+    let linked: Vec<String> = env
+        .store
+        .audit_events(
+            "test",
+            rollcall_domain::identity::identity_id(
+                "test",
+                grace.parse().unwrap(),
+                &signin.provider.issuer,
+                "grace-at-the-provider",
+            ),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.event_type)
+        .collect();
+    assert_eq!(linked, ["identity.linked"], "recorded once, audited");
+}

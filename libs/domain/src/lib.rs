@@ -11,6 +11,7 @@ pub mod application;
 pub mod attributes;
 pub mod event;
 pub mod group;
+pub mod identity;
 pub mod policy;
 pub mod ssf;
 pub mod user;
@@ -21,5 +22,6 @@ pub use application::{
 pub use attributes::{AttributeChange, Attributes};
 pub use event::EventKind;
 pub use group::{Group, GroupCommand, GroupError, GroupEvent, Member};
+pub use identity::IdentityEvent;
 pub use ssf::{StreamCommand, StreamEvent};
 pub use user::{User, UserCommand, UserError, UserEvent};

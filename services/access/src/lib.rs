@@ -562,6 +562,60 @@ impl Access {
         used.insert(state.to_owned(), expires).is_none()
     }
 
+    /// Records, once, that `user` of `tenant` signed in as `subject` at `issuer` (an
+    /// `identity.linked` event, one aggregate per link: a later sign-in finds it recorded and
+    /// writes nothing). A failure is logged, never refused: the sign-in stands.
+    async fn link_identity(&self, tenant: &str, user: Uuid, issuer: &str, subject: &str) {
+        use rollcall_domain::identity::{identity_id, IdentityEvent};
+        let Some(log) = &self.log else {
+            return;
+        };
+        let plain = |text: &str| {
+            !text.is_empty() && text.len() <= 1024 && !text.chars().any(char::is_control)
+        };
+        if !plain(issuer) || !plain(subject) {
+            warn!(tenant, user.id = %user, "the ID token's iss or sub is not plain text; the sign-in's identity is not recorded");
+            return;
+        }
+        let id = identity_id(tenant, user, issuer, subject);
+        let event = IdentityEvent::Linked {
+            user_id: user,
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let envelope = rollcall_eventlog::Envelope {
+            event_id: Uuid::now_v7(),
+            tenant: tenant.to_owned(),
+            aggregate_type: IdentityEvent::AGGREGATE.to_owned(),
+            aggregate_id: id,
+            version: 1,
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            occurred_at: now
+                .replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+                .unwrap_or(now),
+            actor: Actor::System {
+                name: "sign-in".into(),
+            },
+            request_id: Some(format!("sign-in-{}", Uuid::now_v7())),
+            traceparent: rollcall_telemetry::traceparent(),
+            payload: event.to_payload(),
+        };
+        let subject_name = log
+            .namespace()
+            .aggregate_subject(tenant, IdentityEvent::AGGREGATE, &id);
+        match log.append(&subject_name, 0, &[envelope]).await {
+            Ok(_) => {
+                info!(tenant, user.id = %user, "recorded the provider account a user signed in as")
+            }
+            Err(rollcall_eventlog::AppendError::Conflict { .. }) => {}
+            Err(error) => {
+                warn!(tenant, user.id = %user, error = %error, "the provider account of a sign-in could not be recorded")
+            }
+        }
+    }
+
     /// Records the revocation of a session (sign-out).
     async fn revoke(&self, tenant: &str, user: Uuid, session: &str) -> Result<(), String> {
         match self.revoker.get() {

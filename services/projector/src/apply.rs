@@ -7,7 +7,7 @@ use std::future::Future;
 
 use rollcall_domain::group::{self, Group, GroupEvent, GroupState};
 use rollcall_domain::user::{self, User, UserEvent};
-use rollcall_domain::{ApplicationEvent, Attributes, EventKind, StreamEvent};
+use rollcall_domain::{ApplicationEvent, Attributes, EventKind, IdentityEvent, StreamEvent};
 use rollcall_eventlog::chain::{link, GENESIS};
 use rollcall_eventlog::consumer::Delivered;
 use rollcall_eventlog::Envelope;
@@ -203,8 +203,15 @@ pub async fn apply_effects(
         GroupEvent::AGGREGATE => {
             apply_with::<Groups>(connection, pending, envelope, sequence, position).await
         }
-        // SSF streams have no read model here either (the access services fold them):
-        // checked readable, then audited.
+        // SSF streams and identity links have no read model here either (the access services
+        // fold them): checked readable, then audited.
+        IdentityEvent::AGGREGATE => IdentityEvent::from_payload(
+            &envelope.event_type,
+            envelope.schema_version,
+            &envelope.payload,
+        )
+        .map(|_| ())
+        .map_err(|reason| ProjectorError::Event { sequence, reason }),
         StreamEvent::AGGREGATE => StreamEvent::from_payload(
             &envelope.event_type,
             envelope.schema_version,

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use rollcall_domain::group::{self, Group, GroupEvent, GroupState};
 use rollcall_domain::user::{self, User, UserEvent};
-use rollcall_domain::{ApplicationEvent, EventKind, StreamEvent};
+use rollcall_domain::{ApplicationEvent, EventKind, IdentityEvent, StreamEvent};
 use rollcall_eventlog::consumer::Delivered;
 use rollcall_eventlog::Envelope;
 use rollcall_store::access::{self, RevocationRow};
@@ -94,6 +94,12 @@ pub(crate) fn prepare(delivered: &Delivered) -> Prepared {
             &envelope.payload,
         )
         .map(Parsed::Group),
+        IdentityEvent::AGGREGATE => IdentityEvent::from_payload(
+            &envelope.event_type,
+            envelope.schema_version,
+            &envelope.payload,
+        )
+        .map(|_| Parsed::Application),
         StreamEvent::AGGREGATE => StreamEvent::from_payload(
             &envelope.event_type,
             envelope.schema_version,

@@ -150,6 +150,12 @@ pub async fn callback(
             error,
         })?;
     let user = provisioned_user(&access, &rp, &signed_in)?;
+    let claim = |name: &str| signed_in.claims.get(name).and_then(|v| v.as_str());
+    if let (Some(issuer), Some(subject)) = (claim("iss"), claim("sub")) {
+        access
+            .link_identity(&rp.tenant, user, issuer, subject)
+            .await;
+    }
     let (token, claims) = access
         .keys
         .issue(&rp.tenant, user, now())

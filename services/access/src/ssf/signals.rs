@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use rollcall_domain::group::{self, Group};
 use rollcall_domain::user::{self, User};
-use rollcall_domain::{EventKind, GroupEvent, UserEvent};
+use rollcall_domain::{EventKind, GroupEvent, IdentityEvent, UserEvent};
 use rollcall_eventlog::{Actor, Envelope};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -97,6 +97,8 @@ pub struct TenantFold {
     groups: HashMap<Uuid, Group>,
     /// Groups by member key ([`rollcall_domain::Member::key`]).
     member_of: HashMap<String, BTreeSet<Uuid>>,
+    /// The provider account each user last signed in as: (issuer, subject).
+    links: HashMap<Uuid, (String, String)>,
 }
 
 /// Who initiated an event, in CAEP's words.
@@ -109,9 +111,9 @@ fn initiating_entity(envelope: &Envelope) -> &'static str {
 }
 
 impl TenantFold {
-    /// The subjects of user `id` as known now: `email` (primary first) when it has one, else
-    /// `iss_sub` with `issuer` and the user's id (the `sub` of Rollcall's sessions); the first
-    /// is the one SETs carry.
+    /// The subjects of user `id` as known now, the one SETs carry first: `email` (primary
+    /// first) when it has one; `iss_sub` of the provider account it signed in as, once it has;
+    /// `iss_sub` with `issuer` and the user's id (the `sub` of Rollcall's sessions).
     fn user_subjects(&self, issuer: &str, id: Uuid) -> Vec<Value> {
         let mut subjects: Vec<Value> = self
             .users
@@ -124,6 +126,9 @@ impl TenantFold {
                     .collect()
             })
             .unwrap_or_default();
+        if let Some((provider, subject)) = self.links.get(&id) {
+            subjects.push(json!({"format": "iss_sub", "iss": provider, "sub": subject}));
+        }
         subjects.push(json!({"format": "iss_sub", "iss": issuer, "sub": id.to_string()}));
         subjects
     }
@@ -376,6 +381,19 @@ impl TenantFold {
                     self.apply_group(envelope, &event);
                 }
             }
+            IdentityEvent::AGGREGATE => {
+                if let Ok(IdentityEvent::Linked {
+                    user_id,
+                    issuer,
+                    subject,
+                }) = IdentityEvent::from_payload(
+                    &envelope.event_type,
+                    envelope.schema_version,
+                    &envelope.payload,
+                ) {
+                    self.links.insert(user_id, (issuer, subject));
+                }
+            }
             _ => {}
         }
     }
@@ -514,7 +532,34 @@ mod tests {
             signals[0].sub_id["session"],
             json!({"format": "opaque", "id": "s-1"})
         );
-        assert_eq!(signals[0].sub_id["user"]["format"], "iss_sub");
+        assert_eq!(
+            signals[0].sub_id["user"],
+            json!({"format": "iss_sub", "iss": ISSUER, "sub": ada.to_string()}),
+            "without an email or a sign-in: Rollcall's own issuer and the user's id"
+        );
+        // Once ada signed in through the provider, SETs name her as the provider does.
+        step(
+            &mut fold,
+            envelope(
+                Uuid::now_v7(),
+                json!({"type": "identity.linked", "user_id": ada, "issuer": "https://idp.example/v2.0", "subject": "pairwise-ada"}),
+                Actor::System {
+                    name: "sign-in".into(),
+                },
+            ),
+        );
+        let revoked = step(
+            &mut fold,
+            envelope(
+                ada,
+                json!({"type": "user.sessions_revoked", "reason": "r"}),
+                scim(),
+            ),
+        );
+        assert_eq!(
+            revoked[0].sub_id["user"],
+            json!({"format": "iss_sub", "iss": "https://idp.example/v2.0", "sub": "pairwise-ada"})
+        );
         assert_eq!(signals[0].body["initiating_entity"], "user");
         let change = AttributeChange {
             path: "password".into(),
