@@ -2,18 +2,20 @@
 //! (`ssf_delivery`), derives the SETs of each event ([`super::signals`]) and hands them over.
 //!
 //! - Push (RFC 8935): one process at a time delivers a stream (it holds the stream's lock in
-//!   PostgreSQL; a process that dies loses it with its connection, and another takes over
-//!   within a second). Each SET is posted until the receiver answers `2xx`; network errors and
-//!   other answers are retried with backoff and jitter, except `400`, which RFC 8935 means as
-//!   "this SET is refused" (logged with its `err` code, not retried). The position moves past
-//!   an event only once every SET of it is handed over: at-least-once, in order, across
-//!   crashes. A receiver unreachable for longer than `ROLLCALL_SSF_MAX_BACKLOG` events gets its
-//!   stream paused, with a reason.
+//!   PostgreSQL, [`DeliveryLocks`]; a process that dies loses it with its connection, and
+//!   another takes over within a second). Each SET is posted until the receiver answers `2xx`;
+//!   network errors and other answers are retried with backoff and jitter, except `400`, which
+//!   RFC 8935 means as "this SET is refused" (logged with its `err` code, not retried, but for
+//!   codes that may pass later, tried a few times). The position moves past an event only once
+//!   every SET of it is handed over, on the lock's own session: at-least-once, in order, across
+//!   crashes. When more than `ROLLCALL_SSF_MAX_BACKLOG` of the tenant's events pile up after
+//!   the receiver started failing, the stream is paused, with a reason.
 //! - Poll (RFC 8936): a cursor per stream derives the next SETs after the position; SETs are
 //!   acknowledged one by one (`ack`, `setErrs`) and the position moves past every event whose
 //!   SETs are all acknowledged. Any replica answers any poll.
 //! - Status: `paused` holds events (nothing moves until the stream is enabled again),
-//!   `disabled` drops the events that occur while it is disabled.
+//!   `disabled` drops the events that occur while it is disabled; control SETs
+//!   (verification, stream-updated) pass both.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
