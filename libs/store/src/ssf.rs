@@ -2,7 +2,7 @@
 //! event stream up to which its receiver has everything, SETs acknowledged beyond it (poll),
 //! and the lock that lets one process at a time deliver a stream.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,29 +123,39 @@ fn lock_key(stream: Uuid) -> i64 {
 }
 
 impl DeliveryLocks {
-    /// Takes the lock of `stream` if no process holds it.
-    #[instrument(skip_all, fields(stream = %stream), err)]
-    pub async fn try_lock(&self, stream: Uuid) -> Result<Option<Lease>, StoreError> {
+    /// Takes the lock of every stream of `streams` that no process holds, in one query: the
+    /// leases taken.
+    #[instrument(skip_all, fields(streams = streams.len()), err)]
+    pub async fn try_lock_all(&self, streams: &[Uuid]) -> Result<Vec<Lease>, StoreError> {
         let mut session = self.session.lock().await;
-        if session.held.contains(&stream) {
-            return Ok(None);
+        let by_key: HashMap<i64, Uuid> = streams
+            .iter()
+            .filter(|stream| !session.held.contains(stream))
+            .map(|stream| (lock_key(*stream), *stream))
+            .collect();
+        if by_key.is_empty() {
+            return Ok(Vec::new());
         }
+        let keys: Vec<i64> = by_key.keys().copied().collect();
         let connection = session.connection(&self.options).await?;
-        let result: Result<(bool,), _> = bounded(
-            sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-                .bind(lock_key(stream))
-                .fetch_one(connection),
+        let result: Result<Vec<(i64,)>, _> = bounded(
+            sqlx::query_as(
+                "SELECT key FROM unnest($1::bigint[]) AS key WHERE pg_try_advisory_lock(key)",
+            )
+            .bind(keys)
+            .fetch_all(connection),
         )
         .await;
-        let (locked,) = session.done(result)?;
-        if !locked {
-            return Ok(None);
-        }
-        session.held.insert(stream);
-        Ok(Some(Lease {
-            stream,
-            generation: session.generation,
-        }))
+        let locked = session.done(result)?;
+        let generation = session.generation;
+        Ok(locked
+            .into_iter()
+            .filter_map(|(key,)| by_key.get(&key).copied())
+            .map(|stream| {
+                session.held.insert(stream);
+                Lease { stream, generation }
+            })
+            .collect())
     }
 
     /// Whether `lease` still holds: not released, and its session alive (pinged at most once a

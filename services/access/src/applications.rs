@@ -15,25 +15,14 @@ use rollcall_domain::application::{
     self, application_id, Application, ApplicationCommand, ApplicationEvent, ApplicationSpec,
 };
 use rollcall_domain::EventKind;
-use rollcall_eventlog::consumer::{decode, Delivered};
-use rollcall_eventlog::{Actor, AppendError, Envelope, EventLog, LoadError};
+use rollcall_eventlog::consumer::Delivered;
+use rollcall_eventlog::{Actor, AppendError, Envelope, EventLog};
 use time::OffsetDateTime;
 use tracing::{error, instrument, warn};
 use uuid::Uuid;
 
+use crate::folded::{self, Folded};
 use crate::policy::{Declared, Policies};
-
-/// How long reading the application events up to the stream's head may take.
-const READ_WAIT: Duration = Duration::from_secs(30);
-
-/// The subjects of every application's events in the namespace of `log`.
-fn subjects(log: &EventLog) -> String {
-    format!(
-        "{}.events.*.{}.*",
-        log.namespace().as_str(),
-        ApplicationEvent::AGGREGATE
-    )
-}
 
 /// One application's place on the stream.
 #[derive(Debug, Clone, Default)]
@@ -53,57 +42,6 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The stream sequence of the last application event folded (0: none).
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
-    /// Folds the events of one message. An event that cannot be read is an error (the
-    /// catalog keeps what it had).
-    pub fn apply(&mut self, events: &[Delivered]) -> Result<(), String> {
-        let mut read = Vec::with_capacity(events.len());
-        for delivered in events {
-            let envelope = &delivered.envelope;
-            if envelope.aggregate_type != ApplicationEvent::AGGREGATE {
-                continue;
-            }
-            let event = ApplicationEvent::from_payload(
-                &envelope.event_type,
-                envelope.schema_version,
-                &envelope.payload,
-            )?;
-            let name = match &event {
-                ApplicationEvent::Configured { application } => application.name.clone(),
-                ApplicationEvent::Removed { before } => before.name.clone(),
-                _ => match self.name_of(&envelope.tenant, envelope.aggregate_id) {
-                    Some(name) => name,
-                    None => {
-                        return Err(format!(
-                            "{} of application {} that was never configured",
-                            envelope.event_type, envelope.aggregate_id
-                        ))
-                    }
-                },
-            };
-            read.push((delivered, name, event));
-        }
-        for (delivered, name, event) in read {
-            let key = (delivered.envelope.tenant.clone(), name);
-            let entry = self.entries.entry(key).or_default();
-            entry.state = application::evolve(std::mem::take(&mut entry.state), &event);
-            entry.sequence = delivered.sequence;
-            entry.version = delivered.envelope.version;
-            self.version = self.version.max(delivered.sequence);
-        }
-        Ok(())
-    }
-
-    /// Passes over the message at `sequence`, which cannot be read: what it changed is not
-    /// in the catalog (said loudly by the caller).
-    pub fn skip(&mut self, sequence: u64) {
-        self.version = self.version.max(sequence);
-    }
-
     fn name_of(&self, tenant: &str, id: Uuid) -> Option<String> {
         self.entries
             .keys()
@@ -166,6 +104,57 @@ impl Catalog {
         // both between the two writes.
         changes.sort_by_key(|change| !change.removes());
         Plan { changes }
+    }
+}
+
+impl Folded for Catalog {
+    const AGGREGATE: &'static str = ApplicationEvent::AGGREGATE;
+    const EVENT: &'static str = "an application event";
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn apply(&mut self, events: &[Delivered]) -> Result<(), String> {
+        let mut read = Vec::with_capacity(events.len());
+        for delivered in events {
+            let envelope = &delivered.envelope;
+            if envelope.aggregate_type != ApplicationEvent::AGGREGATE {
+                continue;
+            }
+            let event = ApplicationEvent::from_payload(
+                &envelope.event_type,
+                envelope.schema_version,
+                &envelope.payload,
+            )?;
+            let name = match &event {
+                ApplicationEvent::Configured { application } => application.name.clone(),
+                ApplicationEvent::Removed { before } => before.name.clone(),
+                _ => match self.name_of(&envelope.tenant, envelope.aggregate_id) {
+                    Some(name) => name,
+                    None => {
+                        return Err(format!(
+                            "{} of application {} that was never configured",
+                            envelope.event_type, envelope.aggregate_id
+                        ))
+                    }
+                },
+            };
+            read.push((delivered, name, event));
+        }
+        for (delivered, name, event) in read {
+            let key = (delivered.envelope.tenant.clone(), name);
+            let entry = self.entries.entry(key).or_default();
+            entry.state = application::evolve(std::mem::take(&mut entry.state), &event);
+            entry.sequence = delivered.sequence;
+            entry.version = delivered.envelope.version;
+            self.version = self.version.max(delivered.sequence);
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, sequence: u64) {
+        self.version = self.version.max(sequence);
     }
 }
 
@@ -247,42 +236,6 @@ fn names(policies: &[application::PolicySpec]) -> Vec<&str> {
     policies.iter().map(|p| p.name.as_str()).collect()
 }
 
-/// Reads every application event up to the stream's head.
-pub async fn read(log: &EventLog) -> Result<Catalog, LoadError> {
-    let mut catalog = Catalog::default();
-    catch_up(log, &mut catalog).await?;
-    Ok(catalog)
-}
-
-/// Folds the application events after `catalog`'s version up to the stream's head.
-#[instrument(skip_all, fields(after = catalog.version()), err)]
-pub async fn catch_up(log: &EventLog, catalog: &mut Catalog) -> Result<(), LoadError> {
-    let after = catalog.version();
-    log.read_to_head(
-        subjects(log),
-        after,
-        READ_WAIT,
-        "reading the applications",
-        |message, sequence| fold(catalog, message, sequence),
-    )
-    .await
-}
-
-/// Folds one message into `catalog`; one that cannot be read is passed over, loudly (the
-/// stream keeps it for good: refusing to go on would stop every access service for good).
-pub fn fold(catalog: &mut Catalog, message: &async_nats::jetstream::Message, sequence: u64) {
-    let folded = decode(message)
-        .map_err(|e| e.to_string())
-        .and_then(|events| catalog.apply(&events));
-    if let Err(reason) = folded {
-        error!(
-            sequence,
-            reason, "an application event cannot be read; what it changed is not in force"
-        );
-        catalog.skip(sequence);
-    }
-}
-
 /// Appends a plan, each application's change as one write expecting the sequence it was
 /// planned on: a change that another writer overtook is refused (nothing of it is written),
 /// and the caller plans again. Returns the last sequence written (0: nothing to write).
@@ -349,7 +302,7 @@ pub async fn apply_declared(
     let mut catalog = Catalog::default();
     let mut written = Plan::default();
     for attempt in 1..=ATTEMPTS {
-        catch_up(log, &mut catalog)
+        folded::catch_up(log, &mut catalog)
             .await
             .map_err(|e| e.to_string())?;
         let plan = catalog.plan(desired);
@@ -385,17 +338,6 @@ fn jitter() -> u8 {
     let mut byte = [0u8];
     let _ = getrandom::fill(&mut byte);
     byte[0]
-}
-
-/// The application events after stream sequence `after`, as they are appended, and how many
-/// there are now.
-pub async fn follow(
-    log: &EventLog,
-    after: u64,
-) -> Result<(async_nats::jetstream::consumer::pull::Ordered, u64), String> {
-    log.follow(subjects(log), after)
-        .await
-        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod directory;
 pub mod entra;
 pub mod error;
 pub mod feed;
+pub mod folded;
 pub mod http;
 pub mod identity;
 pub mod keys;
@@ -40,6 +41,7 @@ use uuid::Uuid;
 use crate::decision::{Decision, Freshness, Request};
 use crate::directory::Directory;
 use crate::feed::Health;
+use crate::folded::Folded;
 use crate::keys::{InstallationKeys, Kek, KekConfig, Keyring};
 use crate::policy::Policies;
 use crate::session::SessionKeys;
@@ -311,7 +313,7 @@ impl Access {
         if self.config.policies.is_some() {
             self.write_policy_file(&log).await?;
         }
-        let catalog = applications::read(&log)
+        let catalog = folded::read::<applications::Catalog>(&log)
             .await
             .map_err(|e| AccessError::Config(format!("reading the applications: {e}")))?;
         if catalog.declared().is_empty() {
@@ -684,12 +686,13 @@ async fn follow_applications(
     use futures::StreamExt;
     loop {
         let followed = async {
-            let (mut messages, _) = applications::follow(&log, catalog.version()).await?;
+            let (mut messages, _) =
+                folded::follow::<applications::Catalog>(&log, catalog.version()).await?;
             while let Some(message) = messages.next().await {
                 let message = message.map_err(|e| e.to_string())?;
                 let info = message.info().map_err(|e| e.to_string())?;
                 let (sequence, pending) = (info.stream_sequence, info.pending);
-                applications::fold(&mut catalog, &message, sequence);
+                folded::fold(&mut catalog, &message, sequence);
                 let Some(shared) = shared.upgrade() else {
                     return Ok(());
                 };

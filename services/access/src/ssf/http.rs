@@ -335,6 +335,14 @@ fn texts(value: &Value, field: &str, max_items: usize) -> Result<Vec<String>, Ss
         .collect()
 }
 
+/// Refuses an object with a member not in `allowed` (`what` names such members).
+fn only(object: &Map<String, Value>, allowed: &[&str], what: &str) -> Result<(), SsfError> {
+    match object.keys().find(|key| !allowed.contains(&key.as_str())) {
+        Some(unknown) => Err(SsfError::bad(format!("unknown {what} {unknown:?}"))),
+        None => Ok(()),
+    }
+}
+
 /// Checks a push endpoint: an absolute `https` URL (`http` only on loopback).
 fn endpoint(transmitter: &Transmitter, value: &Value) -> Result<String, SsfError> {
     let text = text(value, "delivery.endpoint_url", MAX_URL)?;
@@ -403,11 +411,7 @@ fn read_spec(
     replace: bool,
     creating: bool,
 ) -> Result<StreamSpec, SsfError> {
-    if let Some(unknown) = body.keys().find(|key| !FIELDS.contains(&key.as_str())) {
-        return Err(SsfError::bad(format!(
-            "unknown stream property {unknown:?}"
-        )));
-    }
+    only(body, &FIELDS, "stream property")?;
     let mut spec = base.clone();
     if replace {
         spec.events_requested = Vec::new();
@@ -441,14 +445,11 @@ fn read_spec(
         let delivery = delivery
             .as_object()
             .ok_or_else(|| SsfError::bad("delivery must be an object"))?;
-        if let Some(unknown) = delivery
-            .keys()
-            .find(|k| !["method", "endpoint_url", "authorization_header"].contains(&k.as_str()))
-        {
-            return Err(SsfError::bad(format!(
-                "unknown delivery property {unknown:?}"
-            )));
-        }
+        only(
+            delivery,
+            &["method", "endpoint_url", "authorization_header"],
+            "delivery property",
+        )?;
         let method = delivery
             .get("method")
             .map(|m| text(m, "delivery.method", MAX_TEXT))
@@ -730,12 +731,7 @@ pub async fn set_status(
     let transmitter = transmitter(&access)?;
     let token = receiver(transmitter, &headers, &tenant).await?;
     let body = body_object(&body)?;
-    if let Some(unknown) = body
-        .keys()
-        .find(|k| !["stream_id", "status", "reason"].contains(&k.as_str()))
-    {
-        return Err(SsfError::bad(format!("unknown property {unknown:?}")));
-    }
+    only(&body, &["stream_id", "status", "reason"], "property")?;
     let id = stream_id(body.get("stream_id").and_then(Value::as_str))?;
     let wanted = body
         .get("status")
@@ -811,12 +807,7 @@ async fn subjects(
     let transmitter = transmitter(&access)?;
     let token = receiver(transmitter, &headers, &tenant).await?;
     let body = body_object(&body)?;
-    if let Some(unknown) = body
-        .keys()
-        .find(|k| !["stream_id", "subject", "verified"].contains(&k.as_str()))
-    {
-        return Err(SsfError::bad(format!("unknown property {unknown:?}")));
-    }
+    only(&body, &["stream_id", "subject", "verified"], "property")?;
     if body.get("verified").is_some_and(|v| !v.is_boolean()) {
         return Err(SsfError::bad("verified must be true or false"));
     }
@@ -881,12 +872,7 @@ pub async fn verify(
     let transmitter = transmitter(&access)?;
     let token = receiver(transmitter, &headers, &tenant).await?;
     let body = body_object(&body)?;
-    if let Some(unknown) = body
-        .keys()
-        .find(|k| !["stream_id", "state"].contains(&k.as_str()))
-    {
-        return Err(SsfError::bad(format!("unknown property {unknown:?}")));
-    }
+    only(&body, &["stream_id", "state"], "property")?;
     let id = stream_id(body.get("stream_id").and_then(Value::as_str))?;
     let state = body
         .get("state")

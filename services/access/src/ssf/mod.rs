@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
+use crate::folded::Folded;
 use crate::keys::Kek;
 use keys::SigningKeys;
 use streams::Catalog;
@@ -198,7 +199,7 @@ impl Transmitter {
             .map_err(|e| format!("the Shared Signals keys: {e}"))?;
         let catalog = {
             let mut catalog = Catalog::default();
-            streams::catch_up(&log, &mut catalog)
+            crate::folded::catch_up(&log, &mut catalog)
                 .await
                 .map_err(|e| format!("reading the SSF streams: {e}"))?;
             catalog
@@ -299,14 +300,14 @@ impl Transmitter {
     async fn follow_streams(self) {
         loop {
             let after = self.catalog.read().map(|c| c.version()).unwrap_or(0);
-            match streams::follow(&self.log, after).await {
+            match crate::folded::follow::<Catalog>(&self.log, after).await {
                 Ok((mut messages, _)) => {
                     while let Some(message) = messages.next().await {
                         let Ok(message) = message else { break };
                         let Ok(info) = message.info() else { break };
                         let sequence = info.stream_sequence;
                         if let Ok(mut catalog) = self.catalog.write() {
-                            streams::fold(&mut catalog, &message, sequence);
+                            crate::folded::fold(&mut *catalog, &message, sequence);
                             // Poll cursors of deleted streams go (on every replica).
                             if let Ok(mut polls) = self.polls.lock() {
                                 polls.retain(|id, _| {
@@ -337,19 +338,26 @@ impl Transmitter {
         let mut pause: HashMap<Uuid, (tokio::time::Instant, Duration)> = HashMap::new();
         loop {
             let now = tokio::time::Instant::now();
-            for (id, entry) in self.streams(None) {
-                let push = entry.state.live().is_some_and(|live| {
-                    matches!(
-                        live.spec.delivery,
-                        rollcall_domain::ssf::Delivery::Push { .. }
-                    )
-                });
-                let waiting = pause.get(&id).is_some_and(|(until, _)| *until > now);
-                if !push || waiting || running.values().any(|(r, _)| *r == id) {
-                    continue;
-                }
-                match locks.try_lock(id).await {
-                    Ok(Some(lease)) => {
+            // Every push stream no delivery of this process runs, asked for in one query.
+            let wanted: Vec<Uuid> = self
+                .streams(None)
+                .into_iter()
+                .filter(|(id, entry)| {
+                    let push = entry.state.live().is_some_and(|live| {
+                        matches!(
+                            live.spec.delivery,
+                            rollcall_domain::ssf::Delivery::Push { .. }
+                        )
+                    });
+                    let waiting = pause.get(id).is_some_and(|(until, _)| *until > now);
+                    push && !waiting && !running.values().any(|(r, _)| r == id)
+                })
+                .map(|(id, _)| id)
+                .collect();
+            match locks.try_lock_all(&wanted).await {
+                Ok(leases) => {
+                    for lease in leases {
+                        let id = lease.stream;
                         let (transmitter, locks) = (self.clone(), locks.clone());
                         let task = tasks.spawn(
                             deliver::push(transmitter, locks, lease)
@@ -357,11 +365,8 @@ impl Transmitter {
                         );
                         running.insert(task.id(), (id, tokio::time::Instant::now()));
                     }
-                    Ok(None) => {}
-                    Err(error) => {
-                        warn!(error = %error, stream = %id, "the delivery lock could not be asked for")
-                    }
                 }
+                Err(error) => warn!(error = %error, "the delivery locks could not be asked for"),
             }
             tokio::select! {
                 Some(ended) = tasks.join_next_with_id() => {

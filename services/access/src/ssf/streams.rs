@@ -4,27 +4,16 @@
 //! answered `409`, never lost).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use rollcall_domain::ssf::{self, Stream, StreamCommand, StreamError, StreamEvent};
 use rollcall_domain::EventKind;
-use rollcall_eventlog::consumer::{decode, Delivered};
-use rollcall_eventlog::{Actor, AppendError, Envelope, EventLog, LoadError};
+use rollcall_eventlog::consumer::Delivered;
+use rollcall_eventlog::{Actor, AppendError, Envelope, EventLog};
 use time::OffsetDateTime;
-use tracing::{error, instrument};
+use tracing::instrument;
 use uuid::Uuid;
 
-/// How long reading the stream events up to the head may take.
-const READ_WAIT: Duration = Duration::from_secs(30);
-
-/// The subjects of every SSF stream's events in the namespace of `log`.
-pub fn subjects(log: &EventLog) -> String {
-    format!(
-        "{}.events.*.{}.*",
-        log.namespace().as_str(),
-        StreamEvent::AGGREGATE
-    )
-}
+use crate::folded::Folded;
 
 /// One SSF stream as its events say.
 #[derive(Debug, Clone, Default)]
@@ -51,11 +40,6 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The stream sequence of the last stream event folded.
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
     /// A stream, unless unknown.
     pub fn get(&self, id: Uuid) -> Option<&Entry> {
         self.entries.get(&id)
@@ -70,9 +54,17 @@ impl Catalog {
             })
             .map(|(id, entry)| (*id, entry))
     }
+}
 
-    /// Folds the events of one message.
-    pub fn apply(&mut self, events: &[Delivered]) -> Result<(), String> {
+impl Folded for Catalog {
+    const AGGREGATE: &'static str = StreamEvent::AGGREGATE;
+    const EVENT: &'static str = "an SSF stream event";
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn apply(&mut self, events: &[Delivered]) -> Result<(), String> {
         for delivered in events {
             let envelope = &delivered.envelope;
             if envelope.aggregate_type != StreamEvent::AGGREGATE {
@@ -108,48 +100,9 @@ impl Catalog {
         Ok(())
     }
 
-    /// Passes over an unreadable message.
-    pub fn skip(&mut self, sequence: u64) {
+    fn skip(&mut self, sequence: u64) {
         self.version = self.version.max(sequence);
     }
-}
-
-/// Folds one message; one that cannot be read is passed over, loudly.
-pub fn fold(catalog: &mut Catalog, message: &async_nats::jetstream::Message, sequence: u64) {
-    let folded = decode(message)
-        .map_err(|e| e.to_string())
-        .and_then(|events| catalog.apply(&events));
-    if let Err(reason) = folded {
-        error!(
-            sequence,
-            reason, "an SSF stream event cannot be read; what it changed is not in force"
-        );
-        catalog.skip(sequence);
-    }
-}
-
-/// The stream events after `after`, as they are appended, and how many there are now.
-pub async fn follow(
-    log: &EventLog,
-    after: u64,
-) -> Result<(async_nats::jetstream::consumer::pull::Ordered, u64), String> {
-    log.follow(subjects(log), after)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Folds the stream events after `catalog`'s version up to the head.
-#[instrument(skip_all, fields(after = catalog.version()), err)]
-pub async fn catch_up(log: &EventLog, catalog: &mut Catalog) -> Result<(), LoadError> {
-    let after = catalog.version();
-    log.read_to_head(
-        subjects(log),
-        after,
-        READ_WAIT,
-        "reading the SSF streams",
-        |message, sequence| fold(catalog, message, sequence),
-    )
-    .await
 }
 
 /// Why a change to a stream was not written.

@@ -95,7 +95,7 @@ pub async fn state(
     let directory = rollcall_access::feed::load(client, log.namespace())
         .await
         .context("reading the access state")?;
-    let policies = applications::read(log)
+    let policies = rollcall_access::folded::read::<applications::Catalog>(log)
         .await
         .context("reading the applications")?
         .policies();

@@ -96,7 +96,7 @@ pub async fn apply(
 ) -> anyhow::Result<Plan> {
     let declared = rollcall_access::read_policy_file(file)?;
     let plan = if dry_run {
-        let catalog = applications::read(log)
+        let catalog = rollcall_access::folded::read::<applications::Catalog>(log)
             .await
             .context("reading the applications")?;
         let plan = catalog.plan(&declared);
@@ -139,7 +139,7 @@ pub async fn apply(
 
 /// The applications on the stream as a policy file.
 pub async fn export(log: &EventLog) -> anyhow::Result<String> {
-    let catalog = applications::read(log)
+    let catalog = rollcall_access::folded::read::<applications::Catalog>(log)
         .await
         .context("reading the applications")?;
     Ok(Policies::write_file(&catalog.declared())?)

@@ -151,7 +151,7 @@ async fn run_streams(common: Common, command: StreamsCommand) -> anyhow::Result<
     let (_, log) = connect_nats(&common).await?;
     let store = connect_store(&common).await?;
     let mut catalog = Catalog::default();
-    streams::catch_up(&log, &mut catalog)
+    rollcall_access::folded::catch_up(&log, &mut catalog)
         .await
         .context("reading the SSF streams")?;
     let find = |catalog: &Catalog, id: Uuid| -> anyhow::Result<Entry> {
