@@ -100,9 +100,18 @@ impl Catalog {
                 });
             }
         }
-        // Removals first: a host moving from one application to another is never served by
-        // both between the two writes.
-        changes.sort_by_key(|change| !change.removes());
+        // Changes that take routes away first (removals, and routes changed to lose a host
+        // another change of the plan takes): a host moving from one application to another is
+        // never claimed by both between the two writes (which would leave the second
+        // application out of the policies in force until its write).
+        let taken: Vec<String> = changes
+            .iter()
+            .flat_map(ApplicationChange::takes)
+            .cloned()
+            .collect();
+        changes.sort_by_key(|change| {
+            !(change.removes() || change.gives_up().into_iter().any(|h| taken.contains(h)))
+        });
         Plan { changes }
     }
 }
@@ -179,6 +188,39 @@ impl ApplicationChange {
         self.events
             .iter()
             .any(|event| matches!(event, ApplicationEvent::Removed { .. }))
+    }
+
+    /// The hosts it takes away from the application.
+    fn gives_up(&self) -> Vec<&String> {
+        self.events
+            .iter()
+            .flat_map(|event| match event {
+                ApplicationEvent::RoutesChanged { before, after } => before
+                    .hosts
+                    .iter()
+                    .filter(|h| !after.hosts.contains(h))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// The hosts it gives the application.
+    fn takes(&self) -> Vec<&String> {
+        self.events
+            .iter()
+            .flat_map(|event| match event {
+                ApplicationEvent::Configured { application } => {
+                    application.routes.hosts.iter().collect()
+                }
+                ApplicationEvent::RoutesChanged { before, after } => after
+                    .hosts
+                    .iter()
+                    .filter(|h| !before.hosts.contains(h))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect()
     }
 }
 
@@ -400,6 +442,27 @@ mod tests {
             next += 1;
         }
         next
+    }
+
+    #[test]
+    fn a_host_moving_between_two_applications_is_given_up_before_it_is_taken() {
+        let mut catalog = Catalog::default();
+        let first = vec![
+            ("t".to_owned(), spec("alpha", "alpha.test")),
+            ("t".to_owned(), spec("beta", "beta.test")),
+        ];
+        let plan = catalog.plan(&first);
+        write(&mut catalog, &plan, 5);
+        // beta.test moves from beta to alpha: alpha sorts first, beta's change goes first.
+        let mut alpha = spec("alpha", "alpha.test");
+        alpha.routes.hosts.push("beta.test".into());
+        let second = vec![
+            ("t".to_owned(), alpha),
+            ("t".to_owned(), spec("beta", "beta2.test")),
+        ];
+        let plan = catalog.plan(&second);
+        let names: Vec<&str> = plan.changes.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["beta", "alpha"]);
     }
 
     #[test]

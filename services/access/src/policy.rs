@@ -290,6 +290,22 @@ fn compile_one(tenant: &str, app: &ApplicationSpec, at: &str) -> Result<Applicat
     if let Some(bad) = paths.iter().find(|p| !p.starts_with('/')) {
         return Err(PolicyError(format!("{at}: path {bad:?} must start with /")));
     }
+    // Hosts as requests are matched: normalized (no port, no trailing dot, lower case); a
+    // host that is not would never match, and the launcher would link to it.
+    for host in &app.routes.hosts {
+        let name = host.strip_prefix("*.").unwrap_or(host);
+        match crate::target::normalize_host(name) {
+            // Upper case is accepted: hosts are compared in lower case.
+            Ok(normal) if normal == name.to_ascii_lowercase() => {}
+            Ok(normal) => {
+                return Err(PolicyError(format!(
+                    "{at}: host {host:?} is not in normal form; write {:?}",
+                    host.replace(name, &normal)
+                )))
+            }
+            Err(error) => return Err(PolicyError(format!("{at}: host {host:?}: {error}"))),
+        }
+    }
     for path in &paths {
         match crate::target::normalize_path(path) {
             Ok(normal) if normal == *path => {}
@@ -597,6 +613,26 @@ mod tests {
     /// An application `name` of `tenant` on `host` and `path`, open to everyone.
     fn app(name: &str, tenant: &str, host: &str, path: &str) -> String {
         format!("[[application]]\nname = \"{name}\"\ntenant = \"{tenant}\"\nhosts = [\"{host}\"]\npaths = [\"{path}\"]\n[[application.policy]]\nname = \"p\"\naction = \"allow\"\ninclude = [{{ everyone = true }}]\n")
+    }
+
+    #[test]
+    fn a_host_that_no_request_could_name_is_refused() {
+        for (bad, why) in [
+            ("h.test:8080", "normal form"),
+            ("h.test.", "normal form"),
+            (" h.test", "h.test"),
+            ("h\u{e9}.test", "h"),
+            ("*.", "*."),
+        ] {
+            let error = Policies::parse(&app("a", "t", bad, "/"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("host") && error.contains(why),
+                "{bad:?}: {error}"
+            );
+        }
+        assert!(Policies::parse(&app("a", "t", "*.Example.com", "/")).is_ok());
     }
 
     #[test]
