@@ -701,6 +701,11 @@ impl TestEnv {
         }
     }
 
+    /// New connections to the test's installation (a process of its own would open them).
+    pub async fn connect_again(&self) -> Connections {
+        self.installation.connect_again().await
+    }
+
     /// Starts the projector (if it is not running).
     pub fn start_projector(&mut self) {
         if self.projector.is_some() {
@@ -810,16 +815,19 @@ impl TestEnv {
             .collect()
     }
 
-    /// Payloads recorded for an aggregate, in order.
+    /// Payloads recorded for an aggregate, in order, personal fields opened (as an auditor
+    /// reads them).
     pub async fn event_payloads(&self, tenant: &str, id: &str) -> Vec<Value> {
         let id = uuid::Uuid::parse_str(id).unwrap();
-        self.store
-            .audit_events(tenant, id)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.payload.0)
-            .collect()
+        let mut rows = self.store.audit_events(tenant, id).await.unwrap();
+        rollcall_personal::open_all(
+            &self.store,
+            &mut rows,
+            rollcall_store::personal_key::Freshness::Fresh,
+        )
+        .await
+        .unwrap();
+        rows.into_iter().map(|e| e.payload.0).collect()
     }
 }
 

@@ -398,6 +398,7 @@ impl SignInEnv {
         }
         .with_revoker(Arc::new(rollcall_scim_api::operator::SignOutRevoker(
             env.log.clone(),
+            env.store.clone(),
         )));
         env.serve_access(listener, access).await;
         env.wait_for_access().await;

@@ -161,6 +161,7 @@ async fn an_operator_revocation_of_one_session_leaves_the_others() {
     let user_id = uuid::Uuid::parse_str(&user).unwrap();
     let sequence = rollcall_scim_api::operator::revoke_sessions(
         &env.log,
+        &env.store,
         "test",
         user_id,
         Some(sid.clone()),

@@ -420,6 +420,7 @@ async fn a_cross_site_sign_out_link_or_form_revokes_nothing() {
         .unwrap()
         .with_revoker(Arc::new(rollcall_scim_api::operator::SignOutRevoker(
             env.log.clone(),
+            env.store.clone(),
         )));
     env.start_access(access).await;
     let (user, linked) = person(&env, "clicker@example.com").await;

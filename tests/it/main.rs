@@ -19,6 +19,7 @@ mod hostile_scim_input;
 mod lookup_index;
 mod metrics;
 mod partitions;
+mod personal_data;
 mod policies;
 mod projector;
 mod replicas;

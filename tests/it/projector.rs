@@ -92,7 +92,7 @@ async fn a_projector_killed_mid_stream_loses_and_duplicates_nothing() {
     assert_eq!(counts(&env).await, (end, end as i64, total as i64));
 }
 
-async fn snapshot(env: &TestEnv) -> Vec<String> {
+pub(crate) async fn snapshot(env: &TestEnv) -> Vec<String> {
     let mut rows = Vec::new();
     for query in [
         "SELECT row_to_json(u)::text FROM (SELECT * FROM scim_user ORDER BY tenant, id) u",

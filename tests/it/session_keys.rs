@@ -69,6 +69,7 @@ fn config(env: &TestEnv, kek: Option<&str>) -> rollcall_access::Config {
         kek: KekConfig {
             kek: kek.map(|k| k.to_owned().into()),
             kek_file: None,
+            kek_previous: None,
         },
         ..rollcall_it::access_config(&env.policy_file)
     }
@@ -361,6 +362,7 @@ async fn a_wrong_kek_is_a_clear_error_at_start_and_changes_nothing() {
     let wrong_config = KekConfig {
         kek: Some(wrong.to_owned().into()),
         kek_file: None,
+        kek_previous: None,
     };
     assert!(keys::rotate(
         &env.client,

@@ -641,6 +641,7 @@ async fn every_lifecycle_change_reaches_a_push_receiver_as_its_caep_or_risc_set_
     assert_eq!(on.status, 200);
     rollcall_scim_api::operator::revoke_sessions(
         &ssf.env.log,
+        &ssf.env.store,
         "test",
         ada.parse().unwrap(),
         Some("session-1".into()),

@@ -20,6 +20,8 @@ pub enum User {
     Inactive(Attributes),
     /// Deleted; the id is never reused.
     Deleted,
+    /// Erased: deleted, and its personal data destroyed (its data key); the id is never reused.
+    Erased,
 }
 
 impl User {
@@ -27,7 +29,7 @@ impl User {
     pub fn attributes(&self) -> Option<&Attributes> {
         match self {
             User::Active(attributes) | User::Inactive(attributes) => Some(attributes),
-            User::Absent | User::Deleted => None,
+            User::Absent | User::Deleted | User::Erased => None,
         }
     }
 
@@ -88,6 +90,12 @@ pub enum UserCommand {
     /// before creating it. Only for an absent user; appended expecting no earlier event, it
     /// fences that writer out for good, so that the claim can be recovered at once.
     Abandon,
+    /// Erase the user's personal data (an operator's action, or retention): the user is gone,
+    /// and every personal field of its events is unreadable for good.
+    Erase {
+        /// Why, for the record (no personal data).
+        reason: String,
+    },
     /// Void sessions (an operator's action): one session, or every session issued so far.
     RevokeSessions {
         /// The session, or `None` for all of the user's sessions issued until now.
@@ -128,6 +136,13 @@ pub enum UserEvent {
     /// claim was recovered. The id stays unused for good.
     #[serde(rename = "user.abandoned")]
     Abandoned,
+    /// The user's personal data was erased (its data key destroyed): the user is gone, and
+    /// the personal fields of its earlier events read `[erased]`. Holds no personal data.
+    #[serde(rename = "user.erased")]
+    Erased {
+        /// Why (an operator's words, or the retention rule).
+        reason: String,
+    },
     /// Sessions were revoked by an operator: one, or all issued before the event.
     #[serde(rename = "user.sessions_revoked")]
     SessionsRevoked {
@@ -151,6 +166,7 @@ impl EventKind for UserEvent {
             UserEvent::Deleted => "user.deleted",
             UserEvent::SessionsRevoked { .. } => "user.sessions_revoked",
             UserEvent::Abandoned => "user.abandoned",
+            UserEvent::Erased { .. } => "user.erased",
         }
     }
 }
@@ -170,9 +186,12 @@ pub enum UserError {
     /// A user needs a non-empty userName.
     #[error("userName is required")]
     UserNameRequired,
-    /// A revocation needs a reason.
-    #[error("a revocation needs a reason")]
+    /// A revocation or an erasure needs a reason.
+    #[error("a reason is required")]
     ReasonRequired,
+    /// The user's personal data was erased.
+    #[error("the user was erased")]
+    Erased,
     /// Going inactive or active again is its own command, never an attribute change.
     #[error("deactivation and reactivation are their own commands")]
     ActivationIsACommand,
@@ -196,6 +215,14 @@ pub fn decide(user: &User, command: UserCommand) -> Result<Vec<UserEvent>, UserE
         }
         (User::Absent, UserCommand::Abandon) => Ok(vec![UserEvent::Abandoned]),
         (User::Absent, _) => Err(UserError::NotFound),
+        (User::Erased, UserCommand::Erase { .. }) => Ok(vec![]),
+        (User::Erased, _) => Err(UserError::Erased),
+        (User::Deleted | User::Active(_) | User::Inactive(_), UserCommand::Erase { reason }) => {
+            if reason.trim().is_empty() {
+                return Err(UserError::ReasonRequired);
+            }
+            Ok(vec![UserEvent::Erased { reason }])
+        }
         (User::Deleted, _) => Err(UserError::Deleted),
         (_, UserCommand::Provision { .. } | UserCommand::Abandon) => {
             Err(UserError::AlreadyProvisioned)
@@ -272,6 +299,8 @@ pub fn evolve(user: User, event: &UserEvent) -> User {
             attributes.insert("active".into(), Value::Bool(true));
             User::Active(attributes)
         }
+        (User::Erased, _) => User::Erased,
+        (_, UserEvent::Erased { .. }) => User::Erased,
         (_, UserEvent::Deleted) => User::Deleted,
         (User::Absent, UserEvent::Abandoned) => User::Deleted,
         (user, _) => user,
@@ -377,6 +406,36 @@ mod tests {
             UserEvent::Reactivated
         ])
         .is_active());
+    }
+
+    #[test]
+    fn erasing_a_live_or_deleted_user_records_it_once_and_nothing_follows() {
+        let erase = || UserCommand::Erase {
+            reason: "GDPR request 12".into(),
+        };
+        let erased = UserEvent::Erased {
+            reason: "GDPR request 12".into(),
+        };
+        for history in [
+            vec![provisioned("ada")],
+            vec![provisioned("ada"), UserEvent::Deactivated],
+            vec![provisioned("ada"), UserEvent::Deleted],
+        ] {
+            let user = given(&history);
+            assert_eq!(decide(&user, erase()), Ok(vec![erased.clone()]));
+            let user = evolve(user, &erased);
+            assert_eq!(user, User::Erased);
+            assert_eq!(user.attributes(), None);
+            assert_eq!(decide(&user, erase()), Ok(vec![]));
+            assert_eq!(decide(&user, UserCommand::Delete), Err(UserError::Erased));
+            assert_eq!(evolve(user, &provisioned("ada")), User::Erased);
+        }
+        assert_eq!(decide(&User::Absent, erase()), Err(UserError::NotFound));
+        let blank = UserCommand::Erase { reason: " ".into() };
+        assert_eq!(
+            decide(&given(&[provisioned("ada")]), blank),
+            Err(UserError::ReasonRequired)
+        );
     }
 
     #[test]

@@ -129,6 +129,64 @@ impl Store {
         .await?)
     }
 
+    /// A tenant's user events whose personal fields are sealed (provisionings and attribute
+    /// changes): what a lookup by userName or externalId opens and compares, since PostgreSQL
+    /// cannot look into them.
+    pub async fn audit_sealed_user_events(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        Ok(sqlx::query_as::<_, AuditRow>(&format!(
+            "SELECT {COLUMNS} FROM audit_event WHERE tenant = $1 AND aggregate_type = 'user'
+               AND schema_version = 2
+               AND event_type IN ('user.provisioned', 'user.attributes_changed')
+             ORDER BY sequence, position"
+        ))
+        .bind(tenant)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Users deleted before `cutoff` and not erased yet (tenant, id), oldest deletion first, at
+    /// most `limit`.
+    pub async fn users_deleted_before(
+        &self,
+        cutoff: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<(String, Uuid)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT d.tenant, d.aggregate_id FROM audit_event d
+              WHERE d.event_type = 'user.deleted' AND d.occurred_at < $1
+                AND NOT EXISTS (SELECT 1 FROM audit_event e
+                                 WHERE e.tenant = d.tenant AND e.aggregate_id = d.aggregate_id
+                                   AND e.event_type = 'user.erased')
+                AND NOT EXISTS (SELECT 1 FROM public.personal_data_key k
+                                 WHERE k.tenant = d.tenant AND k.user_id = d.aggregate_id
+                                   AND k.erased_at IS NOT NULL)
+              ORDER BY d.sequence LIMIT $2",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The identity links (`identity.linked`) of a user, in stream order.
+    pub async fn audit_identity_links(
+        &self,
+        tenant: &str,
+        user: Uuid,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        Ok(sqlx::query_as::<_, AuditRow>(&format!(
+            "SELECT {COLUMNS} FROM audit_event WHERE tenant = $1 AND aggregate_type = 'identity'
+               AND payload->>'user_id' = $2 ORDER BY sequence, position"
+        ))
+        .bind(tenant)
+        .bind(user.to_string())
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// The head of a tenant's chain (sequence and hash), if it has events.
     pub async fn chain_head(&self, tenant: &str) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
         Ok(

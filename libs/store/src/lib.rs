@@ -13,6 +13,7 @@ pub mod group;
 pub mod lookup_key;
 mod page;
 pub mod partition;
+pub mod personal_key;
 pub mod quarantine;
 pub mod rebuild;
 pub mod request_log;
@@ -49,6 +50,9 @@ pub enum StoreError {
     /// A name or argument was refused.
     #[error("{0}")]
     Invalid(String),
+    /// The key-encryption key is missing or is not the one the data keys are wrapped under.
+    #[error("{0}")]
+    Kek(String),
 }
 
 /// A connection pool whose `search_path` finds one read-model schema.
@@ -57,6 +61,7 @@ pub struct Store {
     pool: PgPool,
     schema: String,
     options: PgConnectOptions,
+    keyring: std::sync::Arc<personal_key::Keyring>,
 }
 
 impl Store {
@@ -89,6 +94,7 @@ impl Store {
             pool,
             schema: schema.to_owned(),
             options: base,
+            keyring: personal_key::keyring(),
         })
     }
 
@@ -143,6 +149,7 @@ impl Store {
             pool,
             schema: schema.to_owned(),
             options: self.options.clone(),
+            keyring: self.keyring.clone(),
         })
     }
 
@@ -167,6 +174,7 @@ impl Store {
             pool,
             schema: self.schema.clone(),
             options: self.options.clone(),
+            keyring: self.keyring.clone(),
         }
     }
 

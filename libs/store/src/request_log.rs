@@ -9,6 +9,8 @@ use serde_json::Value;
 use sqlx::types::Json;
 use time::OffsetDateTime;
 
+use tracing::instrument;
+
 use crate::{Store, StoreError};
 
 /// One logged request.
@@ -194,6 +196,23 @@ impl Store {
         .await?)
     }
 
+    /// A tenant's logged requests whose path names a user (a subject access request), oldest
+    /// first.
+    pub async fn requests_about(
+        &self,
+        tenant: &str,
+        user: uuid::Uuid,
+    ) -> Result<Vec<RequestRow>, StoreError> {
+        Ok(sqlx::query_as::<_, RequestRow>(
+            "SELECT id, at, tenant, token_id, method, path, filter, status, scim_type, detail, duration_ms, request_id, body
+             FROM scim_request WHERE tenant = $1 AND strpos(path, $2) > 0 ORDER BY id",
+        )
+        .bind(tenant)
+        .bind(user.to_string())
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// Deletes log entries older than `before`; returns how many.
     pub async fn prune_requests(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         Ok(sqlx::query("DELETE FROM scim_request WHERE at < $1")
@@ -201,6 +220,40 @@ impl Store {
             .execute(self.pool())
             .await?
             .rows_affected())
+    }
+
+    /// Clears what the log holds of an erased user's personal data: in the tenant's entries
+    /// about the user (its id in the path) or that name any of `texts` (its values, without
+    /// case), the filter and detail become `[erased]` and the body goes. Method, path, status,
+    /// time and request id stay: that a request was made is not personal data. How many
+    /// entries were cleared.
+    #[instrument(skip_all, fields(tenant, user.id = %user, texts = texts.len()), err)]
+    pub async fn scrub_request_log(
+        &self,
+        tenant: &str,
+        user: uuid::Uuid,
+        texts: &[String],
+    ) -> Result<u64, StoreError> {
+        let lowered: Vec<String> = texts.iter().map(|text| text.to_lowercase()).collect();
+        Ok(sqlx::query(
+            "UPDATE scim_request
+                SET filter = CASE WHEN filter IS NULL THEN NULL ELSE '[erased]' END,
+                    detail = CASE WHEN detail IS NULL THEN NULL ELSE '[erased]' END,
+                    body = NULL
+              WHERE tenant = $1
+                AND (filter IS NOT NULL AND filter <> '[erased]'
+                     OR detail IS NOT NULL AND detail <> '[erased]' OR body IS NOT NULL)
+                AND (strpos(path, $2) > 0
+                     OR EXISTS (SELECT 1 FROM unnest($3::text[]) AS t (text)
+                                 WHERE strpos(lower(coalesce(filter, '') || ' ' || coalesce(detail, '')
+                                                    || ' ' || coalesce(body::text, '')), t.text) > 0))",
+        )
+        .bind(tenant)
+        .bind(user.to_string())
+        .bind(&lowered)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
     }
 }
 

@@ -399,6 +399,7 @@ mod tests {
             pool: sqlx::postgres::PgPoolOptions::new().connect_lazy_with(options.clone()),
             schema: crate::LIVE_SCHEMA.into(),
             options,
+            keyring: crate::personal_key::keyring(),
         };
         let verifier = TokenVerifier::new(Scope::Scim);
         for n in 0..1_000 {

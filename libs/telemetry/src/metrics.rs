@@ -29,6 +29,8 @@ pub const SCIM_WRITES_NOT_APPLIED: &str = "rollcall_scim_writes_not_applied_tota
 pub const SCIM_WRITES_REFUSED_QUARANTINED: &str = "rollcall_scim_writes_refused_quarantined_total";
 /// SCIM requests answered `503` because NATS or PostgreSQL was out of reach.
 pub const SCIM_UNAVAILABLE: &str = "rollcall_scim_unavailable_total";
+/// Users erased by the retention rule (`ROLLCALL_RETENTION_DAYS_AFTER_DELETE`).
+pub const RETENTION_ERASURES: &str = "rollcall_retention_erasures_total";
 
 /// Whether this process is the active projector of a `partition` (1) or stands by (0).
 pub const PROJECTOR_ACTIVE: &str = "rollcall_projector_active";
@@ -147,6 +149,10 @@ fn describe() {
         HTTP_REQUEST_DURATION,
         Unit::Seconds,
         "Time from a request's arrival to its response's head, by service, method, route template and status."
+    );
+    describe_counter!(
+        RETENTION_ERASURES,
+        "Users erased because they were deleted longer ago than ROLLCALL_RETENTION_DAYS_AFTER_DELETE."
     );
     describe_counter!(
         SCIM_WRITES_NOT_APPLIED,

@@ -35,7 +35,6 @@ use rollcall_store::Store;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tracing::{error, info, instrument, warn};
 
@@ -150,12 +149,24 @@ pub struct KekConfig {
         conflicts_with = "kek"
     )]
     pub kek_file: Option<PathBuf>,
+    /// The KEK before a rotation (base64 of 32 bytes): users' data keys still wrapped under it
+    /// open until `rollcall personal-data rewrap` has wrapped them under the current one.
+    #[arg(id = "kek_previous", long = "kek-previous", value_name = "BASE64", env = "ROLLCALL_KEK_PREVIOUS", hide_env_values = true, value_parser = secret)]
+    pub kek_previous: Option<SecretString>,
 }
 
 impl KekConfig {
     /// Whether a KEK is configured (then PostgreSQL is not needed for it).
     pub fn is_configured(&self) -> bool {
         self.kek.is_some() || self.kek_file.is_some()
+    }
+
+    /// The previous KEK, if one is given.
+    pub fn previous(&self) -> Result<Option<Kek>, KeysError> {
+        self.kek_previous
+            .as_ref()
+            .map(|text| Kek::from_base64(text.expose_secret(), "ROLLCALL_KEK_PREVIOUS".into()))
+            .transpose()
     }
 
     fn configured(&self) -> Result<Option<Kek>, KeysError> {
@@ -259,10 +270,13 @@ impl Kek {
 
     /// A fingerprint naming this KEK in errors and sealed values (not the key: a hash of it).
     pub fn fingerprint(&self) -> String {
-        let mut hash = Sha256::new();
-        hash.update(b"rollcall.kek-fingerprint.v1\0");
-        hash.update(self.key);
-        hex::encode(&hash.finalize()[..8])
+        rollcall_store::personal_key::kek_fingerprint(&self.key)
+    }
+
+    /// The key itself, for the users' data keys (`rollcall_store::personal_key`), which are
+    /// wrapped under it.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.key
     }
 
     /// Where it came from.
@@ -1007,6 +1021,7 @@ mod tests {
         let both = KekConfig {
             kek: Some(BASE64.encode([7u8; 32]).into()),
             kek_file: Some("/nonexistent".into()),
+            kek_previous: None,
         };
         assert!(both.configured().is_err());
         let error = Kek::from_base64("c2hvcnQ=", "ROLLCALL_KEK".into()).unwrap_err();

@@ -165,7 +165,8 @@ pub struct Shared {
     policy_version: tokio::sync::watch::Sender<u64>,
     /// The event stream the policies come from and are written to (none: from the file only).
     log: Option<EventLog>,
-    /// Checks the audit tokens of the policy tester (none: without the database).
+    /// The database, with the verifier of the policy tester's audit tokens (none: without the
+    /// database). Also where the users' data keys are.
     tester: OnceLock<(rollcall_store::Store, rollcall_store::tenant::TokenVerifier)>,
     keys: Keyring,
     /// Where the keys come from when they follow the installation's key set.
@@ -604,10 +605,20 @@ impl Access {
             traceparent: rollcall_telemetry::traceparent(),
             payload: event.to_payload(),
         };
+        // The provider's subject is personal data: sealed under the user's data key.
+        let Some((store, _)) = self.tester.get() else {
+            warn!(tenant, user.id = %user, "without the database the provider account of a sign-in is not recorded");
+            return;
+        };
+        let mut envelopes = [envelope];
+        if let Err(error) = rollcall_personal::seal_all(store, &mut envelopes).await {
+            warn!(tenant, user.id = %user, error = %error, "the provider account of a sign-in could not be sealed; not recorded");
+            return;
+        }
         let subject_name = log
             .namespace()
             .aggregate_subject(tenant, IdentityEvent::AGGREGATE, &id);
-        match log.append(&subject_name, 0, &[envelope]).await {
+        match log.append(&subject_name, 0, &envelopes).await {
             Ok(_) => {
                 info!(tenant, user.id = %user, "recorded the provider account a user signed in as")
             }

@@ -159,7 +159,7 @@ impl World {
                 let event = UserEvent::from_payload(&row.event_type, schema, &row.payload.0)?;
                 let state = self.users.remove(&row.aggregate_id).unwrap_or_default();
                 match user::evolve(state, &event) {
-                    User::Deleted => {
+                    User::Deleted | User::Erased => {
                         // A deleted user leaves every group.
                         let key = row.aggregate_id.to_string();
                         for group in self.member_of.remove(&key).unwrap_or_default() {

@@ -16,6 +16,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use rollcall_store::audit::{AuditRow, COLUMNS};
+use rollcall_store::personal_key::Freshness;
 use rollcall_store::{Store, StoreError};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -140,6 +141,9 @@ async fn page(
         .fetch_all(&mut *transaction)
         .await?;
     transaction.commit().await?;
+    let mut rows = rows;
+    // Fresh keys: an export never shows an erased person from a cache.
+    rollcall_personal::open_all(store, &mut rows, Freshness::Fresh).await?;
     Ok(rows)
 }
 

@@ -97,7 +97,7 @@ pub fn user_as_of(id: Uuid, rows: &[AuditRow], at: OffsetDateTime) -> Result<AsO
     }
     Ok(match state {
         User::Absent => AsOf::NotYet,
-        User::Deleted => AsOf::Deleted(until.last().map_or(at, |r| r.occurred_at)),
+        User::Deleted | User::Erased => AsOf::Deleted(until.last().map_or(at, |r| r.occurred_at)),
         User::Active(attributes) | User::Inactive(attributes) => {
             let mut document = attributes;
             document.insert("id".into(), Value::String(id.to_string()));

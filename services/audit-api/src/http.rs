@@ -9,7 +9,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use rollcall_store::audit::{AuditQuery, AuditRow};
+use rollcall_store::personal_key::Freshness;
 use rollcall_store::request_log::RequestQuery;
+use rollcall_store::StoreError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
@@ -31,6 +33,20 @@ fn not_found(message: impl Into<String>) -> ApiError {
 }
 
 /// A reconstruction that failed on stored data: a server fault, never the client's.
+/// The tenant's audit records `query` finds, their personal fields opened (`[erased]` for an
+/// erased person's). Keys are read fresh: an auditor never sees an erased person from a cache.
+async fn opened_search(
+    store: &rollcall_store::Store,
+    tenant: &str,
+    query: &AuditQuery,
+) -> Result<Vec<AuditRow>, ApiError> {
+    let mut rows = store.audit_search(tenant, query).await?;
+    rollcall_personal::open_all(store, &mut rows, Freshness::Fresh)
+        .await
+        .map_err(StoreError::from)?;
+    Ok(rows)
+}
+
 fn corrupt(message: String) -> ApiError {
     ApiError::Internal(AuditError::Corrupt(message))
 }
@@ -82,7 +98,7 @@ async fn aggregate_rows(
         limit: i64::MAX,
         ..Default::default()
     };
-    let mut rows = state.store.audit_search(tenant, &query).await?;
+    let mut rows = opened_search(&state.store, tenant, &query).await?;
     rows.retain(|row| row.aggregate_type == kind.as_str());
     Ok(rows)
 }
@@ -122,7 +138,7 @@ pub async fn find_users(
     if lookup.user_name.is_none() && lookup.external_id.is_none() {
         return Err(bad("give userName or externalId"));
     }
-    let ids = state
+    let mut ids = state
         .store
         .audit_find_users(
             &auditor.tenant,
@@ -130,6 +146,43 @@ pub async fn find_users(
             lookup.external_id.as_deref(),
         )
         .await?;
+    // Events whose personal fields are sealed are opened and compared here.
+    let mut sealed = state
+        .store
+        .audit_sealed_user_events(&auditor.tenant)
+        .await?;
+    rollcall_personal::open_all(&state.store, &mut sealed, Freshness::Fresh)
+        .await
+        .map_err(StoreError::from)?;
+    let wanted = [
+        ("userName", lookup.user_name.as_deref()),
+        ("externalId", lookup.external_id.as_deref()),
+    ];
+    for row in &sealed {
+        let payload = &row.payload.0;
+        for (path, value) in wanted {
+            let Some(value) = value else { continue };
+            let folded = rollcall_scim::case::fold(value);
+            let held = std::iter::once(payload.pointer(&format!("/attributes/{path}")))
+                .chain(
+                    payload
+                        .get("changes")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter(|change| change.get("path").and_then(Value::as_str) == Some(path))
+                        .map(|change| change.get("after")),
+                )
+                .flatten()
+                .filter_map(Value::as_str)
+                .any(|held| rollcall_scim::case::fold(held) == folded);
+            if held {
+                ids.push(row.aggregate_id);
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
     Ok(Json(json!({"users": ids})))
 }
 
@@ -282,7 +335,7 @@ async fn tenant_rows(
         limit: i64::MAX,
         ..Default::default()
     };
-    Ok(state.store.audit_search(tenant, &query).await?)
+    opened_search(&state.store, tenant, &query).await
 }
 
 /// The tenant as its events left it at the instant `at` asks for (default now).
@@ -492,7 +545,7 @@ pub async fn search(
         before: None,
         limit,
     };
-    let rows = state.store.audit_search(&auditor.tenant, &query).await?;
+    let rows = opened_search(&state.store, &auditor.tenant, &query).await?;
     let next = next_cursor(&rows, limit, |r| r.sequence);
     Ok(Json(json!({"events": events(&rows), "next_cursor": next})))
 }

@@ -2,6 +2,7 @@
 //! (the next event may read them); the audit records, the access outbox and the chain heads are
 //! gathered in [`Pending`] and written once per batch, in the same transaction.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 
@@ -11,10 +12,13 @@ use rollcall_domain::{ApplicationEvent, Attributes, EventKind, IdentityEvent, St
 use rollcall_eventlog::chain::{link, GENESIS};
 use rollcall_eventlog::consumer::Delivered;
 use rollcall_eventlog::Envelope;
+use rollcall_personal::PersonalError;
 use rollcall_store::access::{self, OutboxEntry, OutboxKind, RevocationRow};
 use rollcall_store::audit::{self, AuditRow};
 use rollcall_store::group::{GroupRow, NewMember};
+use rollcall_store::personal_key::Freshness;
 use rollcall_store::user::UserRow;
+use rollcall_store::Store;
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::PgConnection;
@@ -103,7 +107,7 @@ pub(crate) fn user_row(envelope: &Envelope, next: User, created_at: OffsetDateTi
     let active = next.is_active();
     let attributes = match next {
         User::Active(attributes) | User::Inactive(attributes) => attributes,
-        User::Absent | User::Deleted => Attributes::default(),
+        User::Absent | User::Deleted | User::Erased => Attributes::default(),
     };
     UserRow {
         tenant: envelope.tenant.clone(),
@@ -156,6 +160,7 @@ pub(crate) fn revocation(
     let (session_id, reason) = match event {
         UserEvent::Deactivated => (None, "deactivated".to_owned()),
         UserEvent::Deleted => (None, "deleted".to_owned()),
+        UserEvent::Erased { .. } => (None, "erased".to_owned()),
         UserEvent::SessionsRevoked { session_id, reason } => {
             (session_id.clone(), format!("operator: {reason}"))
         }
@@ -178,11 +183,20 @@ pub(crate) fn revocation(
 /// Applies one event to the read models, and gathers its audit record and access effects.
 pub async fn apply(
     connection: &mut PgConnection,
+    store: &Store,
     pending: &mut Pending,
     delivered: &Delivered,
 ) -> Result<(), ProjectorError> {
     let (sequence, position) = (delivered.sequence, delivered.position);
-    apply_effects(connection, pending, &delivered.envelope, sequence, position).await?;
+    apply_effects(
+        connection,
+        store,
+        pending,
+        &delivered.envelope,
+        sequence,
+        position,
+    )
+    .await?;
     audit(connection, pending, &delivered.envelope, sequence, position).await
 }
 
@@ -191,11 +205,20 @@ pub async fn apply(
 /// applied later, was audited when it arrived).
 pub async fn apply_effects(
     connection: &mut PgConnection,
+    store: &Store,
     pending: &mut Pending,
     envelope: &Envelope,
     sequence: u64,
     position: u32,
 ) -> Result<(), ProjectorError> {
+    let opened = opened(store, envelope, sequence).await?;
+    let envelope = opened.as_ref();
+    if envelope.event_type == rollcall_personal::ERASED_EVENT {
+        // The erasure's command destroys the key too; whichever comes first, it is gone.
+        store
+            .erase_data_key(&envelope.tenant, envelope.aggregate_id)
+            .await?;
+    }
     match envelope.aggregate_type.as_str() {
         UserEvent::AGGREGATE => {
             apply_with::<Users>(connection, pending, envelope, sequence, position).await
@@ -231,6 +254,31 @@ pub async fn apply_effects(
         other => Err(ProjectorError::Event {
             sequence,
             reason: format!("unknown aggregate type {other:?}"),
+        }),
+    }
+}
+
+/// The event with its personal fields opened under its user's data key (`[erased]` once the
+/// user is erased), for the read models; a copy only when sealed. Audit records keep the
+/// stored, sealed bytes.
+pub(crate) async fn opened<'a>(
+    store: &Store,
+    envelope: &'a Envelope,
+    sequence: u64,
+) -> Result<Cow<'a, Envelope>, ProjectorError> {
+    if !rollcall_personal::sealed(envelope) {
+        return Ok(Cow::Borrowed(envelope));
+    }
+    let mut copy = [envelope.clone()];
+    match rollcall_personal::open_all(store, &mut copy, Freshness::Cached).await {
+        Ok(()) => {
+            let [copy] = copy;
+            Ok(Cow::Owned(copy))
+        }
+        Err(PersonalError::Store(error)) => Err(error.into()),
+        Err(error) => Err(ProjectorError::Event {
+            sequence,
+            reason: error.to_string(),
         }),
     }
 }
@@ -304,7 +352,9 @@ impl Applier for Users {
                 let row = user_row(envelope, next, created_at);
                 rollcall_store::user::upsert(connection, &row).await?;
             }
-            User::Deleted => rollcall_store::user::delete(connection, tenant, id).await?,
+            User::Deleted | User::Erased => {
+                rollcall_store::user::delete(connection, tenant, id).await?
+            }
             User::Absent => {
                 return Err(ProjectorError::Event {
                     sequence,

@@ -78,9 +78,24 @@ enum Parsed {
     Application,
 }
 
-/// Prepares an event for [`Fold::apply`].
-pub(crate) fn prepare(delivered: &Delivered) -> Prepared {
-    let envelope = &delivered.envelope;
+/// Prepares an event for [`Fold::apply`]: its domain event read from `opened` (the envelope
+/// with its personal fields opened, when they are sealed; why they did not open otherwise),
+/// its audit record drafted from the stored envelope.
+pub(crate) fn prepare(
+    delivered: &Delivered,
+    opened: Result<Option<&Envelope>, String>,
+) -> Prepared {
+    let draft = apply::draft(&delivered.envelope, delivered.sequence, delivered.position);
+    let envelope = match opened {
+        Ok(Some(opened)) => opened,
+        Ok(None) => &delivered.envelope,
+        Err(reason) => {
+            return Prepared {
+                event: Err(reason),
+                draft,
+            }
+        }
+    };
     let event = match envelope.aggregate_type.as_str() {
         UserEvent::AGGREGATE => UserEvent::from_payload(
             &envelope.event_type,
@@ -114,10 +129,7 @@ pub(crate) fn prepare(delivered: &Delivered) -> Prepared {
         .map(|_| Parsed::Application),
         other => Err(format!("unknown aggregate type {other:?}")),
     };
-    Prepared {
-        event,
-        draft: apply::draft(envelope, delivered.sequence, delivered.position),
-    }
+    Prepared { event, draft }
 }
 
 type Key<'a> = (&'a str, Uuid);
@@ -215,7 +227,7 @@ impl<'a> Fold<'a> {
                         slot.created_at.get_or_insert(at);
                         slot.state = Some(next);
                     }
-                    User::Deleted => {
+                    User::Deleted | User::Erased => {
                         slot.created_at = None;
                         slot.deleted = true;
                         // Deleting a user removes it from every group.

@@ -734,7 +734,7 @@ impl Projector {
     ) -> Result<(), ProjectorError> {
         let envelope = &event.envelope;
         if envelope.aggregate_type == rollcall_eventlog::quarantine::AGGREGATE {
-            quarantine::resolve(connection, pending, changes, event).await?;
+            quarantine::resolve(connection, &self.store, pending, changes, event).await?;
             return apply::audit(
                 connection,
                 pending,
@@ -770,7 +770,7 @@ impl Projector {
             )
             .await;
         }
-        apply(connection, pending, event).await
+        apply(connection, &self.store, pending, event).await
     }
 
     /// Quarantines one message that cannot be applied (its event, or every event of its commit:

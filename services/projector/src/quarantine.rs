@@ -219,6 +219,7 @@ pub async fn record(
 /// rest stay quarantined). The resolution event itself is audited by the caller.
 pub async fn resolve(
     connection: &mut PgConnection,
+    store: &rollcall_store::Store,
     pending: &mut Pending,
     changes: &mut Changes,
     delivered: &Delivered,
@@ -278,6 +279,7 @@ pub async fn resolve(
         for (row, held) in commit.iter().zip(&held) {
             outcome = apply_effects(
                 &mut savepoint,
+                store,
                 &mut attempt,
                 held,
                 row.sequence as u64,

@@ -5,6 +5,7 @@
 use futures::StreamExt;
 use rollcall_eventlog::consumer::{decode, Delivered};
 use rollcall_eventlog::{EventLog, LoadError};
+use rollcall_store::personal_key::{Freshness, KeyState};
 use rollcall_store::rebuild::{DEFERRED_INDEXES, LOOKUP_INDEXES, REBUILD_SCHEMA};
 use rollcall_store::Store;
 use tracing::info;
@@ -148,7 +149,13 @@ async fn catch_up(
         .await
         .map_err(|error| LoadError::Nats(error.to_string()))?;
     let (batches, mut received) = tokio::sync::mpsc::channel(2);
-    let reader = tokio::spawn(read_batches(messages, head, batch.max(1), batches));
+    let reader = tokio::spawn(read_batches(
+        messages,
+        projector.store.clone(),
+        head,
+        batch.max(1),
+        batches,
+    ));
     let result = async {
         while let Some(read) = received.recv().await {
             let Read {
@@ -217,6 +224,7 @@ struct Read {
 /// at `head`), decoded and prepared for folding; stops at `head`, at an error, or when nobody receives any more.
 async fn read_batches(
     messages: async_nats::jetstream::consumer::pull::Ordered,
+    store: Store,
     head: u64,
     batch: usize,
     batches: tokio::sync::mpsc::Sender<Result<Read, ProjectorError>>,
@@ -238,21 +246,45 @@ async fn read_batches(
                     bytes += message.payload.len();
                     decode(&message)
                 });
-            let events = match events {
+            let mut events = match events {
                 Ok(events) => events,
                 Err(error) => {
                     let _ = batches.send(Err(error.into())).await;
                     return;
                 }
             };
+            // Personal fields open for the read models; the audit records keep them sealed.
+            let keys =
+                match rollcall_personal::keys_for(&store, &mut events, Freshness::Cached).await {
+                    Ok(keys) => keys,
+                    Err(error) => {
+                        let _ = batches.send(Err(error.into())).await;
+                        return;
+                    }
+                };
             if let Some(event) = events.first() {
                 read.through = event.sequence;
                 if read.from == 0 {
                     read.from = event.sequence;
                 }
             }
-            read.prepared
-                .extend(events.iter().map(crate::bulk::prepare));
+            for event in &events {
+                if !rollcall_personal::sealed(&event.envelope) {
+                    read.prepared.push(crate::bulk::prepare(event, Ok(None)));
+                    continue;
+                }
+                let mut opened = event.envelope.clone();
+                let state = rollcall_personal::key_owner(&mut opened)
+                    .and_then(|owner| keys.get(&owner).cloned())
+                    .unwrap_or(KeyState::Missing);
+                let opened = rollcall_personal::open(&mut opened, &state)
+                    .map(|()| opened)
+                    .map_err(|error| error.to_string());
+                read.prepared.push(crate::bulk::prepare(
+                    event,
+                    opened.as_ref().map(Some).map_err(Clone::clone),
+                ));
+            }
             read.delivered.extend(events);
         }
         let done = read.through >= head;

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
     access, audit, oidc, policies, projector, revocations, serve, sessions, ssf, tenants, tokens,
+    users,
 };
 
 /// Rollcall: identity lifecycle from Entra ID (SCIM 2.0) to immutable events, read models and
@@ -91,6 +92,11 @@ pub enum Command {
     Policies {
         #[command(subcommand)]
         command: policies::PoliciesCommand,
+    },
+    /// A person's data (GDPR): erase a user, export a user's data, rewrap data keys.
+    Users {
+        #[command(subcommand)]
+        command: users::UsersCommand,
     },
     /// Revoke users' sessions.
     Sessions {

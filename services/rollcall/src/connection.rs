@@ -46,6 +46,34 @@ pub async fn connect_nats(common: &Common) -> anyhow::Result<(async_nats::Client
     Ok((client, log))
 }
 
+/// Gives `store` the key-encryption key(s) that wrap the users' data keys, and checks that they
+/// open the stored ones, before anything is written: a wrong KEK is an error here.
+/// - `Kek::resolve` for the services (the configured KEK, or the one kept in PostgreSQL,
+///   generated there on a first start); `Kek::existing` for operator commands (never creates).
+pub async fn install_keks(
+    store: &Store,
+    config: &rollcall_access::keys::KekConfig,
+    services: bool,
+) -> anyhow::Result<()> {
+    use rollcall_access::keys::Kek;
+    let kek = if services {
+        Kek::resolve(config, Some(store)).await
+    } else {
+        Kek::existing(config, Some(store)).await
+    }
+    .context("the key-encryption key (ROLLCALL_KEK)")?;
+    let previous = config
+        .previous()
+        .context("ROLLCALL_KEK_PREVIOUS")?
+        .map(|previous| *previous.expose());
+    store.install_keks(*kek.expose(), previous.into_iter().collect());
+    store
+        .check_data_keys()
+        .await
+        .context("the users' data keys")?;
+    Ok(())
+}
+
 /// Connects to PostgreSQL (creating the database and migrating it when needed).
 pub async fn connect_store(common: &Common) -> anyhow::Result<Store> {
     Store::connect(&common.database_url)

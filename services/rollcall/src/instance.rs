@@ -199,6 +199,8 @@ impl Instance {
             .map(Listener::local_addr)
             .transpose()?;
 
+        // Every role reads or writes personal fields under the users' data keys.
+        crate::connection::install_keks(&store, &self.access.kek, true).await?;
         if roles.contains(Role::Projector) {
             rollcall_projector::choose_partitions(&store, self.projector.partitions)
                 .await
@@ -236,6 +238,7 @@ impl Instance {
             Some(
                 access.with_revoker(Arc::new(rollcall_scim_api::operator::SignOutRevoker(
                     log.clone(),
+                    store.clone(),
                 ))),
             )
         } else {

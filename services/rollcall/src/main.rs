@@ -6,7 +6,7 @@ use clap::Parser;
 use rollcall::cli::{Cli, Command};
 use rollcall::commands::{
     access, audit, oidc, policies, projector, revocations, serve, sessions, ssf, status, tenants,
-    tokens,
+    tokens, users,
 };
 
 /// mimalloc rather than the system allocator: the projector, the rebuild and the SCIM API
@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Access { command } => access::run(common, command).await,
         Command::Policies { command } => policies::run(common, command).await,
         Command::Sessions { command } => sessions::run(common, command).await,
+        Command::Users { command } => users::run(common, command).await,
         Command::Ssf { command } => ssf::run(common, command).await,
         Command::Revocations { command } => revocations::run(common, command).await,
         Command::Bench(args) => rollcall::bench::run(common, args).await,

@@ -13,6 +13,8 @@ use rollcall_domain::group::{self, Group, GroupCommand, GroupError, GroupEvent};
 use rollcall_domain::user::{self, User, UserCommand, UserError, UserEvent};
 use rollcall_domain::EventKind;
 use rollcall_eventlog::{Actor, AppendError, Envelope, EventLog};
+use rollcall_store::personal_key::Freshness;
+use rollcall_store::Store;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 use tracing::{instrument, warn};
@@ -171,6 +173,7 @@ type Slot<S> = Arc<Mutex<Option<Arc<Folded<S>>>>>;
 /// The per-process cache and write path of one aggregate type.
 pub struct Repository<A: Aggregate> {
     log: EventLog,
+    store: Store,
     slots: std::sync::Mutex<HashMap<String, Slot<A::State>>>,
     _aggregate: PhantomData<A>,
 }
@@ -182,10 +185,11 @@ impl<A: Aggregate> std::fmt::Debug for Repository<A> {
 }
 
 impl<A: Aggregate> Repository<A> {
-    /// A repository over the event log.
-    pub fn new(log: EventLog) -> Self {
+    /// A repository over the event log; `store` holds the users' data keys.
+    pub fn new(log: EventLog, store: Store) -> Self {
         Self {
             log,
+            store,
             slots: std::sync::Mutex::new(HashMap::new()),
             _aggregate: PhantomData,
         }
@@ -215,7 +219,8 @@ impl<A: Aggregate> Repository<A> {
         cached: Option<Folded<A::State>>,
     ) -> Result<Folded<A::State>, ApiError> {
         let mut folded = cached.unwrap_or_default();
-        let loaded = self.log.load(subject, folded.sequence).await?;
+        let mut loaded = self.log.load(subject, folded.sequence).await?;
+        rollcall_personal::open_all(&self.store, &mut loaded.events, Freshness::Cached).await?;
         for envelope in loaded.events {
             let event = A::Event::from_payload(
                 &envelope.event_type,
@@ -323,7 +328,7 @@ impl<A: Aggregate> Repository<A> {
                 .replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
                 .unwrap_or(now);
             let traceparent = rollcall_telemetry::traceparent();
-            let envelopes: Vec<Envelope> = events
+            let mut envelopes: Vec<Envelope> = events
                 .iter()
                 .enumerate()
                 .map(|(index, event)| Envelope {
@@ -341,6 +346,7 @@ impl<A: Aggregate> Repository<A> {
                     payload: event.to_payload(),
                 })
                 .collect();
+            rollcall_personal::seal_all(&self.store, &mut envelopes).await?;
             match self.log.append(&subject, folded.sequence, &envelopes).await {
                 Ok(sequence) => {
                     rollcall_eventlog::fault::point(rollcall_eventlog::fault::WRITE_APPENDED);

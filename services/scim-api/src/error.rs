@@ -87,7 +87,7 @@ const RETRY_AFTER: &str = "5";
 impl From<UserError> for ApiError {
     fn from(error: UserError) -> Self {
         match error {
-            UserError::NotFound | UserError::Deleted => {
+            UserError::NotFound | UserError::Deleted | UserError::Erased => {
                 ScimError::not_found("User not found").into()
             }
             UserError::AlreadyProvisioned => {
@@ -97,9 +97,7 @@ impl From<UserError> for ApiError {
             UserError::ActivationIsACommand => {
                 ApiError::Internal("active changed as an attribute".into())
             }
-            UserError::ReasonRequired => {
-                ScimError::invalid_value("a revocation needs a reason").into()
-            }
+            UserError::ReasonRequired => ScimError::invalid_value("a reason is required").into(),
         }
     }
 }
@@ -133,6 +131,15 @@ impl From<AppendError> for ApiError {
             AppendError::Publish(_) => ApiError::Unavailable(error.to_string()),
             AppendError::TooLarge { size, limit } => ApiError::EventTooLarge { size, limit },
             _ => ApiError::Internal(error.to_string()),
+        }
+    }
+}
+
+impl From<rollcall_personal::PersonalError> for ApiError {
+    fn from(error: rollcall_personal::PersonalError) -> Self {
+        match error {
+            rollcall_personal::PersonalError::Store(error) => error.into(),
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }

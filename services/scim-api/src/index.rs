@@ -31,6 +31,7 @@ use rollcall_eventlog::consumer::{decode, Delivered};
 use rollcall_eventlog::EventLog;
 use rollcall_scim::case::fold;
 use rollcall_store::group::GroupCondition;
+use rollcall_store::personal_key::Freshness;
 use rollcall_store::user::UserCondition;
 use rollcall_store::Store;
 use serde_json::Value;
@@ -181,7 +182,7 @@ impl Tenant {
                 self.diverged = true;
                 return;
             }
-            User::Deleted => {
+            User::Deleted | User::Erased => {
                 // A deleted user leaves every group (as the read model's rows do).
                 self.member_of.remove(&id.to_string());
                 return;
@@ -466,8 +467,8 @@ impl LookupIndex {
     /// once it has caught up. It stops when the last clone of the index is dropped.
     pub fn start(log: EventLog, store: Store) -> Self {
         let (index, stopped) = Self::new();
-        tokio::spawn(quarantine(Arc::downgrade(&index.inner), store));
-        let feed = feed(Arc::downgrade(&index.inner), log.clone());
+        tokio::spawn(quarantine(Arc::downgrade(&index.inner), store.clone()));
+        let feed = feed(Arc::downgrade(&index.inner), log.clone(), store);
         tokio::spawn(async move {
             tokio::select! {
                 _ = stopped => {}
@@ -708,7 +709,7 @@ impl Inner {
 }
 
 /// Follows the stream into the index, from where it left off after an error.
-async fn feed(inner: Weak<Inner>, log: EventLog) {
+async fn feed(inner: Weak<Inner>, log: EventLog, store: Store) {
     use async_nats::jetstream::consumer::{pull, DeliverPolicy};
     loop {
         if let Some(inner) = inner.upgrade() {
@@ -761,7 +762,20 @@ async fn feed(inner: Weak<Inner>, log: EventLog) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 let sequence = match decode(&message) {
-                    Ok(events) => {
+                    Ok(mut events) => {
+                        rollcall_personal::forget_erased(
+                            &store,
+                            events.iter().map(|e| &e.envelope),
+                        );
+                        if let Err(error) =
+                            rollcall_personal::open_all(&store, &mut events, Freshness::Cached)
+                                .await
+                        {
+                            if let Some(first) = events.first() {
+                                warn!(error = %error, "the lookup index cannot open an event's personal fields; PostgreSQL answers its tenant's lookups");
+                                inner.diverge(&first.envelope.tenant);
+                            }
+                        }
                         inner.apply(&events);
                         events.first().map(|event| event.sequence)
                     }

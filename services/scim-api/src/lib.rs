@@ -20,6 +20,7 @@ pub mod operator;
 mod render;
 pub mod request_log;
 pub mod resources;
+pub mod retention;
 mod writes;
 
 use std::future::Future;
@@ -105,6 +106,20 @@ pub struct Config {
         action = clap::ArgAction::Set
     )]
     pub lookup_index: bool,
+    /// Erase users deleted longer ago than this many days (GDPR storage limitation): each as
+    /// its own `user.erased` event, like `rollcall users erase`. Unset: keep them.
+    #[arg(
+        long = "retention-days-after-delete",
+        env = "ROLLCALL_RETENTION_DAYS_AFTER_DELETE"
+    )]
+    pub retention_days_after_delete: Option<u32>,
+    /// Seconds between two looks for users to erase under the retention rule.
+    #[arg(
+        long = "retention-interval-seconds",
+        env = "ROLLCALL_RETENTION_INTERVAL_SECONDS",
+        default_value_t = 3600
+    )]
+    pub retention_interval_seconds: u64,
 }
 
 impl Default for Config {
@@ -117,6 +132,8 @@ impl Default for Config {
             log_bodies: false,
             log_retention_days: 30,
             lookup_index: true,
+            retention_days_after_delete: None,
+            retention_interval_seconds: 3600,
         }
     }
 }
@@ -170,6 +187,15 @@ impl AppState {
                 warn!(error = %error, "claiming the case-folded keys of existing names failed")
             }
         }
+        if let Some(days) = config.retention_days_after_delete {
+            retention::start(
+                log.clone(),
+                store.clone(),
+                claims.clone(),
+                days,
+                std::time::Duration::from_secs(config.retention_interval_seconds),
+            );
+        }
         let (store_for_log, retention_days, log_bodies) =
             (store.clone(), config.log_retention_days, config.log_bodies);
         // The installation's partitioning, as the projector chose it (an instance that also
@@ -207,8 +233,8 @@ impl AppState {
             .lookup_index
             .then(|| index::LookupIndex::start(log.clone(), store.clone()));
         let repositories = Repositories {
-            users: Repository::new(log.clone()),
-            groups: Repository::new(log),
+            users: Repository::new(log.clone(), store.clone()),
+            groups: Repository::new(log, store.clone()),
         };
         Ok(Self(Arc::new(Shared {
             config: Arc::new(config),

@@ -531,13 +531,13 @@ mod tests {
             document_bytes(&before)
         );
         assert!(document_bytes(&after) <= MAX_DOCUMENT_BYTES);
-        let envelope = |payload: Value| rollcall_eventlog::Envelope {
+        let envelope = |event_type: &str, payload: Value| rollcall_eventlog::Envelope {
             event_id: Uuid::now_v7(),
             tenant: "t".repeat(63),
             aggregate_type: "user".into(),
             aggregate_id: Uuid::now_v7(),
             version: u64::MAX,
-            event_type: "user.attributes_changed".into(),
+            event_type: event_type.into(),
             schema_version: 1,
             occurred_at: OffsetDateTime::now_utc(),
             actor: rollcall_eventlog::Actor::ScimToken {
@@ -556,8 +556,13 @@ mod tests {
         assert!(events
             .iter()
             .any(|e| e.event_type() == "user.attributes_changed"));
+        // As stored: personal fields sealed (each larger by a third, and a nonce and tag).
+        let key = rollcall_store::personal_key::DataKey::from_bytes([1; 32]);
         for event in events {
-            let size = envelope(event.to_payload()).to_bytes().len();
+            let mut stored = envelope(event.event_type(), event.to_payload());
+            rollcall_personal::seal(&mut stored, &key).unwrap();
+            assert_eq!(stored.schema_version, rollcall_personal::SEALED_VERSION);
+            let size = stored.to_bytes().len();
             assert!(
                 size < max_event_bytes(NATS_DEFAULT_MAX_PAYLOAD),
                 "{} is {size} bytes",

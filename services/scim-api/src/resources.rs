@@ -94,7 +94,7 @@ impl Resource for Users {
         match state {
             User::Absent => Stage::Absent,
             User::Active(_) | User::Inactive(_) => Stage::Live,
-            User::Deleted => Stage::Deleted,
+            User::Deleted | User::Erased => Stage::Deleted,
         }
     }
     fn unique(state: &User) -> Option<&str> {

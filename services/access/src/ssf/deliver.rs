@@ -29,6 +29,7 @@ use rollcall_domain::ssf::{
 use rollcall_domain::EventKind;
 use rollcall_eventlog::consumer::{decode, Delivered};
 use rollcall_eventlog::{Actor, EventLog};
+use rollcall_store::personal_key::Freshness;
 use rollcall_store::ssf::{DeliveryLocks, Lease};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -229,6 +230,23 @@ impl Walker {
     }
 }
 
+/// The events of a message, their personal fields opened (signals name people by them; an
+/// erased person's read `[erased]` and are never used as a subject). An event whose fields do
+/// not open derives no signal about them.
+async fn readable(
+    transmitter: &Transmitter,
+    message: &async_nats::jetstream::Message,
+) -> Result<Vec<Delivered>, String> {
+    let mut events = decode(message).map_err(|e| e.to_string())?;
+    rollcall_personal::forget_erased(&transmitter.store, events.iter().map(|e| &e.envelope));
+    if let Err(error) =
+        rollcall_personal::open_all(&transmitter.store, &mut events, Freshness::Cached).await
+    {
+        warn!(error = %error, "an event's personal fields do not open; it derives no signal about them");
+    }
+    Ok(events)
+}
+
 /// The tenant's events after `after`, and how many there are now.
 async fn tenant_events(
     log: &EventLog,
@@ -304,7 +322,7 @@ async fn push_stream(
         let message = message.map_err(|e| e.to_string())?;
         let info = message.info().map_err(|e| e.to_string())?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
-        let events = match decode(&message) {
+        let events = match readable(transmitter, &message).await {
             Ok(events) => events,
             Err(error) => {
                 error!(sequence, error = %error, "an event cannot be read; it derives no signal");
@@ -736,7 +754,7 @@ async fn walk_on(
                 if info.stream_sequence > position {
                     break;
                 }
-                for delivered in decode(&message).unwrap_or_default() {
+                for delivered in readable(transmitter, &message).await.unwrap_or_default() {
                     cursor.walker.step(&delivered);
                 }
                 cursor.read = info.stream_sequence;
@@ -782,7 +800,7 @@ async fn fill(
         let message = message.map_err(|e| e.to_string())?;
         let info = message.info().map_err(|e| e.to_string())?;
         let mut sets = Vec::new();
-        for delivered in decode(&message).unwrap_or_default() {
+        for delivered in readable(transmitter, &message).await.unwrap_or_default() {
             sets.extend(cursor.walker.step(&delivered));
         }
         cursor.read = info.stream_sequence;

@@ -122,11 +122,16 @@ impl TenantFold {
             .map(|attributes| {
                 user::emails(attributes)
                     .into_iter()
+                    .filter(|email| *email != rollcall_personal::ERASED)
                     .map(email_subject)
                     .collect()
             })
             .unwrap_or_default();
-        if let Some((provider, subject)) = self.links.get(&id) {
+        if let Some((provider, subject)) = self
+            .links
+            .get(&id)
+            .filter(|(_, subject)| subject != rollcall_personal::ERASED)
+        {
             subjects.push(json!({"format": "iss_sub", "iss": provider, "sub": subject}));
         }
         subjects.push(json!({"format": "iss_sub", "iss": issuer, "sub": id.to_string()}));
@@ -224,6 +229,17 @@ impl TenantFold {
                 with(json!({})),
                 subject.clone(),
             )],
+            // An erasure names the person by Rollcall's opaque id alone (their personal data is
+            // going), and only if no deletion said it already.
+            UserEvent::Erased { .. } if self.users.contains_key(&id) => {
+                let opaque = json!({"format": "iss_sub", "iss": issuer, "sub": id.to_string()});
+                vec![Signal {
+                    event: uri::ACCOUNT_PURGED,
+                    body: with(json!({})),
+                    sub_id: opaque.clone(),
+                    identifiers: vec![opaque],
+                }]
+            }
             UserEvent::SessionsRevoked { session_id, .. } => vec![signal(
                 uri::SESSION_REVOKED,
                 with(json!({})),
@@ -271,7 +287,9 @@ impl TenantFold {
                 }
                 signals
             }
-            UserEvent::Provisioned { .. } | UserEvent::Abandoned => Vec::new(),
+            UserEvent::Provisioned { .. } | UserEvent::Abandoned | UserEvent::Erased { .. } => {
+                Vec::new()
+            }
         }
     }
 
@@ -367,8 +385,14 @@ impl TenantFold {
                         .remove(&envelope.aggregate_id)
                         .unwrap_or_default();
                     let user = user::evolve(user, &event);
-                    if !matches!(user, User::Deleted) {
-                        self.users.insert(envelope.aggregate_id, user);
+                    match user {
+                        User::Deleted => {}
+                        User::Erased => {
+                            self.links.remove(&envelope.aggregate_id);
+                        }
+                        user => {
+                            self.users.insert(envelope.aggregate_id, user);
+                        }
                     }
                 }
             }

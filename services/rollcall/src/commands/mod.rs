@@ -13,3 +13,4 @@ pub mod ssf;
 pub mod status;
 pub mod tenants;
 pub mod tokens;
+pub mod users;

@@ -16,6 +16,10 @@ pub enum ProjectorCommand {
         /// and written in bulk.
         #[arg(long, default_value_t = rollcall_projector::rebuild::DEFAULT_BATCH)]
         batch: usize,
+        /// The KEK the users' data keys are wrapped under (their personal fields open for the
+        /// read models).
+        #[command(flatten)]
+        kek: rollcall_access::keys::KekConfig,
     },
     /// Events the projector could not apply, and their resolution.
     Quarantine {
@@ -27,14 +31,19 @@ pub enum ProjectorCommand {
 /// Runs a projector command.
 pub async fn run(common: Common, command: ProjectorCommand) -> anyhow::Result<()> {
     match command {
-        ProjectorCommand::Rebuild { batch } => rebuild(common, batch).await,
+        ProjectorCommand::Rebuild { batch, kek } => rebuild(common, batch, kek).await,
         ProjectorCommand::Quarantine { command } => quarantine::run(common, command).await,
     }
 }
 
-async fn rebuild(common: Common, batch: usize) -> anyhow::Result<()> {
+async fn rebuild(
+    common: Common,
+    batch: usize,
+    kek: rollcall_access::keys::KekConfig,
+) -> anyhow::Result<()> {
     let (client, log) = connect_nats(&common).await?;
     let store = connect_store(&common).await?;
+    crate::connection::install_keks(&store, &kek, false).await?;
     let started = std::time::Instant::now();
     // On a terminal a bar with the rate and the time left; otherwise (a log) a line every 10 s.
     let bar = indicatif::ProgressBar::new(0);

@@ -25,6 +25,8 @@ pub enum SessionsCommand {
         /// Why, for the audit log.
         #[arg(long)]
         reason: String,
+        #[command(flatten)]
+        kek: rollcall_access::keys::KekConfig,
     },
     /// The installation's session keys (used when ROLLCALL_SESSION_KEYS is not set).
     Keys {
@@ -73,11 +75,16 @@ pub async fn run(common: Common, command: SessionsCommand) -> anyhow::Result<()>
             user,
             session,
             reason,
+            kek,
         } => {
             let (_, log) = connect_nats(&common).await?;
+            // The user's history is folded to decide: its personal fields open under its key.
+            let store = crate::connection::connect_store(&common).await?;
+            crate::connection::install_keks(&store, &kek, false).await?;
             let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
             let sequence = rollcall_scim_api::operator::revoke_sessions(
                 &log,
+                &store,
                 &tenant,
                 user,
                 session.clone(),

@@ -1,0 +1,482 @@
+//! Every user's data key (crypto-shredding): 32 random bytes per user, kept in PostgreSQL
+//! (`public.personal_data_key`) wrapped under the installation's key-encryption key (KEK), and
+//! destroyed when the user is erased. The personal fields of the user's events are sealed under
+//! it (`rollcall-personal`), so destroying it leaves them unreadable wherever they are stored.
+//!
+//! - Wrapping is XChaCha20-Poly1305 under the KEK, with the tenant and user id as associated
+//!   data (a wrapped key moved to another row does not open).
+//! - Each row names the KEK that wrapped it by fingerprint. A process holds the current KEK and
+//!   any previous ones ([`Store::install_keks`]); [`Store::rewrap_data_keys`] moves every key to
+//!   the current KEK, after which the previous ones can be dropped.
+//! - Erasure keeps the row as a tombstone (`wrapped` NULL, `erased_at` set), so that a reader
+//!   tells an erased person ([`KeyState::Erased`]) from a key that was never stored
+//!   ([`KeyState::Missing`], an error to report, never something to show as erased).
+//! - Unwrapped keys are cached in the process (bounded); [`Store::forget_data_key`] drops one
+//!   when its user is erased, and fresh reads ([`Freshness::Fresh`]) bypass the cache.
+//!
+//! Key material never appears in logs, errors or `Debug` output.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+/// How many unwrapped keys a process keeps before it drops them all and starts again.
+const CACHE_LIMIT: usize = 100_000;
+const WRAP_FORMAT: &str = "rollcall.data-key.v1";
+
+/// A user's data key. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DataKey([u8; 32]);
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+impl DataKey {
+    /// A key from its bytes (tests, tooling).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key's bytes, for the cipher.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// What is known of a user's data key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    /// The key: the user's personal fields open.
+    Key(DataKey),
+    /// The user was erased: the key is gone for good.
+    Erased,
+    /// No key was ever stored for the user (events written before encryption, or a fault).
+    Missing,
+}
+
+/// Whether a read may be answered from the process's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Cached keys serve (writers and projectors, which drop a key when they meet its user's
+    /// erasure).
+    Cached,
+    /// Every key is read from PostgreSQL (auditors' reads, which must never show an erased
+    /// person from a cache).
+    Fresh,
+}
+
+/// The fingerprint naming a KEK in rows and errors (a hash of it, not the key).
+pub fn kek_fingerprint(key: &[u8; 32]) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"rollcall.kek-fingerprint.v1\0");
+    hash.update(key);
+    hex::encode(&hash.finalize()[..8])
+}
+
+#[derive(Clone)]
+struct Kek {
+    key: [u8; 32],
+    fingerprint: String,
+}
+
+impl Kek {
+    fn new(key: [u8; 32]) -> Self {
+        Self {
+            fingerprint: kek_fingerprint(&key),
+            key,
+        }
+    }
+}
+
+/// The KEKs a process holds and the keys it has unwrapped; shared by every clone of a
+/// [`Store`].
+#[derive(Default)]
+pub(crate) struct Keyring {
+    keks: RwLock<Option<(Kek, Vec<Kek>)>>,
+    cache: Mutex<HashMap<(String, Uuid), DataKey>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring").finish_non_exhaustive()
+    }
+}
+
+fn associated_data(tenant: &str, user: Uuid) -> Vec<u8> {
+    format!("{WRAP_FORMAT}\0{tenant}\0{user}").into_bytes()
+}
+
+fn wrap(kek: &Kek, tenant: &str, user: Uuid, key: &DataKey) -> Result<Vec<u8>, StoreError> {
+    let mut nonce = [0u8; 24];
+    getrandom::fill(&mut nonce).map_err(|e| StoreError::Kek(format!("no randomness: {e}")))?;
+    let ciphertext = XChaCha20Poly1305::new(&kek.key.into())
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: &key.0,
+                aad: &associated_data(tenant, user),
+            },
+        )
+        .map_err(|_| StoreError::Kek("wrapping a data key failed".into()))?;
+    let mut wrapped = nonce.to_vec();
+    wrapped.extend_from_slice(&ciphertext);
+    Ok(wrapped)
+}
+
+fn unwrap(kek: &Kek, tenant: &str, user: Uuid, wrapped: &[u8]) -> Result<DataKey, StoreError> {
+    let corrupt = || {
+        StoreError::Corrupt(format!(
+            "the data key of user {user} in tenant {tenant} does not open under KEK {}: it was changed or moved",
+            kek.fingerprint
+        ))
+    };
+    if wrapped.len() < 24 {
+        return Err(corrupt());
+    }
+    let (nonce, ciphertext) = wrapped.split_at(24);
+    let nonce = <[u8; 24]>::try_from(nonce).map_err(|_| corrupt())?;
+    let plain = XChaCha20Poly1305::new(&kek.key.into())
+        .decrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: &associated_data(tenant, user),
+            },
+        )
+        .map_err(|_| corrupt())?;
+    <[u8; 32]>::try_from(plain.as_slice())
+        .map(DataKey)
+        .map_err(|_| corrupt())
+}
+
+type Row = (String, Uuid, Option<String>, Option<Vec<u8>>);
+
+impl Store {
+    /// Gives this store (and every clone of it) the KEK that wraps new data keys and the
+    /// previous KEKs that still open older ones.
+    pub fn install_keks(&self, current: [u8; 32], previous: Vec<[u8; 32]>) {
+        let keks = (
+            Kek::new(current),
+            previous.into_iter().map(Kek::new).collect(),
+        );
+        if let Ok(mut slot) = self.keyring.keks.write() {
+            *slot = Some(keks);
+        }
+        self.clear_data_key_cache();
+    }
+
+    /// The fingerprint of the KEK that wraps new data keys, once installed.
+    pub fn kek_in_use(&self) -> Option<String> {
+        self.keyring
+            .keks
+            .read()
+            .ok()?
+            .as_ref()
+            .map(|(current, _)| current.fingerprint.clone())
+    }
+
+    fn keks(&self) -> Result<(Kek, Vec<Kek>), StoreError> {
+        self.keyring
+            .keks
+            .read()
+            .ok()
+            .and_then(|keks| keks.clone())
+            .ok_or_else(|| {
+                StoreError::Kek("no key-encryption key was given to this process".into())
+            })
+    }
+
+    fn opening(
+        &self,
+        tenant: &str,
+        user: Uuid,
+        kek: &str,
+        wrapped: &[u8],
+    ) -> Result<DataKey, StoreError> {
+        let (current, previous) = self.keks()?;
+        let kek = std::iter::once(&current)
+            .chain(previous.iter())
+            .find(|candidate| candidate.fingerprint == kek)
+            .ok_or_else(|| StoreError::Kek(format!(
+                "the data key of user {user} in tenant {tenant} is wrapped under KEK {kek}, which this process does not hold (it holds {}): give it as ROLLCALL_KEK or ROLLCALL_KEK_PREVIOUS",
+                std::iter::once(&current).chain(previous.iter()).map(|k| k.fingerprint.as_str()).collect::<Vec<_>>().join(", ")
+            )))?;
+        unwrap(kek, tenant, user, wrapped)
+    }
+
+    fn remember(&self, tenant: &str, user: Uuid, key: &DataKey) {
+        if let Ok(mut cache) = self.keyring.cache.lock() {
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert((tenant.to_owned(), user), key.clone());
+        }
+    }
+
+    /// Drops every cached key.
+    pub fn clear_data_key_cache(&self) {
+        if let Ok(mut cache) = self.keyring.cache.lock() {
+            cache.clear();
+        }
+    }
+
+    /// Drops a user's key from this process's cache (its user was erased).
+    pub fn forget_data_key(&self, tenant: &str, user: Uuid) {
+        if let Ok(mut cache) = self.keyring.cache.lock() {
+            cache.remove(&(tenant.to_owned(), user));
+        }
+    }
+
+    /// The data key to seal a user's new events under: the one stored, or a new one stored
+    /// now (a user being created, or one whose events predate encryption). Stored before any
+    /// event is sealed under it; refused for an erased user.
+    #[instrument(skip_all, fields(tenant, user.id = %user), err)]
+    pub async fn data_key_for_writing(
+        &self,
+        tenant: &str,
+        user: Uuid,
+    ) -> Result<DataKey, StoreError> {
+        if let Some(key) = self
+            .keyring
+            .cache
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&(tenant.to_owned(), user)).cloned())
+        {
+            return Ok(key);
+        }
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| StoreError::Kek(format!("no randomness: {e}")))?;
+        let candidate = DataKey(bytes);
+        let (current, _) = self.keks()?;
+        let wrapped = wrap(&current, tenant, user, &candidate)?;
+        let stored: Option<(Option<String>, Option<Vec<u8>>)> = sqlx::query_as(
+            "WITH inserted AS (
+                 INSERT INTO public.personal_data_key (tenant, user_id, kek, wrapped)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, user_id) DO NOTHING
+                 RETURNING kek, wrapped)
+             SELECT kek, wrapped FROM inserted
+             UNION ALL
+             SELECT kek, wrapped FROM public.personal_data_key
+              WHERE tenant = $1 AND user_id = $2 AND NOT EXISTS (SELECT 1 FROM inserted)",
+        )
+        .bind(tenant)
+        .bind(user)
+        .bind(&current.fingerprint)
+        .bind(&wrapped)
+        .fetch_optional(self.pool())
+        .await?;
+        let key = match stored {
+            Some((Some(kek), Some(wrapped))) => self.opening(tenant, user, &kek, &wrapped)?,
+            _ => {
+                return Err(StoreError::Invalid(format!(
+                    "user {user} of tenant {tenant} was erased; its id is never used again"
+                )))
+            }
+        };
+        self.remember(tenant, user, &key);
+        Ok(key)
+    }
+
+    /// The keys of `users` (tenant, id), each as [`KeyState`].
+    #[instrument(skip_all, fields(users = users.len()), err)]
+    pub async fn data_keys(
+        &self,
+        users: &[(String, Uuid)],
+        freshness: Freshness,
+    ) -> Result<HashMap<(String, Uuid), KeyState>, StoreError> {
+        let mut found = HashMap::with_capacity(users.len());
+        let mut wanted: Vec<&(String, Uuid)> = Vec::new();
+        {
+            let cache = self
+                .keyring
+                .cache
+                .lock()
+                .map_err(|_| StoreError::Kek("the data key cache is poisoned".into()))?;
+            for user in users {
+                match (freshness, cache.get(user)) {
+                    (Freshness::Cached, Some(key)) => {
+                        found.insert(user.clone(), KeyState::Key(key.clone()));
+                    }
+                    _ => wanted.push(user),
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(found);
+        }
+        let tenants: Vec<&str> = wanted.iter().map(|(tenant, _)| tenant.as_str()).collect();
+        let ids: Vec<Uuid> = wanted.iter().map(|(_, id)| *id).collect();
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT k.tenant, k.user_id, k.kek, k.wrapped
+               FROM unnest($1::text[], $2::uuid[]) AS w (tenant, user_id)
+               JOIN public.personal_data_key k USING (tenant, user_id)",
+        )
+        .bind(&tenants)
+        .bind(&ids)
+        .fetch_all(self.pool())
+        .await?;
+        for (tenant, user, kek, wrapped) in rows {
+            let state = match (kek, wrapped) {
+                (Some(kek), Some(wrapped)) => {
+                    let key = self.opening(&tenant, user, &kek, &wrapped)?;
+                    self.remember(&tenant, user, &key);
+                    KeyState::Key(key)
+                }
+                _ => KeyState::Erased,
+            };
+            found.insert((tenant, user), state);
+        }
+        for user in wanted {
+            found.entry(user.clone()).or_insert(KeyState::Missing);
+        }
+        Ok(found)
+    }
+
+    /// Destroys a user's data key (its personal fields become unreadable everywhere), leaving
+    /// a tombstone. Whether a key was destroyed now (false: it was erased before).
+    #[instrument(skip_all, fields(tenant, user.id = %user), err)]
+    pub async fn erase_data_key(&self, tenant: &str, user: Uuid) -> Result<bool, StoreError> {
+        self.forget_data_key(tenant, user);
+        let destroyed: Option<(bool,)> = sqlx::query_as(
+            "WITH before AS (
+                 SELECT wrapped IS NOT NULL AS live FROM public.personal_data_key
+                  WHERE tenant = $1 AND user_id = $2 FOR UPDATE)
+             INSERT INTO public.personal_data_key AS k (tenant, user_id, kek, wrapped, erased_at)
+             VALUES ($1, $2, NULL, NULL, now())
+             ON CONFLICT (tenant, user_id) DO UPDATE
+                SET kek = NULL, wrapped = NULL, erased_at = coalesce(k.erased_at, now())
+             RETURNING coalesce((SELECT live FROM before), false)",
+        )
+        .bind(tenant)
+        .bind(user)
+        .fetch_optional(self.pool())
+        .await?;
+        self.forget_data_key(tenant, user);
+        Ok(destroyed.is_some_and(|(destroyed,)| destroyed))
+    }
+
+    /// Checks, before anything is written, that this process holds every KEK that wraps a
+    /// stored data key and that one key of each opens: a wrong KEK is an error at start, never
+    /// a reason to write anything. The number of data keys stored.
+    #[instrument(skip_all, err)]
+    pub async fn check_data_keys(&self) -> Result<u64, StoreError> {
+        let (current, previous) = self.keks()?;
+        let samples: Vec<(String, Uuid, String, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT DISTINCT ON (kek) tenant, user_id, kek, wrapped,
+                    count(*) OVER (PARTITION BY kek)
+               FROM public.personal_data_key WHERE kek IS NOT NULL ORDER BY kek",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut total = 0u64;
+        for (tenant, user, kek, wrapped, count) in samples {
+            total += count as u64;
+            let Some(holder) = std::iter::once(&current)
+                .chain(previous.iter())
+                .find(|candidate| candidate.fingerprint == kek)
+            else {
+                return Err(StoreError::Kek(format!(
+                    "{count} personal data keys are wrapped under KEK {kek}, but the KEK given is {} (ROLLCALL_KEK, ROLLCALL_KEK_FILE, or the one kept in PostgreSQL): give the KEK they were wrapped with (a new KEK goes in ROLLCALL_KEK with the old one in ROLLCALL_KEK_PREVIOUS, then `rollcall personal-data rewrap`); nothing was written",
+                    current.fingerprint
+                )));
+            };
+            unwrap(holder, &tenant, user, &wrapped)?;
+        }
+        Ok(total)
+    }
+
+    /// Wraps every data key not yet under the current KEK again under it, `batch` at a time,
+    /// telling `progress` how many were moved so far. The number moved.
+    #[instrument(skip_all, err)]
+    pub async fn rewrap_data_keys(
+        &self,
+        batch: i64,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, StoreError> {
+        let (current, _) = self.keks()?;
+        let mut moved = 0u64;
+        loop {
+            let rows: Vec<(String, Uuid, String, Vec<u8>)> = sqlx::query_as(
+                "SELECT tenant, user_id, kek, wrapped FROM public.personal_data_key
+                  WHERE kek IS NOT NULL AND kek <> $1 LIMIT $2",
+            )
+            .bind(&current.fingerprint)
+            .bind(batch)
+            .fetch_all(self.pool())
+            .await?;
+            if rows.is_empty() {
+                return Ok(moved);
+            }
+            for (tenant, user, kek, wrapped) in rows {
+                let key = self.opening(&tenant, user, &kek, &wrapped)?;
+                let rewrapped = wrap(&current, &tenant, user, &key)?;
+                // Only if unchanged since read: an erasure in between wins.
+                sqlx::query(
+                    "UPDATE public.personal_data_key SET kek = $3, wrapped = $4
+                      WHERE tenant = $1 AND user_id = $2 AND kek = $5",
+                )
+                .bind(&tenant)
+                .bind(user)
+                .bind(&current.fingerprint)
+                .bind(&rewrapped)
+                .bind(&kek)
+                .execute(self.pool())
+                .await?;
+                moved += 1;
+            }
+            progress(moved);
+        }
+    }
+}
+
+/// Shared by a store and its clones.
+pub(crate) fn keyring() -> Arc<Keyring> {
+    Arc::new(Keyring::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapped_key_opens_only_for_its_tenant_and_user_under_its_kek() {
+        let kek = Kek::new([7; 32]);
+        let key = DataKey([9; 32]);
+        let user = Uuid::from_u128(1);
+        let wrapped = wrap(&kek, "acme", user, &key).unwrap();
+        assert_eq!(unwrap(&kek, "acme", user, &wrapped).unwrap(), key);
+        assert!(unwrap(&kek, "other", user, &wrapped).is_err());
+        assert!(unwrap(&kek, "acme", Uuid::from_u128(2), &wrapped).is_err());
+        assert!(unwrap(&Kek::new([8; 32]), "acme", user, &wrapped).is_err());
+        let mut changed = wrapped.clone();
+        changed[30] ^= 1;
+        assert!(unwrap(&kek, "acme", user, &changed).is_err());
+        assert!(unwrap(&kek, "acme", user, &wrapped[..10]).is_err());
+    }
+
+    #[test]
+    fn neither_a_key_nor_a_kek_shows_in_debug_or_errors() {
+        let key = DataKey([0xAB; 32]);
+        assert_eq!(format!("{key:?}"), "DataKey(..)");
+        let kek = Kek::new([0xCD; 32]);
+        let error = unwrap(&kek, "t", Uuid::nil(), &[0; 40])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !error.contains("cdcd") && !error.contains("abab"),
+            "{error}"
+        );
+        assert_eq!(kek.fingerprint.len(), 16);
+    }
+}

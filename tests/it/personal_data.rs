@@ -1,0 +1,540 @@
+//! Personal data (crypto-shredding): personal fields sealed under each user's data key,
+//! erasure that leaves no readable copy while the audit chain still verifies, rebuilds after an
+//! erasure, KEK rotation, a wrong KEK at start, and retention.
+
+use std::time::Duration;
+
+use rollcall::instance::Instance;
+use rollcall_audit_api::verify::verify;
+use rollcall_eventlog::{Actor, Claims};
+use rollcall_it::{eventually, loopback, roles, TestEnv};
+use rollcall_store::personal_key::{Freshness, KeyState};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+fn patch(operations: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations})
+}
+
+/// Every value of the person the test erases: none may be readable anywhere after.
+const PERSONAL: [&str; 9] = [
+    "zelda.qx@example.org",
+    "zqx-private@example.net",
+    "Zeldaquix",
+    "Quixotehall",
+    "+1 555 0199 777",
+    "17 Quixote Lane",
+    "Chief Quixote Officer",
+    "ext-zqx-4711",
+    "Zeldaquix Quixotehall-Renamed",
+];
+
+fn erasable() -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User",
+                    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
+        "userName": PERSONAL[0],
+        "externalId": PERSONAL[7],
+        "name": {"givenName": PERSONAL[2], "familyName": PERSONAL[3]},
+        "displayName": format!("{} {}", PERSONAL[2], PERSONAL[3]),
+        "emails": [{"value": PERSONAL[0], "type": "work", "primary": true},
+                   {"value": PERSONAL[1], "type": "home"}],
+        "phoneNumbers": [{"value": PERSONAL[4], "type": "work"}],
+        "addresses": [{"streetAddress": PERSONAL[5], "type": "work"}],
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "Quixote Dept"},
+        "active": true
+    })
+}
+
+/// The texts among `haystacks` that hold any of the person's values (without case).
+fn leaks(haystacks: &[String]) -> Vec<String> {
+    haystacks
+        .iter()
+        .filter(|text| {
+            let text = text.to_lowercase();
+            PERSONAL
+                .iter()
+                .any(|value| text.contains(&value.to_lowercase()))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Every message a JetStream stream holds, as stored (headers and payload, lossily as text).
+async fn stored_messages(env: &TestEnv, stream: &str) -> Vec<String> {
+    let jetstream = async_nats::jetstream::new(env.client.clone());
+    let mut stream = jetstream.get_stream(stream).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut texts = Vec::new();
+    for sequence in state.first_sequence..=state.last_sequence {
+        if let Ok(message) = stream.get_raw_message(sequence).await {
+            let headers = format!("{:?}", message.headers);
+            texts.push(format!(
+                "{} {headers} {}",
+                message.subject,
+                String::from_utf8_lossy(&message.payload)
+            ));
+        }
+    }
+    texts
+}
+
+/// Every row of the read models and of the request log, as JSON text.
+async fn stored_rows(env: &TestEnv) -> Vec<String> {
+    let mut rows = Vec::new();
+    for table in [
+        "scim_user",
+        "scim_group",
+        "group_member",
+        "audit_event",
+        "revocation",
+        "access_outbox",
+        "projection_quarantine",
+        "public.scim_request",
+        "public.personal_data_key",
+    ] {
+        let query = format!("SELECT row_to_json(t)::text FROM {table} t");
+        let part: Vec<String> = sqlx::query_scalar(&query)
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+        rows.extend(part);
+    }
+    rows
+}
+
+/// Everything stored where the person's data could be: the event stream, the access bucket,
+/// the read models and the request log.
+async fn everything_stored(env: &TestEnv) -> Vec<String> {
+    let mut texts = stored_messages(env, &env.namespace.stream()).await;
+    texts.extend(stored_messages(env, &format!("KV_{}", env.namespace.access_bucket())).await);
+    texts.extend(stored_rows(env).await);
+    texts
+}
+
+#[tokio::test]
+async fn an_erased_user_leaves_no_readable_personal_data_and_the_record_still_verifies() {
+    let mut env = TestEnv::start().await;
+    let scim = env.scim();
+    // Request bodies are logged by this replica: the request log holds the person's values too.
+    let logging = env
+        .replica_with(rollcall_scim_api::Config {
+            log_bodies: true,
+            ..rollcall_it::scim_config()
+        })
+        .await;
+    let id = logging.create_user(&erasable()).await;
+    let other = scim
+        .create_user(
+            &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": "keeper@example.org", "name": {"givenName": "Keeper"}, "title": "Stays"}),
+        )
+        .await;
+    // A long history: attribute changes, a rename, a deactivation and back, memberships,
+    // revoked sessions, lookups by name.
+    let changed = logging
+        .patch(
+            &format!("/Users/{id}"),
+            &patch(json!([
+                {"op": "Replace", "path": "title", "value": PERSONAL[6]},
+                {"op": "Replace", "path": "displayName", "value": PERSONAL[8]}
+            ])),
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    for active in ["False", "True"] {
+        let response = scim
+            .patch(
+                &format!("/Users/{id}"),
+                &patch(json!([{"op": "Replace", "path": "active", "value": active}])),
+            )
+            .await;
+        assert_eq!(response.status, 200);
+    }
+    let group = scim
+        .create_group(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Quill-Team"}))
+        .await;
+    let added = scim
+        .patch(
+            &format!("/Groups/{group}"),
+            &patch(json!([{"op": "Add", "path": "members", "value": [{"value": id}, {"value": other}]}])),
+        )
+        .await;
+    assert_eq!(added.status, 204, "{}", added.body);
+    let user_id = Uuid::parse_str(&id).unwrap();
+    rollcall_scim_api::operator::revoke_sessions(
+        &env.log,
+        &env.store,
+        "test",
+        user_id,
+        None,
+        "laptop lost",
+        "security desk",
+    )
+    .await
+    .unwrap();
+    let filter = rollcall_it::encode(&format!("userName eq \"{}\"", PERSONAL[0]));
+    let found = scim.get(&format!("/Users?filter={filter}")).await;
+    assert_eq!(found.ids(), vec![id.clone()]);
+    let head = env.head().await;
+    eventually("the history is projected", Duration::from_secs(10), || {
+        env.projected(head)
+    })
+    .await;
+
+    // Sealed from the start: the stream and the audit records never held the values.
+    assert_eq!(
+        leaks(&stored_messages(&env, &env.namespace.stream()).await),
+        Vec::<String>::new()
+    );
+    let audit_rows: Vec<String> =
+        sqlx::query_scalar("SELECT payload::text FROM audit_event WHERE aggregate_id = $1")
+            .bind(user_id)
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(leaks(&audit_rows), Vec::<String>::new());
+    // … while the read models, the request log and the access state did (the search finds
+    // what it looks for).
+    // (The request log is written in batches: wait for the last request, the lookup.)
+    eventually(
+        "the request log holds the person's values",
+        Duration::from_secs(10),
+        || async {
+            let lookups: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM public.scim_request WHERE strpos(filter, $1) > 0",
+            )
+            .bind(PERSONAL[0])
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+            lookups == 1
+        },
+    )
+    .await;
+    assert!(!leaks(&stored_rows(&env).await).is_empty());
+    assert!(
+        !leaks(&stored_messages(&env, &format!("KV_{}", env.namespace.access_bucket())).await)
+            .is_empty()
+    );
+    let before = crate::projector::snapshot(&env).await;
+
+    let claims = Claims::open(env.log.jetstream(), env.log.namespace())
+        .await
+        .unwrap();
+    let erasure = rollcall_scim_api::operator::erase_user(
+        &env.log,
+        &env.store,
+        &claims,
+        "test",
+        user_id,
+        "GDPR request 42",
+        Actor::Operator { name: "dpo".into() },
+    )
+    .await
+    .unwrap();
+    assert!(erasure.sequence.is_some());
+    assert!(erasure.request_log_entries >= 3, "{erasure:?}");
+    let head = env.head().await;
+    eventually("the erasure is projected", Duration::from_secs(10), || {
+        env.projected(head)
+    })
+    .await;
+
+    // Gone from SCIM.
+    assert_eq!(scim.get(&format!("/Users/{id}")).await.status, 404);
+    // Nothing readable anywhere: stream, access bucket, read models, request log.
+    eventually(
+        "no copy of the person's data is readable",
+        Duration::from_secs(10),
+        || async { leaks(&everything_stored(&env).await).is_empty() },
+    )
+    .await;
+    assert_eq!(leaks(&everything_stored(&env).await), Vec::<String>::new());
+    // The data key is gone for good; the tombstone says so.
+    let state = env
+        .store
+        .data_keys(&[("test".into(), user_id)], Freshness::Fresh)
+        .await
+        .unwrap();
+    assert_eq!(state[&("test".to_owned(), user_id)], KeyState::Erased);
+
+    // The audit history keeps every event, personal fields as [erased], the rest intact.
+    let (status, history) = env.audit(&format!("/audit/v1/users/{id}/history")).await;
+    assert_eq!(status, 200, "{history}");
+    let events = history["events"].as_array().unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| t.starts_with("user."))
+            .copied()
+            .collect::<Vec<_>>(),
+        [
+            "user.provisioned",
+            "user.attributes_changed",
+            "user.deactivated",
+            "user.reactivated",
+            "user.sessions_revoked",
+            "user.erased"
+        ]
+    );
+    assert_eq!(events[0]["payload"]["attributes"]["userName"], "[erased]");
+    assert_eq!(events[0]["payload"]["attributes"]["emails"], "[erased]");
+    assert_eq!(events[0]["payload"]["attributes"]["active"], true);
+    let changes = events[1]["payload"]["changes"].as_array().unwrap();
+    let title = changes.iter().find(|c| c["path"] == "title").unwrap();
+    assert_eq!(title["after"], "[erased]");
+    let erased = events.iter().find(|e| e["type"] == "user.erased").unwrap();
+    assert_eq!(erased["payload"]["reason"], "GDPR request 42");
+    assert_eq!(erased["actor"]["name"], "dpo");
+    assert!(leaks(&[history.to_string()]).is_empty());
+    // The chain over the stored bytes still verifies.
+    let verified = verify(&env.log, &env.store, None, None, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(verified.mismatch, None);
+    assert_eq!(verified.events, env.head().await);
+
+    // Everyone else is untouched.
+    let kept = scim.get(&format!("/Users/{other}")).await;
+    assert_eq!(kept.body["userName"], "keeper@example.org");
+    assert_eq!(kept.body["title"], "Stays");
+    let members = scim.get(&format!("/Groups/{group}")).await.body["members"].clone();
+    let members: Vec<&str> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, [other.as_str()]);
+    // The read models are what they were, less the person.
+    let after = crate::projector::snapshot(&env).await;
+    let gone: Vec<&String> = before.iter().filter(|row| !after.contains(row)).collect();
+    assert!(
+        gone.iter()
+            .all(|row| row.contains(&id) || row.contains("\"tenant\":\"test\",\"sequence\"")),
+        "{gone:#?}"
+    );
+    // A rebuild from the stream gives the same read models: the erased person's events open as
+    // [erased] and the erasure removes them again.
+    rollcall_projector::rebuild::rebuild(env.client.clone(), &env.log, &env.store, 4, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(crate::projector::snapshot(&env).await, after);
+    assert_eq!(leaks(&stored_rows(&env).await), Vec::<String>::new());
+
+    // An erasure run again finishes nothing more and records nothing more.
+    let again = rollcall_scim_api::operator::erase_user(
+        &env.log,
+        &env.store,
+        &claims,
+        "test",
+        user_id,
+        "GDPR request 42",
+        Actor::Operator { name: "dpo".into() },
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.sequence, None);
+    // Findable by nobody (a lookup made now names the person again in the request log, as any
+    // request does: the log records what clients send after the erasure).
+    assert!(scim
+        .get(&format!("/Users?filter={filter}"))
+        .await
+        .ids()
+        .is_empty());
+    // The userName is free for a new person.
+    let reused = scim
+        .post("/Users", &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": PERSONAL[0]}))
+        .await;
+    assert_eq!(reused.status, 201, "{}", reused.body);
+}
+
+#[tokio::test]
+async fn a_kek_rotation_wraps_every_data_key_again_and_the_old_kek_alone_then_opens_nothing() {
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(scim.create_user(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": format!("rot{n}@example.org")})).await);
+    }
+    let old = rollcall_access::keys::Kek::existing(&Default::default(), Some(&env.store))
+        .await
+        .unwrap();
+    let new = rollcall_access::keys::Kek::generate("the new KEK".into()).unwrap();
+    // A process given the new KEK and the old one as previous: rewraps every key.
+    let rotating = env
+        .store
+        .with_schema(rollcall_store::LIVE_SCHEMA, 2)
+        .await
+        .unwrap();
+    rotating.install_keks(*new.expose(), vec![*old.expose()]);
+    let mut reported = Vec::new();
+    let moved = rotating
+        .rewrap_data_keys(2, |moved| reported.push(moved))
+        .await
+        .unwrap();
+    assert_eq!(moved, 3);
+    assert_eq!(reported, [2, 3]);
+    assert_eq!(rotating.rewrap_data_keys(2, |_| {}).await.unwrap(), 0);
+    // The new KEK alone opens every user's history.
+    let fresh = env
+        .store
+        .with_schema(rollcall_store::LIVE_SCHEMA, 2)
+        .await
+        .unwrap();
+    fresh.install_keks(*new.expose(), Vec::new());
+    assert_eq!(fresh.check_data_keys().await.unwrap(), 3);
+    for id in &ids {
+        let mut rows = fresh
+            .audit_events("test", Uuid::parse_str(id).unwrap())
+            .await
+            .unwrap();
+        rollcall_personal::open_all(&fresh, &mut rows, Freshness::Fresh)
+            .await
+            .unwrap();
+        assert!(rows[0].payload.0["attributes"]["userName"]
+            .as_str()
+            .unwrap()
+            .starts_with("rot"));
+    }
+    // The old KEK alone is refused at start, naming both fingerprints.
+    let stale = env
+        .store
+        .with_schema(rollcall_store::LIVE_SCHEMA, 2)
+        .await
+        .unwrap();
+    stale.install_keks(*old.expose(), Vec::new());
+    let refused = stale.check_data_keys().await.unwrap_err().to_string();
+    assert!(
+        refused.contains(&new.fingerprint()) && refused.contains(&old.fingerprint()),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_kek_at_start_is_a_clear_error_and_nothing_is_written() {
+    let env = TestEnv::start().await;
+    env.scim()
+        .create_user(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "kept@example.org"}))
+        .await;
+    let head = env.head().await;
+    let count = |sql: &'static str| {
+        let pool = env.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let keys = count("SELECT count(*) FROM public.personal_data_key").await;
+    let secrets = count("SELECT count(*) FROM public.installation_secret").await;
+    let wrong = rollcall_access::keys::Kek::generate("wrong".into()).unwrap();
+    let mut access = rollcall_it::access_config(&env.policy_file);
+    access.kek.kek = Some(base64_of(wrong.expose()).into());
+    access.kek.kek_previous = None;
+    let started = Instance::new(roles("scim,projector"))
+        .scim(rollcall_it::scim_config())
+        .access(access)
+        .listener(rollcall::role::Role::Scim, loopback().await)
+        .start(env.connect_again().await)
+        .await;
+    let error = format!("{:#}", started.expect_err("refused"));
+    assert!(error.contains("wrapped under KEK"), "{error}");
+    assert!(error.contains(&wrong.fingerprint()), "{error}");
+    assert!(error.contains("nothing was written"), "{error}");
+    assert_eq!(env.head().await, head);
+    assert_eq!(
+        count("SELECT count(*) FROM public.personal_data_key").await,
+        keys
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM public.installation_secret").await,
+        secrets
+    );
+}
+
+fn base64_of(bytes: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test]
+async fn retention_erases_users_deleted_longer_ago_than_the_period_and_no_one_else() {
+    let mut env = TestEnv::start().await;
+    let scim = env.scim();
+    let user = |name: &str| json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name});
+    let deleted = scim.create_user(&user("gone@example.org")).await;
+    let live = scim.create_user(&user("live@example.org")).await;
+    assert_eq!(scim.delete(&format!("/Users/{deleted}")).await.status, 204);
+    let head = env.head().await;
+    eventually("the deletion is projected", Duration::from_secs(10), || {
+        env.projected(head)
+    })
+    .await;
+    let claims = Claims::open(env.log.jetstream(), env.log.namespace())
+        .await
+        .unwrap();
+    // Deleted moments ago: a one-day period keeps it.
+    let erased = rollcall_scim_api::retention::erase_expired(&env.log, &env.store, &claims, 1)
+        .await
+        .unwrap();
+    assert_eq!(erased, 0);
+    assert_eq!(
+        env.event_types("test", &deleted).await.last().unwrap(),
+        "user.deleted"
+    );
+    // A SCIM API with a period of zero days erases it on its own, once.
+    env.replica_with(rollcall_scim_api::Config {
+        retention_days_after_delete: Some(0),
+        retention_interval_seconds: 1,
+        ..rollcall_it::scim_config()
+    })
+    .await;
+    eventually(
+        "retention erases the deleted user",
+        Duration::from_secs(15),
+        || async {
+            env.event_types("test", &deleted)
+                .await
+                .last()
+                .map(String::as_str)
+                == Some("user.erased")
+        },
+    )
+    .await;
+    let payloads = env.event_payloads("test", &deleted).await;
+    assert_eq!(payloads[0]["attributes"]["userName"], "[erased]");
+    assert_eq!(
+        payloads.last().unwrap()["reason"],
+        "retention: deleted more than 0 days ago"
+    );
+    let (_, history) = env
+        .audit(&format!("/audit/v1/users/{deleted}/history"))
+        .await;
+    let last = history["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        last["actor"],
+        json!({"kind": "system", "name": "retention"})
+    );
+    // Nobody else: the live user keeps its data, and nothing is erased twice.
+    assert_eq!(
+        scim.get(&format!("/Users/{live}")).await.body["userName"],
+        "live@example.org"
+    );
+    assert_eq!(
+        rollcall_scim_api::retention::erase_expired(&env.log, &env.store, &claims, 0)
+            .await
+            .unwrap(),
+        0
+    );
+    let types = env.event_types("test", &deleted).await;
+    assert_eq!(types.iter().filter(|t| *t == "user.erased").count(), 1);
+}
