@@ -365,6 +365,13 @@ impl Drop for Installation {
                 if let Ok(client) = async_nats::connect(servers.unwrap()).await {
                     let jetstream = async_nats::jetstream::new(client);
                     let _ = jetstream.delete_stream(namespace.stream()).await;
+                    // A migration's stream, and the settings that name it.
+                    let _ = jetstream
+                        .delete_stream(format!("{}_SEALED", namespace.stream()))
+                        .await;
+                    let _ = jetstream
+                        .delete_stream(format!("KV_{}", namespace.config_bucket()))
+                        .await;
                     let _ = jetstream
                         .delete_stream(format!("KV_{}", namespace.claims_bucket()))
                         .await;

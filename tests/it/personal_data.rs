@@ -2,6 +2,7 @@
 //! erasure that leaves no readable copy while the audit chain still verifies, rebuilds after an
 //! erasure, KEK rotation, a wrong KEK at start, and retention.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rollcall::instance::Instance;
@@ -537,4 +538,217 @@ async fn retention_erases_users_deleted_longer_ago_than_the_period_and_no_one_el
     );
     let types = env.event_types("test", &deleted).await;
     assert_eq!(types.iter().filter(|t| *t == "user.erased").count(), 1);
+}
+
+/// Appends one write of `events` to an aggregate, expecting its last sequence from `heads`.
+async fn write(
+    log: &rollcall_eventlog::EventLog,
+    heads: &mut HashMap<String, u64>,
+    kind: &str,
+    id: Uuid,
+    events: Vec<rollcall_eventlog::Envelope>,
+) {
+    let subject = log.namespace().aggregate_subject("test", kind, &id);
+    let expected = heads.get(&subject).copied().unwrap_or(0);
+    let sequence = log.append(&subject, expected, &events).await.unwrap();
+    heads.insert(subject, sequence);
+}
+
+/// An event as the releases before sealing wrote it: personal fields in clear, version 1.
+fn clear_event(
+    aggregate_type: &str,
+    id: Uuid,
+    version: u64,
+    payload: Value,
+) -> rollcall_eventlog::Envelope {
+    rollcall_eventlog::Envelope {
+        event_id: Uuid::now_v7(),
+        tenant: "test".into(),
+        aggregate_type: aggregate_type.into(),
+        aggregate_id: id,
+        version,
+        event_type: payload["type"].as_str().unwrap().into(),
+        schema_version: 1,
+        occurred_at: time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap(),
+        actor: Actor::ScimToken {
+            token_id: "old-release".into(),
+        },
+        request_id: Some(format!("req-{}", Uuid::now_v7())),
+        traceparent: None,
+        payload,
+    }
+}
+
+#[tokio::test]
+async fn a_stream_of_clear_events_is_migrated_to_sealed_events_with_the_same_ids_order_and_chain() {
+    use rollcall_it::Installation;
+    let installation = Installation::create_on(rollcall_it::nats_url()).await;
+    let (log, store) = (installation.log.clone(), installation.store.clone());
+    rollcall::connection::install_keks(&store, &Default::default(), true)
+        .await
+        .unwrap();
+    // A history as the release before wrote it.
+    let (ada, bob, group) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let provisioned = |name: &str, given: &str| {
+        json!({"type": "user.provisioned", "active": true, "attributes": {
+        "userName": name, "name": {"givenName": given}, "emails": [{"value": name, "primary": true}],
+        "phoneNumbers": [{"value": PERSONAL[4]}], "active": true}})
+    };
+    let mut heads = HashMap::new();
+    let first = clear_event("user", ada, 1, provisioned(PERSONAL[0], PERSONAL[2]));
+    write(&log, &mut heads, "user", ada, vec![first]).await;
+    let first = clear_event("user", bob, 1, provisioned("bob@example.org", "Bob"));
+    write(&log, &mut heads, "user", bob, vec![first]).await;
+    write(&log, &mut heads, "user", ada, vec![clear_event("user", ada, 2, json!({"type": "user.attributes_changed", "changes": [
+        {"path": "title", "after": PERSONAL[6]}, {"path": "displayName", "before": null, "after": PERSONAL[8]}]}))]).await;
+    // A commit of two events (a group created with a member, then another added).
+    write(&log, &mut heads, "group", group, vec![
+        clear_event("group", group, 1, json!({"type": "group.created", "attributes": {"displayName": "Old Team"}, "members": [{"value": ada.to_string()}]})),
+        clear_event("group", group, 2, json!({"type": "group.members_added", "members": [{"value": bob.to_string()}]})),
+    ]).await;
+    let link =
+        rollcall_domain::identity::identity_id("test", ada, "https://idp.example", "sub-zqx-1");
+    write(&log, &mut heads, "identity", link, vec![clear_event("identity", link, 1, json!({"type": "identity.linked", "user_id": ada, "issuer": "https://idp.example", "subject": "sub-zqx-1"}))]).await;
+    write(
+        &log,
+        &mut heads,
+        "user",
+        bob,
+        vec![clear_event("user", bob, 2, json!({"type": "user.deleted"}))],
+    )
+    .await;
+    let head = log.head().await.unwrap();
+    // Projected as the old release did (clear audit records), then every process stops.
+    let projector = Instance::new(roles("projector"))
+        .start(installation.connections())
+        .await
+        .unwrap();
+    eventually(
+        "the old history is projected",
+        Duration::from_secs(10),
+        || async {
+            store
+                .checkpoint(rollcall_projector::DEFAULT_NAME)
+                .await
+                .unwrap()
+                >= head
+        },
+    )
+    .await;
+    projector.shutdown().await.unwrap();
+    let jetstream = async_nats::jetstream::new(installation.client.clone());
+    let raw = |name: String| {
+        let jetstream = jetstream.clone();
+        async move {
+            let mut stream = jetstream.get_stream(&name).await.unwrap();
+            let last = stream.info().await.unwrap().state.last_sequence;
+            let mut messages = Vec::new();
+            for sequence in 1..=last {
+                let message = stream.get_raw_message(sequence).await.unwrap();
+                messages.push((
+                    message.subject.to_string(),
+                    String::from_utf8(message.payload.to_vec()).unwrap(),
+                ));
+            }
+            messages
+        }
+    };
+    let old_name = log.namespace().stream();
+    let before = raw(old_name.clone()).await;
+    assert_eq!(before.len() as u64, head);
+    assert!(!leaks(&before.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>()).is_empty());
+
+    let migrated =
+        rollcall::migrate::encrypt_pii(&installation.client, log.namespace(), &store, |_, _, _| {})
+            .await
+            .unwrap();
+    assert_eq!(
+        (
+            migrated.messages,
+            migrated.events,
+            migrated.sealed,
+            migrated.tenants
+        ),
+        (head, head + 1, 4, 1)
+    );
+    assert_eq!(migrated.new_stream, format!("{old_name}_SEALED"));
+    rollcall::migrate::rebuild_after(&installation.client, log.namespace(), &store, |_| {})
+        .await
+        .unwrap();
+
+    // Same messages, subjects, sequences and event ids; no personal data in clear.
+    let after = raw(migrated.new_stream.clone()).await;
+    assert_eq!(after.len(), before.len());
+    for ((old_subject, old_payload), (new_subject, new_payload)) in before.iter().zip(&after) {
+        assert_eq!(old_subject, new_subject);
+        let ids = |payload: &str| -> Vec<Uuid> {
+            rollcall_eventlog::envelope::decode_commit(payload.as_bytes())
+                .unwrap()
+                .iter()
+                .map(|e| e.event_id)
+                .collect()
+        };
+        assert_eq!(ids(old_payload), ids(new_payload));
+    }
+    assert_eq!(
+        leaks(&after.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>()),
+        Vec::<String>::new()
+    );
+    assert!(!after.iter().any(|(_, p)| p.contains("sub-zqx-1")));
+    // The old stream is kept, retired: nothing can be appended to it.
+    let mut old = jetstream.get_stream(&old_name).await.unwrap();
+    assert_eq!(
+        old.info().await.unwrap().config.subjects,
+        [format!("{}.retired.events.>", log.namespace().as_str())]
+    );
+
+    // The installation runs on the new stream: the audit verifies, the users read as before.
+    let connections = rollcall::Connections {
+        log: rollcall_eventlog::EventLog::open(
+            installation.client.clone(),
+            log.namespace().clone(),
+        )
+        .await
+        .unwrap(),
+        ..installation.connections()
+    };
+    assert_eq!(connections.log.stream_name(), migrated.new_stream);
+    let verified = verify(&connections.log, &store, None, None, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(verified.mismatch, None);
+    assert_eq!(verified.events, head + 1, "every event, two in one commit");
+    let audit_payloads: Vec<String> = sqlx::query_scalar("SELECT payload::text FROM audit_event")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(leaks(&audit_payloads), Vec::<String>::new());
+    let apis = Instance::new(roles("scim,projector"))
+        .scim(rollcall_scim_api::Config::default())
+        .listener(rollcall::Role::Scim, loopback().await)
+        .start(connections)
+        .await
+        .unwrap();
+    let scim = rollcall_it::Scim::new(
+        format!(
+            "http://{}/scim/v2",
+            apis.addr(rollcall::Role::Scim).unwrap()
+        ),
+        installation.token.clone(),
+    );
+    let user = scim.get(&format!("/Users/{ada}")).await;
+    assert_eq!(user.status, 200, "{}", user.body);
+    assert_eq!(user.body["userName"], PERSONAL[0]);
+    assert_eq!(user.body["title"], PERSONAL[6]);
+    assert_eq!(scim.get(&format!("/Users/{bob}")).await.status, 404);
+    // A migrated installation is not migrated again.
+    let again =
+        rollcall::migrate::encrypt_pii(&installation.client, log.namespace(), &store, |_, _, _| {})
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(again.contains("migrated already"), "{again}");
+    apis.shutdown().await.unwrap();
 }

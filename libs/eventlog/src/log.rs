@@ -100,7 +100,7 @@ impl EventLog {
         crate::replicas::check_server(&server, replicas)?;
         let jetstream = jetstream::new(client);
         let config = stream::Config {
-            name: namespace.stream(),
+            name: active_stream(&jetstream, &namespace).await?,
             subjects: vec![namespace.all_events()],
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
@@ -128,6 +128,11 @@ impl EventLog {
             max_event_bytes: rollcall_scim::limits::max_event_bytes(max_payload),
             leader_silenced: Arc::default(),
         })
+    }
+
+    /// The name of the event stream this log reads and appends to.
+    pub fn stream_name(&self) -> &str {
+        &self.stream.cached_info().config.name
     }
 
     /// Fault injection for tests, debug builds only (in a release build it does nothing): while
@@ -397,6 +402,65 @@ const LEADER_WAIT: Duration = Duration::from_secs(2);
 
 /// The headers of one write's message. One event has the headers every message had before
 /// commits existed; a commit adds [`COMMIT_HEADER`] and names every event type, in order.
+/// The key of the active event stream's name in [`Namespace::config_bucket`].
+pub const ACTIVE_STREAM_KEY: &str = "event-stream";
+
+/// The name of the namespace's event stream: the one a migration switched to
+/// ([`switch_stream`]), or [`Namespace::stream`] (the settings bucket is not created here).
+pub async fn active_stream(
+    jetstream: &jetstream::Context,
+    namespace: &Namespace,
+) -> Result<String, LoadError> {
+    let bucket = namespace.config_bucket();
+    match jetstream.get_stream(format!("KV_{bucket}")).await {
+        Ok(_) => {}
+        Err(error) => {
+            return match error.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(inner)
+                    if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(namespace.stream())
+                }
+                _ => Err(LoadError::Nats(error.to_string())),
+            }
+        }
+    }
+    let store = jetstream
+        .get_key_value(&bucket)
+        .await
+        .map_err(|e| LoadError::Nats(e.to_string()))?;
+    match store
+        .get(ACTIVE_STREAM_KEY)
+        .await
+        .map_err(|e| LoadError::Nats(e.to_string()))?
+    {
+        Some(name) => String::from_utf8(name.to_vec())
+            .map_err(|_| LoadError::Nats(format!("{bucket}: {ACTIVE_STREAM_KEY} is not text"))),
+        None => Ok(namespace.stream()),
+    }
+}
+
+/// Makes `stream` the namespace's event stream for every process that opens the log from now
+/// on (one key-value put: atomic).
+pub async fn switch_stream(
+    jetstream: &jetstream::Context,
+    namespace: &Namespace,
+    stream: &str,
+) -> Result<(), LoadError> {
+    let store = crate::kv::open_bucket(
+        jetstream,
+        &namespace.config_bucket(),
+        "Rollcall installation settings",
+        namespace.replicas(),
+    )
+    .await?;
+    store
+        .put(ACTIVE_STREAM_KEY, stream.to_owned().into_bytes().into())
+        .await
+        .map_err(|e| LoadError::Nats(e.to_string()))?;
+    Ok(())
+}
+
 fn commit_headers(envelopes: &[Envelope], expected: u64) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(first) = envelopes.first() {

@@ -79,6 +79,12 @@ impl Namespace {
         )
     }
 
+    /// The installation's settings bucket (which event stream is active, after a migration
+    /// switched streams).
+    pub fn config_bucket(&self) -> String {
+        format!("{}_config", self.name.replace('-', "_"))
+    }
+
     /// Every event subject of the installation.
     pub fn all_events(&self) -> String {
         format!("{}.events.>", self.name)

@@ -335,6 +335,19 @@ pub fn open(event: &mut impl PersonalEvent, key: &KeyState) -> Result<(), Person
     Ok(())
 }
 
+/// Replaces every personal field of a clear event with [`ERASED`] (what a sealed one opens to
+/// once erased): the event as far as it is not personal.
+pub fn mask(event: &mut impl PersonalEvent) {
+    let parts = event.parts();
+    if parts.schema_version == SEALED_VERSION {
+        return;
+    }
+    let _ = personal_fields(parts.event_type, parts.payload, |_, value| {
+        *value = Value::String(ERASED.into());
+        Ok(())
+    });
+}
+
 /// Seals the personal fields of events about to be written, each under its owner's data key
 /// (created and stored first for a new user).
 pub async fn seal_all<E: PersonalEvent>(

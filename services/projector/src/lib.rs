@@ -702,10 +702,10 @@ impl Projector {
             }
             let span = info_span!(
                 "message.process",
-                otel.name = format!("{} process", self.log.namespace().stream()),
+                otel.name = format!("{} process", self.log.stream_name()),
                 otel.kind = "consumer",
                 messaging.system = "nats",
-                messaging.destination.name = %self.log.namespace().stream(),
+                messaging.destination.name = %self.log.stream_name(),
                 messaging.message.id = %event.envelope.event_id,
                 event.sequence = event.sequence,
                 event.position = event.position,

@@ -5,8 +5,8 @@
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    access, audit, oidc, policies, projector, revocations, serve, sessions, ssf, tenants, tokens,
-    users,
+    access, audit, migrate, oidc, policies, projector, revocations, serve, sessions, ssf, tenants,
+    tokens, users,
 };
 
 /// Rollcall: identity lifecycle from Entra ID (SCIM 2.0) to immutable events, read models and
@@ -92,6 +92,11 @@ pub enum Command {
     Policies {
         #[command(subcommand)]
         command: policies::PoliciesCommand,
+    },
+    /// One-off migrations of the installation's data (sealing personal fields of old events).
+    Migrate {
+        #[command(subcommand)]
+        command: migrate::MigrateCommand,
     },
     /// A person's data (GDPR): erase a user, export a user's data, rewrap data keys.
     Users {

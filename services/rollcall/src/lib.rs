@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod connection;
 pub mod instance;
+pub mod migrate;
 pub mod ops;
 pub mod role;
 

@@ -5,8 +5,8 @@
 use clap::Parser;
 use rollcall::cli::{Cli, Command};
 use rollcall::commands::{
-    access, audit, oidc, policies, projector, revocations, serve, sessions, ssf, status, tenants,
-    tokens, users,
+    access, audit, migrate, oidc, policies, projector, revocations, serve, sessions, ssf, status,
+    tenants, tokens, users,
 };
 
 /// mimalloc rather than the system allocator: the projector, the rebuild and the SCIM API
@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Policies { command } => policies::run(common, command).await,
         Command::Sessions { command } => sessions::run(common, command).await,
         Command::Users { command } => users::run(common, command).await,
+        Command::Migrate { command } => migrate::run(common, command).await,
         Command::Ssf { command } => ssf::run(common, command).await,
         Command::Revocations { command } => revocations::run(common, command).await,
         Command::Bench(args) => rollcall::bench::run(common, args).await,

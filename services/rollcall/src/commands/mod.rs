@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod migrate;
 pub mod oidc;
 pub mod policies;
 pub mod projector;

@@ -124,10 +124,11 @@ pub async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
 
 /// What runs where, for whoever started it.
 fn banner(handle: &InstanceHandle, args: &ServeArgs, scim_url: &str) {
-    let namespace = handle.connections().log.namespace();
+    let log = &handle.connections().log;
     println!(
-        "Rollcall is running (namespace {namespace}, stream {}, roles {}).",
-        namespace.stream(),
+        "Rollcall is running (namespace {}, stream {}, roles {}).",
+        log.namespace(),
+        log.stream_name(),
         handle.roles()
     );
     if handle.roles().contains(Role::Scim) {
@@ -149,7 +150,7 @@ fn banner(handle: &InstanceHandle, args: &ServeArgs, scim_url: &str) {
         println!("  audit     http://{addr}/audit/ (page), /audit/v1/… (API)");
     }
     if handle.roles().contains(Role::Projector) {
-        println!("  projector consuming {}", namespace.all_events());
+        println!("  projector consuming {}", log.namespace().all_events());
     }
     if let Some(addr) = handle.ops_addr() {
         println!("  ops       http://{addr}/metrics, /healthz, /readyz");

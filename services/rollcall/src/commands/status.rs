@@ -105,7 +105,7 @@ pub async fn report(common: &Common) -> anyhow::Result<Value> {
         .min()
         .unwrap_or(0);
     Ok(json!({
-        "stream": log.namespace().stream(),
+        "stream": log.stream_name(),
         "head": head,
         "projector": {"checkpoint": lowest, "lag": head.saturating_sub(lowest), "quarantine": quarantine},
         "events": events,
