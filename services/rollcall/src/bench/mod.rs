@@ -531,13 +531,33 @@ async fn rebuild_scenario(
     scenarios: &mut BTreeMap<String, Scenario>,
 ) -> anyhow::Result<()> {
     say(&format!(
-        "scenario rebuild: {} events",
+        "scenario rebuild: {} events, personal fields in clear (as before sealing), then sealed",
         sizes.rebuild_events
     ));
+    let clear = scenarios::rebuild(env, common, sizes.rebuild_events, false).await?;
+    let sealed = scenarios::rebuild(env, common, sizes.rebuild_events, true).await?;
+    // What sealing costs a rebuild, in the same run: opening every event's personal fields and
+    // reading every user's data key.
+    let cost = sealed.throughput_per_s / clear.throughput_per_s.max(f64::MIN_POSITIVE);
+    let mut sealing = scenario(sealed.clone());
+    sealing.ratio = Some(cost);
+    sealing.baseline = Some("rebuild: clear events".into());
+    sealing.target = Some(">= 0.9 x rebuild: clear events (sealing costs at most 10%)".into());
+    sealing.target_met = Some(cost >= 0.9);
+    scenarios.insert(
+        "rebuild: clear events".to_owned(),
+        versus(
+            scenario(clear),
+            "projection",
+            &baselines["projection"],
+            None,
+        ),
+    );
+    scenarios.insert("rebuild: sealing cost".to_owned(), sealing);
     scenarios.insert(
         "rebuild".to_owned(),
         versus(
-            scenario(scenarios::rebuild(env, common, sizes.rebuild_events).await?),
+            scenario(sealed),
             "projection",
             &baselines["projection"],
             Some(0.7),

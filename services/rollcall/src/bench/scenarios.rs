@@ -260,20 +260,28 @@ pub async fn decide(
 }
 
 /// `rebuild`: `rollcall projector rebuild` over `events` events, in a namespace and database of
-/// its own.
+/// its own. `sealed`: the events' personal fields are sealed under each user's data key, as
+/// today's SCIM API writes them (the rebuild reads every key from PostgreSQL, as a fresh process
+/// does); otherwise they are in clear, as before sealing existed.
 pub async fn rebuild(
     env: &BenchEnv,
     common: &crate::cli::Common,
     events: usize,
+    sealed: bool,
 ) -> anyhow::Result<Measured> {
-    let namespace = rollcall_eventlog::Namespace::new(format!("{}rb", env.namespace))?;
+    let suffix = if sealed { "rbs" } else { "rb" };
+    let namespace = rollcall_eventlog::Namespace::new(format!("{}{suffix}", env.namespace))?;
     let log = rollcall_eventlog::EventLog::open(env.client.clone(), namespace.clone()).await?;
     let database =
-        super::env::database_named(&common.database_url, &format!("{}_rebuild", env.namespace));
+        super::env::database_named(&common.database_url, &format!("{}_{suffix}", env.namespace));
     let store =
         rollcall_store::Store::connect_with(&database, rollcall_store::LIVE_SCHEMA, 8).await?;
+    let kek = rollcall_access::keys::Kek::generate("the benchmark's KEK".into())?;
+    store.install_keks(*kek.expose(), Vec::new());
     let jetstream = log.jetstream().clone();
-    append_provisioned(&log, events, |_| "bench".to_owned(), "rb").await?;
+    let sealing = sealed.then_some(&store);
+    append_provisioned(&log, events, |_| "bench".to_owned(), "rb", sealing).await?;
+    store.clear_data_key_cache();
     let started = Instant::now();
     let applied = rollcall_projector::rebuild::rebuild(
         env.client.clone(),
@@ -583,7 +591,7 @@ pub async fn partitions(
     let store =
         rollcall_store::Store::connect_with(&database, rollcall_store::LIVE_SCHEMA, 4).await?;
     let jetstream = log.jetstream().clone();
-    append_provisioned(&log, events, |n| format!("tenant{}", n % 16), "p").await?;
+    append_provisioned(&log, events, |n| format!("tenant{}", n % 16), "p", None).await?;
     let head = log.head().await?;
     let partitioning = rollcall_projector::choose_partitions(&store, Some(partitions)).await?;
     let names: Vec<String> = partitioning
@@ -644,15 +652,33 @@ async fn append_provisioned(
     events: usize,
     tenant: impl Fn(usize) -> String,
     prefix: &str,
+    sealed_with: Option<&rollcall_store::Store>,
 ) -> anyhow::Result<()> {
-    let messages = (0..events).map(|n| {
-        let id = Uuid::now_v7();
-        let tenant = tenant(n);
-        let payload = json!({"type": "user.provisioned", "active": true, "attributes": {"userName": format!("{prefix}{n}@bench.test"), "title": "Engineer"}});
+    use futures::{StreamExt, TryStreamExt};
+    let users: Vec<(Uuid, String)> = (0..events).map(|n| (Uuid::now_v7(), tenant(n))).collect();
+    // Each user's data key stored first, as the SCIM API does before it appends.
+    let keys = match sealed_with {
+        Some(store) => Some(
+            futures::stream::iter(&users)
+                .map(|(id, tenant)| store.data_key_for_writing(tenant, *id))
+                .buffered(16)
+                .try_collect::<Vec<_>>()
+                .await?,
+        ),
+        None => None,
+    };
+    let messages = users.iter().enumerate().map(|(n, (id, tenant))| {
+        let id = *id;
+        let payload = json!({"type": "user.provisioned", "active": true, "attributes": {"userName": format!("{prefix}{n}@bench.test"), "title": "Engineer",
+            "emails": [{"value": format!("{prefix}{n}@bench.test"), "type": "work", "primary": true}]}});
         let mut event = envelope("user", id, "user.provisioned", payload);
         event.tenant = tenant.clone();
+        if let Some(keys) = &keys {
+            // Sealing fails only without randomness; such an event stays in clear.
+            let _ = rollcall_personal::seal(&mut event, &keys[n]);
+        }
         (
-            log.namespace().aggregate_subject(&tenant, "user", &id),
+            log.namespace().aggregate_subject(tenant, "user", &id),
             async_nats::HeaderMap::new(),
             event.to_bytes().into(),
         )
