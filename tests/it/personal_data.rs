@@ -235,6 +235,7 @@ async fn an_erased_user_leaves_no_readable_personal_data_and_the_record_still_ve
     .await
     .unwrap();
     assert!(erasure.sequence.is_some());
+    assert_eq!(erasure.clear_events, 0);
     assert!(erasure.request_log_entries >= 3, "{erasure:?}");
     let head = env.head().await;
     eventually("the erasure is projected", Duration::from_secs(10), || {
@@ -290,6 +291,26 @@ async fn an_erased_user_leaves_no_readable_personal_data_and_the_record_still_ve
     assert_eq!(erased["payload"]["reason"], "GDPR request 42");
     assert_eq!(erased["actor"]["name"], "dpo");
     assert!(leaks(&[history.to_string()]).is_empty());
+    // Exports show [erased] too.
+    for format in ["ndjson", "csv"] {
+        let export = reqwest::Client::new()
+            .get(format!(
+                "{}/audit/v1/export?format={format}",
+                env.audit_base
+            ))
+            .bearer_auth(&env.audit_token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            export.contains("[erased]") && export.contains("user.erased"),
+            "{export}"
+        );
+        assert_eq!(leaks(&[export]), Vec::<String>::new());
+    }
     // The chain over the stored bytes still verifies.
     let verified = verify(&env.log, &env.store, None, None, |_, _| {})
         .await

@@ -77,6 +77,9 @@ pub struct Erasure {
     pub sequence: Option<u64>,
     /// SCIM request log entries whose filter, detail or body were cleared.
     pub request_log_entries: u64,
+    /// The user's events written before personal fields were sealed: they stay readable in
+    /// the stream until `rollcall migrate encrypt-pii` seals them.
+    pub clear_events: u64,
 }
 
 /// Erases a user's personal data: clears the SCIM request log entries that hold it (while its
@@ -85,6 +88,7 @@ pub struct Erasure {
 /// key, after which no stored copy of its personal fields opens again. Each step is safe to
 /// repeat: an erasure stopped halfway is finished by running it again (and the projector
 /// destroys the key of every erasure it applies).
+#[tracing::instrument(skip_all, fields(tenant, user.id = %user), err)]
 pub async fn erase_user(
     log: &EventLog,
     store: &Store,
@@ -97,6 +101,17 @@ pub async fn erase_user(
     let repository: Repository<Users> = Repository::new(log.clone(), store.clone());
     let subject = log.namespace().aggregate_subject(tenant, "user", &user);
     let mut history = log.load(&subject, 0).await?;
+    let clear_events = history
+        .events
+        .iter()
+        .filter(|envelope| {
+            envelope.schema_version == 1
+                && matches!(
+                    envelope.event_type.as_str(),
+                    "user.provisioned" | "user.attributes_changed"
+                )
+        })
+        .count() as u64;
     rollcall_personal::open_all(store, &mut history.events, Freshness::Fresh).await?;
     let mut texts: Vec<String> = history
         .events
@@ -144,5 +159,6 @@ pub async fn erase_user(
     Ok(Erasure {
         sequence: (written.appended > 0).then_some(written.folded.sequence),
         request_log_entries,
+        clear_events,
     })
 }

@@ -531,6 +531,50 @@ mod tests {
     }
 
     #[test]
+    fn an_erasure_is_account_purged_by_the_opaque_id_alone_unless_a_deletion_said_it() {
+        let mut fold = TenantFold::default();
+        let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        for (user, name) in [(ada, "ada"), (bob, "bob")] {
+            step(
+                &mut fold,
+                envelope(
+                    user,
+                    json!({"type": "user.provisioned", "active": true, "attributes": {"userName": name, "emails": [{"value": format!("{name}@example.com")}]}}),
+                    scim(),
+                ),
+            );
+        }
+        let erased = json!({"type": "user.erased", "reason": "DSR-1"});
+        let purged = step(&mut fold, envelope(ada, erased.clone(), scim()));
+        let opaque = json!({"format": "iss_sub", "iss": ISSUER, "sub": ada.to_string()});
+        assert_eq!(purged.len(), 1);
+        assert_eq!(purged[0].event, uri::ACCOUNT_PURGED);
+        assert_eq!(purged[0].sub_id, opaque);
+        assert_eq!(purged[0].identifiers, [opaque]);
+        // A deletion named the person already: the erasure that follows sends nothing.
+        step(
+            &mut fold,
+            envelope(bob, json!({"type": "user.deleted"}), scim()),
+        );
+        assert!(step(&mut fold, envelope(bob, erased, scim())).is_empty());
+        // An erased person's fields read [erased] in a replay: never a subject.
+        let carol = Uuid::now_v7();
+        step(
+            &mut fold,
+            envelope(
+                carol,
+                json!({"type": "user.provisioned", "active": true, "attributes": {"userName": "[erased]", "emails": "[erased]"}}),
+                scim(),
+            ),
+        );
+        let disabled = step(
+            &mut fold,
+            envelope(carol, json!({"type": "user.deactivated"}), scim()),
+        );
+        assert_eq!(disabled[0].sub_id["format"], "iss_sub");
+    }
+
+    #[test]
     fn a_sign_out_names_its_session_and_a_password_is_a_credential_change_without_its_value() {
         let mut fold = TenantFold::default();
         let ada = Uuid::now_v7();

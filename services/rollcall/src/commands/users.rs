@@ -90,6 +90,12 @@ pub async fn run(common: Common, command: UsersCommand) -> anyhow::Result<()> {
             )
             .await
             .map_err(|error| anyhow::anyhow!("{}", error.to_scim().detail))?;
+            if erasure.clear_events > 0 {
+                eprintln!(
+                    "warning: {} events of this user were written before personal fields were sealed and stay readable in the event stream until `rollcall migrate encrypt-pii`",
+                    erasure.clear_events
+                );
+            }
             match erasure.sequence {
                 Some(sequence) => println!(
                     "erased user {user} of tenant {tenant}: user.erased at stream sequence {sequence}; its data key is destroyed; {} SCIM request log entries cleared. The projector drops it from the read models and the access state as it applies the event.",
