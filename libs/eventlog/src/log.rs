@@ -94,13 +94,26 @@ impl EventLog {
     /// larger than it allows (less room for headers) are refused.
     #[instrument(skip_all, fields(namespace = %namespace, replicas = namespace.replicas()), err)]
     pub async fn open(client: async_nats::Client, namespace: Namespace) -> Result<Self, LoadError> {
+        let jetstream = jetstream::new(client.clone());
+        let name = active_stream(&jetstream, &namespace).await?;
+        Self::open_stream(client, namespace, &name).await
+    }
+
+    /// [`EventLog::open`] on the stream `name` (a migration's new stream, before the switch).
+    /// A stream whose subjects were retired by a migration that stopped midway is refused.
+    #[instrument(skip_all, fields(namespace = %namespace, stream = name), err)]
+    pub async fn open_stream(
+        client: async_nats::Client,
+        namespace: Namespace,
+        name: &str,
+    ) -> Result<Self, LoadError> {
         let server = client.server_info();
         let max_payload = server.max_payload;
         let replicas = namespace.replicas();
         crate::replicas::check_server(&server, replicas)?;
         let jetstream = jetstream::new(client);
         let config = stream::Config {
-            name: active_stream(&jetstream, &namespace).await?,
+            name: name.to_owned(),
             subjects: vec![namespace.all_events()],
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
@@ -119,6 +132,13 @@ impl EventLog {
             .map_err(|error| {
                 crate::replicas::error(&format!("opening stream {name}"), replicas, error)
             })?;
+        if stream.cached_info().config.subjects != [namespace.all_events()] {
+            return Err(LoadError::Nats(format!(
+                "the event stream {name} takes {:?}, not {}: a migration of the stream (`rollcall migrate encrypt-pii`) stopped midway; run it again",
+                stream.cached_info().config.subjects,
+                namespace.all_events()
+            )));
+        }
         crate::replicas::reconcile(&jetstream, &mut stream, replicas).await?;
         Ok(Self {
             jetstream,

@@ -219,13 +219,19 @@ fn personal_fields(
                 let Some(change) = change.as_object_mut() else {
                     return Err(format!("change {index} is not an object"));
                 };
-                let path = change.get("path").and_then(Value::as_str).unwrap_or("");
-                if CLEAR_ATTRIBUTES.contains(&path) {
+                let path = change
+                    .get("path")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                if CLEAR_ATTRIBUTES.contains(&path.as_str()) {
                     continue;
                 }
+                // The changed path (in clear) is part of the field's name: a value does not
+                // open under another change's path.
                 for side in ["before", "after"] {
                     if let Some(value) = change.get_mut(side) {
-                        visit(format!("changes/{index}/{side}"), value)?;
+                        visit(format!("changes/{index}/{side}/{path}"), value)?;
                     }
                 }
             }
@@ -397,6 +403,24 @@ pub async fn keys_for<E: PersonalEvent>(
     store.data_keys(&wanted, freshness).await
 }
 
+/// The key states of the owners of every event of `events` with personal fields, sealed or not,
+/// read fresh.
+pub async fn owners_key_states<E: PersonalEvent>(
+    store: &Store,
+    events: &mut [E],
+) -> Result<HashMap<(String, Uuid), KeyState>, StoreError> {
+    let wanted: Vec<(String, Uuid)> = events
+        .iter_mut()
+        .filter_map(key_owner)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if wanted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    store.data_keys(&wanted, Freshness::Fresh).await
+}
+
 /// Opens every sealed event of `events` (see [`keys_for`]).
 pub async fn open_all<E: PersonalEvent>(
     store: &Store,
@@ -417,16 +441,55 @@ pub async fn open_all<E: PersonalEvent>(
     Ok(())
 }
 
-/// Every text a person's opened events held in a personal field (each string once): what to
-/// look for where their data may have been copied (the SCIM request log).
+/// The texts of a person's opened events that identify them: what to look for where their data
+/// may have been copied (the SCIM request log). Only identifying attributes (userName,
+/// displayName, nickName, name, externalId, employeeNumber, the values of emails, phone
+/// numbers and ims, street addresses): a department, an organization or a locale names many
+/// people, and a manager is someone else.
 pub fn personal_texts(event: &mut impl PersonalEvent) -> Vec<String> {
     let parts = event.parts();
     let mut texts = Vec::new();
-    let _ = personal_fields(parts.event_type, parts.payload, |_, value| {
-        strings(value, &mut texts);
+    let _ = personal_fields(parts.event_type, parts.payload, |path, value| {
+        identifying(&path, value, &mut texts);
         Ok(())
     });
     texts
+}
+
+/// The identifying texts of the field at `path` (`attributes/<name>`,
+/// `changes/<i>/<side>/<path>`, `subject`).
+fn identifying(path: &str, value: &Value, out: &mut Vec<String>) {
+    let attribute = path.rsplit('/').next().unwrap_or(path);
+    let (urn, name) = match attribute.rsplit_once(':') {
+        Some((urn, name)) => (Some(urn), name),
+        None => (None, attribute),
+    };
+    let (name, sub) = match name.split_once('.') {
+        Some((name, sub)) => (name, Some(sub)),
+        None => (name, None),
+    };
+    let values = |key: &str, out: &mut Vec<String>| {
+        for item in value.as_array().into_iter().flatten() {
+            strings(item.get(key).unwrap_or(&Value::Null), out);
+        }
+    };
+    match (urn, name, sub) {
+        // The enterprise extension as one object (a provisioning).
+        (Some(_), "User", None) => {
+            strings(value.get("employeeNumber").unwrap_or(&Value::Null), out)
+        }
+        (_, "userName" | "displayName" | "nickName" | "externalId" | "employeeNumber", _)
+        | (None, "name", _)
+        | (None, "emails" | "phoneNumbers" | "ims", Some("value"))
+        | (None, "addresses", Some("streetAddress" | "formatted")) => strings(value, out),
+        (None, "emails" | "phoneNumbers" | "ims", None) => values("value", out),
+        (None, "addresses", None) => {
+            values("streetAddress", out);
+            values("formatted", out);
+        }
+        (None, "subject", None) if path == "subject" => strings(value, out),
+        _ => {}
+    }
 }
 
 /// The strings of a value, without SCIM's labels (`type`, which says "work" or "home") and
@@ -531,6 +594,10 @@ mod tests {
         swapped.payload["changes"][0]["after"] = before;
         assert!(open(&mut swapped, &key()).is_err());
 
+        let mut relabelled = sealed.clone();
+        relabelled.payload["changes"][0]["path"] = json!("nickName");
+        assert!(open(&mut relabelled, &key()).is_err());
+
         let mut other_event = sealed.clone();
         other_event.event_id = Uuid::from_u128(43);
         assert!(open(&mut other_event, &key()).is_err());
@@ -578,14 +645,39 @@ mod tests {
     }
 
     #[test]
-    fn personal_texts_are_every_string_of_the_personal_fields() {
+    fn personal_texts_are_the_identifying_values_and_never_shared_ones() {
         let mut event = envelope(
             "user.provisioned",
             json!({"type": "user.provisioned", "active": true,
-            "attributes": {"userName": "alice", "emails": [{"value": "a@x.org", "type": "work"}], "active": true}}),
+            "attributes": {"userName": "alice", "emails": [{"value": "a@x.org", "type": "work"}], "active": true,
+                "name": {"givenName": "Alice", "familyName": "Liddell"}, "title": "Engineer",
+                "addresses": [{"streetAddress": "1 Rabbit Hole", "country": "GB"}],
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {
+                    "department": "Sales", "employeeNumber": "E-100",
+                    "manager": {"value": "0190aaaa-0000-7000-8000-000000000000"}}}}),
         );
         let mut texts = personal_texts(&mut event);
         texts.sort();
-        assert_eq!(texts, ["a@x.org", "alice"]);
+        assert_eq!(
+            texts,
+            [
+                "1 Rabbit Hole",
+                "Alice",
+                "E-100",
+                "Liddell",
+                "a@x.org",
+                "alice"
+            ]
+        );
+        let mut changed = envelope(
+            "user.attributes_changed",
+            json!({"type": "user.attributes_changed", "changes": [
+            {"path": "emails", "after": [{"value": "b@x.org"}]},
+            {"path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department", "after": "Ops"},
+            {"path": "displayName", "before": "Al", "after": "Alice L"}]}),
+        );
+        let mut texts = personal_texts(&mut changed);
+        texts.sort();
+        assert_eq!(texts, ["Alice L", "b@x.org"]);
     }
 }

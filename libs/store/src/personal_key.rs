@@ -29,6 +29,10 @@ use crate::{Store, StoreError};
 
 /// How many unwrapped keys a process keeps before it drops them all and starts again.
 const CACHE_LIMIT: usize = 100_000;
+/// How long a process keeps an unwrapped key: a process that never meets a user's erasure
+/// (an audit API, a SCIM API without the lookup index) can open the user's fields for at most
+/// this long after it.
+pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 const WRAP_FORMAT: &str = "rollcall.data-key.v1";
 
 /// A user's data key. `Debug` never shows it.
@@ -103,7 +107,7 @@ impl Kek {
 #[derive(Default)]
 pub(crate) struct Keyring {
     keks: RwLock<Option<(Kek, Vec<Kek>)>>,
-    cache: Mutex<HashMap<(String, Uuid), DataKey>>,
+    cache: Mutex<HashMap<(String, Uuid), (DataKey, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -219,8 +223,18 @@ impl Store {
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
             }
-            cache.insert((tenant.to_owned(), user), key.clone());
+            cache.insert(
+                (tenant.to_owned(), user),
+                (key.clone(), std::time::Instant::now()),
+            );
         }
+    }
+
+    /// A key this process unwrapped less than [`CACHE_TTL`] ago.
+    fn cached_key(&self, tenant: &str, user: Uuid) -> Option<DataKey> {
+        let cache = self.keyring.cache.lock().ok()?;
+        let (key, at) = cache.get(&(tenant.to_owned(), user))?;
+        (at.elapsed() < CACHE_TTL).then(|| key.clone())
     }
 
     /// Drops every cached key.
@@ -246,13 +260,7 @@ impl Store {
         tenant: &str,
         user: Uuid,
     ) -> Result<DataKey, StoreError> {
-        if let Some(key) = self
-            .keyring
-            .cache
-            .lock()
-            .ok()
-            .and_then(|cache| cache.get(&(tenant.to_owned(), user)).cloned())
-        {
+        if let Some(key) = self.cached_key(tenant, user) {
             return Ok(key);
         }
         let mut bytes = [0u8; 32];
@@ -276,6 +284,18 @@ impl Store {
         .bind(&wrapped)
         .fetch_optional(self.pool())
         .await?;
+        // Another process inserted the key while this statement waited: its snapshot does not
+        // see that row, a statement of its own does.
+        let stored = match stored {
+            Some(stored) => Some(stored),
+            None => sqlx::query_as(
+                "SELECT kek, wrapped FROM public.personal_data_key WHERE tenant = $1 AND user_id = $2",
+            )
+            .bind(tenant)
+            .bind(user)
+            .fetch_optional(self.pool())
+            .await?,
+        };
         let key = match stored {
             Some((Some(kek), Some(wrapped))) => self.opening(tenant, user, &kek, &wrapped)?,
             _ => {
@@ -297,19 +317,16 @@ impl Store {
     ) -> Result<HashMap<(String, Uuid), KeyState>, StoreError> {
         let mut found = HashMap::with_capacity(users.len());
         let mut wanted: Vec<&(String, Uuid)> = Vec::new();
-        {
-            let cache = self
-                .keyring
-                .cache
-                .lock()
-                .map_err(|_| StoreError::Kek("the data key cache is poisoned".into()))?;
-            for user in users {
-                match (freshness, cache.get(user)) {
-                    (Freshness::Cached, Some(key)) => {
-                        found.insert(user.clone(), KeyState::Key(key.clone()));
-                    }
-                    _ => wanted.push(user),
+        for user in users {
+            let cached = match freshness {
+                Freshness::Cached => self.cached_key(&user.0, user.1),
+                Freshness::Fresh => None,
+            };
+            match cached {
+                Some(key) => {
+                    found.insert(user.clone(), KeyState::Key(key));
                 }
+                None => wanted.push(user),
             }
         }
         if wanted.is_empty() {
@@ -330,7 +347,10 @@ impl Store {
             let state = match (kek, wrapped) {
                 (Some(kek), Some(wrapped)) => {
                     let key = self.opening(&tenant, user, &kek, &wrapped)?;
-                    self.remember(&tenant, user, &key);
+                    // A fresh read is an auditor's: it leaves nothing behind.
+                    if freshness == Freshness::Cached {
+                        self.remember(&tenant, user, &key);
+                    }
                     KeyState::Key(key)
                 }
                 _ => KeyState::Erased,
@@ -366,6 +386,26 @@ impl Store {
         Ok(destroyed.is_some_and(|(destroyed,)| destroyed))
     }
 
+    /// Whether any user's data key is stored (wrapped under some KEK).
+    pub async fn has_data_keys(&self) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM public.personal_data_key WHERE kek IS NOT NULL)",
+        )
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Projector processes connected to this database (each names itself on its lock
+    /// connections).
+    pub async fn projector_processes(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(DISTINCT application_name) FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name LIKE 'rollcall projector%'",
+        )
+        .fetch_one(self.pool())
+        .await?)
+    }
+
     /// Checks, before anything is written, that this process holds every KEK that wraps a
     /// stored data key and that one key of each opens: a wrong KEK is an error at start, never
     /// a reason to write anything. The number of data keys stored.
@@ -387,7 +427,7 @@ impl Store {
                 .find(|candidate| candidate.fingerprint == kek)
             else {
                 return Err(StoreError::Kek(format!(
-                    "{count} personal data keys are wrapped under KEK {kek}, but the KEK given is {} (ROLLCALL_KEK, ROLLCALL_KEK_FILE, or the one kept in PostgreSQL): give the KEK they were wrapped with (a new KEK goes in ROLLCALL_KEK with the old one in ROLLCALL_KEK_PREVIOUS, then `rollcall personal-data rewrap`); nothing was written",
+                    "{count} personal data keys are wrapped under KEK {kek}, but the KEK given is {} (ROLLCALL_KEK, ROLLCALL_KEK_FILE, or the one kept in PostgreSQL): give the KEK they were wrapped with (a new KEK goes in ROLLCALL_KEK with the old one in ROLLCALL_KEK_PREVIOUS, then `rollcall users rewrap-keys`); nothing was written",
                     current.fingerprint
                 )));
             };

@@ -150,7 +150,7 @@ pub struct KekConfig {
     )]
     pub kek_file: Option<PathBuf>,
     /// The KEK before a rotation (base64 of 32 bytes): users' data keys still wrapped under it
-    /// open until `rollcall personal-data rewrap` has wrapped them under the current one.
+    /// open until `rollcall users rewrap-keys` has wrapped them under the current one.
     #[arg(id = "kek_previous", long = "kek-previous", value_name = "BASE64", env = "ROLLCALL_KEK_PREVIOUS", hide_env_values = true, value_parser = secret)]
     pub kek_previous: Option<SecretString>,
 }

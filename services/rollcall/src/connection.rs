@@ -56,7 +56,10 @@ pub async fn install_keks(
     services: bool,
 ) -> anyhow::Result<()> {
     use rollcall_access::keys::Kek;
-    let kek = if services {
+    // A KEK is generated (and kept in PostgreSQL) only for an installation without data keys:
+    // with some, the one they are wrapped under must be given or kept already, and nothing is
+    // written.
+    let kek = if services && !store.has_data_keys().await? {
         Kek::resolve(config, Some(store)).await
     } else {
         Kek::existing(config, Some(store)).await

@@ -4,8 +4,9 @@
 //! user's data key; the installation switches to it, and the old stream is kept (its subjects
 //! retired) until the operator deletes it.
 //!
-//! 1. Refused while a SCIM API runs (one is alive in the writers bucket) or when the stream
-//!    was migrated already. Every Rollcall process must be stopped first.
+//! 1. Refused while a Rollcall process of the namespace runs (a SCIM API alive in the writers
+//!    bucket, a projector holding its advisory lock, an access service announcing its
+//!    checkpoint), or when the stream was migrated already.
 //! 2. The old stream's subjects are retired (`<ns>.retired.events.>`): nothing can be appended
 //!    to it any more, and the new stream can take `<ns>.events.>`.
 //! 3. Every message is copied in order to `<STREAM>_SEALED`: its events decoded, their personal
@@ -14,13 +15,15 @@
 //! 4. Verified: both streams read side by side, every event of the new one opens to exactly the
 //!    old one, and for each tenant the chain over the events with their personal fields masked
 //!    is the same on both streams: every non-personal field is unchanged, in the same order.
-//! 5. The switch: one key-value put names the new stream (`<ns>_config`, `event-stream`);
-//!    every process opening the log from then on uses it.
-//! 6. The read models are rebuilt from the new stream (the audit records then hold the sealed
+//! 5. The read models are rebuilt from the new stream (the audit records then hold the sealed
 //!    events and their chain).
+//! 6. The switch: one key-value put names the new stream (`<ns>_config`, `event-stream`);
+//!    every process opening the log from then on uses it.
 //!
-//! A failure before the switch puts the old stream back as it was (its subjects restored, the
-//! partial copy deleted); a migration stopped by force is started again by running it again.
+//! A failure before the switch puts the old stream back as it was (the partial copy deleted,
+//! the old stream's subjects restored). A migration stopped by force before the switch leaves
+//! the old stream retired: no process opens the log then (it says why), and running the
+//! migration again starts it over; after the switch there is nothing left to do.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -31,7 +34,7 @@ use rollcall_eventlog::chain::{link, GENESIS};
 use rollcall_eventlog::envelope::{decode_commit, encode_commit};
 use rollcall_eventlog::log::{active_stream, switch_stream};
 use rollcall_eventlog::{Envelope, EventLog, Namespace};
-use rollcall_store::personal_key::{Freshness, KeyState};
+use rollcall_store::personal_key::{DataKey, Freshness, KeyState};
 use rollcall_store::Store;
 use tracing::{info, warn};
 
@@ -62,6 +65,8 @@ pub enum Stage {
     Copying,
     /// Comparing the two streams.
     Verifying,
+    /// Rebuilding the read models from the new stream (`done` and `total` count events).
+    Rebuilding,
 }
 
 /// Migrates the namespace's stream (see the module's documentation). `store` must hold the
@@ -77,9 +82,12 @@ pub async fn encrypt_pii(
     if old_name != namespace.stream() {
         bail!("the event stream was migrated already: {old_name} is active");
     }
-    let writers = running_writers(&jetstream, namespace).await?;
-    if writers > 0 {
-        bail!("{writers} SCIM API process(es) of namespace {namespace} are running: stop every Rollcall process of the namespace first");
+    let running = running_processes(client, &jetstream, namespace, store).await?;
+    if !running.is_empty() {
+        bail!(
+            "Rollcall processes of namespace {namespace} are running ({}): stop every one first",
+            running.join(", ")
+        );
     }
     let mut old = jetstream
         .get_stream(&old_name)
@@ -129,16 +137,32 @@ pub async fn encrypt_pii(
         Ok(done) => done,
         Err(error) => {
             warn!(error = %format!("{error:#}"), "the migration failed; putting the old stream back");
+            // The copy goes first: two streams cannot take the same subjects.
+            jetstream
+                .delete_stream(&new_name)
+                .await
+                .context("deleting the partial copy after a failed migration")?;
             let mut restored = info.config.clone();
             restored.subjects = live_subjects;
             jetstream
                 .update_stream(&restored)
                 .await
                 .context("restoring the old stream's subjects after a failed migration")?;
-            let _ = jetstream.delete_stream(&new_name).await;
             return Err(error);
         }
     };
+    // The read models from the new stream before the switch: a migration stopped before the
+    // switch is started again from nothing; after it, there is nothing left to do.
+    let sealed_log = EventLog::open_stream(client.clone(), namespace.clone(), &new_name).await?;
+    rollcall_projector::rebuild::rebuild(
+        client.clone(),
+        &sealed_log,
+        store,
+        rollcall_projector::rebuild::DEFAULT_BATCH,
+        |done| progress(Stage::Rebuilding, done.applied, done.head),
+    )
+    .await
+    .context("rebuilding the read models from the new stream")?;
     switch_stream(&jetstream, namespace, &new_name).await?;
     info!(old = %old_name, new = %new_name, messages, events, sealed, "switched to the sealed stream");
     Ok(Migrated {
@@ -151,18 +175,39 @@ pub async fn encrypt_pii(
     })
 }
 
-/// SCIM API processes alive in the namespace's writers bucket.
-async fn running_writers(
+/// The Rollcall processes of the namespace that show they are alive: SCIM APIs in the writers
+/// bucket, projectors holding their advisory locks, access services announcing their
+/// checkpoints (listened to for a few seconds).
+async fn running_processes(
+    client: &async_nats::Client,
     jetstream: &jetstream::Context,
     namespace: &Namespace,
-) -> anyhow::Result<u64> {
-    match jetstream
+    store: &Store,
+) -> anyhow::Result<Vec<String>> {
+    let mut running = Vec::new();
+    if let Ok(mut bucket) = jetstream
         .get_stream(format!("KV_{}", namespace.writers_bucket()))
         .await
     {
-        Ok(mut bucket) => Ok(bucket.info().await?.state.messages),
-        Err(_) => Ok(0),
+        let writers = bucket.info().await?.state.messages;
+        if writers > 0 {
+            running.push(format!("{writers} SCIM API"));
+        }
     }
+    let projectors = store.projector_processes().await?;
+    if projectors > 0 {
+        running.push(format!("{projectors} projector"));
+    }
+    let mut announcements = client
+        .subscribe(namespace.checkpoint_subject("access*"))
+        .await?;
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(3), announcements.next())
+        .await
+        .is_ok();
+    if heard {
+        running.push("access services".into());
+    }
+    Ok(running)
 }
 
 /// Every message of `stream`, in order, from the first.
@@ -205,7 +250,7 @@ async fn copy(
                 !rollcall_personal::sealed(envelope) && has_personal_fields(envelope)
             })
             .count() as u64;
-        rollcall_personal::seal_all(store, &mut envelopes)
+        seal_copies(store, &mut envelopes)
             .await
             .with_context(|| format!("sealing the events at sequence {sequence}"))?;
         sealed += clear;
@@ -241,6 +286,29 @@ async fn copy(
         bail!("copied {copied} messages of {total}");
     }
     Ok((copied, events, sealed))
+}
+
+/// Seals the events' personal fields under their owners' data keys (created for users that
+/// have none). A user erased before the migration has no key any more: its fields are sealed
+/// under a key made for the copy and forgotten at once, so they read `[erased]` like every
+/// other field of an erased person.
+async fn seal_copies(store: &Store, envelopes: &mut [Envelope]) -> anyhow::Result<()> {
+    let keys = rollcall_personal::owners_key_states(store, envelopes).await?;
+    for envelope in envelopes.iter_mut() {
+        let Some(owner) = rollcall_personal::key_owner(envelope) else {
+            continue;
+        };
+        let key = match keys.get(&owner) {
+            Some(KeyState::Erased) => {
+                let mut bytes = [0u8; 32];
+                getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+                DataKey::from_bytes(bytes)
+            }
+            _ => store.data_key_for_writing(&owner.0, owner.1).await?,
+        };
+        rollcall_personal::seal(envelope, &key)?;
+    }
+    Ok(())
 }
 
 /// Waits for the oldest `count` publishes; each must land at the sequence it had.
@@ -315,13 +383,17 @@ async fn verify(
         rollcall_personal::open_all(store, &mut opened, Freshness::Fresh).await?;
         let mut plain = old_events.clone();
         rollcall_personal::open_all(store, &mut plain, Freshness::Fresh).await?;
+        let keys = rollcall_personal::owners_key_states(store, &mut plain).await?;
         for (((old_event, new_event), opened), plain) in old_events
             .iter()
             .zip(new_events.iter_mut())
             .zip(&opened)
             .zip(&plain)
         {
-            if opened != plain {
+            // An erased person's fields cannot be compared, only masked (below).
+            let erased = rollcall_personal::key_owner(&mut plain.clone())
+                .is_some_and(|owner| keys.get(&owner) == Some(&KeyState::Erased));
+            if !erased && opened != plain {
                 bail!(
                     "event {} at sequence {sequence} does not open to the event it was",
                     old_event.event_id
@@ -361,24 +433,4 @@ fn masked(envelope: &Envelope) -> Envelope {
         rollcall_personal::mask(&mut masked);
     }
     masked
-}
-
-/// Opens the namespace's log again (on the stream now active) and rebuilds the read models
-/// from it, reporting progress.
-pub async fn rebuild_after(
-    client: &async_nats::Client,
-    namespace: &Namespace,
-    store: &Store,
-    report: impl FnMut(rollcall_projector::rebuild::Progress),
-) -> anyhow::Result<u64> {
-    let log = EventLog::open(client.clone(), namespace.clone()).await?;
-    let progress = rollcall_projector::rebuild::rebuild(
-        client.clone(),
-        &log,
-        store,
-        rollcall_projector::rebuild::DEFAULT_BATCH,
-        report,
-    )
-    .await?;
-    Ok(progress.applied)
 }

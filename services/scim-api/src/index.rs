@@ -767,13 +767,19 @@ async fn feed(inner: Weak<Inner>, log: EventLog, store: Store) {
                             &store,
                             events.iter().map(|e| &e.envelope),
                         );
-                        if let Err(error) =
-                            rollcall_personal::open_all(&store, &mut events, Freshness::Cached)
-                                .await
+                        match rollcall_personal::open_all(&store, &mut events, Freshness::Cached)
+                            .await
                         {
-                            if let Some(first) = events.first() {
-                                warn!(error = %error, "the lookup index cannot open an event's personal fields; PostgreSQL answers its tenant's lookups");
-                                inner.diverge(&first.envelope.tenant);
+                            Ok(()) => {}
+                            // The keys could not be read: follow again from here, later.
+                            Err(rollcall_personal::PersonalError::Store(error)) => {
+                                return Err(format!("reading data keys: {error}"));
+                            }
+                            Err(error) => {
+                                if let Some(first) = events.first() {
+                                    warn!(error = %error, "the lookup index cannot open an event's personal fields; PostgreSQL answers its tenant's lookups");
+                                    inner.diverge(&first.envelope.tenant);
+                                }
                             }
                         }
                         inner.apply(&events);

@@ -156,6 +156,9 @@ pub async fn erase_user(
     }
     // The projector destroys it too when it applies the erasure: whichever comes first.
     store.erase_data_key(tenant, user).await?;
+    // Entries that were still on their way to the log when it was first cleared.
+    let request_log_entries =
+        request_log_entries + store.scrub_request_log(tenant, user, &texts).await?;
     Ok(Erasure {
         sequence: (written.appended > 0).then_some(written.folded.sequence),
         request_log_entries,

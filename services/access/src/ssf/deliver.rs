@@ -231,18 +231,30 @@ impl Walker {
 }
 
 /// The events of a message, their personal fields opened (signals name people by them; an
-/// erased person's read `[erased]` and are never used as a subject). An event whose fields do
-/// not open derives no signal about them.
+/// erased person's read `[erased]` and are never used as a subject). A message that cannot be
+/// read, or an event whose fields do not open, derives no signal; data keys that cannot be
+/// read are an error (the delivery is started again later, from where it stands).
 async fn readable(
     transmitter: &Transmitter,
     message: &async_nats::jetstream::Message,
 ) -> Result<Vec<Delivered>, String> {
-    let mut events = decode(message).map_err(|e| e.to_string())?;
+    let mut events = match decode(message) {
+        Ok(events) => events,
+        Err(error) => {
+            error!(error = %error, "an event cannot be read; it derives no signal");
+            return Ok(Vec::new());
+        }
+    };
     rollcall_personal::forget_erased(&transmitter.store, events.iter().map(|e| &e.envelope));
-    if let Err(error) =
-        rollcall_personal::open_all(&transmitter.store, &mut events, Freshness::Cached).await
-    {
-        warn!(error = %error, "an event's personal fields do not open; it derives no signal about them");
+    match rollcall_personal::open_all(&transmitter.store, &mut events, Freshness::Cached).await {
+        Ok(()) => {}
+        // The keys could not be read: the delivery stops here and is started again later.
+        Err(rollcall_personal::PersonalError::Store(error)) => {
+            return Err(format!("reading data keys: {error}"))
+        }
+        Err(error) => {
+            warn!(error = %error, "an event's personal fields do not open; it derives no signal about them")
+        }
     }
     Ok(events)
 }
@@ -322,13 +334,7 @@ async fn push_stream(
         let message = message.map_err(|e| e.to_string())?;
         let info = message.info().map_err(|e| e.to_string())?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
-        let events = match readable(transmitter, &message).await {
-            Ok(events) => events,
-            Err(error) => {
-                error!(sequence, error = %error, "an event cannot be read; it derives no signal");
-                Vec::new()
-            }
-        };
+        let events = readable(transmitter, &message).await?;
         if sequence <= position {
             for delivered in &events {
                 walker.step(delivered);
@@ -754,7 +760,7 @@ async fn walk_on(
                 if info.stream_sequence > position {
                     break;
                 }
-                for delivered in readable(transmitter, &message).await.unwrap_or_default() {
+                for delivered in readable(transmitter, &message).await? {
                     cursor.walker.step(&delivered);
                 }
                 cursor.read = info.stream_sequence;
@@ -800,7 +806,7 @@ async fn fill(
         let message = message.map_err(|e| e.to_string())?;
         let info = message.info().map_err(|e| e.to_string())?;
         let mut sets = Vec::new();
-        for delivered in readable(transmitter, &message).await.unwrap_or_default() {
+        for delivered in readable(transmitter, &message).await? {
             sets.extend(cursor.walker.step(&delivered));
         }
         cursor.read = info.stream_sequence;

@@ -122,7 +122,6 @@ impl TenantFold {
             .map(|attributes| {
                 user::emails(attributes)
                     .into_iter()
-                    .filter(|email| *email != rollcall_personal::ERASED)
                     .map(email_subject)
                     .collect()
             })
@@ -557,7 +556,7 @@ mod tests {
             envelope(bob, json!({"type": "user.deleted"}), scim()),
         );
         assert!(step(&mut fold, envelope(bob, erased, scim())).is_empty());
-        // An erased person's fields read [erased] in a replay: never a subject.
+        // An erased person's provider account reads [erased] in a replay: never a subject.
         let carol = Uuid::now_v7();
         step(
             &mut fold,
@@ -567,11 +566,21 @@ mod tests {
                 scim(),
             ),
         );
+        step(
+            &mut fold,
+            envelope(
+                Uuid::now_v7(),
+                json!({"type": "identity.linked", "user_id": carol, "issuer": "https://idp", "subject": "[erased]"}),
+                scim(),
+            ),
+        );
         let disabled = step(
             &mut fold,
             envelope(carol, json!({"type": "user.deactivated"}), scim()),
         );
-        assert_eq!(disabled[0].sub_id["format"], "iss_sub");
+        let rollcall = json!({"format": "iss_sub", "iss": ISSUER, "sub": carol.to_string()});
+        assert_eq!(disabled[0].sub_id, rollcall);
+        assert_eq!(disabled[0].identifiers, [rollcall]);
     }
 
     #[test]

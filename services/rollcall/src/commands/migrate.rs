@@ -33,15 +33,16 @@ pub async fn run(common: Common, command: MigrateCommand) -> anyhow::Result<()> 
             install_keks(&store, &kek, true).await?;
             let migrated =
                 crate::migrate::encrypt_pii(&client, &namespace, &store, |stage, done, total| {
-                    let stage = match stage {
-                        Stage::Copying => "copying",
-                        Stage::Verifying => "verifying",
+                    let (stage, unit) = match stage {
+                        Stage::Copying => ("copying", "messages"),
+                        Stage::Verifying => ("verifying", "messages"),
+                        Stage::Rebuilding => ("rebuilding the read models", "events"),
                     };
-                    eprintln!("{stage}: {done} of {total} messages");
+                    eprintln!("{stage}: {done} of {total} {unit}");
                 })
                 .await?;
             println!(
-                "{} messages ({} events, {} of them sealed now) copied from {} to {} and verified for {} tenant(s); {} is now the installation's stream",
+                "{} messages ({} events, {} of them sealed now) copied from {} to {} and verified for {} tenant(s); the read models were rebuilt from it, and {} is now the installation's stream: start Rollcall again",
                 migrated.messages,
                 migrated.events,
                 migrated.sealed,
@@ -50,14 +51,6 @@ pub async fn run(common: Common, command: MigrateCommand) -> anyhow::Result<()> 
                 migrated.tenants,
                 migrated.new_stream
             );
-            let applied = crate::migrate::rebuild_after(&client, &namespace, &store, |progress| {
-                eprintln!(
-                    "rebuilding the read models: {} of {} events",
-                    progress.applied, progress.head
-                );
-            })
-            .await?;
-            println!("read models rebuilt from {applied} events; start Rollcall again");
             println!(
                 "the old stream {} still holds the personal data in clear: delete it once you no longer need it (nats stream rm {})",
                 migrated.old_stream, migrated.old_stream
