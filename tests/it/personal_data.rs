@@ -640,6 +640,16 @@ async fn a_stream_of_clear_events_is_migrated_to_sealed_events_with_the_same_ids
         vec![clear_event("user", bob, 2, json!({"type": "user.deleted"}))],
     )
     .await;
+    // This release ran on the clear stream for a while: it erased bob (no key ever made for
+    // him: a tombstone) before anyone migrated.
+    let erased = clear_event(
+        "user",
+        bob,
+        3,
+        json!({"type": "user.erased", "reason": "DSR"}),
+    );
+    write(&log, &mut heads, "user", bob, vec![erased]).await;
+    store.erase_data_key("test", bob).await.unwrap();
     let head = log.head().await.unwrap();
     // Projected as the old release did (clear audit records), then every process stops.
     let projector = Instance::new(roles("projector"))
@@ -715,6 +725,8 @@ async fn a_stream_of_clear_events_is_migrated_to_sealed_events_with_the_same_ids
         Vec::<String>::new()
     );
     assert!(!after.iter().any(|(_, p)| p.contains("sub-zqx-1")));
+    assert!(before.iter().any(|(_, p)| p.contains("bob@example.org")));
+    assert!(!after.iter().any(|(_, p)| p.contains("bob@example.org")));
     // The old stream is kept, retired: nothing can be appended to it.
     let mut old = jetstream.get_stream(&old_name).await.unwrap();
     assert_eq!(
@@ -769,4 +781,133 @@ async fn a_stream_of_clear_events_is_migrated_to_sealed_events_with_the_same_ids
             .to_string();
     assert!(again.contains("migrated already"), "{again}");
     apis.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_migration_that_fails_midway_puts_the_old_stream_back_as_it_was() {
+    use rollcall_it::Installation;
+    let installation = Installation::create_on(rollcall_it::nats_url()).await;
+    let (log, store) = (installation.log.clone(), installation.store.clone());
+    rollcall::connection::install_keks(&store, &Default::default(), true)
+        .await
+        .unwrap();
+    let jetstream = async_nats::jetstream::new(installation.client.clone());
+    let old_name = log.namespace().stream();
+    let mut heads = HashMap::new();
+    let ada = Uuid::now_v7();
+    let provisioned = |name: &str| json!({"type": "user.provisioned", "active": true, "attributes": {"userName": name}});
+    write(
+        &log,
+        &mut heads,
+        "user",
+        ada,
+        vec![clear_event("user", ada, 1, provisioned("ada@example.org"))],
+    )
+    .await;
+    // An event that fits the server's max_payload in clear, and not once sealed (a third
+    // larger): the copy fails midway.
+    let big = Uuid::now_v7();
+    let mut huge = provisioned("big@example.org");
+    huge["attributes"]["displayName"] = json!("x".repeat(log.max_event_bytes() * 4 / 5));
+    write(
+        &log,
+        &mut heads,
+        "user",
+        big,
+        vec![clear_event("user", big, 1, huge)],
+    )
+    .await;
+    let failed =
+        rollcall::migrate::encrypt_pii(&installation.client, log.namespace(), &store, |_, _, _| {})
+            .await
+            .unwrap_err();
+    assert!(format!("{failed:#}").contains("sequence 2"), "{failed:#}");
+    // Put back as it was: the old stream takes the events again, the copy is gone.
+    let mut old = jetstream.get_stream(&old_name).await.unwrap();
+    assert_eq!(
+        old.info().await.unwrap().config.subjects,
+        [log.namespace().all_events()]
+    );
+    assert!(jetstream
+        .get_stream(format!("{old_name}_SEALED"))
+        .await
+        .is_err());
+    let reopened =
+        rollcall_eventlog::EventLog::open(installation.client.clone(), log.namespace().clone())
+            .await
+            .unwrap();
+    assert_eq!(reopened.stream_name(), old_name);
+    write(
+        &reopened,
+        &mut heads,
+        "user",
+        ada,
+        vec![clear_event(
+            "user",
+            ada,
+            2,
+            json!({"type": "user.deactivated"}),
+        )],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_migration_stopped_after_retiring_the_old_stream_keeps_every_process_out_until_run_again()
+{
+    use rollcall_it::Installation;
+    let installation = Installation::create_on(rollcall_it::nats_url()).await;
+    let (log, store) = (installation.log.clone(), installation.store.clone());
+    rollcall::connection::install_keks(&store, &Default::default(), true)
+        .await
+        .unwrap();
+    let jetstream = async_nats::jetstream::new(installation.client.clone());
+    let mut heads = HashMap::new();
+    let ada = Uuid::now_v7();
+    let event = clear_event(
+        "user",
+        ada,
+        1,
+        json!({"type": "user.provisioned", "active": true, "attributes": {"userName": PERSONAL[0]}}),
+    );
+    write(&log, &mut heads, "user", ada, vec![event]).await;
+    // Stopped (kill -9) right after the old stream's subjects were retired, and a partial copy
+    // already taking the subjects.
+    let old_name = log.namespace().stream();
+    let mut old = jetstream.get_stream(&old_name).await.unwrap();
+    let mut retired = old.info().await.unwrap().config.clone();
+    retired.subjects = vec![format!("{}.retired.events.>", log.namespace().as_str())];
+    jetstream.update_stream(&retired).await.unwrap();
+    let mut partial = retired.clone();
+    partial.name = format!("{old_name}_SEALED");
+    partial.subjects = vec![log.namespace().all_events()];
+    jetstream.create_stream(partial).await.unwrap();
+    // No process opens the log meanwhile: an append would land in the partial copy.
+    let refused =
+        rollcall_eventlog::EventLog::open(installation.client.clone(), log.namespace().clone())
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(refused.contains("stopped midway"), "{refused}");
+    // Run again, it starts over and finishes.
+    let migrated =
+        rollcall::migrate::encrypt_pii(&installation.client, log.namespace(), &store, |_, _, _| {})
+            .await
+            .unwrap();
+    assert_eq!((migrated.messages, migrated.sealed), (1, 1));
+    let log =
+        rollcall_eventlog::EventLog::open(installation.client.clone(), log.namespace().clone())
+            .await
+            .unwrap();
+    assert_eq!(log.stream_name(), migrated.new_stream);
+    let mut events = log
+        .load(&log.namespace().aggregate_subject("test", "user", &ada), 0)
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(events[0].schema_version, rollcall_personal::SEALED_VERSION);
+    rollcall_personal::open_all(&store, &mut events, Freshness::Fresh)
+        .await
+        .unwrap();
+    assert_eq!(events[0].payload["attributes"]["userName"], PERSONAL[0]);
 }

@@ -198,9 +198,9 @@ async fn running_processes(
     if projectors > 0 {
         running.push(format!("{projectors} projector"));
     }
-    let mut announcements = client
-        .subscribe(namespace.checkpoint_subject("access*"))
-        .await?;
+    // Access services announce what they have applied every moment; projectors after each
+    // batch.
+    let mut announcements = client.subscribe(namespace.checkpoint_subject(">")).await?;
     let heard = tokio::time::timeout(std::time::Duration::from_secs(3), announcements.next())
         .await
         .is_ok();
