@@ -50,6 +50,14 @@ pub enum StoreError {
     /// A name or argument was refused.
     #[error("{0}")]
     Invalid(String),
+    /// The user was erased: its data key is gone, nothing is sealed under it again.
+    #[error("user {user} of tenant {tenant} was erased; its id is never used again")]
+    Erased {
+        /// The tenant.
+        tenant: String,
+        /// The user.
+        user: uuid::Uuid,
+    },
     /// The key-encryption key is missing or is not the one the data keys are wrapped under.
     #[error("{0}")]
     Kek(String),

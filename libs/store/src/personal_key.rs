@@ -299,9 +299,10 @@ impl Store {
         let key = match stored {
             Some((Some(kek), Some(wrapped))) => self.opening(tenant, user, &kek, &wrapped)?,
             _ => {
-                return Err(StoreError::Invalid(format!(
-                    "user {user} of tenant {tenant} was erased; its id is never used again"
-                )))
+                return Err(StoreError::Erased {
+                    tenant: tenant.to_owned(),
+                    user,
+                })
             }
         };
         self.remember(tenant, user, &key);

@@ -138,6 +138,10 @@ impl From<AppendError> for ApiError {
 impl From<rollcall_personal::PersonalError> for ApiError {
     fn from(error: rollcall_personal::PersonalError) -> Self {
         match error {
+            // Erased since this process last read the user: it is gone.
+            rollcall_personal::PersonalError::Store(StoreError::Erased { .. }) => {
+                ScimError::not_found("User not found").into()
+            }
             rollcall_personal::PersonalError::Store(error) => error.into(),
             other => ApiError::Internal(other.to_string()),
         }
