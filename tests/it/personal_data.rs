@@ -174,6 +174,14 @@ async fn an_erased_user_leaves_no_readable_personal_data_and_the_record_still_ve
     )
     .await
     .unwrap();
+    // A session issued after the revocation: the person is signed in when erased.
+    let session = env.session(&id);
+    eventually(
+        "the signed-in person reaches the wiki",
+        Duration::from_secs(10),
+        || async { env.forward_auth("wiki.test", Some(&session)).await.status == 200 },
+    )
+    .await;
     let filter = rollcall_it::encode(&format!("userName eq \"{}\"", PERSONAL[0]));
     let found = scim.get(&format!("/Users?filter={filter}")).await;
     assert_eq!(found.ids(), vec![id.clone()]);
@@ -243,8 +251,14 @@ async fn an_erased_user_leaves_no_readable_personal_data_and_the_record_still_ve
     })
     .await;
 
-    // Gone from SCIM.
+    // Gone from SCIM, and the session ends with the next request.
     assert_eq!(scim.get(&format!("/Users/{id}")).await.status, 404);
+    eventually(
+        "the erased person's session is refused",
+        Duration::from_secs(10),
+        || async { env.forward_auth("wiki.test", Some(&session)).await.status != 200 },
+    )
+    .await;
     // Nothing readable anywhere: stream, access bucket, read models, request log.
     eventually(
         "no copy of the person's data is readable",
