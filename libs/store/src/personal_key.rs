@@ -108,6 +108,8 @@ impl Kek {
 pub(crate) struct Keyring {
     keks: RwLock<Option<(Kek, Vec<Kek>)>>,
     cache: Mutex<HashMap<(String, Uuid), (DataKey, std::time::Instant)>>,
+    /// The writer of new keys ([`Store::data_key_for_writing`]).
+    creator: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Creation>>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -268,34 +270,23 @@ impl Store {
         let candidate = DataKey(bytes);
         let (current, _) = self.keks()?;
         let wrapped = wrap(&current, tenant, user, &candidate)?;
-        let stored: Option<(Option<String>, Option<Vec<u8>>)> = sqlx::query_as(
-            "WITH inserted AS (
-                 INSERT INTO public.personal_data_key (tenant, user_id, kek, wrapped)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, user_id) DO NOTHING
-                 RETURNING kek, wrapped)
-             SELECT kek, wrapped FROM inserted
-             UNION ALL
-             SELECT kek, wrapped FROM public.personal_data_key
-              WHERE tenant = $1 AND user_id = $2 AND NOT EXISTS (SELECT 1 FROM inserted)",
-        )
-        .bind(tenant)
-        .bind(user)
-        .bind(&current.fingerprint)
-        .bind(&wrapped)
-        .fetch_optional(self.pool())
-        .await?;
-        // Another process inserted the key while this statement waited: its snapshot does not
-        // see that row, a statement of its own does.
-        let stored = match stored {
-            Some(stored) => Some(stored),
-            None => sqlx::query_as(
-                "SELECT kek, wrapped FROM public.personal_data_key WHERE tenant = $1 AND user_id = $2",
-            )
-            .bind(tenant)
-            .bind(user)
-            .fetch_optional(self.pool())
-            .await?,
+        // Stored with the keys other writes of this process ask for at the same moment: one
+        // statement and one commit for all of them.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = Creation {
+            tenant: tenant.to_owned(),
+            user,
+            kek: current.fingerprint.clone(),
+            wrapped,
+            reply,
         };
+        self.creator()
+            .send(request)
+            .map_err(|_| unavailable("the data key writer stopped"))?;
+        let stored = answer
+            .await
+            .map_err(|_| unavailable("the data key writer stopped"))?
+            .map_err(|error| unavailable(&error))?;
         let key = match stored {
             Some((Some(kek), Some(wrapped))) => self.opening(tenant, user, &kek, &wrapped)?,
             _ => {
@@ -477,6 +468,112 @@ impl Store {
                 moved += 1;
             }
             progress(moved);
+        }
+    }
+}
+
+/// A data key to store, and where to say what is stored.
+struct Creation {
+    tenant: String,
+    user: Uuid,
+    kek: String,
+    wrapped: Vec<u8>,
+    reply: tokio::sync::oneshot::Sender<Result<Option<Stored>, String>>,
+}
+
+/// A stored key: the KEK's fingerprint and the wrapped key (both `None`: a tombstone).
+type Stored = (Option<String>, Option<Vec<u8>>);
+
+/// Keys stored in one statement at most.
+const CREATION_BATCH: usize = 256;
+
+/// A PostgreSQL failure of the batched writer, as an error a client retries.
+fn unavailable(error: &str) -> StoreError {
+    StoreError::Database(sqlx::Error::Protocol(format!(
+        "storing a data key: {error}"
+    )))
+}
+
+impl Store {
+    /// The writer of new data keys (started on first use): it stores every key asked for while
+    /// the previous statement ran in one statement (`INSERT … ON CONFLICT DO NOTHING`), reads
+    /// back those another writer stored first, and answers each caller.
+    fn creator(&self) -> tokio::sync::mpsc::UnboundedSender<Creation> {
+        self.keyring
+            .creator
+            .get_or_init(|| {
+                let (sender, mut requests) = tokio::sync::mpsc::unbounded_channel::<Creation>();
+                let store = self.clone();
+                tokio::spawn(async move {
+                    let mut batch = Vec::with_capacity(CREATION_BATCH);
+                    while requests.recv_many(&mut batch, CREATION_BATCH).await > 0 {
+                        let answers = store.store_keys(&batch).await;
+                        for (request, answer) in batch.drain(..).zip(answers) {
+                            let _ = request.reply.send(answer);
+                        }
+                    }
+                });
+                sender
+            })
+            .clone()
+    }
+
+    /// Stores a batch of new keys; for each, what is stored now (its key, another writer's, or
+    /// a tombstone).
+    async fn store_keys(&self, batch: &[Creation]) -> Vec<Result<Option<Stored>, String>> {
+        let tenants: Vec<&str> = batch.iter().map(|c| c.tenant.as_str()).collect();
+        let users: Vec<Uuid> = batch.iter().map(|c| c.user).collect();
+        let keks: Vec<&str> = batch.iter().map(|c| c.kek.as_str()).collect();
+        let wrapped: Vec<&[u8]> = batch.iter().map(|c| c.wrapped.as_slice()).collect();
+        let stored = async {
+            let inserted: Vec<Row> = sqlx::query_as(
+                "INSERT INTO public.personal_data_key (tenant, user_id, kek, wrapped)
+                 SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bytea[])
+                 ON CONFLICT (tenant, user_id) DO NOTHING
+                 RETURNING tenant, user_id, kek, wrapped",
+            )
+            .bind(&tenants)
+            .bind(&users)
+            .bind(&keks)
+            .bind(&wrapped)
+            .fetch_all(self.pool())
+            .await?;
+            let mut stored: HashMap<(String, Uuid), Stored> = inserted
+                .into_iter()
+                .map(|(tenant, user, kek, wrapped)| ((tenant, user), (kek, wrapped)))
+                .collect();
+            // Stored before (a retried creation, another process): read back in a statement of
+            // its own, whose snapshot sees rows committed while the insert waited.
+            let missing: Vec<usize> = (0..batch.len())
+                .filter(|&i| !stored.contains_key(&(batch[i].tenant.clone(), batch[i].user)))
+                .collect();
+            if !missing.is_empty() {
+                let tenants: Vec<&str> = missing.iter().map(|&i| tenants[i]).collect();
+                let users: Vec<Uuid> = missing.iter().map(|&i| users[i]).collect();
+                let before: Vec<Row> = sqlx::query_as(
+                    "SELECT k.tenant, k.user_id, k.kek, k.wrapped
+                           FROM unnest($1::text[], $2::uuid[]) AS w (tenant, user_id)
+                           JOIN public.personal_data_key k USING (tenant, user_id)",
+                )
+                .bind(&tenants)
+                .bind(&users)
+                .fetch_all(self.pool())
+                .await?;
+                stored.extend(
+                    before
+                        .into_iter()
+                        .map(|(tenant, user, kek, wrapped)| ((tenant, user), (kek, wrapped))),
+                );
+            }
+            Ok::<_, sqlx::Error>(stored)
+        }
+        .await;
+        match stored {
+            Ok(stored) => batch
+                .iter()
+                .map(|c| Ok(stored.get(&(c.tenant.clone(), c.user)).cloned()))
+                .collect(),
+            Err(error) => batch.iter().map(|_| Err(error.to_string())).collect(),
         }
     }
 }

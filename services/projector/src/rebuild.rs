@@ -238,55 +238,56 @@ async fn read_batches(
         through: 0,
     };
     while let Some(chunk) = chunks.next().await {
+        // The chunk's events, decoded: a message holds one event or the events of one commit.
+        let mut events = Vec::with_capacity(chunk.len());
         for message in chunk {
-            // A message holds one event or the events of one commit (a write).
-            let events = message
+            let decoded = message
                 .map_err(|error| LoadError::Nats(error.to_string()))
                 .and_then(|message| {
                     bytes += message.payload.len();
                     decode(&message)
                 });
-            let mut events = match events {
-                Ok(events) => events,
+            match decoded {
+                Ok(decoded) => events.extend(decoded),
                 Err(error) => {
                     let _ = batches.send(Err(error.into())).await;
                     return;
                 }
-            };
-            // Personal fields open for the read models; the audit records keep them sealed.
-            let keys =
-                match rollcall_personal::keys_for(&store, &mut events, Freshness::Cached).await {
-                    Ok(keys) => keys,
-                    Err(error) => {
-                        let _ = batches.send(Err(error.into())).await;
-                        return;
-                    }
-                };
-            if let Some(event) = events.first() {
-                read.through = event.sequence;
-                if read.from == 0 {
-                    read.from = event.sequence;
-                }
             }
-            for event in &events {
-                if !rollcall_personal::sealed(&event.envelope) {
-                    read.prepared.push(crate::bulk::prepare(event, Ok(None)));
-                    continue;
-                }
-                let mut opened = event.envelope.clone();
-                let state = rollcall_personal::key_owner(&mut opened)
-                    .and_then(|owner| keys.get(&owner).cloned())
-                    .unwrap_or(KeyState::Missing);
-                let opened = rollcall_personal::open(&mut opened, &state)
-                    .map(|()| opened)
-                    .map_err(|error| error.to_string());
-                read.prepared.push(crate::bulk::prepare(
-                    event,
-                    opened.as_ref().map(Some).map_err(Clone::clone),
-                ));
-            }
-            read.delivered.extend(events);
         }
+        // Personal fields open for the read models (the keys of the whole chunk read in one
+        // query); the audit records keep them sealed.
+        let keys = match rollcall_personal::keys_for(&store, &mut events, Freshness::Cached).await {
+            Ok(keys) => keys,
+            Err(error) => {
+                let _ = batches.send(Err(error.into())).await;
+                return;
+            }
+        };
+        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+            read.through = last.sequence;
+            if read.from == 0 {
+                read.from = first.sequence;
+            }
+        }
+        for event in &events {
+            if !rollcall_personal::sealed(&event.envelope) {
+                read.prepared.push(crate::bulk::prepare(event, Ok(None)));
+                continue;
+            }
+            let mut opened = event.envelope.clone();
+            let state = rollcall_personal::key_owner(&mut opened)
+                .and_then(|owner| keys.get(&owner).cloned())
+                .unwrap_or(KeyState::Missing);
+            let opened = rollcall_personal::open(&mut opened, &state)
+                .map(|()| opened)
+                .map_err(|error| error.to_string());
+            read.prepared.push(crate::bulk::prepare(
+                event,
+                opened.as_ref().map(Some).map_err(Clone::clone),
+            ));
+        }
+        read.delivered.extend(events);
         let done = read.through >= head;
         let full = read.delivered.len() >= batch || bytes >= MAX_BATCH_BYTES;
         if (full || done) && read.from != 0 {
