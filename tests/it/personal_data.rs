@@ -227,6 +227,16 @@ async fn an_erased_user_leaves_no_readable_personal_data_and_the_record_still_ve
             .is_empty()
     );
     let before = crate::projector::snapshot(&env).await;
+    // A subject access request: the person's data, as JSON.
+    let exported = rollcall::commands::users::export(&env.log, &env.store, "test", user_id)
+        .await
+        .unwrap();
+    assert_eq!(exported["status"], "active");
+    assert_eq!(exported["attributes"]["userName"], PERSONAL[0]);
+    assert_eq!(exported["attributes"]["title"], PERSONAL[6]);
+    assert_eq!(exported["groups"][0]["displayName"], "Quill-Team");
+    assert_eq!(exported["events"].as_array().unwrap().len(), 5);
+    assert!(!exported["scim_requests"].as_array().unwrap().is_empty());
 
     let claims = Claims::open(env.log.jetstream(), env.log.namespace())
         .await
@@ -332,6 +342,17 @@ async fn an_erased_user_leaves_no_readable_personal_data_and_the_record_still_ve
     assert_eq!(verified.mismatch, None);
     assert_eq!(verified.events, env.head().await);
 
+    // What is left to export of the person: the record, nothing personal.
+    let exported = rollcall::commands::users::export(&env.log, &env.store, "test", user_id)
+        .await
+        .unwrap();
+    assert_eq!(exported["status"], "erased");
+    assert_eq!(exported["attributes"], Value::Null);
+    assert_eq!(
+        exported["events"][0]["payload"]["attributes"]["userName"],
+        "[erased]"
+    );
+    assert_eq!(leaks(&[exported.to_string()]), Vec::<String>::new());
     // Everyone else is untouched.
     let kept = scim.get(&format!("/Users/{other}")).await;
     assert_eq!(kept.body["userName"], "keeper@example.org");
@@ -924,4 +945,55 @@ async fn a_migration_stopped_after_retiring_the_old_stream_keeps_every_process_o
         .await
         .unwrap();
     assert_eq!(events[0].payload["attributes"]["userName"], PERSONAL[0]);
+}
+
+#[tokio::test]
+async fn concurrent_writers_of_one_new_user_in_two_processes_agree_on_one_data_key() {
+    let env = TestEnv::start().await;
+    let kek = rollcall_access::keys::Kek::existing(&Default::default(), Some(&env.store))
+        .await
+        .unwrap();
+    // Another process: a keyring, a cache and a key writer of its own.
+    let other =
+        rollcall_store::Store::connect_with(&env.database_url, rollcall_store::LIVE_SCHEMA, 4)
+            .await
+            .unwrap();
+    other.install_keks(*kek.expose(), Vec::new());
+    let shared = Uuid::now_v7();
+    let mut asks = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        let store = if n % 2 == 0 {
+            env.store.clone()
+        } else {
+            other.clone()
+        };
+        // Every other ask is for a user of its own, so that batches mix new and known users.
+        let user = if n % 4 < 2 { shared } else { Uuid::now_v7() };
+        asks.spawn(async move {
+            (
+                user,
+                store.data_key_for_writing("test", user).await.unwrap(),
+            )
+        });
+    }
+    let answers = asks.join_all().await;
+    let stored = env
+        .store
+        .data_keys(&[("test".into(), shared)], Freshness::Fresh)
+        .await
+        .unwrap();
+    let KeyState::Key(key) = &stored[&("test".to_owned(), shared)] else {
+        panic!("no key stored: {stored:?}")
+    };
+    let of_shared: Vec<_> = answers.iter().filter(|(user, _)| *user == shared).collect();
+    assert_eq!(of_shared.len(), 20);
+    assert!(of_shared.iter().all(|(_, answered)| answered == key));
+    let users: Vec<Uuid> = answers.iter().map(|(user, _)| *user).collect();
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM public.personal_data_key WHERE user_id = ANY($1)")
+            .bind(&users)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(count, 21, "one key per user");
 }

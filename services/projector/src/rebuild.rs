@@ -220,6 +220,30 @@ struct Read {
     through: u64,
 }
 
+/// Prepares a batch's events for folding: personal fields opened for the read models (the data
+/// keys of the whole batch read in one query), audit records drafted from the sealed events.
+async fn prepare_batch(store: &Store, read: &mut Read) -> Result<(), ProjectorError> {
+    let keys = rollcall_personal::keys_for(store, &mut read.delivered, Freshness::Cached).await?;
+    read.prepared = read
+        .delivered
+        .iter()
+        .map(|event| {
+            if !rollcall_personal::sealed(&event.envelope) {
+                return crate::bulk::prepare(event, Ok(None));
+            }
+            let mut opened = event.envelope.clone();
+            let state = rollcall_personal::key_owner(&mut opened)
+                .and_then(|owner| keys.get(&owner).cloned())
+                .unwrap_or(KeyState::Missing);
+            match rollcall_personal::open(&mut opened, &state) {
+                Ok(()) => crate::bulk::prepare(event, Ok(Some(&opened))),
+                Err(error) => crate::bulk::prepare(event, Err(error.to_string())),
+            }
+        })
+        .collect();
+    Ok(())
+}
+
 /// Reads messages into batches of at least `batch` events (fewer for the last one, which ends
 /// at `head`), decoded and prepared for folding; stops at `head`, at an error, or when nobody receives any more.
 async fn read_batches(
@@ -238,8 +262,7 @@ async fn read_batches(
         through: 0,
     };
     while let Some(chunk) = chunks.next().await {
-        // The chunk's events, decoded: a message holds one event or the events of one commit.
-        let mut events = Vec::with_capacity(chunk.len());
+        // A message holds one event or the events of one commit (a write).
         for message in chunk {
             let decoded = message
                 .map_err(|error| LoadError::Nats(error.to_string()))
@@ -247,52 +270,26 @@ async fn read_batches(
                     bytes += message.payload.len();
                     decode(&message)
                 });
-            match decoded {
-                Ok(decoded) => events.extend(decoded),
+            let events = match decoded {
+                Ok(events) => events,
                 Err(error) => {
                     let _ = batches.send(Err(error.into())).await;
                     return;
                 }
+            };
+            if let (Some(first), Some(last)) = (events.first(), events.last()) {
+                read.through = last.sequence;
+                if read.from == 0 {
+                    read.from = first.sequence;
+                }
             }
+            read.delivered.extend(events);
         }
-        // Personal fields open for the read models (the keys of the whole chunk read in one
-        // query); the audit records keep them sealed.
-        let keys = match rollcall_personal::keys_for(&store, &mut events, Freshness::Cached).await {
-            Ok(keys) => keys,
-            Err(error) => {
-                let _ = batches.send(Err(error.into())).await;
-                return;
-            }
-        };
-        if let (Some(first), Some(last)) = (events.first(), events.last()) {
-            read.through = last.sequence;
-            if read.from == 0 {
-                read.from = first.sequence;
-            }
-        }
-        for event in &events {
-            if !rollcall_personal::sealed(&event.envelope) {
-                read.prepared.push(crate::bulk::prepare(event, Ok(None)));
-                continue;
-            }
-            let mut opened = event.envelope.clone();
-            let state = rollcall_personal::key_owner(&mut opened)
-                .and_then(|owner| keys.get(&owner).cloned())
-                .unwrap_or(KeyState::Missing);
-            let opened = rollcall_personal::open(&mut opened, &state)
-                .map(|()| opened)
-                .map_err(|error| error.to_string());
-            read.prepared.push(crate::bulk::prepare(
-                event,
-                opened.as_ref().map(Some).map_err(Clone::clone),
-            ));
-        }
-        read.delivered.extend(events);
         let done = read.through >= head;
         let full = read.delivered.len() >= batch || bytes >= MAX_BATCH_BYTES;
         if (full || done) && read.from != 0 {
             bytes = 0;
-            let full = std::mem::replace(
+            let mut full = std::mem::replace(
                 &mut read,
                 Read {
                     delivered: Vec::with_capacity(batch),
@@ -301,6 +298,10 @@ async fn read_batches(
                     through: 0,
                 },
             );
+            if let Err(error) = prepare_batch(&store, &mut full).await {
+                let _ = batches.send(Err(error)).await;
+                return;
+            }
             if batches.send(Ok(full)).await.is_err() {
                 return;
             }

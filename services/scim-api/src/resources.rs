@@ -33,6 +33,8 @@ pub trait Resource: Aggregate {
     /// Whether a PATCH answers `204` unless the request asks for attributes (ENTRA.md §4.9:
     /// Entra prefers it for groups).
     const PATCH_ANSWERS_NO_CONTENT: bool = false;
+    /// Whether its events hold personal fields, sealed under a data key of the resource.
+    const PERSONAL: bool = false;
     /// The resource type.
     fn resource_type() -> &'static ResourceType;
     /// This process's repository of the type.
@@ -84,6 +86,7 @@ fn meta<'b, S>(folded: &Folded<S>, base: &'b str) -> Meta<'b> {
 
 impl Resource for Users {
     const UNIQUE: &'static str = "userName";
+    const PERSONAL: bool = true;
     fn resource_type() -> &'static ResourceType {
         &USER_RESOURCE
     }

@@ -108,8 +108,22 @@ pub async fn create<R: Resource>(
         },
         |folded, _, ()| Answer::of::<R>(id, folded, &info.base, true),
     );
-    let answer =
-        claims::while_claimed::<R, _>(&state, &principal.tenant, unique, id, write).await?;
+    // A new user's data key is stored while its name is claimed (the write seals its events
+    // under it): two round trips at once instead of one after the other.
+    let prefetch = async {
+        if R::PERSONAL {
+            // A failure is the write's to report: sealing asks for the key again.
+            let _ = state
+                .store
+                .data_key_for_writing(&principal.tenant, id)
+                .await;
+        }
+    };
+    let (answer, ()) = tokio::join!(
+        claims::while_claimed::<R, _>(&state, &principal.tenant, unique, id, write),
+        prefetch
+    );
+    let answer = answer?;
     state
         .checkpoint
         .settle(rt.name, &principal.tenant, id, answer.sequence)

@@ -142,7 +142,7 @@ pub async fn run(common: Common, command: UsersCommand) -> anyhow::Result<()> {
 }
 
 /// A person's data as JSON.
-async fn export(
+pub async fn export(
     log: &rollcall_eventlog::EventLog,
     store: &rollcall_store::Store,
     tenant: &str,
