@@ -422,6 +422,10 @@ async fn rebuild_child_process() {
     let installation = Installation::open(nats, Namespace::new(namespace).unwrap(), database).await;
     // Never dropped: the installation is the parent test's, which inspects what is left.
     let installation = std::mem::ManuallyDrop::new(installation);
+    // As `rollcall projector rebuild` does: the users' data keys open under the KEK.
+    rollcall::connection::install_keks(&installation.store, &Default::default(), false)
+        .await
+        .unwrap();
     let rebuilt = rollcall_projector::rebuild::rebuild(
         installation.client.clone(),
         &installation.log,

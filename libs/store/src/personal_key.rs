@@ -68,6 +68,9 @@ pub enum KeyState {
     Missing,
 }
 
+/// Users' key states by (tenant, user).
+pub type KeyStates = HashMap<(String, Uuid), KeyState>;
+
 /// Whether a read may be answered from the process's cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
@@ -353,6 +356,34 @@ impl Store {
             found.entry(user.clone()).or_insert(KeyState::Missing);
         }
         Ok(found)
+    }
+
+    /// Every stored data key (tombstones as [`KeyState::Erased`]), unwrapped, if there are at
+    /// most `limit`: what a rebuild reads once instead of batch by batch (one scan of the
+    /// table, and no query per batch). `None` when there are more. Nothing is cached.
+    #[instrument(skip_all, err)]
+    pub async fn all_data_keys(&self, limit: i64) -> Result<Option<KeyStates>, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM public.personal_data_key")
+            .fetch_one(self.pool())
+            .await?;
+        if count > limit {
+            return Ok(None);
+        }
+        let rows: Vec<Row> =
+            sqlx::query_as("SELECT tenant, user_id, kek, wrapped FROM public.personal_data_key")
+                .fetch_all(self.pool())
+                .await?;
+        let mut keys = HashMap::with_capacity(rows.len());
+        for (tenant, user, kek, wrapped) in rows {
+            let state = match (kek, wrapped) {
+                (Some(kek), Some(wrapped)) => {
+                    KeyState::Key(self.opening(&tenant, user, &kek, &wrapped)?)
+                }
+                _ => KeyState::Erased,
+            };
+            keys.insert((tenant, user), state);
+        }
+        Ok(Some(keys))
     }
 
     /// Destroys a user's data key (its personal fields become unreadable everywhere), leaving

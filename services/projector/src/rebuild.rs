@@ -59,6 +59,13 @@ pub async fn rebuild(
     let mut written = Some(std::collections::HashSet::new());
     let mut progress = Progress::default();
     let mut indexed = false;
+    // Every user's data key in one scan, instead of a query per batch.
+    let keys = std::sync::Arc::new(
+        store
+            .all_data_keys(PRELOADED_KEYS)
+            .await?
+            .unwrap_or_default(),
+    );
     loop {
         let head = log.head().await?;
         let checkpoint = projector.store.checkpoint(DEFAULT_NAME).await?;
@@ -77,6 +84,7 @@ pub async fn rebuild(
             continue;
         }
         let mut carried = Carried {
+            keys: keys.clone(),
             progress: &mut progress,
             deferred: &mut deferred,
             written: &mut written,
@@ -152,6 +160,7 @@ async fn catch_up(
     let reader = tokio::spawn(read_batches(
         messages,
         projector.store.clone(),
+        carried.keys.clone(),
         head,
         batch.max(1),
         batches,
@@ -205,11 +214,20 @@ async fn catch_up(
 /// What catching up carries from batch to batch: the progress, the definitions of the indexes
 /// while they are deferred, and which resources have rows while the rebuild knows it.
 struct Carried<'a> {
+    /// The users' data keys, read once at the start (empty when there were too many).
+    keys: std::sync::Arc<Keys>,
     progress: &'a mut Progress,
     deferred: &'a mut Option<Vec<String>>,
     /// The ids of every user and group written so far, until a batch goes event by event.
     written: &'a mut Option<std::collections::HashSet<uuid::Uuid>>,
 }
+
+/// Data keys by (tenant, user).
+type Keys = std::collections::HashMap<(String, uuid::Uuid), KeyState>;
+
+/// Up to how many data keys a rebuild reads at its start (about 100 bytes of memory each);
+/// beyond, each batch asks for its own.
+const PRELOADED_KEYS: i64 = 2_000_000;
 
 /// A batch read from the stream: its events, each also prepared for folding, and the stream
 /// sequences of its first and last messages.
@@ -222,8 +240,26 @@ struct Read {
 
 /// Prepares a batch's events for folding: personal fields opened for the read models (the data
 /// keys of the whole batch read in one query), audit records drafted from the sealed events.
-async fn prepare_batch(store: &Store, read: &mut Read) -> Result<(), ProjectorError> {
-    let keys = rollcall_personal::keys_for(store, &mut read.delivered, Freshness::Cached).await?;
+async fn prepare_batch(
+    store: &Store,
+    preloaded: &Keys,
+    read: &mut Read,
+) -> Result<(), ProjectorError> {
+    // Keys stored after the rebuild read them all (users created meanwhile): asked for now.
+    let missing: Vec<(String, uuid::Uuid)> = read
+        .delivered
+        .iter_mut()
+        .filter(|event| rollcall_personal::sealed(&event.envelope))
+        .filter_map(rollcall_personal::key_owner)
+        .filter(|owner| !preloaded.contains_key(owner))
+        .collect::<std::collections::HashSet<_>>()
+        .into_iter()
+        .collect();
+    let fetched = if missing.is_empty() {
+        Keys::new()
+    } else {
+        store.data_keys(&missing, Freshness::Cached).await?
+    };
     read.prepared = read
         .delivered
         .iter()
@@ -233,7 +269,12 @@ async fn prepare_batch(store: &Store, read: &mut Read) -> Result<(), ProjectorEr
             }
             let mut opened = event.envelope.clone();
             let state = rollcall_personal::key_owner(&mut opened)
-                .and_then(|owner| keys.get(&owner).cloned())
+                .and_then(|owner| {
+                    preloaded
+                        .get(&owner)
+                        .or_else(|| fetched.get(&owner))
+                        .cloned()
+                })
                 .unwrap_or(KeyState::Missing);
             match rollcall_personal::open(&mut opened, &state) {
                 Ok(()) => crate::bulk::prepare(event, Ok(Some(&opened))),
@@ -249,6 +290,7 @@ async fn prepare_batch(store: &Store, read: &mut Read) -> Result<(), ProjectorEr
 async fn read_batches(
     messages: async_nats::jetstream::consumer::pull::Ordered,
     store: Store,
+    preloaded: std::sync::Arc<Keys>,
     head: u64,
     batch: usize,
     batches: tokio::sync::mpsc::Sender<Result<Read, ProjectorError>>,
@@ -298,7 +340,7 @@ async fn read_batches(
                     through: 0,
                 },
             );
-            if let Err(error) = prepare_batch(&store, &mut full).await {
+            if let Err(error) = prepare_batch(&store, &preloaded, &mut full).await {
                 let _ = batches.send(Err(error)).await;
                 return;
             }
