@@ -997,3 +997,24 @@ async fn concurrent_writers_of_one_new_user_in_two_processes_agree_on_one_data_k
             .unwrap();
     assert_eq!(count, 21, "one key per user");
 }
+
+#[tokio::test]
+async fn a_create_refused_before_anything_was_appended_leaves_no_data_key_behind() {
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    let user = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "once@example.org"});
+    scim.create_user(&user).await;
+    let keys = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM public.personal_data_key WHERE tenant = 'test'",
+        )
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap()
+    };
+    assert_eq!(keys().await, 1);
+    for _ in 0..3 {
+        assert_eq!(scim.post("/Users", &user).await.status, 409);
+    }
+    assert_eq!(keys().await, 1, "the refused creates' keys are gone");
+}

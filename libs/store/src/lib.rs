@@ -99,10 +99,10 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         Ok(Self {
+            keyring: personal_key::keyring(&pool),
             pool,
             schema: schema.to_owned(),
             options: base,
-            keyring: personal_key::keyring(),
         })
     }
 

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 use uuid::Uuid;
@@ -112,7 +113,10 @@ pub(crate) struct Keyring {
     keks: RwLock<Option<(Kek, Vec<Kek>)>>,
     cache: Mutex<HashMap<(String, Uuid), (DataKey, std::time::Instant)>>,
     /// The writer of new keys ([`Store::data_key_for_writing`]).
-    creator: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Creation>>,
+    creator: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Creation>>>,
+    /// The pool of the store the keyring was made with (its commits wait for the disk): where
+    /// new keys are written, whichever clone asks.
+    durable: std::sync::OnceLock<sqlx::PgPool>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -292,11 +296,16 @@ impl Store {
             .map_err(|error| unavailable(&error))?;
         let key = match stored {
             Some((Some(kek), Some(wrapped))) => self.opening(tenant, user, &kek, &wrapped)?,
-            _ => {
+            Some(_) => {
                 return Err(StoreError::Erased {
                     tenant: tenant.to_owned(),
                     user,
                 })
+            }
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "the data key of user {user} in tenant {tenant} was neither stored nor found"
+                )))
             }
         };
         self.remember(tenant, user, &key);
@@ -369,21 +378,36 @@ impl Store {
         if count > limit {
             return Ok(None);
         }
-        let rows: Vec<Row> =
-            sqlx::query_as("SELECT tenant, user_id, kek, wrapped FROM public.personal_data_key")
-                .fetch_all(self.pool())
-                .await?;
-        let mut keys = HashMap::with_capacity(rows.len());
-        for (tenant, user, kek, wrapped) in rows {
+        let mut keys = HashMap::with_capacity(usize::try_from(count).unwrap_or(0));
+        let mut rows = sqlx::query_as::<_, Row>(
+            "SELECT tenant, user_id, kek, wrapped FROM public.personal_data_key",
+        )
+        .fetch(self.pool());
+        while let Some((tenant, user, kek, wrapped)) = rows.try_next().await? {
             let state = match (kek, wrapped) {
-                (Some(kek), Some(wrapped)) => {
-                    KeyState::Key(self.opening(&tenant, user, &kek, &wrapped)?)
-                }
+                // A key that does not open is left out: asked for when needed, its error is
+                // that user's events' own.
+                (Some(kek), Some(wrapped)) => match self.opening(&tenant, user, &kek, &wrapped) {
+                    Ok(key) => KeyState::Key(key),
+                    Err(_) => continue,
+                },
                 _ => KeyState::Erased,
             };
             keys.insert((tenant, user), state);
         }
         Ok(Some(keys))
+    }
+
+    /// Removes the data key stored for a user that was never created (its creation failed
+    /// before anything was appended): never a key events were sealed under.
+    pub async fn forget_unused_data_key(&self, tenant: &str, user: Uuid) -> Result<(), StoreError> {
+        self.forget_data_key(tenant, user);
+        sqlx::query("DELETE FROM public.personal_data_key WHERE tenant = $1 AND user_id = $2 AND wrapped IS NOT NULL")
+            .bind(tenant)
+            .bind(user)
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 
     /// Destroys a user's data key (its personal fields become unreadable everywhere), leaving
@@ -526,92 +550,128 @@ fn unavailable(error: &str) -> StoreError {
 }
 
 impl Store {
-    /// The writer of new data keys (started on first use): it stores every key asked for while
-    /// the previous statement ran in one statement (`INSERT … ON CONFLICT DO NOTHING`), reads
-    /// back those another writer stored first, and answers each caller.
+    /// The writer of new data keys (started on first use, and again if it stopped): it stores
+    /// every key asked for while the previous statement ran in one statement, reads back those
+    /// another writer stored first, and answers each caller. It writes through the pool of the
+    /// store the keyring was made with (commits wait for the disk), whichever clone asks, and
+    /// ends when the last clone is gone.
     fn creator(&self) -> tokio::sync::mpsc::UnboundedSender<Creation> {
-        self.keyring
+        let mut slot = self
+            .keyring
             .creator
-            .get_or_init(|| {
-                let (sender, mut requests) = tokio::sync::mpsc::unbounded_channel::<Creation>();
-                let store = self.clone();
-                tokio::spawn(async move {
-                    let mut batch = Vec::with_capacity(CREATION_BATCH);
-                    while requests.recv_many(&mut batch, CREATION_BATCH).await > 0 {
-                        let answers = store.store_keys(&batch).await;
-                        for (request, answer) in batch.drain(..).zip(answers) {
-                            let _ = request.reply.send(answer);
-                        }
-                    }
-                });
-                sender
-            })
-            .clone()
-    }
-
-    /// Stores a batch of new keys; for each, what is stored now (its key, another writer's, or
-    /// a tombstone).
-    async fn store_keys(&self, batch: &[Creation]) -> Vec<Result<Option<Stored>, String>> {
-        let tenants: Vec<&str> = batch.iter().map(|c| c.tenant.as_str()).collect();
-        let users: Vec<Uuid> = batch.iter().map(|c| c.user).collect();
-        let keks: Vec<&str> = batch.iter().map(|c| c.kek.as_str()).collect();
-        let wrapped: Vec<&[u8]> = batch.iter().map(|c| c.wrapped.as_slice()).collect();
-        let stored = async {
-            let inserted: Vec<Row> = sqlx::query_as(
-                "INSERT INTO public.personal_data_key (tenant, user_id, kek, wrapped)
-                 SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bytea[])
-                 ON CONFLICT (tenant, user_id) DO NOTHING
-                 RETURNING tenant, user_id, kek, wrapped",
-            )
-            .bind(&tenants)
-            .bind(&users)
-            .bind(&keks)
-            .bind(&wrapped)
-            .fetch_all(self.pool())
-            .await?;
-            let mut stored: HashMap<(String, Uuid), Stored> = inserted
-                .into_iter()
-                .map(|(tenant, user, kek, wrapped)| ((tenant, user), (kek, wrapped)))
-                .collect();
-            // Stored before (a retried creation, another process): read back in a statement of
-            // its own, whose snapshot sees rows committed while the insert waited.
-            let missing: Vec<usize> = (0..batch.len())
-                .filter(|&i| !stored.contains_key(&(batch[i].tenant.clone(), batch[i].user)))
-                .collect();
-            if !missing.is_empty() {
-                let tenants: Vec<&str> = missing.iter().map(|&i| tenants[i]).collect();
-                let users: Vec<Uuid> = missing.iter().map(|&i| users[i]).collect();
-                let before: Vec<Row> = sqlx::query_as(
-                    "SELECT k.tenant, k.user_id, k.kek, k.wrapped
-                           FROM unnest($1::text[], $2::uuid[]) AS w (tenant, user_id)
-                           JOIN public.personal_data_key k USING (tenant, user_id)",
-                )
-                .bind(&tenants)
-                .bind(&users)
-                .fetch_all(self.pool())
-                .await?;
-                stored.extend(
-                    before
-                        .into_iter()
-                        .map(|(tenant, user, kek, wrapped)| ((tenant, user), (kek, wrapped))),
-                );
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(sender) = slot.as_ref().filter(|sender| !sender.is_closed()) {
+            return sender.clone();
+        }
+        let (sender, mut requests) = tokio::sync::mpsc::unbounded_channel::<Creation>();
+        let pool = self
+            .keyring
+            .durable
+            .get()
+            .cloned()
+            .unwrap_or_else(|| self.pool().clone());
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(CREATION_BATCH);
+            while requests.recv_many(&mut batch, CREATION_BATCH).await > 0 {
+                let answers = store_keys(&pool, &batch).await;
+                for (request, answer) in batch.drain(..).zip(answers) {
+                    let _ = request.reply.send(answer);
+                }
             }
-            Ok::<_, sqlx::Error>(stored)
-        }
-        .await;
-        match stored {
-            Ok(stored) => batch
-                .iter()
-                .map(|c| Ok(stored.get(&(c.tenant.clone(), c.user)).cloned()))
-                .collect(),
-            Err(error) => batch.iter().map(|_| Err(error.to_string())).collect(),
-        }
+        });
+        *slot = Some(sender.clone());
+        sender
     }
 }
 
-/// Shared by a store and its clones.
-pub(crate) fn keyring() -> Arc<Keyring> {
-    Arc::new(Keyring::default())
+/// Stores a batch of new keys; for each, what is stored now (its key, another writer's, or a
+/// tombstone). Rows go in key order, each once, so that two processes' batches cannot wait on
+/// each other; a deadlock or serialization failure is tried again once.
+async fn store_keys(
+    pool: &sqlx::PgPool,
+    batch: &[Creation],
+) -> Vec<Result<Option<Stored>, String>> {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by(|&a, &b| {
+        (&batch[a].tenant, batch[a].user).cmp(&(&batch[b].tenant, batch[b].user))
+    });
+    order.dedup_by(|a, b| batch[*a].tenant == batch[*b].tenant && batch[*a].user == batch[*b].user);
+    let mut stored = store_ordered(pool, batch, &order).await;
+    if let Err(sqlx::Error::Database(error)) = &stored {
+        if error
+            .code()
+            .is_some_and(|code| code == "40P01" || code == "40001")
+        {
+            stored = store_ordered(pool, batch, &order).await;
+        }
+    }
+    match stored {
+        Ok(stored) => batch
+            .iter()
+            .map(|c| Ok(stored.get(&(c.tenant.clone(), c.user)).cloned()))
+            .collect(),
+        Err(error) => batch.iter().map(|_| Err(error.to_string())).collect(),
+    }
+}
+
+async fn store_ordered(
+    pool: &sqlx::PgPool,
+    batch: &[Creation],
+    order: &[usize],
+) -> Result<HashMap<(String, Uuid), Stored>, sqlx::Error> {
+    let tenants: Vec<&str> = order.iter().map(|&i| batch[i].tenant.as_str()).collect();
+    let users: Vec<Uuid> = order.iter().map(|&i| batch[i].user).collect();
+    let keks: Vec<&str> = order.iter().map(|&i| batch[i].kek.as_str()).collect();
+    let wrapped: Vec<&[u8]> = order.iter().map(|&i| batch[i].wrapped.as_slice()).collect();
+    let inserted: Vec<Row> = sqlx::query_as(
+        "INSERT INTO public.personal_data_key (tenant, user_id, kek, wrapped)
+         SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bytea[])
+         ON CONFLICT (tenant, user_id) DO NOTHING
+         RETURNING tenant, user_id, kek, wrapped",
+    )
+    .bind(&tenants)
+    .bind(&users)
+    .bind(&keks)
+    .bind(&wrapped)
+    .fetch_all(pool)
+    .await?;
+    let mut stored: HashMap<(String, Uuid), Stored> = inserted
+        .into_iter()
+        .map(|(tenant, user, kek, wrapped)| ((tenant, user), (kek, wrapped)))
+        .collect();
+    // Stored before (a retried creation, another process): read back in a statement of its
+    // own, whose snapshot sees rows committed while the insert waited.
+    let (tenants, users): (Vec<&str>, Vec<Uuid>) = tenants
+        .iter()
+        .zip(&users)
+        .filter(|(tenant, user)| !stored.contains_key(&(tenant.to_string(), **user)))
+        .map(|(tenant, user)| (*tenant, *user))
+        .unzip();
+    if !tenants.is_empty() {
+        let before: Vec<Row> = sqlx::query_as(
+            "SELECT k.tenant, k.user_id, k.kek, k.wrapped
+               FROM unnest($1::text[], $2::uuid[]) AS w (tenant, user_id)
+               JOIN public.personal_data_key k USING (tenant, user_id)",
+        )
+        .bind(&tenants)
+        .bind(&users)
+        .fetch_all(pool)
+        .await?;
+        stored.extend(
+            before
+                .into_iter()
+                .map(|(tenant, user, kek, wrapped)| ((tenant, user), (kek, wrapped))),
+        );
+    }
+    Ok(stored)
+}
+
+/// Shared by a store and its clones; new keys are written through `pool`.
+pub(crate) fn keyring(pool: &sqlx::PgPool) -> Arc<Keyring> {
+    let keyring = Keyring::default();
+    let _ = keyring.durable.set(pool.clone());
+    Arc::new(keyring)
 }
 
 #[cfg(test)]

@@ -395,11 +395,12 @@ mod tests {
         let options = sqlx::postgres::PgConnectOptions::new()
             .host("127.0.0.1")
             .port(1);
+        let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy_with(options.clone());
         let store = Store {
-            pool: sqlx::postgres::PgPoolOptions::new().connect_lazy_with(options.clone()),
+            keyring: crate::personal_key::keyring(&pool),
+            pool,
             schema: crate::LIVE_SCHEMA.into(),
             options,
-            keyring: crate::personal_key::keyring(),
         };
         let verifier = TokenVerifier::new(Scope::Scim);
         for n in 0..1_000 {

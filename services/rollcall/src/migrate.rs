@@ -103,19 +103,28 @@ pub async fn encrypt_pii(
             live_subjects
         );
     }
-    let total = info.state.last_sequence;
     if info.state.messages > 0 && info.state.first_sequence != 1 {
         bail!("the event stream {old_name} does not start at sequence 1; refusing to copy it");
     }
     let new_name = format!("{old_name}_SEALED");
-    // A copy a stopped migration left is made again from the start.
-    let _ = jetstream.delete_stream(&new_name).await;
+    // A copy a stopped migration left is made again from the start; a sealed stream that holds
+    // more than the old one is not a copy (the installation's settings were lost?): never
+    // deleted here.
+    if let Ok(mut partial) = jetstream.get_stream(&new_name).await {
+        let copied = partial.info().await?.state.last_sequence;
+        if copied > info.state.last_sequence {
+            bail!("{new_name} holds {copied} messages, more than {old_name} ({}): it is not a partial copy; it is left alone (was {} in the bucket {} lost?)", info.state.last_sequence, rollcall_eventlog::log::ACTIVE_STREAM_KEY, namespace.config_bucket());
+        }
+        jetstream.delete_stream(&new_name).await?;
+    }
     let mut retired = info.config.clone();
     retired.subjects = retired_subjects;
     jetstream
         .update_stream(&retired)
         .await
         .context("retiring the old stream's subjects")?;
+    // Read again once nothing can be appended: a write that landed meanwhile is copied too.
+    let total = old.info().await?.state.last_sequence;
     info!(old = %old_name, new = %new_name, messages = total, "migrating the event stream");
     let outcome = async {
         let mut config = info.config.clone();
@@ -130,6 +139,20 @@ pub async fn encrypt_pii(
         let (messages, events, sealed) =
             copy(&jetstream, &mut old, store, total, &mut progress).await?;
         let tenants = verify(&mut old, &mut new, store, total, &mut progress).await?;
+        // The read models from the new stream before the switch (the live ones are swapped at
+        // the rebuild's very end): a failure still puts the old stream back, and after the
+        // switch there is nothing left to do.
+        let sealed_log =
+            EventLog::open_stream(client.clone(), namespace.clone(), &new_name).await?;
+        rollcall_projector::rebuild::rebuild(
+            client.clone(),
+            &sealed_log,
+            store,
+            rollcall_projector::rebuild::DEFAULT_BATCH,
+            |done| progress(Stage::Rebuilding, done.applied, done.head),
+        )
+        .await
+        .context("rebuilding the read models from the new stream")?;
         anyhow::Ok((messages, events, sealed, tenants))
     }
     .await;
@@ -151,18 +174,6 @@ pub async fn encrypt_pii(
             return Err(error);
         }
     };
-    // The read models from the new stream before the switch: a migration stopped before the
-    // switch is started again from nothing; after it, there is nothing left to do.
-    let sealed_log = EventLog::open_stream(client.clone(), namespace.clone(), &new_name).await?;
-    rollcall_projector::rebuild::rebuild(
-        client.clone(),
-        &sealed_log,
-        store,
-        rollcall_projector::rebuild::DEFAULT_BATCH,
-        |done| progress(Stage::Rebuilding, done.applied, done.head),
-    )
-    .await
-    .context("rebuilding the read models from the new stream")?;
     switch_stream(&jetstream, namespace, &new_name).await?;
     info!(old = %old_name, new = %new_name, messages, events, sealed, "switched to the sealed stream");
     Ok(Migrated {

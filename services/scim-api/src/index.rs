@@ -771,8 +771,10 @@ async fn feed(inner: Weak<Inner>, log: EventLog, store: Store) {
                             .await
                         {
                             Ok(()) => {}
-                            // The keys could not be read: follow again from here, later.
-                            Err(rollcall_personal::PersonalError::Store(error)) => {
+                            // PostgreSQL did not answer: follow again from here, later.
+                            Err(rollcall_personal::PersonalError::Store(
+                                error @ rollcall_store::StoreError::Database(_),
+                            )) => {
                                 return Err(format!("reading data keys: {error}"));
                             }
                             Err(error) => {

@@ -123,7 +123,22 @@ pub async fn create<R: Resource>(
         claims::while_claimed::<R, _>(&state, &principal.tenant, unique, id, write),
         prefetch
     );
-    let answer = answer?;
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(error) => {
+            // Nothing was appended: the key stored for the user that never came to be goes.
+            if R::PERSONAL && !error.may_have_appended() {
+                if let Err(cleanup) = state
+                    .store
+                    .forget_unused_data_key(&principal.tenant, id)
+                    .await
+                {
+                    tracing::warn!(error = %cleanup, "removing the data key of a user that was never created failed");
+                }
+            }
+            return Err(error);
+        }
+    };
     state
         .checkpoint
         .settle(rt.name, &principal.tenant, id, answer.sequence)

@@ -248,10 +248,10 @@ async fn readable(
     rollcall_personal::forget_erased(&transmitter.store, events.iter().map(|e| &e.envelope));
     match rollcall_personal::open_all(&transmitter.store, &mut events, Freshness::Cached).await {
         Ok(()) => {}
-        // The keys could not be read: the delivery stops here and is started again later.
-        Err(rollcall_personal::PersonalError::Store(error)) => {
-            return Err(format!("reading data keys: {error}"))
-        }
+        // PostgreSQL did not answer: the delivery stops here and is started again later.
+        Err(rollcall_personal::PersonalError::Store(
+            error @ rollcall_store::StoreError::Database(_),
+        )) => return Err(format!("reading data keys: {error}")),
         Err(error) => {
             warn!(error = %error, "an event's personal fields do not open; it derives no signal about them")
         }
