@@ -113,6 +113,21 @@ async fn everything_stored(env: &TestEnv) -> Vec<String> {
     texts
 }
 
+/// Erases a user of tenant `test` as an operator would.
+async fn erase(env: &TestEnv, claims: &Claims, user: Uuid) -> rollcall_scim_api::operator::Erasure {
+    rollcall_scim_api::operator::erase_user(
+        &env.log,
+        &env.store,
+        claims,
+        "test",
+        user,
+        "GDPR request 42",
+        Actor::Operator { name: "dpo".into() },
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn an_erased_user_leaves_no_readable_personal_data_and_the_record_still_verifies() {
     let mut env = TestEnv::start().await;
@@ -241,17 +256,7 @@ async fn an_erased_user_leaves_no_readable_personal_data_and_the_record_still_ve
     let claims = Claims::open(env.log.jetstream(), env.log.namespace())
         .await
         .unwrap();
-    let erasure = rollcall_scim_api::operator::erase_user(
-        &env.log,
-        &env.store,
-        &claims,
-        "test",
-        user_id,
-        "GDPR request 42",
-        Actor::Operator { name: "dpo".into() },
-    )
-    .await
-    .unwrap();
+    let erasure = erase(&env, &claims, user_id).await;
     assert!(erasure.sequence.is_some());
     assert_eq!(erasure.clear_events, 0);
     assert!(erasure.request_log_entries >= 3, "{erasure:?}");
@@ -382,17 +387,7 @@ async fn an_erased_user_leaves_no_readable_personal_data_and_the_record_still_ve
     assert_eq!(leaks(&stored_rows(&env).await), Vec::<String>::new());
 
     // An erasure run again finishes nothing more and records nothing more.
-    let again = rollcall_scim_api::operator::erase_user(
-        &env.log,
-        &env.store,
-        &claims,
-        "test",
-        user_id,
-        "GDPR request 42",
-        Actor::Operator { name: "dpo".into() },
-    )
-    .await
-    .unwrap();
+    let again = erase(&env, &claims, user_id).await;
     assert_eq!(again.sequence, None);
     // Findable by nobody (a lookup made now names the person again in the request log, as any
     // request does: the log records what clients send after the erasure).

@@ -177,13 +177,18 @@ pub fn key_owner(event: &mut impl PersonalEvent) -> Option<(String, Uuid)> {
     owner(&parts).map(|user| (parts.tenant.to_owned(), user))
 }
 
+/// Whether events of this type have personal fields (sealed, or in clear in events written
+/// before sealing existed).
+pub fn has_personal_fields(event_type: &str) -> bool {
+    matches!(
+        event_type,
+        "user.provisioned" | "user.attributes_changed" | "identity.linked"
+    )
+}
+
 /// Whether an envelope's personal fields are sealed (it must be opened before it is read).
 pub fn sealed(envelope: &Envelope) -> bool {
-    envelope.schema_version == SEALED_VERSION
-        && matches!(
-            envelope.event_type.as_str(),
-            "user.provisioned" | "user.attributes_changed" | "identity.linked"
-        )
+    envelope.schema_version == SEALED_VERSION && has_personal_fields(&envelope.event_type)
 }
 
 /// Whether the event's personal fields are sealed (it must be opened before it is read).

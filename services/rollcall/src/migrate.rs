@@ -258,7 +258,8 @@ async fn copy(
         let clear = envelopes
             .iter()
             .filter(|envelope| {
-                !rollcall_personal::sealed(envelope) && has_personal_fields(envelope)
+                !rollcall_personal::sealed(envelope)
+                    && rollcall_personal::has_personal_fields(&envelope.event_type)
             })
             .count() as u64;
         seal_copies(store, &mut envelopes)
@@ -342,14 +343,6 @@ async fn settle(
         }
     }
     Ok(())
-}
-
-/// Whether an event type has personal fields (sealed or to seal).
-fn has_personal_fields(envelope: &Envelope) -> bool {
-    matches!(
-        envelope.event_type.as_str(),
-        "user.provisioned" | "user.attributes_changed" | "identity.linked"
-    )
 }
 
 /// Reads both streams side by side: every new event must open to the old one exactly, and

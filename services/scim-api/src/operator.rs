@@ -105,11 +105,8 @@ pub async fn erase_user(
         .events
         .iter()
         .filter(|envelope| {
-            envelope.schema_version == 1
-                && matches!(
-                    envelope.event_type.as_str(),
-                    "user.provisioned" | "user.attributes_changed"
-                )
+            !rollcall_personal::sealed(envelope)
+                && rollcall_personal::has_personal_fields(&envelope.event_type)
         })
         .count() as u64;
     rollcall_personal::open_all(store, &mut history.events, Freshness::Fresh).await?;
