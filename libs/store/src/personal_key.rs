@@ -69,6 +69,24 @@ pub enum KeyState {
     Missing,
 }
 
+/// The first request for a user's new key, while it runs: its entry in the keyring's pending
+/// requests goes with it.
+struct Leading<'a> {
+    store: &'a Store,
+    id: (String, Uuid),
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.store.keyring.pending.lock() {
+            pending.remove(&self.id);
+        }
+    }
+}
+
+/// The answer to a key being created, once there is one.
+type PendingKey = tokio::sync::watch::Receiver<Option<Option<DataKey>>>;
+
 /// Users' key states by (tenant, user).
 pub type KeyStates = HashMap<(String, Uuid), KeyState>;
 
@@ -112,6 +130,9 @@ impl Kek {
 pub(crate) struct Keyring {
     keks: RwLock<Option<(Kek, Vec<Kek>)>>,
     cache: Mutex<HashMap<(String, Uuid), (DataKey, std::time::Instant)>>,
+    /// Keys being created, by (tenant, user): later requests wait for the first one's answer
+    /// (`Some(None)`: it failed).
+    pending: Mutex<HashMap<(String, Uuid), PendingKey>>,
     /// The writer of new keys ([`Store::data_key_for_writing`]).
     creator: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Creation>>>,
     /// The pool of the store the keyring was made with (its commits wait for the disk): where
@@ -272,6 +293,46 @@ impl Store {
         if let Some(key) = self.cached_key(tenant, user) {
             return Ok(key);
         }
+        // One request per user at a time in this process: a create's early request and its
+        // write's both wait for the first (a second would wait for a second commit).
+        let id = (tenant.to_owned(), user);
+        let (leader, mut waiting) = {
+            let mut pending = self
+                .keyring
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match pending.get(&id) {
+                Some(receiver) => (None, Some(receiver.clone())),
+                None => {
+                    let (sender, receiver) = tokio::sync::watch::channel(None);
+                    pending.insert(id.clone(), receiver);
+                    (Some(sender), None)
+                }
+            }
+        };
+        if let Some(receiver) = waiting.as_mut() {
+            if let Ok(done) = receiver.wait_for(Option::is_some).await {
+                if let Some(Some(key)) = done.clone() {
+                    return Ok(key);
+                }
+            }
+            // The first request failed: this one asks again on its own.
+        }
+        // The leader's entry goes when it is done, also if its caller gave up on it.
+        let _leading = leader.is_some().then(|| Leading {
+            store: self,
+            id: id.clone(),
+        });
+        let created = self.create_data_key(tenant, user).await;
+        if let Some(sender) = leader {
+            let _ = sender.send(Some(created.as_ref().ok().cloned()));
+        }
+        created
+    }
+
+    /// Stores a new data key for `user` (or reads back the one stored first).
+    async fn create_data_key(&self, tenant: &str, user: Uuid) -> Result<DataKey, StoreError> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| StoreError::Kek(format!("no randomness: {e}")))?;
         let candidate = DataKey(bytes);
