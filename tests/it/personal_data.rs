@@ -591,6 +591,15 @@ async fn retention_erases_users_deleted_longer_ago_than_the_period_and_no_one_el
     assert_eq!(types.iter().filter(|t| *t == "user.erased").count(), 1);
 }
 
+/// An installation with no process running (as a migration needs), its store holding the KEK.
+async fn stopped_installation() -> rollcall_it::Installation {
+    let installation = rollcall_it::Installation::create_on(rollcall_it::nats_url()).await;
+    rollcall::connection::install_keks(&installation.store, &Default::default(), true)
+        .await
+        .unwrap();
+    installation
+}
+
 /// Appends one write of `events` to an aggregate, expecting its last sequence from `heads`.
 async fn write(
     log: &rollcall_eventlog::EventLog,
@@ -634,12 +643,8 @@ fn clear_event(
 
 #[tokio::test]
 async fn a_stream_of_clear_events_is_migrated_to_sealed_events_with_the_same_ids_order_and_chain() {
-    use rollcall_it::Installation;
-    let installation = Installation::create_on(rollcall_it::nats_url()).await;
+    let installation = stopped_installation().await;
     let (log, store) = (installation.log.clone(), installation.store.clone());
-    rollcall::connection::install_keks(&store, &Default::default(), true)
-        .await
-        .unwrap();
     // A history as the release before wrote it.
     let (ada, bob, group) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let provisioned = |name: &str, given: &str| {
@@ -815,12 +820,8 @@ async fn a_stream_of_clear_events_is_migrated_to_sealed_events_with_the_same_ids
 
 #[tokio::test]
 async fn a_migration_that_fails_midway_puts_the_old_stream_back_as_it_was() {
-    use rollcall_it::Installation;
-    let installation = Installation::create_on(rollcall_it::nats_url()).await;
+    let installation = stopped_installation().await;
     let (log, store) = (installation.log.clone(), installation.store.clone());
-    rollcall::connection::install_keks(&store, &Default::default(), true)
-        .await
-        .unwrap();
     let jetstream = async_nats::jetstream::new(installation.client.clone());
     let old_name = log.namespace().stream();
     let mut heads = HashMap::new();
@@ -885,12 +886,8 @@ async fn a_migration_that_fails_midway_puts_the_old_stream_back_as_it_was() {
 #[tokio::test]
 async fn a_migration_stopped_after_retiring_the_old_stream_keeps_every_process_out_until_run_again()
 {
-    use rollcall_it::Installation;
-    let installation = Installation::create_on(rollcall_it::nats_url()).await;
+    let installation = stopped_installation().await;
     let (log, store) = (installation.log.clone(), installation.store.clone());
-    rollcall::connection::install_keks(&store, &Default::default(), true)
-        .await
-        .unwrap();
     let jetstream = async_nats::jetstream::new(installation.client.clone());
     let mut heads = HashMap::new();
     let ada = Uuid::now_v7();
