@@ -411,6 +411,8 @@ async fn a_kek_rotation_wraps_every_data_key_again_and_the_old_kek_alone_then_op
     for n in 0..3 {
         ids.push(scim.create_user(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": format!("rot{n}@example.org")})).await);
     }
+    // The users' keys alone: the SCIM API's spares go, as when it stops.
+    env.store.release_spare_users().await.unwrap();
     let old = rollcall_access::keys::Kek::existing(&Default::default(), Some(&env.store))
         .await
         .unwrap();
@@ -1004,9 +1006,83 @@ async fn a_create_refused_before_anything_was_appended_leaves_no_data_key_behind
         .await
         .unwrap()
     };
-    assert_eq!(keys().await, 1);
     for _ in 0..3 {
         assert_eq!(scim.post("/Users", &user).await.status, 409);
     }
+    // The SCIM API keeps spare users with stored keys: they go first, as when it stops.
+    env.store.release_spare_users().await.unwrap();
     assert_eq!(keys().await, 1, "the refused creates' keys are gone");
+}
+
+#[tokio::test]
+async fn new_users_take_spare_ids_whose_keys_were_stored_before_and_a_stopped_api_removes_the_rest()
+{
+    let env = TestEnv::start().await;
+    let api = Instance::new(roles("scim"))
+        .scim(rollcall_it::scim_config())
+        .listener(rollcall::role::Role::Scim, loopback().await)
+        .start(env.connect_again().await)
+        .await
+        .unwrap();
+    let scim = rollcall_it::Scim::new(
+        format!(
+            "http://{}/scim/v2",
+            api.addr(rollcall::role::Role::Scim).unwrap()
+        ),
+        env.token.clone(),
+    );
+    let pool = env.store.pool().clone();
+    let keys = || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM public.personal_data_key WHERE tenant = 'test' AND wrapped IS NOT NULL",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let user = |name: &str| json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name});
+    // The tenant's first create stores a key of its own and starts the spares.
+    let first = scim.create_user(&user("first.spare@example.org")).await;
+    eventually(
+        "the spare users' keys are stored",
+        Duration::from_secs(10),
+        || async { keys().await > 1 },
+    )
+    .await;
+    let asked_at: time::OffsetDateTime = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let second = scim.create_user(&user("second.spare@example.org")).await;
+    let stored_at: time::OffsetDateTime = sqlx::query_scalar(
+        "SELECT created_at FROM public.personal_data_key WHERE tenant = 'test' AND user_id = $1::uuid",
+    )
+    .bind(&second)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        stored_at < asked_at,
+        "the second user's key was stored before it was asked for ({stored_at} vs {asked_at})"
+    );
+    // Sealed like any other user, and read back.
+    let stored = stored_messages(&env, &env.namespace.stream()).await;
+    assert!(
+        !stored.iter().any(|text| text.contains("second.spare")),
+        "the userName is sealed in the stream"
+    );
+    for (id, name) in [(&first, "first.spare"), (&second, "second.spare")] {
+        let read = env.scim().get(&format!("/Users/{id}")).await;
+        assert_eq!(read.status, 200);
+        assert_eq!(read.body["userName"], format!("{name}@example.org"));
+    }
+    api.shutdown().await.unwrap();
+    assert_eq!(
+        keys().await,
+        2,
+        "the stopped SCIM API removed its spares' keys and kept its users'"
+    );
 }

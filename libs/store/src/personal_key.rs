@@ -138,7 +138,38 @@ pub(crate) struct Keyring {
     /// The pool of the store the keyring was made with (its commits wait for the disk): where
     /// new keys are written, whichever clone asks.
     durable: std::sync::OnceLock<sqlx::PgPool>,
+    /// Spare users' ids whose keys are stored already, by tenant ([`Store::spare_user`]).
+    spares: Mutex<Spares>,
+    /// Held (shared) by every top-up of the spares while it runs: [`Store::release_spare_users`]
+    /// takes it whole to wait for them.
+    topping_up: Arc<tokio::sync::RwLock<()>>,
+    /// Set only by the benchmark ([`Store::set_sealing_for_benchmark`]): new events are
+    /// written with their personal fields in clear.
+    unsealed: std::sync::atomic::AtomicBool,
 }
+
+/// The spare users of every tenant this process created users in.
+#[derive(Default)]
+struct Spares {
+    tenants: HashMap<String, TenantSpares>,
+    /// Released: none are made or handed out any more.
+    closed: bool,
+}
+
+/// A tenant's spare users: ids no user has had, each with a data key stored and committed.
+struct TenantSpares {
+    ready: std::collections::VecDeque<(Uuid, DataKey)>,
+    /// How many the tenant keeps: doubled (up to [`SPARES_MOST`]) whenever a create found
+    /// none left.
+    want: usize,
+    /// A top-up is running.
+    filling: bool,
+}
+
+/// Spare users a tenant keeps at first.
+const SPARES_FIRST: usize = 16;
+/// Spare users a tenant keeps at most.
+const SPARES_MOST: usize = 1024;
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -331,8 +362,9 @@ impl Store {
         created
     }
 
-    /// Stores a new data key for `user` (or reads back the one stored first).
-    async fn create_data_key(&self, tenant: &str, user: Uuid) -> Result<DataKey, StoreError> {
+    /// Asks the writer to store a new random key for `user`: the key and where the writer
+    /// answers what is stored (it, or another writer's key, or a tombstone).
+    fn ask_to_store(&self, tenant: &str, user: Uuid) -> Result<(DataKey, Answer), StoreError> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| StoreError::Kek(format!("no randomness: {e}")))?;
         let candidate = DataKey(bytes);
@@ -351,6 +383,12 @@ impl Store {
         self.creator()
             .send(request)
             .map_err(|_| unavailable("the data key writer stopped"))?;
+        Ok((candidate, answer))
+    }
+
+    /// Stores a new data key for `user` (or reads back the one stored first).
+    async fn create_data_key(&self, tenant: &str, user: Uuid) -> Result<DataKey, StoreError> {
+        let (_, answer) = self.ask_to_store(tenant, user)?;
         let stored = answer
             .await
             .map_err(|_| unavailable("the data key writer stopped"))?
@@ -371,6 +409,183 @@ impl Store {
         };
         self.remember(tenant, user, &key);
         Ok(key)
+    }
+
+    /// The id for a new user of `tenant` from this process's spares: an id no user has had,
+    /// whose data key was stored and committed before the request came (and is now cached),
+    /// so that sealing the new user's events waits for no commit. `None` when the tenant has
+    /// no spare left (the create stores a key of its own then). Either way the spares are
+    /// topped up in the background; a tenant that runs out keeps twice as many.
+    ///
+    /// A spare's key seals nothing until a user is created with its id. A process stopped
+    /// cleanly removes its spares' keys ([`Store::release_spare_users`]); one killed leaves
+    /// them, as keys of users that never existed.
+    pub fn spare_user(&self, tenant: &str) -> Option<Uuid> {
+        let (taken, top_up) = {
+            let mut spares = self
+                .keyring
+                .spares
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if spares.closed {
+                return None;
+            }
+            let spares = spares
+                .tenants
+                .entry(tenant.to_owned())
+                .or_insert_with(|| TenantSpares {
+                    ready: std::collections::VecDeque::new(),
+                    want: SPARES_FIRST,
+                    filling: false,
+                });
+            let taken = spares.ready.pop_front();
+            if taken.is_none() {
+                spares.want = (spares.want * 2).min(SPARES_MOST);
+            }
+            // The top-up holds its share of `topping_up` from here, so that a release that
+            // finds the spares open waits for it.
+            let top_up = if !spares.filling && spares.ready.len() <= spares.want / 2 {
+                self.keyring
+                    .topping_up
+                    .clone()
+                    .try_read_owned()
+                    .ok()
+                    .map(|running| (running, spares.want - spares.ready.len()))
+            } else {
+                None
+            };
+            if top_up.is_some() {
+                spares.filling = true;
+            }
+            (taken, top_up)
+        };
+        if let Some((running, count)) = top_up {
+            self.top_up_spares(tenant, count, running);
+        }
+        let (user, key) = taken?;
+        self.remember(tenant, user, &key);
+        Some(user)
+    }
+
+    /// Stores `count` new spare users' keys for `tenant` in the background and adds them to
+    /// the spares.
+    fn top_up_spares(
+        &self,
+        tenant: &str,
+        count: usize,
+        running: tokio::sync::OwnedRwLockReadGuard<()>,
+    ) {
+        let store = self.clone();
+        let tenant = tenant.to_owned();
+        tokio::spawn(async move {
+            let made = store.make_spares(&tenant, count).await;
+            let mut spares = store
+                .keyring
+                .spares
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(spares) = spares.tenants.get_mut(&tenant) {
+                spares.filling = false;
+                match made {
+                    Ok(made) => spares.ready.extend(made),
+                    Err(error) => {
+                        tracing::warn!(%error, "storing spare users' data keys failed; creates store their own")
+                    }
+                }
+            }
+            drop(running);
+        });
+    }
+
+    async fn make_spares(
+        &self,
+        tenant: &str,
+        count: usize,
+    ) -> Result<Vec<(Uuid, DataKey)>, StoreError> {
+        let mut asked = Vec::with_capacity(count);
+        for _ in 0..count {
+            let user = Uuid::now_v7();
+            let (key, answer) = self.ask_to_store(tenant, user)?;
+            asked.push((user, key, answer));
+        }
+        let mut made = Vec::with_capacity(count);
+        for (user, key, answer) in asked {
+            let stored = answer
+                .await
+                .map_err(|_| unavailable("the data key writer stopped"))?
+                .map_err(|error| unavailable(&error))?;
+            // A fresh id's row is the one just asked for; anything else is not a spare.
+            if let Some((Some(kek), Some(wrapped))) = stored {
+                if self.opening(tenant, user, &kek, &wrapped).ok().as_ref() == Some(&key) {
+                    made.push((user, key));
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// Stops handing out spare users and removes their stored keys (none of them sealed
+    /// anything), after waiting for top-ups under way: what a SCIM API does when it stops.
+    /// How many were removed.
+    #[instrument(skip_all, err)]
+    pub async fn release_spare_users(&self) -> Result<usize, StoreError> {
+        self.keyring
+            .spares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .closed = true;
+        let _quiet = self.keyring.topping_up.write().await;
+        let released: Vec<(String, Uuid)> = self
+            .keyring
+            .spares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .tenants
+            .drain()
+            .flat_map(|(tenant, spares)| {
+                spares
+                    .ready
+                    .into_iter()
+                    .map(move |(user, _)| (tenant.clone(), user))
+            })
+            .collect();
+        for (tenant, user) in &released {
+            self.forget_data_key(tenant, *user);
+        }
+        let (tenants, users): (Vec<&str>, Vec<Uuid>) = released
+            .iter()
+            .map(|(tenant, user)| (tenant.as_str(), *user))
+            .unzip();
+        sqlx::query(
+            "DELETE FROM public.personal_data_key k
+              USING unnest($1::text[], $2::uuid[]) AS s (tenant, user_id)
+              WHERE k.tenant = s.tenant AND k.user_id = s.user_id AND k.wrapped IS NOT NULL",
+        )
+        .bind(&tenants)
+        .bind(&users)
+        .execute(self.pool())
+        .await?;
+        Ok(released.len())
+    }
+
+    /// Whether new events are sealed: always, except in the benchmark's runs that measure
+    /// what sealing costs ([`Store::set_sealing_for_benchmark`]).
+    pub fn seals_personal_data(&self) -> bool {
+        !self
+            .keyring
+            .unsealed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns sealing of new events off (`false`) or on again, for this store and its clones.
+    /// Only `rollcall bench` calls it, to measure `create` with and without sealing in the same
+    /// run; no setting reaches it. Events written meanwhile keep their personal fields in
+    /// clear, as events written before sealing existed did.
+    #[doc(hidden)]
+    pub fn set_sealing_for_benchmark(&self, seal: bool) {
+        self.keyring
+            .unsealed
+            .store(!seal, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The keys of `users` (tenant, id), each as [`KeyState`].
@@ -599,6 +814,9 @@ struct Creation {
 
 /// A stored key: the KEK's fingerprint and the wrapped key (both `None`: a tombstone).
 type Stored = (Option<String>, Option<Vec<u8>>);
+
+/// Where the writer answers what it stored for a key asked for.
+type Answer = tokio::sync::oneshot::Receiver<Result<Option<Stored>, String>>;
 
 /// Keys stored in one statement at most.
 const CREATION_BATCH: usize = 256;

@@ -403,7 +403,16 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    rollcall_http::serve(listener.into(), "scim", router(state), shutdown).await
+    let store = state.store.clone();
+    let served = rollcall_http::serve(listener.into(), "scim", router(state), shutdown).await;
+    // Every request has been answered: the spare users' keys go (they sealed nothing).
+    match store.release_spare_users().await {
+        Ok(released) => tracing::debug!(released, "removed the spare users' data keys"),
+        Err(error) => {
+            tracing::warn!(%error, "removing the spare users' data keys failed; they stay, as keys of users that never existed")
+        }
+    }
+    served
 }
 
 /// Binds the configured address and serves until `shutdown` resolves.

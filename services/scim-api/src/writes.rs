@@ -94,7 +94,12 @@ pub async fn create<R: Resource>(
     R::check_body(&body)?;
     let resource = resource::create(rt, body)?;
     let unique = mapping::text(&resource, R::UNIQUE).unwrap_or_default();
-    let id = Uuid::now_v7();
+    let seals = R::PERSONAL && state.store.seals_personal_data();
+    // A new user takes a spare id whose data key is stored already, when there is one.
+    let spare = seals
+        .then(|| state.store.spare_user(&principal.tenant))
+        .flatten();
+    let id = spare.unwrap_or_else(Uuid::now_v7);
     let context = context(&principal, &info);
     let commands = R::created(&resource);
     let write = R::repository(&state).write_then(
@@ -108,10 +113,10 @@ pub async fn create<R: Resource>(
         },
         |folded, _, ()| Answer::of::<R>(id, folded, &info.base, true),
     );
-    // A new user's data key is stored while its name is claimed (the write seals its events
+    // Otherwise its data key is stored while its name is claimed (the write seals its events
     // under it): two round trips at once instead of one after the other.
     let prefetch = async {
-        if R::PERSONAL {
+        if seals && spare.is_none() {
             // A failure is the write's to report: sealing asks for the key again.
             let _ = state
                 .store
@@ -127,7 +132,7 @@ pub async fn create<R: Resource>(
         Ok(answer) => answer,
         Err(error) => {
             // Nothing was appended: the key stored for the user that never came to be goes.
-            if R::PERSONAL && !error.may_have_appended() {
+            if seals && !error.may_have_appended() {
                 if let Err(cleanup) = state
                     .store
                     .forget_unused_data_key(&principal.tenant, id)

@@ -323,12 +323,7 @@ async fn measure(
 
     let mut scenarios = BTreeMap::new();
     if only.runs("create") {
-        say("scenario create: POST /Users");
-        let (m, spread) = repeated(times, || async {
-            Ok(scenarios::create(env, c, duration).await)
-        })
-        .await?;
-        scenarios.insert("create".to_owned(), write_scenario(m, spread, &baselines));
+        create_scenarios(env, c, duration, times, &baselines, &mut scenarios).await;
     }
     if only.any(&["lookup", "patch", "members", "deprovision", "decide"]) {
         users_scenarios(
@@ -521,6 +516,65 @@ async fn lookup_scenario(
         ),
     );
     Ok(())
+}
+
+/// `create` as served (personal fields sealed) and, in the same run, with sealing switched
+/// off (as before sealing existed), alternating which goes first: `create`, and what sealing
+/// costs it.
+async fn create_scenarios(
+    env: &BenchEnv,
+    concurrency: usize,
+    duration: Duration,
+    times: usize,
+    baselines: &BTreeMap<String, Measured>,
+    scenarios: &mut BTreeMap<String, Scenario>,
+) {
+    say("scenario create: POST /Users, sealed as served and with sealing off, in turns");
+    let (mut sealed, mut clear) = (Vec::new(), Vec::new());
+    for round in 0..times.max(1) {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for seal in order {
+            env.store.set_sealing_for_benchmark(seal);
+            let measured = scenarios::create(env, concurrency, duration).await;
+            if seal {
+                sealed.push(measured);
+            } else {
+                clear.push(measured);
+            }
+        }
+    }
+    env.store.set_sealing_for_benchmark(true);
+    let per_round: Vec<f64> = sealed
+        .iter()
+        .zip(&clear)
+        .map(|(s, c)| {
+            (s.throughput_per_s / c.throughput_per_s.max(f64::MIN_POSITIVE) * 100.0).round() / 100.0
+        })
+        .collect();
+    let (sealed, sealed_spread) = median(sealed);
+    let (clear, clear_spread) = median(clear);
+    let cost = sealed.throughput_per_s / clear.throughput_per_s.max(f64::MIN_POSITIVE);
+    let mut sealing = scenario(sealed.clone());
+    sealing.ratio = Some(cost);
+    sealing.baseline = Some("create: clear events".into());
+    sealing.target = Some(">= 0.9 x create: clear events (sealing costs at most 10%)".into());
+    sealing.target_met = Some(cost >= 0.9);
+    sealing
+        .extra
+        .insert("ratio_per_repetition".into(), json!(per_round));
+    scenarios.insert(
+        "create: clear events".to_owned(),
+        with_spread(scenario(clear), clear_spread),
+    );
+    scenarios.insert("create: sealing cost".to_owned(), sealing);
+    scenarios.insert(
+        "create".to_owned(),
+        write_scenario(sealed, sealed_spread, baselines),
+    );
 }
 
 async fn rebuild_scenario(
