@@ -1018,10 +1018,12 @@ async fn a_create_refused_before_anything_was_appended_leaves_no_data_key_behind
 async fn new_users_take_spare_ids_whose_keys_were_stored_before_and_a_stopped_api_removes_the_rest()
 {
     let env = TestEnv::start().await;
+    let connections = env.connect_again().await;
+    let api_store = connections.store.clone();
     let api = Instance::new(roles("scim"))
         .scim(rollcall_it::scim_config())
         .listener(rollcall::role::Role::Scim, loopback().await)
-        .start(env.connect_again().await)
+        .start(connections)
         .await
         .unwrap();
     let scim = rollcall_it::Scim::new(
@@ -1047,11 +1049,16 @@ async fn new_users_take_spare_ids_whose_keys_were_stored_before_and_a_stopped_ap
     // The tenant's first create stores a key of its own and starts the spares.
     let first = scim.create_user(&user("first.spare@example.org")).await;
     eventually(
-        "the spare users' keys are stored",
+        "the SCIM API holds spare users",
         Duration::from_secs(10),
-        || async { keys().await > 1 },
+        || async { api_store.spare_users("test") > 0 },
     )
     .await;
+    assert_eq!(
+        keys().await,
+        1 + api_store.spare_users("test") as i64,
+        "every spare's key is stored"
+    );
     let asked_at: time::OffsetDateTime = sqlx::query_scalar("SELECT clock_timestamp()")
         .fetch_one(&pool)
         .await

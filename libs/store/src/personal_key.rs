@@ -164,12 +164,16 @@ struct TenantSpares {
     want: usize,
     /// A top-up is running.
     filling: bool,
+    /// When the last top-up failed: the next waits [`SPARES_RETRY`].
+    failed: Option<std::time::Instant>,
 }
 
 /// Spare users a tenant keeps at first.
 const SPARES_FIRST: usize = 16;
 /// Spare users a tenant keeps at most.
-const SPARES_MOST: usize = 1024;
+const SPARES_MOST: usize = 256;
+/// How long after a failed top-up the next one waits.
+const SPARES_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -362,9 +366,8 @@ impl Store {
         created
     }
 
-    /// Asks the writer to store a new random key for `user`: the key and where the writer
-    /// answers what is stored (it, or another writer's key, or a tombstone).
-    fn ask_to_store(&self, tenant: &str, user: Uuid) -> Result<(DataKey, Answer), StoreError> {
+    /// Stores a new data key for `user` (or reads back the one stored first).
+    async fn create_data_key(&self, tenant: &str, user: Uuid) -> Result<DataKey, StoreError> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| StoreError::Kek(format!("no randomness: {e}")))?;
         let candidate = DataKey(bytes);
@@ -374,21 +377,17 @@ impl Store {
         // statement and one commit for all of them.
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = Creation {
-            tenant: tenant.to_owned(),
-            user,
-            kek: current.fingerprint.clone(),
-            wrapped,
+            key: NewKey {
+                tenant: tenant.to_owned(),
+                user,
+                kek: current.fingerprint.clone(),
+                wrapped,
+            },
             reply,
         };
         self.creator()
             .send(request)
             .map_err(|_| unavailable("the data key writer stopped"))?;
-        Ok((candidate, answer))
-    }
-
-    /// Stores a new data key for `user` (or reads back the one stored first).
-    async fn create_data_key(&self, tenant: &str, user: Uuid) -> Result<DataKey, StoreError> {
-        let (_, answer) = self.ask_to_store(tenant, user)?;
         let stored = answer
             .await
             .map_err(|_| unavailable("the data key writer stopped"))?
@@ -430,21 +429,28 @@ impl Store {
             if spares.closed {
                 return None;
             }
-            let spares = spares
-                .tenants
-                .entry(tenant.to_owned())
-                .or_insert_with(|| TenantSpares {
+            let spares = match spares.tenants.entry(tenant.to_owned()) {
+                std::collections::hash_map::Entry::Occupied(entry) => {
+                    let spares = entry.into_mut();
+                    if spares.ready.is_empty() {
+                        spares.want = (spares.want * 2).min(SPARES_MOST);
+                    }
+                    spares
+                }
+                std::collections::hash_map::Entry::Vacant(entry) => entry.insert(TenantSpares {
                     ready: std::collections::VecDeque::new(),
                     want: SPARES_FIRST,
                     filling: false,
-                });
+                    failed: None,
+                }),
+            };
             let taken = spares.ready.pop_front();
-            if taken.is_none() {
-                spares.want = (spares.want * 2).min(SPARES_MOST);
-            }
+            let resting = spares
+                .failed
+                .is_some_and(|failed| failed.elapsed() < SPARES_RETRY);
             // The top-up holds its share of `topping_up` from here, so that a release that
             // finds the spares open waits for it.
-            let top_up = if !spares.filling && spares.ready.len() <= spares.want / 2 {
+            let top_up = if !spares.filling && !resting && spares.ready.len() <= spares.want / 2 {
                 self.keyring
                     .topping_up
                     .clone()
@@ -467,8 +473,9 @@ impl Store {
         Some(user)
     }
 
-    /// Stores `count` new spare users' keys for `tenant` in the background and adds them to
-    /// the spares.
+    /// Stores `count` new spare users' keys for `tenant` in the background, a statement of at
+    /// most [`CREATION_BATCH`] at a time (beside the writer of creates' own keys, not in its
+    /// queue), each batch a tenant's spares as soon as it is committed.
     fn top_up_spares(
         &self,
         tenant: &str,
@@ -478,50 +485,90 @@ impl Store {
         let store = self.clone();
         let tenant = tenant.to_owned();
         tokio::spawn(async move {
-            let made = store.make_spares(&tenant, count).await;
-            let mut spares = store
-                .keyring
-                .spares
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(spares) = spares.tenants.get_mut(&tenant) {
-                spares.filling = false;
-                match made {
-                    Ok(made) => spares.ready.extend(made),
-                    Err(error) => {
-                        tracing::warn!(%error, "storing spare users' data keys failed; creates store their own")
-                    }
+            let mut left = count;
+            let mut failure = None;
+            while left > 0 && failure.is_none() {
+                let batch = left.min(CREATION_BATCH);
+                left -= batch;
+                match store.make_spares(&tenant, batch).await {
+                    Ok(made) => store.with_spares(&tenant, |spares| spares.ready.extend(made)),
+                    Err(error) => failure = Some(error),
                 }
             }
+            if let Some(error) = &failure {
+                tracing::warn!(%error, "storing spare users' data keys failed; creates store their own meanwhile");
+            }
+            store.with_spares(&tenant, |spares| {
+                spares.filling = false;
+                spares.failed = failure.is_some().then(std::time::Instant::now);
+            });
             drop(running);
         });
     }
 
+    fn with_spares(&self, tenant: &str, change: impl FnOnce(&mut TenantSpares)) {
+        let mut spares = self
+            .keyring
+            .spares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(spares) = spares.tenants.get_mut(tenant) {
+            change(spares);
+        }
+    }
+
+    /// Stores `count` keys for new ids of `tenant` in one statement: those stored.
     async fn make_spares(
         &self,
         tenant: &str,
         count: usize,
     ) -> Result<Vec<(Uuid, DataKey)>, StoreError> {
-        let mut asked = Vec::with_capacity(count);
+        let (current, _) = self.keks()?;
+        let mut made = Vec::with_capacity(count);
+        let mut rows = Vec::with_capacity(count);
         for _ in 0..count {
             let user = Uuid::now_v7();
-            let (key, answer) = self.ask_to_store(tenant, user)?;
-            asked.push((user, key, answer));
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| StoreError::Kek(format!("no randomness: {e}")))?;
+            let key = DataKey(bytes);
+            rows.push(NewKey {
+                tenant: tenant.to_owned(),
+                user,
+                kek: current.fingerprint.clone(),
+                wrapped: wrap(&current, tenant, user, &key)?,
+            });
+            made.push((user, key));
         }
-        let mut made = Vec::with_capacity(count);
-        for (user, key, answer) in asked {
-            let stored = answer
-                .await
-                .map_err(|_| unavailable("the data key writer stopped"))?
-                .map_err(|error| unavailable(&error))?;
-            // A fresh id's row is the one just asked for; anything else is not a spare.
-            if let Some((Some(kek), Some(wrapped))) = stored {
-                if self.opening(tenant, user, &kek, &wrapped).ok().as_ref() == Some(&key) {
-                    made.push((user, key));
-                }
-            }
-        }
-        Ok(made)
+        let answers = store_keys(&self.durable_pool(), &rows).await;
+        // A fresh id's row is the one just stored; anything else is no spare.
+        Ok(made
+            .into_iter()
+            .zip(rows)
+            .zip(answers)
+            .filter(|((_, row), answer)| {
+                matches!(answer, Ok(Some((Some(kek), Some(wrapped))))
+                    if *kek == row.kek && *wrapped == row.wrapped)
+            })
+            .map(|((made, _), _)| made)
+            .collect())
+    }
+
+    /// How many spare users this process holds for `tenant` now.
+    pub fn spare_users(&self, tenant: &str) -> usize {
+        self.keyring
+            .spares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .tenants
+            .get(tenant)
+            .map_or(0, |spares| spares.ready.len())
+    }
+
+    /// Waits until no top-up of the spares is running (the benchmark, between its runs).
+    #[doc(hidden)]
+    pub async fn spares_settled(&self) {
+        drop(self.keyring.topping_up.write().await);
     }
 
     /// Stops handing out spare users and removes their stored keys (none of them sealed
@@ -803,20 +850,22 @@ impl Store {
     }
 }
 
-/// A data key to store, and where to say what is stored.
-struct Creation {
+/// A data key to store, wrapped.
+struct NewKey {
     tenant: String,
     user: Uuid,
     kek: String,
     wrapped: Vec<u8>,
+}
+
+/// A data key to store, and where to say what is stored.
+struct Creation {
+    key: NewKey,
     reply: tokio::sync::oneshot::Sender<Result<Option<Stored>, String>>,
 }
 
 /// A stored key: the KEK's fingerprint and the wrapped key (both `None`: a tombstone).
 type Stored = (Option<String>, Option<Vec<u8>>);
-
-/// Where the writer answers what it stored for a key asked for.
-type Answer = tokio::sync::oneshot::Receiver<Result<Option<Stored>, String>>;
 
 /// Keys stored in one statement at most.
 const CREATION_BATCH: usize = 256;
@@ -844,33 +893,38 @@ impl Store {
             return sender.clone();
         }
         let (sender, mut requests) = tokio::sync::mpsc::unbounded_channel::<Creation>();
-        let pool = self
-            .keyring
-            .durable
-            .get()
-            .cloned()
-            .unwrap_or_else(|| self.pool().clone());
+        let pool = self.durable_pool();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(CREATION_BATCH);
             while requests.recv_many(&mut batch, CREATION_BATCH).await > 0 {
-                let answers = store_keys(&pool, &batch).await;
-                for (request, answer) in batch.drain(..).zip(answers) {
-                    let _ = request.reply.send(answer);
+                let (keys, replies): (Vec<NewKey>, Vec<_>) = batch
+                    .drain(..)
+                    .map(|request| (request.key, request.reply))
+                    .unzip();
+                let answers = store_keys(&pool, &keys).await;
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
                 }
             }
         });
         *slot = Some(sender.clone());
         sender
     }
+
+    /// The pool of the store the keyring was made with: where new keys are written.
+    fn durable_pool(&self) -> sqlx::PgPool {
+        self.keyring
+            .durable
+            .get()
+            .cloned()
+            .unwrap_or_else(|| self.pool().clone())
+    }
 }
 
 /// Stores a batch of new keys; for each, what is stored now (its key, another writer's, or a
 /// tombstone). Rows go in key order, each once, so that two processes' batches cannot wait on
 /// each other; a deadlock or serialization failure is tried again once.
-async fn store_keys(
-    pool: &sqlx::PgPool,
-    batch: &[Creation],
-) -> Vec<Result<Option<Stored>, String>> {
+async fn store_keys(pool: &sqlx::PgPool, batch: &[NewKey]) -> Vec<Result<Option<Stored>, String>> {
     let mut order: Vec<usize> = (0..batch.len()).collect();
     order.sort_by(|&a, &b| {
         (&batch[a].tenant, batch[a].user).cmp(&(&batch[b].tenant, batch[b].user))
@@ -896,7 +950,7 @@ async fn store_keys(
 
 async fn store_ordered(
     pool: &sqlx::PgPool,
-    batch: &[Creation],
+    batch: &[NewKey],
     order: &[usize],
 ) -> Result<HashMap<(String, Uuid), Stored>, sqlx::Error> {
     let tenants: Vec<&str> = order.iter().map(|&i| batch[i].tenant.as_str()).collect();
