@@ -594,6 +594,26 @@ async fn retention_erases_users_deleted_longer_ago_than_the_period_and_no_one_el
 }
 
 /// An installation with no process running (as a migration needs), its store holding the KEK.
+/// An instance of `roles` with the SCIM API on `connections`, and a client of it with `token`.
+async fn serve_scim(
+    roles_named: &str,
+    config: rollcall_scim_api::Config,
+    connections: rollcall::connection::Connections,
+    token: &str,
+) -> (rollcall::instance::InstanceHandle, rollcall_it::Scim) {
+    let instance = Instance::new(roles(roles_named))
+        .scim(config)
+        .listener(rollcall::Role::Scim, loopback().await)
+        .start(connections)
+        .await
+        .unwrap();
+    let base = format!(
+        "http://{}/scim/v2",
+        instance.addr(rollcall::Role::Scim).unwrap()
+    );
+    (instance, rollcall_it::Scim::new(base, token))
+}
+
 async fn stopped_installation() -> rollcall_it::Installation {
     let installation = rollcall_it::Installation::create_on(rollcall_it::nats_url()).await;
     rollcall::connection::install_keks(&installation.store, &Default::default(), true)
@@ -792,19 +812,13 @@ async fn a_stream_of_clear_events_is_migrated_to_sealed_events_with_the_same_ids
         .await
         .unwrap();
     assert_eq!(leaks(&audit_payloads), Vec::<String>::new());
-    let apis = Instance::new(roles("scim,projector"))
-        .scim(rollcall_scim_api::Config::default())
-        .listener(rollcall::Role::Scim, loopback().await)
-        .start(connections)
-        .await
-        .unwrap();
-    let scim = rollcall_it::Scim::new(
-        format!(
-            "http://{}/scim/v2",
-            apis.addr(rollcall::Role::Scim).unwrap()
-        ),
-        installation.token.clone(),
-    );
+    let (apis, scim) = serve_scim(
+        "scim,projector",
+        rollcall_scim_api::Config::default(),
+        connections,
+        &installation.token,
+    )
+    .await;
     let user = scim.get(&format!("/Users/{ada}")).await;
     assert_eq!(user.status, 200, "{}", user.body);
     assert_eq!(user.body["userName"], PERSONAL[0]);
@@ -1020,19 +1034,7 @@ async fn new_users_take_spare_ids_whose_keys_were_stored_before_and_a_stopped_ap
     let env = TestEnv::start().await;
     let connections = env.connect_again().await;
     let api_store = connections.store.clone();
-    let api = Instance::new(roles("scim"))
-        .scim(rollcall_it::scim_config())
-        .listener(rollcall::role::Role::Scim, loopback().await)
-        .start(connections)
-        .await
-        .unwrap();
-    let scim = rollcall_it::Scim::new(
-        format!(
-            "http://{}/scim/v2",
-            api.addr(rollcall::role::Role::Scim).unwrap()
-        ),
-        env.token.clone(),
-    );
+    let (api, scim) = serve_scim("scim", rollcall_it::scim_config(), connections, &env.token).await;
     let pool = env.store.pool().clone();
     let keys = || {
         let pool = pool.clone();

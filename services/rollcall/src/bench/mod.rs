@@ -518,6 +518,18 @@ async fn lookup_scenario(
     Ok(())
 }
 
+/// What sealing costs a scenario: `sealed` judged against `clear` (named `clear_name`) of the
+/// same run, at most 10%.
+fn sealing_cost(sealed: &Measured, clear: &Measured, clear_name: &str) -> Scenario {
+    let cost = sealed.throughput_per_s / clear.throughput_per_s.max(f64::MIN_POSITIVE);
+    let mut sealing = scenario(sealed.clone());
+    sealing.ratio = Some(cost);
+    sealing.baseline = Some(clear_name.to_owned());
+    sealing.target = Some(format!(">= 0.9 x {clear_name} (sealing costs at most 10%)"));
+    sealing.target_met = Some(cost >= 0.9);
+    sealing
+}
+
 /// `create` as served (personal fields sealed) and, in the same run, with sealing switched
 /// off (as before sealing existed), alternating which goes first: `create`, and what sealing
 /// costs it.
@@ -561,12 +573,7 @@ async fn create_scenarios(
         .collect();
     let (sealed, sealed_spread) = median(sealed);
     let (clear, clear_spread) = median(clear);
-    let cost = sealed.throughput_per_s / clear.throughput_per_s.max(f64::MIN_POSITIVE);
-    let mut sealing = scenario(sealed.clone());
-    sealing.ratio = Some(cost);
-    sealing.baseline = Some("create: clear events".into());
-    sealing.target = Some(">= 0.9 x create: clear events (sealing costs at most 10%)".into());
-    sealing.target_met = Some(cost >= 0.9);
+    let mut sealing = sealing_cost(&sealed, &clear, "create: clear events");
     sealing
         .extra
         .insert("ratio_per_repetition".into(), json!(per_round));
@@ -596,12 +603,7 @@ async fn rebuild_scenario(
     let sealed = scenarios::rebuild(env, common, sizes.rebuild_events, true).await?;
     // What sealing costs a rebuild, in the same run: opening every event's personal fields and
     // reading every user's data key.
-    let cost = sealed.throughput_per_s / clear.throughput_per_s.max(f64::MIN_POSITIVE);
-    let mut sealing = scenario(sealed.clone());
-    sealing.ratio = Some(cost);
-    sealing.baseline = Some("rebuild: clear events".into());
-    sealing.target = Some(">= 0.9 x rebuild: clear events (sealing costs at most 10%)".into());
-    sealing.target_met = Some(cost >= 0.9);
+    let sealing = sealing_cost(&sealed, &clear, "rebuild: clear events");
     scenarios.insert(
         "rebuild: clear events".to_owned(),
         versus(
