@@ -522,3 +522,88 @@ async fn past_the_staleness_bound_it_fails_closed_and_says_so_unless_configured_
         "fail-open decides from what it knows"
     );
 }
+
+/// The access publisher reads a round's users in three statements: each user gets its own
+/// groups and revocations, a user that does not exist (or exists in another tenant only) gets
+/// nothing.
+#[tokio::test]
+async fn a_round_of_users_is_read_at_once_and_each_gets_its_own_facts() {
+    let env = TestEnv::start().await;
+    let (ada, engineering, _) = engineer(&env, "ada@example.com").await;
+    let (bob, _, _) = engineer(&env, "bob@example.com").await;
+    let scim = env.scim();
+    let carol = scim
+        .create_user(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "carol@example.com"}))
+        .await;
+    let wiki = scim
+        .create_group(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Wiki"}))
+        .await;
+    let add = patch(json!([{"op": "Add", "path": "members", "value": [{"value": ada}]}]));
+    assert_eq!(
+        scim.patch(&format!("/Groups/{wiki}"), &add).await.status,
+        204
+    );
+    let deactivate = patch(json!([{"op": "Replace", "path": "active", "value": "False"}]));
+    assert_eq!(
+        scim.patch(&format!("/Users/{bob}"), &deactivate)
+            .await
+            .status,
+        200
+    );
+    let id = |text: &str| uuid::Uuid::parse_str(text).unwrap();
+    let (ada, bob, carol) = (id(&ada), id(&bob), id(&carol));
+    rollcall_scim_api::operator::revoke_sessions(
+        &env.log,
+        &env.store,
+        "test",
+        ada,
+        Some("session-1".to_owned()),
+        "laptop stolen",
+        "ops",
+    )
+    .await
+    .unwrap();
+    let store = env.store.clone();
+    rollcall_it::eventually(
+        "the revocation is projected",
+        std::time::Duration::from_secs(5),
+        || {
+            let store = store.clone();
+            async move { !store.revocations("test", ada).await.unwrap().is_empty() }
+        },
+    )
+    .await;
+    let missing = uuid::Uuid::now_v7();
+    let facts = env
+        .store
+        .users_access(&[
+            ("test", ada),
+            ("test", bob),
+            ("test", carol),
+            ("test", missing),
+            ("elsewhere", ada),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(facts.len(), 3, "{:?}", facts.keys());
+    let of = |user| &facts[&("test".to_owned(), user)];
+    let mut groups = vec![id(&engineering), id(&wiki)];
+    groups.sort();
+    assert_eq!(of(ada).groups, groups);
+    assert_eq!(of(bob).groups, vec![id(&engineering)]);
+    assert!(of(carol).groups.is_empty());
+    assert_eq!(of(ada).not_before, None);
+    let sessions: Vec<&str> = of(ada)
+        .revoked_sessions
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .collect();
+    assert_eq!(sessions, ["session-1"]);
+    assert!(of(bob).revoked_sessions.is_empty());
+    assert!(
+        of(bob).not_before.is_some(),
+        "bob's deactivation revokes every session"
+    );
+    assert_eq!(of(carol).not_before, None);
+    assert!(!facts.contains_key(&("elsewhere".to_owned(), ada)));
+}

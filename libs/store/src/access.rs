@@ -1,6 +1,8 @@
 //! What access decisions need, kept by the projector: session revocations, and an outbox of
 //! access state to publish to NATS, written in the projection transaction.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::PgConnection;
@@ -83,6 +85,16 @@ pub struct UserAccessRow {
     /// Groups the user is a direct member of.
     pub groups: Vec<Uuid>,
 }
+
+/// A revocation as the access publisher reads it: tenant, user, session (none: every
+/// session), not before, and when.
+type RevocationFacts = (
+    String,
+    Uuid,
+    Option<String>,
+    Option<OffsetDateTime>,
+    OffsetDateTime,
+);
 
 /// Records a revocation.
 pub async fn record(connection: &mut PgConnection, row: &RevocationRow) -> Result<(), StoreError> {
@@ -178,43 +190,66 @@ impl Store {
         Ok(())
     }
 
-    /// A user's access facts, if the user exists.
-    pub async fn user_access(
+    /// The access facts of the users of these (tenant, id) keys that exist, read in three
+    /// statements whatever their number (the access publisher reads a round's users at once).
+    pub async fn users_access(
         &self,
-        tenant: &str,
-        id: Uuid,
-    ) -> Result<Option<UserAccessRow>, StoreError> {
-        let Some(user) = self.user(tenant, id).await? else {
-            return Ok(None);
-        };
-        let revocations: Vec<(Option<String>, Option<OffsetDateTime>, OffsetDateTime)> = sqlx::query_as(
-            "SELECT session_id, not_before, created_at FROM revocation WHERE tenant = $1 AND user_id = $2 ORDER BY sequence, position",
+        keys: &[(&str, Uuid)],
+    ) -> Result<HashMap<(String, Uuid), UserAccessRow>, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let (tenants, ids): (Vec<&str>, Vec<Uuid>) = keys.iter().copied().unzip();
+        let members: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let users = crate::user::many(self.pool(), &tenants, &ids).await?;
+        let revocations: Vec<RevocationFacts> = sqlx::query_as(
+            "SELECT tenant, user_id, session_id, not_before, created_at FROM revocation
+                 WHERE (tenant, user_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))
+                 ORDER BY tenant, user_id, sequence, position",
         )
-        .bind(tenant)
-        .bind(id)
+        .bind(&tenants)
+        .bind(&ids)
         .fetch_all(self.pool())
         .await?;
-        let not_before = revocations
-            .iter()
-            .filter_map(|(_, not_before, _)| *not_before)
-            .max();
-        let revoked_sessions = revocations
+        let groups: Vec<(String, String, Uuid)> = sqlx::query_as(
+            "SELECT tenant, member_key, group_id FROM group_member
+             WHERE (tenant, member_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+             ORDER BY tenant, member_key, group_id",
+        )
+        .bind(&tenants)
+        .bind(&members)
+        .fetch_all(self.pool())
+        .await?;
+        let mut access: HashMap<(String, Uuid), UserAccessRow> = users
             .into_iter()
-            .filter_map(|(session, _, at)| Some((session?, at)))
+            .map(|user| {
+                let key = (user.tenant.clone(), user.id);
+                let row = UserAccessRow {
+                    user,
+                    not_before: None,
+                    revoked_sessions: Vec::new(),
+                    groups: Vec::new(),
+                };
+                (key, row)
+            })
             .collect();
-        let groups: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT group_id FROM group_member WHERE tenant = $1 AND member_key = $2 ORDER BY group_id",
-        )
-        .bind(tenant)
-        .bind(id.to_string())
-        .fetch_all(self.pool())
-        .await?;
-        Ok(Some(UserAccessRow {
-            user,
-            not_before,
-            revoked_sessions,
-            groups,
-        }))
+        for (tenant, user, session, not_before, at) in revocations {
+            if let Some(row) = access.get_mut(&(tenant, user)) {
+                row.not_before = row.not_before.max(not_before);
+                if let Some(session) = session {
+                    row.revoked_sessions.push((session, at));
+                }
+            }
+        }
+        for (tenant, member, group) in groups {
+            let Ok(user) = Uuid::parse_str(&member) else {
+                continue;
+            };
+            if let Some(row) = access.get_mut(&(tenant, user)) {
+                row.groups.push(group);
+            }
+        }
+        Ok(access)
     }
 
     /// Every revocation of a user, in order.

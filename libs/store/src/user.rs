@@ -213,6 +213,22 @@ pub async fn delete(
     Ok(())
 }
 
+/// The users of these (tenant, id) keys (`tenants[i]`, `ids[i]`) that exist, in one statement.
+pub(crate) async fn many(
+    executor: impl sqlx::PgExecutor<'_>,
+    tenants: &[&str],
+    ids: &[Uuid],
+) -> Result<Vec<UserRow>, StoreError> {
+    Ok(sqlx::query_as::<_, UserRow>(&format!(
+        "SELECT {COLUMNS} FROM scim_user
+         WHERE (tenant, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))"
+    ))
+    .bind(tenants)
+    .bind(ids)
+    .fetch_all(executor)
+    .await?)
+}
+
 /// Locks the users of these (tenant, id) keys that exist, in one statement: a rebuild reads a
 /// batch's users at once.
 pub async fn lock_many(

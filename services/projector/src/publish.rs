@@ -3,7 +3,7 @@
 //! whole current states, so publishing an entry twice is harmless; entries are removed only
 //! once published.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_nats::jetstream::kv::Store as Bucket;
 use bytes::Bytes;
@@ -11,7 +11,7 @@ use futures::StreamExt;
 use rollcall_eventlog::access::{self, AccessCheckpoint, GroupAccess, RevokedSession, UserAccess};
 use rollcall_eventlog::partition::Partition;
 use rollcall_eventlog::{LoadError, Namespace};
-use rollcall_store::access::OutboxRow;
+use rollcall_store::access::{OutboxRow, UserAccessRow};
 use rollcall_store::Store;
 use time::OffsetDateTime;
 use tracing::{error, instrument, warn};
@@ -157,9 +157,21 @@ impl Publisher {
                     .iter()
                     .filter(|((kind, _, _), _)| *kind == phase)
                     .collect();
+                // A round's users are read at once (three statements), then only their puts
+                // are pipelined. A failed read holds the round back; its entries stay.
+                let mut facts = if phase == "user" {
+                    let users: Vec<(&str, Uuid)> = of_phase
+                        .iter()
+                        .map(|((_, tenant, id), _)| (*tenant, *id))
+                        .collect();
+                    self.store.users_access(&users).await?
+                } else {
+                    HashMap::new()
+                };
                 let mut publishing = Vec::with_capacity(of_phase.len());
                 for ((kind, tenant, id), entries) in &of_phase {
-                    publishing.push(self.publish_key(kind, tenant, *id, entries, quarantine));
+                    let user = facts.remove(&((*tenant).to_owned(), *id));
+                    publishing.push(self.publish_key(kind, tenant, *id, entries, quarantine, user));
                 }
                 let published: Vec<_> = futures::stream::iter(publishing)
                     .buffered(IN_FLIGHT)
@@ -210,6 +222,11 @@ impl Publisher {
             if let Some((_, error)) = failed {
                 return Err(error);
             }
+            // A short round took every entry there was; entries committed since belong to a
+            // batch whose projector drains after it.
+            if rows.len() < ROUND {
+                return Ok(published);
+            }
         }
     }
 
@@ -221,9 +238,13 @@ impl Publisher {
         id: Uuid,
         entries: &[&OutboxRow],
         quarantine: bool,
+        user: Option<UserAccessRow>,
     ) -> Result<(), ProjectorError> {
         match kind {
-            "user" => self.publish_user(tenant, id, entries, quarantine).await,
+            "user" => {
+                self.publish_user(tenant, id, entries, quarantine, user)
+                    .await
+            }
             "group" => self.publish_group(tenant, id, entries).await,
             _ => self.publish_revocations(tenant, id, entries).await,
         }
@@ -250,12 +271,15 @@ impl Publisher {
         Ok(())
     }
 
+    /// Publishes a user's state from `user`, its access facts as read for this round (`None`:
+    /// the user is gone).
     async fn publish_user(
         &self,
         tenant: &str,
         id: Uuid,
         entries: &[&OutboxRow],
         quarantine: bool,
+        user: Option<UserAccessRow>,
     ) -> Result<(), ProjectorError> {
         let sequence = entries
             .iter()
@@ -263,7 +287,7 @@ impl Publisher {
             .max()
             .unwrap_or(0);
         let key = access::user_key(tenant, &id);
-        let Some(row) = self.store.user_access(tenant, id).await? else {
+        let Some(row) = user else {
             self.bucket.delete(&key).await.map_err(nats)?;
             return Ok(());
         };
