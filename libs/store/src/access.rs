@@ -201,25 +201,29 @@ impl Store {
         }
         let (tenants, ids): (Vec<&str>, Vec<Uuid>) = keys.iter().copied().unzip();
         let members: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let users = crate::user::many(self.pool(), &tenants, &ids).await?;
-        let revocations: Vec<RevocationFacts> = sqlx::query_as(
+        // Three statements on three connections at once.
+        let users = crate::user::many(self.pool(), &tenants, &ids);
+        let revocations = sqlx::query_as::<_, RevocationFacts>(
             "SELECT tenant, user_id, session_id, not_before, created_at FROM revocation
-                 WHERE (tenant, user_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))
-                 ORDER BY tenant, user_id, sequence, position",
+             WHERE (tenant, user_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))
+             ORDER BY tenant, user_id, sequence, position",
         )
         .bind(&tenants)
         .bind(&ids)
-        .fetch_all(self.pool())
-        .await?;
-        let groups: Vec<(String, String, Uuid)> = sqlx::query_as(
+        .fetch_all(self.pool());
+        let groups = sqlx::query_as::<_, (String, String, Uuid)>(
             "SELECT tenant, member_key, group_id FROM group_member
              WHERE (tenant, member_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
              ORDER BY tenant, member_key, group_id",
         )
         .bind(&tenants)
         .bind(&members)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(self.pool());
+        let (users, revocations, groups) = futures::try_join!(
+            users,
+            async { revocations.await.map_err(StoreError::from) },
+            async { groups.await.map_err(StoreError::from) },
+        )?;
         let mut access: HashMap<(String, Uuid), UserAccessRow> = users
             .into_iter()
             .map(|user| {

@@ -17,15 +17,25 @@ pub async fn get(connection: &mut PgConnection, name: &str) -> Result<u64, Store
 
 /// The checkpoint, locked until the transaction ends (one projector instance at a time).
 pub async fn lock(connection: &mut PgConnection, name: &str) -> Result<u64, StoreError> {
-    sqlx::query("INSERT INTO projection_checkpoint (name, sequence) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING")
+    const LOCK: &str = "SELECT sequence FROM projection_checkpoint WHERE name = $1 FOR UPDATE";
+    // One statement once the row exists (every batch but a projector's first).
+    let found: Option<i64> = sqlx::query_scalar(LOCK)
         .bind(name)
-        .execute(&mut *connection)
+        .fetch_optional(&mut *connection)
         .await?;
-    let sequence: i64 =
-        sqlx::query_scalar("SELECT sequence FROM projection_checkpoint WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_one(connection)
-            .await?;
+    let sequence = match found {
+        Some(sequence) => sequence,
+        None => {
+            sqlx::query("INSERT INTO projection_checkpoint (name, sequence) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING")
+                .bind(name)
+                .execute(&mut *connection)
+                .await?;
+            sqlx::query_scalar(LOCK)
+                .bind(name)
+                .fetch_one(connection)
+                .await?
+        }
+    };
     Ok(sequence.max(0) as u64)
 }
 

@@ -1,6 +1,8 @@
 //! How one event changes the read models. Read-model rows are written as each event is applied
-//! (the next event may read them); the audit records, the access outbox and the chain heads are
-//! gathered in [`Pending`] and written once per batch, in the same transaction.
+//! (the next event may read them), except users: a live batch reads its users and groups at
+//! once and writes the users it changed when it ends. The audit records, the access outbox and
+//! the chain heads are gathered in [`Pending`] and written once per batch, in the same
+//! transaction.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -33,9 +35,87 @@ pub struct Pending {
     audit: Vec<AuditRow>,
     outbox: Vec<OutboxEntry>,
     heads: HashMap<String, (i64, Vec<u8>)>,
+    known: Option<Known>,
+}
+
+/// The rows of the users and groups a batch has read or written, as they stand in its
+/// transaction (`None`: no row). Read (and locked) at once for the whole batch, they spare
+/// each event the statement that read its resource; the users it changed (`unwritten`) are
+/// written at once when the batch ends (nothing in a batch reads `scim_user` but through
+/// here), a user's deletion at once.
+#[derive(Debug, Default)]
+struct Known {
+    users: HashMap<(String, Uuid), Option<UserRow>>,
+    groups: HashMap<(String, Uuid), Option<GroupRow>>,
+    unwritten: std::collections::BTreeSet<(String, Uuid)>,
+}
+
+impl Known {
+    /// Writes the users changed and not written yet, in one statement.
+    async fn write_users(&mut self, connection: &mut PgConnection) -> Result<(), ProjectorError> {
+        let rows: Vec<UserRow> = std::mem::take(&mut self.unwritten)
+            .into_iter()
+            .filter_map(|key| self.users.get(&key).cloned().flatten())
+            .collect();
+        if !rows.is_empty() {
+            rollcall_store::user::upsert_many(connection, &rows).await?;
+        }
+        Ok(())
+    }
 }
 
 impl Pending {
+    /// Reads and locks, in one statement for users and one for groups, the rows of every user
+    /// and group that `events` concern; applying them then reads their rows from memory.
+    pub async fn read_resources(
+        &mut self,
+        connection: &mut PgConnection,
+        events: &[Delivered],
+    ) -> Result<(), ProjectorError> {
+        let keys = |aggregate: &str| -> Vec<(&str, Uuid)> {
+            let mut keys: Vec<(&str, Uuid)> = events
+                .iter()
+                .map(|event| &event.envelope)
+                .filter(|envelope| envelope.aggregate_type == aggregate)
+                .map(|envelope| (envelope.tenant.as_str(), envelope.aggregate_id))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        };
+        let (users, groups) = (keys(UserEvent::AGGREGATE), keys(GroupEvent::AGGREGATE));
+        fn absent<R>(keys: &[(&str, Uuid)]) -> HashMap<(String, Uuid), Option<R>> {
+            keys.iter()
+                .map(|(tenant, id)| (((*tenant).to_owned(), *id), None))
+                .collect()
+        }
+        let mut known = Known {
+            users: absent(&users),
+            groups: absent(&groups),
+            unwritten: Default::default(),
+        };
+        for row in rollcall_store::user::lock_many(connection, &users).await? {
+            known.users.insert((row.tenant.clone(), row.id), Some(row));
+        }
+        for row in rollcall_store::group::lock_many(connection, &groups).await? {
+            known.groups.insert((row.tenant.clone(), row.id), Some(row));
+        }
+        self.known = Some(known);
+        Ok(())
+    }
+
+    /// Writes the users changed so far and reads every row from PostgreSQL again for the rest
+    /// of the batch: a resolution of the quarantine writes rows by a way of its own.
+    pub async fn forget_resources(
+        &mut self,
+        connection: &mut PgConnection,
+    ) -> Result<(), ProjectorError> {
+        if let Some(mut known) = self.known.take() {
+            known.write_users(connection).await?;
+        }
+        Ok(())
+    }
+
     fn enqueue(
         &mut self,
         sequence: u64,
@@ -85,7 +165,10 @@ impl Pending {
     }
 
     /// Writes what the batch gathered.
-    pub async fn flush(self, connection: &mut PgConnection) -> Result<(), ProjectorError> {
+    pub async fn flush(mut self, connection: &mut PgConnection) -> Result<(), ProjectorError> {
+        if let Some(known) = &mut self.known {
+            known.write_users(connection).await?;
+        }
         audit::insert_many(connection, &self.audit).await?;
         access::enqueue_many(connection, &self.outbox).await?;
         for (tenant, (sequence, hash)) in &self.heads {
@@ -298,7 +381,8 @@ async fn apply_with<A: Applier>(
         &envelope.payload,
     )
     .map_err(|reason| ProjectorError::Event { sequence, reason })?;
-    let applied = A::apply(connection, envelope, &event, sequence, position).await?;
+    let known = pending.known.as_mut();
+    let applied = A::apply(connection, known, envelope, &event, sequence, position).await?;
     for (kind, subject, payload) in A::effects(envelope, &event, &applied) {
         pending.enqueue(sequence, kind, &envelope.tenant, subject, payload);
     }
@@ -312,9 +396,11 @@ trait Applier {
     type Event: EventKind;
     /// What applying an event found that its access effects depend on.
     type Applied;
-    /// Applies one event (at `sequence`, `position` in its message) to the read models.
+    /// Applies one event (at `sequence`, `position` in its message) to the read models; its
+    /// resource's row comes from `known` when the batch read it already, and goes back there.
     fn apply(
         connection: &mut PgConnection,
+        known: Option<&mut Known>,
         envelope: &Envelope,
         event: &Self::Event,
         sequence: u64,
@@ -333,13 +419,21 @@ impl Applier for Users {
     type Applied = Option<RevocationRow>;
     async fn apply(
         connection: &mut PgConnection,
+        mut known: Option<&mut Known>,
         envelope: &Envelope,
         event: &UserEvent,
         sequence: u64,
         position: u32,
     ) -> Result<Option<RevocationRow>, ProjectorError> {
         let (tenant, id) = (envelope.tenant.as_str(), envelope.aggregate_id);
-        let row = rollcall_store::user::lock(connection, tenant, id).await?;
+        let key = (tenant.to_owned(), id);
+        let row = match known
+            .as_deref_mut()
+            .and_then(|known| known.users.remove(&key))
+        {
+            Some(row) => row,
+            None => rollcall_store::user::lock(connection, tenant, id).await?,
+        };
         let created_at = row.as_ref().map(|row| row.created_at);
         let current = match row {
             Some(row) if row.active => User::Active(row.attributes.0),
@@ -350,10 +444,20 @@ impl Applier for Users {
             next @ (User::Active(_) | User::Inactive(_)) => {
                 let created_at = created_at.unwrap_or(envelope.occurred_at);
                 let row = user_row(envelope, next, created_at);
-                rollcall_store::user::upsert(connection, &row).await?;
+                match known {
+                    Some(known) => {
+                        known.unwritten.insert(key.clone());
+                        known.users.insert(key, Some(row));
+                    }
+                    None => rollcall_store::user::upsert(connection, &row).await?,
+                }
             }
             User::Deleted | User::Erased => {
-                rollcall_store::user::delete(connection, tenant, id).await?
+                rollcall_store::user::delete(connection, tenant, id).await?;
+                if let Some(known) = known {
+                    known.unwritten.remove(&key);
+                    known.users.insert(key, None);
+                }
             }
             User::Absent => {
                 return Err(ProjectorError::Event {
@@ -386,6 +490,7 @@ impl Applier for Groups {
     type Applied = Vec<String>;
     async fn apply(
         connection: &mut PgConnection,
+        mut known: Option<&mut Known>,
         envelope: &Envelope,
         event: &GroupEvent,
         sequence: u64,
@@ -396,7 +501,14 @@ impl Applier for Groups {
             envelope.aggregate_id,
             envelope.occurred_at,
         );
-        let row = rollcall_store::group::lock(connection, tenant, id).await?;
+        let key = (tenant.to_owned(), id);
+        let row = match known
+            .as_deref_mut()
+            .and_then(|known| known.groups.remove(&key))
+        {
+            Some(row) => row,
+            None => rollcall_store::group::lock(connection, tenant, id).await?,
+        };
         let created_at = row.as_ref().map_or(at, |row| row.created_at);
         let current = match row {
             // Members live in their own table; the event says who came and who went.
@@ -410,6 +522,9 @@ impl Applier for Groups {
             Group::Active(state) => {
                 let row = group_row(envelope, state, created_at);
                 rollcall_store::group::upsert(connection, &row).await?;
+                if let Some(known) = known {
+                    known.groups.insert(key, Some(row));
+                }
                 match event {
                     GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {
                         let members: Vec<_> = members.iter().map(new_member).collect();
@@ -424,7 +539,13 @@ impl Applier for Groups {
                 }
                 Ok(Vec::new())
             }
-            Group::Deleted => Ok(rollcall_store::group::delete(connection, tenant, id).await?),
+            Group::Deleted => {
+                let former = rollcall_store::group::delete(connection, tenant, id).await?;
+                if let Some(known) = known {
+                    known.groups.insert(key, None);
+                }
+                Ok(former)
+            }
             Group::Absent => Err(ProjectorError::Event {
                 sequence,
                 reason: format!("{} for a group that does not exist", envelope.event_type),

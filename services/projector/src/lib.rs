@@ -696,6 +696,10 @@ impl Projector {
         }
         let mut pending = apply::Pending::default();
         let mut changes = Changes::default();
+        let start = delivered.partition_point(|event| event.sequence <= checkpoint);
+        pending
+            .read_resources(&mut transaction, &delivered[start..])
+            .await?;
         for event in delivered {
             if event.sequence <= checkpoint {
                 continue;
@@ -734,6 +738,7 @@ impl Projector {
     ) -> Result<(), ProjectorError> {
         let envelope = &event.envelope;
         if envelope.aggregate_type == rollcall_eventlog::quarantine::AGGREGATE {
+            pending.forget_resources(connection).await?;
             quarantine::resolve(connection, &self.store, pending, changes, event).await?;
             return apply::audit(
                 connection,

@@ -27,6 +27,10 @@ const ROUND: usize = 1_000;
 /// projector's transactions) to the others.
 const IN_FLIGHT: usize = 4;
 
+/// How many users' states are put at once: their facts are read before, so each is a put
+/// alone, and holds no connection of the pool.
+const PUTS_IN_FLIGHT: usize = 16;
+
 /// The access publisher of one namespace.
 #[derive(Debug, Clone)]
 pub struct Publisher {
@@ -131,10 +135,13 @@ impl Publisher {
         let _draining = self.draining.lock().await;
         let mut published = None;
         loop {
-            let rows = self
-                .store
-                .outbox_of(self.partition.index(), self.partition.count(), ROUND)
-                .await?;
+            // Almost always nothing is quarantined: then no user needs asking about it. Both
+            // asked at once.
+            let (rows, quarantined) = futures::try_join!(
+                self.store
+                    .outbox_of(self.partition.index(), self.partition.count(), ROUND),
+                self.store.quarantine_open(),
+            )?;
             if rows.is_empty() {
                 return Ok(published);
             }
@@ -144,8 +151,7 @@ impl Publisher {
                     .or_default()
                     .push(row);
             }
-            // Almost always nothing is quarantined: then no user needs asking about it.
-            let quarantine = self.store.quarantine_open().await? > 0;
+            let quarantine = quarantined > 0;
             let mut done = Vec::with_capacity(rows.len());
             let mut failed: Option<(u64, ProjectorError)> = None;
             // Groups, then revocations, then users (a user's state may name a group that is
@@ -173,8 +179,13 @@ impl Publisher {
                     let user = facts.remove(&((*tenant).to_owned(), *id));
                     publishing.push(self.publish_key(kind, tenant, *id, entries, quarantine, user));
                 }
+                let in_flight = if phase == "user" {
+                    PUTS_IN_FLIGHT
+                } else {
+                    IN_FLIGHT
+                };
                 let published: Vec<_> = futures::stream::iter(publishing)
-                    .buffered(IN_FLIGHT)
+                    .buffered(in_flight)
                     .collect()
                     .await;
                 for (((kind, tenant, id), entries), result) in of_phase.into_iter().zip(published) {
