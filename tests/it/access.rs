@@ -138,6 +138,21 @@ async fn removal_from_the_group_denies_that_application_only() {
     );
 }
 
+/// An operator revokes one session of `user` ("laptop stolen"); the event's stream sequence.
+async fn revoke_one_session(env: &TestEnv, user: uuid::Uuid, session: &str) -> u64 {
+    rollcall_scim_api::operator::revoke_sessions(
+        &env.log,
+        &env.store,
+        "test",
+        user,
+        Some(session.to_owned()),
+        "laptop stolen",
+        "ops",
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn an_operator_revocation_of_one_session_leaves_the_others() {
     let env = TestEnv::start().await;
@@ -159,17 +174,7 @@ async fn an_operator_revocation_of_one_session_leaves_the_others() {
             .to_owned()
     };
     let user_id = uuid::Uuid::parse_str(&user).unwrap();
-    let sequence = rollcall_scim_api::operator::revoke_sessions(
-        &env.log,
-        &env.store,
-        "test",
-        user_id,
-        Some(sid.clone()),
-        "laptop stolen",
-        "ops",
-    )
-    .await
-    .unwrap();
+    let sequence = revoke_one_session(&env, user_id, &sid).await;
     // An operator's write does not wait for projections; the access service applies it within
     // its deadline.
     let access = env.access.clone();
@@ -552,25 +557,11 @@ async fn a_round_of_users_is_read_at_once_and_each_gets_its_own_facts() {
     );
     let id = |text: &str| uuid::Uuid::parse_str(text).unwrap();
     let (ada, bob, carol) = (id(&ada), id(&bob), id(&carol));
-    rollcall_scim_api::operator::revoke_sessions(
-        &env.log,
-        &env.store,
-        "test",
-        ada,
-        Some("session-1".to_owned()),
-        "laptop stolen",
-        "ops",
-    )
-    .await
-    .unwrap();
-    let store = env.store.clone();
+    let sequence = revoke_one_session(&env, ada, "session-1").await;
     rollcall_it::eventually(
         "the revocation is projected",
         std::time::Duration::from_secs(5),
-        || {
-            let store = store.clone();
-            async move { !store.revocations("test", ada).await.unwrap().is_empty() }
-        },
+        || env.projected(sequence),
     )
     .await;
     let missing = uuid::Uuid::now_v7();

@@ -51,11 +51,12 @@ struct Known {
 }
 
 impl Known {
-    /// Writes the users changed and not written yet, in one statement.
+    /// Writes the users changed and not written yet, in one statement (their rows leave
+    /// memory: the batch is ending, or reading from PostgreSQL again).
     async fn write_users(&mut self, connection: &mut PgConnection) -> Result<(), ProjectorError> {
         let rows: Vec<UserRow> = std::mem::take(&mut self.unwritten)
             .into_iter()
-            .filter_map(|key| self.users.get(&key).cloned().flatten())
+            .filter_map(|key| self.users.remove(&key).flatten())
             .collect();
         if !rows.is_empty() {
             rollcall_store::user::upsert_many(connection, &rows).await?;
@@ -410,6 +411,18 @@ trait Applier {
     fn effects(envelope: &Envelope, event: &Self::Event, applied: &Self::Applied) -> Vec<Effect>;
 }
 
+/// A resource's row: as the batch read it (`cached`: `Some(Some(row))` or `Some(None)` for no
+/// row), else read and locked by `lock` now.
+async fn row_of<R>(
+    cached: Option<Option<R>>,
+    lock: impl Future<Output = Result<Option<R>, rollcall_store::StoreError>>,
+) -> Result<Option<R>, ProjectorError> {
+    match cached {
+        Some(row) => Ok(row),
+        None => Ok(lock.await?),
+    }
+}
+
 /// User events: `scim_user` and `revocation`; the revocation a user event caused is published
 /// before the user.
 struct Users;
@@ -427,13 +440,10 @@ impl Applier for Users {
     ) -> Result<Option<RevocationRow>, ProjectorError> {
         let (tenant, id) = (envelope.tenant.as_str(), envelope.aggregate_id);
         let key = (tenant.to_owned(), id);
-        let row = match known
+        let cached = known
             .as_deref_mut()
-            .and_then(|known| known.users.remove(&key))
-        {
-            Some(row) => row,
-            None => rollcall_store::user::lock(connection, tenant, id).await?,
-        };
+            .and_then(|known| known.users.remove(&key));
+        let row = row_of(cached, rollcall_store::user::lock(connection, tenant, id)).await?;
         let created_at = row.as_ref().map(|row| row.created_at);
         let current = match row {
             Some(row) if row.active => User::Active(row.attributes.0),
@@ -502,13 +512,10 @@ impl Applier for Groups {
             envelope.occurred_at,
         );
         let key = (tenant.to_owned(), id);
-        let row = match known
+        let cached = known
             .as_deref_mut()
-            .and_then(|known| known.groups.remove(&key))
-        {
-            Some(row) => row,
-            None => rollcall_store::group::lock(connection, tenant, id).await?,
-        };
+            .and_then(|known| known.groups.remove(&key));
+        let row = row_of(cached, rollcall_store::group::lock(connection, tenant, id)).await?;
         let created_at = row.as_ref().map_or(at, |row| row.created_at);
         let current = match row {
             // Members live in their own table; the event says who came and who went.
