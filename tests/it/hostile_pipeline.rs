@@ -5,13 +5,18 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use rollcall_domain::attributes::AttributeChange;
 use rollcall_domain::user::UserEvent;
 use rollcall_domain::EventKind;
+use rollcall_eventlog::namespace::QUARANTINE_CLEAR_HEADER;
 use rollcall_eventlog::quarantine::{Resolution, SKIPPED};
 use rollcall_eventlog::Actor;
 use rollcall_it::nats::{NatsServer, Settings};
 use rollcall_it::{eventually, TestEnv};
+use rollcall_projector::DEFAULT_NAME;
+use rollcall_scim_api::consistency::{Checkpoint, Consistency};
+use rollcall_scim_api::error::ApiError;
 use rollcall_telemetry::metrics::sample;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -84,12 +89,92 @@ async fn quarantined(env: &TestEnv) -> Vec<rollcall_store::quarantine::Quarantin
     env.store.quarantine(false).await.unwrap()
 }
 
+/// The projector's checkpoint announcements, from now on.
+async fn announcements(env: &TestEnv, projector: &str) -> async_nats::Subscriber {
+    let subscriber = env
+        .client
+        .subscribe(env.namespace.checkpoint_subject(projector))
+        .await
+        .unwrap();
+    env.client.flush().await.unwrap();
+    subscriber
+}
+
+/// Whether the first of `announcements` at or past `sequence` says nothing is quarantined.
+async fn says_clear(announcements: &mut async_nats::Subscriber, sequence: u64) -> bool {
+    let first = async {
+        while let Some(message) = announcements.next().await {
+            let at: u64 = std::str::from_utf8(&message.payload)
+                .unwrap()
+                .parse()
+                .unwrap();
+            if at >= sequence {
+                return message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(QUARANTINE_CLEAR_HEADER))
+                    .is_some_and(|value| value.as_str() == "1");
+            }
+        }
+        panic!("the announcements ended");
+    };
+    tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .unwrap_or_else(|_| panic!("no announcement reached {sequence}"))
+}
+
+/// Announces checkpoint `sequence` of `projector` as a projector does, saying nothing is
+/// quarantined if `clear`.
+async fn announce(env: &TestEnv, projector: &str, sequence: u64, clear: bool) {
+    let mut headers = async_nats::HeaderMap::new();
+    if clear {
+        headers.insert(QUARANTINE_CLEAR_HEADER, "1");
+    }
+    env.client
+        .publish_with_headers(
+            env.namespace.checkpoint_subject(projector),
+            headers,
+            sequence.to_string().into(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Appends a poison event for a new user of tenant `test` and waits until it is quarantined.
+async fn poisoned_user(env: &TestEnv) -> (Uuid, u64) {
+    let id = Uuid::now_v7();
+    let poison = append(
+        env,
+        "test",
+        id,
+        &changed("title", json!("chief\u{0}officer")),
+    )
+    .await;
+    eventually(
+        "the poison event is quarantined",
+        Duration::from_secs(10),
+        || async {
+            quarantined(env)
+                .await
+                .iter()
+                .any(|row| row.sequence as u64 == poison)
+        },
+    )
+    .await;
+    (id, poison)
+}
+
 #[tokio::test]
 async fn a_poison_event_is_quarantined_and_stops_only_its_own_resource() {
     let env = TestEnv::start().await;
+    let mut announced = announcements(&env, DEFAULT_NAME).await;
     let scim = env.scim();
     let victim = scim.create_user(&user("poisoned@example.com")).await;
     let id = Uuid::parse_str(&victim).unwrap();
+    assert!(
+        says_clear(&mut announced, env.head().await).await,
+        "nothing is quarantined yet"
+    );
     let session = env.session(&victim);
     assert_eq!(
         env.forward_auth("wiki.test", Some(&session)).await.status,
@@ -115,6 +200,10 @@ async fn a_poison_event_is_quarantined_and_stops_only_its_own_resource() {
         },
     )
     .await;
+    assert!(
+        !says_clear(&mut announced, poison).await,
+        "the projector's checkpoint no longer says nothing is quarantined"
+    );
     let row = &quarantined(&env).await[0];
     assert_eq!(row.status, "failed");
     assert_eq!(row.tenant, "test");
@@ -207,6 +296,10 @@ async fn a_poison_event_is_quarantined_and_stops_only_its_own_resource() {
         || async { quarantined(&env).await.is_empty() },
     )
     .await;
+    assert!(
+        says_clear(&mut announced, env.head().await).await,
+        "resolved: nothing is quarantined again"
+    );
     let all = env.store.quarantine(true).await.unwrap();
     assert_eq!(
         all.iter()
@@ -227,6 +320,50 @@ async fn a_poison_event_is_quarantined_and_stops_only_its_own_resource() {
         .unwrap()
         .iter()
         .any(|event| event.event_type == SKIPPED));
+}
+
+#[tokio::test]
+async fn a_write_asks_postgresql_about_the_quarantine_only_when_its_checkpoint_did_not_say_nothing_is_quarantined(
+) {
+    let env = TestEnv::start().await;
+    let (id, poison) = poisoned_user(&env).await;
+    // A SCIM API's view of a projector that only this test announces for.
+    let projector = "announced-by-the-test";
+    let checkpoint = Checkpoint::follow(
+        env.client.clone(),
+        &env.namespace,
+        env.store.clone(),
+        projector,
+    )
+    .await;
+    let consistency = Consistency::new(vec![checkpoint], Some(env.store.clone()));
+    let settle = |sequence| consistency.settle("User", "test", id, sequence);
+
+    // Said nothing of the quarantine: PostgreSQL is asked, and the user is quarantined.
+    announce(&env, projector, poison, false).await;
+    assert!(
+        matches!(settle(poison).await, Err(ApiError::Quarantined { .. })),
+        "asked PostgreSQL"
+    );
+    // Said nothing is quarantined as of the write: PostgreSQL is not asked (the row this test
+    // left there would refuse the write).
+    announce(&env, projector, poison + 1, true).await;
+    assert!(
+        settle(poison + 1).await.is_ok(),
+        "took the projector's word"
+    );
+    // For an earlier write too, while that announcement is the newest.
+    assert!(settle(poison).await.is_ok());
+    // A newer announcement that does not say so: asked again.
+    announce(&env, projector, poison + 2, false).await;
+    assert!(matches!(
+        settle(poison + 2).await,
+        Err(ApiError::Quarantined { .. })
+    ));
+    assert!(
+        matches!(settle(poison).await, Err(ApiError::Quarantined { .. })),
+        "only the newest announcement counts"
+    );
 }
 
 #[tokio::test]

@@ -425,3 +425,46 @@ async fn an_installation_from_before_partitions_moves_to_four_without_applying_a
     assert_everything_applied_once(&env, 60).await;
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_projector_applies_nothing_once_the_installations_partitioning_changed_under_it() {
+    let mut env = TestEnv::start().await;
+    env.kill_projector().await;
+    let mut running = projector_process(&env, Some(PARTITIONS)).await;
+    let tenants = tenants();
+    for (n, tenant) in tenants.iter().enumerate() {
+        provision(&env.log, tenant, n).await;
+    }
+    assert_everything_applied_once(&env, tenants.len()).await;
+    let head = env.head().await;
+
+    // Another process changed the partitioning (as no Rollcall command does in place).
+    sqlx::query("UPDATE rollcall_partitioning SET partitions = partitions + 1")
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    provision(&env.log, &tenants[0], 100).await;
+    let failed = tokio::time::timeout(Duration::from_secs(20), running.failed())
+        .await
+        .expect("the projector stops within the bound");
+    assert!(
+        matches!(
+            failed,
+            rollcall_projector::ProjectorError::Repartitioned {
+                current,
+                started: PARTITIONS,
+            } if current == PARTITIONS + 1
+        ),
+        "{failed}"
+    );
+    let partition = Partitioning::new(PARTITIONS.into())
+        .unwrap()
+        .of(&tenants[0])
+        .name(rollcall_projector::DEFAULT_NAME);
+    assert_eq!(
+        env.store.checkpoint(&partition).await.unwrap(),
+        head,
+        "the event after the change is not applied"
+    );
+    running.stop().await;
+}

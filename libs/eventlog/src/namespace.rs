@@ -105,11 +105,18 @@ impl Namespace {
         format!("{}_writers", self.name.replace('-', "_"))
     }
 
-    /// Where a consumer announces the stream sequence it has applied.
+    /// Where a consumer announces the stream sequence it has applied. A projector's
+    /// announcement carries [`QUARANTINE_CLEAR_HEADER`] when, as of that sequence, no resource
+    /// is quarantined.
     pub fn checkpoint_subject(&self, consumer: &str) -> String {
         format!("{}.checkpoints.{consumer}", self.name)
     }
 }
+
+/// The header of a projector's checkpoint announcement saying that no resource is quarantined
+/// as of the announced sequence (value `1`): a SCIM API then need not ask PostgreSQL whether
+/// the resource it wrote is.
+pub const QUARANTINE_CLEAR_HEADER: &str = "Rollcall-Quarantine-Clear";
 
 impl std::fmt::Display for Namespace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -39,6 +39,31 @@ pub async fn lock(connection: &mut PgConnection, name: &str) -> Result<u64, Stor
     Ok(sequence.max(0) as u64)
 }
 
+/// The checkpoint, locked as [`lock`] locks it, and the installation's partition count, held
+/// as [`crate::partition::hold`] holds it: one statement once the row exists (a live
+/// projector's every batch).
+pub async fn lock_holding_partitions(
+    connection: &mut PgConnection,
+    name: &str,
+) -> Result<(u64, u16), StoreError> {
+    let found: Option<(i64, Option<i32>)> = sqlx::query_as(
+        "SELECT c.sequence, (SELECT partitions FROM rollcall_partitioning FOR SHARE)
+         FROM projection_checkpoint c WHERE c.name = $1 FOR UPDATE OF c",
+    )
+    .bind(name)
+    .fetch_optional(&mut *connection)
+    .await?;
+    match found {
+        Some((sequence, partitions)) => {
+            Ok((sequence.max(0) as u64, crate::partition::count(partitions)))
+        }
+        None => {
+            let sequence = lock(&mut *connection, name).await?;
+            Ok((sequence, crate::partition::hold(connection).await?))
+        }
+    }
+}
+
 /// Sets the checkpoint.
 pub async fn set(
     connection: &mut PgConnection,

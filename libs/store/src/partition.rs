@@ -13,7 +13,12 @@ pub async fn hold(connection: &mut PgConnection) -> Result<u16, StoreError> {
         sqlx::query_scalar("SELECT partitions FROM rollcall_partitioning FOR SHARE")
             .fetch_optional(connection)
             .await?;
-    Ok(partitions.map_or(1, |p| p.clamp(1, i32::from(u16::MAX)) as u16))
+    Ok(count(partitions))
+}
+
+/// The partition count a recorded `partitions` stands for (1 if none was ever chosen).
+pub(crate) fn count(partitions: Option<i32>) -> u16 {
+    partitions.map_or(1, |p| p.clamp(1, i32::from(u16::MAX)) as u16)
 }
 
 /// Why the partitioning cannot change.

@@ -115,6 +115,9 @@ pub struct Projector {
     share: Option<Share>,
     batch: usize,
     publisher: Option<publish::Publisher>,
+    /// Wakes the publisher after a batch is committed: it publishes beside the next batch
+    /// instead of before it.
+    publish_wanted: std::sync::Arc<tokio::sync::Notify>,
     quarantined: Quarantined,
     strikes: std::sync::Arc<std::sync::Mutex<(u64, u32)>>,
     active: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -176,6 +179,7 @@ impl Projector {
             share: None,
             batch: batch.max(1),
             publisher: None,
+            publish_wanted: Default::default(),
             quarantined: Quarantined::default(),
             strikes: Default::default(),
             active: Default::default(),
@@ -314,12 +318,18 @@ impl Projector {
 
     /// Projects until the stream ends (it does not), recovering from failures.
     async fn project(&self) -> ProjectorError {
-        // Whatever a crash or a NATS outage left in the outbox is published on a timer too.
+        // The outbox is published when a batch has been committed (a wake-up while a drain runs
+        // is kept: one more drain follows it), and on a timer too, for whatever a crash or a
+        // NATS outage left in it.
         let republisher = self.publisher.clone().map(|publisher| {
+            let wanted = self.publish_wanted.clone();
             tokio::spawn(async move {
                 let mut interval = tokio::time::interval(Duration::from_secs(1));
                 loop {
-                    interval.tick().await;
+                    tokio::select! {
+                        () = wanted.notified() => {}
+                        _ = interval.tick() => {}
+                    }
                     publisher.drain_logged().await;
                 }
             })
@@ -473,8 +483,11 @@ impl Projector {
             if let Some(from) = from.filter(|&from| through >= from) {
                 checkpoint = Some(self.apply_isolating(&delivered, from, through).await?);
             }
-            if let Some(publisher) = &self.publisher {
-                publisher.drain_logged().await;
+            // The next batch is applied while this one's access state is published: a write
+            // waits for both its batch and its publication (the access services announce
+            // what they applied), not for the batch before it to be published too.
+            if self.publisher.is_some() && checkpoint.is_some() {
+                self.publish_wanted.notify_one();
             }
             measured.finish(self.partition, delivered.len(), checkpoint, last.as_ref());
             if let Some(last) = last {
@@ -680,16 +693,24 @@ impl Projector {
         through: u64,
     ) -> Result<u64, ProjectorError> {
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
-        let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
-        if self.share.is_some() {
+        let checkpoint = if self.share.is_some() {
             // Live projectors only (a rebuild projects every tenant into a fresh schema).
-            let partitions = rollcall_store::partition::hold(&mut transaction).await?;
+            let (checkpoint, partitions) =
+                checkpoint::lock_holding_partitions(&mut transaction, &self.name).await?;
             if partitions != self.partition.count() {
                 return Err(ProjectorError::Repartitioned {
                     current: partitions,
                     started: self.partition.count(),
                 });
             }
+            checkpoint
+        } else {
+            checkpoint::lock(&mut transaction, &self.name).await?
+        };
+        if checkpoint + 1 != from {
+            // Not where this projector left it (a redelivery, or another process applied
+            // events): what is quarantined is read again, as of this checkpoint.
+            self.reread_quarantined(&mut transaction).await?;
         }
         if !due(checkpoint, from, through)? {
             return Ok(checkpoint);
@@ -793,6 +814,7 @@ impl Projector {
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
         let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
         if event.sequence <= checkpoint {
+            self.reread_quarantined(&mut transaction).await?;
             return Ok(checkpoint);
         }
         if checkpoint + 1 < from {
@@ -878,6 +900,7 @@ impl Projector {
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
         let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
         if sequence <= checkpoint {
+            self.reread_quarantined(&mut transaction).await?;
             return Ok(checkpoint);
         }
         if sequence != checkpoint + 1 {
@@ -932,11 +955,28 @@ impl Projector {
         self.quarantined.len()
     }
 
+    /// Reads what is quarantined again, within `transaction` (which holds the checkpoint's
+    /// lock): for when the checkpoint is not where this projector left it.
+    async fn reread_quarantined(
+        &self,
+        transaction: &mut sqlx::PgConnection,
+    ) -> Result<(), ProjectorError> {
+        let open = rollcall_store::quarantine::open_aggregates(transaction).await?;
+        self.quarantined.replace(open);
+        Ok(())
+    }
+
+    /// Announces `checkpoint`, saying whether anything is quarantined as of it (what this
+    /// projector committed, or read again with a checkpoint it did not leave).
     async fn announce(&self, checkpoint: u64) {
         let subject = self.log.namespace().checkpoint_subject(&self.name);
+        let mut headers = async_nats::HeaderMap::new();
+        if self.quarantined.is_empty() {
+            headers.insert(rollcall_eventlog::namespace::QUARANTINE_CLEAR_HEADER, "1");
+        }
         if let Err(error) = self
             .client
-            .publish(subject, checkpoint.to_string().into())
+            .publish_with_headers(subject, headers, checkpoint.to_string().into())
             .await
         {
             warn!(error = %error, "announcing the checkpoint failed");

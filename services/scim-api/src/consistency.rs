@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use rollcall_eventlog::namespace::QUARANTINE_CLEAR_HEADER;
 use rollcall_eventlog::partition::Partitioning;
 use rollcall_eventlog::Namespace;
 use rollcall_store::Store;
@@ -21,12 +22,14 @@ use crate::error::ApiError;
 /// `503` with `Retry-After`.
 pub const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Subscribes to `consumer`'s checkpoint announcements, advancing `sender` with each.
+/// Subscribes to `consumer`'s checkpoint announcements, advancing `sender` with each and
+/// noting in `clear` whether the newest says nothing is quarantined.
 async fn listen(
     client: &async_nats::Client,
     namespace: &Namespace,
     consumer: &str,
     sender: Arc<watch::Sender<u64>>,
+    clear: Arc<AtomicU64>,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut announcements = client
         .subscribe(namespace.checkpoint_subject(consumer))
@@ -37,11 +40,32 @@ async fn listen(
                 .ok()
                 .and_then(|s| s.parse::<u64>().ok())
             {
+                let vouched = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(QUARANTINE_CLEAR_HEADER))
+                    .is_some_and(|v| v.as_str() == "1");
+                heard_clear(&clear, *sender.borrow(), sequence, vouched);
                 advance(&sender, sequence);
             }
         }
     });
     Ok(())
+}
+
+/// Records what an announcement of `sequence` says of the quarantine, `current` being the
+/// checkpoint before it: `clear` holds the sequence of the newest announcement if it said
+/// nothing is quarantined, else 0. An older announcement than the checkpoint says nothing.
+fn heard_clear(clear: &AtomicU64, current: u64, sequence: u64, vouched: bool) {
+    if sequence >= current {
+        clear.store(if vouched { sequence } else { 0 }, Ordering::Relaxed);
+    }
+}
+
+/// Whether the newest announcement said nothing is quarantined as of a checkpoint that holds
+/// `sequence` and is still the newest seen (`clear` as [`heard_clear`] keeps it).
+fn vouched_clear(clear: u64, current: u64, sequence: u64) -> bool {
+    clear > 0 && clear >= sequence && clear >= current
 }
 
 /// The header naming the access service that announces (as the access service sets it).
@@ -90,6 +114,9 @@ fn advance(sender: &watch::Sender<u64>, sequence: u64) {
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     receiver: watch::Receiver<u64>,
+    /// A projector's: the newest announcement's sequence if it said nothing is quarantined,
+    /// else 0. `None` for the access services (they do not know).
+    clear: Option<Arc<AtomicU64>>,
     /// What it follows, for the logs: `projector <name>` or `access services <name>`.
     follows: String,
 }
@@ -147,6 +174,7 @@ impl Checkpoint {
         });
         Self {
             receiver,
+            clear: None,
             follows: format!("access services {consumer}"),
         }
     }
@@ -161,7 +189,10 @@ impl Checkpoint {
         let initial = store.checkpoint(projector).await.unwrap_or(0);
         let (sender, receiver) = watch::channel(initial);
         let sender = Arc::new(sender);
-        if let Err(error) = listen(&client, namespace, projector, sender.clone()).await {
+        let clear = Arc::new(AtomicU64::new(0));
+        if let Err(error) =
+            listen(&client, namespace, projector, sender.clone(), clear.clone()).await
+        {
             warn!(error = %error, "cannot follow checkpoint announcements; polling only");
         }
         let follows = format!("projector {projector}");
@@ -178,7 +209,19 @@ impl Checkpoint {
                 }
             }
         });
-        Self { receiver, follows }
+        Self {
+            receiver,
+            clear: Some(clear),
+            follows,
+        }
+    }
+
+    /// Whether this projector said nothing is quarantined as of a checkpoint that holds
+    /// `sequence` and is the newest this process saw.
+    pub fn vouches_clear(&self, sequence: u64) -> bool {
+        self.clear.as_ref().is_some_and(|clear| {
+            vouched_clear(clear.load(Ordering::Relaxed), self.current(), sequence)
+        })
     }
 
     /// Waits until the checkpoint reaches `sequence`, or the timeout; returns whether it did.
@@ -385,6 +428,20 @@ impl Consistency {
                 timeout: READ_YOUR_WRITES_TIMEOUT,
             });
         }
+        // The announcement that brought the checkpoint to the write may have said already
+        // that nothing is quarantined as of it (almost always): then PostgreSQL is not asked.
+        // Before a write, the newest announcement may lag a quarantine just committed, so
+        // `writable` always asks.
+        let index = usize::from(self.partitioning.of(tenant).index());
+        let vouched = self
+            .checkpoints
+            .get(index)
+            .into_iter()
+            .flatten()
+            .any(|checkpoint| checkpoint.vouches_clear(sequence));
+        if vouched {
+            return Ok(());
+        }
         self.writable(resource, tenant, id).await
     }
 }
@@ -410,6 +467,34 @@ mod tests {
             Instant::now() - REPLICA_SILENCE - Duration::from_millis(1);
         heard(&sender, &replicas, None);
         assert_eq!(*receiver.borrow(), 12);
+    }
+
+    #[test]
+    fn only_the_newest_announcement_says_whether_anything_is_quarantined() {
+        let clear = AtomicU64::new(0);
+        heard_clear(&clear, 0, 10, true);
+        assert!(vouched_clear(clear.load(Ordering::Relaxed), 10, 10));
+        assert!(
+            vouched_clear(clear.load(Ordering::Relaxed), 10, 7),
+            "an earlier write is covered"
+        );
+        assert!(
+            !vouched_clear(clear.load(Ordering::Relaxed), 10, 11),
+            "a later write is not"
+        );
+        assert!(
+            !vouched_clear(clear.load(Ordering::Relaxed), 12, 10),
+            "the checkpoint moved on (by a poll) without saying"
+        );
+        heard_clear(&clear, 10, 8, false);
+        assert!(
+            vouched_clear(clear.load(Ordering::Relaxed), 10, 10),
+            "an older announcement says nothing"
+        );
+        heard_clear(&clear, 10, 12, false);
+        assert!(!vouched_clear(clear.load(Ordering::Relaxed), 12, 10));
+        heard_clear(&clear, 12, 13, true);
+        assert!(vouched_clear(clear.load(Ordering::Relaxed), 13, 13));
     }
 
     #[test]
