@@ -598,3 +598,55 @@ async fn a_round_of_users_is_read_at_once_and_each_gets_its_own_facts() {
     assert_eq!(of(carol).not_before, None);
     assert!(!facts.contains_key(&("elsewhere".to_owned(), ada)));
 }
+
+#[tokio::test]
+async fn a_scim_api_that_does_not_wait_for_access_services_answers_once_the_state_is_in_the_bucket()
+{
+    let mut env = TestEnv::start().await;
+    // Answers on the projector's checkpoint alone (`ROLLCALL_SCIM_WAIT_FOR_ACCESS` unset): the
+    // README promises the user's access state is in the bucket by then.
+    let scim = env
+        .replica_with(rollcall_scim_api::Config {
+            wait_for_access: false,
+            ..rollcall_it::scim_config()
+        })
+        .await;
+    let bucket = async_nats::jetstream::new(env.client.clone())
+        .get_key_value(env.namespace.access_bucket())
+        .await
+        .unwrap();
+    let state = |id: String| {
+        let bucket = bucket.clone();
+        let tenant = env.tenant.clone();
+        async move {
+            let key = rollcall_eventlog::access::user_key(&tenant, &id.parse().unwrap());
+            let entry = bucket.get(key).await.unwrap();
+            entry.map(|bytes| serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    for n in 0..20 {
+        let name = format!("bucket{n}@example.com");
+        let user = scim
+            .create_user(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name}))
+            .await;
+        let published = state(user.clone()).await;
+        assert_eq!(
+            published.as_ref().map(|state| &state["active"]),
+            Some(&json!(true)),
+            "created user {n}: {published:?}"
+        );
+        let deactivate = patch(json!([{"op": "Replace", "path": "active", "value": "False"}]));
+        assert_eq!(
+            scim.patch(&format!("/Users/{user}"), &deactivate)
+                .await
+                .status,
+            200
+        );
+        let published = state(user).await;
+        assert_eq!(
+            published.as_ref().map(|state| &state["active"]),
+            Some(&json!(false)),
+            "deactivated user {n}: {published:?}"
+        );
+    }
+}

@@ -367,6 +367,58 @@ async fn a_write_asks_postgresql_about_the_quarantine_only_when_its_checkpoint_d
 }
 
 #[tokio::test]
+async fn the_projector_says_nothing_is_quarantined_only_while_postgresql_holds_no_open_quarantine()
+{
+    let env = TestEnv::start().await;
+    let mut announced = announcements(&env, DEFAULT_NAME).await;
+    let scim = env.scim();
+    scim.create_user(&user("first@example.com")).await;
+    assert!(says_clear(&mut announced, env.head().await).await);
+
+    // A quarantine this projector did not make (another process's, as during a lease
+    // handover, or a rebuild's): the projector's own memory knows nothing of it.
+    let sequence = env.head().await + 1_000;
+    let mut connection = env.store.pool().acquire().await.unwrap();
+    rollcall_store::quarantine::record(
+        &mut connection,
+        &rollcall_store::quarantine::NewQuarantine {
+            sequence,
+            position: 0,
+            event_id: Uuid::now_v7(),
+            tenant: "test",
+            aggregate_type: "user",
+            aggregate_id: Uuid::now_v7(),
+            event_type: "user.attributes_changed",
+            status: rollcall_store::quarantine::Status::Failed,
+            error: "recorded by the test",
+            envelope: b"{}",
+            affected_users: &[],
+            audited: false,
+            attempts: 1,
+        },
+    )
+    .await
+    .unwrap();
+    scim.create_user(&user("second@example.com")).await;
+    assert!(
+        !says_clear(&mut announced, env.head().await).await,
+        "PostgreSQL holds an open quarantine"
+    );
+
+    rollcall_store::quarantine::resolve(
+        &mut connection,
+        sequence as i64,
+        rollcall_store::quarantine::Status::Skipped,
+        sequence,
+        "resolved by the test",
+    )
+    .await
+    .unwrap();
+    scim.create_user(&user("third@example.com")).await;
+    assert!(says_clear(&mut announced, env.head().await).await);
+}
+
+#[tokio::test]
 async fn every_kind_of_poison_is_quarantined_while_the_stream_goes_on() {
     let env = TestEnv::start().await;
     let cases: Vec<(&str, UserEvent)> = vec![

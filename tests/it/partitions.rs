@@ -190,14 +190,19 @@ async fn two_processes_share_the_partitions_and_one_takes_all_when_the_other_sto
         .await
         .unwrap();
     for partition in Partitioning::new(PARTITIONS.into()).unwrap().all() {
-        assert!(
-            bucket
-                .get(partition.checkpoint_key())
-                .await
-                .unwrap()
-                .is_some(),
-            "no access checkpoint for partition {partition}"
-        );
+        // Published beside the partition's next batch, after its checkpoint is committed.
+        eventually(
+            "each partition publishes its access checkpoint",
+            Duration::from_secs(10),
+            || async {
+                bucket
+                    .get(partition.checkpoint_key())
+                    .await
+                    .unwrap()
+                    .is_some()
+            },
+        )
+        .await;
     }
 
     // A clean stop gives the partitions back at once: the other process takes them all.

@@ -137,36 +137,43 @@ pub async fn enqueue(
 }
 
 impl Store {
-    /// The oldest outbox entries.
-    pub async fn outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        Ok(sqlx::query_as::<_, OutboxRow>(
-            "SELECT id, sequence, kind, tenant, subject_id, payload FROM access_outbox ORDER BY id LIMIT $1",
-        )
-        .bind(limit as i64)
-        .fetch_all(self.pool())
-        .await?)
-    }
-
     /// The oldest outbox entries of partition `index` of `partitions` (every entry when the
-    /// installation has one partition).
-    pub async fn outbox_of(
+    /// installation has one partition), with how many events are quarantined and unresolved,
+    /// read in the same statement: as of the same commits, so that an entry is never published
+    /// as if nothing were quarantined while a quarantine committed with or before it is.
+    pub async fn outbox_and_quarantine(
         &self,
         index: u16,
         partitions: u16,
         limit: usize,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
-        if partitions <= 1 {
-            return self.outbox(limit).await;
-        }
-        Ok(sqlx::query_as::<_, OutboxRow>(
-            "SELECT id, sequence, kind, tenant, subject_id, payload FROM access_outbox
-             WHERE rollcall_partition(tenant, $2) = $3 ORDER BY id LIMIT $1",
+    ) -> Result<(Vec<OutboxRow>, i64), StoreError> {
+        type Counted = (i64, i64, String, String, Uuid, Option<Json<Value>>, i64);
+        let rows: Vec<Counted> = sqlx::query_as(
+            "SELECT id, sequence, kind, tenant, subject_id, payload,
+                    (SELECT count(*) FROM projection_quarantine WHERE resolved_at IS NULL)
+             FROM access_outbox
+             WHERE $2 <= 1 OR rollcall_partition(tenant, $2) = $3 ORDER BY id LIMIT $1",
         )
         .bind(limit as i64)
         .bind(i32::from(partitions))
         .bind(i32::from(index))
         .fetch_all(self.pool())
-        .await?)
+        .await?;
+        let quarantined = rows.first().map_or(0, |row| row.6);
+        let rows = rows
+            .into_iter()
+            .map(
+                |(id, sequence, kind, tenant, subject_id, payload, _)| OutboxRow {
+                    id,
+                    sequence,
+                    kind,
+                    tenant,
+                    subject_id,
+                    payload,
+                },
+            )
+            .collect();
+        Ok((rows, quarantined))
     }
 
     /// Removes published outbox entries.

@@ -81,6 +81,25 @@ pub async fn set(
     Ok(())
 }
 
+/// Sets the checkpoint as [`set`] does, and says whether any event is quarantined and
+/// unresolved as of it: this transaction's own quarantines and resolutions included, and every
+/// other projector's (each commits before this one holds the checkpoint's lock).
+pub async fn set_saying_quarantined(
+    connection: &mut PgConnection,
+    name: &str,
+    sequence: u64,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO projection_checkpoint (name, sequence, updated_at) VALUES ($1, $2, now())
+         ON CONFLICT (name) DO UPDATE SET sequence = EXCLUDED.sequence, updated_at = now()
+         RETURNING EXISTS (SELECT 1 FROM projection_quarantine WHERE resolved_at IS NULL)",
+    )
+    .bind(name)
+    .bind(sequence as i64)
+    .fetch_one(connection)
+    .await?)
+}
+
 impl Store {
     /// The checkpoint of projection `name` (0 if it never ran).
     pub async fn checkpoint(&self, name: &str) -> Result<u64, StoreError> {

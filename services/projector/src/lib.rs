@@ -5,7 +5,9 @@
 //! and a gap makes it reposition rather than skip.
 //!
 //! After each commit it announces its checkpoint on `<namespace>.checkpoints.<name>`, which the
-//! SCIM API waits on for read-your-writes.
+//! SCIM API waits on for read-your-writes: at once, or, when it publishes access state, once
+//! that state is published (its publisher does so beside the next batch). The announcement
+//! says when PostgreSQL held no open quarantine as of the checkpoint.
 #![warn(missing_docs)]
 
 mod apply;
@@ -115,9 +117,12 @@ pub struct Projector {
     share: Option<Share>,
     batch: usize,
     publisher: Option<publish::Publisher>,
-    /// Wakes the publisher after a batch is committed: it publishes beside the next batch
-    /// instead of before it.
-    publish_wanted: std::sync::Arc<tokio::sync::Notify>,
+    /// The newest checkpoint committed, for the publisher: it publishes beside the next batch
+    /// instead of before it, then announces the checkpoint.
+    committed: std::sync::Arc<Committed>,
+    /// The checkpoint this projector last committed if nothing was quarantined as of it
+    /// (PostgreSQL said so in the commit), else 0.
+    clear_at: std::sync::Arc<std::sync::atomic::AtomicU64>,
     quarantined: Quarantined,
     strikes: std::sync::Arc<std::sync::Mutex<(u64, u32)>>,
     active: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -179,7 +184,8 @@ impl Projector {
             share: None,
             batch: batch.max(1),
             publisher: None,
-            publish_wanted: Default::default(),
+            committed: Default::default(),
+            clear_at: Default::default(),
             quarantined: Quarantined::default(),
             strikes: Default::default(),
             active: Default::default(),
@@ -320,17 +326,33 @@ impl Projector {
     async fn project(&self) -> ProjectorError {
         // The outbox is published when a batch has been committed (a wake-up while a drain runs
         // is kept: one more drain follows it), and on a timer too, for whatever a crash or a
-        // NATS outage left in it.
+        // NATS outage left in it. A checkpoint is announced once the access state of every
+        // batch up to it is published, so that a write answered on the announcement alone
+        // (a SCIM API that does not wait for the access services) finds its state in the bucket.
         let republisher = self.publisher.clone().map(|publisher| {
-            let wanted = self.publish_wanted.clone();
+            let committed = self.committed.clone();
+            let (client, subject) = (self.client.clone(), self.announcement_subject());
             tokio::spawn(async move {
                 let mut interval = tokio::time::interval(Duration::from_secs(1));
+                let mut announced = 0;
                 loop {
                     tokio::select! {
-                        () = wanted.notified() => {}
+                        () = committed.wanted.notified() => {}
                         _ = interval.tick() => {}
                     }
-                    publisher.drain_logged().await;
+                    // Taken before the drain reads the outbox: its batch's entries are read.
+                    let latest = committed.latest();
+                    match publisher.drain().await {
+                        Ok(_) => {
+                            if let Some(latest) = latest.filter(|l| l.checkpoint > announced) {
+                                announce(&client, &subject, latest).await;
+                                announced = latest.checkpoint;
+                            }
+                        }
+                        Err(error) => {
+                            warn!(error = %error, "publishing access state failed; will retry");
+                        }
+                    }
                 }
             })
         });
@@ -483,11 +505,15 @@ impl Projector {
             if let Some(from) = from.filter(|&from| through >= from) {
                 checkpoint = Some(self.apply_isolating(&delivered, from, through).await?);
             }
+            let announcement = checkpoint.map(|checkpoint| Announcement {
+                checkpoint,
+                clear: self.clear_at.load(std::sync::atomic::Ordering::Relaxed) == checkpoint,
+            });
             // The next batch is applied while this one's access state is published: a write
-            // waits for both its batch and its publication (the access services announce
-            // what they applied), not for the batch before it to be published too.
-            if self.publisher.is_some() && checkpoint.is_some() {
-                self.publish_wanted.notify_one();
+            // waits for its batch and its publication, not for the batch before it to be
+            // published too.
+            if let (Some(announcement), Some(_)) = (announcement, &self.publisher) {
+                self.committed.offer(announcement);
             }
             measured.finish(self.partition, delivered.len(), checkpoint, last.as_ref());
             if let Some(last) = last {
@@ -497,9 +523,11 @@ impl Projector {
                     warn!(error = %error, "ack failed");
                 }
             }
-            if let Some(checkpoint) = checkpoint {
-                at = checkpoint;
-                self.announce(checkpoint).await;
+            if let Some(announcement) = announcement {
+                at = announcement.checkpoint;
+                if self.publisher.is_none() {
+                    announce(&self.client, &self.announcement_subject(), announcement).await;
+                }
             }
         }
         Ok(Ended::Ended)
@@ -742,9 +770,11 @@ impl Projector {
                 .await?;
         }
         pending.flush(&mut transaction).await?;
-        checkpoint::set(&mut transaction, &self.name, through).await?;
+        let quarantined =
+            checkpoint::set_saying_quarantined(&mut transaction, &self.name, through).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         self.quarantined.commit(&changes);
+        self.committed_at(through, quarantined);
         Ok(through)
     }
 
@@ -870,8 +900,11 @@ impl Projector {
             .await?;
         }
         pending.flush(&mut transaction).await?;
-        checkpoint::set(&mut transaction, &self.name, event.sequence).await?;
+        let quarantined =
+            checkpoint::set_saying_quarantined(&mut transaction, &self.name, event.sequence)
+                .await?;
         transaction.commit().await.map_err(StoreError::from)?;
+        self.committed_at(event.sequence, quarantined);
         let mut changes = Changes::default();
         changes.quarantine(key);
         self.quarantined.commit(&changes);
@@ -944,8 +977,10 @@ impl Projector {
             "not a Rollcall event",
         )
         .await?;
-        checkpoint::set(&mut transaction, &self.name, sequence).await?;
+        let quarantined =
+            checkpoint::set_saying_quarantined(&mut transaction, &self.name, sequence).await?;
         transaction.commit().await.map_err(StoreError::from)?;
+        self.committed_at(sequence, quarantined);
         error!(sequence, "a message on the stream is not a Rollcall event; passed over and kept in the quarantine");
         Ok(sequence)
     }
@@ -955,8 +990,22 @@ impl Projector {
         self.quarantined.len()
     }
 
+    /// Notes that this projector committed `checkpoint`, with whether anything was quarantined
+    /// as of it.
+    fn committed_at(&self, checkpoint: u64, quarantined: bool) {
+        let clear = if quarantined { 0 } else { checkpoint };
+        self.clear_at
+            .store(clear, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Where this projector announces its checkpoint.
+    fn announcement_subject(&self) -> String {
+        self.log.namespace().checkpoint_subject(&self.name)
+    }
+
     /// Reads what is quarantined again, within `transaction` (which holds the checkpoint's
-    /// lock): for when the checkpoint is not where this projector left it.
+    /// lock): for when the checkpoint is not where this projector left it (events of a
+    /// resource another process quarantined are then held too).
     async fn reread_quarantined(
         &self,
         transaction: &mut sqlx::PgConnection,
@@ -965,22 +1014,56 @@ impl Projector {
         self.quarantined.replace(open);
         Ok(())
     }
+}
 
-    /// Announces `checkpoint`, saying whether anything is quarantined as of it (what this
-    /// projector committed, or read again with a checkpoint it did not leave).
-    async fn announce(&self, checkpoint: u64) {
-        let subject = self.log.namespace().checkpoint_subject(&self.name);
-        let mut headers = async_nats::HeaderMap::new();
-        if self.quarantined.is_empty() {
-            headers.insert(rollcall_eventlog::namespace::QUARANTINE_CLEAR_HEADER, "1");
-        }
-        if let Err(error) = self
-            .client
-            .publish_with_headers(subject, headers, checkpoint.to_string().into())
-            .await
-        {
-            warn!(error = %error, "announcing the checkpoint failed");
-        }
+/// A checkpoint to announce.
+#[derive(Debug, Clone, Copy)]
+struct Announcement {
+    checkpoint: u64,
+    /// PostgreSQL said, in the commit of `checkpoint`, that nothing is quarantined.
+    clear: bool,
+}
+
+/// The newest checkpoint a projector committed, handed to its publisher.
+#[derive(Debug, Default)]
+struct Committed {
+    latest: std::sync::Mutex<Option<Announcement>>,
+    wanted: tokio::sync::Notify,
+}
+
+impl Committed {
+    /// Hands over a committed checkpoint and wakes the publisher.
+    fn offer(&self, announcement: Announcement) {
+        *self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(announcement);
+        self.wanted.notify_one();
+    }
+
+    fn latest(&self) -> Option<Announcement> {
+        *self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Announces a checkpoint on `subject`, saying (header [`QUARANTINE_CLEAR_HEADER`]) when
+/// nothing is quarantined as of it.
+///
+/// [`QUARANTINE_CLEAR_HEADER`]: rollcall_eventlog::namespace::QUARANTINE_CLEAR_HEADER
+async fn announce(client: &async_nats::Client, subject: &str, announcement: Announcement) {
+    let mut headers = async_nats::HeaderMap::new();
+    if announcement.clear {
+        headers.insert(rollcall_eventlog::namespace::QUARANTINE_CLEAR_HEADER, "1");
+    }
+    let payload = announcement.checkpoint.to_string().into();
+    if let Err(error) = client
+        .publish_with_headers(subject.to_owned(), headers, payload)
+        .await
+    {
+        warn!(error = %error, "announcing the checkpoint failed");
     }
 }
 

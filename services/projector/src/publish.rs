@@ -136,12 +136,11 @@ impl Publisher {
         let mut published = None;
         loop {
             // Almost always nothing is quarantined: then no user needs asking about it. Both
-            // asked at once.
-            let (rows, quarantined) = futures::try_join!(
-                self.store
-                    .outbox_of(self.partition.index(), self.partition.count(), ROUND),
-                self.store.quarantine_open(),
-            )?;
+            // read in one statement, as of the same commits (the next batch commits meanwhile).
+            let (rows, quarantined) = self
+                .store
+                .outbox_and_quarantine(self.partition.index(), self.partition.count(), ROUND)
+                .await?;
             if rows.is_empty() {
                 return Ok(published);
             }
@@ -348,13 +347,6 @@ impl Publisher {
             None => self.bucket.delete(&key).await.map_err(nats)?,
         }
         Ok(())
-    }
-
-    /// Drains, logging a failure (the entries stay for the next round).
-    pub async fn drain_logged(&self) {
-        if let Err(error) = self.drain().await {
-            warn!(error = %error, "publishing access state failed; will retry");
-        }
     }
 }
 

@@ -179,7 +179,9 @@ impl Checkpoint {
         }
     }
 
-    /// Follows the projector named `projector`; stops when the client closes.
+    /// Follows the projector named `projector` by its announcements, and by polling its
+    /// checkpoint in PostgreSQL every 250 ms for announcements that were lost (a polled value
+    /// counts one interval later); stops when the client closes.
     pub async fn follow(
         client: async_nats::Client,
         namespace: &Namespace,
@@ -199,14 +201,19 @@ impl Checkpoint {
         let projector = projector.to_owned();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(Duration::from_millis(250));
+            let mut read = None;
             loop {
                 interval.tick().await;
                 if sender.is_closed() {
                     return;
                 }
-                if let Ok(sequence) = store.checkpoint(&projector).await {
+                // What the previous poll read: the projector announces a checkpoint once its
+                // access state is published, and had an interval to do so; the poll is for
+                // announcements that were lost, not a way around the publication.
+                if let Some(sequence) = read.take() {
                     advance(&sender, sequence);
                 }
+                read = store.checkpoint(&projector).await.ok();
             }
         });
         Self {
