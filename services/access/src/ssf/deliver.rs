@@ -193,7 +193,10 @@ impl Walker {
                 _ => {}
             }
         } else {
-            out = self.fold.derive(&self.issuer, envelope);
+            // Before the stream exists nothing is delivered, so the walk only folds.
+            if self.own.live().is_some() {
+                out = self.fold.derive(&self.issuer, envelope);
+            }
             self.fold.apply(envelope);
         }
         let Some(live) = self.own.live() else {

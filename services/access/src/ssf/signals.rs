@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use rollcall_domain::group::{self, Group};
 use rollcall_domain::user::{self, User};
-use rollcall_domain::{EventKind, GroupEvent, IdentityEvent, UserEvent};
+use rollcall_domain::{EventKind, GroupEvent, IdentityEvent, Member, UserEvent};
 use rollcall_eventlog::{Actor, Envelope};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -300,24 +300,26 @@ impl TenantFold {
         with: &dyn Fn(Value) -> Value,
     ) -> Vec<Signal> {
         let id = envelope.aggregate_id;
-        let current: Vec<String> = self
+        let current = self
             .groups
             .get(&id)
             .and_then(Group::state)
-            .map(|state| state.members.keys().cloned().collect())
-            .unwrap_or_default();
+            .map(|state| &state.members);
+        let is_member = |key: &String| current.is_some_and(|members| members.contains_key(key));
         let touched: Vec<String> = match event {
             GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => members
                 .iter()
                 .map(|m| m.key())
-                .filter(|k| !current.contains(k))
+                .filter(|k| !is_member(k))
                 .collect(),
             GroupEvent::MembersRemoved { members } => members
                 .iter()
                 .map(|m| m.to_lowercase())
-                .filter(|k| current.contains(k))
+                .filter(is_member)
                 .collect(),
-            GroupEvent::Renamed { .. } | GroupEvent::Deleted => current,
+            GroupEvent::Renamed { .. } | GroupEvent::Deleted => current
+                .map(|members| members.keys().cloned().collect())
+                .unwrap_or_default(),
             _ => Vec::new(),
         };
         if touched.is_empty() {
@@ -421,32 +423,35 @@ impl TenantFold {
         }
     }
 
+    /// Folds a group event in at the cost of the members it names, not of the group's size:
+    /// only an event that ends the group touches every member.
     fn apply_group(&mut self, envelope: &Envelope, event: &GroupEvent) {
         let id = envelope.aggregate_id;
-        let before: Vec<String> = self
-            .groups
-            .get(&id)
-            .and_then(Group::state)
-            .map(|state| state.members.keys().cloned().collect())
-            .unwrap_or_default();
         let state = self.groups.remove(&id).unwrap_or_default();
+        let touched: Vec<String> = match event {
+            GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {
+                members.iter().map(Member::key).collect()
+            }
+            GroupEvent::MembersRemoved { members } => {
+                members.iter().map(|m| m.to_lowercase()).collect()
+            }
+            GroupEvent::Deleted | GroupEvent::Abandoned => state
+                .state()
+                .map(|state| state.members.keys().cloned().collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
         let state = group::evolve(state, event);
-        let after: BTreeSet<String> = state
-            .state()
-            .map(|state| state.members.keys().cloned().collect())
-            .unwrap_or_default();
-        for key in &before {
-            if !after.contains(key) {
-                if let Some(groups) = self.member_of.get_mut(key) {
-                    groups.remove(&id);
-                    if groups.is_empty() {
-                        self.member_of.remove(key);
-                    }
+        let members = state.state().map(|state| &state.members);
+        for key in touched {
+            if members.is_some_and(|members| members.contains_key(&key)) {
+                self.member_of.entry(key).or_default().insert(id);
+            } else if let Some(groups) = self.member_of.get_mut(&key) {
+                groups.remove(&id);
+                if groups.is_empty() {
+                    self.member_of.remove(&key);
                 }
             }
-        }
-        for key in &after {
-            self.member_of.entry(key.clone()).or_default().insert(id);
         }
         if !matches!(state, Group::Deleted) {
             self.groups.insert(id, state);
@@ -457,7 +462,7 @@ impl TenantFold {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rollcall_domain::{AttributeChange, Member};
+    use rollcall_domain::AttributeChange;
     use time::OffsetDateTime;
 
     const ISSUER: &str = "https://rollcall.example/acme";
@@ -714,5 +719,61 @@ mod tests {
         );
         assert_eq!(deleted.len(), 1);
         assert_eq!(deleted[0].body["claims"]["groups"], json!([]));
+    }
+
+    /// `member_of` inverted from the groups' own member lists.
+    fn inverted(fold: &TenantFold) -> HashMap<String, BTreeSet<Uuid>> {
+        let mut out: HashMap<String, BTreeSet<Uuid>> = HashMap::new();
+        for (id, group) in &fold.groups {
+            for key in group.state().into_iter().flat_map(|s| s.members.keys()) {
+                out.entry(key.clone()).or_default().insert(*id);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_groups_of_each_member_follow_every_kind_of_group_event() {
+        let mut fold = TenantFold::default();
+        let users: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let member = |i: usize| Member::new(users[i].to_string());
+        let events = [
+            (
+                a,
+                json!({"type": "group.created", "attributes": {"displayName": "A"}, "members": [member(0), member(1), member(2)]}),
+            ),
+            (
+                b,
+                json!({"type": "group.created", "attributes": {"displayName": "B"}, "members": [member(2), member(3)]}),
+            ),
+            (
+                a,
+                json!({"type": "group.members_added", "members": [member(3), member(0)]}),
+            ),
+            (
+                a,
+                json!({"type": "group.members_removed", "members": [users[1].to_string().to_uppercase(), users[5].to_string()]}),
+            ),
+            (
+                b,
+                json!({"type": "group.renamed", "before": "B", "after": "Bee"}),
+            ),
+            (a, json!({"type": "group.deleted"})),
+            (
+                b,
+                json!({"type": "group.members_added", "members": [member(4)]}),
+            ),
+            (
+                b,
+                json!({"type": "group.members_removed", "members": [users[2].to_string()]}),
+            ),
+        ];
+        for (group, payload) in events {
+            fold.apply(&envelope(group, payload.clone(), scim()));
+            assert_eq!(fold.member_of, inverted(&fold), "after {payload}");
+        }
+        let keys: BTreeSet<&String> = fold.member_of.keys().collect();
+        assert_eq!(keys.len(), 2, "only b's members are left: {keys:?}");
     }
 }
