@@ -287,3 +287,35 @@ async fn a_write_waits_for_every_live_access_service() {
         "writes go on once the stuck access service is gone"
     );
 }
+
+/// An access service whose `serve` ended (its instance stopped, the process going on) stops
+/// announcing: its heartbeat does not outlive it and hold every later write to its last
+/// checkpoint.
+#[tokio::test]
+async fn an_access_service_that_stopped_no_longer_holds_writes_back() {
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    let (other, base) = env.another_access(|_, _| {}).await;
+    eventually(
+        "the second access service is ready",
+        Duration::from_secs(10),
+        || {
+            let ready = format!("{base}/readyz");
+            async move { reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) }
+        },
+    )
+    .await;
+    assert_eq!(
+        scim.post("/Users", &user("both@example.com")).await.status,
+        201
+    );
+    other.shutdown().await.unwrap();
+    // Its last announcements hold a write for at most the silence bound (3 s), within the
+    // write's own (5 s); a heartbeat that outlived it would hold every write to 503.
+    for n in 0..2 {
+        let response = scim
+            .post("/Users", &user(&format!("after-stop{n}@example.com")))
+            .await;
+        assert_eq!(response.status, 201, "{}", response.body);
+    }
+}

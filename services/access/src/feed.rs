@@ -105,8 +105,10 @@ pub async fn follow(
 ) {
     let replica = uuid::Uuid::new_v4().to_string();
     // Liveness: a round trip to NATS every second; announcements double as a heartbeat for
-    // writers that started after the last change.
-    {
+    // writers that started after the last change. It runs within this future, not as a task of
+    // its own: an access service that stops following (its `serve` ended) stops announcing, or
+    // every write would wait for its stale checkpoint.
+    let heartbeat = {
         let (client, health, directory, namespace, replica) = (
             client.clone(),
             health.clone(),
@@ -114,7 +116,7 @@ pub async fn follow(
             namespace.clone(),
             replica.clone(),
         );
-        tokio::spawn(async move {
+        async move {
             let mut interval = tokio::time::interval(Duration::from_secs(1));
             let mut stale = false;
             loop {
@@ -140,14 +142,17 @@ pub async fn follow(
                     announce_all(&client, &namespace, &replica, &directory).await;
                 }
             }
-        });
-    }
-    loop {
-        if let Err(error) = watch(&client, &namespace, &replica, &directory, &health).await {
-            warn!(error = %error, "following the access bucket failed; reloading");
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
+    let following = async {
+        loop {
+            if let Err(error) = watch(&client, &namespace, &replica, &directory, &health).await {
+                warn!(error = %error, "following the access bucket failed; reloading");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::join!(heartbeat, following);
 }
 
 /// Reads the whole access state once (the policy tester at the command line): every entry of
