@@ -550,3 +550,64 @@ async fn a_rebuild_batch_whose_second_commit_fails_stops_the_rebuild_without_qua
     assert_eq!(snapshot(&env).await, live);
     rebuilds_again_as_live(&env, head, &live).await;
 }
+
+#[tokio::test]
+async fn a_rebuild_keeps_the_access_state_the_live_projector_has_not_published_yet() {
+    use rollcall_store::access::{enqueue, OutboxKind};
+    // No projector runs: an entry committed by the live projector, not yet published.
+    let installation = Installation::create_on(rollcall_it::nats_url()).await;
+    let store = &installation.store;
+    let mut connection = store.pool().acquire().await.unwrap();
+    let user = Uuid::now_v7();
+    enqueue(
+        &mut connection,
+        7,
+        OutboxKind::User,
+        &installation.tenant,
+        user,
+        None,
+    )
+    .await
+    .unwrap();
+    drop(connection);
+    let entries = |rows: Vec<rollcall_store::access::OutboxRow>| -> Vec<(i64, i64, Uuid)> {
+        rows.into_iter()
+            .map(|row| (row.id, row.sequence, row.subject_id))
+            .collect()
+    };
+    let (before, _) = store.outbox_and_quarantine(0, 1, 100).await.unwrap();
+    let before = entries(before);
+    assert_eq!(before.len(), 1);
+
+    rollcall_projector::rebuild::rebuild(
+        installation.client.clone(),
+        &installation.log,
+        store,
+        10,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let (after, _) = store.outbox_and_quarantine(0, 1, 100).await.unwrap();
+    assert_eq!(
+        entries(after),
+        before,
+        "the entry is still to be published, under its id"
+    );
+    // Entries written after the swap are numbered after it.
+    let mut connection = store.pool().acquire().await.unwrap();
+    enqueue(
+        &mut connection,
+        8,
+        OutboxKind::User,
+        &installation.tenant,
+        user,
+        None,
+    )
+    .await
+    .unwrap();
+    let (now, _) = store.outbox_and_quarantine(0, 1, 100).await.unwrap();
+    let now = entries(now);
+    assert_eq!(now.len(), 2);
+    assert!(now[1].0 > before[0].0, "{now:?}");
+}

@@ -113,9 +113,33 @@ impl Store {
     /// Makes the rebuilt schema live and drops the old one, in one transaction. Connections
     /// resolve table names again after the swap (PostgreSQL re-plans statements whose tables
     /// changed), so running services read the new tables at once.
+    ///
+    /// The live outbox's entries (access state committed but not yet published) move to the
+    /// rebuilt schema with their ids, so that they are still published, and a publisher's
+    /// deletion of entries it read before the swap removes those same entries after it.
     pub async fn swap_rebuild_schema(&self) -> Result<(), StoreError> {
         let mut connection = self.admin_connection().await?;
         let mut transaction = sqlx::Connection::begin(&mut connection).await?;
+        // No entry is added or removed from here to the commit.
+        sqlx::query(&format!(
+            "LOCK TABLE {LIVE_SCHEMA}.access_outbox IN EXCLUSIVE MODE"
+        ))
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {REBUILD_SCHEMA}.access_outbox (id, sequence, kind, tenant, subject_id, payload)
+             SELECT id, sequence, kind, tenant, subject_id, payload FROM {LIVE_SCHEMA}.access_outbox"
+        ))
+        .execute(&mut *transaction)
+        .await?;
+        // New entries are numbered after every id either schema gave.
+        sqlx::query(&format!(
+            "SELECT setval(pg_get_serial_sequence('{REBUILD_SCHEMA}.access_outbox', 'id'),
+                    GREATEST((SELECT last_value FROM {LIVE_SCHEMA}.access_outbox_id_seq),
+                             (SELECT last_value FROM {REBUILD_SCHEMA}.access_outbox_id_seq)))"
+        ))
+        .execute(&mut *transaction)
+        .await?;
         sqlx::query(&format!(
             "ALTER SCHEMA {LIVE_SCHEMA} RENAME TO {LIVE_SCHEMA}_old"
         ))

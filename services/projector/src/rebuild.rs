@@ -118,7 +118,8 @@ pub async fn rebuild(
                 .await?;
         }
     }
-    // The live access state is already published; replaying it would only repeat it.
+    // The live access state is published (what is not yet moves over with the swap);
+    // replaying the rebuild's own would only repeat it.
     projector.store.clear_outbox(i64::MAX).await?;
     store.swap_rebuild_schema().await?;
     info!(
