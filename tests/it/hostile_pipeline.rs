@@ -334,6 +334,7 @@ async fn a_write_asks_postgresql_about_the_quarantine_only_when_its_checkpoint_d
         &env.namespace,
         env.store.clone(),
         projector,
+        rollcall_eventlog::partition::Partition::ONLY,
     )
     .await;
     let consistency = Consistency::new(vec![checkpoint], Some(env.store.clone()));

@@ -473,3 +473,61 @@ async fn a_projector_applies_nothing_once_the_installations_partitioning_changed
     );
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_polled_checkpoint_stops_below_the_oldest_access_state_of_its_partition_not_yet_published(
+) {
+    use rollcall_store::access::{enqueue, OutboxKind};
+    let installation = rollcall_it::Installation::create_on(rollcall_it::nats_url()).await;
+    let store = &installation.store;
+    let two = Partitioning::new(2).unwrap();
+    let tenant_of = |index: u16| {
+        (0..)
+            .map(|n| format!("tenant-{n}"))
+            .find(|tenant| two.of(tenant).index() == index)
+            .unwrap()
+    };
+    let (zero, one) = (tenant_of(0), tenant_of(1));
+    let mut connection = store.pool().acquire().await.unwrap();
+    rollcall_store::checkpoint::set(&mut connection, "p0", 10)
+        .await
+        .unwrap();
+    assert_eq!(store.published_checkpoint("p0", 0, 2).await.unwrap(), 10);
+    assert_eq!(
+        store.published_checkpoint("never-ran", 0, 2).await.unwrap(),
+        0
+    );
+
+    for (sequence, tenant) in [(6, &zero), (9, &zero), (4, &one)] {
+        enqueue(
+            &mut connection,
+            sequence,
+            OutboxKind::User,
+            tenant,
+            Uuid::now_v7(),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        store.published_checkpoint("p0", 0, 2).await.unwrap(),
+        5,
+        "the state of event 6 is not published yet"
+    );
+    assert_eq!(
+        store.published_checkpoint("p0", 0, 1).await.unwrap(),
+        3,
+        "one partition: every entry counts"
+    );
+    let (rows, _) = store.outbox_and_quarantine(0, 2, 100).await.unwrap();
+    let six: Vec<i64> = rows
+        .iter()
+        .filter(|row| row.sequence == 6)
+        .map(|row| row.id)
+        .collect();
+    store.clear_outbox_entries(&six).await.unwrap();
+    assert_eq!(store.published_checkpoint("p0", 0, 2).await.unwrap(), 8);
+    store.clear_outbox(i64::MAX).await.unwrap();
+    assert_eq!(store.published_checkpoint("p0", 0, 2).await.unwrap(), 10);
+}

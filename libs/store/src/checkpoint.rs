@@ -106,4 +106,31 @@ impl Store {
         let mut connection = self.pool().acquire().await?;
         get(&mut connection, name).await
     }
+
+    /// How far projection `name` of partition `index` of `partitions` is applied **and** its
+    /// access state published: its checkpoint, or just below the oldest outbox entry of the
+    /// partition still waiting for publication (entries leave the outbox once published), read
+    /// in one statement, as of the same commits. The oldest entry is found by the outbox's
+    /// index on the sequence: a read of one entry, or of about as many as there are
+    /// partitions, unless other partitions alone have a backlog.
+    pub async fn published_checkpoint(
+        &self,
+        name: &str,
+        index: u16,
+        partitions: u16,
+    ) -> Result<u64, StoreError> {
+        let sequence: Option<i64> = sqlx::query_scalar(
+            "SELECT LEAST(
+                 COALESCE((SELECT sequence FROM projection_checkpoint WHERE name = $1), 0),
+                 (SELECT sequence - 1 FROM access_outbox
+                   WHERE $2 <= 1 OR rollcall_partition(tenant, $2) = $3
+                   ORDER BY sequence LIMIT 1))",
+        )
+        .bind(name)
+        .bind(i32::from(partitions))
+        .bind(i32::from(index))
+        .fetch_one(self.pool())
+        .await?;
+        Ok(sequence.unwrap_or(0).max(0) as u64)
+    }
 }

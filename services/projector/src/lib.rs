@@ -251,6 +251,7 @@ impl Projector {
             }
             match outcome {
                 Outcome::Stop => {
+                    self.publish_last().await;
                     lease.release().await;
                     return Ok(());
                 }
@@ -259,8 +260,36 @@ impl Projector {
                     error!(projector = %self.name, error = %error, "this process stops projecting");
                     return Err(error);
                 }
-                Outcome::GiveBack => lease.release().await,
+                Outcome::GiveBack => {
+                    self.publish_last().await;
+                    lease.release().await;
+                }
                 Outcome::Lost => {}
+            }
+        }
+    }
+
+    /// Publishes what the batches committed so far left in the outbox and announces their
+    /// checkpoint, while the lease is still held: a process that stops or hands its partition
+    /// over leaves no write waiting for the next projector's publication. Bounded by
+    /// [`LAST_PUBLICATION`], so that a NATS outage does not hold the stop up (the next projector
+    /// publishes what is left).
+    async fn publish_last(&self) {
+        let Some(publisher) = &self.publisher else {
+            return;
+        };
+        let latest = self.committed.latest();
+        match tokio::time::timeout(LAST_PUBLICATION, publisher.drain()).await {
+            Ok(Ok(_)) => {
+                if let Some(latest) = latest {
+                    announce(&self.client, &self.announcement_subject(), latest).await;
+                }
+            }
+            Ok(Err(error)) => {
+                warn!(projector = %self.name, error = %error, "publishing the last access state failed; the next projector publishes it");
+            }
+            Err(_) => {
+                warn!(projector = %self.name, "publishing the last access state takes too long; the next projector publishes it");
             }
         }
     }
@@ -1015,6 +1044,10 @@ impl Projector {
         Ok(())
     }
 }
+
+/// How long a projector that stops or gives its partition back spends publishing what its
+/// last batches left.
+const LAST_PUBLICATION: Duration = Duration::from_secs(5);
 
 /// A checkpoint to announce.
 #[derive(Debug, Clone, Copy)]

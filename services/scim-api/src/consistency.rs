@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rollcall_eventlog::namespace::QUARANTINE_CLEAR_HEADER;
-use rollcall_eventlog::partition::Partitioning;
+use rollcall_eventlog::partition::{Partition, Partitioning};
 use rollcall_eventlog::Namespace;
 use rollcall_store::Store;
 use tokio::sync::watch;
@@ -110,6 +110,9 @@ fn advance(sender: &watch::Sender<u64>, sequence: u64) {
     });
 }
 
+/// How often a SCIM API reads the projector's checkpoint in PostgreSQL.
+const POLL: Duration = Duration::from_millis(250);
+
 /// The projector's checkpoint as this process last saw it.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
@@ -179,16 +182,25 @@ impl Checkpoint {
         }
     }
 
-    /// Follows the projector named `projector` by its announcements, and by polling its
-    /// checkpoint in PostgreSQL every 250 ms for announcements that were lost (a polled value
-    /// counts one interval later); stops when the client closes.
+    /// Follows the projector named `projector` of `partition` by its announcements, and by
+    /// polling PostgreSQL every 250 ms for announcements that were lost: the poll counts only
+    /// what is applied and whose access state is published (as an announcement does); stops
+    /// when the client closes.
     pub async fn follow(
         client: async_nats::Client,
         namespace: &Namespace,
         store: Store,
         projector: &str,
+        partition: Partition,
     ) -> Self {
-        let initial = store.checkpoint(projector).await.unwrap_or(0);
+        let published = move |store: Store, projector: String| async move {
+            store
+                .published_checkpoint(&projector, partition.index(), partition.count())
+                .await
+        };
+        let initial = published(store.clone(), projector.to_owned())
+            .await
+            .unwrap_or(0);
         let (sender, receiver) = watch::channel(initial);
         let sender = Arc::new(sender);
         let clear = Arc::new(AtomicU64::new(0));
@@ -200,20 +212,16 @@ impl Checkpoint {
         let follows = format!("projector {projector}");
         let projector = projector.to_owned();
         tokio::spawn(async move {
-            let mut interval = tokio::time::interval(Duration::from_millis(250));
-            let mut read = None;
+            let mut interval = tokio::time::interval(POLL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
                 if sender.is_closed() {
                     return;
                 }
-                // What the previous poll read: the projector announces a checkpoint once its
-                // access state is published, and had an interval to do so; the poll is for
-                // announcements that were lost, not a way around the publication.
-                if let Some(sequence) = read.take() {
+                if let Ok(sequence) = published(store.clone(), projector.clone()).await {
                     advance(&sender, sequence);
                 }
-                read = store.checkpoint(&projector).await.ok();
             }
         });
         Self {

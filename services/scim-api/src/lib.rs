@@ -211,6 +211,7 @@ impl AppState {
                     log.namespace(),
                     store.clone(),
                     &partition.name(PROJECTOR_NAME),
+                    partition,
                 )
                 .await,
             ];
