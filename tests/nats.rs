@@ -146,6 +146,43 @@ impl Drop for NatsServer {
     }
 }
 
+/// The configuration of a three-server cluster in `directory`, on ports free now.
+fn configure(directory: &std::path::Path, settings: &Settings) -> Vec<Node> {
+    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    (0..3)
+        .map(|n| {
+            let name = format!("n{n}");
+            let (port, monitor) = (free_port(), free_port());
+            let others: Vec<String> = routes
+                .iter()
+                .enumerate()
+                .filter(|(other, _)| *other != n)
+                .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+                .collect();
+            let mut text = format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n\
+                 jetstream {{\n  store_dir: \"{}\"\n}}\n\
+                 cluster {{\n  name: rollcall\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                directory.join(&name).display(),
+                routes[n],
+                others.join(", ")
+            );
+            if let Some(max_payload) = settings.max_payload {
+                text.push_str(&format!("max_payload: {max_payload}\n"));
+            }
+            let config = directory.join(format!("{name}.conf"));
+            std::fs::write(&config, text).unwrap();
+            Node {
+                name,
+                port,
+                monitor,
+                config,
+                child: None,
+            }
+        })
+        .collect()
+}
+
 /// One server of a [`NatsCluster`].
 #[derive(Debug)]
 struct Node {
@@ -199,60 +236,73 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts three servers (`settings.max_payload` applies to each) and waits until JetStream
-    /// has a meta leader that every server knows.
+    /// has a meta leader that every server knows. Ports are picked free just before the servers
+    /// bind them, so another test's server may take one first: a cluster whose server exits, or
+    /// that elects no leader, is started again on other ports (three attempts).
     pub async fn start(settings: Settings) -> Self {
-        let directory =
-            std::env::temp_dir().join(format!("rollcall-nats-cluster-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&directory).unwrap();
-        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let nodes = (0..3)
-            .map(|n| {
-                let name = format!("n{n}");
-                let (port, monitor) = (free_port(), free_port());
-                let others: Vec<String> = routes
-                    .iter()
-                    .enumerate()
-                    .filter(|(other, _)| *other != n)
-                    .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
-                    .collect();
-                let mut text = format!(
-                    "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n\
-                     jetstream {{\n  store_dir: \"{}\"\n}}\n\
-                     cluster {{\n  name: rollcall\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
-                    directory.join(&name).display(),
-                    routes[n],
-                    others.join(", ")
-                );
-                if let Some(max_payload) = settings.max_payload {
-                    text.push_str(&format!("max_payload: {max_payload}\n"));
+        const ATTEMPTS: usize = 3;
+        let binary = settings.binary.clone().unwrap_or_else(binary);
+        for attempt in 1..=ATTEMPTS {
+            let directory = std::env::temp_dir()
+                .join(format!("rollcall-nats-cluster-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&directory).unwrap();
+            let mut cluster = Self {
+                nodes: configure(&directory, &settings),
+                directory,
+                binary: binary.clone(),
+                client: None,
+            };
+            for node in &mut cluster.nodes {
+                node.spawn(&cluster.binary);
+            }
+            match cluster.elected(Duration::from_secs(30)).await {
+                Ok(()) => {
+                    cluster.client = Some(
+                        rollcall_eventlog::connect(&cluster.urls(), "rollcall-test-cluster")
+                            .await
+                            .unwrap(),
+                    );
+                    return cluster;
                 }
-                let config = directory.join(format!("{name}.conf"));
-                std::fs::write(&config, text).unwrap();
-                Node {
-                    name,
-                    port,
-                    monitor,
-                    config,
-                    child: None,
+                Err(why) if attempt < ATTEMPTS => {
+                    eprintln!("the test's NATS cluster did not start ({why}); starting it again on other ports");
                 }
-            })
-            .collect();
-        let mut cluster = Self {
-            nodes,
-            directory,
-            binary: settings.binary.unwrap_or_else(binary),
-            client: None,
-        };
-        for node in &mut cluster.nodes {
-            node.spawn(&cluster.binary);
+                Err(why) => {
+                    panic!("the test's NATS cluster did not start in {ATTEMPTS} attempts: {why}")
+                }
+            }
         }
-        cluster.wait_for_meta_leader().await;
-        cluster.client = Some(
-            rollcall_eventlog::connect(&cluster.urls(), "rollcall-test-cluster")
-                .await
-                .unwrap(),
-        );
-        cluster
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Waits until every server names the same JetStream meta leader; says why not when a
+    /// server exits (a port taken) or `within` passes first.
+    async fn elected(&mut self, within: Duration) -> Result<(), String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            for node in &mut self.nodes {
+                if let Some(Ok(Some(status))) = node.child.as_mut().map(|child| child.try_wait()) {
+                    return Err(format!("server {} exited: {status}", node.name));
+                }
+            }
+            let mut leaders = Vec::new();
+            for node in &self.nodes {
+                leaders.push(node.meta_leader(&http).await);
+            }
+            if leaders.first().is_some_and(|first| {
+                first.is_some() && leaders.iter().all(|leader| leader == first)
+            }) {
+                return Ok(());
+            }
+            if started.elapsed() >= within {
+                return Err(format!("no meta leader within {within:?}: {leaders:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until every running server names the same JetStream meta leader.
