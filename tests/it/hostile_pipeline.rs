@@ -143,6 +143,12 @@ async fn announce(env: &TestEnv, projector: &str, sequence: u64, clear: bool) {
 /// Appends a poison event for a new user of tenant `test` and waits until it is quarantined.
 async fn poisoned_user(env: &TestEnv) -> (Uuid, u64) {
     let id = Uuid::now_v7();
+    (id, poison(env, id).await)
+}
+
+/// Appends, past the edge, a value PostgreSQL cannot store (NUL) for user `id` of tenant
+/// `test`, and waits until it is quarantined; its sequence.
+async fn poison(env: &TestEnv, id: Uuid) -> u64 {
     let poison = append(
         env,
         "test",
@@ -161,7 +167,7 @@ async fn poisoned_user(env: &TestEnv) -> (Uuid, u64) {
         },
     )
     .await;
-    (id, poison)
+    poison
 }
 
 #[tokio::test]
@@ -181,25 +187,7 @@ async fn a_poison_event_is_quarantined_and_stops_only_its_own_resource() {
         200
     );
 
-    // A value PostgreSQL cannot store (NUL), appended past the edge.
-    let poison = append(
-        &env,
-        "test",
-        id,
-        &changed("title", json!("chief\u{0}officer")),
-    )
-    .await;
-    eventually(
-        "the poison event is quarantined",
-        Duration::from_secs(10),
-        || async {
-            quarantined(&env)
-                .await
-                .iter()
-                .any(|row| row.sequence as u64 == poison)
-        },
-    )
-    .await;
+    let poison = poison(&env, id).await;
     assert!(
         !says_clear(&mut announced, poison).await,
         "the projector's checkpoint no longer says nothing is quarantined"

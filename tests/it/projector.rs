@@ -557,26 +557,29 @@ async fn a_rebuild_keeps_the_access_state_the_live_projector_has_not_published_y
     // No projector runs: an entry committed by the live projector, not yet published.
     let installation = Installation::create_on(rollcall_it::nats_url()).await;
     let store = &installation.store;
-    let mut connection = store.pool().acquire().await.unwrap();
-    let user = Uuid::now_v7();
-    enqueue(
-        &mut connection,
-        7,
-        OutboxKind::User,
-        &installation.tenant,
-        user,
-        None,
-    )
-    .await
-    .unwrap();
-    drop(connection);
-    let entries = |rows: Vec<rollcall_store::access::OutboxRow>| -> Vec<(i64, i64, Uuid)> {
+    let (user, tenant) = (Uuid::now_v7(), installation.tenant.as_str());
+    let enqueue_at = |sequence: u64| async move {
+        let mut connection = store.pool().acquire().await.unwrap();
+        enqueue(
+            &mut connection,
+            sequence,
+            OutboxKind::User,
+            tenant,
+            user,
+            None,
+        )
+        .await
+        .unwrap();
+    };
+    // (id, sequence, subject) of every entry, oldest first.
+    let entries = || async {
+        let (rows, _) = store.outbox_and_quarantine(0, 1, 100).await.unwrap();
         rows.into_iter()
             .map(|row| (row.id, row.sequence, row.subject_id))
-            .collect()
+            .collect::<Vec<_>>()
     };
-    let (before, _) = store.outbox_and_quarantine(0, 1, 100).await.unwrap();
-    let before = entries(before);
+    enqueue_at(7).await;
+    let before = entries().await;
     assert_eq!(before.len(), 1);
 
     rollcall_projector::rebuild::rebuild(
@@ -588,26 +591,14 @@ async fn a_rebuild_keeps_the_access_state_the_live_projector_has_not_published_y
     )
     .await
     .unwrap();
-    let (after, _) = store.outbox_and_quarantine(0, 1, 100).await.unwrap();
     assert_eq!(
-        entries(after),
+        entries().await,
         before,
         "the entry is still to be published, under its id"
     );
     // Entries written after the swap are numbered after it.
-    let mut connection = store.pool().acquire().await.unwrap();
-    enqueue(
-        &mut connection,
-        8,
-        OutboxKind::User,
-        &installation.tenant,
-        user,
-        None,
-    )
-    .await
-    .unwrap();
-    let (now, _) = store.outbox_and_quarantine(0, 1, 100).await.unwrap();
-    let now = entries(now);
+    enqueue_at(8).await;
+    let now = entries().await;
     assert_eq!(now.len(), 2);
     assert!(now[1].0 > before[0].0, "{now:?}");
 }

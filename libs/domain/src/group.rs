@@ -148,6 +148,22 @@ pub enum GroupEvent {
     Abandoned,
 }
 
+impl GroupEvent {
+    /// The member keys ([`Member::key`]) this event adds or removes; none for an event that
+    /// changes no membership by name (a deletion ends every membership).
+    pub fn named_member_keys(&self) -> Vec<String> {
+        match self {
+            GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {
+                members.iter().map(Member::key).collect()
+            }
+            GroupEvent::MembersRemoved { members } => {
+                members.iter().map(|m| m.to_lowercase()).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl EventKind for GroupEvent {
     const AGGREGATE: &'static str = "group";
 

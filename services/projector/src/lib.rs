@@ -278,13 +278,10 @@ impl Projector {
         let Some(publisher) = &self.publisher else {
             return;
         };
-        let latest = self.committed.latest();
-        match tokio::time::timeout(LAST_PUBLICATION, publisher.drain()).await {
-            Ok(Ok(_)) => {
-                if let Some(latest) = latest {
-                    announce(&self.client, &self.announcement_subject(), latest).await;
-                }
-            }
+        let subject = self.announcement_subject();
+        let publishing = publish_committed(publisher, &self.committed, &self.client, &subject, 0);
+        match tokio::time::timeout(LAST_PUBLICATION, publishing).await {
+            Ok(Ok(_)) => {}
             Ok(Err(error)) => {
                 warn!(projector = %self.name, error = %error, "publishing the last access state failed; the next projector publishes it");
             }
@@ -369,15 +366,11 @@ impl Projector {
                         () = committed.wanted.notified() => {}
                         _ = interval.tick() => {}
                     }
-                    // Taken before the drain reads the outbox: its batch's entries are read.
-                    let latest = committed.latest();
-                    match publisher.drain().await {
-                        Ok(_) => {
-                            if let Some(latest) = latest.filter(|l| l.checkpoint > announced) {
-                                announce(&client, &subject, latest).await;
-                                announced = latest.checkpoint;
-                            }
-                        }
+                    match publish_committed(&publisher, &committed, &client, &subject, announced)
+                        .await
+                    {
+                        Ok(Some(checkpoint)) => announced = checkpoint,
+                        Ok(None) => {}
                         Err(error) => {
                             warn!(error = %error, "publishing access state failed; will retry");
                         }
@@ -1080,6 +1073,25 @@ impl Committed {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Publishes the outbox, then announces the newest committed checkpoint if it is beyond
+/// `announced`; returns the checkpoint it announced. The checkpoint is taken before the drain
+/// reads the outbox, so its batch's entries are among those published.
+async fn publish_committed(
+    publisher: &publish::Publisher,
+    committed: &Committed,
+    client: &async_nats::Client,
+    subject: &str,
+    announced: u64,
+) -> Result<Option<u64>, ProjectorError> {
+    let latest = committed.latest();
+    publisher.drain().await?;
+    let Some(latest) = latest.filter(|latest| latest.checkpoint > announced) else {
+        return Ok(None);
+    };
+    announce(client, subject, latest).await;
+    Ok(Some(latest.checkpoint))
 }
 
 /// Announces a checkpoint on `subject`, saying (header [`QUARANTINE_CLEAR_HEADER`]) when

@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use rollcall_domain::group::{self, Group};
 use rollcall_domain::user::{self, User};
-use rollcall_domain::{EventKind, GroupEvent, IdentityEvent, Member, UserEvent};
+use rollcall_domain::{EventKind, GroupEvent, IdentityEvent, UserEvent};
 use rollcall_eventlog::{Actor, Envelope};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -307,14 +307,14 @@ impl TenantFold {
             .map(|state| &state.members);
         let is_member = |key: &String| current.is_some_and(|members| members.contains_key(key));
         let touched: Vec<String> = match event {
-            GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => members
-                .iter()
-                .map(|m| m.key())
+            GroupEvent::Created { .. } | GroupEvent::MembersAdded { .. } => event
+                .named_member_keys()
+                .into_iter()
                 .filter(|k| !is_member(k))
                 .collect(),
-            GroupEvent::MembersRemoved { members } => members
-                .iter()
-                .map(|m| m.to_lowercase())
+            GroupEvent::MembersRemoved { .. } => event
+                .named_member_keys()
+                .into_iter()
                 .filter(is_member)
                 .collect(),
             GroupEvent::Renamed { .. } | GroupEvent::Deleted => current
@@ -429,17 +429,11 @@ impl TenantFold {
         let id = envelope.aggregate_id;
         let state = self.groups.remove(&id).unwrap_or_default();
         let touched: Vec<String> = match event {
-            GroupEvent::Created { members, .. } | GroupEvent::MembersAdded { members } => {
-                members.iter().map(Member::key).collect()
-            }
-            GroupEvent::MembersRemoved { members } => {
-                members.iter().map(|m| m.to_lowercase()).collect()
-            }
             GroupEvent::Deleted | GroupEvent::Abandoned => state
                 .state()
                 .map(|state| state.members.keys().cloned().collect())
                 .unwrap_or_default(),
-            _ => Vec::new(),
+            _ => event.named_member_keys(),
         };
         let state = group::evolve(state, event);
         let members = state.state().map(|state| &state.members);
@@ -462,7 +456,7 @@ impl TenantFold {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rollcall_domain::AttributeChange;
+    use rollcall_domain::{AttributeChange, Member};
     use time::OffsetDateTime;
 
     const ISSUER: &str = "https://rollcall.example/acme";
