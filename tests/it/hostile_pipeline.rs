@@ -714,3 +714,69 @@ async fn a_claim_whose_writer_died_before_appending_is_recovered_as_soon_as_its_
     );
     env.assert_other_tenant_unaffected().await;
 }
+
+/// A rebuild swapped in at the very checkpoint the live projector left (the stream idle) brings
+/// a quarantine of its own: here a projector bug (a trigger of the live schema) quarantined an
+/// event that the rebuild, free of it, applied. The live projector reads what is quarantined
+/// again (the checkpoint row is not the one it wrote) and applies the user's next event,
+/// instead of holding it behind a quarantine that no longer exists.
+#[tokio::test]
+async fn after_a_rebuild_at_the_same_checkpoint_the_projector_follows_the_rebuilt_quarantine() {
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    let id = Uuid::parse_str(&scim.create_user(&user("rebuilt@example.com")).await).unwrap();
+    let schema = rollcall_store::LIVE_SCHEMA;
+    for statement in [
+        "CREATE FUNCTION public.refuse_version_two() RETURNS trigger LANGUAGE plpgsql
+         AS $$ BEGIN RAISE EXCEPTION 'a projector bug'; END $$"
+            .to_owned(),
+        format!(
+            "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON {schema}.scim_user FOR EACH ROW
+             WHEN (NEW.id = '{id}' AND NEW.version = 2) EXECUTE FUNCTION public.refuse_version_two()"
+        ),
+    ] {
+        sqlx::query(&statement)
+            .execute(env.store.pool())
+            .await
+            .unwrap();
+    }
+    let refused = append(&env, "test", id, &changed("title", json!("refused"))).await;
+    eventually(
+        "the refused event is quarantined",
+        Duration::from_secs(10),
+        || async {
+            quarantined(&env)
+                .await
+                .iter()
+                .any(|row| row.sequence as u64 == refused)
+        },
+    )
+    .await;
+    let head = env.head().await;
+    eventually(
+        "the projector is idle at the head",
+        Duration::from_secs(10),
+        || env.projected(head),
+    )
+    .await;
+
+    rollcall_projector::rebuild::rebuild(env.client.clone(), &env.log, &env.store, 10_000, |_| {})
+        .await
+        .unwrap();
+    assert!(quarantined(&env).await.is_empty(), "the rebuild applied it");
+    assert_eq!(env.store.checkpoint(DEFAULT_NAME).await.unwrap(), head);
+
+    let next = append(&env, "test", id, &changed("title", json!("next"))).await;
+    eventually(
+        "the next event is projected",
+        Duration::from_secs(10),
+        || env.projected(next),
+    )
+    .await;
+    assert!(
+        quarantined(&env).await.is_empty(),
+        "nothing is held behind the quarantine the rebuild left behind"
+    );
+    let body = scim.get(&format!("/Users/{id}")).await.body;
+    assert_eq!(body["title"], "next", "{body}");
+}

@@ -602,3 +602,105 @@ async fn a_rebuild_keeps_the_access_state_the_live_projector_has_not_published_y
     assert_eq!(now.len(), 2);
     assert!(now[1].0 > before[0].0, "{now:?}");
 }
+
+/// A projector that stops publishes what its committed batches left in the outbox and
+/// announces their checkpoint before it gives its lease up: no write waits for the next
+/// projector's publication. Its background publisher is held, so only the last publication
+/// can empty the outbox.
+#[tokio::test]
+async fn a_stopping_projector_publishes_what_its_batches_left_and_announces_it() {
+    use futures::StreamExt;
+    let installation = Installation::create_on(rollcall_it::nats_url()).await;
+    let store = &installation.store;
+    let publisher = rollcall_projector::publish::Publisher::open(
+        installation.client.clone(),
+        installation.namespace.clone(),
+        store.clone(),
+    )
+    .await
+    .unwrap();
+    let projector = rollcall_projector::Projector::new(
+        installation.client.clone(),
+        installation.log.clone(),
+        store.clone(),
+        rollcall_projector::DEFAULT_NAME,
+        10,
+    )
+    .with_publisher(publisher);
+    projector.hold_publication(true);
+    let mut announcements = installation
+        .client
+        .subscribe(
+            installation
+                .namespace
+                .checkpoint_subject(rollcall_projector::DEFAULT_NAME),
+        )
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let projector = projector.clone();
+        async move {
+            projector
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+
+    let id = Uuid::now_v7();
+    let event = UserEvent::Provisioned {
+        attributes: serde_json::from_value(json!({"userName": "last@x"})).unwrap(),
+        active: true,
+    };
+    let envelope = rollcall_it::user_envelope("test", id, 1, &event);
+    let sequence = installation
+        .log
+        .append(
+            &installation
+                .namespace
+                .aggregate_subject("test", "user", &id),
+            0,
+            &[envelope],
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the event is projected",
+        Duration::from_secs(20),
+        || async {
+            store
+                .checkpoint(rollcall_projector::DEFAULT_NAME)
+                .await
+                .unwrap()
+                >= sequence
+        },
+    )
+    .await;
+    let outbox = || async {
+        store
+            .outbox_and_quarantine(0, 1, 100)
+            .await
+            .unwrap()
+            .0
+            .len()
+    };
+    assert_eq!(outbox().await, 1, "the held publisher published nothing");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the projector stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(outbox().await, 0, "the user's access state was published");
+    let announced = tokio::time::timeout(Duration::from_secs(5), announcements.next())
+        .await
+        .expect("the checkpoint is announced")
+        .unwrap();
+    assert_eq!(
+        std::str::from_utf8(&announced.payload).unwrap(),
+        sequence.to_string()
+    );
+}

@@ -15,28 +15,49 @@ pub async fn get(connection: &mut PgConnection, name: &str) -> Result<u64, Store
     Ok(sequence.unwrap_or(0).max(0) as u64)
 }
 
+/// A checkpoint as a transaction locked or wrote it: its sequence, and the transaction that
+/// wrote it last (PostgreSQL's `xmin`), by which a projector tells whether anything but itself
+/// wrote it since it did (a rebuild's swap brings a checkpoint row of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Locked {
+    /// The last stream sequence applied.
+    pub sequence: u64,
+    /// The transaction that wrote the row last.
+    pub written_by: u64,
+}
+
+impl Locked {
+    fn from_row((sequence, written_by): (i64, i64)) -> Self {
+        Self {
+            sequence: sequence.max(0) as u64,
+            written_by: written_by as u64,
+        }
+    }
+}
+
 /// The checkpoint, locked until the transaction ends (one projector instance at a time).
-pub async fn lock(connection: &mut PgConnection, name: &str) -> Result<u64, StoreError> {
-    const LOCK: &str = "SELECT sequence FROM projection_checkpoint WHERE name = $1 FOR UPDATE";
+pub async fn lock(connection: &mut PgConnection, name: &str) -> Result<Locked, StoreError> {
+    const LOCK: &str =
+        "SELECT sequence, xmin::text::bigint FROM projection_checkpoint WHERE name = $1 FOR UPDATE";
     // One statement once the row exists (every batch but a projector's first).
-    let found: Option<i64> = sqlx::query_scalar(LOCK)
+    let found: Option<(i64, i64)> = sqlx::query_as(LOCK)
         .bind(name)
         .fetch_optional(&mut *connection)
         .await?;
-    let sequence = match found {
-        Some(sequence) => sequence,
+    let row = match found {
+        Some(row) => row,
         None => {
             sqlx::query("INSERT INTO projection_checkpoint (name, sequence) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING")
                 .bind(name)
                 .execute(&mut *connection)
                 .await?;
-            sqlx::query_scalar(LOCK)
+            sqlx::query_as(LOCK)
                 .bind(name)
                 .fetch_one(connection)
                 .await?
         }
     };
-    Ok(sequence.max(0) as u64)
+    Ok(Locked::from_row(row))
 }
 
 /// The checkpoint, locked as [`lock`] locks it, and the installation's partition count, held
@@ -45,21 +66,23 @@ pub async fn lock(connection: &mut PgConnection, name: &str) -> Result<u64, Stor
 pub async fn lock_holding_partitions(
     connection: &mut PgConnection,
     name: &str,
-) -> Result<(u64, u16), StoreError> {
-    let found: Option<(i64, Option<i32>)> = sqlx::query_as(
-        "SELECT c.sequence, (SELECT partitions FROM rollcall_partitioning FOR SHARE)
+) -> Result<(Locked, u16), StoreError> {
+    let found: Option<(i64, i64, Option<i32>)> = sqlx::query_as(
+        "SELECT c.sequence, c.xmin::text::bigint,
+                (SELECT partitions FROM rollcall_partitioning FOR SHARE)
          FROM projection_checkpoint c WHERE c.name = $1 FOR UPDATE OF c",
     )
     .bind(name)
     .fetch_optional(&mut *connection)
     .await?;
     match found {
-        Some((sequence, partitions)) => {
-            Ok((sequence.max(0) as u64, crate::partition::count(partitions)))
-        }
+        Some((sequence, written_by, partitions)) => Ok((
+            Locked::from_row((sequence, written_by)),
+            crate::partition::count(partitions),
+        )),
         None => {
-            let sequence = lock(&mut *connection, name).await?;
-            Ok((sequence, crate::partition::hold(connection).await?))
+            let locked = lock(&mut *connection, name).await?;
+            Ok((locked, crate::partition::hold(connection).await?))
         }
     }
 }
@@ -81,6 +104,16 @@ pub async fn set(
     Ok(())
 }
 
+/// A checkpoint as [`set_saying_quarantined`] wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saved {
+    /// Whether any event is quarantined and unresolved as of it.
+    pub quarantined: bool,
+    /// The transaction that wrote it (this one): what [`Locked::written_by`] says until anything
+    /// else writes the row.
+    pub written_by: u64,
+}
+
 /// Sets the checkpoint as [`set`] does, and says whether any event is quarantined and
 /// unresolved as of it: this transaction's own quarantines and resolutions included, and every
 /// other projector's (each commits before this one holds the checkpoint's lock).
@@ -88,16 +121,21 @@ pub async fn set_saying_quarantined(
     connection: &mut PgConnection,
     name: &str,
     sequence: u64,
-) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar(
+) -> Result<Saved, StoreError> {
+    let (quarantined, written_by): (bool, i64) = sqlx::query_as(
         "INSERT INTO projection_checkpoint (name, sequence, updated_at) VALUES ($1, $2, now())
          ON CONFLICT (name) DO UPDATE SET sequence = EXCLUDED.sequence, updated_at = now()
-         RETURNING EXISTS (SELECT 1 FROM projection_quarantine WHERE resolved_at IS NULL)",
+         RETURNING EXISTS (SELECT 1 FROM projection_quarantine WHERE resolved_at IS NULL),
+                   xmin::text::bigint",
     )
     .bind(name)
     .bind(sequence as i64)
     .fetch_one(connection)
-    .await?)
+    .await?;
+    Ok(Saved {
+        quarantined,
+        written_by: written_by as u64,
+    })
 }
 
 impl Store {

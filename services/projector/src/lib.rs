@@ -123,6 +123,10 @@ pub struct Projector {
     /// The checkpoint this projector last committed if nothing was quarantined as of it
     /// (PostgreSQL said so in the commit), else 0.
     clear_at: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The transaction that last wrote this projector's checkpoint as it committed it (0: none
+    /// yet). A checkpoint written by anything else (a rebuild's swap, another process) makes it
+    /// read what is quarantined again, even at the sequence it left.
+    written_by: std::sync::Arc<std::sync::atomic::AtomicU64>,
     quarantined: Quarantined,
     strikes: std::sync::Arc<std::sync::Mutex<(u64, u32)>>,
     active: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -186,6 +190,7 @@ impl Projector {
             publisher: None,
             committed: Default::default(),
             clear_at: Default::default(),
+            written_by: Default::default(),
             quarantined: Quarantined::default(),
             strikes: Default::default(),
             active: Default::default(),
@@ -305,6 +310,16 @@ impl Projector {
         }
     }
 
+    /// Holds the background publisher (it publishes nothing until released), so that committed
+    /// batches stay in the outbox. Debug builds only: for the tests of what a stopping
+    /// projector publishes.
+    #[cfg(debug_assertions)]
+    pub fn hold_publication(&self, held: bool) {
+        self.committed
+            .held
+            .store(held, std::sync::atomic::Ordering::Release);
+    }
+
     /// Whether this process is the active projector (holds the lease).
     pub fn is_active(&self) -> bool {
         self.active.load(std::sync::atomic::Ordering::Relaxed)
@@ -365,6 +380,9 @@ impl Projector {
                     tokio::select! {
                         () = committed.wanted.notified() => {}
                         _ = interval.tick() => {}
+                    }
+                    if committed.held() {
+                        continue;
                     }
                     match publish_committed(&publisher, &committed, &client, &subject, announced)
                         .await
@@ -674,7 +692,9 @@ impl Projector {
         // starts again from nothing when run again.
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
         let mut journal = self.store.pool().begin().await.map_err(StoreError::from)?;
-        let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
+        let checkpoint = checkpoint::lock(&mut transaction, &self.name)
+            .await?
+            .sequence;
         if !due(checkpoint, from, through)? {
             return Ok(checkpoint);
         }
@@ -743,9 +763,9 @@ impl Projector {
         through: u64,
     ) -> Result<u64, ProjectorError> {
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
-        let checkpoint = if self.share.is_some() {
+        let locked = if self.share.is_some() {
             // Live projectors only (a rebuild projects every tenant into a fresh schema).
-            let (checkpoint, partitions) =
+            let (locked, partitions) =
                 checkpoint::lock_holding_partitions(&mut transaction, &self.name).await?;
             if partitions != self.partition.count() {
                 return Err(ProjectorError::Repartitioned {
@@ -753,13 +773,15 @@ impl Projector {
                     started: self.partition.count(),
                 });
             }
-            checkpoint
+            locked
         } else {
             checkpoint::lock(&mut transaction, &self.name).await?
         };
-        if checkpoint + 1 != from {
-            // Not where this projector left it (a redelivery, or another process applied
-            // events): what is quarantined is read again, as of this checkpoint.
+        let checkpoint = locked.sequence;
+        if checkpoint + 1 != from || !self.left_as(locked) {
+            // Not where this projector left it (a redelivery, another process applied events,
+            // a rebuild was swapped in): what is quarantined is read again, as of this
+            // checkpoint.
             self.reread_quarantined(&mut transaction).await?;
         }
         if !due(checkpoint, from, through)? {
@@ -792,11 +814,11 @@ impl Projector {
                 .await?;
         }
         pending.flush(&mut transaction).await?;
-        let quarantined =
+        let saved =
             checkpoint::set_saying_quarantined(&mut transaction, &self.name, through).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         self.quarantined.commit(&changes);
-        self.committed_at(through, quarantined);
+        self.committed_at(through, saved);
         Ok(through)
     }
 
@@ -864,9 +886,12 @@ impl Projector {
             return Ok(from.saturating_sub(1));
         };
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
-        let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
-        if event.sequence <= checkpoint {
+        let locked = checkpoint::lock(&mut transaction, &self.name).await?;
+        let checkpoint = locked.sequence;
+        if event.sequence <= checkpoint || !self.left_as(locked) {
             self.reread_quarantined(&mut transaction).await?;
+        }
+        if event.sequence <= checkpoint {
             return Ok(checkpoint);
         }
         if checkpoint + 1 < from {
@@ -922,11 +947,11 @@ impl Projector {
             .await?;
         }
         pending.flush(&mut transaction).await?;
-        let quarantined =
+        let saved =
             checkpoint::set_saying_quarantined(&mut transaction, &self.name, event.sequence)
                 .await?;
         transaction.commit().await.map_err(StoreError::from)?;
-        self.committed_at(event.sequence, quarantined);
+        self.committed_at(event.sequence, saved);
         let mut changes = Changes::default();
         changes.quarantine(key);
         self.quarantined.commit(&changes);
@@ -953,9 +978,12 @@ impl Projector {
         reason: &str,
     ) -> Result<u64, ProjectorError> {
         let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
-        let checkpoint = checkpoint::lock(&mut transaction, &self.name).await?;
-        if sequence <= checkpoint {
+        let locked = checkpoint::lock(&mut transaction, &self.name).await?;
+        let checkpoint = locked.sequence;
+        if sequence <= checkpoint || !self.left_as(locked) {
             self.reread_quarantined(&mut transaction).await?;
+        }
+        if sequence <= checkpoint {
             return Ok(checkpoint);
         }
         if sequence != checkpoint + 1 {
@@ -999,10 +1027,10 @@ impl Projector {
             "not a Rollcall event",
         )
         .await?;
-        let quarantined =
+        let saved =
             checkpoint::set_saying_quarantined(&mut transaction, &self.name, sequence).await?;
         transaction.commit().await.map_err(StoreError::from)?;
-        self.committed_at(sequence, quarantined);
+        self.committed_at(sequence, saved);
         error!(sequence, "a message on the stream is not a Rollcall event; passed over and kept in the quarantine");
         Ok(sequence)
     }
@@ -1012,12 +1040,19 @@ impl Projector {
         self.quarantined.len()
     }
 
-    /// Notes that this projector committed `checkpoint`, with whether anything was quarantined
-    /// as of it.
-    fn committed_at(&self, checkpoint: u64, quarantined: bool) {
-        let clear = if quarantined { 0 } else { checkpoint };
+    /// Notes that this projector committed `checkpoint` as `saved` says (whether anything was
+    /// quarantined as of it, and by which transaction).
+    fn committed_at(&self, checkpoint: u64, saved: checkpoint::Saved) {
+        let clear = if saved.quarantined { 0 } else { checkpoint };
         self.clear_at
             .store(clear, std::sync::atomic::Ordering::Relaxed);
+        self.written_by
+            .store(saved.written_by, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether this projector wrote the checkpoint `locked` last (nothing else wrote it since).
+    fn left_as(&self, locked: checkpoint::Locked) -> bool {
+        locked.written_by == self.written_by.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Where this projector announces its checkpoint.
@@ -1055,6 +1090,10 @@ struct Announcement {
 struct Committed {
     latest: std::sync::Mutex<Option<Announcement>>,
     wanted: tokio::sync::Notify,
+    /// Debug builds: the background publisher publishes nothing while set (tests leave
+    /// committed batches unpublished).
+    #[cfg(debug_assertions)]
+    held: std::sync::atomic::AtomicBool,
 }
 
 impl Committed {
@@ -1072,6 +1111,14 @@ impl Committed {
             .latest
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the background publisher is held (never in release builds).
+    fn held(&self) -> bool {
+        #[cfg(debug_assertions)]
+        return self.held.load(std::sync::atomic::Ordering::Acquire);
+        #[cfg(not(debug_assertions))]
+        false
     }
 }
 
