@@ -156,18 +156,23 @@ async fn poison(env: &TestEnv, id: Uuid) -> u64 {
         &changed("title", json!("chief\u{0}officer")),
     )
     .await;
+    until_quarantined(env, poison).await;
+    poison
+}
+
+/// Waits until the event at `sequence` is in the quarantine.
+async fn until_quarantined(env: &TestEnv, sequence: u64) {
     eventually(
-        "the poison event is quarantined",
+        "the event is quarantined",
         Duration::from_secs(10),
         || async {
             quarantined(env)
                 .await
                 .iter()
-                .any(|row| row.sequence as u64 == poison)
+                .any(|row| row.sequence as u64 == sequence)
         },
     )
     .await;
-    poison
 }
 
 #[tokio::test]
@@ -741,17 +746,7 @@ async fn after_a_rebuild_at_the_same_checkpoint_the_projector_follows_the_rebuil
             .unwrap();
     }
     let refused = append(&env, "test", id, &changed("title", json!("refused"))).await;
-    eventually(
-        "the refused event is quarantined",
-        Duration::from_secs(10),
-        || async {
-            quarantined(&env)
-                .await
-                .iter()
-                .any(|row| row.sequence as u64 == refused)
-        },
-    )
-    .await;
+    until_quarantined(&env, refused).await;
     let head = env.head().await;
     eventually(
         "the projector is idle at the head",
