@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// default.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
     only: Vec<String>,
+    /// Events the `rebuild` scenario replays (default: 20,000 quick, 1,000,000 full), for
+    /// profiling a rebuild without waiting for a full one.
+    #[arg(long)]
+    rebuild_events: Option<usize>,
 }
 
 /// The Shared Signals latency target: SCIM response to the receiver's `account-disabled`.
@@ -82,7 +86,7 @@ impl Sizes {
                 users: 3_000,
                 group_members: 10_000,
                 victims: 100,
-                rebuild_events: 20_000,
+                rebuild_events: args.rebuild_events.unwrap_or(20_000),
                 projection_events: 20_000,
                 cycle: (500, 10, 2_000),
                 memory_users: 100_000,
@@ -93,7 +97,7 @@ impl Sizes {
                 users: 100_000,
                 group_members: 100_000,
                 victims: 1_000,
-                rebuild_events: 1_000_000,
+                rebuild_events: args.rebuild_events.unwrap_or(1_000_000),
                 projection_events: 200_000,
                 cycle: (100_000, 1_000, 500_000),
                 memory_users: 1_000_000,
