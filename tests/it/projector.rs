@@ -704,3 +704,136 @@ async fn a_stopping_projector_publishes_what_its_batches_left_and_announces_it()
         sequence.to_string()
     );
 }
+
+/// A projector that gives its partition to a process with fewer partitions (it goes on running)
+/// also publishes what its committed batches left in the outbox and announces their checkpoint
+/// before it releases the partition's lease. Both publishers are held, so only that last
+/// publication can empty the partition's outbox.
+#[tokio::test]
+async fn a_projector_giving_its_partition_back_publishes_what_its_batches_left_and_announces_it() {
+    use futures::StreamExt;
+    let installation = Installation::create_on(rollcall_it::nats_url()).await;
+    let store = &installation.store;
+    let partitioning = rollcall_projector::choose_partitions(store, Some(2))
+        .await
+        .unwrap();
+    assert_eq!(partitioning.count(), 2);
+    let share = rollcall_projector::lease::Share::new(store.clone(), 2);
+    let mut projectors = Vec::new();
+    let mut stops = Vec::new();
+    let mut running = Vec::new();
+    for partition in partitioning.all() {
+        let publisher = rollcall_projector::publish::Publisher::open(
+            installation.client.clone(),
+            installation.namespace.clone(),
+            store.clone(),
+        )
+        .await
+        .unwrap()
+        .for_partition(partition);
+        let projector = rollcall_projector::Projector::new(
+            installation.client.clone(),
+            installation.log.clone(),
+            store.clone(),
+            rollcall_projector::DEFAULT_NAME,
+            10,
+        )
+        .in_partition(partition, share.clone())
+        .with_publisher(publisher);
+        projector.hold_publication(true);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        running.push(tokio::spawn({
+            let projector = projector.clone();
+            async move {
+                projector
+                    .run(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            }
+        }));
+        projectors.push(projector);
+        stops.push(stop);
+    }
+    eventually(
+        "the one process holds both partitions",
+        Duration::from_secs(20),
+        || async { projectors.iter().all(|p| p.is_active()) },
+    )
+    .await;
+
+    // A user of a tenant of partition 1: the partition a process holding both gives back first.
+    let given = partitioning.all().nth(1).unwrap();
+    let tenant = (0..)
+        .map(|n| format!("tenant-{n}"))
+        .find(|tenant| partitioning.of(tenant).index() == given.index())
+        .unwrap();
+    let name = given.name(rollcall_projector::DEFAULT_NAME);
+    let mut announcements = installation
+        .client
+        .subscribe(installation.namespace.checkpoint_subject(&name))
+        .await
+        .unwrap();
+    let id = Uuid::now_v7();
+    let event = UserEvent::Provisioned {
+        attributes: serde_json::from_value(json!({"userName": "given@x"})).unwrap(),
+        active: true,
+    };
+    let envelope = rollcall_it::user_envelope(&tenant, id, 1, &event);
+    let sequence = installation
+        .log
+        .append(
+            &installation
+                .namespace
+                .aggregate_subject(&tenant, "user", &id),
+            0,
+            &[envelope],
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the event is projected",
+        Duration::from_secs(20),
+        || async { store.checkpoint(&name).await.unwrap() >= sequence },
+    )
+    .await;
+    let outbox = || async {
+        store
+            .outbox_and_quarantine(given.index(), 2, 100)
+            .await
+            .unwrap()
+            .0
+            .len()
+    };
+    assert_eq!(outbox().await, 1, "the held publisher published nothing");
+
+    // A second projector process joins: the first's fair share is now one partition.
+    let second = rollcall_projector::lease::Share::new(store.clone(), 2);
+    assert_eq!(second.processes().await.unwrap(), 2);
+    let announced = tokio::time::timeout(Duration::from_secs(20), announcements.next())
+        .await
+        .expect("the given-back partition's checkpoint is announced")
+        .unwrap();
+    assert_eq!(
+        std::str::from_utf8(&announced.payload).unwrap(),
+        sequence.to_string()
+    );
+    assert_eq!(outbox().await, 0, "the user's access state was published");
+    eventually(
+        "the first process keeps partition 0 only",
+        Duration::from_secs(20),
+        || async { projectors[0].is_active() && !projectors[1].is_active() },
+    )
+    .await;
+
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for task in running {
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the projector stops")
+            .unwrap()
+            .unwrap();
+    }
+}
