@@ -77,13 +77,16 @@ fn scalar(value: &(impl serde::Serialize + ?Sized), out: &mut Vec<u8>) {
 impl Envelope {
     /// The event's canonical bytes: its fields in key order, written directly.
     pub fn canonical_bytes(&self) -> Vec<u8> {
+        self.canonical_bytes_with_actor(&serde_json::to_value(&self.actor).unwrap_or(Value::Null))
+    }
+
+    /// [`Envelope::canonical_bytes`], given its actor as a JSON value already (the projector
+    /// has it for the audit record).
+    pub fn canonical_bytes_with_actor(&self, actor: &Value) -> Vec<u8> {
         let mut out = Vec::with_capacity(512);
         let mut uuid = uuid::Uuid::encode_buffer();
         out.extend_from_slice(b"{\"actor\":");
-        write(
-            &serde_json::to_value(&self.actor).unwrap_or(Value::Null),
-            &mut out,
-        );
+        write(actor, &mut out);
         out.extend_from_slice(b",\"aggregate_id\":");
         scalar(
             self.aggregate_id.hyphenated().encode_lower(&mut uuid),

@@ -620,6 +620,8 @@ pub(crate) struct Draft {
 
 /// Drafts the audit record of the event at `sequence`, `position`.
 pub(crate) fn draft(envelope: &Envelope, sequence: u64, position: u32) -> Draft {
+    let actor = serde_json::to_value(&envelope.actor).unwrap_or(Value::Null);
+    let canonical = envelope.canonical_bytes_with_actor(&actor);
     Draft {
         row: AuditRow {
             sequence: sequence as i64,
@@ -631,7 +633,7 @@ pub(crate) fn draft(envelope: &Envelope, sequence: u64, position: u32) -> Draft 
             version: envelope.version as i64,
             event_type: envelope.event_type.clone(),
             schema_version: envelope.schema_version as i32,
-            actor: Json(serde_json::to_value(&envelope.actor).unwrap_or(Value::Null)),
+            actor: Json(actor),
             request_id: envelope.request_id.clone(),
             trace_id: envelope
                 .traceparent
@@ -644,7 +646,7 @@ pub(crate) fn draft(envelope: &Envelope, sequence: u64, position: u32) -> Draft 
             prev_hash: Vec::new(),
             hash: Vec::new(),
         },
-        canonical: envelope.canonical_bytes(),
+        canonical,
     }
 }
 

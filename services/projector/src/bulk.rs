@@ -78,17 +78,21 @@ enum Parsed {
     Application,
 }
 
-/// Prepares an event for [`Fold::apply`]: its domain event read from `opened` (the envelope
-/// with its personal fields opened, when they are sealed; why they did not open otherwise),
-/// its audit record drafted from the stored envelope.
+/// An event's payload with its personal fields opened, and the schema version it then has.
+pub(crate) type Opened<'a> = (&'a serde_json::Value, u32);
+
+/// Prepares an event for [`Fold::apply`]: its domain event read from `opened` (its payload with
+/// the personal fields opened, when they are sealed; why they did not open otherwise), its
+/// audit record drafted from the stored envelope.
 pub(crate) fn prepare(
     delivered: &Delivered,
-    opened: Result<Option<&Envelope>, String>,
+    opened: Result<Option<Opened<'_>>, String>,
 ) -> Prepared {
-    let draft = apply::draft(&delivered.envelope, delivered.sequence, delivered.position);
-    let envelope = match opened {
+    let stored = &delivered.envelope;
+    let draft = apply::draft(stored, delivered.sequence, delivered.position);
+    let (payload, schema_version) = match opened {
         Ok(Some(opened)) => opened,
-        Ok(None) => &delivered.envelope,
+        Ok(None) => (&stored.payload, stored.schema_version),
         Err(reason) => {
             return Prepared {
                 event: Err(reason),
@@ -96,37 +100,24 @@ pub(crate) fn prepare(
             }
         }
     };
-    let event = match envelope.aggregate_type.as_str() {
-        UserEvent::AGGREGATE => UserEvent::from_payload(
-            &envelope.event_type,
-            envelope.schema_version,
-            &envelope.payload,
-        )
-        .map(Parsed::User),
-        GroupEvent::AGGREGATE => GroupEvent::from_payload(
-            &envelope.event_type,
-            envelope.schema_version,
-            &envelope.payload,
-        )
-        .map(Parsed::Group),
-        IdentityEvent::AGGREGATE => IdentityEvent::from_payload(
-            &envelope.event_type,
-            envelope.schema_version,
-            &envelope.payload,
-        )
-        .map(|_| Parsed::Application),
-        StreamEvent::AGGREGATE => StreamEvent::from_payload(
-            &envelope.event_type,
-            envelope.schema_version,
-            &envelope.payload,
-        )
-        .map(|_| Parsed::Application),
-        ApplicationEvent::AGGREGATE => ApplicationEvent::from_payload(
-            &envelope.event_type,
-            envelope.schema_version,
-            &envelope.payload,
-        )
-        .map(|_| Parsed::Application),
+    let event_type = stored.event_type.as_str();
+    let event = match stored.aggregate_type.as_str() {
+        UserEvent::AGGREGATE => {
+            UserEvent::from_payload(event_type, schema_version, payload).map(Parsed::User)
+        }
+        GroupEvent::AGGREGATE => {
+            GroupEvent::from_payload(event_type, schema_version, payload).map(Parsed::Group)
+        }
+        IdentityEvent::AGGREGATE => {
+            IdentityEvent::from_payload(event_type, schema_version, payload)
+                .map(|_| Parsed::Application)
+        }
+        StreamEvent::AGGREGATE => StreamEvent::from_payload(event_type, schema_version, payload)
+            .map(|_| Parsed::Application),
+        ApplicationEvent::AGGREGATE => {
+            ApplicationEvent::from_payload(event_type, schema_version, payload)
+                .map(|_| Parsed::Application)
+        }
         other => Err(format!("unknown aggregate type {other:?}")),
     };
     Prepared { event, draft }
