@@ -603,64 +603,73 @@ async fn a_rebuild_keeps_the_access_state_the_live_projector_has_not_published_y
     assert!(now[1].0 > before[0].0, "{now:?}");
 }
 
-/// A projector that stops publishes what its committed batches left in the outbox and
-/// announces their checkpoint before it gives its lease up: no write waits for the next
-/// projector's publication. Its background publisher is held, so only the last publication
-/// can empty the outbox.
-#[tokio::test]
-async fn a_stopping_projector_publishes_what_its_batches_left_and_announces_it() {
-    use futures::StreamExt;
-    let installation = Installation::create_on(rollcall_it::nats_url()).await;
-    let store = &installation.store;
+/// A projector of `installation` (of one partition, within a process's share, when given)
+/// whose background publisher publishes nothing ([`Projector::hold_publication`]).
+async fn held_projector(
+    installation: &Installation,
+    partition: Option<(
+        rollcall_eventlog::partition::Partition,
+        rollcall_projector::lease::Share,
+    )>,
+) -> rollcall_projector::Projector {
     let publisher = rollcall_projector::publish::Publisher::open(
         installation.client.clone(),
         installation.namespace.clone(),
-        store.clone(),
+        installation.store.clone(),
     )
     .await
     .unwrap();
     let projector = rollcall_projector::Projector::new(
         installation.client.clone(),
         installation.log.clone(),
-        store.clone(),
+        installation.store.clone(),
         rollcall_projector::DEFAULT_NAME,
         10,
-    )
-    .with_publisher(publisher);
+    );
+    let projector = match partition {
+        Some((partition, share)) => projector
+            .in_partition(partition, share)
+            .with_publisher(publisher.for_partition(partition)),
+        None => projector.with_publisher(publisher),
+    };
     projector.hold_publication(true);
-    let mut announcements = installation
-        .client
-        .subscribe(
-            installation
-                .namespace
-                .checkpoint_subject(rollcall_projector::DEFAULT_NAME),
-        )
-        .await
-        .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn({
-        let projector = projector.clone();
-        async move {
-            projector
-                .run(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
+    projector
+}
 
+/// Runs `projector` on a task of its own until the returned sender is used (or dropped).
+fn run_until_stopped(
+    projector: &rollcall_projector::Projector,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), rollcall_projector::ProjectorError>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let projector = projector.clone();
+    let running = tokio::spawn(async move {
+        projector
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (stop, running)
+}
+
+/// Appends a new user of `tenant` straight to the stream (as a SCIM write would) and waits
+/// until projector `name` has applied it; returns its stream sequence.
+async fn provision_and_project(installation: &Installation, tenant: &str, name: &str) -> u64 {
     let id = Uuid::now_v7();
     let event = UserEvent::Provisioned {
-        attributes: serde_json::from_value(json!({"userName": "last@x"})).unwrap(),
+        attributes: serde_json::from_value(json!({"userName": format!("{id}@x")})).unwrap(),
         active: true,
     };
-    let envelope = rollcall_it::user_envelope("test", id, 1, &event);
+    let envelope = rollcall_it::user_envelope(tenant, id, 1, &event);
     let sequence = installation
         .log
         .append(
             &installation
                 .namespace
-                .aggregate_subject("test", "user", &id),
+                .aggregate_subject(tenant, "user", &id),
             0,
             &[envelope],
         )
@@ -669,33 +678,20 @@ async fn a_stopping_projector_publishes_what_its_batches_left_and_announces_it()
     eventually(
         "the event is projected",
         Duration::from_secs(20),
-        || async {
-            store
-                .checkpoint(rollcall_projector::DEFAULT_NAME)
-                .await
-                .unwrap()
-                >= sequence
-        },
+        || async { installation.store.checkpoint(name).await.unwrap() >= sequence },
     )
     .await;
-    let outbox = || async {
-        store
-            .outbox_and_quarantine(0, 1, 100)
-            .await
-            .unwrap()
-            .0
-            .len()
-    };
-    assert_eq!(outbox().await, 1, "the held publisher published nothing");
+    sequence
+}
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("the projector stops")
-        .unwrap()
-        .unwrap();
-    assert_eq!(outbox().await, 0, "the user's access state was published");
-    let announced = tokio::time::timeout(Duration::from_secs(5), announcements.next())
+/// Waits up to `deadline` for the next checkpoint announcement, which must be `sequence`.
+async fn expect_announced(
+    announcements: &mut async_nats::Subscriber,
+    sequence: u64,
+    deadline: Duration,
+) {
+    use futures::StreamExt;
+    let announced = tokio::time::timeout(deadline, announcements.next())
         .await
         .expect("the checkpoint is announced")
         .unwrap();
@@ -705,13 +701,57 @@ async fn a_stopping_projector_publishes_what_its_batches_left_and_announces_it()
     );
 }
 
+/// How many access-state entries of partition `index` of `partitions` wait in the outbox.
+async fn outbox_len(store: &rollcall_store::Store, index: u16, partitions: u16) -> usize {
+    store
+        .outbox_and_quarantine(index, partitions, 100)
+        .await
+        .unwrap()
+        .0
+        .len()
+}
+
+/// A projector that stops publishes what its committed batches left in the outbox and
+/// announces their checkpoint before it gives its lease up: no write waits for the next
+/// projector's publication. Its background publisher is held, so only the last publication
+/// can empty the outbox.
+#[tokio::test]
+async fn a_stopping_projector_publishes_what_its_batches_left_and_announces_it() {
+    let installation = Installation::create_on(rollcall_it::nats_url()).await;
+    let store = &installation.store;
+    let projector = held_projector(&installation, None).await;
+    let mut announcements = installation
+        .client
+        .subscribe(
+            installation
+                .namespace
+                .checkpoint_subject(rollcall_projector::DEFAULT_NAME),
+        )
+        .await
+        .unwrap();
+    let (stop, running) = run_until_stopped(&projector);
+
+    let sequence =
+        provision_and_project(&installation, "test", rollcall_projector::DEFAULT_NAME).await;
+    let outbox = || outbox_len(store, 0, 1);
+    assert_eq!(outbox().await, 1, "the held publisher published nothing");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the projector stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(outbox().await, 0, "the user's access state was published");
+    expect_announced(&mut announcements, sequence, Duration::from_secs(5)).await;
+}
+
 /// A projector that gives its partition to a process with fewer partitions (it goes on running)
 /// also publishes what its committed batches left in the outbox and announces their checkpoint
 /// before it releases the partition's lease. Both publishers are held, so only that last
 /// publication can empty the partition's outbox.
 #[tokio::test]
 async fn a_projector_giving_its_partition_back_publishes_what_its_batches_left_and_announces_it() {
-    use futures::StreamExt;
     let installation = Installation::create_on(rollcall_it::nats_url()).await;
     let store = &installation.store;
     let partitioning = rollcall_projector::choose_partitions(store, Some(2))
@@ -723,35 +763,9 @@ async fn a_projector_giving_its_partition_back_publishes_what_its_batches_left_a
     let mut stops = Vec::new();
     let mut running = Vec::new();
     for partition in partitioning.all() {
-        let publisher = rollcall_projector::publish::Publisher::open(
-            installation.client.clone(),
-            installation.namespace.clone(),
-            store.clone(),
-        )
-        .await
-        .unwrap()
-        .for_partition(partition);
-        let projector = rollcall_projector::Projector::new(
-            installation.client.clone(),
-            installation.log.clone(),
-            store.clone(),
-            rollcall_projector::DEFAULT_NAME,
-            10,
-        )
-        .in_partition(partition, share.clone())
-        .with_publisher(publisher);
-        projector.hold_publication(true);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        running.push(tokio::spawn({
-            let projector = projector.clone();
-            async move {
-                projector
-                    .run(async move {
-                        let _ = stopped.await;
-                    })
-                    .await
-            }
-        }));
+        let projector = held_projector(&installation, Some((partition, share.clone()))).await;
+        let (stop, run) = run_until_stopped(&projector);
+        running.push(run);
         projectors.push(projector);
         stops.push(stop);
     }
@@ -774,50 +788,14 @@ async fn a_projector_giving_its_partition_back_publishes_what_its_batches_left_a
         .subscribe(installation.namespace.checkpoint_subject(&name))
         .await
         .unwrap();
-    let id = Uuid::now_v7();
-    let event = UserEvent::Provisioned {
-        attributes: serde_json::from_value(json!({"userName": "given@x"})).unwrap(),
-        active: true,
-    };
-    let envelope = rollcall_it::user_envelope(&tenant, id, 1, &event);
-    let sequence = installation
-        .log
-        .append(
-            &installation
-                .namespace
-                .aggregate_subject(&tenant, "user", &id),
-            0,
-            &[envelope],
-        )
-        .await
-        .unwrap();
-    eventually(
-        "the event is projected",
-        Duration::from_secs(20),
-        || async { store.checkpoint(&name).await.unwrap() >= sequence },
-    )
-    .await;
-    let outbox = || async {
-        store
-            .outbox_and_quarantine(given.index(), 2, 100)
-            .await
-            .unwrap()
-            .0
-            .len()
-    };
+    let sequence = provision_and_project(&installation, &tenant, &name).await;
+    let outbox = || outbox_len(store, given.index(), 2);
     assert_eq!(outbox().await, 1, "the held publisher published nothing");
 
     // A second projector process joins: the first's fair share is now one partition.
     let second = rollcall_projector::lease::Share::new(store.clone(), 2);
     assert_eq!(second.processes().await.unwrap(), 2);
-    let announced = tokio::time::timeout(Duration::from_secs(20), announcements.next())
-        .await
-        .expect("the given-back partition's checkpoint is announced")
-        .unwrap();
-    assert_eq!(
-        std::str::from_utf8(&announced.payload).unwrap(),
-        sequence.to_string()
-    );
+    expect_announced(&mut announcements, sequence, Duration::from_secs(20)).await;
     assert_eq!(outbox().await, 0, "the user's access state was published");
     eventually(
         "the first process keeps partition 0 only",
