@@ -149,4 +149,24 @@ mod tests {
             matches!(cli.command, Command::Tenants { command: tenants::TenantsCommand::Create { ref name, json: true, .. } } if name == "acme")
         );
     }
+
+    #[test]
+    fn a_rebuild_of_no_events_is_refused_by_the_benchmark() {
+        let bench = |events: &str| {
+            Cli::try_parse_from([
+                "rollcall",
+                "bench",
+                "--only",
+                "rebuild",
+                "--rebuild-events",
+                events,
+            ])
+        };
+        let refused = bench("0")
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("--rebuild-events"), "{refused}");
+        assert!(bench("300000").is_ok());
+    }
 }

@@ -46,8 +46,8 @@ pub struct BenchArgs {
     only: Vec<String>,
     /// Events the `rebuild` scenario replays (default: 20,000 quick, 1,000,000 full), for
     /// profiling a rebuild without waiting for a full one.
-    #[arg(long)]
-    rebuild_events: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rebuild_events: Option<u64>,
 }
 
 /// The Shared Signals latency target: SCIM response to the receiver's `account-disabled`.
@@ -86,7 +86,7 @@ impl Sizes {
                 users: 3_000,
                 group_members: 10_000,
                 victims: 100,
-                rebuild_events: args.rebuild_events.unwrap_or(20_000),
+                rebuild_events: args.rebuild_events.map_or(20_000, |n| n as usize),
                 projection_events: 20_000,
                 cycle: (500, 10, 2_000),
                 memory_users: 100_000,
@@ -97,7 +97,7 @@ impl Sizes {
                 users: 100_000,
                 group_members: 100_000,
                 victims: 1_000,
-                rebuild_events: args.rebuild_events.unwrap_or(1_000_000),
+                rebuild_events: args.rebuild_events.map_or(1_000_000, |n| n as usize),
                 projection_events: 200_000,
                 cycle: (100_000, 1_000, 500_000),
                 memory_users: 1_000_000,
