@@ -261,7 +261,7 @@ async fn prepare_batch(
     } else {
         store.data_keys(&missing, Freshness::Cached).await?
     };
-    let missing = KeyState::Missing;
+    let no_key = KeyState::Missing;
     read.prepared = read
         .delivered
         .iter()
@@ -276,7 +276,7 @@ async fn prepare_batch(
             };
             let state = rollcall_personal::key_owner(&mut opened)
                 .and_then(|owner| preloaded.get(&owner).or_else(|| fetched.get(&owner)))
-                .unwrap_or(&missing);
+                .unwrap_or(&no_key);
             match rollcall_personal::open(&mut opened, state) {
                 Ok(()) => {
                     crate::bulk::prepare(event, Ok(Some((&opened.payload, opened.schema_version))))
