@@ -32,6 +32,8 @@ use crate::ProjectorError;
 /// What a batch writes at its end: audit records, outbox entries, and each tenant's chain head.
 #[derive(Debug, Default)]
 pub struct Pending {
+    /// Whether its audit records are written with `COPY` (a rebuild's large batches).
+    copy: bool,
     audit: Vec<AuditRow>,
     outbox: Vec<OutboxEntry>,
     heads: HashMap<String, (i64, Vec<u8>)>,
@@ -139,6 +141,14 @@ impl Pending {
         self.enqueue(sequence, OutboxKind::User, tenant, user, None);
     }
 
+    /// What a rebuild's batch writes: its audit records with `COPY`.
+    pub(crate) fn copied() -> Self {
+        Self {
+            copy: true,
+            ..Self::default()
+        }
+    }
+
     /// Writes the gathered audit records now (in a savepoint of the caller's), so that a
     /// record PostgreSQL refuses can be told apart from the rest; the chain heads stay.
     pub async fn write_audit(
@@ -170,7 +180,11 @@ impl Pending {
         if let Some(known) = &mut self.known {
             known.write_users(connection).await?;
         }
-        audit::insert_many(connection, &self.audit).await?;
+        if self.copy {
+            audit::copy_many(connection, &self.audit).await?;
+        } else {
+            audit::insert_many(connection, &self.audit).await?;
+        }
         access::enqueue_many(connection, &self.outbox).await?;
         for (tenant, (sequence, hash)) in &self.heads {
             audit::set_chain_head(connection, tenant, *sequence, hash).await?;

@@ -701,7 +701,7 @@ impl Projector {
         let start = delivered.partition_point(|event| event.sequence <= checkpoint);
         let events = &delivered[start..];
         let mut fold = bulk::Fold::load(&mut transaction, events, written).await?;
-        let mut pending = apply::Pending::default();
+        let mut pending = apply::Pending::copied();
         for (event, prepared) in events.iter().zip(prepared.into_iter().skip(start)) {
             let draft = fold.apply(event, prepared)?;
             apply::chain(&mut journal, &mut pending, draft).await?;
