@@ -298,8 +298,10 @@ impl<'a> Fold<'a> {
         journal: &mut PgConnection,
         pending: Pending,
     ) -> Result<(), ProjectorError> {
-        tokio::try_join!(self.write_rows(connection), pending.flush(journal))?;
-        Ok(())
+        // Both run to their end, even when the other fails: a `COPY` given up between its last
+        // data and the server's answer would leave that answer unread on its pooled connection.
+        let (rows, audit) = tokio::join!(self.write_rows(connection), pending.flush(journal));
+        rows.and(audit)
     }
 
     /// Writes the folded state: deletions first (a deleted user's or group's memberships with
