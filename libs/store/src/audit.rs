@@ -411,32 +411,33 @@ pub async fn copy_many(connection: &mut PgConnection, rows: &[AuditRow]) -> Resu
     if rows.is_empty() {
         return Ok(());
     }
-    let invalid = |error: sqlx::error::BoxDynError| StoreError::Invalid(error.to_string());
     // The binary COPY format: a signature, flags and header extension length, then per row
     // its field count and each field as its length (-1: NULL) and bytes, then -1.
     let mut data = PgArgumentBuffer::default();
     data.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     data.extend_from_slice(&0i32.to_be_bytes());
     data.extend_from_slice(&0i32.to_be_bytes());
+    // Every column of `COLUMNS`, in its order.
+    let fields = i16::try_from(COLUMNS.split(',').count()).unwrap_or(i16::MAX);
     for row in rows {
-        data.extend_from_slice(&17i16.to_be_bytes());
-        copy_field(&mut data, &row.sequence).map_err(invalid)?;
-        copy_field(&mut data, &row.position).map_err(invalid)?;
-        copy_field(&mut data, &row.event_id).map_err(invalid)?;
-        copy_field(&mut data, &row.tenant).map_err(invalid)?;
-        copy_field(&mut data, &row.aggregate_type).map_err(invalid)?;
-        copy_field(&mut data, &row.aggregate_id).map_err(invalid)?;
-        copy_field(&mut data, &row.version).map_err(invalid)?;
-        copy_field(&mut data, &row.event_type).map_err(invalid)?;
-        copy_field(&mut data, &row.schema_version).map_err(invalid)?;
-        copy_field(&mut data, &Json(&row.actor.0)).map_err(invalid)?;
-        copy_field(&mut data, &row.request_id).map_err(invalid)?;
-        copy_field(&mut data, &row.trace_id).map_err(invalid)?;
-        copy_field(&mut data, &row.traceparent).map_err(invalid)?;
-        copy_field(&mut data, &row.occurred_at).map_err(invalid)?;
-        copy_field(&mut data, &Json(&row.payload.0)).map_err(invalid)?;
-        copy_field(&mut data, &row.prev_hash).map_err(invalid)?;
-        copy_field(&mut data, &row.hash).map_err(invalid)?;
+        data.extend_from_slice(&fields.to_be_bytes());
+        copy_field(&mut data, &row.sequence)?;
+        copy_field(&mut data, &row.position)?;
+        copy_field(&mut data, &row.event_id)?;
+        copy_field(&mut data, &row.tenant)?;
+        copy_field(&mut data, &row.aggregate_type)?;
+        copy_field(&mut data, &row.aggregate_id)?;
+        copy_field(&mut data, &row.version)?;
+        copy_field(&mut data, &row.event_type)?;
+        copy_field(&mut data, &row.schema_version)?;
+        copy_field(&mut data, &Json(&row.actor.0))?;
+        copy_field(&mut data, &row.request_id)?;
+        copy_field(&mut data, &row.trace_id)?;
+        copy_field(&mut data, &row.traceparent)?;
+        copy_field(&mut data, &row.occurred_at)?;
+        copy_field(&mut data, &Json(&row.payload.0))?;
+        copy_field(&mut data, &row.prev_hash)?;
+        copy_field(&mut data, &row.hash)?;
     }
     data.extend_from_slice(&(-1i16).to_be_bytes());
     let mut copy = connection
@@ -457,12 +458,18 @@ pub async fn copy_many(connection: &mut PgConnection, rows: &[AuditRow]) -> Resu
 fn copy_field<'q, T: sqlx::Encode<'q, sqlx::Postgres>>(
     data: &mut sqlx::postgres::PgArgumentBuffer,
     value: &T,
-) -> Result<(), sqlx::error::BoxDynError> {
+) -> Result<(), StoreError> {
+    let invalid = |error: String| StoreError::Invalid(format!("an audit record for COPY: {error}"));
     let start = data.len();
     data.extend_from_slice(&0i32.to_be_bytes());
-    let length = match value.encode_by_ref(data)? {
+    let length = match value
+        .encode_by_ref(data)
+        .map_err(|e| invalid(e.to_string()))?
+    {
         sqlx::encode::IsNull::Yes => -1,
-        sqlx::encode::IsNull::No => i32::try_from(data.len() - start - 4)?,
+        sqlx::encode::IsNull::No => {
+            i32::try_from(data.len() - start - 4).map_err(|e| invalid(e.to_string()))?
+        }
     };
     data[start..start + 4].copy_from_slice(&length.to_be_bytes());
     Ok(())
