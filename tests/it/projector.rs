@@ -815,3 +815,62 @@ async fn a_projector_giving_its_partition_back_publishes_what_its_batches_left_a
             .unwrap();
     }
 }
+
+/// A transaction abandoned while it begins (its task aborted, as a projector killed in the
+/// test above is, or a client gone mid-request) leaves no pooled connection inside a
+/// transaction: sqlx's own `begin`, dropped after it sent `BEGIN`, pools the connection in a
+/// transaction nothing ends, whose locks the next statements on it then hold for good.
+#[tokio::test]
+async fn a_transaction_abandoned_while_it_begins_leaves_no_connection_inside_it() {
+    let installation = rollcall_it::Installation::create_on(rollcall_it::nats_url()).await;
+    // One connection, so that every attempt begins on the one whose state is watched.
+    let store = installation
+        .store
+        .with_schema(rollcall_store::LIVE_SCHEMA, 1)
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let state = || async {
+        sqlx::query_scalar::<_, String>("SELECT state FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(installation.store.pool())
+            .await
+            .unwrap()
+    };
+    let mut abandoned = 0;
+    for attempt in 0..5 {
+        // Polled until PostgreSQL has begun the transaction, then dropped (at the end of this
+        // block) before its caller got it. After each poll the state is read a few times
+        // before the next, so that a `BEGIN` sent is seen before its answer could be read.
+        let begun = {
+            let mut begin = std::pin::pin!(store.begin());
+            'attempt: loop {
+                if futures::poll!(begin.as_mut()).is_ready() {
+                    break false;
+                }
+                for _ in 0..20 {
+                    if state().await == "idle in transaction" {
+                        break 'attempt true;
+                    }
+                }
+            }
+        };
+        abandoned += usize::from(begun);
+        // The connection is pooled again once whatever the attempt left is done.
+        let mut connection = store.pool().acquire().await.unwrap();
+        assert_eq!(
+            state().await,
+            "idle",
+            "attempt {attempt} (abandoned once begun: {begun})"
+        );
+        let same: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *connection)
+            .await
+            .unwrap();
+        assert_eq!(same, pid, "the attempts used the watched connection");
+    }
+    assert!(abandoned > 0, "no attempt was abandoned once begun");
+}

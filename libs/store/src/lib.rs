@@ -111,6 +111,28 @@ impl Store {
         &self.pool
     }
 
+    /// Begins a transaction on a pooled connection; use it, never the pool's own `begin`.
+    ///
+    /// sqlx's `Pool::begin`, dropped after it sent `BEGIN` and before the answer came (a
+    /// task aborted, a client gone, a `select!` that took another branch), returns the
+    /// connection to the pool inside a transaction that nothing rolls back: sqlx counts a
+    /// transaction only once `BEGIN` is answered. Every later statement on that connection
+    /// then runs inside it, and any lock one takes is held for good (a projector's start once
+    /// waited forever behind such a `FOR SHARE`). Run in a task of its own, the `BEGIN` always
+    /// completes, and a transaction its caller no longer awaits is dropped there, which rolls
+    /// it back before the connection is pooled again.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let pool = self.pool.clone();
+        #[allow(clippy::disallowed_methods)]
+        let begun = tokio::spawn(async move { pool.begin().await }).await;
+        match begun {
+            Ok(transaction) => Ok(transaction?),
+            Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+            // The runtime is shutting down.
+            Err(_) => Err(StoreError::Database(sqlx::Error::PoolClosed)),
+        }
+    }
+
     /// The read-model schema this store reads and writes.
     pub fn schema(&self) -> &str {
         &self.schema

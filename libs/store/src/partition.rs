@@ -53,7 +53,7 @@ impl Store {
         single: &str,
         names: &[String],
     ) -> Result<Choice, StoreError> {
-        let mut transaction = self.pool().begin().await?;
+        let mut transaction = self.begin().await?;
         // An installation that never chose has today's layout, one partition (it may have a
         // history under the single projector's checkpoint): a request for more moves it below.
         sqlx::query(

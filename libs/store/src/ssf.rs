@@ -270,7 +270,7 @@ impl Store {
         position: u64,
         covered: &[String],
     ) -> Result<(), StoreError> {
-        let mut transaction = self.pool().begin().await?;
+        let mut transaction = self.begin().await?;
         sqlx::query(ADVANCE)
             .bind(stream)
             .bind(tenant)
@@ -322,7 +322,7 @@ impl Store {
     /// time (a tombstone: a process that has not yet read the deletion delivers nothing).
     #[instrument(skip_all, fields(stream = %stream), err)]
     pub async fn forget_ssf_stream(&self, stream: Uuid) -> Result<(), StoreError> {
-        let mut transaction = self.pool().begin().await?;
+        let mut transaction = self.begin().await?;
         for statement in [
             "DELETE FROM public.ssf_ack WHERE stream_id = $1",
             "UPDATE public.ssf_delivery SET position = 9223372036854775807, updated_at = now() WHERE stream_id = $1",

@@ -127,7 +127,7 @@ async fn page(
            AND ($3::timestamptz IS NULL OR occurred_at >= $3) AND ($4::timestamptz IS NULL OR occurred_at < $4)
          ORDER BY sequence, position LIMIT $5"
     );
-    let mut transaction = store.pool().begin().await?;
+    let mut transaction = store.begin().await?;
     sqlx::query("SET LOCAL enable_sort = off")
         .execute(&mut *transaction)
         .await?;

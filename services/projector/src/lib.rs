@@ -690,8 +690,8 @@ impl Projector {
         // `transaction`. A statement that fails rolls both back (the batch is then applied event
         // by event); a commit that fails stops the rebuild ([`ProjectorError::Torn`]), which
         // starts again from nothing when run again.
-        let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
-        let mut journal = self.store.pool().begin().await.map_err(StoreError::from)?;
+        let mut transaction = self.store.begin().await?;
+        let mut journal = self.store.begin().await?;
         let checkpoint = checkpoint::lock(&mut transaction, &self.name)
             .await?
             .sequence;
@@ -762,7 +762,7 @@ impl Projector {
         from: u64,
         through: u64,
     ) -> Result<u64, ProjectorError> {
-        let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
+        let mut transaction = self.store.begin().await?;
         let locked = if self.share.is_some() {
             // Live projectors only (a rebuild projects every tenant into a fresh schema).
             let (locked, partitions) =
@@ -885,7 +885,7 @@ impl Projector {
         let Some(event) = commit.first() else {
             return Ok(from.saturating_sub(1));
         };
-        let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
+        let mut transaction = self.store.begin().await?;
         let locked = checkpoint::lock(&mut transaction, &self.name).await?;
         let checkpoint = locked.sequence;
         if event.sequence <= checkpoint || !self.left_as(locked) {
@@ -977,7 +977,7 @@ impl Projector {
         payload: &[u8],
         reason: &str,
     ) -> Result<u64, ProjectorError> {
-        let mut transaction = self.store.pool().begin().await.map_err(StoreError::from)?;
+        let mut transaction = self.store.begin().await?;
         let locked = checkpoint::lock(&mut transaction, &self.name).await?;
         let checkpoint = locked.sequence;
         if sequence <= checkpoint || !self.left_as(locked) {

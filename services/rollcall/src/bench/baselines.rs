@@ -170,7 +170,7 @@ pub async fn projection(env: &BenchEnv, events: usize) -> anyhow::Result<Measure
                 .stream_sequence as i64;
             rows.push((sequence, serde_json::from_slice(&message.payload)?));
         }
-        let mut transaction = pool.begin().await?;
+        let mut transaction = env.store.begin().await?;
         let mut insert =
             sqlx::QueryBuilder::new("INSERT INTO public.bench_projection (sequence, payload) ");
         insert.push_values(&rows, |mut b, (sequence, payload)| {
