@@ -406,6 +406,11 @@ impl Store {
 /// encoded by sqlx as it would bind it. For large batches (the rebuild's): measured on 50,000
 /// sealed records, PostgreSQL spent 0.6 s of CPU taking them this way and 1.5 s through the
 /// `unnest` statement of [`insert_many`], whose arrays it takes apart row by row.
+///
+/// Await it to its end, never under a `select!` or a timeout: dropped once the data is sent
+/// and before the server's answer is read, it leaves that answer on the connection (sqlx does
+/// not count it), where the connection's next statement would read it as its own. The
+/// rebuild's writer joins it with its other writes for that reason.
 pub async fn copy_many(connection: &mut PgConnection, rows: &[AuditRow]) -> Result<(), StoreError> {
     use sqlx::postgres::PgArgumentBuffer;
     if rows.is_empty() {

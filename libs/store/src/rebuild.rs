@@ -119,6 +119,8 @@ impl Store {
     /// deletion of entries it read before the swap removes those same entries after it.
     pub async fn swap_rebuild_schema(&self) -> Result<(), StoreError> {
         let mut connection = self.admin_connection().await?;
+        // A connection of its own, never pooled: dropped mid-`BEGIN`, it is closed.
+        #[allow(clippy::disallowed_methods)]
         let mut transaction = sqlx::Connection::begin(&mut connection).await?;
         // No entry is added or removed from here to the commit.
         sqlx::query(&format!(

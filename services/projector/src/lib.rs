@@ -915,6 +915,8 @@ impl Projector {
             .await?;
         }
         let audited = {
+            // A savepoint in the batch's transaction (dropped mid-way, that one rolls back).
+            #[allow(clippy::disallowed_methods)]
             let mut savepoint = transaction.begin().await.map_err(StoreError::from)?;
             match pending.write_audit(&mut savepoint).await {
                 Ok(()) => {

@@ -216,7 +216,8 @@ pub async fn record(
 /// Applies an operator's resolution: a skip passes over the named message (its event, or every
 /// event of its commit); then the aggregate's remaining quarantined messages are applied in
 /// order, each in a savepoint (a commit whole or not at all), until one fails again (it and the
-/// rest stay quarantined). The resolution event itself is audited by the caller.
+/// rest stay quarantined). The resolution event itself is audited by the caller. `connection`
+/// is inside the caller's transaction (the batch's), which the savepoints nest in.
 pub async fn resolve(
     connection: &mut PgConnection,
     store: &rollcall_store::Store,
@@ -274,6 +275,8 @@ pub async fn resolve(
             }
         };
         let mut attempt = Pending::default();
+        // A savepoint in the batch's transaction (dropped mid-way, that transaction rolls back).
+        #[allow(clippy::disallowed_methods)]
         let mut savepoint = connection.begin().await.map_err(StoreError::from)?;
         let mut outcome = Ok(());
         for (row, held) in commit.iter().zip(&held) {
