@@ -816,9 +816,9 @@ async fn a_projector_giving_its_partition_back_publishes_what_its_batches_left_a
     }
 }
 
-/// A transaction abandoned while it begins (its task aborted, as a projector killed in the
-/// test above is, or a client gone mid-request) leaves no pooled connection inside a
-/// transaction: sqlx's own `begin`, dropped after it sent `BEGIN`, pools the connection in a
+/// A transaction abandoned while it begins (its task aborted, as the projectors killed in
+/// `a_projector_killed_mid_stream_loses_and_duplicates_nothing` are, or a client gone
+/// mid-request) leaves no pooled connection inside a transaction: sqlx's own `begin`, dropped after it sent `BEGIN`, pools the connection in a
 /// transaction nothing ends, whose locks the next statements on it then hold for good.
 #[tokio::test]
 async fn a_transaction_abandoned_while_it_begins_leaves_no_connection_inside_it() {
