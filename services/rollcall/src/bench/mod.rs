@@ -48,6 +48,11 @@ pub struct BenchArgs {
     /// profiling a rebuild without waiting for a full one.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     rebuild_events: Option<u64>,
+    /// Users the `initial-cycle` scenario provisions (default: 500 quick, 100,000 full), with a
+    /// group per 100 of them (at least 10) and five memberships each, for studying the cycle
+    /// without waiting for a full run.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    cycle_users: Option<u64>,
 }
 
 /// The Shared Signals latency target: SCIM response to the receiver's `account-disabled`.
@@ -79,6 +84,12 @@ struct Sizes {
     seconds: u64,
 }
 
+/// The initial cycle's users, groups and memberships for `users` users.
+fn cycle(users: u64) -> (usize, usize, usize) {
+    let users = usize::try_from(users).unwrap_or(usize::MAX);
+    (users, (users / 100).max(10), users.saturating_mul(5))
+}
+
 impl Sizes {
     fn new(args: &BenchArgs) -> Self {
         if args.quick {
@@ -88,7 +99,7 @@ impl Sizes {
                 victims: 100,
                 rebuild_events: args.rebuild_events.map_or(20_000, |n| n as usize),
                 projection_events: 20_000,
-                cycle: (500, 10, 2_000),
+                cycle: args.cycle_users.map_or((500, 10, 2_000), cycle),
                 memory_users: 100_000,
                 seconds: args.seconds.unwrap_or(2),
             }
@@ -99,7 +110,7 @@ impl Sizes {
                 victims: 1_000,
                 rebuild_events: args.rebuild_events.map_or(1_000_000, |n| n as usize),
                 projection_events: 200_000,
-                cycle: (100_000, 1_000, 500_000),
+                cycle: args.cycle_users.map_or((100_000, 1_000, 500_000), cycle),
                 memory_users: 1_000_000,
                 seconds: args.seconds.unwrap_or(20),
             }
@@ -771,5 +782,13 @@ mod tests {
         let (median, spread) = median(vec![run(30.0), run(10.0), run(20.0)]);
         assert_eq!(median.throughput_per_s, 20.0);
         assert_eq!(spread, vec![10.0, 20.0, 30.0]);
+    }
+
+    #[test]
+    fn a_chosen_cycle_keeps_the_full_runs_proportions() {
+        assert_eq!(cycle(100_000), (100_000, 1_000, 500_000));
+        assert_eq!(cycle(30_000), (30_000, 300, 150_000));
+        // A small cycle still spreads its members over ten groups.
+        assert_eq!(cycle(1), (1, 10, 5));
     }
 }

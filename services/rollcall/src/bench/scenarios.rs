@@ -306,15 +306,16 @@ pub async fn rebuild(
 
 /// Entra's provisioning step: look the resource up (`lookup`, relative to the base URL); when
 /// nothing is found, create it at `endpoint`. The new id, or `None` when a step failed or the
-/// resource existed.
+/// resource existed. The lookup's own latency (milliseconds) goes to `lookups`.
 async fn lookup_then_create(
     http: &reqwest::Client,
     base: &str,
     token: &str,
-    lookup: &str,
+    (lookup, lookups): (&str, &Mutex<Vec<f64>>),
     endpoint: &str,
     body: &Value,
 ) -> Option<String> {
+    let begun = Instant::now();
     let found = http
         .get(format!("{base}/{lookup}"))
         .bearer_auth(token)
@@ -327,6 +328,9 @@ async fn lookup_then_create(
         .is_ok_and(|b| b["totalResults"] == 0)
     {
         return None;
+    }
+    if let Ok(mut lookups) = lookups.lock() {
+        lookups.push(begun.elapsed().as_secs_f64() * 1_000.0);
     }
     let created = http
         .post(format!("{base}/{endpoint}"))
@@ -344,6 +348,12 @@ async fn lookup_then_create(
             .and_then(|b| b["id"].as_str().map(str::to_owned))
             .unwrap_or_default(),
     )
+}
+
+/// The latencies of the lookups of a lookup-then-create phase, over the phase's wall time.
+fn alone(lookups: &Mutex<Vec<f64>>, phase: &Measured) -> Measured {
+    let latencies = lookups.lock().map(|l| l.clone()).unwrap_or_default();
+    summarize(latencies, 0, phase.seconds)
 }
 
 /// Keeps the `n`th id; whether there was one.
@@ -377,21 +387,25 @@ pub async fn initial_cycle(
         user_ids.clone(),
         run.clone(),
     );
-    phases.push((
-        "users (lookup + create)".to_owned(),
-        drive(concurrency, users as u64, Duration::from_secs(86_400), move |_, n| {
-            let (http, base, token, ids, run) = (h.clone(), b.clone(), t.clone(), ids.clone(), r.clone());
+    let lookups = Arc::new(Mutex::new(Vec::with_capacity(users)));
+    let l = lookups.clone();
+    let provisioned = drive(concurrency, users as u64, Duration::from_secs(86_400), move |_, n| {
+            let (http, base, token, ids, run, lookups) = (h.clone(), b.clone(), t.clone(), ids.clone(), r.clone(), l.clone());
             async move {
                 let name = format!("cycle{n}.{run}@bench.test");
                 let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
                                   "externalId": Uuid::new_v4().to_string(), "userName": name, "active": "True",
                                   "emails": [{"primary": true, "type": "work", "value": name}], "name": {"givenName": "Given", "familyName": "Family"}});
                 let lookup = format!("Users?filter=userName%20eq%20%22{}%22", name.replace('@', "%40"));
-                record(&ids, n, lookup_then_create(&http, &base, &token, &lookup, "Users", &body).await)
+                record(&ids, n, lookup_then_create(&http, &base, &token, (&lookup, &lookups), "Users", &body).await)
             }
         })
-        .await,
+        .await;
+    phases.push((
+        "users: the lookup alone".to_owned(),
+        alone(&lookups, &provisioned),
     ));
+    phases.push(("users (lookup + create)".to_owned(), provisioned));
     let (h, b, t, ids, r) = (
         http.clone(),
         base.clone(),
@@ -399,20 +413,24 @@ pub async fn initial_cycle(
         group_ids.clone(),
         run.clone(),
     );
-    phases.push((
-        "groups (lookup + create)".to_owned(),
-        drive(concurrency, groups as u64, Duration::from_secs(86_400), move |_, n| {
-            let (http, base, token, ids, run) = (h.clone(), b.clone(), t.clone(), ids.clone(), r.clone());
+    let lookups = Arc::new(Mutex::new(Vec::with_capacity(groups)));
+    let l = lookups.clone();
+    let provisioned = drive(concurrency, groups as u64, Duration::from_secs(86_400), move |_, n| {
+            let (http, base, token, ids, run, lookups) = (h.clone(), b.clone(), t.clone(), ids.clone(), r.clone(), l.clone());
             async move {
                 let name = format!("cycle-group-{n}-{run}");
                 let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group", "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"],
                                   "externalId": Uuid::new_v4().to_string(), "displayName": name});
                 let lookup = format!("Groups?excludedAttributes=members&filter=displayName%20eq%20%22{name}%22");
-                record(&ids, n, lookup_then_create(&http, &base, &token, &lookup, "Groups", &body).await)
+                record(&ids, n, lookup_then_create(&http, &base, &token, (&lookup, &lookups), "Groups", &body).await)
             }
         })
-        .await,
+        .await;
+    phases.push((
+        "groups: the lookup alone".to_owned(),
+        alone(&lookups, &provisioned),
     ));
+    phases.push(("groups (lookup + create)".to_owned(), provisioned));
     let users_done: Arc<Vec<String>> =
         Arc::new(user_ids.lock().map(|v| v.clone()).unwrap_or_default());
     let groups_done: Arc<Vec<String>> =
@@ -452,8 +470,10 @@ pub async fn initial_cycle(
         .await,
     ));
     let seconds = started.elapsed().as_secs_f64();
-    let operations: u64 = phases.iter().map(|(_, m)| m.operations).sum();
-    let errors: u64 = phases.iter().map(|(_, m)| m.errors).sum();
+    // The lookups alone are part of their phases, not operations of their own.
+    let whole = || phases.iter().filter(|(phase, _)| !phase.ends_with("alone"));
+    let operations: u64 = whole().map(|(_, m)| m.operations).sum();
+    let errors: u64 = whole().map(|(_, m)| m.errors).sum();
     phases.push((
         "whole cycle".to_owned(),
         Measured {
