@@ -311,7 +311,8 @@ async fn lookup_then_create(
     http: &reqwest::Client,
     base: &str,
     token: &str,
-    (lookup, lookups): (&str, &Mutex<Vec<f64>>),
+    lookup: &str,
+    lookups: &Mutex<Vec<f64>>,
     endpoint: &str,
     body: &Value,
 ) -> Option<String> {
@@ -350,10 +351,45 @@ async fn lookup_then_create(
     )
 }
 
-/// The latencies of the lookups of a lookup-then-create phase, over the phase's wall time.
-fn alone(lookups: &Mutex<Vec<f64>>, phase: &Measured) -> Measured {
+/// A lookup-then-create phase of the initial cycle: as many resources as `ids` has places,
+/// the `n`th looked up and created at `endpoint` as `resource(n)` says (the lookup, relative to
+/// the base URL, and the body); the `n`th id goes to the `n`th place. Returns the lookups alone
+/// (over the phase's wall time) and the phase.
+async fn provision(
+    env: &BenchEnv,
+    ids: &Arc<Mutex<Vec<String>>>,
+    concurrency: usize,
+    endpoint: &'static str,
+    resource: impl Fn(u64) -> (String, Value) + Send + Sync + 'static,
+) -> (Measured, Measured) {
+    let (http, base, token) = client(env);
+    let count = ids.lock().map(|ids| ids.len()).unwrap_or(0);
+    let lookups = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let (l, ids) = (lookups.clone(), ids.clone());
+    let phase = drive(
+        concurrency,
+        count as u64,
+        Duration::from_secs(86_400),
+        move |_, n| {
+            let (lookup, body) = resource(n);
+            let (http, base, token, ids, lookups) = (
+                http.clone(),
+                base.clone(),
+                token.clone(),
+                ids.clone(),
+                l.clone(),
+            );
+            async move {
+                let id =
+                    lookup_then_create(&http, &base, &token, &lookup, &lookups, endpoint, &body)
+                        .await;
+                record(&ids, n, id)
+            }
+        },
+    )
+    .await;
     let latencies = lookups.lock().map(|l| l.clone()).unwrap_or_default();
-    summarize(latencies, 0, phase.seconds)
+    (summarize(latencies, 0, phase.seconds), phase)
 }
 
 /// Keeps the `n`th id; whether there was one.
@@ -380,56 +416,25 @@ pub async fn initial_cycle(
     let group_ids = Arc::new(Mutex::new(vec![String::new(); groups]));
     let mut phases = Vec::new();
     let started = Instant::now();
-    let (h, b, t, ids, r) = (
-        http.clone(),
-        base.clone(),
-        token.clone(),
-        user_ids.clone(),
-        run.clone(),
-    );
-    let lookups = Arc::new(Mutex::new(Vec::with_capacity(users)));
-    let l = lookups.clone();
-    let provisioned = drive(concurrency, users as u64, Duration::from_secs(86_400), move |_, n| {
-            let (http, base, token, ids, run, lookups) = (h.clone(), b.clone(), t.clone(), ids.clone(), r.clone(), l.clone());
-            async move {
-                let name = format!("cycle{n}.{run}@bench.test");
-                let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
-                                  "externalId": Uuid::new_v4().to_string(), "userName": name, "active": "True",
-                                  "emails": [{"primary": true, "type": "work", "value": name}], "name": {"givenName": "Given", "familyName": "Family"}});
-                let lookup = format!("Users?filter=userName%20eq%20%22{}%22", name.replace('@', "%40"));
-                record(&ids, n, lookup_then_create(&http, &base, &token, (&lookup, &lookups), "Users", &body).await)
-            }
-        })
-        .await;
-    phases.push((
-        "users: the lookup alone".to_owned(),
-        alone(&lookups, &provisioned),
-    ));
+    let r = run.clone();
+    let (lookups, provisioned) = provision(env, &user_ids, concurrency, "Users", move |n| {
+        let name = format!("cycle{n}.{r}@bench.test");
+        let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
+                          "externalId": Uuid::new_v4().to_string(), "userName": name, "active": "True",
+                          "emails": [{"primary": true, "type": "work", "value": name}], "name": {"givenName": "Given", "familyName": "Family"}});
+        (format!("Users?filter=userName%20eq%20%22{}%22", name.replace('@', "%40")), body)
+    })
+    .await;
+    phases.push(("users: the lookup alone".to_owned(), lookups));
     phases.push(("users (lookup + create)".to_owned(), provisioned));
-    let (h, b, t, ids, r) = (
-        http.clone(),
-        base.clone(),
-        token.clone(),
-        group_ids.clone(),
-        run.clone(),
-    );
-    let lookups = Arc::new(Mutex::new(Vec::with_capacity(groups)));
-    let l = lookups.clone();
-    let provisioned = drive(concurrency, groups as u64, Duration::from_secs(86_400), move |_, n| {
-            let (http, base, token, ids, run, lookups) = (h.clone(), b.clone(), t.clone(), ids.clone(), r.clone(), l.clone());
-            async move {
-                let name = format!("cycle-group-{n}-{run}");
-                let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group", "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"],
-                                  "externalId": Uuid::new_v4().to_string(), "displayName": name});
-                let lookup = format!("Groups?excludedAttributes=members&filter=displayName%20eq%20%22{name}%22");
-                record(&ids, n, lookup_then_create(&http, &base, &token, (&lookup, &lookups), "Groups", &body).await)
-            }
-        })
-        .await;
-    phases.push((
-        "groups: the lookup alone".to_owned(),
-        alone(&lookups, &provisioned),
-    ));
+    let (lookups, provisioned) = provision(env, &group_ids, concurrency, "Groups", move |n| {
+        let name = format!("cycle-group-{n}-{run}");
+        let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group", "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"],
+                          "externalId": Uuid::new_v4().to_string(), "displayName": name});
+        (format!("Groups?excludedAttributes=members&filter=displayName%20eq%20%22{name}%22"), body)
+    })
+    .await;
+    phases.push(("groups: the lookup alone".to_owned(), lookups));
     phases.push(("groups (lookup + create)".to_owned(), provisioned));
     let users_done: Arc<Vec<String>> =
         Arc::new(user_ids.lock().map(|v| v.clone()).unwrap_or_default());
