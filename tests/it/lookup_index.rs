@@ -79,6 +79,43 @@ async fn the_index_answers_only_once_it_holds_every_write_answered_before() {
     assert_eq!(found(&index, "another", "held@example.com"), 0);
 }
 
+#[tokio::test]
+async fn an_index_reads_the_keys_of_users_another_replica_created_a_burst_at_a_time() {
+    let env = TestEnv::start().await;
+    let scim = env.scim();
+    // The index of another process: its key cache holds none of the keys the writer stored.
+    let replica = env.connect_again().await;
+    rollcall::connection::install_keks(&replica.store, &Default::default(), true)
+        .await
+        .unwrap();
+    let index = LookupIndex::start(replica.log.clone(), replica.store.clone());
+    eventually("the index caught up", Duration::from_secs(10), || async {
+        index.current().await
+    })
+    .await;
+    // A burst of creates arrives while the index is busy.
+    index.hold_feed(true);
+    let names: Vec<String> = (0..40).map(|n| format!("burst{n}@example.com")).collect();
+    for name in &names {
+        scim.create_user(&user(name, name)).await;
+    }
+    let before = replica.store.data_key_reads();
+    index.hold_feed(false);
+    eventually("the index caught up", Duration::from_secs(10), || async {
+        index.current().await
+    })
+    .await;
+    let reads = replica.store.data_key_reads() - before;
+    // Opened (their names are sealed in the events), with one query a burst, not one a user.
+    for name in &names {
+        assert_eq!(found(&index, &env.tenant, name), 1, "{name}");
+    }
+    assert!(
+        (1..=8).contains(&reads),
+        "{reads} queries read the keys of 40 new users"
+    );
+}
+
 /// Two more SCIM API replicas: one answering lookups from its index, one from PostgreSQL
 /// only, under one public URL (so that their documents say the same `meta.location`).
 async fn two_replicas(env: &mut TestEnv) -> (Scim, Scim) {

@@ -387,15 +387,12 @@ pub async fn seal_all<E: PersonalEvent>(
     Ok(())
 }
 
-/// The key states of the owners of every sealed event of `events`, read in one query (fewer
-/// with [`Freshness::Cached`]).
-pub async fn keys_for<E: PersonalEvent>(
-    store: &Store,
-    events: &mut [E],
-    freshness: Freshness,
-) -> Result<HashMap<(String, Uuid), KeyState>, StoreError> {
-    let wanted: Vec<(String, Uuid)> = events
-        .iter_mut()
+/// The owners of the sealed events of `events`, each once: whose data keys opening them takes.
+pub fn sealed_owners<'a, E: PersonalEvent + 'a>(
+    events: impl IntoIterator<Item = &'a mut E>,
+) -> Vec<(String, Uuid)> {
+    events
+        .into_iter()
         .filter_map(|event| {
             if is_sealed(event) {
                 key_owner(event)
@@ -405,7 +402,17 @@ pub async fn keys_for<E: PersonalEvent>(
         })
         .collect::<HashSet<_>>()
         .into_iter()
-        .collect();
+        .collect()
+}
+
+/// The key states of the owners of every sealed event of `events`, read in one query (fewer
+/// with [`Freshness::Cached`]).
+pub async fn keys_for<E: PersonalEvent>(
+    store: &Store,
+    events: &mut [E],
+    freshness: Freshness,
+) -> Result<HashMap<(String, Uuid), KeyState>, StoreError> {
+    let wanted = sealed_owners(events.iter_mut());
     if wanted.is_empty() {
         return Ok(HashMap::new());
     }

@@ -146,6 +146,8 @@ pub(crate) struct Keyring {
     /// Set only by the benchmark ([`Store::set_sealing_for_benchmark`]): new events are
     /// written with their personal fields in clear.
     unsealed: std::sync::atomic::AtomicBool,
+    /// How many times [`Store::data_keys`] read keys from PostgreSQL.
+    reads: std::sync::atomic::AtomicU64,
 }
 
 /// The spare users of every tenant this process created users in.
@@ -635,6 +637,15 @@ impl Store {
             .store(!seal, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// How many queries this store (and its clones) made to read data keys
+    /// ([`Store::data_keys`]), each for any number of users: what the key cache and reading
+    /// keys in batches save.
+    pub fn data_key_reads(&self) -> u64 {
+        self.keyring
+            .reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The keys of `users` (tenant, id), each as [`KeyState`].
     #[instrument(skip_all, fields(users = users.len()), err)]
     pub async fn data_keys(
@@ -661,6 +672,9 @@ impl Store {
         }
         let tenants: Vec<&str> = wanted.iter().map(|(tenant, _)| tenant.as_str()).collect();
         let ids: Vec<Uuid> = wanted.iter().map(|(_, id)| *id).collect();
+        self.keyring
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT k.tenant, k.user_id, k.kek, k.wrapped
                FROM unnest($1::text[], $2::uuid[]) AS w (tenant, user_id)

@@ -55,6 +55,9 @@ const QUARANTINE_EVERY: Duration = Duration::from_secs(1);
 /// How old that list may be before the index stops answering.
 const QUARANTINE_STALE: Duration = Duration::from_secs(3);
 
+/// The most messages the feed opens and applies together (those that arrived meanwhile).
+const FEED_CHUNK: usize = 256;
+
 /// How long the feed waits before it follows the stream again after an error.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -743,7 +746,7 @@ async fn feed(inner: Weak<Inner>, log: EventLog, store: Store) {
                 })
                 .await
                 .map_err(|error| error.to_string())?;
-            let mut messages = consumer
+            let messages = consumer
                 .messages()
                 .await
                 .map_err(|error| error.to_string())?;
@@ -752,8 +755,11 @@ async fn feed(inner: Weak<Inner>, log: EventLog, store: Store) {
                     inner.ready.store(true, Ordering::Release);
                 }
             }
-            while let Some(message) = messages.next().await {
-                let message = message.map_err(|error| error.to_string())?;
+            // What arrived together is opened together: the data keys of every user whose
+            // events are sealed in it are read in one query, not one a message (another
+            // replica's writes are not in this process's key cache).
+            let mut chunks = messages.ready_chunks(FEED_CHUNK);
+            while let Some(chunk) = chunks.next().await {
                 let Some(inner) = inner.upgrade() else {
                     return Ok(());
                 };
@@ -761,53 +767,34 @@ async fn feed(inner: Weak<Inner>, log: EventLog, store: Store) {
                 while inner.held.load(Ordering::Acquire) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                let sequence = match decode(&message) {
-                    Ok(mut events) => {
-                        rollcall_personal::forget_erased(
-                            &store,
-                            events.iter().map(|e| &e.envelope),
-                        );
-                        match rollcall_personal::open_all(&store, &mut events, Freshness::Cached)
-                            .await
-                        {
-                            Ok(()) => {}
-                            // PostgreSQL did not answer: follow again from here, later.
-                            Err(rollcall_personal::PersonalError::Store(
-                                error @ rollcall_store::StoreError::Database(_),
-                            )) => {
-                                return Err(format!("reading data keys: {error}"));
-                            }
-                            Err(error) => {
-                                if let Some(first) = events.first() {
-                                    warn!(error = %error, "the lookup index cannot open an event's personal fields; PostgreSQL answers its tenant's lookups");
-                                    inner.diverge(&first.envelope.tenant);
-                                }
-                            }
+                let mut decoded = Vec::with_capacity(chunk.len());
+                let mut broken = None;
+                for message in chunk {
+                    match message {
+                        Ok(message) => decoded.push((decode(&message), message)),
+                        // Those before it are applied first; the stream is followed again
+                        // from after them.
+                        Err(error) => {
+                            broken = Some(error.to_string());
+                            break;
                         }
-                        inner.apply(&events);
-                        events.first().map(|event| event.sequence)
                     }
-                    Err(error) => {
-                        match rollcall_eventlog::partition::subject_tenant(&message.subject) {
-                            Some(tenant) => {
-                                warn!(error = %error, "the lookup index cannot read a message; PostgreSQL answers its tenant's lookups");
-                                inner.diverge(tenant);
-                            }
-                            None => {
-                                warn!(error = %error, "the lookup index cannot read a message of no known tenant; PostgreSQL answers every lookup");
-                                inner.blind.store(true, Ordering::Release);
-                            }
-                        }
-                        message.info().ok().map(|info| info.stream_sequence)
-                    }
-                };
-                if let Some(sequence) = sequence {
-                    inner.applied.send_replace(sequence);
-                    if sequence >= inner.target.load(Ordering::Acquire)
-                        && !inner.ready.swap(true, Ordering::AcqRel)
-                    {
-                        info!(sequence, "the lookup index caught up with the stream");
-                    }
+                }
+                let owners = rollcall_personal::sealed_owners(
+                    decoded
+                        .iter_mut()
+                        .filter_map(|(events, _)| events.as_mut().ok())
+                        .flatten(),
+                );
+                if !owners.is_empty() {
+                    // Best effort: on any error each message reads its own keys, as below.
+                    let _ = store.data_keys(&owners, Freshness::Cached).await;
+                }
+                for (decoded, message) in decoded {
+                    follow_one(&inner, &store, decoded, &message).await?;
+                }
+                if let Some(error) = broken {
+                    return Err(error);
                 }
             }
             Err("the stream's messages ended".to_owned())
@@ -823,6 +810,59 @@ async fn feed(inner: Weak<Inner>, log: EventLog, store: Store) {
             }
         }
     }
+}
+
+/// Opens and applies one message the feed received (decoded as `decoded`), and notes it
+/// applied. `Err` when PostgreSQL did not answer: the feed follows the stream again from it.
+async fn follow_one(
+    inner: &Inner,
+    store: &Store,
+    decoded: Result<Vec<Delivered>, rollcall_eventlog::LoadError>,
+    message: &async_nats::jetstream::Message,
+) -> Result<(), String> {
+    let sequence = match decoded {
+        Ok(mut events) => {
+            rollcall_personal::forget_erased(store, events.iter().map(|e| &e.envelope));
+            match rollcall_personal::open_all(store, &mut events, Freshness::Cached).await {
+                Ok(()) => {}
+                Err(rollcall_personal::PersonalError::Store(
+                    error @ rollcall_store::StoreError::Database(_),
+                )) => {
+                    return Err(format!("reading data keys: {error}"));
+                }
+                Err(error) => {
+                    if let Some(first) = events.first() {
+                        warn!(error = %error, "the lookup index cannot open an event's personal fields; PostgreSQL answers its tenant's lookups");
+                        inner.diverge(&first.envelope.tenant);
+                    }
+                }
+            }
+            inner.apply(&events);
+            events.first().map(|event| event.sequence)
+        }
+        Err(error) => {
+            match rollcall_eventlog::partition::subject_tenant(&message.subject) {
+                Some(tenant) => {
+                    warn!(error = %error, "the lookup index cannot read a message; PostgreSQL answers its tenant's lookups");
+                    inner.diverge(tenant);
+                }
+                None => {
+                    warn!(error = %error, "the lookup index cannot read a message of no known tenant; PostgreSQL answers every lookup");
+                    inner.blind.store(true, Ordering::Release);
+                }
+            }
+            message.info().ok().map(|info| info.stream_sequence)
+        }
+    };
+    if let Some(sequence) = sequence {
+        inner.applied.send_replace(sequence);
+        if sequence >= inner.target.load(Ordering::Acquire)
+            && !inner.ready.swap(true, Ordering::AcqRel)
+        {
+            info!(sequence, "the lookup index caught up with the stream");
+        }
+    }
+    Ok(())
 }
 
 /// Reads which tenants' read models are behind the stream (a quarantine) every second.
