@@ -608,8 +608,9 @@ impl LookupIndex {
             .answer(tenant, |tenant| tenant.groups(conditions, page, base))
     }
 
-    /// Holds the feed (it applies nothing until released), so that the index falls behind the
-    /// stream. Debug builds only: for the tests of what a lookup does then.
+    /// Holds the feed (it applies nothing more until released, once it has applied the messages
+    /// it was applying, at most [`FEED_CHUNK`]), so that the index falls behind the stream.
+    /// Debug builds only: for the tests of what a lookup does then.
     #[cfg(debug_assertions)]
     pub fn hold_feed(&self, held: bool) {
         self.inner.held.store(held, Ordering::Release);
@@ -787,8 +788,14 @@ async fn feed(inner: Weak<Inner>, log: EventLog, store: Store) {
                         .flatten(),
                 );
                 if !owners.is_empty() {
-                    // Best effort: on any error each message reads its own keys, as below.
-                    let _ = store.data_keys(&owners, Freshness::Cached).await;
+                    // PostgreSQL did not answer: nothing of the chunk is applied yet, follow
+                    // again from before it. Any other error is met again by the message whose
+                    // key it is, and handled there.
+                    if let Err(error @ rollcall_store::StoreError::Database(_)) =
+                        store.data_keys(&owners, Freshness::Cached).await
+                    {
+                        return Err(format!("reading data keys: {error}"));
+                    }
                 }
                 for (decoded, message) in decoded {
                     follow_one(&inner, &store, decoded, &message).await?;
