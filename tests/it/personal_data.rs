@@ -1007,6 +1007,45 @@ async fn concurrent_writers_of_one_new_user_in_two_processes_agree_on_one_data_k
 }
 
 #[tokio::test]
+async fn a_process_reads_an_erased_users_tombstone_once_and_an_auditor_every_time() {
+    let env = TestEnv::start().await;
+    let user = (env.tenant.clone(), Uuid::now_v7());
+    env.store
+        .data_key_for_writing(&user.0, user.1)
+        .await
+        .unwrap();
+    env.store.erase_data_key(&user.0, user.1).await.unwrap();
+    // Another process, which never held the key: every sealed event of the user it opens (as
+    // its lookup index or projector replays the history) asks for the key again.
+    let other = env.connect_again().await.store;
+    rollcall::connection::install_keks(&other, &Default::default(), true)
+        .await
+        .unwrap();
+    let read = |freshness| {
+        let (other, user) = (other.clone(), user.clone());
+        async move {
+            let before = other.data_key_reads();
+            let keys = other
+                .data_keys(std::slice::from_ref(&user), freshness)
+                .await
+                .unwrap();
+            assert_eq!(keys.get(&user), Some(&KeyState::Erased));
+            other.data_key_reads() - before
+        }
+    };
+    assert_eq!(
+        read(Freshness::Cached).await,
+        1,
+        "the first read asks PostgreSQL"
+    );
+    for _ in 0..3 {
+        assert_eq!(read(Freshness::Cached).await, 0, "a tombstone is for good");
+    }
+    // An auditor's fresh read still asks, and leaves nothing behind.
+    assert_eq!(read(Freshness::Fresh).await, 1);
+}
+
+#[tokio::test]
 async fn a_create_refused_before_anything_was_appended_leaves_no_data_key_behind() {
     let env = TestEnv::start().await;
     let scim = env.scim();

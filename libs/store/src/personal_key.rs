@@ -130,6 +130,9 @@ impl Kek {
 pub(crate) struct Keyring {
     keks: RwLock<Option<(Kek, Vec<Kek>)>>,
     cache: Mutex<HashMap<(String, Uuid), (DataKey, std::time::Instant)>>,
+    /// Users this process read as erased: a tombstone is for good (no key is ever stored for
+    /// an erased user again), so their sealed events need no query each ([`Freshness::Cached`]).
+    erased: Mutex<std::collections::HashSet<(String, Uuid)>>,
     /// Keys being created, by (tenant, user): later requests wait for the first one's answer
     /// (`Some(None)`: it failed).
     pending: Mutex<HashMap<(String, Uuid), PendingKey>>,
@@ -308,6 +311,27 @@ impl Store {
     pub fn clear_data_key_cache(&self) {
         if let Ok(mut cache) = self.keyring.cache.lock() {
             cache.clear();
+        }
+        if let Ok(mut erased) = self.keyring.erased.lock() {
+            erased.clear();
+        }
+    }
+
+    /// Whether this process read `user`'s key as erased.
+    fn known_erased(&self, tenant: &str, user: Uuid) -> bool {
+        self.keyring
+            .erased
+            .lock()
+            .is_ok_and(|erased| erased.contains(&(tenant.to_owned(), user)))
+    }
+
+    /// Remembers that `user`'s key was read as erased.
+    fn remember_erased(&self, tenant: &str, user: Uuid) {
+        if let Ok(mut erased) = self.keyring.erased.lock() {
+            if erased.len() >= CACHE_LIMIT {
+                erased.clear();
+            }
+            erased.insert((tenant.to_owned(), user));
         }
     }
 
@@ -657,12 +681,19 @@ impl Store {
         let mut wanted: Vec<&(String, Uuid)> = Vec::new();
         for user in users {
             let cached = match freshness {
-                Freshness::Cached => self.cached_key(&user.0, user.1),
+                Freshness::Cached => {
+                    self.cached_key(&user.0, user.1)
+                        .map(KeyState::Key)
+                        .or_else(|| {
+                            self.known_erased(&user.0, user.1)
+                                .then_some(KeyState::Erased)
+                        })
+                }
                 Freshness::Fresh => None,
             };
             match cached {
-                Some(key) => {
-                    found.insert(user.clone(), KeyState::Key(key));
+                Some(state) => {
+                    found.insert(user.clone(), state);
                 }
                 None => wanted.push(user),
             }
@@ -694,7 +725,12 @@ impl Store {
                     }
                     KeyState::Key(key)
                 }
-                _ => KeyState::Erased,
+                _ => {
+                    if freshness == Freshness::Cached {
+                        self.remember_erased(&tenant, user);
+                    }
+                    KeyState::Erased
+                }
             };
             found.insert((tenant, user), state);
         }
