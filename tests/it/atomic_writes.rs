@@ -527,3 +527,42 @@ async fn a_writer_killed_after_the_stream_took_the_write_leaves_all_of_it() {
         assert_eq!(kill_the_writer_at(fault::WRITE_APPENDED).await, Left::All);
     }
 }
+
+#[tokio::test]
+async fn an_append_that_reaches_no_stream_is_sent_again_until_the_stream_answers() {
+    let id = Uuid::new_v4().simple().to_string();
+    let namespace = Namespace::new(format!("t{}", &id[..16])).unwrap();
+    let client = rollcall_eventlog::connect(&rollcall_it::nats_url(), "rollcall-test")
+        .await
+        .unwrap();
+    let log = rollcall_eventlog::EventLog::open(client, namespace.clone())
+        .await
+        .unwrap();
+    // The stream is gone for a moment, as a stream just created on a cluster, or one whose
+    // leader is being elected, is to the server the writer is connected to: no one answers.
+    let jetstream = log.jetstream().clone();
+    let config = jetstream
+        .get_stream(namespace.stream())
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    jetstream.delete_stream(namespace.stream()).await.unwrap();
+    let user = Uuid::now_v7();
+    let subject = namespace.aggregate_subject("test", "user", &user);
+    let event = UserEvent::Deactivated;
+    let envelope = rollcall_it::user_envelope("test", user, 1, &event);
+    let writer = log.clone();
+    let append = tokio::spawn(async move { writer.append(&subject, 0, &[envelope]).await });
+    eventually(
+        "the append was sent again",
+        Duration::from_secs(5),
+        || async { log.appends_sent_again() > 0 },
+    )
+    .await;
+    jetstream.create_stream(config).await.unwrap();
+    let sequence = append.await.unwrap().unwrap();
+    assert_eq!(sequence, 1, "stored once, in the stream that answered");
+    jetstream.delete_stream(namespace.stream()).await.unwrap();
+}

@@ -17,6 +17,13 @@ use crate::namespace::Namespace;
 /// How long the stream remembers message ids to drop duplicate publishes.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// How many times an append that reached no stream is sent again, [`UNHEARD_PAUSE`] apart,
+/// before it fails: for 2 s.
+const UNHEARD_RETRIES: u32 = 40;
+
+/// The pause before an append that reached no stream is sent again.
+const UNHEARD_PAUSE: Duration = Duration::from_millis(50);
+
 /// Why an append failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -81,6 +88,8 @@ pub struct EventLog {
     max_event_bytes: usize,
     /// Debug builds: reads pass the stream leader over as if it did not answer (tests).
     leader_silenced: Arc<AtomicBool>,
+    /// How many appends reached no stream and were sent again.
+    sent_again: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn nats<E: std::fmt::Display>(error: E) -> LoadError {
@@ -147,6 +156,7 @@ impl EventLog {
             max_payload,
             max_event_bytes: rollcall_scim::limits::max_event_bytes(max_payload),
             leader_silenced: Arc::default(),
+            sent_again: Arc::default(),
         })
     }
 
@@ -218,7 +228,9 @@ impl EventLog {
     ///
     /// One event is one message as it always was; several are one commit
     /// ([`encode_commit`]). The whole message is measured first: if it is larger than
-    /// [`EventLog::max_event_bytes`], nothing is appended ([`AppendError::TooLarge`]).
+    /// [`EventLog::max_event_bytes`], nothing is appended ([`AppendError::TooLarge`]). A message
+    /// that reached no stream (NATS: no responders) stored nothing and is sent again, for up to
+    /// [`UNHEARD_RETRIES`] times.
     #[instrument(skip_all, fields(subject = %subject, expected, events = envelopes.len()), err)]
     pub async fn append(
         &self,
@@ -237,24 +249,51 @@ impl EventLog {
             });
         }
         let headers = commit_headers(envelopes, expected);
+        let payload = bytes::Bytes::from(payload);
         fault::point(fault::APPEND_ENCODED);
-        let sent = self
-            .jetstream
-            .publish_with_headers(subject.to_owned(), headers, payload.into())
-            .await
-            .map_err(|error| AppendError::Publish(error.to_string()))?;
-        if fault::armed(fault::APPEND_SENT) {
-            // The message must have left this process before it dies at this point.
-            let _ = self.jetstream.client().flush().await;
-            fault::point(fault::APPEND_SENT);
-        }
-        let ack = sent.await.map_err(|error| match error.kind() {
-            jetstream::context::PublishErrorKind::WrongLastSequence => {
-                AppendError::Conflict { expected }
+        let mut unheard = 0;
+        loop {
+            let sent = self
+                .jetstream
+                .publish_with_headers(subject.to_owned(), headers.clone(), payload.clone())
+                .await
+                .map_err(|error| AppendError::Publish(error.to_string()))?;
+            if fault::armed(fault::APPEND_SENT) {
+                // The message must have left this process before it dies at this point.
+                let _ = self.jetstream.client().flush().await;
+                fault::point(fault::APPEND_SENT);
             }
-            _ => AppendError::Publish(error.to_string()),
-        })?;
-        Ok(ack.sequence)
+            match sent.await {
+                Ok(ack) => return Ok(ack.sequence),
+                Err(error) => match error.kind() {
+                    jetstream::context::PublishErrorKind::WrongLastSequence => {
+                        return Err(AppendError::Conflict { expected })
+                    }
+                    // No server took the message (NATS answered "no responders"): nothing was
+                    // stored. A stream just created on a cluster, or one electing a leader, is
+                    // briefly so; it is sent again for a while.
+                    jetstream::context::PublishErrorKind::StreamNotFound
+                        if unheard < UNHEARD_RETRIES =>
+                    {
+                        unheard += 1;
+                        self.sent_again
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(
+                            attempt = unheard,
+                            "the append reached no stream; sending it again"
+                        );
+                        tokio::time::sleep(UNHEARD_PAUSE).await;
+                    }
+                    _ => return Err(AppendError::Publish(error.to_string())),
+                },
+            }
+        }
+    }
+
+    /// How many appends reached no stream and were sent again (see [`EventLog::append`]), by
+    /// this log and its clones.
+    pub fn appends_sent_again(&self) -> u64 {
+        self.sent_again.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The stream sequence of a subject's last event (0 if it has none).
