@@ -1014,7 +1014,14 @@ async fn a_process_reads_an_erased_users_tombstone_once_and_an_auditor_every_tim
         .data_key_for_writing(&user.0, user.1)
         .await
         .unwrap();
-    env.store.erase_data_key(&user.0, user.1).await.unwrap();
+    assert!(
+        env.store.erase_data_key(&user.0, user.1).await.unwrap(),
+        "the live key was destroyed now"
+    );
+    assert!(
+        !env.store.erase_data_key(&user.0, user.1).await.unwrap(),
+        "and not again"
+    );
     // Another process, which never held the key: every sealed event of the user it opens (as
     // its lookup index or projector replays the history) asks for the key again.
     let other = env.connect_again().await.store;

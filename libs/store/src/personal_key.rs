@@ -788,22 +788,31 @@ impl Store {
     #[instrument(skip_all, fields(tenant, user.id = %user), err)]
     pub async fn erase_data_key(&self, tenant: &str, user: Uuid) -> Result<bool, StoreError> {
         self.forget_data_key(tenant, user);
-        let destroyed: Option<(bool,)> = sqlx::query_as(
-            "WITH before AS (
-                 SELECT wrapped IS NOT NULL AS live FROM public.personal_data_key
-                  WHERE tenant = $1 AND user_id = $2 FOR UPDATE)
-             INSERT INTO public.personal_data_key AS k (tenant, user_id, kek, wrapped, erased_at)
-             VALUES ($1, $2, NULL, NULL, now())
-             ON CONFLICT (tenant, user_id) DO UPDATE
-                SET kek = NULL, wrapped = NULL, erased_at = coalesce(k.erased_at, now())
-             RETURNING coalesce((SELECT live FROM before), false)",
+        // Read first, in a statement of its own: a `FOR UPDATE` in a CTE of the upsert saw no
+        // row (PostgreSQL evaluated it after the upsert had changed the row, and skips a row
+        // its own command changed), so every erasure said it destroyed nothing.
+        let mut transaction = self.begin().await?;
+        let live: Option<bool> = sqlx::query_scalar(
+            "SELECT wrapped IS NOT NULL FROM public.personal_data_key
+              WHERE tenant = $1 AND user_id = $2 FOR UPDATE",
         )
         .bind(tenant)
         .bind(user)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *transaction)
         .await?;
+        sqlx::query(
+            "INSERT INTO public.personal_data_key AS k (tenant, user_id, kek, wrapped, erased_at)
+             VALUES ($1, $2, NULL, NULL, now())
+             ON CONFLICT (tenant, user_id) DO UPDATE
+                SET kek = NULL, wrapped = NULL, erased_at = coalesce(k.erased_at, now())",
+        )
+        .bind(tenant)
+        .bind(user)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
         self.forget_data_key(tenant, user);
-        Ok(destroyed.is_some_and(|(destroyed,)| destroyed))
+        Ok(live == Some(true))
     }
 
     /// Whether any user's data key is stored (wrapped under some KEK).
