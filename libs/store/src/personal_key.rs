@@ -129,10 +129,7 @@ impl Kek {
 #[derive(Default)]
 pub(crate) struct Keyring {
     keks: RwLock<Option<(Kek, Vec<Kek>)>>,
-    cache: Mutex<HashMap<(String, Uuid), (DataKey, std::time::Instant)>>,
-    /// Users this process read as erased: a tombstone is for good (no key is ever stored for
-    /// an erased user again), so their sealed events need no query each ([`Freshness::Cached`]).
-    erased: Mutex<std::collections::HashSet<(String, Uuid)>>,
+    cache: Mutex<HashMap<(String, Uuid), Cached>>,
     /// Keys being created, by (tenant, user): later requests wait for the first one's answer
     /// (`Some(None)`: it failed).
     pending: Mutex<HashMap<(String, Uuid), PendingKey>>,
@@ -151,6 +148,22 @@ pub(crate) struct Keyring {
     unsealed: std::sync::atomic::AtomicBool,
     /// How many times [`Store::data_keys`] read keys from PostgreSQL.
     reads: std::sync::atomic::AtomicU64,
+}
+
+/// What this process knows of a user's data key ([`Freshness::Cached`] reads need no query).
+enum Cached {
+    /// Unwrapped at that instant: served for [`CACHE_TTL`].
+    Key(DataKey, std::time::Instant),
+    /// Read as a tombstone: for good, since no key is ever stored for an erased user again, so
+    /// replaying an erased user's events asks PostgreSQL once.
+    Erased,
+}
+
+impl Cached {
+    /// A key unwrapped now.
+    fn key(key: &DataKey) -> Self {
+        Self::Key(key.clone(), std::time::Instant::now())
+    }
 }
 
 /// The spare users of every tenant this process created users in.
@@ -288,50 +301,37 @@ impl Store {
         unwrap(kek, tenant, user, wrapped)
     }
 
-    fn remember(&self, tenant: &str, user: Uuid, key: &DataKey) {
+    fn remember(&self, tenant: &str, user: Uuid, known: Cached) {
         if let Ok(mut cache) = self.keyring.cache.lock() {
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
             }
-            cache.insert(
-                (tenant.to_owned(), user),
-                (key.clone(), std::time::Instant::now()),
-            );
+            cache.insert((tenant.to_owned(), user), known);
+        }
+    }
+
+    /// What this process knows of `user`'s key: one it unwrapped less than [`CACHE_TTL`] ago,
+    /// or a tombstone it read.
+    fn cached(&self, tenant: &str, user: Uuid) -> Option<KeyState> {
+        let cache = self.keyring.cache.lock().ok()?;
+        match cache.get(&(tenant.to_owned(), user))? {
+            Cached::Key(key, at) => (at.elapsed() < CACHE_TTL).then(|| KeyState::Key(key.clone())),
+            Cached::Erased => Some(KeyState::Erased),
         }
     }
 
     /// A key this process unwrapped less than [`CACHE_TTL`] ago.
     fn cached_key(&self, tenant: &str, user: Uuid) -> Option<DataKey> {
-        let cache = self.keyring.cache.lock().ok()?;
-        let (key, at) = cache.get(&(tenant.to_owned(), user))?;
-        (at.elapsed() < CACHE_TTL).then(|| key.clone())
+        match self.cached(tenant, user)? {
+            KeyState::Key(key) => Some(key),
+            KeyState::Erased | KeyState::Missing => None,
+        }
     }
 
-    /// Drops every cached key.
+    /// Drops every cached key (and tombstone).
     pub fn clear_data_key_cache(&self) {
         if let Ok(mut cache) = self.keyring.cache.lock() {
             cache.clear();
-        }
-        if let Ok(mut erased) = self.keyring.erased.lock() {
-            erased.clear();
-        }
-    }
-
-    /// Whether this process read `user`'s key as erased.
-    fn known_erased(&self, tenant: &str, user: Uuid) -> bool {
-        self.keyring
-            .erased
-            .lock()
-            .is_ok_and(|erased| erased.contains(&(tenant.to_owned(), user)))
-    }
-
-    /// Remembers that `user`'s key was read as erased.
-    fn remember_erased(&self, tenant: &str, user: Uuid) {
-        if let Ok(mut erased) = self.keyring.erased.lock() {
-            if erased.len() >= CACHE_LIMIT {
-                erased.clear();
-            }
-            erased.insert((tenant.to_owned(), user));
         }
     }
 
@@ -432,7 +432,7 @@ impl Store {
                 )))
             }
         };
-        self.remember(tenant, user, &key);
+        self.remember(tenant, user, Cached::key(&key));
         Ok(key)
     }
 
@@ -495,7 +495,7 @@ impl Store {
             self.top_up_spares(tenant, count, running);
         }
         let (user, key) = taken?;
-        self.remember(tenant, user, &key);
+        self.remember(tenant, user, Cached::key(&key));
         Some(user)
     }
 
@@ -681,14 +681,7 @@ impl Store {
         let mut wanted: Vec<&(String, Uuid)> = Vec::new();
         for user in users {
             let cached = match freshness {
-                Freshness::Cached => {
-                    self.cached_key(&user.0, user.1)
-                        .map(KeyState::Key)
-                        .or_else(|| {
-                            self.known_erased(&user.0, user.1)
-                                .then_some(KeyState::Erased)
-                        })
-                }
+                Freshness::Cached => self.cached(&user.0, user.1),
                 Freshness::Fresh => None,
             };
             match cached {
@@ -721,13 +714,13 @@ impl Store {
                     let key = self.opening(&tenant, user, &kek, &wrapped)?;
                     // A fresh read is an auditor's: it leaves nothing behind.
                     if freshness == Freshness::Cached {
-                        self.remember(&tenant, user, &key);
+                        self.remember(&tenant, user, Cached::key(&key));
                     }
                     KeyState::Key(key)
                 }
                 _ => {
                     if freshness == Freshness::Cached {
-                        self.remember_erased(&tenant, user);
+                        self.remember(&tenant, user, Cached::Erased);
                     }
                     KeyState::Erased
                 }
@@ -788,9 +781,9 @@ impl Store {
     #[instrument(skip_all, fields(tenant, user.id = %user), err)]
     pub async fn erase_data_key(&self, tenant: &str, user: Uuid) -> Result<bool, StoreError> {
         self.forget_data_key(tenant, user);
-        // Read first, in a statement of its own: a `FOR UPDATE` in a CTE of the upsert saw no
-        // row (PostgreSQL evaluated it after the upsert had changed the row, and skips a row
-        // its own command changed), so every erasure said it destroyed nothing.
+        // The read is a statement of its own: as a CTE of the upsert, PostgreSQL evaluates it
+        // after the upsert changed the row, and `FOR UPDATE` skips a row its own command
+        // changed (it would always say nothing was destroyed).
         let mut transaction = self.begin().await?;
         let live: Option<bool> = sqlx::query_scalar(
             "SELECT wrapped IS NOT NULL FROM public.personal_data_key
