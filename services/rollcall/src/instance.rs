@@ -277,6 +277,7 @@ impl Instance {
                     .context("projector")
             });
         }
+        let lookup_index = scim.as_ref().and_then(|state| state.index.clone());
         if let (Some(state), Some(listener)) = (scim, listeners.remove(&Role::Scim)) {
             let shutdown = stopping();
             tasks.spawn(Part::Role(Role::Scim), &running, async move {
@@ -323,6 +324,7 @@ impl Instance {
             addresses,
             ops_addr,
             access,
+            lookup_index,
             stop,
             tasks,
         })
@@ -420,6 +422,7 @@ pub struct InstanceHandle {
     addresses: HashMap<Role, SocketAddr>,
     ops_addr: Option<SocketAddr>,
     access: Option<rollcall_access::Access>,
+    lookup_index: Option<rollcall_scim_api::index::LookupIndex>,
     stop: watch::Sender<bool>,
     tasks: Tasks,
 }
@@ -448,6 +451,11 @@ impl InstanceHandle {
     /// The access service, when the access role runs (it issues sessions).
     pub fn access(&self) -> Option<&rollcall_access::Access> {
         self.access.as_ref()
+    }
+
+    /// The SCIM API's lookup index, when the SCIM role runs with one.
+    pub fn lookup_index(&self) -> Option<&rollcall_scim_api::index::LookupIndex> {
+        self.lookup_index.as_ref()
     }
 
     /// Waits until a part ends on its own (a failure while the instance is meant to run);

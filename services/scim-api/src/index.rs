@@ -452,6 +452,9 @@ struct Inner {
     /// skipped), with when the list was read: the index does not answer for them.
     behind: RwLock<(HashSet<String>, Option<Instant>)>,
     probes: Probes,
+    /// Set only by `rollcall bench` ([`LookupIndex::set_probing_for_benchmark`]): lookups wait
+    /// for no probe, so a write another replica answered may be missing from their answer.
+    unprobed: AtomicBool,
     /// Debug builds: the feed applies nothing while set (tests make the index fall behind).
     #[cfg(debug_assertions)]
     held: AtomicBool,
@@ -510,6 +513,7 @@ impl LookupIndex {
                 done,
                 wanted: Notify::new(),
             },
+            unprobed: AtomicBool::new(false),
             #[cfg(debug_assertions)]
             held: AtomicBool::new(false),
             _stop: stop,
@@ -533,6 +537,9 @@ impl LookupIndex {
         if !known {
             debug!("which tenants are in quarantine is not known; answering from PostgreSQL");
             return false;
+        }
+        if inner.unprobed.load(Ordering::Relaxed) {
+            return true;
         }
         let probes = &self.inner.probes;
         // A probe that starts after this point sees every write answered before it.
@@ -571,6 +578,22 @@ impl LookupIndex {
             return false;
         }
         true
+    }
+
+    /// Turns the probe of the stream's last sequence off (`false`) or on again, for this index
+    /// and its clones. Only `rollcall bench` calls it, to measure in the same run what the
+    /// probe (read-your-writes across replicas) costs a lookup; no setting reaches it. While
+    /// off, [`LookupIndex::current`] vouches for an index that is ready without asking NATS,
+    /// so a write another replica answered may be missing from a lookup's answer.
+    #[doc(hidden)]
+    pub fn set_probing_for_benchmark(&self, probe: bool) {
+        self.inner.unprobed.store(!probe, Ordering::Relaxed);
+    }
+
+    /// How many probes of the stream's last sequence this index started: one serves every
+    /// lookup that waits for it.
+    pub fn probes_started(&self) -> u64 {
+        self.inner.probes.started.load(Ordering::Acquire)
     }
 
     /// Whether the index may answer `tenant`'s lookups at all (checked before a lookup waits

@@ -59,6 +59,11 @@ pub fn database_named(url: &str, name: &str) -> String {
 }
 
 impl BenchEnv {
+    /// The private SCIM API's lookup index.
+    pub fn lookup_index(&self) -> Option<&rollcall_scim_api::index::LookupIndex> {
+        self.instance.as_ref()?.lookup_index()
+    }
+
     pub async fn start(common: &Common) -> anyhow::Result<Self> {
         let id = Uuid::new_v4().simple().to_string();
         let namespace =
