@@ -526,23 +526,11 @@ async fn lookup_scenario(
     let index = env
         .lookup_index()
         .context("the private SCIM API has no lookup index")?;
-    let (mut probed, mut unprobed) = (Vec::new(), Vec::new());
-    for round in 0..times.max(1) {
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for probe in order {
-            index.set_probing_for_benchmark(probe);
-            let measured = scenarios::lookup(env, sizes.users, c, duration).await;
-            if probe {
-                probed.push(measured);
-            } else {
-                unprobed.push(measured);
-            }
-        }
-    }
+    let (probed, unprobed) = in_turns(times, |probe| async move {
+        index.set_probing_for_benchmark(probe);
+        scenarios::lookup(env, sizes.users, c, duration).await
+    })
+    .await;
     index.set_probing_for_benchmark(true);
     let (probed, probed_spread) = median(probed);
     let (unprobed, unprobed_spread) = median(unprobed);
@@ -567,6 +555,33 @@ async fn lookup_scenario(
         ),
     );
     Ok(())
+}
+
+/// Runs a scenario `times` times with a switch on and as often with it off, alternating which
+/// goes first each round (so that neither always runs on a machine the other warmed): the
+/// measurements with it on, then those with it off.
+async fn in_turns<F, Fut>(times: usize, mut run: F) -> (Vec<Measured>, Vec<Measured>)
+where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = Measured>,
+{
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for round in 0..times.max(1) {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for switch in order {
+            let measured = run(switch).await;
+            if switch {
+                on.push(measured);
+            } else {
+                off.push(measured);
+            }
+        }
+    }
+    (on, off)
 }
 
 /// What sealing costs a scenario: `sealed` judged against `clear` (named `clear_name`) of the
@@ -595,25 +610,13 @@ async fn create_scenarios(
     say("scenario create: POST /Users, sealed as served and with sealing off, in turns");
     // Not measured: the SCIM API's spare users (ids with stored keys) are made on first use.
     scenarios::create(env, concurrency, Duration::from_secs(2)).await;
-    let (mut sealed, mut clear) = (Vec::new(), Vec::new());
-    for round in 0..times.max(1) {
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for seal in order {
-            // A clear run does no sealed run's work: its spares' top-ups are done first.
-            env.store.spares_settled().await;
-            env.store.set_sealing_for_benchmark(seal);
-            let measured = scenarios::create(env, concurrency, duration).await;
-            if seal {
-                sealed.push(measured);
-            } else {
-                clear.push(measured);
-            }
-        }
-    }
+    let (sealed, clear) = in_turns(times, |seal| async move {
+        // A clear run does no sealed run's work: its spares' top-ups are done first.
+        env.store.spares_settled().await;
+        env.store.set_sealing_for_benchmark(seal);
+        scenarios::create(env, concurrency, duration).await
+    })
+    .await;
     env.store.set_sealing_for_benchmark(true);
     let per_round: Vec<f64> = sealed
         .iter()
@@ -823,5 +826,28 @@ mod tests {
         assert_eq!(cycle(30_000), (30_000, 300, 150_000));
         // A small cycle still spreads its members over ten groups.
         assert_eq!(cycle(1), (1, 10, 5));
+    }
+
+    #[tokio::test]
+    async fn turns_alternate_which_side_goes_first_and_keep_each_sides_runs_apart() {
+        let order = std::sync::Mutex::new(Vec::new());
+        let (on, off) = in_turns(3, |switch| {
+            let order = &order;
+            async move {
+                let mut order = order.lock().unwrap();
+                order.push(switch);
+                Measured {
+                    throughput_per_s: if switch { 1.0 } else { 2.0 },
+                    ..Default::default()
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            order.into_inner().unwrap(),
+            [false, true, true, false, false, true]
+        );
+        assert!(on.len() == 3 && on.iter().all(|m| m.throughput_per_s == 1.0));
+        assert!(off.len() == 3 && off.iter().all(|m| m.throughput_per_s == 2.0));
     }
 }
